@@ -1,0 +1,24 @@
+"""fastnaive: the MNIST MLP of Deep Learning with Python (ch. 2), trained by fused Cython kernels.
+
+The book's API, with NumPy arrays for tensors:
+
+    model = NaiveSequential([NaiveDense(784, 512, activation=relu),
+                             NaiveDense(512, 10, activation=softmax)])
+    fit(model, train_images, train_labels, epochs=10, batch_size=128)
+    accuracy = evaluate(model, test_images, test_labels)
+"""
+from fastnaive import callbacks, datasets, optimizers
+from fastnaive.activations import relu, softmax
+from fastnaive.batches import BatchGenerator
+from fastnaive.layers import NaiveDense
+from fastnaive.models import NaiveSequential
+from fastnaive.optimizers import SGD
+from fastnaive.training import evaluate, fit, loss_and_gradients, one_training_step, update_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NaiveDense", "NaiveSequential", "BatchGenerator", "SGD", "relu", "softmax",
+    "loss_and_gradients", "update_weights", "one_training_step", "fit", "evaluate",
+    "callbacks", "datasets", "optimizers", "__version__",
+]

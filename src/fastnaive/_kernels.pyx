@@ -1,0 +1,226 @@
+# Design: one kernel per step of the MLP's forward and backward pass, over
+# C-contiguous typed memoryviews of float32 or float64 (the fused `floating`),
+# any number of rows. Kernels run without the GIL, never allocate and never
+# raise: shapes are checked by the `def` wrappers at the bottom, which are the
+# only way in from Python, and label or row indices out of range turn the
+# affected row into NaN instead of reading out of bounds. GEMMs go through
+# fastnaive._blas; the rest are epilogues fused around them (bias as the GEMM's
+# starting value with beta = 1, ReLU in place on its output).
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, log, NAN
+from libc.string cimport memcpy
+
+from fastnaive._blas cimport axpy, gemm
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define FASTNAIVE_OPENMP 1
+    #else
+    #define FASTNAIVE_OPENMP 0
+    #endif
+    """
+    const int FASTNAIVE_OPENMP
+
+# Below this many elements a parallel region costs more than it saves.
+cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 18
+
+
+cdef void dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
+                        const floating[::1] b, bint relu, floating[:, ::1] Z_out) noexcept nogil:
+    """Z := act(X @ W + b), act = relu if relu else identity"""
+    cdef Py_ssize_t i, j
+    for i in range(Z_out.shape[0]):
+        for j in range(Z_out.shape[1]):
+            Z_out[i, j] = b[j]
+    gemm(False, False, <floating>1, X, W, <floating>1, Z_out)
+    if relu:
+        for i in range(Z_out.shape[0]):
+            for j in range(Z_out.shape[1]):
+                # `< 0` rather than `<= 0` keeps NaN as NaN, as TensorFlow does.
+                if Z_out[i, j] < 0:
+                    Z_out[i, j] = 0
+
+
+cdef void relu_backward(const floating[:, ::1] Z, floating[:, ::1] delta) noexcept nogil:
+    """delta := delta * (Z > 0), with Z = relu(.) the layer's output"""
+    cdef Py_ssize_t i, j
+    for i in range(delta.shape[0]):
+        for j in range(delta.shape[1]):
+            if not Z[i, j] > 0:
+                delta[i, j] = 0
+
+
+cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
+                           floating[:, ::1] dX_out) noexcept nogil:
+    """dX := delta @ W.T"""
+    gemm(False, True, <floating>1, delta, W, <floating>0, dX_out)
+
+
+cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
+                           floating alpha, floating beta,
+                           floating[:, ::1] dW_out, floating[::1] db_out) noexcept nogil:
+    """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db"""
+    cdef Py_ssize_t i, j
+    gemm(True, False, alpha, X, delta, beta, dW_out)
+    for j in range(db_out.shape[0]):
+        # beta = 0 must overwrite, not scale: the buffer may hold NaN.
+        db_out[j] = beta * db_out[j] if beta != 0 else 0
+    for i in range(delta.shape[0]):
+        for j in range(db_out.shape[0]):
+            db_out[j] += alpha * delta[i, j]
+
+
+cdef double softmax_crossentropy(const floating[:, ::1] logits, const Py_ssize_t[::1] labels,
+                                 floating[:, ::1] grad_out) noexcept nogil:
+    """Return mean_i(logsumexp(z_i) - z_i[y_i]); grad := (softmax(z) - onehot(y)) / n"""
+    cdef Py_ssize_t i, j, y
+    cdef Py_ssize_t n = logits.shape[0]
+    cdef Py_ssize_t n_classes = logits.shape[1]
+    cdef double z_max, total, scale = 1.0 / n, loss = 0
+    for i in range(n):
+        y = labels[i]
+        if y < 0 or y >= n_classes:
+            for j in range(n_classes):
+                grad_out[i, j] = NAN
+            loss += NAN
+            continue
+        # Subtracting the row maximum keeps every exp() in (0, 1]: no overflow.
+        z_max = logits[i, 0]
+        for j in range(1, n_classes):
+            if logits[i, j] > z_max:
+                z_max = logits[i, j]
+        total = 0
+        for j in range(n_classes):
+            total += exp(logits[i, j] - z_max)
+        for j in range(n_classes):
+            grad_out[i, j] = <floating>(exp(logits[i, j] - z_max) / total * scale)
+        grad_out[i, y] -= <floating>scale
+        loss += log(total) + z_max - logits[i, y]
+    return loss * scale
+
+
+cdef void softmax(const floating[:, ::1] logits, floating[:, ::1] out) noexcept nogil:
+    """out := exp(z - max(z)) / sum(exp(z - max(z))), row by row"""
+    cdef Py_ssize_t i, j
+    cdef double z_max, total
+    for i in range(logits.shape[0]):
+        z_max = logits[i, 0]
+        for j in range(1, logits.shape[1]):
+            if logits[i, j] > z_max:
+                z_max = logits[i, j]
+        total = 0
+        for j in range(logits.shape[1]):
+            total += exp(logits[i, j] - z_max)
+        for j in range(logits.shape[1]):
+            out[i, j] = <floating>(exp(logits[i, j] - z_max) / total)
+
+
+cdef void gather_rows(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
+                      floating[:, ::1] out) noexcept nogil:
+    """out[i] := src[rows[i]]"""
+    cdef Py_ssize_t i, j, r
+    cdef Py_ssize_t n_cols = out.shape[1]
+    cdef bint parallel = rows.shape[0] * n_cols >= PARALLEL_MIN_ELEMENTS
+    for i in prange(rows.shape[0], schedule="static", use_threads_if=parallel):
+        r = rows[i]
+        if 0 <= r < src.shape[0]:
+            memcpy(&out[i, 0], &src[r, 0], n_cols * sizeof(floating))
+        else:
+            for j in range(n_cols):
+                out[i, j] = NAN
+
+
+# ---- Python wrappers: check shapes, then run the kernel without the GIL. ----
+
+def openmp_enabled():
+    """True when the kernels were compiled with OpenMP."""
+    return bool(FASTNAIVE_OPENMP)
+
+
+def _shape_error(str expected, **arrays):
+    received = ", ".join(f"{name}.shape={tuple(a.shape)}" for name, a in arrays.items())
+    return ValueError(f"Expected {expected}. Received: {received}")
+
+
+def dense_forward_checked(const floating[:, ::1] X, const floating[:, ::1] W, const floating[::1] b,
+                          bint relu, floating[:, ::1] Z_out):
+    """Z_out := act(X @ W + b)"""
+    if not (X.shape[1] == W.shape[0] > 0 and b.shape[0] == W.shape[1]
+            and Z_out.shape[0] == X.shape[0] and Z_out.shape[1] == W.shape[1]):
+        raise _shape_error("X (n, k), W (k, m), b (m,) and Z_out (n, m) with k >= 1",
+                           X=X, W=W, b=b, Z_out=Z_out)
+    with nogil:
+        dense_forward(X, W, b, relu, Z_out)
+
+
+def relu_backward_checked(const floating[:, ::1] Z, floating[:, ::1] delta):
+    """delta := delta * (Z > 0)"""
+    if not (Z.shape[0] == delta.shape[0] and Z.shape[1] == delta.shape[1]):
+        raise _shape_error("Z and delta of the same shape", Z=Z, delta=delta)
+    with nogil:
+        relu_backward(Z, delta)
+
+
+def dense_input_grad_checked(const floating[:, ::1] delta, const floating[:, ::1] W,
+                             floating[:, ::1] dX_out):
+    """dX_out := delta @ W.T"""
+    if not (delta.shape[1] == W.shape[1] > 0 and dX_out.shape[0] == delta.shape[0]
+            and dX_out.shape[1] == W.shape[0]):
+        raise _shape_error("delta (n, m), W (k, m) and dX_out (n, k) with m >= 1",
+                           delta=delta, W=W, dX_out=dX_out)
+    with nogil:
+        dense_input_grad(delta, W, dX_out)
+
+
+def dense_param_grad_checked(const floating[:, ::1] X, const floating[:, ::1] delta,
+                             floating alpha, floating beta, floating[:, ::1] dW_out,
+                             floating[::1] db_out):
+    """dW_out := alpha * X.T @ delta + beta * dW_out;  db_out := alpha * sum_rows(delta) + beta * db_out"""
+    if not (X.shape[0] == delta.shape[0] > 0 and dW_out.shape[0] == X.shape[1]
+            and dW_out.shape[1] == delta.shape[1] and db_out.shape[0] == delta.shape[1]):
+        raise _shape_error("X (n, k), delta (n, m), dW_out (k, m) and db_out (m,) with n >= 1",
+                           X=X, delta=delta, dW_out=dW_out, db_out=db_out)
+    with nogil:
+        dense_param_grad(X, delta, alpha, beta, dW_out, db_out)
+
+
+def softmax_crossentropy_checked(const floating[:, ::1] logits, const Py_ssize_t[::1] labels,
+                                 floating[:, ::1] grad_out):
+    """Return the mean cross-entropy of softmax(logits); grad_out := its gradient wrt logits"""
+    if not (logits.shape[0] == labels.shape[0] > 0 and logits.shape[1] > 0
+            and grad_out.shape[0] == logits.shape[0] and grad_out.shape[1] == logits.shape[1]):
+        raise _shape_error("logits (n, c), labels (n,) and grad_out (n, c) with n, c >= 1",
+                           logits=logits, labels=labels, grad_out=grad_out)
+    cdef double loss
+    with nogil:
+        loss = softmax_crossentropy(logits, labels, grad_out)
+    return loss
+
+
+def softmax_checked(const floating[:, ::1] logits, floating[:, ::1] out):
+    """out := softmax(logits) row by row"""
+    if not (out.shape[0] == logits.shape[0] and out.shape[1] == logits.shape[1] > 0):
+        raise _shape_error("logits (n, c) and out (n, c) with c >= 1", logits=logits, out=out)
+    with nogil:
+        softmax(logits, out)
+
+
+def gather_rows_checked(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
+                        floating[:, ::1] out):
+    """out[i] := src[rows[i]]"""
+    if not (out.shape[0] == rows.shape[0] and out.shape[1] == src.shape[1]):
+        raise _shape_error("src (n, k), rows (m,) and out (m, k)", src=src, rows=rows, out=out)
+    with nogil:
+        gather_rows(src, rows, out)
+
+
+def axpy_checked(const floating[::1] x, floating[::1] y, floating alpha):
+    """y := alpha * x + y"""
+    if x.shape[0] != y.shape[0]:
+        raise _shape_error("x and y of the same length", x=x, y=y)
+    if y.shape[0] == 0:
+        return
+    with nogil:
+        axpy(alpha, &x[0], &y[0], <int>y.shape[0])

@@ -1,0 +1,223 @@
+"""Find and load a 28x28, ten-class image dataset laid out like keras.datasets.mnist.
+
+The places searched, in order: the `path` argument, the FASTNAIVE_DATA
+environment variable, the Keras cache, then a TensorFlow download.
+"""
+
+import os
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fastnaive.datasets._idx import read_idx
+
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+_IDX_NAMES = {
+    "x_train": ("train-images", "idx3-ubyte"),
+    "y_train": ("train-labels", "idx1-ubyte"),
+    "x_test": ("t10k-images", "idx3-ubyte"),
+    "y_test": ("t10k-labels", "idx1-ubyte"),
+}
+_NPZ_ERRORS = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """Raised when no searched place holds the dataset; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Describes a dataset: its name, .npz file name, Keras cache entry and download."""
+
+    name: str
+    npz_name: str
+    keras_cache: str
+    download: Callable[[], tuple]
+
+
+def load(spec, path=None):
+    """Return ((x_train, y_train), (x_test, y_test)) from the first place holding the dataset."""
+    if path is not None:
+        return _load_explicit(spec, path)
+    looked = ["path=: not given"]
+    for label, location in _fallback_locations(spec):
+        reason = "not set" if location is None else _why_missing(spec, location)
+        if reason is None:
+            return _read_source(spec, location)
+        looked.append(f"{label}: {reason}")
+    return _download(spec, looked)
+
+
+def _download(spec, looked):
+    """Return the downloaded dataset, or raise DatasetNotFoundError listing every place looked."""
+    try:
+        (x_train, y_train), (x_test, y_test) = spec.download()
+    except ImportError as exc:
+        reason = f'TensorFlow not installed ({exc}); pip install "fastnaive[tf]"'
+    except Exception as exc:  # a download fails in many ways; the reason is reported below
+        reason = f"download failed: {exc!r}"
+    else:
+        arrays = dict(zip(KEYS, (x_train, y_train, x_test, y_test)))
+        return _validated(arrays, dict.fromkeys(KEYS, "the TensorFlow download"))
+    looked = [*looked, f"TensorFlow download: {reason}"]
+    raise DatasetNotFoundError(_not_found_message(spec, looked))
+
+
+def _read_source(spec, location):
+    """Return the dataset at `location`: an .npz file, or a folder holding it or the IDX files."""
+    if location.is_file():
+        return _read_npz(location)
+    if (location / spec.npz_name).is_file():
+        return _read_npz(location / spec.npz_name)
+    return _read_idx_folder(location)
+
+
+def _load_explicit(spec, path):
+    """Return the dataset at an explicitly given `path`, raising when it holds none."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"Expected path to be a str or os.PathLike. Received: path={path!r}")
+    location = Path(path).expanduser()
+    reason = _why_missing(spec, location)
+    if reason is not None:
+        raise FileNotFoundError(
+            f"Expected path to be an .npz file or a folder holding {spec.npz_name} "
+            f"or the four IDX files. Received: path={os.fspath(path)!r} ({reason})"
+        )
+    return _read_source(spec, location)
+
+
+def _fallback_locations(spec):
+    """Return (label, location or None) for FASTNAIVE_DATA and the Keras cache."""
+    data = os.environ.get("FASTNAIVE_DATA")
+    if data:
+        data_place = (f"FASTNAIVE_DATA={data}", Path(data).expanduser())
+    else:
+        data_place = ("FASTNAIVE_DATA", None)
+    keras_home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    cache = keras_home / "datasets" / spec.keras_cache
+    return [data_place, (f"Keras cache {cache}", cache)]
+
+
+def _why_missing(spec, location):
+    """Return why `location` holds no dataset source, or None when it holds one."""
+    if not location.exists():
+        return "no such file or directory"
+    if location.is_file() or (location / spec.npz_name).is_file() or _idx_files(location):
+        return None
+    return f"folder holds neither {spec.npz_name} nor IDX files"
+
+
+def _not_found_message(spec, looked):
+    """Return the message listing every place searched for the dataset and how to provide it."""
+    places = "\n".join(f"  - {place}" for place in looked)
+    return (
+        f"{spec.name} not found. Looked in:\n{places}\n"
+        f"To fix: pass path= an .npz file or a folder holding {spec.npz_name} "
+        "or the four IDX files; "
+        "or set FASTNAIVE_DATA to such a folder; "
+        'or pip install "fastnaive[tf]" and go online to download it.'
+    )
+
+
+def _read_npz(file):
+    """Return the dataset in a Keras-layout .npz file, validated."""
+    try:
+        archive = np.load(file, allow_pickle=False)
+    except _NPZ_ERRORS as exc:
+        raise ValueError(
+            f"Expected an .npz archive at {file}. Received: an unreadable file ({exc})"
+        ) from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"Expected an .npz archive at {file}. Received: a single .npy array")
+    with archive:
+        missing = [key for key in KEYS if key not in archive.files]
+        if missing:
+            received = ", ".join(archive.files) or "none"
+            raise ValueError(
+                f"Expected keys {', '.join(KEYS)} in {file}. Received: keys {received}"
+            )
+        arrays = {key: _npz_member(archive, key, file) for key in KEYS}
+    return _validated(arrays, dict.fromkeys(KEYS, file))
+
+
+def _npz_member(archive, key, file):
+    """Return the array stored under `key` in an open .npz archive."""
+    try:
+        return archive[key]
+    except _NPZ_ERRORS as exc:
+        raise ValueError(
+            f"Expected {key} to be a plain numeric array in {file}. Received: {exc}"
+        ) from exc
+
+
+def _idx_files(folder):
+    """Return, for each key, the first IDX file present in `folder` under an accepted name."""
+    found = {}
+    for key, (stem, kind) in _IDX_NAMES.items():
+        names = [f"{stem}{sep}{kind}{gz}" for sep in "-." for gz in ("", ".gz")]
+        present = [folder / name for name in names if (folder / name).is_file()]
+        if present:
+            found[key] = present[0]
+    return found
+
+
+def _read_idx_folder(folder):
+    """Return the dataset held by the four IDX files in `folder`, validated."""
+    files = _idx_files(folder)
+    missing = ["-".join(_IDX_NAMES[key]) for key in KEYS if key not in files]
+    if missing:
+        raise ValueError(
+            f"Expected the four IDX files in {folder}. "
+            f"Received: no file for {', '.join(missing)} (plain or .gz)"
+        )
+    return _validated({key: read_idx(file) for key, file in files.items()}, files)
+
+
+def _validated(arrays, sources):
+    """Return ((x_train, y_train), (x_test, y_test)) from `arrays`, checked and cast to uint8."""
+    arrays = {key: _as_uint8(key, np.asarray(arrays[key]), sources[key]) for key in KEYS}
+    for split in ("train", "test"):
+        _check_split(split, arrays, sources)
+    return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
+
+
+def _as_uint8(key, array, source):
+    """Return `array` as uint8, converting integers only when every value fits."""
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size == 0 or (array.min() >= 0 and array.max() <= 255):
+            return array.astype(np.uint8)
+        received = f"{key}.dtype={array.dtype} with values in [{array.min()}, {array.max()}]"
+    else:
+        received = f"{key}.dtype={array.dtype}"
+    raise ValueError(
+        f"Expected {key} of dtype uint8, or integers in [0, 255]. Received: {received} in {source}"
+    )
+
+
+def _check_split(split, arrays, sources):
+    """Raise ValueError unless `split` has (n, 28, 28) images and n labels in [0, 10)."""
+    x_key, y_key = f"x_{split}", f"y_{split}"
+    x, y = arrays[x_key], arrays[y_key]
+    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(
+            f"Expected {x_key} of shape (n, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}). "
+            f"Received: {x_key}.shape={x.shape} in {sources[x_key]}"
+        )
+    if y.shape != (len(x),):
+        raise ValueError(
+            f"Expected {y_key} of shape ({len(x)},) to match {x_key}. "
+            f"Received: {y_key}.shape={y.shape} in {sources[y_key]}"
+        )
+    if y.size and y.max() >= NUM_CLASSES:
+        raise ValueError(
+            f"Expected {y_key} values in [0, {NUM_CLASSES}). "
+            f"Received: max({y_key})={y.max()} in {sources[y_key]}"
+        )

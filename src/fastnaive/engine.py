@@ -1,0 +1,85 @@
+"""The training step on preallocated buffers: forward, softmax cross-entropy, backward.
+
+Callers validate and convert inputs first (fastnaive._validation); everything
+here only slices preallocated arrays and calls the kernels, so a step in steady
+state allocates nothing.
+"""
+import numpy as np
+
+from fastnaive import _kernels
+
+__all__ = ["Workspace", "workspace_for", "forward", "loss_gradient", "backpropagate"]
+
+
+def _signature(model):
+    return tuple((layer.input_size, layer.output_size, layer.activation) for layer in model.layers), \
+        model.dtype
+
+
+class Workspace:
+    """Buffers for one model's step on batches of up to `capacity` samples."""
+
+    def __init__(self, model, capacity):
+        self.signature = _signature(model)
+        self.capacity = capacity
+        dtype = model.dtype
+        # outputs[l] is layer l's output (for a softmax layer, its logits);
+        # deltas[l] is the loss gradient with respect to layer l's pre-activation.
+        self.outputs = [np.empty((capacity, layer.output_size), dtype) for layer in model.layers]
+        self.deltas = [np.empty((capacity, layer.output_size), dtype) for layer in model.layers]
+        self.gradients = [np.empty_like(w) for w in model.weights]
+
+    def fits(self, model, n_samples):
+        """True when this workspace serves `model` for a batch of n_samples."""
+        return n_samples <= self.capacity and self.signature == _signature(model)
+
+
+def workspace_for(model, n_samples):
+    """Return the model's cached workspace, replaced by a larger one when needed."""
+    workspace = getattr(model, "_workspace", None)
+    if workspace is None or not workspace.fits(model, n_samples):
+        capacity = max(n_samples, workspace.capacity if workspace is not None else 0)
+        workspace = Workspace(model, capacity)
+        model._workspace = workspace
+    return workspace
+
+
+def forward(model, workspace, x):
+    """Fill workspace.outputs for the rows of x; return the logits (n_samples, n_classes)."""
+    n = x.shape[0]
+    a = x
+    for layer, out in zip(model.layers, workspace.outputs):
+        z = out[:n]
+        _kernels.dense_forward_checked(a, layer.W, layer.b, layer.activation == "relu", z)
+        a = z
+    return a
+
+
+def loss_gradient(workspace, labels):
+    """Return the mean softmax cross-entropy of the logits; put its gradient in deltas[-1]."""
+    n = labels.shape[0]
+    return _kernels.softmax_crossentropy_checked(workspace.outputs[-1][:n], labels,
+                                                 workspace.deltas[-1][:n])
+
+
+def backpropagate(model, workspace, x, learning_rate=None):
+    """Back-propagate deltas[-1] through the layers.
+
+    With learning_rate None the weight gradients go to workspace.gradients;
+    otherwise each layer is updated in place, W -= learning_rate * dW inside the
+    weight-gradient GEMM, once its input gradient has used the old W.
+    """
+    n = x.shape[0]
+    for i in reversed(range(len(model.layers))):
+        layer = model.layers[i]
+        delta = workspace.deltas[i][:n]
+        if layer.activation == "relu":
+            _kernels.relu_backward_checked(workspace.outputs[i][:n], delta)
+        if i > 0:
+            _kernels.dense_input_grad_checked(delta, layer.W, workspace.deltas[i - 1][:n])
+        inputs = workspace.outputs[i - 1][:n] if i > 0 else x
+        if learning_rate is None:
+            dW, db = workspace.gradients[2 * i], workspace.gradients[2 * i + 1]
+            _kernels.dense_param_grad_checked(inputs, delta, 1.0, 0.0, dW, db)
+        else:
+            _kernels.dense_param_grad_checked(inputs, delta, -learning_rate, 1.0, layer.W, layer.b)

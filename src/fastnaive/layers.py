@@ -1,0 +1,82 @@
+"""NaiveDense: the book's fully connected layer, with live NumPy weights."""
+import numpy as np
+
+from fastnaive import _kernels, activations
+from fastnaive._validation import as_dtype, as_inputs, positive_int
+
+__all__ = ["NaiveDense"]
+
+
+class NaiveDense:
+    """outputs = activation(inputs @ W + b), with W ~ U[0, 0.1) and b = 0 as in the book.
+
+    `W` (input_size, output_size) and `b` (output_size,) are NumPy arrays that
+    training updates in place: writing into them changes the model. Assigning a
+    new array checks its shape, dtype and layout.
+    """
+
+    def __init__(self, input_size, output_size, activation, *, dtype="float32", seed=None):
+        self.input_size = positive_int(input_size, "input_size")
+        self.output_size = positive_int(output_size, "output_size")
+        self.activation = activations.resolve(activation)
+        self.dtype = as_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        self.W = rng.uniform(0.0, 0.1, size=(self.input_size, self.output_size)).astype(self.dtype)
+        self.b = np.zeros(self.output_size, dtype=self.dtype)
+
+    @property
+    def W(self):
+        """The weight matrix, (input_size, output_size)."""
+        return self._W
+
+    @W.setter
+    def W(self, value):
+        self._W = self._checked_weight(value, "W", (self.input_size, self.output_size))
+
+    @property
+    def b(self):
+        """The bias vector, (output_size,)."""
+        return self._b
+
+    @b.setter
+    def b(self, value):
+        self._b = self._checked_weight(value, "b", (self.output_size,))
+
+    @property
+    def weights(self):
+        """[W, b], the live arrays, in that order."""
+        return [self._W, self._b]
+
+    def check_weights(self):
+        """Raise if W or b no longer has the layer's shape, dtype and layout."""
+        self._checked_weight(self._W, "W", (self.input_size, self.output_size))
+        self._checked_weight(self._b, "b", (self.output_size,))
+
+    def _checked_weight(self, value, name, shape):
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"Expected {name} to be a NumPy array. Received: {type(value).__name__}")
+        if value.shape != shape:
+            raise ValueError(f"Expected {name} of shape {shape}. Received: {name}.shape={value.shape}")
+        if value.dtype != self.dtype:
+            raise TypeError(f"Expected {name} of dtype {self.dtype}, the layer's. "
+                            f"Received: {name}.dtype={value.dtype} "
+                            f"(convert it with .astype(np.{self.dtype}))")
+        if not (value.flags.c_contiguous and value.flags.writeable and value.flags.aligned):
+            raise ValueError(f"Expected {name} to be a writeable, aligned, C-contiguous array. "
+                             f"Received: {name}.flags: c_contiguous={value.flags.c_contiguous}, "
+                             f"writeable={value.flags.writeable}, aligned={value.flags.aligned}")
+        return value
+
+    def __call__(self, inputs):
+        """Return activation(inputs @ W + b) for inputs of shape (n, ...) flattening to input_size."""
+        self.check_weights()
+        x = as_inputs(inputs, self.input_size, self.dtype, name="inputs")
+        out = np.empty((x.shape[0], self.output_size), dtype=self.dtype)
+        _kernels.dense_forward_checked(x, self._W, self._b, self.activation == "relu", out)
+        if self.activation == "softmax":
+            _kernels.softmax_checked(out, out)
+        return out
+
+    def __repr__(self):
+        return (f"NaiveDense({self.input_size} -> {self.output_size}, "
+                f"{self.activation or 'linear'}, {self.dtype})")
