@@ -21,7 +21,9 @@ class NaiveDense:
         self.activation = activations.resolve(activation)
         self.dtype = as_dtype(dtype)
         rng = np.random.default_rng(seed)
-        self.W = rng.uniform(0.0, 0.1, size=(self.input_size, self.output_size)).astype(self.dtype)
+        W = rng.uniform(0.0, 0.1, size=(self.input_size, self.output_size)).astype(self.dtype)
+        # Rounding to float32 can lift a draw just below 0.1 to float32(0.1) > 0.1.
+        self.W = np.minimum(W, np.nextafter(self.dtype.type(0.1), self.dtype.type(0)))
         self.b = np.zeros(self.output_size, dtype=self.dtype)
 
     @property

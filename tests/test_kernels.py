@@ -1,0 +1,321 @@
+"""Tests for the Cython kernels: every `*_checked` wrapper against fastnaive.reference."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fastnaive import _blas, _kernels, reference
+
+# Kernel and reference compute in the same dtype but sum in different orders
+# (BLAS blocking, FMA). Inputs are scaled so that outputs are O(1); over up to
+# 784 terms the largest differences seen are 5e-7 in float32 (eps 6e-8) and
+# 1e-15 in float64 (eps 1e-16): the tolerances leave a margin of 20 and 100.
+TOLERANCES = {
+    "float32": {"rtol": 1e-5, "atol": 1e-5},
+    "float64": {"rtol": 1e-13, "atol": 1e-13},
+}
+# The cross-entropy loss is accumulated in double whatever the logits' dtype.
+LOSS_TOLERANCE = TOLERANCES["float64"]
+
+# (n_samples, n_features, n_units): tiny and odd sizes, the output layer on the
+# book's last, short batch (60000 = 468 * 128 + 96) and both layers on a batch of 128.
+DENSE_SHAPES = {
+    "n1-5x3": (1, 5, 3),
+    "n7-13x4": (7, 13, 4),
+    "n96-512x10": (96, 512, 10),
+    "b128-784x512": (128, 784, 512),
+    "b128-512x10": (128, 512, 10),
+}
+# (n_samples, n_columns): logits, probabilities, hidden activations.
+MATRIX_SHAPES = {
+    "n1-c1": (1, 1),
+    "n1-c10": (1, 10),
+    "n7-c3": (7, 3),
+    "n96-c10": (96, 10),
+    "b128-c10": (128, 10),
+    "b128-c512": (128, 512),
+}
+# (n_src, n_columns, n_rows); 512 rows of 784 reach the kernel's threaded path (2**18 elements).
+GATHER_SHAPES = {
+    "n1-of-1x5": (1, 5, 1),
+    "n7-of-10x3": (10, 3, 7),
+    "n96-of-1000x784": (1000, 784, 96),
+    "b128-of-1000x784": (1000, 784, 128),
+    "n512-of-1000x784-threaded": (1000, 784, 512),
+}
+# (alpha, beta) of dW := alpha * X.T @ delta + beta * dW: the plain gradient over a NaN
+# buffer (beta = 0 must overwrite), the fused SGD update W := W - lr * dW, any pair.
+SCALES = {
+    "beta0-over-nan": (1.0, 0.0),
+    "sgd-update": (-0.1, 1.0),
+    "alpha-beta": (0.5, -2.0),
+}
+RELU = pytest.mark.parametrize("relu", [True, False], ids=["relu", "identity"])
+EXTREME_LOGITS = [[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]]
+
+
+@pytest.fixture(params=list(TOLERANCES))
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(params=DENSE_SHAPES.values(), ids=DENSE_SHAPES.keys())
+def dense(request, dtype, rng):
+    """X (n, k), W (k, m) scaled by 1 / sqrt(k) so that X @ W is O(1), and b (m,)."""
+    n, k, m = request.param
+    return normal(rng, (n, k), dtype), normal(rng, (k, m), dtype, k**-0.5), normal(rng, m, dtype)
+
+
+@pytest.fixture(params=MATRIX_SHAPES.values(), ids=MATRIX_SHAPES.keys())
+def matrix_shape(request):
+    return request.param
+
+
+def normal(rng, shape, dtype, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def nan_buffer(shape, dtype):
+    """An output buffer full of NaN: a kernel must overwrite every element it owns."""
+    return np.full(shape, np.nan, dtype)
+
+
+def assert_close(actual, expected):
+    np.testing.assert_allclose(actual, expected, **TOLERANCES[actual.dtype.name])
+
+
+def read_only(array):
+    array.setflags(write=False)
+    return array
+
+
+def f32(*shape):
+    return np.zeros(shape, np.float32)
+
+
+def check_dense_forward(X, W, b, relu):
+    Z = nan_buffer((len(X), len(b)), X.dtype)
+    _kernels.dense_forward_checked(X, W, b, relu, Z)
+    assert_close(Z, reference.dense_forward(X, W, b, relu))
+
+
+@RELU
+def test_dense_forward(dense, relu):
+    check_dense_forward(*dense, relu)
+
+
+@RELU
+def test_dense_forward_adds_bias(dtype, relu):
+    """With X = 0 every product is 0, so each row is exactly act(b)."""
+    b = np.array([-1.5, 0.0, 2.0], dtype)
+    Z = nan_buffer((4, 3), dtype)
+    _kernels.dense_forward_checked(np.zeros((4, 5), dtype), np.ones((5, 3), dtype), b, relu, Z)
+    np.testing.assert_array_equal(Z, np.tile(np.maximum(b, 0) if relu else b, (4, 1)))
+
+
+def test_relu_backward_masks_exactly_where_z_is_not_positive(matrix_shape, dtype, rng):
+    """Masking copies or zeroes each element, so the comparison is exact."""
+    Z = rng.integers(-1, 2, matrix_shape).astype(dtype)  # -1, 0 and 1: both sides and the edge
+    delta = normal(rng, matrix_shape, dtype)
+    expected = reference.relu_backward(Z, delta)
+    _kernels.relu_backward_checked(Z, delta)
+    np.testing.assert_array_equal(delta, expected)
+    np.testing.assert_array_equal(delta == 0, Z <= 0)
+
+
+def test_dense_input_grad(dense, rng):
+    X, W, b = dense
+    delta = normal(rng, (len(X), len(b)), X.dtype)
+    dX = nan_buffer(X.shape, X.dtype)
+    _kernels.dense_input_grad_checked(delta, W, dX)
+    assert_close(dX, reference.dense_input_grad(delta, W))
+
+
+@pytest.mark.parametrize("alpha, beta", SCALES.values(), ids=SCALES.keys())
+def test_dense_param_grad(dense, rng, alpha, beta):
+    X, W, b = dense
+    delta = normal(rng, (len(X), len(b)), X.dtype, 1 / len(X))
+    dW, db = (W.copy(), b.copy()) if beta else (nan_buffer(W.shape, W.dtype), nan_buffer(b.shape, b.dtype))
+    _kernels.dense_param_grad_checked(X, delta, alpha, beta, dW, db)
+    expected_dW, expected_db = reference.dense_param_grad(X, delta)
+    assert_close(dW, alpha * expected_dW + beta * W)
+    assert_close(db, alpha * expected_db + beta * b)
+
+
+def test_softmax(matrix_shape, dtype, rng):
+    logits = normal(rng, matrix_shape, dtype, 5.0)
+    probabilities = nan_buffer(matrix_shape, dtype)
+    _kernels.softmax_checked(logits, probabilities)
+    assert_close(probabilities, reference.softmax(logits))
+    assert_close(probabilities.sum(axis=1), np.ones(len(logits), dtype))
+
+
+def test_softmax_of_extreme_logits_is_finite(dtype):
+    logits = np.array(EXTREME_LOGITS, dtype)
+    probabilities = nan_buffer(logits.shape, dtype)
+    _kernels.softmax_checked(logits, probabilities)
+    assert np.isfinite(probabilities).all()
+    assert_close(probabilities, reference.softmax(logits))
+
+
+def check_softmax_crossentropy(logits, labels):
+    """Run the kernel and compare its loss and gradient with the reference; return both."""
+    grad = nan_buffer(logits.shape, logits.dtype)
+    loss = _kernels.softmax_crossentropy_checked(logits, labels, grad)
+    expected_loss, expected_grad = reference.softmax_crossentropy(logits, labels)
+    np.testing.assert_allclose(loss, expected_loss, **LOSS_TOLERANCE)
+    assert_close(grad, expected_grad)
+    return loss, grad
+
+
+def test_softmax_crossentropy(matrix_shape, dtype, rng):
+    n, n_classes = matrix_shape
+    logits = normal(rng, matrix_shape, dtype, 5.0)
+    _, grad = check_softmax_crossentropy(logits, rng.integers(0, n_classes, n))
+    np.testing.assert_allclose(grad.sum(axis=1), 0, atol=TOLERANCES[dtype]["atol"])
+
+
+def test_softmax_crossentropy_of_extreme_logits_is_finite(dtype):
+    loss, grad = check_softmax_crossentropy(np.array(EXTREME_LOGITS, dtype), np.array([1, 0, 2]))
+    assert np.isfinite(loss) and np.isfinite(grad).all()
+
+
+def test_softmax_crossentropy_out_of_range_labels_give_nan_rows(dtype, rng):
+    labels = np.array([0, -1, 3, 2**62, 2])
+    loss, grad = check_softmax_crossentropy(normal(rng, (5, 3), dtype), labels)
+    assert np.isnan(loss)
+    np.testing.assert_array_equal(np.isnan(grad).any(axis=1), [False, True, True, True, False])
+
+
+@pytest.mark.parametrize("shape", GATHER_SHAPES.values(), ids=GATHER_SHAPES.keys())
+def test_gather_rows(dtype, rng, shape):
+    """Rows are copied bit for bit, so the comparison is exact."""
+    n_src, n_columns, n_rows = shape
+    src = normal(rng, (n_src, n_columns), dtype)
+    rows = rng.integers(0, n_src, n_rows)
+    out = nan_buffer((n_rows, n_columns), dtype)
+    _kernels.gather_rows_checked(src, rows, out)
+    np.testing.assert_array_equal(out, reference.gather_rows(src, rows))
+
+
+def test_gather_rows_out_of_range_rows_give_nan_rows(dtype, rng):
+    src = normal(rng, (3, 4), dtype)
+    rows = np.array([2, -1, 3, 0, 2**62])
+    out = np.zeros((5, 4), dtype)
+    _kernels.gather_rows_checked(src, rows, out)
+    np.testing.assert_array_equal(out, reference.gather_rows(src, rows))
+    np.testing.assert_array_equal(np.isnan(out).all(axis=1), [False, True, True, False, True])
+
+
+@pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
+@pytest.mark.parametrize("trans_b", [False, True], ids=["B", "B.T"])
+@pytest.mark.parametrize("alpha, beta", SCALES.values(), ids=SCALES.keys())
+def test_gemm(dense, rng, trans_a, trans_b, alpha, beta):
+    X, W, b = dense
+    A = np.ascontiguousarray(X.T) if trans_a else X
+    B = np.ascontiguousarray(W.T) if trans_b else W
+    C = normal(rng, (len(X), len(b)), X.dtype) if beta else nan_buffer((len(X), len(b)), X.dtype)
+    expected = reference.gemm(A, B, C, trans_a, trans_b, alpha, beta)
+    _blas.gemm_checked(A, B, C, trans_a, trans_b, alpha, beta)
+    assert_close(C, expected)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 784 * 512], ids=["n0", "n1", "n7", "784x512"])
+def test_axpy(dtype, rng, n):
+    x, y = normal(rng, n, dtype), normal(rng, n, dtype)
+    expected = reference.axpy(x, y, -0.1)
+    _kernels.axpy_checked(x, y, -0.1)
+    assert_close(y, expected)
+
+
+def test_read_only_inputs_are_accepted(dtype, rng):
+    check_dense_forward(*(read_only(normal(rng, shape, dtype)) for shape in [(4, 3), (3, 2), 2]), True)
+
+
+LABELS = np.zeros(3, np.intp)
+# (wrapper, *arguments), one shape disagreeing with the others.
+SHAPE_MISMATCHES = {
+    "dense_forward-inner": (_kernels.dense_forward_checked, f32(3, 4), f32(5, 2), f32(2), True, f32(3, 2)),
+    "dense_forward-bias": (_kernels.dense_forward_checked, f32(3, 4), f32(4, 2), f32(3), True, f32(3, 2)),
+    "dense_forward-out": (_kernels.dense_forward_checked, f32(3, 4), f32(4, 2), f32(2), True, f32(2, 2)),
+    "dense_forward-no-features": (_kernels.dense_forward_checked, f32(3, 0), f32(0, 2), f32(2), True,
+                                  f32(3, 2)),
+    "relu_backward": (_kernels.relu_backward_checked, f32(3, 2), f32(2, 3)),
+    "dense_input_grad": (_kernels.dense_input_grad_checked, f32(3, 2), f32(4, 3), f32(3, 4)),
+    "dense_param_grad-rows": (_kernels.dense_param_grad_checked, f32(3, 4), f32(2, 2), 1, 0, f32(4, 2),
+                              f32(2)),
+    "dense_param_grad-no-samples": (_kernels.dense_param_grad_checked, f32(0, 4), f32(0, 2), 1, 0,
+                                    f32(4, 2), f32(2)),
+    "softmax_crossentropy-labels": (_kernels.softmax_crossentropy_checked, f32(2, 4), LABELS, f32(2, 4)),
+    "softmax_crossentropy-grad": (_kernels.softmax_crossentropy_checked, f32(3, 4), LABELS, f32(3, 2)),
+    "softmax": (_kernels.softmax_checked, f32(3, 2), f32(3, 3)),
+    "gather_rows": (_kernels.gather_rows_checked, f32(5, 2), LABELS, f32(3, 3)),
+    "gemm": (_blas.gemm_checked, f32(3, 4), f32(5, 2), f32(3, 2)),
+    "gemm-transposed": (_blas.gemm_checked, f32(3, 4), f32(3, 2), f32(3, 2), True),
+    "axpy": (_kernels.axpy_checked, f32(3), f32(4), 1.0),
+}
+# (wrapper, *arguments) that Cython's buffer checks reject before any kernel runs.
+BAD_BUFFERS = {
+    "mixed-dtypes": (_kernels.dense_forward_checked, f32(3, 4), f32(4, 2).astype(np.float64), f32(2), True,
+                     f32(3, 2)),
+    "float16": (_kernels.softmax_checked, f32(3, 2).astype(np.float16), f32(3, 2).astype(np.float16)),
+    "int64": (_kernels.relu_backward_checked, np.zeros((3, 2), np.int64), np.zeros((3, 2), np.int64)),
+    "int32-labels": (_kernels.softmax_crossentropy_checked, f32(3, 2), LABELS.astype(np.int32), f32(3, 2)),
+    "fortran-order": (_kernels.dense_input_grad_checked, np.asfortranarray(f32(3, 2)), f32(4, 2),
+                      f32(3, 4)),
+    "strided-slice": (_kernels.gather_rows_checked, f32(5, 4)[:, ::2], LABELS, f32(3, 2)),
+    "read-only-output": (_blas.gemm_checked, f32(3, 4), f32(4, 2), read_only(f32(3, 2))),
+}
+
+
+@pytest.mark.parametrize("call", SHAPE_MISMATCHES.values(), ids=SHAPE_MISMATCHES.keys())
+def test_shape_mismatch_raises(call):
+    wrapper, *arguments = call
+    with pytest.raises(ValueError, match=r"^Expected .+\. Received: .*shape="):
+        wrapper(*arguments)
+
+
+@pytest.mark.parametrize("call", BAD_BUFFERS.values(), ids=BAD_BUFFERS.keys())
+def test_bad_buffer_raises(call):
+    wrapper, *arguments = call
+    with pytest.raises((ValueError, TypeError)):
+        wrapper(*arguments)
+
+
+@st.composite
+def dense_problems(draw):
+    """Small X, W, b of one dtype with values in [-1, 1], and relu or identity."""
+    dtype = draw(st.sampled_from(list(TOLERANCES)))
+    n, k, m = draw(st.tuples(st.integers(1, 8), st.integers(1, 8), st.integers(1, 8)))
+    values = st.floats(-1, 1, width=32)
+    X, W, b = (draw(hnp.arrays(dtype, shape, elements=values)) for shape in [(n, k), (k, m), m])
+    return X, W, b, draw(st.booleans())
+
+
+@st.composite
+def classification_problems(draw):
+    """Small logits of one dtype in [-100, 100] and labels in [0, n_classes)."""
+    dtype = draw(st.sampled_from(list(TOLERANCES)))
+    n, n_classes = draw(st.tuples(st.integers(1, 8), st.integers(1, 12)))
+    logits = draw(hnp.arrays(dtype, (n, n_classes), elements=st.floats(-100, 100, width=32)))
+    labels = draw(hnp.arrays(np.intp, n, elements=st.integers(0, n_classes - 1)))
+    return logits, labels
+
+
+@settings(max_examples=50, deadline=None)
+@given(dense_problems())
+def test_dense_forward_property(problem):
+    check_dense_forward(*problem)
+
+
+@settings(max_examples=50, deadline=None)
+@given(classification_problems())
+def test_softmax_crossentropy_property(problem):
+    loss, grad = check_softmax_crossentropy(*problem)
+    assert loss >= 0
