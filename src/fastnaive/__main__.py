@@ -1,0 +1,5 @@
+import sys
+
+from fastnaive.cli import main
+
+sys.exit(main())
