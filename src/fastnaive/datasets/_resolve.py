@@ -1,7 +1,8 @@
 """Find and load a 28x28, ten-class image dataset laid out like keras.datasets.mnist.
 
 The places searched, in order: the `path` argument, the FASTNAIVE_DATA
-environment variable, the Keras cache, then a TensorFlow download.
+environment variable, the Keras cache, any system folders (a Debian
+package's), then a TensorFlow download.
 """
 
 import os
@@ -33,12 +34,20 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Describes a dataset: its name, .npz file name, Keras cache entry and download."""
+    """Describes a dataset: its name, .npz file name, Keras cache entry, download and more places.
+
+    `data_subfolder`, when set, makes FASTNAIVE_DATA count only through its
+    `npz_name` file or that subfolder, so that datasets whose IDX files share
+    names can live side by side in it. `system_folders` holds (label, folder)
+    pairs searched after the Keras cache.
+    """
 
     name: str
     npz_name: str
     keras_cache: str
     download: Callable[[], tuple]
+    data_subfolder: str = ""
+    system_folders: tuple = ()
 
 
 def load(spec, path=None):
@@ -52,6 +61,15 @@ def load(spec, path=None):
             return _read_source(spec, location)
         looked.append(f"{label}: {reason}")
     return _download(spec, looked)
+
+
+def describe(spec):
+    """Return [(place, state)] for the places load() searches without `path`, in order."""
+    states = []
+    for label, location in _fallback_locations(spec):
+        reason = "not set" if location is None else _why_missing(spec, location)
+        states.append((label, reason or "found"))
+    return [*states, ("TensorFlow download", "used when no place above holds the data")]
 
 
 def _download(spec, looked):
@@ -93,15 +111,22 @@ def _load_explicit(spec, path):
 
 
 def _fallback_locations(spec):
-    """Return (label, location or None) for FASTNAIVE_DATA and the Keras cache."""
+    """Return (label, location or None) for FASTNAIVE_DATA, the Keras cache and system folders."""
     data = os.environ.get("FASTNAIVE_DATA")
-    if data:
-        data_place = (f"FASTNAIVE_DATA={data}", Path(data).expanduser())
-    else:
-        data_place = ("FASTNAIVE_DATA", None)
+    data_place = _data_place(spec, data) if data else ("FASTNAIVE_DATA", None)
     keras_home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
     cache = keras_home / "datasets" / spec.keras_cache
-    return [data_place, (f"Keras cache {cache}", cache)]
+    system = [(f"{label} {folder}", Path(folder)) for label, folder in spec.system_folders]
+    return [data_place, (f"Keras cache {cache}", cache), *system]
+
+
+def _data_place(spec, data):
+    """Return (label, location) of `spec`'s dataset in the FASTNAIVE_DATA folder `data`."""
+    folder = Path(data).expanduser()
+    if not spec.data_subfolder or (folder / spec.npz_name).is_file():
+        return f"FASTNAIVE_DATA={data}", folder
+    subfolder = folder / spec.data_subfolder
+    return f"FASTNAIVE_DATA={data} -> {subfolder}", subfolder
 
 
 def _why_missing(spec, location):
@@ -120,9 +145,16 @@ def _not_found_message(spec, looked):
         f"{spec.name} not found. Looked in:\n{places}\n"
         f"To fix: pass path= an .npz file or a folder holding {spec.npz_name} "
         "or the four IDX files; "
-        "or set FASTNAIVE_DATA to such a folder; "
+        f"or set FASTNAIVE_DATA to {_data_hint(spec)}; "
         'or pip install "fastnaive[tf]" and go online to download it.'
     )
+
+
+def _data_hint(spec):
+    """Return what FASTNAIVE_DATA must hold for `spec`, for the not-found message."""
+    if spec.data_subfolder:
+        return f"a folder holding {spec.npz_name} or a {spec.data_subfolder}/ folder of IDX files"
+    return "such a folder"
 
 
 def _read_npz(file):
