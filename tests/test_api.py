@@ -296,7 +296,7 @@ def test_update_is_in_place(dtype, update):
 def test_fit_matches_the_books_loop_of_training_steps(dtype):
     """fit fuses SGD into the weight-gradient GEMM; the book's loop applies it after."""
     model, expected, (x, y) = make_model(dtype), make_model(dtype), make_data(dtype=dtype)
-    losses = fit(model, x, y, epochs=2, batch_size=16, optimizer=SGD(0.1))
+    losses = fit(model, x, y, epochs=2, batch_size=16, optimizer=SGD(0.1)).history["loss"]
     expected_losses = []
     for _ in range(2):
         batches = BatchGenerator(x, y, batch_size=16)

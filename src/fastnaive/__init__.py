@@ -12,13 +12,16 @@ from fastnaive.activations import relu, softmax
 from fastnaive.batches import BatchGenerator
 from fastnaive.layers import NaiveDense
 from fastnaive.models import NaiveSequential
-from fastnaive.optimizers import SGD
-from fastnaive.training import evaluate, fit, loss_and_gradients, one_training_step, update_weights
+from fastnaive.optimizers import SGD, Adam
+from fastnaive.saving import load_model
+from fastnaive.training import (evaluate, evaluate_loss, fit, loss_and_gradients, one_training_step,
+                                update_weights)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "NaiveDense", "NaiveSequential", "BatchGenerator", "SGD", "relu", "softmax",
-    "loss_and_gradients", "update_weights", "one_training_step", "fit", "evaluate",
+    "NaiveDense", "NaiveSequential", "BatchGenerator", "SGD", "Adam", "relu", "softmax",
+    "load_model", "loss_and_gradients", "update_weights", "one_training_step", "fit", "evaluate",
+    "evaluate_loss",
     "callbacks", "datasets", "optimizers", "__version__",
 ]

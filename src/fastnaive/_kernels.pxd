@@ -10,6 +10,13 @@ cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delt
                            floating[:, ::1] dW_out, floating[::1] db_out) noexcept nogil
 cdef double softmax_crossentropy(const floating[:, ::1] logits, const Py_ssize_t[::1] labels,
                                  floating[:, ::1] grad_out) noexcept nogil
+cdef Py_ssize_t count_correct(const floating[:, ::1] logits,
+                              const Py_ssize_t[::1] labels) noexcept nogil
 cdef void softmax(const floating[:, ::1] logits, floating[:, ::1] out) noexcept nogil
 cdef void gather_rows(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
                       floating[:, ::1] out) noexcept nogil
+cdef void momentum_update(floating* w, const floating* g, floating* velocity, Py_ssize_t n,
+                          floating learning_rate, floating momentum, bint nesterov) noexcept nogil
+cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
+                      floating alpha, floating beta_1, floating beta_2,
+                      floating epsilon) noexcept nogil

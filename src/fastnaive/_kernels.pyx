@@ -8,7 +8,7 @@
 # starting value with beta = 1, ReLU in place on its output).
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, log, NAN
+from libc.math cimport exp, log, sqrt, NAN
 from libc.string cimport memcpy
 
 from fastnaive._blas cimport axpy, gemm
@@ -101,6 +101,19 @@ cdef double softmax_crossentropy(const floating[:, ::1] logits, const Py_ssize_t
     return loss * scale
 
 
+cdef Py_ssize_t count_correct(const floating[:, ::1] logits,
+                              const Py_ssize_t[::1] labels) noexcept nogil:
+    """Return #{i : argmax_j z_ij = y_i}, the first maximum counting on ties"""
+    cdef Py_ssize_t i, j, best, correct = 0
+    for i in range(logits.shape[0]):
+        best = 0
+        for j in range(1, logits.shape[1]):
+            if logits[i, j] > logits[i, best]:
+                best = j
+        correct += best == labels[i]
+    return correct
+
+
 cdef void softmax(const floating[:, ::1] logits, floating[:, ::1] out) noexcept nogil:
     """out := exp(z - max(z)) / sum(exp(z - max(z))), row by row"""
     cdef Py_ssize_t i, j
@@ -130,6 +143,29 @@ cdef void gather_rows(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
         else:
             for j in range(n_cols):
                 out[i, j] = NAN
+
+
+cdef void momentum_update(floating* w, const floating* g, floating* velocity, Py_ssize_t n,
+                          floating learning_rate, floating momentum, bint nesterov) noexcept nogil:
+    """v := momentum * v - lr * g;  w := w + (momentum * v - lr * g if nesterov else v)"""
+    cdef Py_ssize_t i
+    for i in range(n):
+        velocity[i] = momentum * velocity[i] - learning_rate * g[i]
+        if nesterov:
+            w[i] += momentum * velocity[i] - learning_rate * g[i]
+        else:
+            w[i] += velocity[i]
+
+
+cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
+                      floating alpha, floating beta_1, floating beta_2,
+                      floating epsilon) noexcept nogil:
+    """m += (1 - b1) (g - m);  v += (1 - b2) (g^2 - v);  w -= alpha * m / (sqrt(v) + eps)"""
+    cdef Py_ssize_t i
+    for i in range(n):
+        m[i] += (g[i] - m[i]) * (1 - beta_1)
+        v[i] += (g[i] * g[i] - v[i]) * (1 - beta_2)
+        w[i] -= m[i] * alpha / (<floating>sqrt(v[i]) + epsilon)
 
 
 # ---- Python wrappers: check shapes, then run the kernel without the GIL. ----
@@ -199,6 +235,16 @@ def softmax_crossentropy_checked(const floating[:, ::1] logits, const Py_ssize_t
     return loss
 
 
+def count_correct_checked(const floating[:, ::1] logits, const Py_ssize_t[::1] labels):
+    """Return how many rows have their largest logit at their label"""
+    if not (logits.shape[0] == labels.shape[0] and logits.shape[1] > 0):
+        raise _shape_error("logits (n, c) and labels (n,) with c >= 1", logits=logits, labels=labels)
+    cdef Py_ssize_t correct
+    with nogil:
+        correct = count_correct(logits, labels)
+    return correct
+
+
 def softmax_checked(const floating[:, ::1] logits, floating[:, ::1] out):
     """out := softmax(logits) row by row"""
     if not (out.shape[0] == logits.shape[0] and out.shape[1] == logits.shape[1] > 0):
@@ -224,3 +270,25 @@ def axpy_checked(const floating[::1] x, floating[::1] y, floating alpha):
         return
     with nogil:
         axpy(alpha, &x[0], &y[0], <int>y.shape[0])
+
+
+def momentum_update_checked(floating[::1] w, const floating[::1] g, floating[::1] velocity,
+                            floating learning_rate, floating momentum, bint nesterov):
+    """v := momentum * v - lr * g;  w := w + (momentum * v - lr * g if nesterov else v)"""
+    if not (g.shape[0] == w.shape[0] and velocity.shape[0] == w.shape[0]):
+        raise _shape_error("w, g and velocity of the same length", w=w, g=g, velocity=velocity)
+    if w.shape[0] == 0:
+        return
+    with nogil:
+        momentum_update(&w[0], &g[0], &velocity[0], w.shape[0], learning_rate, momentum, nesterov)
+
+
+def adam_update_checked(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v,
+                        floating alpha, floating beta_1, floating beta_2, floating epsilon):
+    """m += (1 - b1) (g - m);  v += (1 - b2) (g^2 - v);  w -= alpha * m / (sqrt(v) + eps)"""
+    if not (g.shape[0] == w.shape[0] and m.shape[0] == w.shape[0] and v.shape[0] == w.shape[0]):
+        raise _shape_error("w, g, m and v of the same length", w=w, g=g, m=m, v=v)
+    if w.shape[0] == 0:
+        return
+    with nogil:
+        adam_update(&w[0], &g[0], &m[0], &v[0], w.shape[0], alpha, beta_1, beta_2, epsilon)

@@ -1,62 +1,225 @@
-"""The command line: `python -m fastnaive` (or `fastnaive`) trains the book's model on MNIST."""
+"""The command line: `fastnaive train | evaluate | info` (also `python -m fastnaive`).
+
+With no subcommand, `train` runs with its defaults: the book's recipe on MNIST.
+Errors (missing data, bad option values, unreadable files) are one line on
+stderr and exit status 1.
+"""
 import argparse
+import importlib
+import json
 import sys
 import time
 
 import numpy as np
 
 import fastnaive
-from fastnaive.callbacks import LambdaCallback
-from fastnaive.datasets import mnist
+from fastnaive import initializers, optimizers
+
+DATASETS = ("mnist", "fashion_mnist")
+VERBOSE = {"book": "book", "0": 0, "1": 1, "2": 2}
+
+
+class UsageError(Exception):
+    """A problem with the command line's values, reported as one line."""
+
+
+def hidden_sizes(text):
+    """Parse "512" or "256,128" into a tuple of layer sizes."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected sizes like 512 or 256,128, got {text!r}")
+    return sizes
+
+
+def add_data_options(parser):
+    parser.add_argument("--dataset", choices=DATASETS, default="mnist", help="default: mnist")
+    parser.add_argument("--data", metavar="PATH",
+                        help="an .npz or a folder holding it or the four IDX files (default: "
+                             "$FASTNAIVE_DATA, the Keras cache, then a TensorFlow download)")
+
+
+def add_train_options(parser):
+    add_data_options(parser)
+    parser.add_argument("--epochs", type=int, default=10, help="default: 10")
+    parser.add_argument("--batch-size", type=int, default=128, help="default: 128")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: 1e-3, the book's)")
+    parser.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default="sgd",
+                        help="sgd (the book's), momentum (SGD, 0.9) or adam (default: sgd)")
+    parser.add_argument("--hidden", type=hidden_sizes, default=(512,),
+                        help="hidden layer sizes, e.g. 512 or 256,128 (default: 512)")
+    parser.add_argument("--init", choices=tuple(initializers.NAMES), default="book",
+                        help="initial weights (default: book, U[0, 0.1))")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--seed", type=int, default=None, help="seed for weights and shuffling")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="BLAS and OpenMP threads (default: all cores)")
+    parser.add_argument("--shuffle", action="store_true", help="reshuffle the samples every epoch")
+    parser.add_argument("--validation-split", type=float, default=0.0, metavar="FRACTION",
+                        help="hold out this last fraction of the training set for validation")
+    parser.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
+    parser.add_argument("--history", metavar="PATH", help="write the history (.json or .csv)")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="write a PNG of the loss and accuracy curves (needs matplotlib)")
+    parser.add_argument("--verbose", choices=tuple(VERBOSE), default=None,
+                        help="book: the book's lines, 1: a progress bar, 2: a line per epoch, "
+                             "0: quiet (default: 1 on a terminal, else 2)")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="fastnaive",
-        description="Train the MLP of Deep Learning with Python, ch. 2 (784-512 relu-10 softmax, "
-                    "W ~ U[0, 0.1), SGD) on MNIST and print each epoch's loss and the test accuracy.")
-    parser.add_argument("--data", metavar="PATH",
-                        help="mnist.npz or a folder holding it or the four IDX files "
-                             "(default: $FASTNAIVE_DATA, the Keras cache, then a TensorFlow download)")
-    parser.add_argument("--epochs", type=int, default=10, help="passes over the training set (default: 10)")
-    parser.add_argument("--batch-size", type=int, default=128, help="samples per step (default: 128)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate (default: 1e-3)")
-    parser.add_argument("--hidden", type=int, default=512, help="hidden units (default: 512)")
-    parser.add_argument("--seed", type=int, default=None, help="seed for the initial weights")
+        description="Train and evaluate the MLP of Deep Learning with Python, ch. 2, on MNIST or "
+                    "Fashion-MNIST. With no command, train the book's recipe (784-512 relu-10 "
+                    "softmax, W ~ U[0, 0.1), SGD 1e-3, batch 128, 10 epochs) on MNIST.")
+    parser.add_argument("--version", action="version", version=f"fastnaive {fastnaive.__version__}")
+    commands = parser.add_subparsers(dest="command")
+    add_train_options(commands.add_parser("train", help="train a model and report test accuracy"))
+    evaluate = commands.add_parser("evaluate", help="test accuracy of a saved model")
+    evaluate.add_argument("model", help="a model file written by train --save")
+    add_data_options(evaluate)
+    commands.add_parser("info", help="version, BLAS, threads, OpenMP and where data is found")
     return parser
 
 
-def load_mnist(path):
-    """Return MNIST the book's way: images (n, 784) float32 in [0, 1], labels uint8."""
-    (x_train, y_train), (x_test, y_test) = mnist.load_data(path)
+def load_dataset(name, path):
+    """Return the dataset with images flattened to float in [0, 1], labels as given."""
+    module = importlib.import_module(f"fastnaive.datasets.{name}")
+    (x_train, y_train), (x_test, y_test) = module.load_data(path)
+
     def scale(x):
         return x.reshape(len(x), -1).astype(np.float32) / 255
     return (scale(x_train), y_train), (scale(x_test), y_test)
 
 
-def train(args):
-    (x_train, y_train), (x_test, y_test) = load_mnist(args.data)
+def build_model(args):
     rng = np.random.default_rng(args.seed)
-    model = fastnaive.NaiveSequential([
-        fastnaive.NaiveDense(784, args.hidden, "relu", seed=rng),
-        fastnaive.NaiveDense(args.hidden, 10, "softmax", seed=rng),
-    ])
-    report = LambdaCallback(on_epoch_end=lambda epoch, logs: print(
-        f"epoch {epoch}: mean loss {logs['loss']:.4f}"))
+    sizes = (784, *args.hidden, 10)
+    layers = [fastnaive.NaiveDense(n_in, n_out, "relu", dtype=args.dtype, seed=rng,
+                                   initializer=args.init)
+              for n_in, n_out in zip(sizes[:-2], sizes[1:-1])]
+    layers.append(fastnaive.NaiveDense(sizes[-2], 10, "softmax", dtype=args.dtype, seed=rng,
+                                       initializer=args.init))
+    return fastnaive.NaiveSequential(layers)
+
+
+def write_history(history, path):
+    """Write the per-epoch metrics as JSON ({name: [values]}) or CSV (a row per epoch)."""
+    if path.endswith(".json"):
+        with open(path, "w") as f:
+            json.dump({"epoch": history.epoch, **history.history}, f, indent=1)
+    elif path.endswith(".csv"):
+        keys = list(history.history)
+        with open(path, "w") as f:
+            f.write(",".join(["epoch", *keys]) + "\n")
+            for i, epoch in enumerate(history.epoch):
+                f.write(",".join([str(epoch), *(repr(history.history[k][i]) for k in keys)]) + "\n")
+    else:
+        raise UsageError(f"--history expects a path ending in .json or .csv, got {path!r}")
+
+
+def plot_history(history, path):
+    """Write a PNG with the loss and the accuracy per epoch, training and validation."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        raise UsageError('--plot needs matplotlib: pip install "fastnaive[plot]"') from None
+    epochs = [e + 1 for e in history.epoch]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, label in (("", "training"), ("val_", "validation")):
+            if prefix + metric in history.history:
+                ax.plot(epochs, history.history[prefix + metric], marker="o", label=label)
+        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def thread_limit(threads):
+    """A context limiting BLAS and OpenMP threads, or doing nothing for None."""
+    from contextlib import nullcontext
+    if threads is None:
+        return nullcontext()
+    if threads < 1:
+        raise UsageError(f"--threads expects a number >= 1, got {threads}")
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=threads)
+
+
+def train(args):
+    if args.history and not args.history.endswith((".json", ".csv")):
+        raise UsageError(f"--history expects a path ending in .json or .csv, got {args.history!r}")
+    verbose = VERBOSE[args.verbose] if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset, args.data)
+    model = build_model(args)
+    optimizer = optimizers.get(args.optimizer, args.lr)
     start = time.perf_counter()
-    fastnaive.fit(model, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                  optimizer=fastnaive.SGD(args.lr), callbacks=[report])
-    seconds = time.perf_counter() - start
-    accuracy = fastnaive.evaluate(model, x_test, y_test)
-    print(f"trained {args.epochs} epochs in {seconds:.1f} s; test accuracy: {accuracy:.4f}")
+    with thread_limit(args.threads):
+        history = fastnaive.fit(model, x_train, y_train, args.epochs, args.batch_size,
+                                optimizer=optimizer, shuffle=args.shuffle, seed=args.seed,
+                                validation_split=args.validation_split, verbose=verbose)
+        seconds = time.perf_counter() - start
+        accuracy = fastnaive.evaluate(model, x_test, y_test)
+    if verbose == "book":
+        for epoch, loss in zip(history.epoch, history.history["loss"]):
+            print(f"epoch {epoch}: mean loss {loss:.4f}")
+    print(f"trained {len(history.epoch)} epochs in {seconds:.1f} s "
+          f"({seconds / max(len(history.epoch), 1):.2f} s/epoch); test accuracy: {accuracy:.4f}")
+    if args.save:
+        model.save(args.save)
+        print(f"model saved to {args.save}")
+    if args.history:
+        write_history(history, args.history)
+    if args.plot:
+        plot_history(history, args.plot)
+
+
+def evaluate(args):
+    model = fastnaive.load_model(args.model)
+    _, (x_test, y_test) = load_dataset(args.dataset, args.data)
+    loss, accuracy = fastnaive.evaluate_loss(model, x_test, y_test)
+    print(f"test loss: {loss:.4f}; test accuracy: {accuracy:.4f}")
+
+
+def info(args):
+    from threadpoolctl import threadpool_info
+    from fastnaive import _kernels
+    from fastnaive.datasets import locations
+    print(f"fastnaive {fastnaive.__version__}, numpy {np.__version__}")
+    print(f"OpenMP: {'compiled in' if _kernels.openmp_enabled() else 'not compiled in'}")
+    for pool in threadpool_info():
+        version = f" {pool['version']}" if pool.get("version") else ""
+        print(f"{pool['user_api']}: {pool['internal_api']}{version} ({pool['prefix']}), "
+              f"{pool['num_threads']} threads")
+    for name in DATASETS:
+        print(f"{name}:")
+        for place, state in locations(name):
+            print(f"  {place}: {state}")
+
+
+COMMANDS = {"train": train, "evaluate": evaluate, "info": info}
 
 
 def main(argv=None):
     """Run the command line; return the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv = ["train", *argv]
+    args = parser.parse_args(argv)
     try:
-        train(args)
-    except (OSError, ValueError, TypeError) as error:
-        print(f"fastnaive: error: {error}", file=sys.stderr)
+        COMMANDS[args.command](args)
+    except (UsageError, OSError, ValueError, TypeError, FloatingPointError) as error:
+        print(f"fastnaive: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     return 0

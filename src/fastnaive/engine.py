@@ -8,7 +8,8 @@ import numpy as np
 
 from fastnaive import _kernels
 
-__all__ = ["Workspace", "workspace_for", "forward", "loss_gradient", "backpropagate"]
+__all__ = ["Workspace", "workspace_for", "forward", "loss_gradient", "backpropagate",
+           "loss_and_accuracy"]
 
 
 def _signature(model):
@@ -28,6 +29,19 @@ class Workspace:
         self.outputs = [np.empty((capacity, layer.output_size), dtype) for layer in model.layers]
         self.deltas = [np.empty((capacity, layer.output_size), dtype) for layer in model.layers]
         self.gradients = [np.empty_like(w) for w in model.weights]
+        self.n_features = model.input_size
+        self.batch_inputs = None
+        self.batch_labels = None
+
+    def gathered(self, x, y, rows):
+        """Return (x[rows], y[rows]) gathered into this workspace's batch buffers."""
+        if self.batch_inputs is None:
+            self.batch_inputs = np.empty((self.capacity, self.n_features), x.dtype)
+            self.batch_labels = np.empty(self.capacity, np.intp)
+        n = rows.shape[0]
+        _kernels.gather_rows_checked(x, rows, self.batch_inputs[:n])
+        np.take(y, rows, out=self.batch_labels[:n])
+        return self.batch_inputs[:n], self.batch_labels[:n]
 
     def fits(self, model, n_samples):
         """True when this workspace serves `model` for a batch of n_samples."""
@@ -83,3 +97,14 @@ def backpropagate(model, workspace, x, learning_rate=None):
             _kernels.dense_param_grad_checked(inputs, delta, 1.0, 0.0, dW, db)
         else:
             _kernels.dense_param_grad_checked(inputs, delta, -learning_rate, 1.0, layer.W, layer.b)
+
+
+def loss_and_accuracy(model, workspace, x, y):
+    """Return the mean cross-entropy and the accuracy over (x, y), in chunks of the workspace."""
+    total_loss, correct = 0.0, 0
+    for start in range(0, x.shape[0], workspace.capacity):
+        stop = min(start + workspace.capacity, x.shape[0])
+        logits = forward(model, workspace, x[start:stop])
+        correct += _kernels.count_correct_checked(logits, y[start:stop])
+        total_loss += loss_gradient(workspace, y[start:stop]) * (stop - start)
+    return total_loss / x.shape[0], correct / x.shape[0]

@@ -1,7 +1,7 @@
 """NaiveDense: the book's fully connected layer, with live NumPy weights."""
 import numpy as np
 
-from fastnaive import _kernels, activations
+from fastnaive import _kernels, activations, initializers
 from fastnaive._validation import as_dtype, as_inputs, positive_int
 
 __all__ = ["NaiveDense"]
@@ -10,20 +10,22 @@ __all__ = ["NaiveDense"]
 class NaiveDense:
     """outputs = activation(inputs @ W + b), with W ~ U[0, 0.1) and b = 0 as in the book.
 
+    `initializer` chooses W's distribution: "book" (U[0, 0.1)), "glorot_uniform"
+    or "he_normal" (see fastnaive.initializers).
+
     `W` (input_size, output_size) and `b` (output_size,) are NumPy arrays that
     training updates in place: writing into them changes the model. Assigning a
     new array checks its shape, dtype and layout.
     """
 
-    def __init__(self, input_size, output_size, activation, *, dtype="float32", seed=None):
+    def __init__(self, input_size, output_size, activation, *, dtype="float32", seed=None,
+                 initializer="book"):
         self.input_size = positive_int(input_size, "input_size")
         self.output_size = positive_int(output_size, "output_size")
         self.activation = activations.resolve(activation)
         self.dtype = as_dtype(dtype)
-        rng = np.random.default_rng(seed)
-        W = rng.uniform(0.0, 0.1, size=(self.input_size, self.output_size)).astype(self.dtype)
-        # Rounding to float32 can lift a draw just below 0.1 to float32(0.1) > 0.1.
-        self.W = np.minimum(W, np.nextafter(self.dtype.type(0.1), self.dtype.type(0)))
+        self.W = initializers.initial_weights(initializer, (self.input_size, self.output_size),
+                                              self.dtype, np.random.default_rng(seed))
         self.b = np.zeros(self.output_size, dtype=self.dtype)
 
     @property

@@ -2,7 +2,7 @@
 import numpy as np
 
 from fastnaive import _kernels
-from fastnaive._validation import as_inputs
+from fastnaive._validation import as_inputs, positive_int
 from fastnaive.layers import NaiveDense
 
 __all__ = ["NaiveSequential"]
@@ -33,6 +33,7 @@ class NaiveSequential:
                 raise ValueError(f"Expected softmax only on the last layer. "
                                  f"Received: softmax on layers[{i - 1}] of {len(layers)}")
         self.layers = layers
+        self.stop_training = False
 
     @property
     def weights(self):
@@ -52,6 +53,35 @@ class NaiveSequential:
     def output_size(self):
         return self.layers[-1].output_size
 
+    def get_weights(self):
+        """Copies of [W0, b0, W1, b1, ...]."""
+        return [w.copy() for w in self.weights]
+
+    def set_weights(self, weights):
+        """Copy `weights` ([W0, b0, ...], shapes as `self.weights`) into the model's arrays."""
+        weights = list(weights)
+        targets = self.weights
+        if len(weights) != len(targets):
+            raise ValueError(f"Expected {len(targets)} arrays, one per weight. "
+                             f"Received: {len(weights)} arrays")
+        checked = []
+        for i, (value, target) in enumerate(zip(weights, targets)):
+            value = np.asarray(value)
+            if value.shape != target.shape:
+                raise ValueError(f"Expected weights[{i}] of shape {target.shape}. "
+                                 f"Received: weights[{i}].shape={value.shape}")
+            if value.dtype.kind != "f":
+                raise TypeError(f"Expected weights[{i}] of a float dtype. "
+                                f"Received: weights[{i}].dtype={value.dtype}")
+            checked.append(value)
+        for value, target in zip(checked, targets):
+            np.copyto(target, value, casting="same_kind")
+
+    def save(self, path):
+        """Write the model to `path` (.npz) atomically; read it back with fastnaive.load_model."""
+        from fastnaive.saving import save_model
+        save_model(self, path)
+
     def check_weights(self):
         """Raise if any layer's W or b lost its shape, dtype or layout."""
         for layer in self.layers:
@@ -59,13 +89,18 @@ class NaiveSequential:
 
     def __call__(self, inputs):
         """Return the model's outputs for inputs of shape (n, ...) flattening to input_size."""
+        return self.predict(inputs)
+
+    def predict(self, x, batch_size=_CHUNK_ROWS):
+        """Return the model's outputs for x, computed batch_size rows at a time."""
         self.check_weights()
-        x = as_inputs(inputs, self.input_size, self.dtype, name="inputs")
+        x = as_inputs(x, self.input_size, self.dtype, name="x")
+        chunk = min(positive_int(batch_size, "batch_size"), x.shape[0])
         out = np.empty((x.shape[0], self.output_size), dtype=self.dtype)
-        hidden = [np.empty((min(_CHUNK_ROWS, x.shape[0]), layer.output_size), dtype=self.dtype)
+        hidden = [np.empty((chunk, layer.output_size), dtype=self.dtype)
                   for layer in self.layers[:-1]]
-        for start in range(0, x.shape[0], _CHUNK_ROWS):
-            stop = min(start + _CHUNK_ROWS, x.shape[0])
+        for start in range(0, x.shape[0], chunk):
+            stop = min(start + chunk, x.shape[0])
             a = x[start:stop]
             buffers = [h[:stop - start] for h in hidden] + [out[start:stop]]
             for layer, z in zip(self.layers, buffers):

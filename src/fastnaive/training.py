@@ -3,13 +3,14 @@ import math
 
 import numpy as np
 
-from fastnaive import engine
+from fastnaive import _kernels, engine, progress
 from fastnaive._validation import as_inputs, as_labels, positive_int
-from fastnaive.callbacks import Callback
+from fastnaive.callbacks import Callback, History
 from fastnaive.models import NaiveSequential
 from fastnaive.optimizers import SGD
 
-__all__ = ["loss_and_gradients", "update_weights", "one_training_step", "fit", "evaluate"]
+__all__ = ["loss_and_gradients", "update_weights", "one_training_step", "fit", "evaluate",
+           "evaluate_loss"]
 
 
 def _checked_model(model):
@@ -74,17 +75,23 @@ def one_training_step(model, images_batch, labels_batch, *, optimizer=None):
 
 
 def _train_step(model, workspace, x, y, optimizer):
-    """One step of fit: SGD fused into the weight-gradient GEMMs, other optimizers applied after."""
-    engine.forward(model, workspace, x)
+    """One step of fit; return (loss, correct predictions) of the batch before the update.
+
+    SGD is fused into the weight-gradient GEMMs; other optimizers are applied
+    to the gradients. A non-finite loss returns before any weight changes.
+    """
+    logits = engine.forward(model, workspace, x)
+    correct = _kernels.count_correct_checked(logits, y)
     loss = engine.loss_gradient(workspace, y)
     if not math.isfinite(loss):
-        return loss
-    if type(optimizer) is SGD:
+        return loss, correct
+    if type(optimizer) is SGD and optimizer.momentum == 0:
         engine.backpropagate(model, workspace, x, learning_rate=optimizer.learning_rate)
+        optimizer.iterations += 1
     else:
         engine.backpropagate(model, workspace, x)
         optimizer.apply_gradients(zip(workspace.gradients, model.weights))
-    return loss
+    return loss, correct
 
 
 def _checked_callbacks(callbacks):
@@ -96,48 +103,106 @@ def _checked_callbacks(callbacks):
     return callbacks
 
 
-def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, callbacks=None):
-    """Train on (images, labels) in order, in batches of batch_size; return each epoch's mean loss.
+def _split(model, x, y, validation_data, validation_split):
+    """Return (x, y, validation (x, y) or None), the split taken from the end of the data."""
+    if validation_data is not None and validation_split:
+        raise ValueError("Expected validation_data or validation_split, not both. "
+                         f"Received: validation_split={validation_split!r} and validation_data")
+    if validation_data is not None:
+        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+            raise ValueError("Expected validation_data=(images, labels). "
+                             f"Received: {type(validation_data).__name__}")
+        return x, y, _checked_batch(model, *validation_data)
+    if not (isinstance(validation_split, (int, float)) and 0 <= validation_split < 1):
+        raise ValueError(f"Expected validation_split in [0, 1). Received: {validation_split!r}")
+    n_val = int(x.shape[0] * validation_split)
+    if validation_split and not 0 < n_val < x.shape[0]:
+        raise ValueError(f"Expected validation_split to leave samples on both sides. "
+                         f"Received: validation_split={validation_split} of {x.shape[0]} samples")
+    if n_val == 0:
+        return x, y, None
+    cut = x.shape[0] - n_val
+    return x[:cut], y[:cut], (x[cut:], y[cut:])
 
-    Prints the book's lines: "Epoch N", then "loss at batch K: x.xx" every 100
-    batches. A loss that turns NaN or infinite stops training with a
-    FloatingPointError, leaving the weights of the last finite step.
+
+def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffle=False,
+        seed=None, validation_data=None, validation_split=0.0, verbose="book", callbacks=None):
+    """Train on (images, labels) in batches of batch_size; return a History.
+
+    `history.history` holds each epoch's mean "loss" and "accuracy" over its
+    batches (measured before each batch's update) and, when validating,
+    "val_loss" and "val_accuracy" after the epoch. validation_split takes the
+    last fraction of the samples, before any shuffling, as Keras does.
+    shuffle=True draws a new order every epoch from `seed`. verbose: "book"
+    prints the book's lines, 1 a progress bar per epoch, 2 a line per epoch,
+    0 nothing. A loss that turns NaN or infinite stops training with a
+    FloatingPointError naming the epoch and batch, leaving the weights of the
+    last finite step.
     """
     _checked_model(model)
     x, y = _checked_batch(model, images, labels)
     epochs = positive_int(epochs, "epochs", minimum=0)
     batch_size = positive_int(batch_size, "batch_size")
     optimizer = _checked_optimizer(optimizer)
-    callbacks = _checked_callbacks(callbacks)
+    x, y, validation = _split(model, x, y, validation_data, validation_split)
+    history = History()
+    callbacks = [c for c in [progress.logger(verbose)] if c] + _checked_callbacks(callbacks) \
+        + [history]
     n_samples = x.shape[0]
+    params = {"epochs": epochs, "batch_size": batch_size, "samples": n_samples,
+              "steps": math.ceil(n_samples / batch_size), "shuffle": bool(shuffle)}
+    for callback in callbacks:
+        callback.set_model(model)
+        callback.set_params(params)
     workspace = engine.workspace_for(model, min(batch_size, n_samples))
-    epoch_losses = []
+    rng = np.random.default_rng(seed)
+    order = np.arange(n_samples) if shuffle else None
+    model.stop_training = False
     for callback in callbacks:
         callback.on_train_begin()
     for epoch in range(epochs):
-        print(f"Epoch {epoch}")
         for callback in callbacks:
             callback.on_epoch_begin(epoch)
-        total = 0.0
+        if shuffle:
+            rng.shuffle(order)
+        total_loss, correct = 0.0, 0
         for batch, start in enumerate(range(0, n_samples, batch_size)):
             stop = min(start + batch_size, n_samples)
-            loss = _train_step(model, workspace, x[start:stop], y[start:stop], optimizer)
+            if shuffle:
+                xb, yb = workspace.gathered(x, y, order[start:stop])
+            else:
+                xb, yb = x[start:stop], y[start:stop]
+            loss, batch_correct = _train_step(model, workspace, xb, yb, optimizer)
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"The loss became {loss} at epoch {epoch}, batch {batch}; training stopped "
                     f"with the weights of the last finite step. Check the inputs for NaN or "
                     f"Inf and try a smaller learning rate.")
-            total += loss * (stop - start)
-            if batch % 100 == 0:
-                print(f"loss at batch {batch}: {loss:.2f}")
+            total_loss += loss * (stop - start)
+            correct += batch_correct
             for callback in callbacks:
                 callback.on_batch_end(batch, {"loss": loss})
-        epoch_losses.append(total / n_samples)
+        logs = {"loss": total_loss / n_samples, "accuracy": correct / n_samples}
+        if validation is not None:
+            logs["val_loss"], logs["val_accuracy"] = engine.loss_and_accuracy(
+                model, workspace, *validation)
         for callback in callbacks:
-            callback.on_epoch_end(epoch, {"loss": epoch_losses[-1]})
+            callback.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
     for callback in callbacks:
         callback.on_train_end()
-    return epoch_losses
+    history.params = params
+    return history
+
+
+def evaluate_loss(model, images, labels, batch_size=1024):
+    """Return (mean cross-entropy, accuracy) over the images, computed batch_size rows at a time."""
+    _checked_model(model)
+    x, y = _checked_batch(model, images, labels)
+    batch_size = positive_int(batch_size, "batch_size")
+    workspace = engine.Workspace(model, min(batch_size, x.shape[0]))
+    return engine.loss_and_accuracy(model, workspace, x, y)
 
 
 def evaluate(model, images, labels):

@@ -1,0 +1,108 @@
+"""Saving a model to one .npz file, atomically, and loading it back without pickle.
+
+The file holds `fastnaive_format` (the format version), `architecture` (JSON:
+each layer's sizes and activation, and the dtype) and the arrays `W0`, `b0`,
+`W1`, `b1`, ... It is written to a temporary file in the target's folder,
+flushed to disk and renamed over the target, so a crash mid-save leaves the
+previous file whole. Loading checks everything before building the model.
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from fastnaive.layers import NaiveDense
+from fastnaive.models import NaiveSequential
+
+__all__ = ["save_model", "load_model", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+
+
+def _architecture(model):
+    return {"dtype": str(model.dtype),
+            "layers": [{"input_size": layer.input_size, "output_size": layer.output_size,
+                        "activation": layer.activation} for layer in model.layers]}
+
+
+def save_model(model, path):
+    """Write `model` to `path` (.npz), replacing any file there only once the new one is complete."""
+    if not isinstance(model, NaiveSequential):
+        raise TypeError(f"Expected model to be a NaiveSequential. Received: {type(model).__name__}")
+    path = os.fspath(path)
+    arrays = {"fastnaive_format": np.array(FORMAT_VERSION),
+              "architecture": np.array(json.dumps(_architecture(model)))}
+    for i, layer in enumerate(model.layers):
+        arrays[f"W{i}"], arrays[f"b{i}"] = layer.W, layer.b
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fastnaive-", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _invalid(path, what):
+    return ValueError(f"Expected a fastnaive model file. Received: {path!r}, {what}")
+
+
+def _read_arrays(path):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as error:
+        raise _invalid(path, f"which cannot be read as .npz ({type(error).__name__}: {error})") \
+            from error
+
+
+def _checked_architecture(path, arrays):
+    if "fastnaive_format" not in arrays or "architecture" not in arrays:
+        raise _invalid(path, "which lacks the keys fastnaive_format and architecture")
+    version = arrays["fastnaive_format"]
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+        raise _invalid(path, f"of format version {version!r}; this fastnaive reads {FORMAT_VERSION}")
+    try:
+        architecture = json.loads(str(arrays["architecture"]))
+        layers = [(spec["input_size"], spec["output_size"], spec["activation"])
+                  for spec in architecture["layers"]]
+        dtype = architecture["dtype"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise _invalid(path, f"whose architecture is not valid ({error})") from error
+    return layers, dtype
+
+
+def load_model(path):
+    """Return the NaiveSequential saved at `path` by save_model; nothing half-loaded on error."""
+    path = os.fspath(path)
+    arrays = _read_arrays(path)
+    layer_specs, dtype = _checked_architecture(path, arrays)
+    try:
+        layers = [NaiveDense(n_in, n_out, activation, dtype=dtype)
+                  for n_in, n_out, activation in layer_specs]
+        model = NaiveSequential(layers)
+        model.set_weights([arrays[f"{name}{i}"] for i in range(len(layers)) for name in "Wb"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise _invalid(path, f"whose layers or weights do not agree ({error})") from error
+    expected = {"fastnaive_format", "architecture"} | {f"{n}{i}" for i in range(len(layers))
+                                                        for n in "Wb"}
+    if set(arrays) != expected:
+        raise _invalid(path, f"with unexpected keys {sorted(set(arrays) - expected)}")
+    return model
