@@ -3,7 +3,8 @@
 Metadata lives in pyproject.toml. OpenMP is used when the compiler can build
 and link a test program with it, otherwise the extensions are built serial.
 FASTNAIVE_DEBUG_BUILD=1 at build time compiles with Cython's bounds and
-wraparound checks on and without optimisation, for sanitizer runs.
+wraparound checks on and without optimisation; FASTNAIVE_SANITIZE=address adds
+AddressSanitizer (run Python with the sanitizer's runtime preloaded).
 """
 import os
 import sys
@@ -14,6 +15,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("FASTNAIVE_DEBUG_BUILD", "") not in ("", "0")
+SANITIZE = os.environ.get("FASTNAIVE_SANITIZE", "")
 OPENMP_TEST = "#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n"
 
 
@@ -49,8 +51,9 @@ class BuildExt(build_ext):
 def extension(name):
     """One Cython module of the package, compiled for speed or, in debug, for checking."""
     optimise = ["-O0", "-g"] if DEBUG else ["-O3"]
+    sanitize = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer"] if SANITIZE else []
     return Extension(f"fastnaive.{name}", [f"src/fastnaive/{name}.pyx"],
-                     extra_compile_args=optimise, extra_link_args=[])
+                     extra_compile_args=optimise + sanitize, extra_link_args=list(sanitize))
 
 
 directives = {

@@ -7,7 +7,9 @@ The book's API, with NumPy arrays for tensors:
     fit(model, train_images, train_labels, epochs=10, batch_size=128)
     accuracy = evaluate(model, test_images, test_labels)
 """
-from fastnaive import callbacks, datasets, optimizers
+import importlib
+
+from fastnaive import callbacks, optimizers
 from fastnaive.activations import relu, softmax
 from fastnaive.batches import BatchGenerator
 from fastnaive.layers import NaiveDense
@@ -25,3 +27,10 @@ __all__ = [
     "evaluate_loss",
     "callbacks", "datasets", "optimizers", "__version__",
 ]
+
+
+def __getattr__(name):
+    # The data loaders (zipfile, gzip, pathlib) load on first use, keeping the import quick.
+    if name == "datasets":
+        return importlib.import_module("fastnaive.datasets")
+    raise AttributeError(f"module 'fastnaive' has no attribute {name!r}")

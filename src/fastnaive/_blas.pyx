@@ -2,8 +2,43 @@
 # A row-major (m, n) array is the column-major (n, m) array of its transpose, so
 # C = op(A) @ op(B) is computed as C.T = op(B).T @ op(A).T: B and A are passed
 # swapped, with each array's row length as its leading dimension. Every GEMM of
-# the package goes through scipy's BLAS, one library and one thread pool.
-from scipy.linalg.cython_blas cimport sgemm, dgemm, saxpy, daxpy
+# the package goes through SciPy's BLAS (scipy.linalg.cython_blas), one library
+# and one thread pool. Its functions are looked up on first use rather than
+# cimported, because cimporting imports all of scipy.linalg with the package,
+# which would triple the time `import fastnaive` takes: every def wrapper that
+# reaches BLAS calls load_blas() first.
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+
+ctypedef void (*sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*, float*, int*,
+                         float*, float*, int*) noexcept nogil
+ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*, double*, int*,
+                         double*, double*, int*) noexcept nogil
+ctypedef void (*saxpy_t)(int*, float*, float*, int*, float*, int*) noexcept nogil
+ctypedef void (*daxpy_t)(int*, double*, double*, int*, double*, int*) noexcept nogil
+
+cdef sgemm_t sgemm = NULL
+cdef dgemm_t dgemm = NULL
+cdef saxpy_t saxpy = NULL
+cdef daxpy_t daxpy = NULL
+
+
+cdef void* _function(dict capi, str name) except NULL:
+    capsule = capi[name]
+    return PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
+
+
+cdef int load_blas() except -1:
+    """Resolve SciPy's BLAS functions, once."""
+    global sgemm, dgemm, saxpy, daxpy
+    if sgemm != NULL:
+        return 0
+    from scipy.linalg import cython_blas
+    capi = cython_blas.__pyx_capi__
+    dgemm = <dgemm_t>_function(capi, "dgemm")
+    saxpy = <saxpy_t>_function(capi, "saxpy")
+    daxpy = <daxpy_t>_function(capi, "daxpy")
+    sgemm = <sgemm_t>_function(capi, "sgemm")
+    return 0
 
 
 cdef void gemm(bint trans_a, bint trans_b, floating alpha, const floating[:, ::1] A,
@@ -45,5 +80,6 @@ def gemm_checked(const floating[:, ::1] A, const floating[:, ::1] B, floating[:,
         raise ValueError(
             f"Expected op(A) (m, k), op(B) (k, n) and C (m, n) with k >= 1. Received: op(A).shape="
             f"{(m, k)}, op(B).shape={(k_b, n)}, C.shape={(C.shape[0], C.shape[1])}")
+    load_blas()
     with nogil:
         gemm(trans_a, trans_b, alpha, A, B, beta, C)

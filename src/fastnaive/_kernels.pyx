@@ -11,7 +11,7 @@ from cython.parallel cimport prange
 from libc.math cimport exp, log, sqrt, NAN
 from libc.string cimport memcpy
 
-from fastnaive._blas cimport axpy, gemm
+from fastnaive._blas cimport axpy, gemm, load_blas
 
 cdef extern from *:
     """
@@ -35,21 +35,28 @@ cdef void dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
         for j in range(Z_out.shape[1]):
             Z_out[i, j] = b[j]
     gemm(False, False, <floating>1, X, W, <floating>1, Z_out)
-    if relu:
-        for i in range(Z_out.shape[0]):
-            for j in range(Z_out.shape[1]):
-                # `< 0` rather than `<= 0` keeps NaN as NaN, as TensorFlow does.
-                if Z_out[i, j] < 0:
-                    Z_out[i, j] = 0
+    if relu and Z_out.shape[0] > 0:
+        relu_inplace(&Z_out[0, 0], Z_out.shape[0] * Z_out.shape[1])
+
+
+cdef inline void relu_inplace(floating* z, Py_ssize_t size) noexcept nogil:
+    """z := max(z, 0), NaN staying NaN as in TensorFlow"""
+    cdef Py_ssize_t i
+    for i in range(size):
+        # An unconditional select, which compilers vectorise; `< 0` keeps NaN.
+        z[i] = 0 if z[i] < 0 else z[i]
 
 
 cdef void relu_backward(const floating[:, ::1] Z, floating[:, ::1] delta) noexcept nogil:
     """delta := delta * (Z > 0), with Z = relu(.) the layer's output"""
-    cdef Py_ssize_t i, j
-    for i in range(delta.shape[0]):
-        for j in range(delta.shape[1]):
-            if not Z[i, j] > 0:
-                delta[i, j] = 0
+    cdef Py_ssize_t i
+    cdef Py_ssize_t size = delta.shape[0] * delta.shape[1]
+    cdef const floating* z = &Z[0, 0]
+    cdef floating* d = &delta[0, 0]
+    if size == 0:
+        return
+    for i in range(size):
+        d[i] = d[i] if z[i] > 0 else 0
 
 
 cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
@@ -187,6 +194,7 @@ def dense_forward_checked(const floating[:, ::1] X, const floating[:, ::1] W, co
             and Z_out.shape[0] == X.shape[0] and Z_out.shape[1] == W.shape[1]):
         raise _shape_error("X (n, k), W (k, m), b (m,) and Z_out (n, m) with k >= 1",
                            X=X, W=W, b=b, Z_out=Z_out)
+    load_blas()
     with nogil:
         dense_forward(X, W, b, relu, Z_out)
 
@@ -206,6 +214,7 @@ def dense_input_grad_checked(const floating[:, ::1] delta, const floating[:, ::1
             and dX_out.shape[1] == W.shape[0]):
         raise _shape_error("delta (n, m), W (k, m) and dX_out (n, k) with m >= 1",
                            delta=delta, W=W, dX_out=dX_out)
+    load_blas()
     with nogil:
         dense_input_grad(delta, W, dX_out)
 
@@ -218,6 +227,7 @@ def dense_param_grad_checked(const floating[:, ::1] X, const floating[:, ::1] de
             and dW_out.shape[1] == delta.shape[1] and db_out.shape[0] == delta.shape[1]):
         raise _shape_error("X (n, k), delta (n, m), dW_out (k, m) and db_out (m,) with n >= 1",
                            X=X, delta=delta, dW_out=dW_out, db_out=db_out)
+    load_blas()
     with nogil:
         dense_param_grad(X, delta, alpha, beta, dW_out, db_out)
 
@@ -268,6 +278,7 @@ def axpy_checked(const floating[::1] x, floating[::1] y, floating alpha):
         raise _shape_error("x and y of the same length", x=x, y=y)
     if y.shape[0] == 0:
         return
+    load_blas()
     with nogil:
         axpy(alpha, &x[0], &y[0], <int>y.shape[0])
 
