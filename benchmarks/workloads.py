@@ -1,0 +1,92 @@
+"""What the benchmarks share: MNIST as the book prepares it, the book's model, one epoch of
+each NumPy-side trainer, and the timing and table helpers.
+
+The pytest benchmarks, compare.py, scaling.py and allocations.py import it from this
+folder; the TensorFlow side is in book_tf.py.
+"""
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+import fastnaive
+from fastnaive import reference
+from fastnaive.datasets import mnist
+
+N_TRAIN = 60000
+N_FEATURES = 28 * 28
+N_CLASSES = 10
+HIDDEN = 512
+BATCH_SIZE = 128
+LEARNING_RATE = 1e-3
+# NumPy and SciPy each bundle an OpenBLAS with its own thread pool, whose workers spin for a
+# while after each call; on two cores two spinning pools slow each other down. A pause this
+# long lets the previous phase's pool go idle before the next phase is timed.
+SETTLE_SECONDS = 0.5
+
+
+def mnist_train(n_samples=N_TRAIN):
+    """Return MNIST's first n_samples training images, float32 (n, 784) in [0, 1], and labels."""
+    (images, labels), _ = mnist.load_data()
+    x = images[:n_samples].reshape(-1, N_FEATURES).astype(np.float32)
+    x /= 255
+    return x, labels[:n_samples]
+
+
+def book_model(hidden=HIDDEN, seed=0):
+    """The book's NaiveSequential: 784 -> hidden relu -> 10 softmax, float32."""
+    return fastnaive.NaiveSequential([
+        fastnaive.NaiveDense(N_FEATURES, hidden, fastnaive.relu, seed=seed),
+        fastnaive.NaiveDense(hidden, N_CLASSES, fastnaive.softmax, seed=seed + 1),
+    ])
+
+
+def epoch_flop(n_samples, hidden=HIDDEN):
+    """FLOP of one epoch's GEMMs: both layers' forward and weight gradient, and the second
+    layer's input gradient (the first layer's is never needed)."""
+    dense = N_FEATURES * hidden + hidden * N_CLASSES
+    return 2 * n_samples * (2 * dense + hidden * N_CLASSES)
+
+
+def fit_epoch(model, x, y, batch_size=BATCH_SIZE):
+    """One epoch of fastnaive.fit, printing nothing."""
+    fastnaive.fit(model, x, y, epochs=1, batch_size=batch_size, verbose=0)
+
+
+def one_training_step_epoch(model, x, y, batch_size=BATCH_SIZE):
+    """One epoch of the book's loop on fastnaive's public one_training_step."""
+    for images_batch, labels_batch in fastnaive.BatchGenerator(x, y, batch_size):
+        fastnaive.one_training_step(model, images_batch, labels_batch)
+
+
+def reference_epoch(model, x, y, batch_size=BATCH_SIZE):
+    """One epoch of fastnaive.reference.sgd_step, the straightforward NumPy step."""
+    for images_batch, labels_batch in fastnaive.BatchGenerator(x, y, batch_size):
+        reference.sgd_step(model, images_batch, labels_batch, LEARNING_RATE)
+
+
+def best_seconds(function, repeats):
+    """Return the shortest wall time of `repeats` calls of function()."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def settle():
+    """Wait for the BLAS thread pools of the previous phase to go idle."""
+    time.sleep(SETTLE_SECONDS)
+
+
+def blas_threads(n_threads):
+    """Context manager limiting every BLAS pool (fastnaive's is SciPy's OpenBLAS) to n_threads."""
+    return threadpool_limits(limits=n_threads, user_api="blas")
+
+
+def markdown_table(headers, rows):
+    """Return rows (sequences of cells) as a Markdown table under headers."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
