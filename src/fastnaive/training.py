@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from fastnaive import _kernels, engine, progress
+from fastnaive import _kernels, engine, optimizers, progress
 from fastnaive._validation import as_inputs, as_labels, positive_int
 from fastnaive.callbacks import Callback, History
 from fastnaive.models import NaiveSequential
@@ -25,9 +25,11 @@ def _checked_batch(model, images, labels):
     return x, as_labels(labels, x.shape[0], model.output_size)
 
 
-def _checked_optimizer(optimizer):
+def _checked_optimizer(optimizer, allow_name=False):
     if optimizer is None:
         return SGD()
+    if isinstance(optimizer, str) and allow_name:
+        return optimizers.get(optimizer)
     if not callable(getattr(optimizer, "apply_gradients", None)):
         raise TypeError(f"Expected optimizer with an apply_gradients method, such as "
                         f"fastnaive.SGD. Received: {optimizer!r}")
@@ -129,6 +131,9 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
         seed=None, validation_data=None, validation_split=0.0, verbose="book", callbacks=None):
     """Train on (images, labels) in batches of batch_size; return a History.
 
+    `optimizer` is an optimizer object or a name ("sgd", "momentum", "adam");
+    None is the book's SGD(1e-3).
+
     `history.history` holds each epoch's mean "loss" and "accuracy" over its
     batches (measured before each batch's update) and, when validating,
     "val_loss" and "val_accuracy" after the epoch. validation_split takes the
@@ -143,7 +148,7 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
     x, y = _checked_batch(model, images, labels)
     epochs = positive_int(epochs, "epochs", minimum=0)
     batch_size = positive_int(batch_size, "batch_size")
-    optimizer = _checked_optimizer(optimizer)
+    optimizer = _checked_optimizer(optimizer, allow_name=True)
     x, y, validation = _split(model, x, y, validation_data, validation_split)
     history = History()
     callbacks = [c for c in [progress.logger(verbose)] if c] + _checked_callbacks(callbacks) \
