@@ -4,6 +4,7 @@ Each update is one fused kernel over a weight array and its gradient. State
 (velocities, moments) is kept per weight array, created at its first update.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def _checked_pairs(grads_and_vars):
 
 def _fraction(value, name):
     """Return value as a float in [0, 1), or raise naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
             or not 0 <= value < 1:
         raise ValueError(f"Expected {name} in [0, 1). Received: {name}={value!r}")
     return float(value)

@@ -9,7 +9,6 @@ previous file whole. Loading checks everything before building the model.
 import json
 import os
 import tempfile
-import zipfile
 
 import numpy as np
 
@@ -39,6 +38,7 @@ def save_model(model, path):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fastnaive-", suffix=".npz.tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -48,6 +48,12 @@ def save_model(model, path):
         os.unlink(tmp)
         raise
     _fsync_folder(folder)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder):
@@ -64,11 +70,17 @@ def _invalid(path, what):
 
 def _read_arrays(path):
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as error:
+    except Exception as error:  # a damaged file fails in many ways inside zipfile and NumPy
+        raise _invalid(path, f"which cannot be read ({type(error).__name__}: {error})") from error
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise _invalid(path, f"which holds a single array, not an .npz archive")
+    try:
+        with data:
+            return {key: data[key] for key in data.files}
+    except Exception as error:
         raise _invalid(path, f"which cannot be read as .npz ({type(error).__name__}: {error})") \
             from error
 
@@ -86,6 +98,12 @@ def _checked_architecture(path, arrays):
         dtype = architecture["dtype"]
     except (ValueError, KeyError, TypeError) as error:
         raise _invalid(path, f"whose architecture is not valid ({error})") from error
+    for i, (n_in, n_out, _) in enumerate(layers):
+        shapes = {f"W{i}": (n_in, n_out), f"b{i}": (n_out,)}
+        for key, shape in shapes.items():
+            if key not in arrays or arrays[key].shape != shape:
+                found = arrays[key].shape if key in arrays else "missing"
+                raise _invalid(path, f"whose {key} is {found} where its architecture says {shape}")
     return layers, dtype
 
 

@@ -163,11 +163,12 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
     rng = np.random.default_rng(seed)
     order = np.arange(n_samples) if shuffle else None
     model.stop_training = False
+    logs = {}
     for callback in callbacks:
-        callback.on_train_begin()
+        callback.on_train_begin({})
     for epoch in range(epochs):
         for callback in callbacks:
-            callback.on_epoch_begin(epoch)
+            callback.on_epoch_begin(epoch, {})
         if shuffle:
             rng.shuffle(order)
         total_loss, correct = 0.0, 0
@@ -196,7 +197,7 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
         if model.stop_training:
             break
     for callback in callbacks:
-        callback.on_train_end()
+        callback.on_train_end(logs)
     history.params = params
     return history
 

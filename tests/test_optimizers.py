@@ -1,0 +1,160 @@
+"""SGD (plain, momentum, Nesterov) and Adam against Keras' optimizers; their checks; fit with them.
+
+Tolerances: after STEPS updates from w0, the displacements agree when
+max|(w - w0) - (w_keras - w0)| <= RTOL * max|w_keras - w0|.
+
+    dtype    RTOL    worst measured   why
+    float32  1e-5    1.1e-6           Adam: Keras computes its step size in float32,
+                                      fastnaive in float64 before rounding it once
+    float64  1e-12   0                the same operations; every setting is exact in
+                                      float32, so Keras' float32 hyperparameters lose nothing
+
+SGD agrees bit for bit in both dtypes, while a formula error (no bias correction,
+steps counted from 0, Nesterov's look-ahead left out) moves the weights by more
+than 1e-2 of their displacement.
+"""
+import keras
+import numpy as np
+import pytest
+from test_api import EXPECTED_RECEIVED, assert_same_weights, make_data, make_model
+from test_tf_oracle import assert_close
+
+from fastnaive import SGD, Adam, BatchGenerator, fit, one_training_step, optimizers
+
+RTOL = {"float32": 1e-5, "float64": 1e-12}
+STEPS = 8
+# Shapes of a layer's W and b: the optimizers keep state per weight array.
+SHAPES = [(30, 20), (20,)]
+# Settings exactly representable in float32 (Keras keeps hyperparameters as float32 variables).
+LEARNING_RATE, MOMENTUM = 0.125, 0.5
+ADAM = {"learning_rate": 2**-4, "beta_1": 0.875, "beta_2": 1 - 2**-10, "epsilon": 2**-20}
+OPTIMIZER_PAIRS = {
+    "sgd": (lambda: SGD(LEARNING_RATE), lambda: keras.optimizers.SGD(LEARNING_RATE)),
+    "momentum": (lambda: SGD(LEARNING_RATE, momentum=MOMENTUM),
+                 lambda: keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM)),
+    "nesterov": (lambda: SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=True),
+                 lambda: keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=True)),
+    "adam": (lambda: Adam(**ADAM), lambda: keras.optimizers.Adam(**ADAM)),
+}
+# Optimizers that fit applies to the gradients instead of fusing into the GEMMs.
+UNFUSED = {
+    "momentum": lambda: SGD(0.05, momentum=0.9),
+    "nesterov": lambda: SGD(0.05, momentum=0.9, nesterov=True),
+    "adam": lambda: Adam(0.01),
+}
+
+
+@pytest.fixture(params=list(RTOL))
+def dtype(request):
+    return request.param
+
+
+def random_weights_and_gradients(dtype, seed=0):
+    """Weights of SHAPES and STEPS lists of gradients for them, all N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    weights = [rng.standard_normal(shape).astype(dtype) for shape in SHAPES]
+    gradients = [[rng.standard_normal(shape).astype(dtype) for shape in SHAPES]
+                 for _ in range(STEPS)]
+    return weights, gradients
+
+
+@pytest.mark.parametrize("make, make_keras", OPTIMIZER_PAIRS.values(), ids=OPTIMIZER_PAIRS.keys())
+def test_steps_match_keras(dtype, make, make_keras):
+    weights, steps = random_weights_and_gradients(dtype)
+    initial = [w.copy() for w in weights]
+    variables = [keras.Variable(w.copy(), dtype=dtype) for w in weights]
+    optimizer, keras_optimizer = make(), make_keras()
+    for gradients in steps:
+        optimizer.apply_gradients(zip(gradients, weights))
+        keras_optimizer.apply_gradients(zip(map(keras.ops.convert_to_tensor, gradients), variables))
+    assert optimizer.iterations == STEPS
+    for weight, variable, w0 in zip(weights, variables, initial, strict=True):
+        assert_close(weight - w0, keras.ops.convert_to_numpy(variable) - w0, RTOL[dtype])
+
+
+@pytest.mark.parametrize("make", [pair[0] for pair in OPTIMIZER_PAIRS.values()],
+                         ids=OPTIMIZER_PAIRS.keys())
+def test_state_is_kept_per_weight_array(dtype, make):
+    """One optimizer over two same-shaped arrays updates each as if it were alone."""
+    rng = np.random.default_rng(1)
+    together = [rng.standard_normal(SHAPES[0]).astype(dtype) for _ in range(2)]
+    alone = [w.copy() for w in together]
+    shared, separate = make(), [make(), make()]
+    for _ in range(STEPS):
+        gradients = [rng.standard_normal(SHAPES[0]).astype(dtype) for _ in range(2)]
+        shared.apply_gradients(zip(gradients, together))
+        for optimizer, gradient, weight in zip(separate, gradients, alone):
+            optimizer.apply_gradients([(gradient, weight)])
+    for weight, expected in zip(together, alone):
+        np.testing.assert_array_equal(weight, expected)  # exact: the same elementwise updates
+
+
+BAD_SETTINGS = {
+    "lr-0": lambda: SGD(0.0),
+    "lr-negative": lambda: SGD(-0.1),
+    "lr-nan": lambda: Adam(float("nan")),
+    "lr-inf": lambda: SGD(float("inf")),
+    "lr-set-to-0": lambda: setattr(SGD(0.1), "learning_rate", 0.0),
+    "momentum-negative": lambda: SGD(0.1, momentum=-0.1),
+    "momentum-1": lambda: SGD(0.1, momentum=1.0),
+    "momentum-nan": lambda: SGD(0.1, momentum=float("nan")),
+    "beta_1-1": lambda: Adam(beta_1=1.0),
+    "beta_2-negative": lambda: Adam(beta_2=-0.5),
+    "epsilon-0": lambda: Adam(epsilon=0.0),
+    "get-unknown": lambda: optimizers.get("rmsprop"),
+    "get-unknown-with-lr": lambda: optimizers.get("nadam", 0.1),
+}
+
+
+@pytest.mark.parametrize("make", BAD_SETTINGS.values(), ids=BAD_SETTINGS.keys())
+def test_bad_setting_raises(make):
+    with pytest.raises(ValueError, match=EXPECTED_RECEIVED):
+        make()
+
+
+NUMPY_SETTINGS = {
+    "lr-float32": lambda: SGD(np.float32(0.125)),
+    "momentum-float64": lambda: SGD(0.1, momentum=np.float64(0.5)),
+    "beta_1-float32": lambda: Adam(beta_1=np.float32(0.875)),
+    "momentum-int64-0": lambda: SGD(0.1, momentum=np.int64(0)),
+}
+
+
+@pytest.mark.parametrize("make", NUMPY_SETTINGS.values(), ids=NUMPY_SETTINGS.keys())
+def test_numpy_scalar_settings_are_accepted(make):
+    make()
+
+
+GET_CASES = {
+    "sgd": (("sgd",), SGD, {"learning_rate": 1e-3, "momentum": 0.0}),
+    "sgd-lr": (("sgd", 0.5), SGD, {"learning_rate": 0.5, "momentum": 0.0}),
+    "momentum": (("momentum", 0.01), SGD, {"learning_rate": 0.01, "momentum": 0.9}),
+    "adam": (("adam",), Adam, {"learning_rate": 1e-3, "beta_1": 0.9, "beta_2": 0.999}),
+}
+
+
+@pytest.mark.parametrize("args, kind, settings", GET_CASES.values(), ids=GET_CASES.keys())
+def test_get_makes_a_new_optimizer(args, kind, settings):
+    optimizer = optimizers.get(*args)
+    assert type(optimizer) is kind and optimizer is not optimizers.get(*args)
+    assert {name: getattr(optimizer, name) for name in settings} == settings
+
+
+@pytest.mark.parametrize("make", UNFUSED.values(), ids=UNFUSED.keys())
+def test_fit_matches_a_loop_of_training_steps(dtype, make):
+    """fit in the book's order (shuffle=False ignores the seed) = one_training_step per batch."""
+    model, expected, (x, y) = make_model(dtype), make_model(dtype), make_data(dtype=dtype)
+    fit(model, x, y, epochs=2, batch_size=16, optimizer=make(), shuffle=False, seed=3, verbose=0)
+    optimizer = make()
+    for _ in range(2):
+        for x_batch, y_batch in BatchGenerator(x, y, batch_size=16):
+            one_training_step(expected, x_batch, y_batch, optimizer=optimizer)
+    assert_same_weights(model, expected)
+
+
+@pytest.mark.parametrize("make", [lambda: SGD(0.1), *UNFUSED.values()],
+                         ids=["sgd-fused", *UNFUSED.keys()])
+def test_fit_counts_iterations(make):
+    optimizer = make()
+    fit(make_model(), *make_data(50), epochs=2, batch_size=16, optimizer=optimizer, verbose=0)
+    assert optimizer.iterations == 2 * 4  # 50 samples in batches of 16, twice
