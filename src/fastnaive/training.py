@@ -132,17 +132,15 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
     """Train on (images, labels) in batches of batch_size; return a History.
 
     `optimizer` is an optimizer object or a name ("sgd", "momentum", "adam");
-    None is the book's SGD(1e-3).
-
-    `history.history` holds each epoch's mean "loss" and "accuracy" over its
-    batches (measured before each batch's update) and, when validating,
-    "val_loss" and "val_accuracy" after the epoch. validation_split takes the
-    last fraction of the samples, before any shuffling, as Keras does.
-    shuffle=True draws a new order every epoch from `seed`. verbose: "book"
-    prints the book's lines, 1 a progress bar per epoch, 2 a line per epoch,
-    0 nothing. A loss that turns NaN or infinite stops training with a
-    FloatingPointError naming the epoch and batch, leaving the weights of the
-    last finite step.
+    None is the book's SGD(1e-3). `history.history` holds each epoch's mean
+    "loss" and "accuracy" over its batches (measured before each batch's
+    update) and, when validating, "val_loss" and "val_accuracy" after the
+    epoch. validation_split takes the last fraction of the samples, before any
+    shuffling, as Keras does. shuffle=True draws a new order every epoch from
+    `seed`. verbose: "book" prints the book's lines, 1 a progress bar per epoch,
+    2 a line per epoch, 0 nothing. A loss that turns NaN or infinite stops
+    training with a FloatingPointError naming the epoch and batch, leaving the
+    weights of the last finite step.
     """
     _checked_model(model)
     x, y = _checked_batch(model, images, labels)
@@ -153,15 +151,14 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
     history = History()
     callbacks = [c for c in [progress.logger(verbose)] if c] + _checked_callbacks(callbacks) \
         + [history]
-    n_samples = x.shape[0]
-    params = {"epochs": epochs, "batch_size": batch_size, "samples": n_samples,
-              "steps": math.ceil(n_samples / batch_size), "shuffle": bool(shuffle)}
+    params = {"epochs": epochs, "batch_size": batch_size, "samples": x.shape[0],
+              "steps": math.ceil(x.shape[0] / batch_size), "shuffle": bool(shuffle)}
     for callback in callbacks:
         callback.set_model(model)
         callback.set_params(params)
-    workspace = engine.workspace_for(model, min(batch_size, n_samples))
+    workspace = engine.workspace_for(model, min(batch_size, x.shape[0]))
     rng = np.random.default_rng(seed)
-    order = np.arange(n_samples) if shuffle else None
+    order = np.arange(x.shape[0]) if shuffle else None
     model.stop_training = False
     logs = {}
     for callback in callbacks:
@@ -171,24 +168,7 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
             callback.on_epoch_begin(epoch, {})
         if shuffle:
             rng.shuffle(order)
-        total_loss, correct = 0.0, 0
-        for batch, start in enumerate(range(0, n_samples, batch_size)):
-            stop = min(start + batch_size, n_samples)
-            if shuffle:
-                xb, yb = workspace.gathered(x, y, order[start:stop])
-            else:
-                xb, yb = x[start:stop], y[start:stop]
-            loss, batch_correct = _train_step(model, workspace, xb, yb, optimizer)
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"The loss became {loss} at epoch {epoch}, batch {batch}; training stopped "
-                    f"with the weights of the last finite step. Check the inputs for NaN or "
-                    f"Inf and try a smaller learning rate.")
-            total_loss += loss * (stop - start)
-            correct += batch_correct
-            for callback in callbacks:
-                callback.on_batch_end(batch, {"loss": loss})
-        logs = {"loss": total_loss / n_samples, "accuracy": correct / n_samples}
+        logs = _run_epoch(model, workspace, x, y, batch_size, order, optimizer, callbacks, epoch)
         if validation is not None:
             logs["val_loss"], logs["val_accuracy"] = engine.loss_and_accuracy(
                 model, workspace, *validation)
@@ -200,6 +180,29 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
         callback.on_train_end(logs)
     history.params = params
     return history
+
+
+def _run_epoch(model, workspace, x, y, batch_size, order, optimizer, callbacks, epoch):
+    """Train one pass over (x, y), in `order` if given; return the epoch's loss and accuracy."""
+    n_samples = x.shape[0]
+    total_loss, correct = 0.0, 0
+    for batch, start in enumerate(range(0, n_samples, batch_size)):
+        stop = min(start + batch_size, n_samples)
+        if order is not None:
+            xb, yb = workspace.gathered(x, y, order[start:stop])
+        else:
+            xb, yb = x[start:stop], y[start:stop]
+        loss, batch_correct = _train_step(model, workspace, xb, yb, optimizer)
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"The loss became {loss} at epoch {epoch}, batch {batch}; training stopped "
+                f"with the weights of the last finite step. Check the inputs for NaN or "
+                f"Inf and try a smaller learning rate.")
+        total_loss += loss * (stop - start)
+        correct += batch_correct
+        for callback in callbacks:
+            callback.on_batch_end(batch, {"loss": loss})
+    return {"loss": total_loss / n_samples, "accuracy": correct / n_samples}
 
 
 def evaluate_loss(model, images, labels, batch_size=1024):
