@@ -8,7 +8,7 @@
 # starting value with beta = 1, ReLU in place on its output).
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, log, sqrt, NAN
+from libc.math cimport exp, log, sqrt, sqrtf, NAN
 from libc.string cimport memcpy
 
 from fastnaive._blas cimport axpy, gemm, load_blas
@@ -172,7 +172,10 @@ cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, 
     for i in range(n):
         m[i] += (g[i] - m[i]) * (1 - beta_1)
         v[i] += (g[i] * g[i] - v[i]) * (1 - beta_2)
-        w[i] -= m[i] * alpha / (<floating>sqrt(v[i]) + epsilon)
+        if floating is float:
+            w[i] -= m[i] * alpha / (sqrtf(v[i]) + epsilon)
+        else:
+            w[i] -= m[i] * alpha / (sqrt(v[i]) + epsilon)
 
 
 # ---- Python wrappers: check shapes, then run the kernel without the GIL. ----
