@@ -67,6 +67,13 @@ def add_train_options(parser):
     parser.add_argument("--verbose", choices=tuple(VERBOSE), default=None,
                         help="book: the book's lines, 1: a progress bar, 2: a line per epoch, "
                              "0: quiet (default: 1 on a terminal, else 2)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="share each batch among MPI ranks: mpirun -n N fastnaive train "
+                             "--distributed (needs mpi4py: pip install \"fastnaive[mpi]\")")
+    parser.add_argument("--checkpoint-dir", metavar="DIR",
+                        help="with --distributed: save the model and optimizer state every epoch")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --distributed: continue from the last checkpoint in DIR")
 
 
 def build_parser():
@@ -159,6 +166,11 @@ def thread_limit(threads):
 def train(args):
     if args.history and not args.history.endswith((".json", ".csv")):
         raise UsageError(f"--history expects a path ending in .json or .csv, got {args.history!r}")
+    if args.distributed:
+        from fastnaive.distributed import train_cli
+        return train_cli(args)
+    if args.checkpoint_dir or args.resume:
+        raise UsageError("--checkpoint-dir and --resume need --distributed")
     verbose = VERBOSE[args.verbose] if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset, args.data)
     model = build_model(args)
@@ -219,7 +231,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (UsageError, OSError, ValueError, TypeError, FloatingPointError) as error:
+    except (UsageError, OSError, ValueError, TypeError, FloatingPointError, ImportError) as error:
         print(f"fastnaive: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     return 0

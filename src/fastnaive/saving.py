@@ -35,6 +35,11 @@ def save_model(model, path):
               "architecture": np.array(json.dumps(_architecture(model)))}
     for i, layer in enumerate(model.layers):
         arrays[f"W{i}"], arrays[f"b{i}"] = layer.W, layer.b
+    write_npz(path, arrays)
+
+
+def write_npz(path, arrays):
+    """Write `arrays` to the .npz `path`, renaming a complete, synced temporary file over it."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fastnaive-", suffix=".npz.tmp")
     try:

@@ -128,7 +128,8 @@ def _split(model, x, y, validation_data, validation_split):
 
 
 def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffle=False,
-        seed=None, validation_data=None, validation_split=0.0, verbose="book", callbacks=None):
+        seed=None, validation_data=None, validation_split=0.0, verbose="book", callbacks=None,
+        comm=None):
     """Train on (images, labels) in batches of batch_size; return a History.
 
     `optimizer` is an optimizer object or a name ("sgd", "momentum", "adam");
@@ -140,8 +141,15 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
     `seed`. verbose: "book" prints the book's lines, 1 a progress bar per epoch,
     2 a line per epoch, 0 nothing. A loss that turns NaN or infinite stops
     training with a FloatingPointError naming the epoch and batch, leaving the
-    weights of the last finite step.
+    weights of the last finite step. With `comm`, an mpi4py communicator,
+    every batch is shared among its ranks (fastnaive.distributed.fit_distributed).
     """
+    if comm is not None:
+        from fastnaive.distributed import fit_distributed
+        return fit_distributed(model, images, labels, epochs, batch_size, comm=comm,
+                               optimizer=optimizer, shuffle=shuffle, seed=seed, verbose=verbose,
+                               callbacks=callbacks, validation_data=validation_data,
+                               validation_split=validation_split)
     _checked_model(model)
     x, y = _checked_batch(model, images, labels)
     epochs = positive_int(epochs, "epochs", minimum=0)

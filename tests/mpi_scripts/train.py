@@ -1,0 +1,72 @@
+"""Run fit_distributed under mpirun on the arrays in --data, from rank 0's copy of --init.
+
+Ranks other than 0 start from different random weights, so the run checks the
+initial broadcast. Rank 0 writes the final weights to --out. --fail makes rank 1
+raise or die at its third batch; --mismatch gives rank 1 another batch size or a
+label out of range.
+"""
+import argparse
+import os
+import signal
+
+import numpy as np
+
+import fastnaive
+from fastnaive.callbacks import LambdaCallback
+from fastnaive.distributed import fit_distributed, world
+
+
+def parse():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--init", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--optimizer", default="sgd")
+    parser.add_argument("--shuffle", action="store_true")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--checkpoint-dir")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--fail", choices=("raise", "kill"))
+    parser.add_argument("--mismatch", choices=("batch-size", "labels"))
+    return parser.parse_args()
+
+
+def failure(kind):
+    """A callback that makes this rank raise or die at its third batch."""
+    def on_batch_end(batch, logs):
+        if batch == 2 and kind == "raise":
+            raise RuntimeError("injected failure")
+        if batch == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return LambdaCallback(on_batch_end=on_batch_end)
+
+
+def main():
+    args = parse()
+    comm = world()
+    rank = comm.Get_rank()
+    model = fastnaive.load_model(args.init)
+    if rank != 0:
+        rng = np.random.default_rng(1000 + rank)
+        model.set_weights([rng.random(w.shape) for w in model.weights])
+    with np.load(args.data) as data:
+        x, y = data["x"], data["y"]
+    batch_size = args.batch_size
+    if rank == 1 and args.mismatch == "batch-size":
+        batch_size //= 2
+    if rank == 1 and args.mismatch == "labels":
+        y = y.copy()
+        y[0] = 10
+    callbacks = [failure(args.fail)] if args.fail and rank == 1 else []
+    fit_distributed(model, x, y, args.epochs, batch_size, comm=comm,
+                    optimizer=fastnaive.optimizers.get(args.optimizer), shuffle=args.shuffle,
+                    seed=args.seed, verbose=0, callbacks=callbacks,
+                    checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+    if rank == 0:
+        model.save(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""fit_distributed under mpirun against single-process fit, resume, and faults.
+
+Each test launches tests/mpi_scripts/train.py with mpirun and compares what
+rank 0 wrote with fastnaive.fit run here. The tests fail (never skip) without
+mpirun or mpi4py: CI installs Open MPI and the `mpi` extra.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastnaive
+from fastnaive import distributed
+
+SCRIPT = Path(__file__).parent / "mpi_scripts" / "train.py"
+TIMEOUT = 60
+# Max abs difference of the final weights from single-process fit: summation order only.
+ATOL = {"float32": 1e-5, "float64": 1e-12}
+
+
+def mpirun(n_ranks, tmp_path, *args, timeout=TIMEOUT):
+    """Run the script on n_ranks ranks over tmp_path's data and init; return the process."""
+    launcher = shutil.which("mpirun")
+    assert launcher, "Expected mpirun on PATH (apt-get install openmpi-bin). Received: none"
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    command = [launcher, "--allow-run-as-root", "--oversubscribe", "-n", str(n_ranks),
+               sys.executable, str(SCRIPT), "--data", str(tmp_path / "data.npz"),
+               "--init", str(tmp_path / "init.npz"), "--out", str(tmp_path / "out.npz"),
+               *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def trained(n_ranks, tmp_path, *args):
+    """Return the weights rank 0 saved after a successful run."""
+    result = mpirun(n_ranks, tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    return fastnaive.load_model(tmp_path / "out.npz").weights
+
+
+@pytest.fixture
+def problem(tmp_path):
+    """Write data.npz (n samples) and init.npz (a 784-64-10 model of dtype); return (x, y)."""
+    def make(n_samples, dtype):
+        rng = np.random.default_rng(0)
+        x = rng.random((n_samples, 784), dtype=np.float32)
+        y = rng.integers(0, 10, n_samples)
+        np.savez(tmp_path / "data.npz", x=x, y=y)
+        model = fastnaive.NaiveSequential([
+            fastnaive.NaiveDense(784, 64, "relu", dtype=dtype, seed=1,
+                                 initializer="glorot_uniform"),
+            fastnaive.NaiveDense(64, 10, "softmax", dtype=dtype, seed=2,
+                                 initializer="glorot_uniform")])
+        model.save(tmp_path / "init.npz")
+        return x, y
+    return make
+
+
+def reference(tmp_path, x, y, epochs, optimizer, shuffle, seed):
+    """Return the weights of single-process fit from init.npz with the same settings."""
+    model = fastnaive.load_model(tmp_path / "init.npz")
+    fastnaive.fit(model, x, y, epochs, 128, optimizer=fastnaive.optimizers.get(optimizer),
+                  shuffle=shuffle, seed=seed, verbose=0)
+    return model.weights
+
+
+def assert_close(weights, expected, dtype):
+    for i, (w, e) in enumerate(zip(weights, expected)):
+        np.testing.assert_allclose(w, e, rtol=0, atol=ATOL[dtype], err_msg=f"weights[{i}]")
+
+
+@pytest.mark.parametrize("n_ranks, n_samples, dtype, optimizer, shuffle", [
+    (2, 1000, "float32", "sgd", False),
+    # 897 = 7 * 128 + 1: shares of 42/43/43, and a last batch of 1 leaving two ranks empty.
+    (3, 897, "float32", "adam", True),
+    (3, 897, "float64", "momentum", True),
+    (3, 1000, "float64", "sgd", False),
+], ids=["2-ranks-sgd-f32", "3-ranks-uneven-adam-shuffle-f32", "3-ranks-uneven-momentum-f64",
+        "3-ranks-sgd-f64"])
+def test_matches_single_process_fit(problem, tmp_path, n_ranks, n_samples, dtype, optimizer,
+                                    shuffle):
+    x, y = problem(n_samples, dtype)
+    weights = trained(n_ranks, tmp_path, "--epochs", 2, "--optimizer", optimizer,
+                      *(["--shuffle"] if shuffle else []), "--seed", 7)
+    assert_close(weights, reference(tmp_path, x, y, 2, optimizer, shuffle, 7), dtype)
+
+
+def test_resume_on_more_ranks_matches_uninterrupted_run(problem, tmp_path):
+    x, y = problem(897, "float32")
+    checkpoints = tmp_path / "checkpoints"
+    common = ["--optimizer", "adam", "--shuffle", "--seed", 3, "--checkpoint-dir", checkpoints]
+    trained(2, tmp_path, "--epochs", 2, *common)
+    assert sorted(os.listdir(checkpoints)) == ["model-0002.npz", distributed.STATE_FILE]
+    weights = trained(3, tmp_path, "--epochs", 4, "--resume", *common)
+    assert_close(weights, reference(tmp_path, x, y, 4, "adam", True, 3), "float32")
+
+
+def test_a_rank_that_raises_aborts_the_job_with_its_message(problem, tmp_path):
+    problem(1000, "float32")
+    result = mpirun(2, tmp_path, "--fail", "raise", timeout=20)
+    assert result.returncode != 0
+    assert "error on rank 1 of 2: RuntimeError: injected failure" in result.stderr
+
+
+def test_a_killed_rank_ends_the_job(problem, tmp_path):
+    problem(1000, "float32")
+    result = mpirun(2, tmp_path, "--fail", "kill", timeout=20)
+    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("mismatch, message", [
+    ("batch-size", "Expected the same batch_size on every rank. Received: batch_size=64 on rank 1"),
+    ("labels", "Expected valid arguments on every rank. Received: on rank 1, ValueError: "
+               "Expected labels in [0, 10)"),
+])
+def test_bad_or_mismatched_arguments_fail_on_every_rank_before_training(problem, tmp_path,
+                                                                         mismatch, message):
+    problem(1000, "float32")
+    result = mpirun(2, tmp_path, "--mismatch", mismatch, timeout=20)
+    assert result.returncode != 0
+    assert result.stderr.count(message) == 2, result.stderr
+    assert not (tmp_path / "out.npz").exists()
+
+
+@pytest.mark.parametrize("size, batch", [(3, (0, 128)), (3, (896, 897)), (4, (10, 13))],
+                         ids=["full-batch", "one-sample", "fewer-samples-than-ranks"])
+def test_shares_cover_the_batch_in_order(size, batch):
+    bounds = [distributed._share(*batch, rank, size) for rank in range(size)]
+    assert bounds[0][0] == batch[0] and bounds[-1][1] == batch[1]
+    assert all(hi == lo for (_, hi), (lo, _) in zip(bounds, bounds[1:]))
+    assert max(hi - lo for lo, hi in bounds) - min(hi - lo for lo, hi in bounds) <= 1
+
+
+def test_importing_fastnaive_does_not_import_mpi4py():
+    code = "import sys, fastnaive, fastnaive.distributed; sys.exit('mpi4py' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
