@@ -66,7 +66,7 @@ directives = {
 }
 
 setup(
-    ext_modules=cythonize([extension("_blas"), extension("_kernels")],
+    ext_modules=cythonize([extension("_blas"), extension("_kernels"), extension("_sparse")],
                           compiler_directives=directives),
     cmdclass={"build_ext": BuildExt},
 )

@@ -342,6 +342,7 @@ class _Run:
         self.comm, self.model, self.x, self.y = comm, model, x, y
         self.batch_size, self.optimizer, self.callbacks = batch_size, optimizer, callbacks
         self.step = _Step(comm, model, optimizer, batch_size)
+        self.step.workspace.use_sparse_input(engine.is_sparse(x))
 
     def epochs(self, first_epoch, epochs, orders, checkpoint_dir, seed):
         """Train epochs first_epoch..epochs-1, checkpointing after each on rank 0 if asked."""

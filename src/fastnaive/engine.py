@@ -2,11 +2,22 @@
 
 Callers validate and convert inputs first (fastnaive._validation); everything
 here only slices preallocated arrays and calls the kernels, so a step in steady
-state allocates nothing.
+state allocates nothing. When the inputs are mostly zeros (MNIST: 81%), the
+first layer's two products run on their nonzeros only (fastnaive._sparse),
+which is exact and, on MNIST, 2.5-3x faster than the dense GEMMs.
 """
 import numpy as np
 
-from fastnaive import _kernels
+from fastnaive import _kernels, _sparse
+from fastnaive._memory import aligned_empty
+
+# Above this share of nonzeros the dense GEMMs win (measured: sparse is 1.2x faster at 0.5,
+# 1.07x at 0.7, 8% slower on dense inputs).
+SPARSE_MAX_DENSITY = 0.5
+# The sparse products run on the calling thread. Measured on 2 cores, a whole MNIST epoch
+# takes 0.40-0.48 s so, 0.54-0.62 s with two OpenMP threads (their short parallel regions
+# cost more than they save) and 6-7 s when OpenMP's and OpenBLAS's spinning threads fight.
+SPARSE_THREADS = 1
 
 __all__ = ["Workspace", "workspace_for", "forward", "loss_gradient", "backpropagate",
            "loss_and_accuracy"]
@@ -27,11 +38,23 @@ class Workspace:
         # outputs[l] is layer l's output (for a softmax layer, its logits);
         # deltas[l] is the loss gradient with respect to layer l's pre-activation.
         self.outputs = [np.empty((capacity, layer.output_size), dtype) for layer in model.layers]
-        self.deltas = [np.empty((capacity, layer.output_size), dtype) for layer in model.layers]
+        self.deltas = [aligned_empty((capacity, layer.output_size), dtype)
+                       for layer in model.layers]
         self.gradients = [np.empty_like(w) for w in model.weights]
         self.n_features = model.input_size
         self.batch_inputs = None
         self.batch_labels = None
+        self.sparse_input = False
+        self.row_groups = self.column_groups = None
+
+    def use_sparse_input(self, sparse):
+        """Run the first layer on the inputs' nonzeros (True) or as dense GEMMs (False)."""
+        sparse = sparse and (self.capacity + 3) * self.n_features < 2**31  # int32 indices
+        if sparse and self.row_groups is None:
+            dtype = self.outputs[0].dtype
+            self.row_groups = _sparse.group_buffers(self.capacity, self.n_features, dtype)
+            self.column_groups = _sparse.group_buffers(self.n_features, self.capacity, dtype)
+        self.sparse_input = sparse
 
     def gathered(self, x, y, rows):
         """Return (x[rows], y[rows]) gathered into this workspace's batch buffers."""
@@ -58,13 +81,24 @@ def workspace_for(model, n_samples):
     return workspace
 
 
+def is_sparse(x):
+    """True when x is zero enough for the first layer to run on its nonzeros."""
+    return np.count_nonzero(x) <= SPARSE_MAX_DENSITY * x.size
+
+
 def forward(model, workspace, x):
     """Fill workspace.outputs for the rows of x; return the logits (n_samples, n_classes)."""
     n = x.shape[0]
     a = x
-    for layer, out in zip(model.layers, workspace.outputs):
+    for i, (layer, out) in enumerate(zip(model.layers, workspace.outputs)):
         z = out[:n]
-        _kernels.dense_forward_checked(a, layer.W, layer.b, layer.activation == "relu", z)
+        relu = layer.activation == "relu"
+        if i == 0 and workspace.sparse_input:
+            groups = _sparse.rows_of(workspace.row_groups, n)
+            _sparse.group_rows_checked(a, *groups, SPARSE_THREADS)
+            _sparse.sparse_forward_checked(*groups, layer.W, layer.b, relu, z, SPARSE_THREADS)
+        else:
+            _kernels.dense_forward_checked(a, layer.W, layer.b, relu, z)
         a = z
     return a
 
@@ -91,12 +125,18 @@ def backpropagate(model, workspace, x, learning_rate=None):
             _kernels.relu_backward_checked(workspace.outputs[i][:n], delta)
         if i > 0:
             _kernels.dense_input_grad_checked(delta, layer.W, workspace.deltas[i - 1][:n])
-        inputs = workspace.outputs[i - 1][:n] if i > 0 else x
         if learning_rate is None:
+            alpha, beta = 1.0, 0.0
             dW, db = workspace.gradients[2 * i], workspace.gradients[2 * i + 1]
-            _kernels.dense_param_grad_checked(inputs, delta, 1.0, 0.0, dW, db)
         else:
-            _kernels.dense_param_grad_checked(inputs, delta, -learning_rate, 1.0, layer.W, layer.b)
+            alpha, beta, dW, db = -learning_rate, 1.0, layer.W, layer.b
+        if i == 0 and workspace.sparse_input:
+            _sparse.group_columns_checked(x, *workspace.column_groups, SPARSE_THREADS)
+            _sparse.sparse_param_grad_checked(*workspace.column_groups, delta, alpha, beta, dW, db,
+                                              SPARSE_THREADS)
+        else:
+            inputs = workspace.outputs[i - 1][:n] if i > 0 else x
+            _kernels.dense_param_grad_checked(inputs, delta, alpha, beta, dW, db)
 
 
 def loss_and_accuracy(model, workspace, x, y):

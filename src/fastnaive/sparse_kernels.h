@@ -1,16 +1,28 @@
-/* Inner loops of fastnaive._sparse: X @ W and X.T @ delta over the nonzeros of X only.
+/* Inner loops of fastnaive._sparse: products with the nonzeros of a dense matrix only.
+ *
+ * Layout (made by fastnaive_group_f/_d): the lines of X (its rows, or its columns) are
+ * taken four at a time. For each group of four lines and each of the P positions j along
+ * them, the four values at j form a quad; its pattern is the 4-bit set of lines whose value
+ * is nonzero (NaN counts as nonzero). Group g owns entries [g * P, (g + 1) * P) of index
+ * (the position j) and quads (the four values), sorted by pattern: list s = 1, ..., 15 spans
+ * [starts[16 g + s - 1], starts[16 g + s]); past the end of list 15 lie zero quads, never
+ * read. starts[16 g] = g * P.
+ *
+ * Product: out[4 g + r, :] := sum over the quads of group g whose pattern has bit r of
+ * quad[r] * B[index, :]. One quad's row of B is loaded once and used by every line of the
+ * group that is nonzero there, so a group of four rows of MNIST (two nonzeros per quad on
+ * average) loads half the rows of B that row-by-row compressed rows do, and multiplies
+ * nothing by zero: each pattern has its own loop, with the FMAs of the absent lines
+ * compiled out. The 4 x NV vector accumulators of a tile stay in registers. Loads of B, not
+ * FMAs, bound compressed-row products (one 64-byte load per FMA, from L2); here there are
+ * half as many. B's rows are best 64-byte aligned (B and ldb * sizeof(T) multiples of 64):
+ * a load that straddles two cache lines costs two, and misaligned B makes a product 25-30%
+ * slower.
  *
  * Each loop is written once, as a macro over the element type and the vector width, and
- * compiled three times: for AVX-512, for AVX2 with FMA and for the baseline of the target
- * (SSE2 on x86-64). fastnaive_sparse_select_isa() points the fastnaive_sparse_* function
- * pointers at the best version the CPU runs, so wheels built for baseline x86-64 still use
- * AVX-512 where there is one, without -march flags. Elsewhere only the baseline is built.
- *
- * Both loops keep one tile of output row (FASTNAIVE_TILE_VECTORS vectors: 128 floats with
- * AVX-512) in registers while a compressed list of nonzeros streams past, so each nonzero
- * costs one vector load and one FMA per vector of the tile, and nothing is stored until the
- * list ends. The caller gives each call a block of columns [j0, j1) whose slab of W (or of
- * delta) stays in L2; blocks are disjoint, so calls on different blocks may run at once.
+ * compiled for AVX-512, for AVX2 with FMA and for the baseline of the target (SSE2 on
+ * x86-64); fastnaive_sparse_select_isa() points fastnaive_grouped_product_f/_d at the best
+ * one the CPU runs, so wheels built for baseline x86-64 still use AVX-512, without -march.
  */
 #ifndef FASTNAIVE_SPARSE_KERNELS_H
 #define FASTNAIVE_SPARSE_KERNELS_H
@@ -27,174 +39,329 @@
 #else
 #define FASTNAIVE_X86_DISPATCH 0
 #endif
+#define FASTNAIVE_INLINE static inline __attribute__((always_inline))
 
-#define FASTNAIVE_TILE_VECTORS 8
-#define FASTNAIVE_EACH_VECTOR(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
-/* Declarations of the tile's accumulators a0..a7 and the statements applied to each. */
-#define FASTNAIVE_DECLARE(q) V a##q;
-#define FASTNAIVE_FROM_BIAS(q) a##q = bias[q];
-#define FASTNAIVE_ZERO(q) a##q = zero;
-#define FASTNAIVE_FMA(q) a##q += v * src[q];
-#define FASTNAIVE_ADD(q) a##q += src[q];
-#define FASTNAIVE_STORE(q) dst[q] = a##q;
-#define FASTNAIVE_OVERWRITE(q) dst[q] = alpha * a##q;
-#define FASTNAIVE_UPDATE(q) dst[q] = beta * dst[q] + alpha * a##q;
+#define FASTNAIVE_GROUP 4
+#define FASTNAIVE_PATTERNS 16
 
-/* Defines, for element type T and vectors of VBYTES bytes, compiled with attribute TARGET:
+/* The loop over list s = P of a group (P a constant, so that the FMAs of the lines absent
+ * from pattern P are compiled out), inside fastnaive_grouped_product_SUFFIX. */
+#define FASTNAIVE_LIST(SUFFIX, P) fastnaive_list_##SUFFIX(P, p0, p1, index, quads, b_tile, ldb, acc)
+
+/* Defines, for element type T, vectors of VBYTES bytes and NV vectors per line of a tile,
+ * compiled with attribute TARGET:
  *
- * fastnaive_sparse_forward_SUFFIX: for each row i < n_rows and j in [j0, j1),
- *   Z[i, j] := act(b[j] + sum_{p in [row_start[i], row_start[i+1])} vals[p] * W[cols[p], j]),
- *   act = relu (z < 0 ? 0 : z, NaN staying NaN) if relu else identity.
- *
- * fastnaive_sparse_param_grad_SUFFIX: for each c < n_features and j in [j0, j1),
- *   dW[c, j] := alpha * sum_{p in [col_start[c], col_start[c+1])} vals[p] * delta[rows[p], j]
- *               + beta * dW[c, j],
- *   db[j] := alpha * sum_{i < n_rows} delta[i, j] + beta * db[j],
- *   where beta = 0 overwrites (dW and db may hold NaN) and beta = 1 leaves the rows of dW
- *   with no nonzero untouched.
- *
- * Columns past the last whole tile go through a buffer on the stack, one vector at a time. */
-#define FASTNAIVE_SPARSE_DEFINE(T, SUFFIX, TARGET, VBYTES)                                    \
-typedef T fastnaive_vec_##SUFFIX __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias)); \
-                                                                                              \
-static TARGET void fastnaive_sparse_forward_##SUFFIX(                                         \
-    ptrdiff_t n_rows, const int *row_start, const int *cols, const T *vals,                   \
-    const T *W, ptrdiff_t ldw, const T *b, int relu, T *Z, ptrdiff_t ldz,                     \
-    ptrdiff_t j0, ptrdiff_t j1)                                                               \
-{                                                                                             \
-    typedef fastnaive_vec_##SUFFIX V;                                                         \
-    enum { LANES = VBYTES / sizeof(T), TILE = FASTNAIVE_TILE_VECTORS * LANES };               \
-    ptrdiff_t i, j, q;                                                                        \
-    int p;                                                                                    \
-    for (i = 0; i < n_rows; i++) {                                                            \
-        const int p0 = row_start[i], p1 = row_start[i + 1];                                   \
-        T *z = Z + i * ldz;                                                                   \
-        for (j = j0; j + TILE <= j1; j += TILE) {                                             \
-            const V *bias = (const V *)(b + j);                                               \
-            V *dst = (V *)(z + j);                                                            \
-            FASTNAIVE_EACH_VECTOR(FASTNAIVE_DECLARE)                                          \
-            FASTNAIVE_EACH_VECTOR(FASTNAIVE_FROM_BIAS)                                        \
-            for (p = p0; p < p1; p++) {                                                       \
-                const V *src = (const V *)(W + (ptrdiff_t)cols[p] * ldw + j);                 \
-                const T v = vals[p];                                                          \
-                FASTNAIVE_EACH_VECTOR(FASTNAIVE_FMA)                                          \
-            }                                                                                 \
-            FASTNAIVE_EACH_VECTOR(FASTNAIVE_STORE)                                            \
-        }                                                                                     \
-        if (j < j1) {                                                                         \
-            T acc[TILE];                                                                      \
-            const ptrdiff_t rest = j1 - j;                                                    \
-            for (q = 0; q < rest; q++)                                                        \
-                acc[q] = b[j + q];                                                            \
-            for (p = p0; p < p1; p++) {                                                       \
-                const T *w = W + (ptrdiff_t)cols[p] * ldw + j;                                \
-                const T v = vals[p];                                                          \
-                for (q = 0; q < rest; q++)                                                    \
-                    acc[q] += v * w[q];                                                       \
-            }                                                                                 \
-            for (q = 0; q < rest; q++)                                                        \
-                z[j + q] = acc[q];                                                            \
-        }                                                                                     \
-        if (relu)                                                                             \
-            for (j = j0; j < j1; j++)                                                         \
-                z[j] = z[j] < 0 ? 0 : z[j];                                                   \
-    }                                                                                         \
-}                                                                                             \
-                                                                                              \
-static TARGET void fastnaive_sparse_param_grad_##SUFFIX(                                      \
-    ptrdiff_t n_features, const int *col_start, const int *rows, const T *vals,               \
-    const T *delta, ptrdiff_t n_rows, ptrdiff_t ldd, T alpha, T beta,                         \
-    T *dW, ptrdiff_t ldw, T *db, ptrdiff_t j0, ptrdiff_t j1)                                  \
-{                                                                                             \
-    typedef fastnaive_vec_##SUFFIX V;                                                         \
-    enum { LANES = VBYTES / sizeof(T), TILE = FASTNAIVE_TILE_VECTORS * LANES };               \
-    const V zero = {0};                                                                       \
-    ptrdiff_t c, i, j, q;                                                                     \
-    int p;                                                                                    \
-    for (j = j0; j < j1; j += TILE) {                                                         \
-        const ptrdiff_t rest = j1 - j < TILE ? j1 - j : TILE;                                 \
-        T acc[TILE];                                                                          \
-        for (q = 0; q < rest; q++)                                                            \
-            acc[q] = 0;                                                                       \
-        for (i = 0; i < n_rows; i++)                                                          \
-            for (q = 0; q < rest; q++)                                                        \
-                acc[q] += delta[i * ldd + j + q];                                             \
-        for (q = 0; q < rest; q++)                                                            \
-            db[j + q] = beta == 0 ? alpha * acc[q] : beta * db[j + q] + alpha * acc[q];       \
-    }                                                                                         \
-    for (c = 0; c < n_features; c++) {                                                        \
-        const int p0 = col_start[c], p1 = col_start[c + 1];                                   \
-        T *w = dW + c * ldw;                                                                  \
-        if (p0 == p1) {                                                                       \
-            if (beta != 1)                                                                    \
-                for (j = j0; j < j1; j++)                                                     \
-                    w[j] = beta == 0 ? 0 : beta * w[j];                                       \
-            continue;                                                                         \
-        }                                                                                     \
-        for (j = j0; j + TILE <= j1; j += TILE) {                                             \
-            V *dst = (V *)(w + j);                                                            \
-            FASTNAIVE_EACH_VECTOR(FASTNAIVE_DECLARE)                                          \
-            FASTNAIVE_EACH_VECTOR(FASTNAIVE_ZERO)                                             \
-            for (p = p0; p < p1; p++) {                                                       \
-                const V *src = (const V *)(delta + (ptrdiff_t)rows[p] * ldd + j);             \
-                const T v = vals[p];                                                          \
-                FASTNAIVE_EACH_VECTOR(FASTNAIVE_FMA)                                          \
-            }                                                                                 \
-            if (beta == 0) {                                                                  \
-                FASTNAIVE_EACH_VECTOR(FASTNAIVE_OVERWRITE)                                    \
-            } else {                                                                          \
-                FASTNAIVE_EACH_VECTOR(FASTNAIVE_UPDATE)                                       \
-            }                                                                                 \
-        }                                                                                     \
-        if (j < j1) {                                                                         \
-            T acc[TILE];                                                                      \
-            const ptrdiff_t rest = j1 - j;                                                    \
-            for (q = 0; q < rest; q++)                                                        \
-                acc[q] = 0;                                                                   \
-            for (p = p0; p < p1; p++) {                                                       \
-                const T *d = delta + (ptrdiff_t)rows[p] * ldd + j;                            \
-                const T v = vals[p];                                                          \
-                for (q = 0; q < rest; q++)                                                    \
-                    acc[q] += v * d[q];                                                       \
-            }                                                                                 \
-            for (q = 0; q < rest; q++)                                                        \
-                w[j + q] = beta == 0 ? alpha * acc[q] : beta * w[j + q] + alpha * acc[q];     \
-        }                                                                                     \
-    }                                                                                         \
+ * fastnaive_grouped_product_SUFFIX: for every group g < n_groups, line r < 4 with
+ * 4 g + r < n_out, and column j in [j0, j1):
+ *   out[4 g + r, j] := act(alpha * sum_{quads of g with bit r} quad[r] * B[index, j]
+ *                          + (bias ? bias[j] : 0) + (beta != 0 ? beta * out[4 g + r, j] : 0))
+ * act = relu (z < 0 ? 0 : z, NaN staying NaN) if relu else identity. beta = 0 overwrites,
+ * so out may hold NaN. Columns past the last whole tile take a scalar path. */
+#define FASTNAIVE_GROUPED_DEFINE(T, SUFFIX, TARGET, VBYTES, NV)                                   \
+typedef T fastnaive_vec_##SUFFIX                                                                  \
+    __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias));                          \
+                                                                                                  \
+/* acc[r] += quad[r] * B[index, 0:NV vectors] for each quad of a list of pattern `pattern`. */   \
+FASTNAIVE_INLINE TARGET void fastnaive_list_##SUFFIX(                                             \
+    int pattern, int p0, int p1, const int *index, const T *quads, const T *B, ptrdiff_t ldb,     \
+    fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV])                                              \
+{                                                                                                 \
+    typedef fastnaive_vec_##SUFFIX V;                                                             \
+    int p, q, r;                                                                                  \
+    for (p = p0; p < p1; p++) {                                                                   \
+        const V *src = (const V *)(B + (ptrdiff_t)index[p] * ldb);                                \
+        V x[NV];                                                                                  \
+        for (q = 0; q < NV; q++)                                                                  \
+            x[q] = src[q];                                                                        \
+        for (r = 0; r < FASTNAIVE_GROUP; r++)                                                     \
+            if (pattern & (1 << r)) {                                                             \
+                const T v = quads[FASTNAIVE_GROUP * p + r];                                       \
+                for (q = 0; q < NV; q++)                                                          \
+                    acc[r][q] += v * x[q];                                                        \
+            }                                                                                     \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+/* The same for the columns [0, width), width < one tile, one at a time. */                      \
+FASTNAIVE_INLINE TARGET void fastnaive_list_tail_##SUFFIX(                                        \
+    int pattern, int p0, int p1, const int *index, const T *quads, const T *B, ptrdiff_t ldb,     \
+    ptrdiff_t width, T acc[FASTNAIVE_GROUP][NV * VBYTES / sizeof(T)])                             \
+{                                                                                                 \
+    int p, r;                                                                                     \
+    ptrdiff_t q;                                                                                  \
+    for (r = 0; r < FASTNAIVE_GROUP; r++)                                                         \
+        if (pattern & (1 << r))                                                                   \
+            for (p = p0; p < p1; p++) {                                                           \
+                const T *src = B + (ptrdiff_t)index[p] * ldb;                                     \
+                const T v = quads[FASTNAIVE_GROUP * p + r];                                       \
+                for (q = 0; q < width; q++)                                                       \
+                    acc[r][q] += v * src[q];                                                      \
+            }                                                                                     \
+}                                                                                                 \
+                                                                                                  \
+static TARGET void fastnaive_grouped_product_##SUFFIX(                                            \
+    ptrdiff_t n_groups, const int *starts, const int *index, const T *quads,                      \
+    const T *B, ptrdiff_t ldb, const T *bias, T alpha, T beta, int relu,                          \
+    T *out, ptrdiff_t ldo, ptrdiff_t n_out, ptrdiff_t j0, ptrdiff_t j1)                           \
+{                                                                                                 \
+    typedef fastnaive_vec_##SUFFIX V;                                                             \
+    enum { LANES = VBYTES / sizeof(T), TILE = NV * LANES };                                       \
+    const V zero = {0};                                                                           \
+    ptrdiff_t g, j, c;                                                                            \
+    int r, q, s;                                                                                  \
+    for (g = 0; g < n_groups; g++) {                                                              \
+        const int *list = starts + FASTNAIVE_PATTERNS * g;                                        \
+        const ptrdiff_t first = FASTNAIVE_GROUP * g;                                              \
+        const int lines = n_out - first < FASTNAIVE_GROUP                                         \
+                          ? (int)(n_out - first) : FASTNAIVE_GROUP;                               \
+        for (j = j0; j + TILE <= j1; j += TILE) {                                                 \
+            V acc[FASTNAIVE_GROUP][NV];                                                           \
+            for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
+                for (q = 0; q < NV; q++)                                                          \
+                    acc[r][q] = zero;                                                             \
+            for (s = 1; s < FASTNAIVE_PATTERNS; s++) {                                            \
+                const int p0 = list[s - 1], p1 = list[s];                                         \
+                const T *b_tile = B + j;                                                          \
+                if (p0 == p1)                                                                     \
+                    continue;                                                                     \
+                switch (s) {                                                                      \
+                case 1: FASTNAIVE_LIST(SUFFIX, 1); break;                                         \
+                case 2: FASTNAIVE_LIST(SUFFIX, 2); break;                                         \
+                case 3: FASTNAIVE_LIST(SUFFIX, 3); break;                                         \
+                case 4: FASTNAIVE_LIST(SUFFIX, 4); break;                                         \
+                case 5: FASTNAIVE_LIST(SUFFIX, 5); break;                                         \
+                case 6: FASTNAIVE_LIST(SUFFIX, 6); break;                                         \
+                case 7: FASTNAIVE_LIST(SUFFIX, 7); break;                                         \
+                case 8: FASTNAIVE_LIST(SUFFIX, 8); break;                                         \
+                case 9: FASTNAIVE_LIST(SUFFIX, 9); break;                                         \
+                case 10: FASTNAIVE_LIST(SUFFIX, 10); break;                                       \
+                case 11: FASTNAIVE_LIST(SUFFIX, 11); break;                                       \
+                case 12: FASTNAIVE_LIST(SUFFIX, 12); break;                                       \
+                case 13: FASTNAIVE_LIST(SUFFIX, 13); break;                                       \
+                case 14: FASTNAIVE_LIST(SUFFIX, 14); break;                                       \
+                default: FASTNAIVE_LIST(SUFFIX, 15); break;                                       \
+                }                                                                                 \
+            }                                                                                     \
+            for (r = 0; r < lines; r++) {                                                         \
+                V *dst = (V *)(out + (first + r) * ldo + j);                                      \
+                for (q = 0; q < NV; q++) {                                                        \
+                    V z = alpha * acc[r][q];                                                      \
+                    if (bias)                                                                     \
+                        z += ((const V *)(bias + j))[q];                                          \
+                    if (beta != 0)                                                                \
+                        z += beta * dst[q];                                                       \
+                    dst[q] = z;                                                                   \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        if (j < j1) {                                                                             \
+            T acc[FASTNAIVE_GROUP][TILE];                                                         \
+            const ptrdiff_t width = j1 - j;                                                       \
+            for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
+                for (c = 0; c < width; c++)                                                       \
+                    acc[r][c] = 0;                                                                \
+            for (s = 1; s < FASTNAIVE_PATTERNS; s++)                                              \
+                fastnaive_list_tail_##SUFFIX(s, list[s - 1], list[s], index, quads, B + j, ldb,   \
+                                             width, acc);                                         \
+            for (r = 0; r < lines; r++) {                                                         \
+                T *dst = out + (first + r) * ldo + j;                                             \
+                for (c = 0; c < width; c++) {                                                     \
+                    T z = alpha * acc[r][c];                                                      \
+                    if (bias)                                                                     \
+                        z += bias[j + c];                                                         \
+                    if (beta != 0)                                                                \
+                        z += beta * dst[c];                                                       \
+                    dst[c] = z;                                                                   \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        if (relu)                                                                                 \
+            for (r = 0; r < lines; r++) {                                                         \
+                T *dst = out + (first + r) * ldo;                                                 \
+                for (c = j0; c < j1; c++)                                                         \
+                    dst[c] = dst[c] < 0 ? 0 : dst[c];                                             \
+            }                                                                                     \
+    }                                                                                             \
 }
 
 #if FASTNAIVE_X86_DISPATCH
-FASTNAIVE_SPARSE_DEFINE(float, f_avx512, FASTNAIVE_AVX512, 64)
-FASTNAIVE_SPARSE_DEFINE(double, d_avx512, FASTNAIVE_AVX512, 64)
-FASTNAIVE_SPARSE_DEFINE(float, f_avx2, FASTNAIVE_AVX2, 32)
-FASTNAIVE_SPARSE_DEFINE(double, d_avx2, FASTNAIVE_AVX2, 32)
+FASTNAIVE_GROUPED_DEFINE(float, f_avx512, FASTNAIVE_AVX512, 64, 4)
+FASTNAIVE_GROUPED_DEFINE(double, d_avx512, FASTNAIVE_AVX512, 64, 4)
+FASTNAIVE_GROUPED_DEFINE(float, f_avx2, FASTNAIVE_AVX2, 32, 2)
+FASTNAIVE_GROUPED_DEFINE(double, d_avx2, FASTNAIVE_AVX2, 32, 2)
 #endif
-FASTNAIVE_SPARSE_DEFINE(float, f_baseline, , 16)
-FASTNAIVE_SPARSE_DEFINE(double, d_baseline, , 16)
+FASTNAIVE_GROUPED_DEFINE(float, f_baseline, , 16, 2)
+FASTNAIVE_GROUPED_DEFINE(double, d_baseline, , 16, 2)
 
-typedef void (*fastnaive_sparse_forward_f_t)(ptrdiff_t, const int *, const int *, const float *,
-                                             const float *, ptrdiff_t, const float *, int, float *,
-                                             ptrdiff_t, ptrdiff_t, ptrdiff_t);
-typedef void (*fastnaive_sparse_forward_d_t)(ptrdiff_t, const int *, const int *, const double *,
-                                             const double *, ptrdiff_t, const double *, int,
-                                             double *, ptrdiff_t, ptrdiff_t, ptrdiff_t);
-typedef void (*fastnaive_sparse_param_grad_f_t)(ptrdiff_t, const int *, const int *,
-                                                const float *, const float *, ptrdiff_t,
-                                                ptrdiff_t, float, float, float *, ptrdiff_t,
-                                                float *, ptrdiff_t, ptrdiff_t);
-typedef void (*fastnaive_sparse_param_grad_d_t)(ptrdiff_t, const int *, const int *,
-                                                const double *, const double *, ptrdiff_t,
-                                                ptrdiff_t, double, double, double *, ptrdiff_t,
-                                                double *, ptrdiff_t, ptrdiff_t);
+/* ---- Builders: X (n, k), row-major, into the layout above, one group at a time, in two
+ * passes over its positions, four at a time (a block): the first counts the quads of each
+ * pattern, the second writes each quad at its pattern's cursor. Each of the four quads of a
+ * block has its own counters and cursors (the list of a pattern is four sublists, by
+ * position mod 4), so that a run of one pattern is not a chain of increments of one counter
+ * in memory; blocks of sixteen zeros, most of an MNIST image's border, are skipped. ---- */
 
-static fastnaive_sparse_forward_f_t fastnaive_sparse_forward_f = fastnaive_sparse_forward_f_baseline;
-static fastnaive_sparse_forward_d_t fastnaive_sparse_forward_d = fastnaive_sparse_forward_d_baseline;
-static fastnaive_sparse_param_grad_f_t fastnaive_sparse_param_grad_f =
-    fastnaive_sparse_param_grad_f_baseline;
-static fastnaive_sparse_param_grad_d_t fastnaive_sparse_param_grad_d =
-    fastnaive_sparse_param_grad_d_baseline;
-/* Points the kernels at the widest instruction set that this CPU runs and that is at most
+static const int fastnaive_popcount[FASTNAIVE_PATTERNS] = {0, 1, 1, 2, 1, 2, 2, 3,
+                                                          1, 2, 2, 3, 2, 3, 3, 4};
+
+/* Counting (write = 0) or writing (write = 1) pass over a group of four float lines by
+ * SSE2: by rows, a 4 x 4 block of X transposed gives four quads at once; by columns, a quad
+ * is four neighbouring floats of a row. cmpneq is true for NaN, like != in C. Returns 0
+ * (for the generic pass to run instead) without SSE2. */
+FASTNAIVE_INLINE int fastnaive_fast_pass_f(int write, int by_rows, const float *first,
+                                           ptrdiff_t k, ptrdiff_t n_positions,
+                                           int counts[4][FASTNAIVE_PATTERNS], int *index,
+                                           float *quads)
+{
+#if defined(__SSE2__)
+    const __m128 zero = _mm_setzero_ps();
+    ptrdiff_t j;
+    int c;
+    for (j = 0; j < n_positions; j += 4) {
+        const int width = n_positions - j < 4 ? (int)(n_positions - j) : 4;
+        __m128 block[4];
+        if (by_rows) {
+            const float *x = first + j;
+            for (c = 0; c < 4; c++)
+                block[c] = width == 4 ? _mm_loadu_ps(x + c * k)
+                           : _mm_setr_ps(x[c * k], width > 1 ? x[c * k + 1] : 0,
+                                         width > 2 ? x[c * k + 2] : 0, 0);
+        } else {
+            for (c = 0; c < 4; c++)
+                block[c] = c < width ? _mm_loadu_ps(first + (j + c) * k) : zero;
+        }
+        /* The OR of nonzero floats is nonzero, of zeros of either sign +-0. */
+        if (_mm_movemask_ps(_mm_cmpneq_ps(_mm_or_ps(_mm_or_ps(block[0], block[1]),
+                                                    _mm_or_ps(block[2], block[3])), zero)) == 0)
+            continue;
+        if (by_rows)
+            _MM_TRANSPOSE4_PS(block[0], block[1], block[2], block[3]);
+        for (c = 0; c < width; c++) {
+            const int pattern = _mm_movemask_ps(_mm_cmpneq_ps(block[c], zero));
+            if (!write) {
+                counts[c][pattern]++;
+            } else {
+                const int q = counts[c][pattern]++;
+                index[q] = (int)(j + c);
+                _mm_storeu_ps(quads + FASTNAIVE_GROUP * q, block[c]);
+            }
+        }
+    }
+    return 1;
+#else
+    (void)write; (void)by_rows; (void)first; (void)k; (void)n_positions; (void)counts;
+    (void)index; (void)quads;
+    return 0;
+#endif
+}
+
+FASTNAIVE_INLINE int fastnaive_fast_pass_d(int write, int by_rows, const double *first,
+                                           ptrdiff_t k, ptrdiff_t n_positions,
+                                           int counts[4][FASTNAIVE_PATTERNS], int *index,
+                                           double *quads)
+{
+    (void)write; (void)by_rows; (void)first; (void)k; (void)n_positions; (void)counts;
+    (void)index; (void)quads;
+    return 0;
+}
+
+/* fastnaive_group_SUFFIX: the quads of group g of X into the layout above, by_rows for X @ B
+ * (groups of four rows, index = column) or not for X.T @ B (groups of four columns, index =
+ * row). Groups are independent: each writes only its own entries. Returns the number of
+ * nonzeros of the group's lines. */
+#define FASTNAIVE_BUILD_DEFINE(T, SUFFIX)                                                      \
+/* The generic pass, from scalars: lines < 4 (the last group) or no fast pass. */              \
+FASTNAIVE_INLINE void fastnaive_group_pass_##SUFFIX(                                           \
+    int write, int by_rows, const T *first, ptrdiff_t k, int lines, ptrdiff_t n_positions,     \
+    int counts[4][FASTNAIVE_PATTERNS], int *index, T *quads)                                   \
+{                                                                                              \
+    const ptrdiff_t line_stride = by_rows ? k : 1, position_stride = by_rows ? 1 : k;          \
+    ptrdiff_t j;                                                                               \
+    int c, r;                                                                                  \
+    if (lines == FASTNAIVE_GROUP                                                               \
+        && fastnaive_fast_pass_##SUFFIX(write, by_rows, first, k, n_positions, counts, index,  \
+                                        quads))                                                \
+        return;                                                                                \
+    for (j = 0; j < n_positions; j += 4) {                                                     \
+        const int width = n_positions - j < 4 ? (int)(n_positions - j) : 4;                    \
+        T v[4][FASTNAIVE_GROUP];                                                               \
+        int pattern[4], any = 0;                                                               \
+        for (c = 0; c < 4; c++) {                                                              \
+            pattern[c] = 0;                                                                    \
+            for (r = 0; r < FASTNAIVE_GROUP; r++) {                                            \
+                v[c][r] = c < width && r < lines                                               \
+                          ? first[r * line_stride + (j + c) * position_stride] : 0;            \
+                pattern[c] |= (v[c][r] != 0) << r;                                             \
+            }                                                                                  \
+            any |= pattern[c];                                                                 \
+        }                                                                                      \
+        if (!any)                                                                              \
+            continue;                                                                          \
+        for (c = 0; c < width; c++) {                                                          \
+            if (!write) {                                                                      \
+                counts[c][pattern[c]]++;                                                       \
+            } else {                                                                           \
+                const int q = counts[c][pattern[c]]++;                                         \
+                index[q] = (int)(j + c);                                                       \
+                for (r = 0; r < FASTNAIVE_GROUP; r++)                                          \
+                    quads[FASTNAIVE_GROUP * q + r] = v[c][r];                                  \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+}                                                                                              \
+                                                                                               \
+static ptrdiff_t fastnaive_group_##SUFFIX(int by_rows, const T *X, ptrdiff_t n, ptrdiff_t k,   \
+                                          ptrdiff_t g, int *starts, int *index, T *quads)      \
+{                                                                                              \
+    const ptrdiff_t n_lines = by_rows ? n : k, n_positions = by_rows ? k : n;                  \
+    const int lines = n_lines - FASTNAIVE_GROUP * g < FASTNAIVE_GROUP                          \
+                      ? (int)(n_lines - FASTNAIVE_GROUP * g) : FASTNAIVE_GROUP;                \
+    const T *first = X + FASTNAIVE_GROUP * g * (by_rows ? k : 1);                              \
+    int counts[4][FASTNAIVE_PATTERNS] = {{0}};                                                 \
+    ptrdiff_t cursor = g * n_positions, nnz = 0;                                               \
+    int c, s;                                                                                  \
+    fastnaive_group_pass_##SUFFIX(0, by_rows, first, k, lines, n_positions, counts, index,     \
+                                  quads);                                                      \
+    /* Counts to cursors: the sublists of pattern 1, then those of 2, ..., 15, then 0. */      \
+    starts += FASTNAIVE_PATTERNS * g;                                                          \
+    starts[0] = (int)cursor;                                                                   \
+    for (s = 1; s <= FASTNAIVE_PATTERNS; s++) {                                                \
+        const int pattern = s % FASTNAIVE_PATTERNS;                                            \
+        for (c = 0; c < 4; c++) {                                                              \
+            const int count = counts[c][pattern];                                              \
+            counts[c][pattern] = (int)cursor;                                                  \
+            cursor += count;                                                                   \
+            nnz += (ptrdiff_t)count * fastnaive_popcount[pattern];                             \
+        }                                                                                      \
+        if (s < FASTNAIVE_PATTERNS)                                                            \
+            starts[s] = (int)cursor;                                                           \
+    }                                                                                          \
+    fastnaive_group_pass_##SUFFIX(1, by_rows, first, k, lines, n_positions, counts, index,     \
+                                  quads);                                                      \
+    return nnz;                                                                                \
+}
+
+FASTNAIVE_BUILD_DEFINE(float, f)
+FASTNAIVE_BUILD_DEFINE(double, d)
+
+typedef void (*fastnaive_grouped_product_f_t)(ptrdiff_t, const int *, const int *, const float *,
+                                              const float *, ptrdiff_t, const float *, float, float,
+                                              int, float *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                              ptrdiff_t);
+typedef void (*fastnaive_grouped_product_d_t)(ptrdiff_t, const int *, const int *, const double *,
+                                              const double *, ptrdiff_t, const double *, double,
+                                              double, int, double *, ptrdiff_t, ptrdiff_t,
+                                              ptrdiff_t, ptrdiff_t);
+
+static fastnaive_grouped_product_f_t fastnaive_grouped_product_f =
+    fastnaive_grouped_product_f_baseline;
+static fastnaive_grouped_product_d_t fastnaive_grouped_product_d =
+    fastnaive_grouped_product_d_baseline;
+
+/* Points the products at the widest instruction set that this CPU runs and that is at most
  * widest (2: AVX-512, 1: AVX2 with FMA, 0: baseline; lower caps test the other versions).
  * Returns the level chosen. */
 static int fastnaive_sparse_select_isa(int widest)
@@ -207,25 +374,19 @@ static int fastnaive_sparse_select_isa(int widest)
     if (level > widest)
         level = widest;
     if (level == 2) {
-        fastnaive_sparse_forward_f = fastnaive_sparse_forward_f_avx512;
-        fastnaive_sparse_forward_d = fastnaive_sparse_forward_d_avx512;
-        fastnaive_sparse_param_grad_f = fastnaive_sparse_param_grad_f_avx512;
-        fastnaive_sparse_param_grad_d = fastnaive_sparse_param_grad_d_avx512;
+        fastnaive_grouped_product_f = fastnaive_grouped_product_f_avx512;
+        fastnaive_grouped_product_d = fastnaive_grouped_product_d_avx512;
         return level;
     }
     if (level == 1) {
-        fastnaive_sparse_forward_f = fastnaive_sparse_forward_f_avx2;
-        fastnaive_sparse_forward_d = fastnaive_sparse_forward_d_avx2;
-        fastnaive_sparse_param_grad_f = fastnaive_sparse_param_grad_f_avx2;
-        fastnaive_sparse_param_grad_d = fastnaive_sparse_param_grad_d_avx2;
+        fastnaive_grouped_product_f = fastnaive_grouped_product_f_avx2;
+        fastnaive_grouped_product_d = fastnaive_grouped_product_d_avx2;
         return level;
     }
 #endif
     (void)widest;
-    fastnaive_sparse_forward_f = fastnaive_sparse_forward_f_baseline;
-    fastnaive_sparse_forward_d = fastnaive_sparse_forward_d_baseline;
-    fastnaive_sparse_param_grad_f = fastnaive_sparse_param_grad_f_baseline;
-    fastnaive_sparse_param_grad_d = fastnaive_sparse_param_grad_d_baseline;
+    fastnaive_grouped_product_f = fastnaive_grouped_product_f_baseline;
+    fastnaive_grouped_product_d = fastnaive_grouped_product_d_baseline;
     return level;
 }
 

@@ -38,6 +38,7 @@ def _checked_optimizer(optimizer, allow_name=False):
 
 def _gradients_into_workspace(model, x, y):
     workspace = engine.workspace_for(model, x.shape[0])
+    workspace.use_sparse_input(engine.is_sparse(x))
     engine.forward(model, workspace, x)
     loss = engine.loss_gradient(workspace, y)
     engine.backpropagate(model, workspace, x)
@@ -165,6 +166,7 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
         callback.set_model(model)
         callback.set_params(params)
     workspace = engine.workspace_for(model, min(batch_size, x.shape[0]))
+    workspace.use_sparse_input(engine.is_sparse(x))
     rng = np.random.default_rng(seed)
     order = np.arange(x.shape[0]) if shuffle else None
     model.stop_training = False
@@ -219,6 +221,7 @@ def evaluate_loss(model, images, labels, batch_size=1024):
     x, y = _checked_batch(model, images, labels)
     batch_size = positive_int(batch_size, "batch_size")
     workspace = engine.Workspace(model, min(batch_size, x.shape[0]))
+    workspace.use_sparse_input(engine.is_sparse(x))
     return engine.loss_and_accuracy(model, workspace, x, y)
 
 

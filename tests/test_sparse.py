@@ -1,0 +1,402 @@
+"""Tests for fastnaive._sparse: the grouped layouts and both products against NumPy, on every
+instruction set the CPU runs, and against the dense kernels they replace."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fastnaive import _kernels, _sparse
+
+# The oracle is NumPy in float64 on the same inputs, so the differences are the kernels'
+# own rounding (float32: sums of up to 784 terms of O(1), errors up to ~1e-6; float64: ~1e-15).
+TOLERANCES = {
+    "float32": {"rtol": 1e-5, "atol": 1e-5},
+    "float64": {"rtol": 1e-13, "atol": 1e-13},
+}
+# (n_samples, n_features, n_units): groups of four rows or columns with one to three lines
+# short (n = 1, 5, 7; k = 5, 13), whole and partial tiles of columns (m = 1, 3, 70, 200, 512),
+# the hidden layer on the book's last, short batch (96) and on a batch of 128.
+SHAPES = {
+    "n1-5x3": (1, 5, 3),
+    "n3-4x1": (3, 4, 1),
+    "n7-13x4": (7, 13, 4),
+    "n5-6x70": (5, 6, 70),
+    "n96-784x200": (96, 784, 200),
+    "b128-784x512": (128, 784, 512),
+}
+# Fractions of nonzeros in X; "rows" cycles whole rows of zeros, of nonzeros and of MNIST's 19%.
+DENSITIES = {"zeros": 0.0, "sparse": 0.05, "mnist": 0.19, "dense": 1.0, "rows": None}
+# (alpha, beta) of dW := alpha * X.T @ delta + beta * dW: the plain gradient over a NaN buffer
+# (beta = 0 must overwrite), the fused SGD update W := W - lr * dW, any pair.
+SCALES = {
+    "beta0-over-nan": (1.0, 0.0),
+    "sgd-update": (-0.1, 1.0),
+    "alpha-beta": (0.5, -2.0),
+}
+
+
+@pytest.fixture(params=list(TOLERANCES))
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(params=_sparse.INSTRUCTION_SETS)
+def instruction_set(request):
+    """Run the test on one version of the products; skip those the CPU lacks."""
+    if _sparse.select_instruction_set(request.param) != request.param:
+        _sparse.select_instruction_set()
+        pytest.skip(f"the CPU lacks {request.param}")
+    yield request.param
+    _sparse.select_instruction_set()
+
+
+@pytest.fixture(params=SHAPES.values(), ids=SHAPES.keys())
+def shape(request):
+    return request.param
+
+
+@pytest.fixture(params=DENSITIES.values(), ids=DENSITIES.keys())
+def density(request):
+    return request.param
+
+
+def sparse_matrix(rng, shape, dtype, density):
+    """Normal values (half negative) kept with probability density (per row for None)."""
+    X = rng.standard_normal(shape)
+    if density is None:
+        density = np.resize([0.0, 1.0, 0.19], shape[0])[:, None]
+    X[rng.random(shape) >= density] = 0
+    return X.astype(dtype)
+
+
+def normal(rng, shape, dtype, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def by_rows(X, n_threads=None):
+    """X grouped by rows, for sparse_forward_checked."""
+    buffers = _sparse.group_buffers(X.shape[0], X.shape[1], X.dtype)
+    assert _sparse.group_rows_checked(X, *buffers, n_threads=n_threads) == np.count_nonzero(X)
+    return buffers
+
+
+def by_columns(X, n_threads=None):
+    """X grouped by columns, for sparse_param_grad_checked."""
+    buffers = _sparse.group_buffers(X.shape[1], X.shape[0], X.dtype)
+    assert _sparse.group_columns_checked(X, *buffers, n_threads=n_threads) == np.count_nonzero(X)
+    return buffers
+
+
+def forward(X, W, b, relu, n_threads=None):
+    Z = np.full((X.shape[0], W.shape[1]), np.nan, X.dtype)
+    _sparse.sparse_forward_checked(*by_rows(X), W, b, relu, Z, n_threads)
+    return Z
+
+
+def param_grad(X, delta, alpha, beta, W, b, n_threads=None):
+    """Return (dW, db) := alpha * (X.T @ delta, sum_rows(delta)) + beta * (W, b)."""
+    dW, db = W.copy(), b.copy()
+    _sparse.sparse_param_grad_checked(*by_columns(X), delta, alpha, beta, dW, db, n_threads)
+    return dW, db
+
+
+def expected_forward(X, W, b, relu):
+    Z = X.astype(np.float64) @ W + b
+    return np.maximum(Z, 0) if relu else Z
+
+
+def assert_close(actual, expected, err_msg=""):
+    np.testing.assert_allclose(actual, expected, err_msg=err_msg, **TOLERANCES[actual.dtype.name])
+
+
+def rebuild(starts, index, quads, n_lines, n_positions):
+    """The (n_lines, n_positions) matrix a grouped layout holds; checks each list's patterns."""
+    out = np.zeros((n_lines, n_positions), quads.dtype)
+    for g in range(len(starts) // 16):
+        for pattern in range(1, 16):
+            entries = slice(starts[16 * g + pattern - 1], starts[16 * g + pattern])
+            lines = [r for r in range(4) if pattern >> r & 1 and 4 * g + r < n_lines]
+            np.testing.assert_array_equal(quads[entries] != 0, np.resize(
+                [pattern >> r & 1 for r in range(4)], quads[entries].shape).astype(bool))
+            for r in lines:
+                out[4 * g + r, index[entries]] = quads[entries, r]
+    return out
+
+
+def test_group_rows_holds_every_nonzero_once(shape, density, dtype, rng):
+    X = sparse_matrix(rng, shape[:2], dtype, density)
+    np.testing.assert_array_equal(rebuild(*by_rows(X), *X.shape), X)
+
+
+def test_group_columns_holds_every_nonzero_once(shape, density, dtype, rng):
+    X = sparse_matrix(rng, shape[:2], dtype, density)
+    np.testing.assert_array_equal(rebuild(*by_columns(X), X.shape[1], X.shape[0]), X.T)
+
+
+def test_sparse_forward(shape, density, dtype, instruction_set, rng):
+    n, k, m = shape
+    X, W, b = sparse_matrix(rng, (n, k), dtype, density), normal(rng, (k, m), dtype, k**-0.5), \
+        normal(rng, m, dtype)
+    for relu in (True, False):
+        assert_close(forward(X, W, b, relu), expected_forward(X, W, b, relu))
+
+
+def test_sparse_param_grad(shape, density, dtype, instruction_set, rng):
+    n, k, m = shape
+    X, delta = sparse_matrix(rng, (n, k), dtype, density), normal(rng, (n, m), dtype)
+    for name, (alpha, beta) in SCALES.items():
+        W, b = normal(rng, (k, m), dtype), normal(rng, m, dtype)
+        if beta == 0:
+            W[:], b[:] = np.nan, np.nan
+        dW, db = param_grad(X, delta, alpha, beta, W, b)
+        W0, b0 = (np.zeros_like(W), np.zeros_like(b)) if beta == 0 else (W, b)
+        assert_close(dW, alpha * (X.T.astype(np.float64) @ delta) + beta * W0, name)
+        assert_close(db, alpha * delta.sum(axis=0, dtype=np.float64) + beta * b0, name)
+
+
+def test_products_match_the_dense_kernels(dtype, rng):
+    """The hidden layer's step on a batch of 128: forward, then the fused SGD update."""
+    X = np.clip(sparse_matrix(rng, (128, 784), dtype, 0.19), 0, 1)
+    W, b = normal(rng, (784, 512), dtype, 784**-0.5), normal(rng, 512, dtype)
+    delta = normal(rng, (128, 512), dtype, 1e-2)
+    Z_dense = np.empty((128, 512), dtype)
+    _kernels.dense_forward_checked(X, W, b, True, Z_dense)
+    assert_close(forward(X, W, b, True), Z_dense)
+    W_dense, b_dense = W.copy(), b.copy()
+    _kernels.dense_param_grad_checked(X, delta, -1e-3, 1.0, W_dense, b_dense)
+    W_sparse, b_sparse = param_grad(X, delta, -1e-3, 1.0, W, b)
+    assert_close(W_sparse, W_dense)
+    assert_close(b_sparse, b_dense)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_results_do_not_depend_on_the_threads(dtype, rng, n_threads):
+    """Threads own disjoint column blocks, so every sum is made in the same order."""
+    X = sparse_matrix(rng, (128, 784), dtype, 0.19)
+    W, b = normal(rng, (784, 512), dtype), normal(rng, 512, dtype)
+    delta = normal(rng, (128, 512), dtype)
+    assert np.array_equal(forward(X, W, b, True, n_threads), forward(X, W, b, True, 1))
+    for layout in (by_rows, by_columns):
+        one, many = layout(X, 1), layout(X, n_threads)
+        assert np.array_equal(one[0], many[0])
+        for g in range(0, len(one[0]), 16):
+            listed = slice(one[0][g], one[0][g + 15])
+            assert np.array_equal(one[1][listed], many[1][listed])
+            assert np.array_equal(one[2][listed], many[2][listed])
+    for one, many in zip(param_grad(X, delta, -0.1, 1.0, W, b, 1),
+                         param_grad(X, delta, -0.1, 1.0, W, b, n_threads)):
+        assert np.array_equal(one, many)
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "identity"])
+def test_zero_batch_gives_the_bias_and_leaves_w(dtype, relu):
+    """With X = 0 no product is made: each row is exactly act(b), and W is untouched."""
+    X, W, b = np.zeros((7, 5), dtype), np.ones((5, 3), dtype), np.array([-1.5, 0.0, 2.0], dtype)
+    act_b = np.maximum(b, 0) if relu else b
+    np.testing.assert_array_equal(forward(X, W, b, relu), np.tile(act_b, (7, 1)))
+    delta = np.full((7, 3), 2.0, dtype)
+    dW, db = param_grad(X, delta, -0.5, 1.0, W, b)
+    np.testing.assert_array_equal(dW, W)
+    np.testing.assert_array_equal(db, b - 7.0)
+    dW, db = param_grad(X, delta, 1.0, 0.0, np.full_like(W, np.nan), b)
+    np.testing.assert_array_equal(dW, 0)
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "identity"])
+def test_nan_in_x_spreads_like_the_dense_product(dtype, rng, relu):
+    """NaN is nonzero, so it is kept: a NaN in X[i, c] makes row i of X @ W and row c of
+    X.T @ delta NaN (NaN * 0 is NaN), exactly where the dense kernels put NaN."""
+    X = sparse_matrix(rng, (9, 20), dtype, 0.3)
+    X[2, 5] = X[6, 17] = np.nan
+    W, b, delta = normal(rng, (20, 6), dtype), normal(rng, 6, dtype), normal(rng, (9, 6), dtype)
+    delta[:, 0] = 0
+    Z_dense = np.empty((9, 6), dtype)
+    _kernels.dense_forward_checked(X, W, b, relu, Z_dense)
+    Z = forward(X, W, b, relu)
+    np.testing.assert_array_equal(np.isnan(Z), np.isnan(Z_dense))
+    assert np.isnan(Z[[2, 6]]).all() and not np.isnan(np.delete(Z, [2, 6], axis=0)).any()
+    dW_dense, db_dense = np.empty((20, 6), dtype), np.empty(6, dtype)
+    _kernels.dense_param_grad_checked(X, delta, 1.0, 0.0, dW_dense, db_dense)
+    dW, _ = param_grad(X, delta, 1.0, 0.0, np.empty((20, 6), dtype), np.empty(6, dtype))
+    np.testing.assert_array_equal(np.isnan(dW), np.isnan(dW_dense))
+    assert np.isnan(dW[[5, 17]]).all() and not np.isnan(np.delete(dW, [5, 17], axis=0)).any()
+
+
+def test_inf_in_w_reaches_only_rows_whose_x_is_nonzero_there(dtype, rng):
+    """Zeros of X are skipped, so W[c] = inf reaches only rows with X[i, c] != 0. (The dense
+    product makes every row NaN: 0 * inf = NaN.) The same holds for NaN in W or in delta."""
+    X = sparse_matrix(rng, (8, 12), dtype, 0.4)
+    X[:, 3] = 0
+    X[[1, 4], 3] = 1
+    W, b = normal(rng, (12, 5), dtype), normal(rng, 5, dtype)
+    W[3] = np.inf
+    Z = forward(X, W, b, False)
+    assert np.isinf(Z[[1, 4]]).all()
+    finite = [0, 2, 3, 5, 6, 7]
+    W_without = W.copy()
+    W_without[3] = 0
+    assert_close(Z[finite], expected_forward(X, W_without, b, False)[finite])
+
+
+def test_read_only_inputs_are_accepted(dtype, rng):
+    X = sparse_matrix(rng, (6, 9), dtype, 0.3)
+    W, b, delta = normal(rng, (9, 4), dtype), normal(rng, 4, dtype), normal(rng, (6, 4), dtype)
+    rows, columns = by_rows(X), by_columns(X)
+    for array in (X, W, b, delta, *rows, *columns):
+        array.setflags(write=False)
+    Z = np.empty((6, 4), dtype)
+    _sparse.sparse_forward_checked(*rows, W, b, True, Z)
+    assert_close(Z, expected_forward(X, W, b, True))
+    dW, db = np.empty((9, 4), dtype), np.empty(4, dtype)
+    _sparse.sparse_param_grad_checked(*columns, delta, 1.0, 0.0, dW, db)
+    assert_close(dW, X.T.astype(np.float64) @ delta)
+    _sparse.group_rows_checked(X, *_sparse.group_buffers(6, 9, dtype))
+
+
+def test_select_instruction_set():
+    assert _sparse.instruction_set() in _sparse.INSTRUCTION_SETS
+    assert _sparse.select_instruction_set("baseline") == "baseline" == _sparse.instruction_set()
+    widest = _sparse.select_instruction_set()
+    assert widest == _sparse.instruction_set()
+    with pytest.raises(ValueError, match=r"^Expected widest in .*Received: widest='sse'"):
+        _sparse.select_instruction_set("sse")
+
+
+def f32(*shape):
+    return np.zeros(shape, np.float32)
+
+
+def read_only(array):
+    array.setflags(write=False)
+    return array
+
+
+def i32(*shape):
+    return np.zeros(shape, np.intc)
+
+
+ROWS_7x13 = _sparse.group_buffers(7, 13, np.float32)  # starts (32,), index (26,), quads (26, 4)
+COLUMNS_7x13 = _sparse.group_buffers(13, 7, np.float32)  # starts (64,), index (28,), quads (28, 4)
+# (wrapper, *arguments), one shape disagreeing with the others.
+SHAPE_MISMATCHES = {
+    "group_rows-starts": (_sparse.group_rows_checked, f32(7, 13), i32(16), *ROWS_7x13[1:]),
+    "group_rows-index": (_sparse.group_rows_checked, f32(7, 13), ROWS_7x13[0], i32(25),
+                         ROWS_7x13[2]),
+    "group_rows-quads": (_sparse.group_rows_checked, f32(7, 13), *ROWS_7x13[:2], f32(26, 3)),
+    "group_columns-starts": (_sparse.group_columns_checked, f32(7, 13), *ROWS_7x13),
+    "forward-bias": (_sparse.sparse_forward_checked, *ROWS_7x13, f32(13, 4), f32(3), True,
+                     f32(7, 4)),
+    "forward-out": (_sparse.sparse_forward_checked, *ROWS_7x13, f32(13, 4), f32(4), True,
+                    f32(7, 3)),
+    "forward-rows": (_sparse.sparse_forward_checked, *ROWS_7x13, f32(13, 4), f32(4), True,
+                     f32(9, 4)),
+    "forward-no-features": (_sparse.sparse_forward_checked, *ROWS_7x13, f32(0, 4), f32(4), True,
+                            f32(7, 4)),
+    "param_grad-db": (_sparse.sparse_param_grad_checked, *COLUMNS_7x13, f32(7, 4), 1.0, 0.0,
+                      f32(13, 4), f32(3)),
+    "param_grad-dW": (_sparse.sparse_param_grad_checked, *COLUMNS_7x13, f32(7, 4), 1.0, 0.0,
+                      f32(12, 4), f32(4)),
+    "param_grad-no-samples": (_sparse.sparse_param_grad_checked, *COLUMNS_7x13, f32(0, 4), 1.0,
+                              0.0, f32(13, 4), f32(4)),
+}
+
+
+def lists(starts=None, index=None):
+    """A valid grouped X (7, 13) by rows, with starts or index replaced."""
+    good = by_rows(np.ones((7, 13), np.float32))
+    return (good[0] if starts is None else starts, good[1] if index is None else index, good[2])
+
+
+def bad_index(value):
+    index = lists()[1].copy()
+    index[3] = value
+    return index
+
+
+def bad_starts(position, value):
+    starts = lists()[0].copy()
+    starts[position] = value
+    return starts
+
+
+# Lists that would read out of bounds: the wrappers must refuse them.
+BAD_LISTS = {
+    "index-too-large": lists(index=bad_index(13)),
+    "index-negative": lists(index=bad_index(-1)),
+    "starts-decreasing": lists(starts=bad_starts(20, 5)),
+    "starts-negative": lists(starts=bad_starts(0, -1)),
+    "starts-past-the-buffers": lists(starts=bad_starts(31, 27)),
+}
+# (wrapper, *arguments) that Cython's buffer checks reject before any kernel runs.
+BAD_BUFFERS = {
+    "int64-index": (_sparse.sparse_forward_checked, *lists(index=lists()[1].astype(np.int64)),
+                    f32(13, 4), f32(4), True, f32(7, 4)),
+    "mixed-dtypes": (_sparse.sparse_forward_checked, *lists(), f32(13, 4).astype(np.float64),
+                     f32(4), True, f32(7, 4)),
+    "strided-X": (_sparse.group_rows_checked, f32(7, 26)[:, ::2], *ROWS_7x13),
+    "read-only-out": (_sparse.group_rows_checked, f32(7, 13), *ROWS_7x13[:2],
+                      read_only(f32(26, 4))),
+}
+
+
+@pytest.mark.parametrize("call", SHAPE_MISMATCHES.values(), ids=SHAPE_MISMATCHES.keys())
+def test_shape_mismatch_raises(call):
+    wrapper, *arguments = call
+    with pytest.raises(ValueError, match=r"^Expected .+\. Received: .*shape="):
+        wrapper(*arguments)
+
+
+@pytest.mark.parametrize("grouped", BAD_LISTS.values(), ids=BAD_LISTS.keys())
+def test_lists_out_of_range_raise(grouped):
+    with pytest.raises(ValueError, match=r"^Expected starts .+\. Received: starts in "):
+        _sparse.sparse_forward_checked(*grouped, f32(13, 4), f32(4), True, f32(7, 4))
+
+
+@pytest.mark.parametrize("call", BAD_BUFFERS.values(), ids=BAD_BUFFERS.keys())
+def test_bad_buffer_raises(call):
+    wrapper, *arguments = call
+    with pytest.raises((ValueError, TypeError)):
+        wrapper(*arguments)
+
+
+@st.composite
+def sparse_problems(draw):
+    """Small X (mostly zeros), W and delta of one dtype with values in [-1, 1]."""
+    dtype = draw(st.sampled_from(list(TOLERANCES)))
+    n, k, m = draw(st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 20)))
+    values = st.floats(-1, 1, width=32)
+    X = draw(hnp.arrays(dtype, (n, k), elements=st.one_of(st.just(0.0), values)))
+    W, delta = (draw(hnp.arrays(dtype, shape, elements=values)) for shape in [(k, m), (n, m)])
+    return X, W, delta
+
+
+@settings(max_examples=50, deadline=None)
+@given(sparse_problems())
+def test_products_property(problem):
+    X, W, delta = problem
+    b = np.zeros(W.shape[1], X.dtype)
+    assert_close(forward(X, W, b, False), expected_forward(X, W, b, False))
+    dW, db = param_grad(X, delta, 1.0, 0.0, W, b)
+    assert_close(dW, X.T.astype(np.float64) @ delta)
+
+
+@pytest.mark.mnist
+def test_mnist_batch_matches_the_dense_kernels(mnist, rng):
+    """The first 128 training images, whose zeros are MNIST's, through both kernels."""
+    (train_images, _), _ = mnist
+    X = np.ascontiguousarray(train_images[:128])
+    W, b = normal(rng, (784, 512), np.float32, 784**-0.5), normal(rng, 512, np.float32)
+    Z_dense = np.empty((128, 512), np.float32)
+    _kernels.dense_forward_checked(X, W, b, True, Z_dense)
+    assert_close(forward(X, W, b, True), Z_dense)
+    delta = normal(rng, (128, 512), np.float32, 1e-2)
+    W_dense, b_dense = W.copy(), b.copy()
+    _kernels.dense_param_grad_checked(X, delta, -1e-3, 1.0, W_dense, b_dense)
+    for sparse, dense in zip(param_grad(X, delta, -1e-3, 1.0, W, b), (W_dense, b_dense)):
+        assert_close(sparse, dense)
