@@ -71,6 +71,11 @@ cdef void axpy(floating alpha, const floating* x, floating* y, int n) noexcept n
         daxpy(&n, &alpha, <double*>x, &one, y, &one)
 
 
+def load():
+    """Load SciPy's BLAS (and so its thread pool) now rather than at the first product."""
+    load_blas()
+
+
 def gemm_checked(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C,
                  bint trans_a=False, bint trans_b=False, floating alpha=1, floating beta=0):
     """C := alpha * op(A) @ op(B) + beta * C, after checking the shapes agree."""

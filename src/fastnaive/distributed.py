@@ -353,7 +353,8 @@ class _Run:
         for epoch in range(first_epoch, epochs):
             for callback in self.callbacks:
                 callback.on_epoch_begin(epoch, {})
-            logs = self.epoch(epoch, next(orders) if orders is not None else None)
+            with engine.threads_for(self.step.workspace):
+                logs = self.epoch(epoch, next(orders) if orders is not None else None)
             _check_identical(self.comm, self.model, f"after epoch {epoch}")
             if checkpoint_dir is not None and self.comm.Get_rank() == 0:
                 _save_checkpoint(checkpoint_dir, self.model, self.optimizer, epoch + 1, seed)

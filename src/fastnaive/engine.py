@@ -6,18 +6,48 @@ state allocates nothing. When the inputs are mostly zeros (MNIST: 81%), the
 first layer's two products run on their nonzeros only (fastnaive._sparse),
 which is exact and, on MNIST, 2.5-3x faster than the dense GEMMs.
 """
+import contextlib
+
 import numpy as np
 
-from fastnaive import _kernels, _sparse
+from fastnaive import _blas, _kernels, _sparse
 from fastnaive._memory import aligned_empty
 
 # Above this share of nonzeros the dense GEMMs win (measured: sparse is 1.2x faster at 0.5,
 # 1.07x at 0.7, 8% slower on dense inputs).
 SPARSE_MAX_DENSITY = 0.5
-# The sparse products run on the calling thread. Measured on 2 cores, a whole MNIST epoch
-# takes 0.40-0.48 s so, 0.54-0.62 s with two OpenMP threads (their short parallel regions
-# cost more than they save) and 6-7 s when OpenMP's and OpenBLAS's spinning threads fight.
+
+
+@contextlib.contextmanager
+def threads_for(workspace):
+    """For one training call on sparse inputs: the first layer runs on the calling thread and
+    BLAS, left with the small products, on one thread too.
+
+    OpenMP and OpenBLAS threads each spin a while after their work and chase each other on
+    a small machine. Measured on 2 cores, an MNIST epoch of fit takes 0.40 s this way; with
+    two OpenMP threads 0.27 s at best when they are bound to cores (OMP_PROC_BIND=true), but
+    0.52-0.55 s in about half the runs, and 6-7 s when both pools have two threads.
+    """
+    if not workspace.sparse_input:
+        yield
+        return
+    with _blas_pools().limit(limits=1):
+        yield
+
+
+# The first layer's sparse products run on the calling thread (see threads_for).
 SPARSE_THREADS = 1
+_controller = None
+
+
+def _blas_pools():
+    """threadpoolctl's handle on the loaded BLAS libraries, SciPy's among them."""
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+        _blas.load()
+        _controller = ThreadpoolController().select(user_api="blas")
+    return _controller
 
 __all__ = ["Workspace", "workspace_for", "forward", "loss_gradient", "backpropagate",
            "loss_and_accuracy"]

@@ -36,9 +36,13 @@ def _checked_optimizer(optimizer, allow_name=False):
     return optimizer
 
 
-def _gradients_into_workspace(model, x, y):
+def _workspace(model, x):
     workspace = engine.workspace_for(model, x.shape[0])
     workspace.use_sparse_input(engine.is_sparse(x))
+    return workspace
+
+
+def _gradients_into_workspace(model, workspace, x, y):
     engine.forward(model, workspace, x)
     loss = engine.loss_gradient(workspace, y)
     engine.backpropagate(model, workspace, x)
@@ -54,7 +58,9 @@ def loss_and_gradients(model, images_batch, labels_batch):
     """
     _checked_model(model)
     x, y = _checked_batch(model, images_batch, labels_batch)
-    loss, gradients = _gradients_into_workspace(model, x, y)
+    workspace = _workspace(model, x)
+    with engine.threads_for(workspace):
+        loss, gradients = _gradients_into_workspace(model, workspace, x, y)
     return loss, [g.copy() for g in gradients]
 
 
@@ -72,8 +78,10 @@ def one_training_step(model, images_batch, labels_batch, *, optimizer=None):
     optimizer = _checked_optimizer(optimizer)
     _checked_model(model)
     x, y = _checked_batch(model, images_batch, labels_batch)
-    loss, gradients = _gradients_into_workspace(model, x, y)
-    optimizer.apply_gradients(zip(gradients, model.weights))
+    workspace = _workspace(model, x)
+    with engine.threads_for(workspace):
+        loss, gradients = _gradients_into_workspace(model, workspace, x, y)
+        optimizer.apply_gradients(zip(gradients, model.weights))
     return float(loss)
 
 
@@ -178,10 +186,12 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
             callback.on_epoch_begin(epoch, {})
         if shuffle:
             rng.shuffle(order)
-        logs = _run_epoch(model, workspace, x, y, batch_size, order, optimizer, callbacks, epoch)
-        if validation is not None:
-            logs["val_loss"], logs["val_accuracy"] = engine.loss_and_accuracy(
-                model, workspace, *validation)
+        with engine.threads_for(workspace):
+            logs = _run_epoch(model, workspace, x, y, batch_size, order, optimizer, callbacks,
+                              epoch)
+            if validation is not None:
+                logs["val_loss"], logs["val_accuracy"] = engine.loss_and_accuracy(
+                    model, workspace, *validation)
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
         if model.stop_training:
@@ -222,7 +232,8 @@ def evaluate_loss(model, images, labels, batch_size=1024):
     batch_size = positive_int(batch_size, "batch_size")
     workspace = engine.Workspace(model, min(batch_size, x.shape[0]))
     workspace.use_sparse_input(engine.is_sparse(x))
-    return engine.loss_and_accuracy(model, workspace, x, y)
+    with engine.threads_for(workspace):
+        return engine.loss_and_accuracy(model, workspace, x, y)
 
 
 def evaluate(model, images, labels):
