@@ -13,44 +13,15 @@ import numpy as np
 from fastnaive import _blas, _kernels, _sparse
 from fastnaive._memory import aligned_empty
 
+__all__ = ["Workspace", "workspace_for", "is_sparse", "threads_for", "forward", "loss_gradient",
+           "backpropagate", "loss_and_accuracy"]
+
 # Above this share of nonzeros the dense GEMMs win (measured: sparse is 1.2x faster at 0.5,
 # 1.07x at 0.7, 8% slower on dense inputs).
 SPARSE_MAX_DENSITY = 0.5
-
-
-@contextlib.contextmanager
-def threads_for(workspace):
-    """For one training call on sparse inputs: the first layer runs on the calling thread and
-    BLAS, left with the small products, on one thread too.
-
-    OpenMP and OpenBLAS threads each spin a while after their work and chase each other on
-    a small machine. Measured on 2 cores, an MNIST epoch of fit takes 0.40 s this way; with
-    two OpenMP threads 0.27 s at best when they are bound to cores (OMP_PROC_BIND=true), but
-    0.52-0.55 s in about half the runs, and 6-7 s when both pools have two threads.
-    """
-    if not workspace.sparse_input:
-        yield
-        return
-    with _blas_pools().limit(limits=1):
-        yield
-
-
 # The first layer's sparse products run on the calling thread (see threads_for).
 SPARSE_THREADS = 1
 _controller = None
-
-
-def _blas_pools():
-    """threadpoolctl's handle on the loaded BLAS libraries, SciPy's among them."""
-    global _controller
-    if _controller is None:
-        from threadpoolctl import ThreadpoolController
-        _blas.load()
-        _controller = ThreadpoolController().select(user_api="blas")
-    return _controller
-
-__all__ = ["Workspace", "workspace_for", "forward", "loss_gradient", "backpropagate",
-           "loss_and_accuracy"]
 
 
 def _signature(model):
@@ -114,6 +85,33 @@ def workspace_for(model, n_samples):
 def is_sparse(x):
     """True when x is zero enough for the first layer to run on its nonzeros."""
     return np.count_nonzero(x) <= SPARSE_MAX_DENSITY * x.size
+
+
+@contextlib.contextmanager
+def threads_for(workspace):
+    """For one training call on sparse inputs: the first layer runs on the calling thread and
+    BLAS, left with the small products, on one thread too.
+
+    OpenMP and OpenBLAS threads each spin a while after their work and chase each other on
+    a small machine. Measured on 2 cores, an MNIST epoch of fit takes 0.40 s this way; with
+    two OpenMP threads 0.27 s at best when they are bound to cores (OMP_PROC_BIND=true), but
+    0.52-0.55 s in about half the runs, and 6-7 s when both pools have two threads.
+    """
+    if not workspace.sparse_input:
+        yield
+        return
+    with _blas_pools().limit(limits=1):
+        yield
+
+
+def _blas_pools():
+    """threadpoolctl's handle on the loaded BLAS libraries, SciPy's among them."""
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+        _blas.load()
+        _controller = ThreadpoolController().select(user_api="blas")
+    return _controller
 
 
 def forward(model, workspace, x):
