@@ -48,6 +48,7 @@ def fit_step(x, y):
     """fit's step on x, y with its workspace, as fit calls it."""
     model = workloads.book_model()
     workspace = engine.workspace_for(model, len(x))
+    workspace.use_sparse_input(engine.is_sparse(x))  # as fit decides, once per data set
     labels = np.ascontiguousarray(y, dtype=np.intp)
     optimizer = fastnaive.SGD(workloads.LEARNING_RATE)
     return functools.partial(training._train_step, model, workspace, x, labels, optimizer)

@@ -12,10 +12,9 @@ import types
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from fastnaive import _kernels, reference
-
-tf = pytest.importorskip("tensorflow")
 
 BATCH = 128
 N_CLASSES = 10
