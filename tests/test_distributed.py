@@ -137,3 +137,29 @@ def test_shares_cover_the_batch_in_order(size, batch):
 def test_importing_fastnaive_does_not_import_mpi4py():
     code = "import sys, fastnaive, fastnaive.distributed; sys.exit('mpi4py' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.mnist
+def test_the_books_model_on_mnist_matches_one_process(tmp_path):
+    """`mpirun -n 2 fastnaive train --distributed` against `fastnaive train`, same settings."""
+    launcher = shutil.which("mpirun")
+    assert launcher, "Expected mpirun on PATH (apt-get install openmpi-bin). Received: none"
+    settings = ["-m", "fastnaive", "train", "--epochs", "1", "--seed", "0", "--threads", "1",
+                "--verbose", "0"]
+    runs = {
+        "ranks": [launcher, "--allow-run-as-root", "--oversubscribe", "-n", "2", sys.executable,
+                  *settings, "--distributed"],
+        "single": [sys.executable, *settings],
+    }
+    accuracies, models = {}, {}
+    for name, command in runs.items():
+        result = subprocess.run([*command, "--save", str(tmp_path / f"{name}.npz")],
+                                capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode == 0, result.stderr
+        accuracies[name] = float(result.stdout.split("test accuracy: ")[1].split()[0])
+        models[name] = fastnaive.load_model(tmp_path / f"{name}.npz")
+    # Float32 summation order only: measured 2.8e-7 after 2 epochs; at most one test image
+    # may fall the other way.
+    assert abs(accuracies["ranks"] - accuracies["single"]) <= 1e-4
+    for ranks, single in zip(models["ranks"].weights, models["single"].weights, strict=True):
+        np.testing.assert_allclose(ranks, single, rtol=0, atol=ATOL["float32"])
