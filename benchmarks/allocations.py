@@ -19,7 +19,7 @@ import numpy as np
 
 import fastnaive
 import workloads
-from fastnaive import engine, training
+from fastnaive import engine, optimizers, training
 
 
 def parse_args(argv=None):
@@ -51,7 +51,9 @@ def fit_step(x, y):
     workspace.use_sparse_input(engine.is_sparse(x))  # as fit decides, once per data set
     labels = np.ascontiguousarray(y, dtype=np.intp)
     optimizer = fastnaive.SGD(workloads.LEARNING_RATE)
-    return functools.partial(training._train_step, model, workspace, x, labels, optimizer)
+    update = optimizers.updater(optimizer, workspace.gradients, model.weights)
+    return functools.partial(training._train_step, model, workspace, x, labels, optimizer,
+                             update)
 
 
 def main(argv=None):

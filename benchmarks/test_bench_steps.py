@@ -10,7 +10,7 @@ import pytest
 
 import fastnaive
 import workloads
-from fastnaive import engine, reference, training
+from fastnaive import engine, optimizers, reference, training
 
 import book_tf  # noqa: E402  (imports TensorFlow: a benchmark requirement)
 
@@ -32,7 +32,8 @@ def test_step_fit_fused(benchmark, batch):
     labels = np.ascontiguousarray(y, dtype=np.intp)
     optimizer = fastnaive.SGD(workloads.LEARNING_RATE)
     with engine.threads_for(workspace):
-        benchmark(training._train_step, model, workspace, x, labels, optimizer)
+        update = optimizers.updater(optimizer, workspace.gradients, model.weights)
+        benchmark(training._train_step, model, workspace, x, labels, optimizer, update)
 
 
 def test_step_one_training_step(benchmark, batch):

@@ -21,7 +21,7 @@ import zlib
 
 import numpy as np
 
-from fastnaive import _kernels, engine, progress
+from fastnaive import _kernels, engine, optimizers, progress
 from fastnaive._validation import positive_int
 from fastnaive.callbacks import History
 from fastnaive.saving import load_model, save_model, write_npz
@@ -146,6 +146,7 @@ class _Step:
         # [dW0, db0, ..., loss sum, correct count]: one message per step.
         self.buffer = np.zeros(n_weights + 2, model.dtype)
         self.workspace.gradients = _views(self.buffer, model.weights)
+        self.update = optimizers.updater(optimizer, self.workspace.gradients, model.weights)
         self.allreduce_seconds = 0.0
         MPI = _mpi()
         self.in_place, self.sum = MPI.IN_PLACE, MPI.SUM
@@ -172,7 +173,7 @@ class _Step:
         self.allreduce_seconds += time.perf_counter() - start
         loss = float(self.buffer[-2]) / n_global
         if math.isfinite(loss):
-            self.optimizer.apply_gradients(zip(self.workspace.gradients, self.model.weights))
+            self.update()
         return loss, int(round(float(self.buffer[-1])))
 
 
@@ -390,7 +391,7 @@ class _Run:
 
 def train_cli(args):
     """Run `fastnaive train --distributed` on MPI.COMM_WORLD; only rank 0 reports and writes."""
-    from fastnaive import cli, optimizers
+    from fastnaive import cli
     comm = world()
     root = comm.Get_rank() == 0
     verbose = cli.VERBOSE[args.verbose] if args.verbose is not None else \

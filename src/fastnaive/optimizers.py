@@ -11,10 +11,10 @@ import numpy as np
 from fastnaive import _kernels
 from fastnaive._validation import learning_rate as checked_learning_rate
 
-__all__ = ["SGD", "Adam", "get"]
+__all__ = ["SGD", "Adam", "get", "checked_pairs", "updater"]
 
 
-def _checked_pairs(grads_and_vars):
+def checked_pairs(grads_and_vars):
     """Return [(flat gradient, flat weight, weight)], checked to agree in shape and dtype."""
     pairs = []
     for i, (gradient, weight) in enumerate(grads_and_vars):
@@ -73,7 +73,10 @@ class Optimizer:
 
     def apply_gradients(self, grads_and_vars):
         """Update each weight array in place from its gradient; one optimizer step."""
-        pairs = _checked_pairs(grads_and_vars)
+        self.apply_checked(checked_pairs(grads_and_vars))
+
+    def apply_checked(self, pairs):
+        """One optimizer step on pairs from checked_pairs (checked once for many steps)."""
         self.iterations += 1
         for gradient, flat_weight, weight in pairs:
             self._update(gradient, flat_weight, weight)
@@ -130,3 +133,15 @@ def get(name, learning_rate=None):
     if name not in makers:
         raise ValueError(f"Expected optimizer 'sgd', 'momentum' or 'adam'. Received: {name!r}")
     return makers[name]() if learning_rate is None else makers[name](learning_rate=learning_rate)
+
+
+def updater(optimizer, gradients, weights):
+    """Return a function doing one step of `optimizer` on the arrays `gradients` and `weights`.
+
+    For fastnaive's optimizers the arrays are checked here, once, not at every step; any
+    other object with apply_gradients gets the pairs as Keras would pass them.
+    """
+    if isinstance(optimizer, Optimizer):
+        pairs = checked_pairs(zip(gradients, weights))
+        return lambda: optimizer.apply_checked(pairs)
+    return lambda: optimizer.apply_gradients(zip(gradients, weights))

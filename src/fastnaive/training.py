@@ -85,11 +85,12 @@ def one_training_step(model, images_batch, labels_batch, *, optimizer=None):
     return float(loss)
 
 
-def _train_step(model, workspace, x, y, optimizer):
+def _train_step(model, workspace, x, y, optimizer, update):
     """One step of fit; return (loss, correct predictions) of the batch before the update.
 
     SGD is fused into the weight-gradient GEMMs; other optimizers are applied
-    to the gradients. A non-finite loss returns before any weight changes.
+    to the gradients by `update` (optimizers.updater). A non-finite loss returns
+    before any weight changes.
     """
     logits = engine.forward(model, workspace, x)
     correct = _kernels.count_correct_checked(logits, y)
@@ -101,7 +102,7 @@ def _train_step(model, workspace, x, y, optimizer):
         optimizer.iterations += 1
     else:
         engine.backpropagate(model, workspace, x)
-        optimizer.apply_gradients(zip(workspace.gradients, model.weights))
+        update()
     return loss, correct
 
 
@@ -175,6 +176,7 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
         callback.set_params(params)
     workspace = engine.workspace_for(model, min(batch_size, x.shape[0]))
     workspace.use_sparse_input(engine.is_sparse(x))
+    update = optimizers.updater(optimizer, workspace.gradients, model.weights)
     rng = np.random.default_rng(seed)
     order = np.arange(x.shape[0]) if shuffle else None
     model.stop_training = False
@@ -187,8 +189,8 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
         if shuffle:
             rng.shuffle(order)
         with engine.threads_for(workspace):
-            logs = _run_epoch(model, workspace, x, y, batch_size, order, optimizer, callbacks,
-                              epoch)
+            logs = _run_epoch(model, workspace, x, y, batch_size, order, optimizer, update,
+                              callbacks, epoch)
             if validation is not None:
                 logs["val_loss"], logs["val_accuracy"] = engine.loss_and_accuracy(
                     model, workspace, *validation)
@@ -202,7 +204,7 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
     return history
 
 
-def _run_epoch(model, workspace, x, y, batch_size, order, optimizer, callbacks, epoch):
+def _run_epoch(model, workspace, x, y, batch_size, order, optimizer, update, callbacks, epoch):
     """Train one pass over (x, y), in `order` if given; return the epoch's loss and accuracy."""
     n_samples = x.shape[0]
     total_loss, correct = 0.0, 0
@@ -212,7 +214,7 @@ def _run_epoch(model, workspace, x, y, batch_size, order, optimizer, callbacks, 
             xb, yb = workspace.gathered(x, y, order[start:stop])
         else:
             xb, yb = x[start:stop], y[start:stop]
-        loss, batch_correct = _train_step(model, workspace, xb, yb, optimizer)
+        loss, batch_correct = _train_step(model, workspace, xb, yb, optimizer, update)
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"The loss became {loss} at epoch {epoch}, batch {batch}; training stopped "
