@@ -2,11 +2,11 @@
 documented result, never a crash and never corrupted weights."""
 import numpy as np
 import pytest
+from helpers import (EXPECTED_RECEIVED, N_FEATURES, assert_same_weights, make_data, make_model,
+                     read_only)
 
 from fastnaive import (NaiveDense, evaluate, fit, loss_and_gradients, one_training_step,
                        optimizers)
-from test_api import (EXPECTED_RECEIVED, N_FEATURES, assert_same_weights, make_data,
-                      make_model, read_only)
 
 API_CALLS = {
     "fit": lambda model, x, y: fit(model, x, y, epochs=1, batch_size=4, verbose=0),

@@ -10,64 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import IDX_NAMES, assert_loaded, idx_bytes, synthetic, write_idx_folder, write_npz
 
 import fastnaive.datasets
 from fastnaive.datasets import DatasetNotFoundError, mnist
 from fastnaive.datasets._idx import read_idx
 
 REAL_DATA = os.environ.get("FASTNAIVE_DATA")
-KEYS = ("x_train", "y_train", "x_test", "y_test")
-IDX_NAMES = {
-    "x_train": "train-images-idx3-ubyte",
-    "y_train": "train-labels-idx1-ubyte",
-    "x_test": "t10k-images-idx3-ubyte",
-    "y_test": "t10k-labels-idx1-ubyte",
-}
-IDX_CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
-
-
-def synthetic(seed=0):
-    """Return a small MNIST-shaped dataset (6 train, 4 test images) as a dict of uint8 arrays."""
-    rng = np.random.default_rng(seed)
-    return {
-        "x_train": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
-        "y_train": rng.integers(0, 10, 6, dtype=np.uint8),
-        "x_test": rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
-        "y_test": rng.integers(0, 10, 4, dtype=np.uint8),
-    }
-
-
-def idx_bytes(array):
-    """Return `array` encoded as an IDX file."""
-    header = bytes([0, 0, IDX_CODES[array.dtype.str[1:]], array.ndim])
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
-def write_idx_folder(folder, data, gz=False, sep="-"):
-    """Write the four IDX files of `data` into `folder`, plain or gzipped, and return the folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for key, name in IDX_NAMES.items():
-        raw = idx_bytes(data[key])
-        name = name.replace("-idx", f"{sep}idx")
-        (folder / (name + ".gz" if gz else name)).write_bytes(gzip.compress(raw) if gz else raw)
-    return folder
-
-
-def write_npz(file, data):
-    """Write `data` as a Keras-layout .npz file and return its path."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(file, **data)
-    return file
-
-
-def assert_loaded(result, data):
-    """Assert that a load_data() result equals `data` exactly, as uint8 arrays."""
-    (x_train, y_train), (x_test, y_test) = result
-    for key, array in zip(KEYS, (x_train, y_train, x_test, y_test)):
-        assert array.dtype == np.uint8, key
-        assert array.shape == data[key].shape, key
-        np.testing.assert_array_equal(array, data[key], err_msg=key)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_datasets import IDX_NAMES, assert_loaded, synthetic, write_idx_folder, write_npz
+from helpers import IDX_NAMES, assert_loaded, synthetic, write_idx_folder, write_npz
 
 from fastnaive.datasets import DatasetNotFoundError, fashion_mnist, mnist
 

@@ -1,26 +1,20 @@
 """fit's History, validation, shuffling, printing and callbacks; evaluate_loss and predict.
 
-The tiny problem is test_api's: a 784-16-10 MLP on 50 random samples.
-Accuracies are counts of argmax hits over a sample count, so they are compared
-exactly; losses within test_api's per-dtype TOLERANCES.
+The tiny problem is helpers.py's make_model and make_data: a 784-16-10 MLP on 50 random
+samples. Accuracies are counts of argmax hits over a sample count, so they are compared
+exactly; losses within the per-dtype helpers.TOLERANCES.
 """
 import re
 
 import numpy as np
 import pytest
-from test_api import (EXPECTED_RECEIVED, TOLERANCES, assert_close, assert_same_weights, make_data,
-                      make_model)
+from helpers import EXPECTED_RECEIVED, assert_close, assert_same_weights, make_data, make_model
 
 from fastnaive import SGD, BatchGenerator, evaluate_loss, fit, one_training_step, reference
 from fastnaive.callbacks import Callback, EarlyStopping, LambdaCallback
 
 N_SAMPLES, BATCH_SIZE = 50, 16  # batches of 16, 16, 16 and 2
 N_BATCHES = 4
-
-
-@pytest.fixture(params=list(TOLERANCES))
-def dtype(request):
-    return request.param
 
 
 def short_fit(model, x, y, epochs=2, verbose=0, **settings):

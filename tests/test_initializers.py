@@ -13,13 +13,13 @@ import pytest
 from fastnaive import NaiveDense
 from fastnaive.initializers import NAMES, initial_weights
 
-DTYPES = ["float32", "float64"]
 FAN_IN, FAN_OUT = 784, 512
 
 
-@pytest.fixture(params=DTYPES)
-def dtype(request):
-    return np.dtype(request.param)
+@pytest.fixture
+def dtype(dtype):
+    """conftest's dtype as a NumPy dtype."""
+    return np.dtype(dtype)
 
 
 def draw(name, dtype, shape=(FAN_IN, FAN_OUT), seed=0):

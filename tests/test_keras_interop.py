@@ -14,14 +14,12 @@ import sys
 import keras
 import numpy as np
 import pytest
-from test_tf_oracle import assert_close, random_model
+from helpers import assert_scaled_close, random_model
 
 import fastnaive
 from fastnaive.keras import from_keras, to_keras
 
-RTOL = {np.float32: 1e-5, np.float64: 1e-12}
-DTYPES = [np.float32, np.float64]
-DTYPE_IDS = ["float32", "float64"]
+RTOL = {"float32": 1e-5, "float64": 1e-12}
 KERAS_ACTIVATIONS = {"relu": "relu", "softmax": "softmax", None: "linear"}
 
 
@@ -36,20 +34,18 @@ def random_inputs(shape, dtype, seed=0):
 
 
 @pytest.mark.parametrize("last_activation", ["softmax", None], ids=["softmax", "linear"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_to_keras_computes_the_same_function(dtype, last_activation):
     model = random_model((784, 64, 32, 10), last_activation, dtype, seed=1)
     keras_model = to_keras(model)
     assert keras_model.input_shape == (None, 784)
-    assert [layer.dtype_policy.name for layer in keras_model.layers] == [np.dtype(dtype).name] * 3
+    assert [layer.dtype_policy.name for layer in keras_model.layers] == [dtype] * 3
     activations = [layer.activation.__name__ for layer in keras_model.layers]
     assert activations == [KERAS_ACTIVATIONS[layer.activation] for layer in model.layers]
     x = random_inputs((300, 784), dtype)
     assert predict(keras_model, x).dtype == dtype
-    assert_close(predict(keras_model, x), model(x), RTOL[dtype])
+    assert_scaled_close(predict(keras_model, x), model(x), RTOL[dtype])
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_round_trip_through_keras_keeps_weights_and_predictions(dtype):
     model = random_model((784, 64, 10), "softmax", dtype, seed=2)
     back = from_keras(to_keras(model))
@@ -58,17 +54,15 @@ def test_round_trip_through_keras_keeps_weights_and_predictions(dtype):
     for returned, original in zip(back.weights, model.weights):
         np.testing.assert_array_equal(returned, original)
     x = random_inputs((200, 784), dtype)
-    assert_close(back(x), model(x), RTOL[dtype])
+    assert_scaled_close(back(x), model(x), RTOL[dtype])
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_from_keras_computes_the_same_function(dtype):
-    name = np.dtype(dtype).name
     keras_model = keras.Sequential([
-        keras.Input((28, 28), dtype=name),
-        keras.layers.Flatten(dtype=name),
-        keras.layers.Dense(64, activation="relu", dtype=name),
-        keras.layers.Dense(10, dtype=name),
+        keras.Input((28, 28), dtype=dtype),
+        keras.layers.Flatten(dtype=dtype),
+        keras.layers.Dense(64, activation="relu", dtype=dtype),
+        keras.layers.Dense(10, dtype=dtype),
     ])
     rng = np.random.default_rng(3)
     keras_model.set_weights([rng.normal(0, 0.1, w.shape) for w in keras_model.get_weights()])
@@ -76,7 +70,7 @@ def test_from_keras_computes_the_same_function(dtype):
     assert isinstance(model, fastnaive.NaiveSequential) and model.dtype == dtype
     assert [layer.activation for layer in model.layers] == ["relu", None]
     x = random_inputs((200, 28, 28), dtype)
-    assert_close(model(x), predict(keras_model, x), RTOL[dtype])
+    assert_scaled_close(model(x), predict(keras_model, x), RTOL[dtype])
 
 
 def dense(units=3, **kwargs):

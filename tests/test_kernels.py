@@ -1,20 +1,14 @@
-"""Tests for the Cython kernels: every `*_checked` wrapper against fastnaive.reference."""
+"""Tests for the Cython kernels: every `*_checked` wrapper against fastnaive.reference, and the
+buffers Cython rejects, fastnaive._sparse's wrappers included."""
 import numpy as np
 import pytest
+from helpers import DTYPES, SCALES, TOLERANCES, assert_close, by_rows, f32, normal, read_only
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fastnaive import _blas, _kernels, reference
+from fastnaive import _blas, _kernels, _sparse, reference
 
-# Kernel and reference compute in the same dtype but sum in different orders
-# (BLAS blocking, FMA). Inputs are scaled so that outputs are O(1); over up to
-# 784 terms the largest differences seen are 5e-7 in float32 (eps 6e-8) and
-# 1e-15 in float64 (eps 1e-16): the tolerances leave a margin of 20 and 100.
-TOLERANCES = {
-    "float32": {"rtol": 1e-5, "atol": 1e-5},
-    "float64": {"rtol": 1e-13, "atol": 1e-13},
-}
 # The cross-entropy loss is accumulated in double whatever the logits' dtype.
 LOSS_TOLERANCE = TOLERANCES["float64"]
 
@@ -44,25 +38,8 @@ GATHER_SHAPES = {
     "b128-of-1000x784": (1000, 784, 128),
     "n512-of-1000x784-threaded": (1000, 784, 512),
 }
-# (alpha, beta) of dW := alpha * X.T @ delta + beta * dW: the plain gradient over a NaN
-# buffer (beta = 0 must overwrite), the fused SGD update W := W - lr * dW, any pair.
-SCALES = {
-    "beta0-over-nan": (1.0, 0.0),
-    "sgd-update": (-0.1, 1.0),
-    "alpha-beta": (0.5, -2.0),
-}
 RELU = pytest.mark.parametrize("relu", [True, False], ids=["relu", "identity"])
 EXTREME_LOGITS = [[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]]
-
-
-@pytest.fixture(params=list(TOLERANCES))
-def dtype(request):
-    return request.param
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
 
 
 @pytest.fixture(params=DENSE_SHAPES.values(), ids=DENSE_SHAPES.keys())
@@ -77,26 +54,9 @@ def matrix_shape(request):
     return request.param
 
 
-def normal(rng, shape, dtype, scale=1.0):
-    return (scale * rng.standard_normal(shape)).astype(dtype)
-
-
 def nan_buffer(shape, dtype):
     """An output buffer full of NaN: a kernel must overwrite every element it owns."""
     return np.full(shape, np.nan, dtype)
-
-
-def assert_close(actual, expected):
-    np.testing.assert_allclose(actual, expected, **TOLERANCES[actual.dtype.name])
-
-
-def read_only(array):
-    array.setflags(write=False)
-    return array
-
-
-def f32(*shape):
-    return np.zeros(shape, np.float32)
 
 
 def check_dense_forward(X, W, b, relu):
@@ -239,6 +199,8 @@ def test_read_only_inputs_are_accepted(dtype, rng):
 
 
 LABELS = np.zeros(3, np.intp)
+# A (7, 13) X of ones grouped by rows: the starts, index and quads of sparse_forward_checked.
+ONES_BY_ROWS = by_rows(np.ones((7, 13), np.float32))
 # (wrapper, *arguments), one shape disagreeing with the others.
 SHAPE_MISMATCHES = {
     "dense_forward-inner": (_kernels.dense_forward_checked, f32(3, 4), f32(5, 2), f32(2), True, f32(3, 2)),
@@ -271,6 +233,14 @@ BAD_BUFFERS = {
                       f32(3, 4)),
     "strided-slice": (_kernels.gather_rows_checked, f32(5, 4)[:, ::2], LABELS, f32(3, 2)),
     "read-only-output": (_blas.gemm_checked, f32(3, 4), f32(4, 2), read_only(f32(3, 2))),
+    "sparse-int64-index": (_sparse.sparse_forward_checked, ONES_BY_ROWS[0],
+                           ONES_BY_ROWS[1].astype(np.int64), ONES_BY_ROWS[2], f32(13, 4), f32(4),
+                           True, f32(7, 4)),
+    "sparse-mixed-dtypes": (_sparse.sparse_forward_checked, *ONES_BY_ROWS,
+                            f32(13, 4).astype(np.float64), f32(4), True, f32(7, 4)),
+    "sparse-strided-X": (_sparse.group_rows_checked, f32(7, 26)[:, ::2], *ONES_BY_ROWS),
+    "sparse-read-only-out": (_sparse.group_rows_checked, f32(7, 13), *ONES_BY_ROWS[:2],
+                             read_only(f32(26, 4))),
 }
 
 
@@ -291,7 +261,7 @@ def test_bad_buffer_raises(call):
 @st.composite
 def dense_problems(draw):
     """Small X, W, b of one dtype with values in [-1, 1], and relu or identity."""
-    dtype = draw(st.sampled_from(list(TOLERANCES)))
+    dtype = draw(st.sampled_from(DTYPES))
     n, k, m = draw(st.tuples(st.integers(1, 8), st.integers(1, 8), st.integers(1, 8)))
     values = st.floats(-1, 1, width=32)
     X, W, b = (draw(hnp.arrays(dtype, shape, elements=values)) for shape in [(n, k), (k, m), m])
@@ -301,7 +271,7 @@ def dense_problems(draw):
 @st.composite
 def classification_problems(draw):
     """Small logits of one dtype in [-100, 100] and labels in [0, n_classes)."""
-    dtype = draw(st.sampled_from(list(TOLERANCES)))
+    dtype = draw(st.sampled_from(DTYPES))
     n, n_classes = draw(st.tuples(st.integers(1, 8), st.integers(1, 12)))
     logits = draw(hnp.arrays(dtype, (n, n_classes), elements=st.floats(-100, 100, width=32)))
     labels = draw(hnp.arrays(np.intp, n, elements=st.integers(0, n_classes - 1)))

@@ -2,25 +2,21 @@
 fastnaive.reference, softmax rows sum to 1, cross-entropy gradient rows sum to 0, and the
 public API's results do not depend on how its inputs are laid out in memory."""
 import numpy as np
+from helpers import DTYPES, assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fastnaive
 from fastnaive import _blas, _kernels, reference
-from test_kernels import TOLERANCES
 
 SETTINGS = settings(max_examples=60, deadline=None)
-dtypes = st.sampled_from(list(TOLERANCES))
+dtypes = st.sampled_from(DTYPES)
 sizes = st.integers(1, 9)
 
 
 def arrays(draw, dtype, shape, bound=1.0):
     return draw(hnp.arrays(dtype, shape, elements=st.floats(-bound, bound, width=32)))
-
-
-def assert_close(actual, expected):
-    np.testing.assert_allclose(actual, expected, **TOLERANCES[np.asarray(actual).dtype.name])
 
 
 @st.composite

@@ -1,0 +1,182 @@
+"""Plain helpers shared by the test modules: tolerances, small models and data, arrays, sparse
+layouts and MNIST-layout files. The fixtures are in conftest.py."""
+import gzip
+import struct
+
+import numpy as np
+
+import fastnaive
+from fastnaive import _sparse
+
+# Tolerances
+
+DTYPES = ["float32", "float64"]
+# fastnaive and its NumPy oracles (fastnaive.reference, or float64 NumPy for the sparse
+# products) sum in different orders (BLAS blocking, FMA). Over up to 784 terms of O(1), the
+# largest gaps seen in float32 (eps 6e-8) and float64 (eps 1e-16) are:
+# - kernels against the reference: 5e-7 and 1e-15, margins of 20 and 100;
+# - sparse products against float64 NumPy: ~1e-6 and ~1e-15;
+# - models against the reference: 1.3e-6 on float32 logits of up to 4 and 3e-15, hardly widened
+#   by a few SGD steps, margins of at least 10.
+TOLERANCES = {
+    "float32": {"rtol": 1e-5, "atol": 1e-5},
+    "float64": {"rtol": 1e-13, "atol": 1e-13},
+}
+
+
+def assert_close(actual, expected, dtype=None, err_msg=""):
+    """assert_allclose within TOLERANCES[dtype], by default the dtype of `actual`."""
+    dtype = np.asarray(actual).dtype if dtype is None else np.dtype(dtype)
+    np.testing.assert_allclose(actual, expected, err_msg=err_msg, **TOLERANCES[dtype.name])
+
+
+def assert_scaled_close(actual, expected, rtol, atol=0.0):
+    """Assert max|a - b| <= rtol * max|b| + atol: the error against b's own scale."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape
+    error, scale = np.max(np.abs(actual - expected)), np.max(np.abs(expected))
+    assert error <= rtol * scale + atol, \
+        f"max|a - b| = {error:.3g} > {rtol:g} * max|b| + {atol:.3g} (max|b| = {scale:.3g})"
+
+
+# Models and data
+
+# The book's 784 -> 512 -> 10 MLP with a narrow hidden layer.
+N_FEATURES, N_HIDDEN, N_CLASSES = 28 * 28, 16, 10
+# An error message names what was expected, then what was received.
+EXPECTED_RECEIVED = r"^Expected .+\. Received: "
+
+
+def make_model(dtype="float32", last="softmax"):
+    """A relu -> `last` MLP with weights of both signs, so that relu masks some hidden units."""
+    model = fastnaive.NaiveSequential([
+        fastnaive.NaiveDense(N_FEATURES, N_HIDDEN, "relu", dtype=dtype),
+        fastnaive.NaiveDense(N_HIDDEN, N_CLASSES, last, dtype=dtype)])
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        weight[...] = rng.normal(0.0, 0.1, weight.shape)
+    return model
+
+
+def make_data(n_samples=50, dtype="float32"):
+    """Standard normal images for make_model, and random labels."""
+    rng = np.random.default_rng(1)
+    return (rng.standard_normal((n_samples, N_FEATURES)).astype(dtype),
+            rng.integers(0, N_CLASSES, n_samples))
+
+
+def assert_same_weights(model, expected):
+    for actual, wanted in zip(model.weights, expected.weights, strict=True):
+        assert_close(actual, wanted, model.dtype.name)
+
+
+def random_model(sizes, last_activation, dtype, seed):
+    """relu layers then `last_activation`, W ~ N(0, 2 / fan_in) and b ~ N(0, 0.01).
+
+    He-scaled weights keep the logits of [0, 1) inputs within about ten units
+    of each other, so every probability stays far inside Keras' clip interval.
+    """
+    rng = np.random.default_rng(seed)
+    layers = [fastnaive.NaiveDense(n_in, n_out, "relu", dtype=dtype)
+              for n_in, n_out in zip(sizes[:-2], sizes[1:-1])]
+    layers.append(fastnaive.NaiveDense(sizes[-2], sizes[-1], last_activation, dtype=dtype))
+    for layer in layers:
+        layer.W = rng.normal(0, np.sqrt(2 / layer.input_size), layer.W.shape).astype(dtype)
+        layer.b = rng.normal(0, 0.1, layer.b.shape).astype(dtype)
+    return fastnaive.NaiveSequential(layers)
+
+
+# Arrays
+
+def read_only(array):
+    array.setflags(write=False)
+    return array
+
+
+def f32(*shape):
+    return np.zeros(shape, np.float32)
+
+
+def normal(rng, shape, dtype, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+# (alpha, beta) of dW := alpha * X.T @ delta + beta * dW: the plain gradient over a NaN
+# buffer (beta = 0 must overwrite), the fused SGD update W := W - lr * dW, any pair.
+SCALES = {
+    "beta0-over-nan": (1.0, 0.0),
+    "sgd-update": (-0.1, 1.0),
+    "alpha-beta": (0.5, -2.0),
+}
+
+
+# Sparse layouts
+
+def by_rows(X, n_threads=None):
+    """X grouped by rows, for sparse_forward_checked."""
+    buffers = _sparse.group_buffers(X.shape[0], X.shape[1], X.dtype)
+    assert _sparse.group_rows_checked(X, *buffers, n_threads=n_threads) == np.count_nonzero(X)
+    return buffers
+
+
+def by_columns(X, n_threads=None):
+    """X grouped by columns, for sparse_param_grad_checked."""
+    buffers = _sparse.group_buffers(X.shape[1], X.shape[0], X.dtype)
+    assert _sparse.group_columns_checked(X, *buffers, n_threads=n_threads) == np.count_nonzero(X)
+    return buffers
+
+
+# MNIST-layout files
+
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+IDX_NAMES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+IDX_CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
+
+
+def synthetic(seed=0):
+    """Return a small MNIST-shaped dataset (6 train, 4 test images) as a dict of uint8 arrays."""
+    rng = np.random.default_rng(seed)
+    return {
+        "x_train": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, 6, dtype=np.uint8),
+        "x_test": rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, 4, dtype=np.uint8),
+    }
+
+
+def idx_bytes(array):
+    """Return `array` encoded as an IDX file."""
+    header = bytes([0, 0, IDX_CODES[array.dtype.str[1:]], array.ndim])
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx_folder(folder, data, gz=False, sep="-"):
+    """Write the four IDX files of `data` into `folder`, plain or gzipped, and return the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, name in IDX_NAMES.items():
+        raw = idx_bytes(data[key])
+        name = name.replace("-idx", f"{sep}idx")
+        (folder / (name + ".gz" if gz else name)).write_bytes(gzip.compress(raw) if gz else raw)
+    return folder
+
+
+def write_npz(file, data):
+    """Write `data` as a Keras-layout .npz file and return its path."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(file, **data)
+    return file
+
+
+def assert_loaded(result, data):
+    """Assert that a load_data() result equals `data` exactly, as uint8 arrays."""
+    (x_train, y_train), (x_test, y_test) = result
+    for key, array in zip(KEYS, (x_train, y_train, x_test, y_test)):
+        assert array.dtype == np.uint8, key
+        assert array.shape == data[key].shape, key
+        np.testing.assert_array_equal(array, data[key], err_msg=key)
