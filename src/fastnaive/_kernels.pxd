@@ -8,6 +8,8 @@ cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] 
 cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
                            floating alpha, floating beta,
                            floating[:, ::1] dW_out, floating[::1] db_out) noexcept nogil
+cdef void bias_grad(const floating[:, ::1] delta, floating alpha, floating beta,
+                    floating[::1] db_out, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
 cdef double softmax_crossentropy(const floating[:, ::1] logits, const Py_ssize_t[::1] labels,
                                  floating[:, ::1] grad_out) noexcept nogil
 cdef Py_ssize_t count_correct(const floating[:, ::1] logits,

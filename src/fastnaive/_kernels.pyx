@@ -25,6 +25,9 @@ cdef extern from *:
 
 # Below this many elements a parallel region costs more than it saves.
 cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 18
+cdef enum:
+    # Columns of a bias gradient summed at a time (the sums live on the stack).
+    BIAS_BLOCK = 256
 
 
 cdef void dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
@@ -69,14 +72,28 @@ cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delt
                            floating alpha, floating beta,
                            floating[:, ::1] dW_out, floating[::1] db_out) noexcept nogil:
     """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db"""
-    cdef Py_ssize_t i, j
     gemm(True, False, alpha, X, delta, beta, dW_out)
-    for j in range(db_out.shape[0]):
-        # beta = 0 must overwrite, not scale: the buffer may hold NaN.
-        db_out[j] = beta * db_out[j] if beta != 0 else 0
-    for i in range(delta.shape[0]):
-        for j in range(db_out.shape[0]):
-            db_out[j] += alpha * delta[i, j]
+    bias_grad(delta, alpha, beta, db_out, 0, db_out.shape[0])
+
+
+cdef void bias_grad(const floating[:, ::1] delta, floating alpha, floating beta,
+                    floating[::1] db_out, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """db[j0:j1] := alpha * sum_rows(delta[:, j0:j1]) + beta * db[j0:j1]"""
+    # The column sums are taken in double, BIAS_BLOCK columns at a time, then scaled and added
+    # once: adding alpha * delta[i, j] to db row by row would round at db's scale every row.
+    cdef double sums[BIAS_BLOCK]
+    cdef Py_ssize_t i, j, k1, k0 = j0
+    while k0 < j1:
+        k1 = min(k0 + BIAS_BLOCK, j1)
+        for j in range(k1 - k0):
+            sums[j] = 0
+        for i in range(delta.shape[0]):
+            for j in range(k0, k1):
+                sums[j - k0] += delta[i, j]
+        for j in range(k0, k1):
+            # beta = 0 must overwrite, not scale: the buffer may hold NaN.
+            db_out[j] = <floating>(alpha * sums[j - k0] + (beta * db_out[j] if beta != 0 else 0))
+        k0 = k1
 
 
 cdef double softmax_crossentropy(const floating[:, ::1] logits, const Py_ssize_t[::1] labels,

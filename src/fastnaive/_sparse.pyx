@@ -20,6 +20,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 import numpy as np
 
+from fastnaive._kernels cimport bias_grad
+
 cdef extern from "sparse_kernels.h" nogil:
     const int GROUP "FASTNAIVE_GROUP"
     const int PATTERNS "FASTNAIVE_PATTERNS"
@@ -119,7 +121,7 @@ cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
     cdef Py_ssize_t m = dW_out.shape[1]
     cdef Py_ssize_t n_groups = starts.shape[0] // PATTERNS
     cdef Py_ssize_t width = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t n_blocks, block, i, j, j0, j1
+    cdef Py_ssize_t n_blocks, block, j0, j1
     cdef bint parallel
     if m == 0:
         return
@@ -138,12 +140,7 @@ cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
             grouped_product_d(n_groups, &starts[0], first_index(index), first_quad(quads),
                               &delta[0, 0], m, NULL, alpha, beta, False, &dW_out[0, 0], m, k,
                               j0, j1)
-        for j in range(j0, j1):
-            # beta = 0 must overwrite, not scale: the buffer may hold NaN.
-            db_out[j] = beta * db_out[j] if beta != 0 else 0
-        for i in range(delta.shape[0]):
-            for j in range(j0, j1):
-                db_out[j] += alpha * delta[i, j]
+        bias_grad(delta, alpha, beta, db_out, j0, j1)
 
 
 cdef bint lists_in_range(const int[::1] starts, Py_ssize_t capacity, const int[::1] index,
