@@ -1,5 +1,5 @@
-"""Whether a training step allocates in steady state: 1000 steps of fit's fused step
-(fastnaive.training._train_step on a workspace from fastnaive.engine.workspace_for) and 1000
+"""Whether a training step allocates in steady state: 1000 steps of fit's step
+(fastnaive.engine.Step.train, planned as fit plans it) and 1000
 of the public one_training_step, on the first 128 MNIST images, under tracemalloc (which
 also sees NumPy's array buffers). Prints the traced bytes when tracing starts, after the
 steps, after as many steps again, and after gc.collect(), and the peak above the start.
@@ -19,7 +19,7 @@ import numpy as np
 
 import fastnaive
 import workloads
-from fastnaive import engine, optimizers, training
+from fastnaive import engine
 
 
 def parse_args(argv=None):
@@ -45,22 +45,18 @@ def traced_bytes(step, n_steps):
 
 
 def fit_step(x, y):
-    """fit's step on x, y with its workspace, as fit calls it."""
+    """fit's step on x, y, planned as fit plans it."""
     model = workloads.book_model()
-    workspace = engine.workspace_for(model, len(x))
-    workspace.use_sparse_input(engine.is_sparse(x))  # as fit decides, once per data set
     labels = np.ascontiguousarray(y, dtype=np.intp)
-    optimizer = fastnaive.SGD(workloads.LEARNING_RATE)
-    update = optimizers.updater(optimizer, workspace.gradients, model.weights)
-    return functools.partial(training._train_step, model, workspace, x, labels, optimizer,
-                             update)
+    step = engine.Step(model, len(x), x, optimizer=fastnaive.SGD(workloads.LEARNING_RATE))
+    return functools.partial(step.train, x, labels)
 
 
 def main(argv=None):
     args = parse_args(argv)
     x, y = workloads.mnist_train(workloads.BATCH_SIZE)
     steps = {
-        "fit's step (training._train_step)": fit_step(x, y),
+        "fit's step (engine.Step.train)": fit_step(x, y),
         "one_training_step": functools.partial(fastnaive.one_training_step,
                                                workloads.book_model(), x, y),
     }

@@ -99,18 +99,10 @@ def package_version(*names):
     return "not installed"
 
 
-def cpu_model():
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def machine():
     """The CPU, cores, package versions, BLAS thread pools and OpenBLAS variables of this run."""
     return {
-        "cpu": cpu_model(),
+        "cpu": workloads.cpu_description(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
         "python": platform.python_version(),

@@ -1,5 +1,5 @@
 """Per-step benchmarks on the first 128 MNIST training images, in one group "step b128":
-fit's fused step (fastnaive.training._train_step on a workspace), the public
+fit's step (fastnaive.engine.Step.train, planned as fit plans it), the public
 one_training_step, fastnaive.reference.sgd_step, and the book's TensorFlow step eager and
 under tf.function.
 
@@ -10,7 +10,7 @@ import pytest
 
 import fastnaive
 import workloads
-from fastnaive import engine, optimizers, reference, training
+from fastnaive import engine, reference
 
 import book_tf  # noqa: E402  (imports TensorFlow: a benchmark requirement)
 
@@ -27,13 +27,10 @@ def test_step_fit_fused(benchmark, batch):
     benchmark.group = GROUP
     x, y = batch
     model = workloads.book_model()
-    workspace = engine.workspace_for(model, len(x))
-    workspace.use_sparse_input(engine.is_sparse(x))  # as fit decides, once per data set
     labels = np.ascontiguousarray(y, dtype=np.intp)
-    optimizer = fastnaive.SGD(workloads.LEARNING_RATE)
-    with engine.threads_for(workspace):
-        update = optimizers.updater(optimizer, workspace.gradients, model.weights)
-        benchmark(training._train_step, model, workspace, x, labels, optimizer, update)
+    step = engine.Step(model, len(x), x, optimizer=fastnaive.SGD(workloads.LEARNING_RATE))
+    with step.threads():
+        benchmark(step.train, x, labels)
 
 
 def test_step_one_training_step(benchmark, batch):

@@ -148,6 +148,7 @@ BAD_VALUES = {
     "validation-split-1.5": (["train", *QUICK, "--validation-split", "1.5"], "validation_split"),
     "threads-0": (["train", *QUICK, "--threads", "0"], "--threads"),
     "history-txt": (["train", *QUICK, "--history", "x.txt"], "--history"),
+    "resume-without-folder": (["train", *QUICK, "--resume"], "--checkpoint-dir"),
     "data-missing": (["train", *QUICK, "--data", "/nonexistent"], "/nonexistent"),
     "model-unreadable": (["evaluate", "{tmp}/garbage.npz", "--data", "{data}"], "garbage.npz"),
     "model-missing": (["evaluate", "{tmp}/missing.npz", "--data", "{data}"], "missing.npz"),
@@ -177,6 +178,21 @@ def test_usage_error_exits_2(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert "usage: fastnaive" in capsys.readouterr().err
+
+
+def test_checkpoints_resume_to_the_weights_of_an_uninterrupted_run(tmp_path, data):
+    settings = [*QUICK[2:], "--optimizer", "momentum", "--shuffle", "--seed", "1"]
+    settings = [arg.format(data=data) for arg in settings]
+    run(["train", *settings, "--epochs", "3", "--save", str(tmp_path / "whole.npz")])
+    folder = str(tmp_path / "run")
+    assert run(["train", *settings, "--epochs", "1", "--checkpoint-dir", folder])[0] == 0
+    status, out, err = run(["train", *settings, "--epochs", "3", "--checkpoint-dir", folder,
+                            "--resume", "--save", str(tmp_path / "resumed.npz")])
+    assert (status, err) == (0, "") and "trained 2 epochs" in out
+    whole, resumed = (fastnaive.load_model(tmp_path / f"{name}.npz") for name in
+                      ("whole", "resumed"))
+    for got, expected in zip(resumed.weights, whole.weights, strict=True):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_python_m_fastnaive_without_command_trains(data):

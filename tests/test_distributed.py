@@ -1,9 +1,10 @@
-"""fit_distributed under mpirun against single-process fit, resume, and faults.
+"""fit(comm=...) under mpirun against single-process fit, resume, and faults.
 
 Each test launches tests/mpi_scripts/train.py with mpirun and compares what
 rank 0 wrote with fastnaive.fit run here. The tests fail (never skip) without
 mpirun or mpi4py: CI installs Open MPI and the `mpi` extra.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastnaive
-from fastnaive import distributed
+from fastnaive import checkpoints, distributed
 
 SCRIPT = Path(__file__).parent / "mpi_scripts" / "train.py"
 TIMEOUT = 60
@@ -88,12 +89,29 @@ def test_matches_single_process_fit(problem, tmp_path, n_ranks, n_samples, dtype
     assert_close(weights, reference(tmp_path, x, y, 2, optimizer, shuffle, 7), dtype)
 
 
+def test_validation_gives_the_history_of_single_process_fit(problem, tmp_path):
+    """The same loop runs both: the same History keys, params and (to rounding) values."""
+    x, y = problem(1000, "float32")
+    trained(3, tmp_path, "--epochs", 2, "--optimizer", "adam", "--shuffle", "--seed", 5,
+            "--validation-split", 0.2)
+    with open(tmp_path / "out.json") as f:
+        ranks = json.load(f)
+    model = fastnaive.load_model(tmp_path / "init.npz")
+    single = fastnaive.fit(model, x, y, 2, 128, optimizer="adam", shuffle=True, seed=5,
+                           validation_split=0.2, verbose=0)
+    assert list(ranks["history"]) == list(single.history) == ["loss", "accuracy", "val_loss",
+                                                                "val_accuracy"]
+    assert ranks["params"] == {**single.params, "ranks": 3}
+    for key, values in single.history.items():
+        np.testing.assert_allclose(ranks["history"][key], values, rtol=1e-5, err_msg=key)
+
+
 def test_resume_on_more_ranks_matches_uninterrupted_run(problem, tmp_path):
     x, y = problem(897, "float32")
-    checkpoints = tmp_path / "checkpoints"
-    common = ["--optimizer", "adam", "--shuffle", "--seed", 3, "--checkpoint-dir", checkpoints]
+    folder = tmp_path / "checkpoints"
+    common = ["--optimizer", "adam", "--shuffle", "--seed", 3, "--checkpoint-dir", folder]
     trained(2, tmp_path, "--epochs", 2, *common)
-    assert sorted(os.listdir(checkpoints)) == ["model-0002.npz", distributed.STATE_FILE]
+    assert sorted(os.listdir(folder)) == ["model-0002.npz", checkpoints.STATE_FILE]
     weights = trained(3, tmp_path, "--epochs", 4, "--resume", *common)
     assert_close(weights, reference(tmp_path, x, y, 4, "adam", True, 3), "float32")
 
@@ -128,7 +146,7 @@ def test_bad_or_mismatched_arguments_fail_on_every_rank_before_training(problem,
 @pytest.mark.parametrize("size, batch", [(3, (0, 128)), (3, (896, 897)), (4, (10, 13))],
                          ids=["full-batch", "one-sample", "fewer-samples-than-ranks"])
 def test_shares_cover_the_batch_in_order(size, batch):
-    bounds = [distributed._share(*batch, rank, size) for rank in range(size)]
+    bounds = [distributed.share(*batch, rank, size) for rank in range(size)]
     assert bounds[0][0] == batch[0] and bounds[-1][1] == batch[1]
     assert all(hi == lo for (_, hi), (lo, _) in zip(bounds, bounds[1:]))
     assert max(hi - lo for lo, hi in bounds) - min(hi - lo for lo, hi in bounds) <= 1

@@ -29,7 +29,8 @@ def test_history_records_each_epoch():
     assert list(history.history) == ["loss", "accuracy"]
     assert all(len(values) == 3 for values in history.history.values())
     assert history.params == {"epochs": 3, "batch_size": BATCH_SIZE, "samples": N_SAMPLES,
-                              "steps": N_BATCHES, "shuffle": False}
+                              "steps": N_BATCHES, "shuffle": False, "initial_epoch": 0,
+                              "ranks": 1}
 
 
 def test_history_records_validation_metrics():

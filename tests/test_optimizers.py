@@ -154,3 +154,56 @@ def test_fit_counts_iterations(make):
     fit(make_model(), *make_data(50), epochs=2, batch_size=16, optimizer=optimizer, verbose=0)
     assert optimizer.iterations == 2 * 4  # 50 samples in batches of 16, twice
 
+
+@pytest.mark.parametrize("make", [pair[0] for pair in OPTIMIZER_PAIRS.values()],
+                         ids=OPTIMIZER_PAIRS.keys())
+def test_set_state_continues_where_get_state_stopped(dtype, make):
+    """Half the steps, state copied to a new optimizer and new arrays, the other half there."""
+    weights, steps = random_weights_and_gradients(dtype)
+    moved = [w.copy() for w in weights]
+    whole, first = make(), make()
+    for gradients in steps[:STEPS // 2]:
+        whole.apply_gradients(zip(gradients, weights))
+        first.apply_gradients(zip(gradients, moved))
+    state = first.get_state()
+    second = make()
+    second.set_state(state)
+    moved = [w.copy() for w in moved]
+    for gradients in steps[STEPS // 2:]:
+        whole.apply_gradients(zip(gradients, weights))
+        second.apply_gradients(zip(gradients, moved))
+    assert second.iterations == whole.iterations == STEPS
+    for weight, expected in zip(moved, weights):
+        np.testing.assert_array_equal(weight, expected)
+
+
+BAD_STATES = {
+    "not-a-dict": [1, 2],
+    "negative-iterations": {"iterations": -1, "slots": []},
+    "wrong-slot-count": {"iterations": 1, "slots": [[np.zeros(3)] * 3]},
+    "text-slots": {"iterations": 1, "slots": [[np.array(["a", "b"])] * 2]},
+}
+
+
+@pytest.mark.parametrize("state", BAD_STATES.values(), ids=BAD_STATES.keys())
+def test_bad_state_raises(state):
+    with pytest.raises(ValueError, match=EXPECTED_RECEIVED):
+        Adam().set_state(state)
+
+
+@pytest.mark.parametrize("make", UNFUSED.values(), ids=UNFUSED.keys())
+def test_state_follows_a_weight_array_replaced_during_fit(make):
+    """A callback may assign layer.W a new array: the optimizer then updates that array,
+    with the state the old one had, exactly as if nothing had been replaced."""
+    from fastnaive.callbacks import LambdaCallback
+
+    def replace(batch, logs):
+        layer = model.layers[batch % 2]
+        layer.W = layer.W.copy()
+
+    (x, y), model, expected = make_data(), make_model(), make_model()
+    fit(model, x, y, 2, 16, optimizer=make(), verbose=0,
+        callbacks=[LambdaCallback(on_batch_end=replace)])
+    fit(expected, x, y, 2, 16, optimizer=make(), verbose=0)
+    for got, wanted in zip(model.weights, expected.weights, strict=True):
+        np.testing.assert_array_equal(got, wanted)

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 import fastnaive
-from fastnaive import initializers, optimizers
+from fastnaive import distributed, initializers, optimizers
 
 DATASETS = ("mnist", "fashion_mnist")
 VERBOSE = {"book": "book", "0": 0, "1": 1, "2": 2}
@@ -71,9 +71,9 @@ def add_train_options(parser):
                         help="share each batch among MPI ranks: mpirun -n N fastnaive train "
                              "--distributed (needs mpi4py: pip install \"fastnaive[mpi]\")")
     parser.add_argument("--checkpoint-dir", metavar="DIR",
-                        help="with --distributed: save the model and optimizer state every epoch")
+                        help="save the model and optimizer state there after every epoch")
     parser.add_argument("--resume", action="store_true",
-                        help="with --distributed: continue from the last checkpoint in DIR")
+                        help="continue from the last checkpoint in --checkpoint-dir")
 
 
 def build_parser():
@@ -164,13 +164,15 @@ def thread_limit(threads):
 
 
 def train(args):
+    """Train as the options say, alone or as one rank of `mpirun ... --distributed`; rank 0
+    reports and writes what --save, --history and --plot ask for."""
     if args.history and not args.history.endswith((".json", ".csv")):
         raise UsageError(f"--history expects a path ending in .json or .csv, got {args.history!r}")
-    if args.distributed:
-        from fastnaive.distributed import train_cli
-        return train_cli(args)
-    if args.checkpoint_dir or args.resume:
-        raise UsageError("--checkpoint-dir and --resume need --distributed")
+    if args.resume and not args.checkpoint_dir:
+        raise UsageError("--resume needs --checkpoint-dir")
+    comm = distributed.world() if args.distributed else None
+    ranks = 1 if comm is None else comm.Get_size()
+    root = comm is None or comm.Get_rank() == 0
     verbose = VERBOSE[args.verbose] if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset, args.data)
     model = build_model(args)
@@ -179,14 +181,25 @@ def train(args):
     with thread_limit(args.threads):
         history = fastnaive.fit(model, x_train, y_train, args.epochs, args.batch_size,
                                 optimizer=optimizer, shuffle=args.shuffle, seed=args.seed,
-                                validation_split=args.validation_split, verbose=verbose)
+                                validation_split=args.validation_split,
+                                verbose=verbose if root else 0, comm=comm,
+                                checkpoint_dir=args.checkpoint_dir, resume=args.resume)
         seconds = time.perf_counter() - start
-        accuracy = fastnaive.evaluate(model, x_test, y_test)
+        accuracy = fastnaive.evaluate(model, x_test, y_test) if root else None
+    if root:
+        _report(args, model, history, seconds, accuracy, verbose, ranks)
+
+
+def _report(args, model, history, seconds, accuracy, verbose, ranks):
+    """Print the run's summary and write what --save, --history and --plot ask for."""
+    epochs = len(history.epoch)
     if verbose == "book":
         for epoch, loss in zip(history.epoch, history.history["loss"]):
             print(f"epoch {epoch}: mean loss {loss:.4f}")
-    print(f"trained {len(history.epoch)} epochs in {seconds:.1f} s "
-          f"({seconds / max(len(history.epoch), 1):.2f} s/epoch); test accuracy: {accuracy:.4f}")
+    where = "" if ranks == 1 else (f" on {ranks} ranks ({history.allreduce_seconds:.1f} s in "
+                                   f"Allreduce)")
+    print(f"trained {epochs} epochs{where} in {seconds:.1f} s "
+          f"({seconds / max(epochs, 1):.2f} s/epoch); test accuracy: {accuracy:.4f}")
     if args.save:
         model.save(args.save)
         print(f"model saved to {args.save}")

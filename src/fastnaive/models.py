@@ -1,11 +1,18 @@
 """NaiveSequential: the book's stack of layers, applied in order."""
+import json
+import os
+
 import numpy as np
 
-from fastnaive import _kernels
+from fastnaive import engine
+from fastnaive._files import write_npz
 from fastnaive._validation import as_inputs, positive_int
 from fastnaive.layers import NaiveDense
 
-__all__ = ["NaiveSequential"]
+__all__ = ["NaiveSequential", "FORMAT_VERSION"]
+
+# The version of the .npz layout that save writes and fastnaive.load_model reads.
+FORMAT_VERSION = 1
 
 # Rows per forward chunk: keeps a large input's hidden activations small.
 _CHUNK_ROWS = 2048
@@ -77,10 +84,23 @@ class NaiveSequential:
         for value, target in zip(checked, targets):
             np.copyto(target, value, casting="same_kind")
 
+    def architecture(self):
+        """{"dtype": ..., "layers": [{"input_size", "output_size", "activation"}, ...]}."""
+        return {"dtype": str(self.dtype),
+                "layers": [{"input_size": layer.input_size, "output_size": layer.output_size,
+                            "activation": layer.activation} for layer in self.layers]}
+
     def save(self, path):
-        """Write the model to `path` (.npz) atomically; read it back with fastnaive.load_model."""
-        from fastnaive.saving import save_model
-        save_model(self, path)
+        """Write the model to `path` (.npz) atomically; read it back with fastnaive.load_model.
+
+        The file holds `fastnaive_format` (FORMAT_VERSION), `architecture` (JSON) and the
+        arrays W0, b0, W1, b1, ...
+        """
+        arrays = {"fastnaive_format": np.array(FORMAT_VERSION),
+                  "architecture": np.array(json.dumps(self.architecture()))}
+        for i, layer in enumerate(self.layers):
+            arrays[f"W{i}"], arrays[f"b{i}"] = layer.W, layer.b
+        write_npz(os.fspath(path), arrays)
 
     def check_weights(self):
         """Raise if any layer's W or b lost its shape, dtype or layout."""
@@ -97,18 +117,9 @@ class NaiveSequential:
         x = as_inputs(x, self.input_size, self.dtype, name="x")
         chunk = min(positive_int(batch_size, "batch_size"), x.shape[0])
         out = np.empty((x.shape[0], self.output_size), dtype=self.dtype)
-        hidden = [np.empty((chunk, layer.output_size), dtype=self.dtype)
-                  for layer in self.layers[:-1]]
-        for start in range(0, x.shape[0], chunk):
-            stop = min(start + chunk, x.shape[0])
-            a = x[start:stop]
-            buffers = [h[:stop - start] for h in hidden] + [out[start:stop]]
-            for layer, z in zip(self.layers, buffers):
-                _kernels.dense_forward_checked(a, layer.W, layer.b, layer.activation == "relu", z)
-                a = z
-        if self.layers[-1].activation == "softmax":
-            _kernels.softmax_checked(out, out)
-        return out
+        step = engine.Step(self, chunk, x, training=False)
+        with step.threads():
+            return step.predict(x, out)
 
     def __repr__(self):
         inner = ",\n".join(f"    {layer!r}" for layer in self.layers)

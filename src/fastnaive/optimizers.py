@@ -11,7 +11,7 @@ import numpy as np
 from fastnaive import _kernels
 from fastnaive._validation import learning_rate as checked_learning_rate
 
-__all__ = ["SGD", "Adam", "get", "checked_pairs", "updater"]
+__all__ = ["Optimizer", "SGD", "Adam", "Update", "get", "checked_pairs"]
 
 
 def checked_pairs(grads_and_vars):
@@ -47,12 +47,21 @@ def _fraction(value, name):
 
 
 class Optimizer:
-    """Base class: validated learning rate, per-weight state, apply_gradients."""
+    """Base class: a validated learning rate, state per weight position, apply_gradients.
+
+    A subclass defines `_update` (one weight's step from its gradient) and may declare
+    `gemm_scale`: the s for which its step is exactly w := w + s * g, so that the step can
+    run inside the GEMM that produces g (fastnaive.engine.Step does that; no caller asks
+    which optimizer it holds).
+    """
+
+    #: The number of state arrays kept per weight (momentum 1, Adam 2).
+    n_slots = 0
 
     def __init__(self, learning_rate):
         self.learning_rate = learning_rate
         self.iterations = 0
-        self._slots = {}
+        self._slots = []
 
     @property
     def learning_rate(self):
@@ -62,14 +71,50 @@ class Optimizer:
     def learning_rate(self, value):
         self._learning_rate = checked_learning_rate(value)
 
-    def _slot(self, weight, count):
-        """The `count` state arrays of `weight`, zeros at first use."""
-        key = id(weight)
-        entry = self._slots.get(key)
-        if entry is None or entry[0] is not weight:
-            entry = (weight, [np.zeros(weight.size, weight.dtype) for _ in range(count)])
-            self._slots[key] = entry
-        return entry[1]
+    @property
+    def gemm_scale(self):
+        """s when this optimizer's step is w := w + s * g; None when it needs more than g."""
+        return None
+
+    def _slot(self, position, weight):
+        """The state arrays of the weight at `position`, zeros at its first update."""
+        while len(self._slots) <= position:
+            self._slots.append(None)
+        slot = self._slots[position]
+        if slot is None or slot[0].shape != (weight.size,) or slot[0].dtype != weight.dtype:
+            slot = [np.zeros(weight.size, weight.dtype) for _ in range(self.n_slots)]
+            self._slots[position] = slot
+        return slot
+
+    def get_state(self):
+        """{"iterations": int, "slots": [[array, ...] per weight]}: copies of the state."""
+        return {"iterations": self.iterations,
+                "slots": [[a.copy() for a in slot] if slot else [] for slot in self._slots]}
+
+    def set_state(self, state):
+        """Restore what get_state returned (arrays are copied); the next step continues it."""
+        try:
+            iterations, slots = state["iterations"], state["slots"]
+        except (TypeError, KeyError):
+            raise ValueError(f"Expected state with the keys 'iterations' and 'slots'. "
+                             f"Received: {type(state).__name__}") from None
+        if isinstance(iterations, (bool, np.bool_)) or not isinstance(iterations, numbers.Integral) \
+                or iterations < 0:
+            raise ValueError(f"Expected state['iterations'] to be an integer >= 0. "
+                             f"Received: {iterations!r}")
+        checked = []
+        for i, slot in enumerate(slots):
+            slot = [np.array(a, copy=True).reshape(-1) for a in slot]
+            if slot and len(slot) != self.n_slots:
+                raise ValueError(f"Expected {self.n_slots} state arrays per weight for "
+                                 f"{type(self).__name__}. Received: {len(slot)} for weight {i}")
+            if any(a.dtype.kind != "f" or a.shape != slot[0].shape for a in slot):
+                raise ValueError(f"Expected the state arrays of weight {i} to be float arrays "
+                                 f"of one size. Received: "
+                                 f"{[(a.dtype.name, a.shape) for a in slot]}")
+            checked.append(slot or None)
+        self.iterations = int(iterations)
+        self._slots = checked
 
     def apply_gradients(self, grads_and_vars):
         """Update each weight array in place from its gradient; one optimizer step."""
@@ -78,10 +123,10 @@ class Optimizer:
     def apply_checked(self, pairs):
         """One optimizer step on pairs from checked_pairs (checked once for many steps)."""
         self.iterations += 1
-        for gradient, flat_weight, weight in pairs:
-            self._update(gradient, flat_weight, weight)
+        for position, (gradient, flat_weight, weight) in enumerate(pairs):
+            self._update(position, gradient, flat_weight, weight)
 
-    def _update(self, gradient, flat_weight, weight):
+    def _update(self, position, gradient, flat_weight, weight):
         raise NotImplementedError
 
 
@@ -93,11 +138,19 @@ class SGD(Optimizer):
         self.momentum = _fraction(momentum, "momentum")
         self.nesterov = bool(nesterov)
 
-    def _update(self, gradient, flat_weight, weight):
+    @property
+    def n_slots(self):
+        return 1 if self.momentum else 0
+
+    @property
+    def gemm_scale(self):
+        return -self.learning_rate if self.momentum == 0 else None
+
+    def _update(self, position, gradient, flat_weight, weight):
         if self.momentum == 0:
             _kernels.axpy_checked(gradient, flat_weight, -self.learning_rate)
         else:
-            (velocity,) = self._slot(weight, 1)
+            (velocity,) = self._slot(position, weight)
             _kernels.momentum_update_checked(flat_weight, gradient, velocity, self.learning_rate,
                                              self.momentum, self.nesterov)
 
@@ -115,8 +168,10 @@ class Adam(Optimizer):
         self.beta_2 = _fraction(beta_2, "beta_2")
         self.epsilon = checked_learning_rate(epsilon, "epsilon")
 
-    def _update(self, gradient, flat_weight, weight):
-        m, v = self._slot(weight, 2)
+    n_slots = 2
+
+    def _update(self, position, gradient, flat_weight, weight):
+        m, v = self._slot(position, weight)
         t = self.iterations
         alpha = self.learning_rate * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
         _kernels.adam_update_checked(flat_weight, gradient, m, v, alpha, self.beta_1,
@@ -135,13 +190,31 @@ def get(name, learning_rate=None):
     return makers[name]() if learning_rate is None else makers[name](learning_rate=learning_rate)
 
 
-def updater(optimizer, gradients, weights):
-    """Return a function doing one step of `optimizer` on the arrays `gradients` and `weights`.
+class Update:
+    """One optimizer's steps on fixed gradient and weight arrays, checked once for all steps.
 
-    For fastnaive's optimizers the arrays are checked here, once, not at every step; any
-    other object with apply_gradients gets the pairs as Keras would pass them.
+    `gemm_scale` is read at every step (a callback may change the learning rate): when it is
+    not None, the caller may fold the step into the GEMMs that produce the gradients and then
+    calls `fused()` to count it; otherwise it calls the Update, which applies the step. Any
+    object with apply_gradients is accepted and gets the pairs as Keras would pass them.
     """
-    if isinstance(optimizer, Optimizer):
-        pairs = checked_pairs(zip(gradients, weights))
-        return lambda: optimizer.apply_checked(pairs)
-    return lambda: optimizer.apply_gradients(zip(gradients, weights))
+
+    def __init__(self, optimizer, gradients, weights):
+        self.optimizer = optimizer
+        if isinstance(optimizer, Optimizer):
+            pairs = checked_pairs(zip(gradients, weights))
+            self._apply = lambda: optimizer.apply_checked(pairs)
+        else:
+            self._apply = lambda: optimizer.apply_gradients(zip(gradients, weights))
+
+    @property
+    def gemm_scale(self):
+        return getattr(self.optimizer, "gemm_scale", None)
+
+    def __call__(self):
+        """Apply one step from the gradient arrays."""
+        self._apply()
+
+    def fused(self):
+        """Count a step that the GEMMs applied with gemm_scale."""
+        self.optimizer.iterations += 1

@@ -8,65 +8,21 @@ previous file whole. Loading checks everything before building the model.
 """
 import json
 import os
-import tempfile
 
 import numpy as np
 
+from fastnaive._files import write_npz
 from fastnaive.layers import NaiveDense
-from fastnaive.models import NaiveSequential
+from fastnaive.models import FORMAT_VERSION, NaiveSequential
 
 __all__ = ["save_model", "load_model", "FORMAT_VERSION"]
-
-FORMAT_VERSION = 1
-
-
-def _architecture(model):
-    return {"dtype": str(model.dtype),
-            "layers": [{"input_size": layer.input_size, "output_size": layer.output_size,
-                        "activation": layer.activation} for layer in model.layers]}
 
 
 def save_model(model, path):
     """Write `model` to `path` (.npz), replacing any file there only once the new one is complete."""
     if not isinstance(model, NaiveSequential):
         raise TypeError(f"Expected model to be a NaiveSequential. Received: {type(model).__name__}")
-    path = os.fspath(path)
-    arrays = {"fastnaive_format": np.array(FORMAT_VERSION),
-              "architecture": np.array(json.dumps(_architecture(model)))}
-    for i, layer in enumerate(model.layers):
-        arrays[f"W{i}"], arrays[f"b{i}"] = layer.W, layer.b
-    write_npz(path, arrays)
-
-
-def write_npz(path, arrays):
-    """Write `arrays` to the .npz `path`, renaming a complete, synced temporary file over it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fastnaive-", suffix=".npz.tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
-
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder):
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    model.save(path)
 
 
 def _invalid(path, what):

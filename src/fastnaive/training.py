@@ -1,9 +1,10 @@
 """The book's training functions: gradients, weight updates, one step, fit and evaluate."""
 import math
+import os
 
 import numpy as np
 
-from fastnaive import _kernels, engine, optimizers, progress
+from fastnaive import checkpoints, distributed, engine, optimizers, progress
 from fastnaive._validation import as_inputs, as_labels, positive_int
 from fastnaive.callbacks import Callback, History
 from fastnaive.models import NaiveSequential
@@ -36,19 +37,6 @@ def _checked_optimizer(optimizer, allow_name=False):
     return optimizer
 
 
-def _workspace(model, x):
-    workspace = engine.workspace_for(model, x.shape[0])
-    workspace.use_sparse_input(engine.is_sparse(x))
-    return workspace
-
-
-def _gradients_into_workspace(model, workspace, x, y):
-    engine.forward(model, workspace, x)
-    loss = engine.loss_gradient(workspace, y)
-    engine.backpropagate(model, workspace, x)
-    return loss, workspace.gradients
-
-
 def loss_and_gradients(model, images_batch, labels_batch):
     """Return (mean sparse categorical cross-entropy, [dW0, db0, dW1, db1, ...]) for the batch.
 
@@ -58,10 +46,10 @@ def loss_and_gradients(model, images_batch, labels_batch):
     """
     _checked_model(model)
     x, y = _checked_batch(model, images_batch, labels_batch)
-    workspace = _workspace(model, x)
-    with engine.threads_for(workspace):
-        loss, gradients = _gradients_into_workspace(model, workspace, x, y)
-    return loss, [g.copy() for g in gradients]
+    step = engine.step_for(model, x)
+    with step.threads():
+        loss = step.compute_gradients(x, y)
+    return loss, [g.copy() for g in step.gradients]
 
 
 def update_weights(gradients, weights, learning_rate=1e-3):
@@ -74,36 +62,18 @@ def update_weights(gradients, weights, learning_rate=1e-3):
 
 
 def one_training_step(model, images_batch, labels_batch, *, optimizer=None):
-    """Compute the batch's loss and gradients, update the weights; return the loss as a float."""
+    """Compute the batch's loss and gradients, update the weights; return the loss as a float.
+
+    A non-finite loss leaves the weights as they were.
+    """
     optimizer = _checked_optimizer(optimizer)
     _checked_model(model)
     x, y = _checked_batch(model, images_batch, labels_batch)
-    workspace = _workspace(model, x)
-    with engine.threads_for(workspace):
-        loss, gradients = _gradients_into_workspace(model, workspace, x, y)
-        optimizer.apply_gradients(zip(gradients, model.weights))
+    step = engine.step_for(model, x)
+    step.use_optimizer(optimizer)
+    with step.threads():
+        loss, _ = step.train(x, y)
     return float(loss)
-
-
-def _train_step(model, workspace, x, y, optimizer, update):
-    """One step of fit; return (loss, correct predictions) of the batch before the update.
-
-    SGD is fused into the weight-gradient GEMMs; other optimizers are applied
-    to the gradients by `update` (optimizers.updater). A non-finite loss returns
-    before any weight changes.
-    """
-    logits = engine.forward(model, workspace, x)
-    correct = _kernels.count_correct_checked(logits, y)
-    loss = engine.loss_gradient(workspace, y)
-    if not math.isfinite(loss):
-        return loss, correct
-    if type(optimizer) is SGD and optimizer.momentum == 0:
-        engine.backpropagate(model, workspace, x, learning_rate=optimizer.learning_rate)
-        optimizer.iterations += 1
-    else:
-        engine.backpropagate(model, workspace, x)
-        update()
-    return loss, correct
 
 
 def _checked_callbacks(callbacks):
@@ -139,7 +109,7 @@ def _split(model, x, y, validation_data, validation_split):
 
 def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffle=False,
         seed=None, validation_data=None, validation_split=0.0, verbose="book", callbacks=None,
-        comm=None):
+        comm=None, checkpoint_dir=None, resume=False):
     """Train on (images, labels) in batches of batch_size; return a History.
 
     `optimizer` is an optimizer object or a name ("sgd", "momentum", "adam");
@@ -151,70 +121,163 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
     `seed`. verbose: "book" prints the book's lines, 1 a progress bar per epoch,
     2 a line per epoch, 0 nothing. A loss that turns NaN or infinite stops
     training with a FloatingPointError naming the epoch and batch, leaving the
-    weights of the last finite step. With `comm`, an mpi4py communicator,
-    every batch is shared among its ranks (fastnaive.distributed.fit_distributed).
+    weights of the last finite step.
+
+    With `comm`, an mpi4py communicator, every global batch of batch_size is
+    shared among its ranks (fastnaive.distributed): every rank passes the same
+    arguments and data, rank 0's initial weights are broadcast, callbacks run on
+    every rank with the same logs, only rank 0 prints, and an error on one rank
+    aborts the job. With `checkpoint_dir`, the model and the optimizer's state
+    are written there after every epoch (fastnaive.checkpoints; by rank 0);
+    resume=True continues from the last checkpoint there, on any number of ranks.
     """
-    if comm is not None:
-        from fastnaive.distributed import fit_distributed
-        return fit_distributed(model, images, labels, epochs, batch_size, comm=comm,
-                               optimizer=optimizer, shuffle=shuffle, seed=seed, verbose=verbose,
-                               callbacks=callbacks, validation_data=validation_data,
-                               validation_split=validation_split)
-    _checked_model(model)
-    x, y = _checked_batch(model, images, labels)
-    epochs = positive_int(epochs, "epochs", minimum=0)
-    batch_size = positive_int(batch_size, "batch_size")
-    optimizer = _checked_optimizer(optimizer, allow_name=True)
-    x, y, validation = _split(model, x, y, validation_data, validation_split)
+    group = distributed.group(comm)
+    error = run = None
+    try:
+        run = _Run(model, images, labels, epochs, batch_size, optimizer, shuffle, seed,
+                   validation_data, validation_split, verbose, callbacks, checkpoint_dir, resume)
+    except (TypeError, ValueError) as raised:
+        error = raised
+    group.agree(error, lambda: run.description())
+    first_epoch, seed = _starting_state(group, run)
+    n_samples = run.x.shape[0]
+    capacity = max(1, math.ceil(min(run.batch_size, n_samples) / group.size))
+    step = engine.Step(model, capacity, run.x, optimizer=run.optimizer, reducer=group.reducer)
     history = History()
-    callbacks = [c for c in [progress.logger(verbose)] if c] + _checked_callbacks(callbacks) \
-        + [history]
-    params = {"epochs": epochs, "batch_size": batch_size, "samples": x.shape[0],
-              "steps": math.ceil(x.shape[0] / batch_size), "shuffle": bool(shuffle)}
+    callbacks = (run.loggers if group.is_root else []) + run.callbacks + [history]
+    params = {"epochs": run.epochs, "batch_size": run.batch_size, "samples": n_samples,
+              "steps": math.ceil(n_samples / run.batch_size), "shuffle": run.shuffle,
+              "initial_epoch": first_epoch, "ranks": group.size}
     for callback in callbacks:
         callback.set_model(model)
         callback.set_params(params)
-    workspace = engine.workspace_for(model, min(batch_size, x.shape[0]))
-    workspace.use_sparse_input(engine.is_sparse(x))
-    update = optimizers.updater(optimizer, workspace.gradients, model.weights)
+    try:
+        _train_epochs(group, run, step, callbacks, first_epoch, seed)
+    except FloatingPointError:
+        raise  # the reduced loss is the same on every rank: all raise it together
+    except Exception as raised:
+        group.abort(raised)
+        raise
+    history.params = params
+    history.allreduce_seconds = group.reduce_seconds
+    return history
+
+
+class _Run:
+    """fit's arguments, checked and converted once."""
+
+    def __init__(self, model, images, labels, epochs, batch_size, optimizer, shuffle, seed,
+                 validation_data, validation_split, verbose, callbacks, checkpoint_dir, resume):
+        self.model = _checked_model(model)
+        x, y = _checked_batch(model, images, labels)
+        self.epochs = positive_int(epochs, "epochs", minimum=0)
+        self.batch_size = positive_int(batch_size, "batch_size")
+        self.optimizer = _checked_optimizer(optimizer, allow_name=True)
+        self.x, self.y, self.validation = _split(model, x, y, validation_data, validation_split)
+        self.shuffle = bool(shuffle)
+        self.seed = seed
+        self.loggers = [c for c in [progress.logger(verbose)] if c]
+        self.callbacks = _checked_callbacks(callbacks)
+        if resume and checkpoint_dir is None:
+            raise ValueError("Expected checkpoint_dir with resume=True. "
+                             "Received: checkpoint_dir=None")
+        if checkpoint_dir is not None and not isinstance(self.optimizer, optimizers.Optimizer):
+            raise TypeError(f"Expected a fastnaive optimizer with checkpoint_dir (its state is "
+                            f"saved). Received: optimizer={self.optimizer!r}")
+        self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        self.resume = bool(resume)
+
+    def description(self):
+        """What must agree on every rank, as a dict of plain values."""
+        return {"architecture": [(layer.input_size, layer.output_size, layer.activation)
+                                 for layer in self.model.layers],
+                "dtype": str(self.model.dtype), "samples": self.x.shape[0],
+                "data checksum": distributed.checksum(self.x, self.y),
+                "validation samples": 0 if self.validation is None else len(self.validation[1]),
+                "epochs": self.epochs, "batch_size": self.batch_size,
+                "optimizer": repr(self.optimizer), "shuffle": self.shuffle, "seed": self.seed,
+                "resume": self.resume}
+
+
+def _starting_state(group, run):
+    """Return (epochs done, seed), the same on every rank, with weights and optimizer state set.
+
+    Rank 0 reads the checkpoint when resuming (and draws a seed when none is given) and
+    broadcasts it and its weights; an error reading it is raised on every rank.
+    """
+    seed = run.seed if run.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+    state = {"epochs_done": 0, "seed": seed}
+    if run.resume and group.is_root:
+        try:
+            state = checkpoints.load(run.checkpoint_dir, run.model, run.optimizer)
+            run.model.set_weights(state.pop("weights"))
+        except (OSError, ValueError) as error:
+            state = error
+    state = group.broadcast(state)
+    if isinstance(state, Exception):
+        raise state
+    if run.resume:
+        run.optimizer.set_state(state["optimizer_state"])
+    group.broadcast_weights(run.model)
+    return state["epochs_done"], state["seed"]
+
+
+def _shuffled_orders(n_samples, seed, first_epoch):
+    """Yield each epoch's sample order from first_epoch on.
+
+    The orders of the skipped epochs are drawn and dropped, so epoch e's order
+    depends only on (seed, e): a resumed run sees the orders of an uninterrupted one.
+    """
     rng = np.random.default_rng(seed)
-    order = np.arange(x.shape[0]) if shuffle else None
+    order = np.arange(n_samples)
+    epoch = 0
+    while True:
+        rng.shuffle(order)
+        if epoch >= first_epoch:
+            yield order
+        epoch += 1
+
+
+def _train_epochs(group, run, step, callbacks, first_epoch, seed):
+    """The epoch loop of every fit: single-process or one rank of many."""
+    model = run.model
+    orders = _shuffled_orders(run.x.shape[0], seed, first_epoch) if run.shuffle else None
     model.stop_training = False
     logs = {}
     for callback in callbacks:
         callback.on_train_begin({})
-    for epoch in range(epochs):
+    for epoch in range(first_epoch, run.epochs):
         for callback in callbacks:
             callback.on_epoch_begin(epoch, {})
-        if shuffle:
-            rng.shuffle(order)
-        with engine.threads_for(workspace):
-            logs = _run_epoch(model, workspace, x, y, batch_size, order, optimizer, update,
-                              callbacks, epoch)
-            if validation is not None:
-                logs["val_loss"], logs["val_accuracy"] = engine.loss_and_accuracy(
-                    model, workspace, *validation)
+        order = next(orders) if orders is not None else None
+        with step.threads():
+            logs = _run_epoch(group, run, step, order, callbacks, epoch)
+            if run.validation is not None:
+                logs["val_loss"], logs["val_accuracy"] = _validate(group, step, *run.validation)
+        group.check_identical(model, f"after epoch {epoch}")
+        if run.checkpoint_dir is not None and group.is_root:
+            checkpoints.save(run.checkpoint_dir, model, run.optimizer, epoch + 1, seed)
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
     for callback in callbacks:
         callback.on_train_end(logs)
-    history.params = params
-    return history
 
 
-def _run_epoch(model, workspace, x, y, batch_size, order, optimizer, update, callbacks, epoch):
-    """Train one pass over (x, y), in `order` if given; return the epoch's loss and accuracy."""
+def _run_epoch(group, run, step, order, callbacks, epoch):
+    """Train one pass over the data, in `order` if given; return its loss and accuracy."""
+    x, y, batch_size = run.x, run.y, run.batch_size
     n_samples = x.shape[0]
     total_loss, correct = 0.0, 0
     for batch, start in enumerate(range(0, n_samples, batch_size)):
         stop = min(start + batch_size, n_samples)
-        if order is not None:
-            xb, yb = workspace.gathered(x, y, order[start:stop])
+        lo, hi = group.share(start, stop)
+        if order is not None and hi > lo:
+            xb, yb = step.gather(x, y, order[lo:hi])
         else:
-            xb, yb = x[start:stop], y[start:stop]
-        loss, batch_correct = _train_step(model, workspace, xb, yb, optimizer, update)
+            xb, yb = x[lo:hi], y[lo:hi]
+        loss, batch_correct = step.train(xb, yb, stop - start)
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"The loss became {loss} at epoch {epoch}, batch {batch}; training stopped "
@@ -227,15 +290,23 @@ def _run_epoch(model, workspace, x, y, batch_size, order, optimizer, update, cal
     return {"loss": total_loss / n_samples, "accuracy": correct / n_samples}
 
 
+def _validate(group, step, x, y):
+    """Return the mean cross-entropy and the accuracy over (x, y), shared among the ranks."""
+    lo, hi = group.share(0, x.shape[0])
+    loss_sum, correct = step.loss_and_correct(x[lo:hi], y[lo:hi])
+    loss_sum, correct = group.total(loss_sum, correct)
+    return loss_sum / x.shape[0], correct / x.shape[0]
+
+
 def evaluate_loss(model, images, labels, batch_size=1024):
     """Return (mean cross-entropy, accuracy) over the images, computed batch_size rows at a time."""
     _checked_model(model)
     x, y = _checked_batch(model, images, labels)
     batch_size = positive_int(batch_size, "batch_size")
-    workspace = engine.Workspace(model, min(batch_size, x.shape[0]))
-    workspace.use_sparse_input(engine.is_sparse(x))
-    with engine.threads_for(workspace):
-        return engine.loss_and_accuracy(model, workspace, x, y)
+    step = engine.Step(model, min(batch_size, x.shape[0]), x, training=False)
+    with step.threads():
+        loss_sum, correct = step.loss_and_correct(x, y)
+    return loss_sum / x.shape[0], correct / x.shape[0]
 
 
 def evaluate(model, images, labels):

@@ -1,11 +1,12 @@
-"""Run fit_distributed under mpirun on the arrays in --data, from rank 0's copy of --init.
+"""Run fastnaive.fit(comm=...) under mpirun on the arrays in --data, from rank 0's --init.
 
 Ranks other than 0 start from different random weights, so the run checks the
-initial broadcast. Rank 0 writes the final weights to --out. --fail makes rank 1
-raise or die at its third batch; --mismatch gives rank 1 another batch size or a
-label out of range.
+initial broadcast. Rank 0 writes the final weights to --out and the History (its
+params and per-epoch metrics) beside it as JSON. --fail makes rank 1 raise or die at its
+third batch; --mismatch gives rank 1 another batch size or a label out of range.
 """
 import argparse
+import json
 import os
 import signal
 
@@ -13,7 +14,7 @@ import numpy as np
 
 import fastnaive
 from fastnaive.callbacks import LambdaCallback
-from fastnaive.distributed import fit_distributed, world
+from fastnaive.distributed import world
 
 
 def parse():
@@ -28,6 +29,7 @@ def parse():
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-dir")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--validation-split", type=float, default=0.0)
     parser.add_argument("--fail", choices=("raise", "kill"))
     parser.add_argument("--mismatch", choices=("batch-size", "labels"))
     return parser.parse_args()
@@ -60,12 +62,15 @@ def main():
         y = y.copy()
         y[0] = 10
     callbacks = [failure(args.fail)] if args.fail and rank == 1 else []
-    fit_distributed(model, x, y, args.epochs, batch_size, comm=comm,
-                    optimizer=fastnaive.optimizers.get(args.optimizer), shuffle=args.shuffle,
-                    seed=args.seed, verbose=0, callbacks=callbacks,
-                    checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+    history = fastnaive.fit(model, x, y, args.epochs, batch_size, comm=comm,
+                            optimizer=fastnaive.optimizers.get(args.optimizer),
+                            shuffle=args.shuffle, seed=args.seed, verbose=0, callbacks=callbacks,
+                            validation_split=args.validation_split,
+                            checkpoint_dir=args.checkpoint_dir, resume=args.resume)
     if rank == 0:
         model.save(args.out)
+        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+            json.dump({"params": history.params, "history": history.history}, f)
 
 
 if __name__ == "__main__":
