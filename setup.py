@@ -6,6 +6,7 @@ FASTNAIVE_DEBUG_BUILD=1 at build time compiles with Cython's bounds and
 wraparound checks on and without optimisation; FASTNAIVE_SANITIZE=address adds
 AddressSanitizer (run Python with the sanitizer's runtime preloaded).
 """
+
 import os
 import sys
 import tempfile
@@ -27,8 +28,9 @@ def compiler_supports_openmp(compiler):
             f.write(OPENMP_TEST)
         try:
             objects = compiler.compile([source], output_dir=tmp, extra_postargs=["-fopenmp"])
-            compiler.link_executable(objects, "openmp_test", output_dir=tmp,
-                                     extra_postargs=["-fopenmp"])
+            compiler.link_executable(
+                objects, "openmp_test", output_dir=tmp, extra_postargs=["-fopenmp"]
+            )
         except Exception:
             return False
     return True
@@ -53,8 +55,12 @@ def extension(name):
     # -fno-math-errno lets sqrt vectorise; nothing here reads errno.
     optimise = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-math-errno"]
     sanitize = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer"] if SANITIZE else []
-    return Extension(f"fastnaive.{name}", [f"src/fastnaive/{name}.pyx"],
-                     extra_compile_args=optimise + sanitize, extra_link_args=list(sanitize))
+    return Extension(
+        f"fastnaive.{name}",
+        [f"src/fastnaive/{name}.pyx"],
+        extra_compile_args=optimise + sanitize,
+        extra_link_args=list(sanitize),
+    )
 
 
 directives = {
@@ -66,7 +72,9 @@ directives = {
 }
 
 setup(
-    ext_modules=cythonize([extension("_blas"), extension("_kernels"), extension("_sparse")],
-                          compiler_directives=directives),
+    ext_modules=cythonize(
+        [extension("_blas"), extension("_kernels"), extension("_sparse")],
+        compiler_directives=directives,
+    ),
     cmdclass={"build_ext": BuildExt},
 )

@@ -10,15 +10,16 @@ Run from the repository root, FASTNAIVE_DATA naming a folder holding mnist.npz:
 
     python benchmarks/allocations.py [--steps N]
 """
+
 import argparse
 import functools
 import gc
 import tracemalloc
 
 import numpy as np
+import workloads
 
 import fastnaive
-import workloads
 from fastnaive import engine
 
 
@@ -57,15 +58,26 @@ def main(argv=None):
     x, y = workloads.mnist_train(workloads.BATCH_SIZE)
     steps = {
         "fit's step (engine.Step.train)": fit_step(x, y),
-        "one_training_step": functools.partial(fastnaive.one_training_step,
-                                               workloads.book_model(), x, y),
+        "one_training_step": functools.partial(
+            fastnaive.one_training_step, workloads.book_model(), x, y
+        ),
     }
-    print(f"tracemalloc over 2 x {args.steps} steps on a batch of {len(x)}, "
-          "after one untraced step\n")
-    print(workloads.markdown_table(
-        ["step", "bytes at start", f"after {args.steps} steps", f"after {2 * args.steps}",
-         "after gc.collect()", "peak above start"],
-        [(name, *traced_bytes(step, args.steps)) for name, step in steps.items()]))
+    print(
+        f"tracemalloc over 2 x {args.steps} steps on a batch of {len(x)}, after one untraced step\n"
+    )
+    print(
+        workloads.markdown_table(
+            [
+                "step",
+                "bytes at start",
+                f"after {args.steps} steps",
+                f"after {2 * args.steps}",
+                "after gc.collect()",
+                "peak above start",
+            ],
+            [(name, *traced_bytes(step, args.steps)) for name, step in steps.items()],
+        )
+    )
 
 
 if __name__ == "__main__":

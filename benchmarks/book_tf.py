@@ -5,6 +5,7 @@ NaiveDense, NaiveSequential, BatchGenerator, one_training_step and update_weight
 assign_sub version) are the book's; `loop_epoch` is the inner loop of the book's fit. Importing
 this module imports TensorFlow.
 """
+
 import math
 import os
 
@@ -78,14 +79,16 @@ def one_training_step(model, images_batch, labels_batch):
 
 def book_model(hidden=512):
     """The book's model: 784 -> hidden relu -> 10 softmax."""
-    return NaiveSequential([NaiveDense(28 * 28, hidden, tf.nn.relu),
-                            NaiveDense(hidden, 10, tf.nn.softmax)])
+    return NaiveSequential(
+        [NaiveDense(28 * 28, hidden, tf.nn.relu), NaiveDense(hidden, 10, tf.nn.softmax)]
+    )
 
 
 def compiled_step(model):
     """The book's one_training_step for `model` under tf.function."""
-    return tf.function(lambda images_batch, labels_batch:
-                       one_training_step(model, images_batch, labels_batch))
+    return tf.function(
+        lambda images_batch, labels_batch: one_training_step(model, images_batch, labels_batch)
+    )
 
 
 def loop_epoch(step, images, labels, num_batches=None):
@@ -98,9 +101,15 @@ def loop_epoch(step, images, labels, num_batches=None):
 def keras_model(hidden=512):
     """The same layers in Keras: Dense relu, Dense softmax, SGD 1e-3, sparse categorical
     cross-entropy; its fit shuffles by default, as in the book."""
-    model = keras.Sequential([keras.Input((28 * 28,)),
-                              keras.layers.Dense(hidden, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE),
-                  loss="sparse_categorical_crossentropy")
+    model = keras.Sequential(
+        [
+            keras.Input((28 * 28,)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE),
+        loss="sparse_categorical_crossentropy",
+    )
     return model

@@ -21,6 +21,7 @@ pause that lets the previous phase's pool go idle. `import fastnaive` is timed i
 subprocesses. --quick runs one epoch of 4096 samples per trainer to check that the command
 works; nothing here fails on timing.
 """
+
 import argparse
 import functools
 import importlib.metadata
@@ -33,17 +34,18 @@ import sys
 import time
 
 import numpy as np
+import workloads
 from threadpoolctl import threadpool_info
 
-import workloads
 from fastnaive import _blas
 
 QUICK_SAMPLES = 4096
 GEMM_SIZE = 2048
 IMPORT_REPEATS = 5
 OPENBLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS")
-IMPORT_CODE = ("import time; start = time.perf_counter(); import fastnaive; "
-               "print(time.perf_counter() - start)")
+IMPORT_CODE = (
+    "import time; start = time.perf_counter(); import fastnaive; print(time.perf_counter() - start)"
+)
 
 FIT = "fastnaive fit"
 FIT_1_THREAD = "fastnaive fit, 1 BLAS thread"
@@ -71,15 +73,25 @@ TARGETS = [
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"one epoch of {QUICK_SAMPLES} samples per trainer, "
-                             "to check the command")
-    parser.add_argument("--epochs-repeat", type=int, default=None, metavar="N",
-                        help="epochs per fast trainer, the best reported "
-                             "(default 3, 1 with --quick)")
-    parser.add_argument("--eager-fraction", type=float, default=0.25, metavar="F",
-                        help="share of the epoch the eager TensorFlow loop is timed on "
-                             "(default 0.25)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"one epoch of {QUICK_SAMPLES} samples per trainer, to check the command",
+    )
+    parser.add_argument(
+        "--epochs-repeat",
+        type=int,
+        default=None,
+        metavar="N",
+        help="epochs per fast trainer, the best reported (default 3, 1 with --quick)",
+    )
+    parser.add_argument(
+        "--eager-fraction",
+        type=float,
+        default=0.25,
+        metavar="F",
+        help="share of the epoch the eager TensorFlow loop is timed on (default 0.25)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args(argv)
     if args.epochs_repeat is None:
@@ -106,10 +118,17 @@ def machine():
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
         "python": platform.python_version(),
-        "versions": {name: package_version(*dists) for name, dists in [
-            ("numpy", ["numpy"]), ("scipy", ["scipy"]), ("fastnaive", ["fastnaive"]),
-            ("tensorflow", ["tensorflow-cpu", "tensorflow"]), ("keras", ["keras"]),
-            ("threadpoolctl", ["threadpoolctl"])]},
+        "versions": {
+            name: package_version(*dists)
+            for name, dists in [
+                ("numpy", ["numpy"]),
+                ("scipy", ["scipy"]),
+                ("fastnaive", ["fastnaive"]),
+                ("tensorflow", ["tensorflow-cpu", "tensorflow"]),
+                ("keras", ["keras"]),
+                ("threadpoolctl", ["threadpoolctl"]),
+            ]
+        },
         "thread_pools": threadpool_info(),
         "environment": {name: os.environ.get(name) for name in OPENBLAS_VARIABLES},
         "load_average_at_start": os.getloadavg(),
@@ -117,27 +136,52 @@ def machine():
 
 
 def print_machine(info):
-    print(f"CPU: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable); "
-          f"Python {info['python']}")
+    print(
+        f"CPU: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable); "
+        f"Python {info['python']}"
+    )
     print("Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-    print("Load average at start (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(
-        *info["load_average_at_start"]))
-    print("OpenBLAS variables: " + ", ".join(
-        f"{k}={v}" if v is not None else f"{k} not set" for k, v in info["environment"].items()))
+    print(
+        "Load average at start (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(
+            *info["load_average_at_start"]
+        )
+    )
+    print(
+        "OpenBLAS variables: "
+        + ", ".join(
+            f"{k}={v}" if v is not None else f"{k} not set" for k, v in info["environment"].items()
+        )
+    )
     print()
-    rows = [(pool["user_api"], pool["internal_api"], pool.get("version"),
-             pool.get("architecture", ""), pool["num_threads"], pool["filepath"])
-            for pool in info["thread_pools"]]
-    print(workloads.markdown_table(
-        ["API", "library", "version", "architecture", "threads", "file"], rows))
+    rows = [
+        (
+            pool["user_api"],
+            pool["internal_api"],
+            pool.get("version"),
+            pool.get("architecture", ""),
+            pool["num_threads"],
+            pool["filepath"],
+        )
+        for pool in info["thread_pools"]
+    ]
+    print(
+        workloads.markdown_table(
+            ["API", "library", "version", "architecture", "threads", "file"], rows
+        )
+    )
     print()
 
 
 def import_seconds(repeats):
     """The median time of `import fastnaive` in fresh interpreters."""
-    times = [float(subprocess.run([sys.executable, "-c", IMPORT_CODE], check=True,
-                                  capture_output=True, text=True).stdout)
-             for _ in range(repeats)]
+    times = [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", IMPORT_CODE], check=True, capture_output=True, text=True
+            ).stdout
+        )
+        for _ in range(repeats)
+    ]
     return statistics.median(times)
 
 
@@ -146,7 +190,7 @@ def gemm_rates(repeats):
     rng = np.random.default_rng(0)
     a, b = (rng.random((GEMM_SIZE, GEMM_SIZE), dtype=np.float32) for _ in range(2))
     c = np.empty_like(a)
-    flop = 2 * GEMM_SIZE ** 3
+    flop = 2 * GEMM_SIZE**3
     calls = {
         "numpy.matmul (NumPy's OpenBLAS)": lambda: np.matmul(a, b, out=c),
         "fastnaive._blas.gemm_checked (SciPy's OpenBLAS)": lambda: _blas.gemm_checked(a, b, c),
@@ -171,10 +215,11 @@ def time_fastnaive(x, y, repeats):
     seconds = {}
     for name, epoch in [(FIT, workloads.fit_epoch), (STEP_LOOP, workloads.one_training_step_epoch)]:
         epoch(model, x[:warm], y[:warm])
-        seconds[name] = workloads.best_seconds(lambda: epoch(model, x, y), repeats)
+        seconds[name] = workloads.best_seconds(lambda epoch=epoch: epoch(model, x, y), repeats)
     with workloads.blas_threads(1):
         seconds[FIT_1_THREAD] = workloads.best_seconds(
-            lambda: workloads.fit_epoch(model, x, y), repeats)
+            lambda: workloads.fit_epoch(model, x, y), repeats
+        )
     return seconds
 
 
@@ -183,8 +228,9 @@ def time_reference(x, y, repeats):
     warm = warm_up_size(len(x))
     model = workloads.book_model()
     workloads.reference_epoch(model, x[:warm], y[:warm])
-    return {REFERENCE: workloads.best_seconds(
-        lambda: workloads.reference_epoch(model, x, y), repeats)}
+    return {
+        REFERENCE: workloads.best_seconds(lambda: workloads.reference_epoch(model, x, y), repeats)
+    }
 
 
 def time_tensorflow(x, y, repeats, eager_fraction):
@@ -194,8 +240,7 @@ def time_tensorflow(x, y, repeats, eager_fraction):
     warm = warm_up_size(len(x))
     step = book_tf.compiled_step(book_tf.book_model())
     book_tf.loop_epoch(step, x[:warm], y[:warm])
-    seconds = {TF_FUNCTION: workloads.best_seconds(
-        lambda: book_tf.loop_epoch(step, x, y), repeats)}
+    seconds = {TF_FUNCTION: workloads.best_seconds(lambda: book_tf.loop_epoch(step, x, y), repeats)}
     workloads.settle()
     seconds[TF_EAGER], eager_batches = time_eager(book_tf, x, y, eager_fraction)
     workloads.settle()
@@ -231,34 +276,54 @@ def evaluate_targets(seconds):
 
 def print_report(n_samples, seconds, rates, eager_batches, targets):
     floor_source = max(rates, key=rates.get)
-    print(f"## One epoch on {n_samples} MNIST images "
-          "(best of the repeats; noisy on a busy machine)")
+    print(
+        f"## One epoch on {n_samples} MNIST images (best of the repeats; noisy on a busy machine)"
+    )
     print()
-    notes = {TF_EAGER: "timed on {} of {} batches, scaled".format(*eager_batches),
-             FLOOR: f"{workloads.epoch_flop(n_samples) / 1e9:.1f} GFLOP at {floor_source}'s rate",
-             IMPORT: f"median of {IMPORT_REPEATS} fresh interpreters"}
-    print(workloads.markdown_table(["", "seconds", "note"], [
-        (name, f"{seconds[name]:.3f}", notes.get(name, "")) for name in ROWS]))
+    notes = {
+        TF_EAGER: "timed on {} of {} batches, scaled".format(*eager_batches),
+        FLOOR: f"{workloads.epoch_flop(n_samples) / 1e9:.1f} GFLOP at {floor_source}'s rate",
+        IMPORT: f"median of {IMPORT_REPEATS} fresh interpreters",
+    }
+    print(
+        workloads.markdown_table(
+            ["", "seconds", "note"],
+            [(name, f"{seconds[name]:.3f}", notes.get(name, "")) for name in ROWS],
+        )
+    )
     print()
-    print(f"float32 GEMM {GEMM_SIZE}^3: " + "; ".join(
-        f"{name} {rate / 1e9:.1f} GFLOP/s" for name, rate in rates.items())
-        + f". The floor uses the faster, {floor_source}.")
+    print(
+        f"float32 GEMM {GEMM_SIZE}^3: "
+        + "; ".join(f"{name} {rate / 1e9:.1f} GFLOP/s" for name, rate in rates.items())
+        + f". The floor uses the faster, {floor_source}."
+    )
     print()
     print("Load average at end (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print()
     print("## Targets")
     print()
-    print(workloads.markdown_table(["measure", "value", "target", "result"], [
-        (name, f"{value:.2f}", f"{comparison} {bound}", "PASS" if met else "MISS")
-        for name, value, comparison, bound, met in targets]))
+    print(
+        workloads.markdown_table(
+            ["measure", "value", "target", "result"],
+            [
+                (name, f"{value:.2f}", f"{comparison} {bound}", "PASS" if met else "MISS")
+                for name, value, comparison, bound, met in targets
+            ],
+        )
+    )
 
 
 def write_json(path, info, n_samples, seconds, rates, eager_batches, targets):
     results = {
-        "machine": info, "n_samples": n_samples, "seconds": seconds,
-        "gemm_flop_per_second": rates, "eager_batches_timed": list(eager_batches),
-        "targets": [{"measure": name, "value": value, "comparison": comparison, "bound": bound,
-                     "met": met} for name, value, comparison, bound, met in targets],
+        "machine": info,
+        "n_samples": n_samples,
+        "seconds": seconds,
+        "gemm_flop_per_second": rates,
+        "eager_batches_timed": list(eager_batches),
+        "targets": [
+            {"measure": name, "value": value, "comparison": comparison, "bound": bound, "met": met}
+            for name, value, comparison, bound, met in targets
+        ],
     }
     with open(path, "w") as file:
         json.dump(results, file, indent=2)

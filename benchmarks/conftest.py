@@ -9,8 +9,8 @@ Each benchmark sets its group, so fastnaive, the NumPy reference and TensorFlow 
 table per kernel, per step and per epoch. --quick times a few rounds on a 2048-sample slice;
 nothing here ever fails on timing.
 """
-import pytest
 
+import pytest
 import workloads
 
 QUICK_SAMPLES = 2048
@@ -18,9 +18,12 @@ QUICK_SETTINGS = pytest.mark.benchmark(max_time=0.02, min_rounds=1, warmup=False
 
 
 def pytest_addoption(parser):
-    parser.addoption("--quick", action="store_true",
-                     help=f"few rounds, epochs on {QUICK_SAMPLES} samples: checks that the "
-                          "benchmarks run; the times mean little")
+    parser.addoption(
+        "--quick",
+        action="store_true",
+        help=f"few rounds, epochs on {QUICK_SAMPLES} samples: checks that the "
+        "benchmarks run; the times mean little",
+    )
 
 
 def pytest_collection_modifyitems(config, items):

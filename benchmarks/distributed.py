@@ -12,6 +12,7 @@ thread, with the seconds spent in the Allreduce; one Allreduce of the gradient b
 N single-threaded ranks of this speed, one per host, over a ring Allreduce. Times are the
 best of --repeats epochs (default 3) after a warm-up epoch. --quick uses 4096 images.
 """
+
 import argparse
 import json
 import os
@@ -21,9 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import workloads
 from threadpoolctl import threadpool_limits
 
-import workloads
 from fastnaive import engine, optimizers
 
 QUICK_SAMPLES = 4096
@@ -55,28 +56,32 @@ def worker(args):
     import fastnaive
     from fastnaive.callbacks import LambdaCallback
     from fastnaive.distributed import world
+
     comm = world()
     x, y = workloads.mnist_train(n_samples(args))
     model = workloads.book_model()
     marks = []
-    timer = LambdaCallback(on_epoch_begin=lambda epoch, logs: marks.append(time.perf_counter()),
-                           on_epoch_end=lambda epoch, logs: marks.append(time.perf_counter()))
+    timer = LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: marks.append(time.perf_counter()),
+        on_epoch_end=lambda epoch, logs: marks.append(time.perf_counter()),
+    )
     results = []
     with threadpool_limits(limits=args.threads):
         for _ in range(args.repeats + 1):
-            history = fastnaive.fit(model, x, y, 1, workloads.BATCH_SIZE, comm=comm,
-                                    verbose=0, callbacks=[timer])
+            history = fastnaive.fit(
+                model, x, y, 1, workloads.BATCH_SIZE, comm=comm, verbose=0, callbacks=[timer]
+            )
             results.append((marks[-1] - marks[-2], history.allreduce_seconds))
         allreduce = allreduce_seconds(comm)
     if comm.Get_rank() == 0:
         epoch, in_allreduce = min(results[1:])
-        print(json.dumps({"epoch": epoch, "allreduce": in_allreduce,
-                          "one_allreduce": allreduce}))
+        print(json.dumps({"epoch": epoch, "allreduce": in_allreduce, "one_allreduce": allreduce}))
 
 
 def allreduce_seconds(comm):
     """Best time of one in-place SUM Allreduce of a BUFFER_BYTES float32 buffer."""
     from mpi4py import MPI
+
     buffer = np.ones(BUFFER_BYTES // 4, np.float32)
     best = float("inf")
     for _ in range(ALLREDUCE_REPEATS):
@@ -90,10 +95,21 @@ def allreduce_seconds(comm):
 def launch(args, ranks, threads):
     """Run the worker on `ranks` MPI ranks of `threads` threads each; return its JSON result."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    command = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks),
-               sys.executable, str(Path(__file__).resolve()), "--worker",
-               "--threads", str(threads), "--repeats", str(args.repeats),
-               *(["--quick"] if args.quick else [])]
+    command = [
+        "mpirun",
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-n",
+        str(ranks),
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--threads",
+        str(threads),
+        "--repeats",
+        str(args.repeats),
+        *(["--quick"] if args.quick else []),
+    ]
     output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -113,13 +129,15 @@ def step_seconds(local_batches, repeats=20):
     y = labels.astype(np.intp)
     model = workloads.book_model()
     # As a rank plans it: gradients reduced (here by nobody) before a separate update.
-    plan = engine.Step(model, max(local_batches), x, optimizer=optimizers.SGD(),
-                       reducer=lambda flat: None)
+    plan = engine.Step(
+        model, max(local_batches), x, optimizer=optimizers.SGD(), reducer=lambda flat: None
+    )
 
     def step(b):
         plan.train(x[:b], y[:b])
+
     with threadpool_limits(limits=1):
-        return {b: workloads.best_seconds(lambda: step(b), repeats) for b in local_batches}
+        return {b: workloads.best_seconds(lambda b=b: step(b), repeats) for b in local_batches}
 
 
 def ring_allreduce(n_bytes, ranks, bandwidth, latency):
@@ -137,13 +155,22 @@ def modelled_epoch(compute, global_batch, ranks, allreduce, samples=workloads.N_
 
 
 def measured_table(single, one_rank, two_ranks):
-    rows = [("fastnaive.fit", "1 x 2", f"{single:.2f}", "-"),
-            ("fit(comm=...)", "1 x 2", f"{one_rank['epoch']:.2f}",
-             f"{one_rank['allreduce'] / one_rank['epoch']:.1%}"),
-            ("fit(comm=...)", "2 x 1", f"{two_ranks['epoch']:.2f}",
-             f"{two_ranks['allreduce'] / two_ranks['epoch']:.1%}")]
-    return workloads.markdown_table(("trainer", "ranks x threads", "s/epoch", "in Allreduce"),
-                                    rows)
+    rows = [
+        ("fastnaive.fit", "1 x 2", f"{single:.2f}", "-"),
+        (
+            "fit(comm=...)",
+            "1 x 2",
+            f"{one_rank['epoch']:.2f}",
+            f"{one_rank['allreduce'] / one_rank['epoch']:.1%}",
+        ),
+        (
+            "fit(comm=...)",
+            "2 x 1",
+            f"{two_ranks['epoch']:.2f}",
+            f"{two_ranks['allreduce'] / two_ranks['epoch']:.1%}",
+        ),
+    ]
+    return workloads.markdown_table(("trainer", "ranks x threads", "s/epoch", "in Allreduce"), rows)
 
 
 def ranks_table(compute):
@@ -155,8 +182,9 @@ def ranks_table(compute):
             epoch = modelled_epoch(compute, workloads.BATCH_SIZE, ranks, allreduce)
             cells += [f"{allreduce * 1e3:.3f}", f"{epoch:.2f}"]
         rows.append(cells)
-    headers = ["N"] + [f"{h} ({name})" for name, _, _ in NETWORKS
-                       for h in ("Allreduce ms", "s/epoch")]
+    headers = ["N"] + [
+        f"{h} ({name})" for name, _, _ in NETWORKS for h in ("Allreduce ms", "s/epoch")
+    ]
     return workloads.markdown_table(headers, rows)
 
 
@@ -165,9 +193,12 @@ def best_ranks_table(compute):
     for global_batch in GLOBAL_BATCHES:
         cells = [str(global_batch)]
         for _, bandwidth, latency in NETWORKS:
-            epochs = {n: modelled_epoch(compute, global_batch, n,
-                                        ring_allreduce(BUFFER_BYTES, n, bandwidth, latency))
-                      for n in RANKS}
+            epochs = {
+                n: modelled_epoch(
+                    compute, global_batch, n, ring_allreduce(BUFFER_BYTES, n, bandwidth, latency)
+                )
+                for n in RANKS
+            }
             best = min(epochs, key=epochs.get)
             cells.append(f"{best} ({epochs[1] / epochs[best]:.1f}x)")
         rows.append(cells)
@@ -184,19 +215,32 @@ def report(args):
     workloads.settle()
     compute = step_seconds(LOCAL_BATCHES)
     samples = n_samples(args)
-    print(f"## Measured on this machine ({os.cpu_count()} cores), {samples} MNIST images, "
-          f"global batch {workloads.BATCH_SIZE}\n")
+    print(
+        f"## Measured on this machine ({os.cpu_count()} cores), {samples} MNIST images, "
+        f"global batch {workloads.BATCH_SIZE}\n"
+    )
     print(measured_table(single, one_rank, two_ranks))
-    print(f"\nOne Allreduce of {BUFFER_BYTES} bytes on 2 ranks (shared memory): "
-          f"{two_ranks['one_allreduce'] * 1e3:.3f} ms.\n")
-    print(workloads.markdown_table(("local batch", "step ms (1 thread)"),
-                                   [(b, f"{s * 1e3:.3f}") for b, s in compute.items()]))
-    predicted = modelled_epoch(compute, workloads.BATCH_SIZE, 2, two_ranks["one_allreduce"],
-                               samples)
-    print(f"\nModel check, 2 ranks x 1 thread: predicted {predicted:.2f} s/epoch "
-          f"(steps x (step(64) + one measured Allreduce)), measured {two_ranks['epoch']:.2f} s.")
-    print(f"\n## Modelled: N hosts of one such core, {workloads.N_TRAIN} images, global batch "
-          f"{workloads.BATCH_SIZE}, ring Allreduce of {BUFFER_BYTES} bytes\n")
+    print(
+        f"\nOne Allreduce of {BUFFER_BYTES} bytes on 2 ranks (shared memory): "
+        f"{two_ranks['one_allreduce'] * 1e3:.3f} ms.\n"
+    )
+    print(
+        workloads.markdown_table(
+            ("local batch", "step ms (1 thread)"),
+            [(b, f"{s * 1e3:.3f}") for b, s in compute.items()],
+        )
+    )
+    predicted = modelled_epoch(
+        compute, workloads.BATCH_SIZE, 2, two_ranks["one_allreduce"], samples
+    )
+    print(
+        f"\nModel check, 2 ranks x 1 thread: predicted {predicted:.2f} s/epoch "
+        f"(steps x (step(64) + one measured Allreduce)), measured {two_ranks['epoch']:.2f} s."
+    )
+    print(
+        f"\n## Modelled: N hosts of one such core, {workloads.N_TRAIN} images, global batch "
+        f"{workloads.BATCH_SIZE}, ring Allreduce of {BUFFER_BYTES} bytes\n"
+    )
     print(ranks_table(compute))
     print("\n## Modelled: the N in (1, 2, 4, 8, 16) with the shortest epoch, by global batch\n")
     print(best_ranks_table(compute))

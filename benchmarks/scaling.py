@@ -11,6 +11,7 @@ Times are the best of --repeats epochs (default 2) on MNIST's 60000 training ima
 a warm-up. --quick uses 4096 images (and n = 1024, 2048, 4096 for memory) and one epoch, to
 check the script. Nothing here fails on timing.
 """
+
 import argparse
 import subprocess
 import sys
@@ -25,7 +26,7 @@ MEMORY_SAMPLES = (10000, 30000, 60000)
 QUICK_SAMPLES = 4096
 QUICK_MEMORY_SAMPLES = (1024, 2048, 4096)
 HEADROOM_MIB = 150
-MIB = 2 ** 20
+MIB = 2**20
 # Run in a fresh interpreter: prints ru_maxrss (KiB) after loading the data and after one epoch.
 PEAK_RSS_CODE = """
 import resource, sys
@@ -39,10 +40,18 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_SAMPLES} images and one epoch per point, to check the script")
-    parser.add_argument("--repeats", type=int, default=None, metavar="N",
-                        help="epochs per point, the best reported (default 2, 1 with --quick)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_SAMPLES} images and one epoch per point, to check the script",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        metavar="N",
+        help="epochs per point, the best reported (default 2, 1 with --quick)",
+    )
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 2
@@ -61,8 +70,14 @@ def batch_size_table(x, y, repeats):
     rows = []
     for batch_size in BATCH_SIZES:
         seconds = epoch_seconds(x, y, repeats, batch_size=batch_size)
-        rows.append((batch_size, f"{seconds:.3f}", f"{len(x) / seconds:,.0f}",
-                     f"{workloads.epoch_flop(len(x)) / seconds / 1e9:.1f}"))
+        rows.append(
+            (
+                batch_size,
+                f"{seconds:.3f}",
+                f"{len(x) / seconds:,.0f}",
+                f"{workloads.epoch_flop(len(x)) / seconds / 1e9:.1f}",
+            )
+        )
     return workloads.markdown_table(["batch size", "seconds", "samples/s", "GEMM GFLOP/s"], rows)
 
 
@@ -70,8 +85,13 @@ def hidden_width_table(x, y, repeats):
     rows = []
     for hidden in HIDDEN_WIDTHS:
         seconds = epoch_seconds(x, y, repeats, hidden=hidden)
-        rows.append((hidden, f"{seconds:.3f}",
-                     f"{workloads.epoch_flop(len(x), hidden) / seconds / 1e9:.1f}"))
+        rows.append(
+            (
+                hidden,
+                f"{seconds:.3f}",
+                f"{workloads.epoch_flop(len(x), hidden) / seconds / 1e9:.1f}",
+            )
+        )
     return workloads.markdown_table(["hidden width", "seconds", "GEMM GFLOP/s"], rows)
 
 
@@ -81,14 +101,21 @@ def threads_table(x, y, repeats):
         with workloads.blas_threads(n_threads):
             seconds[n_threads] = epoch_seconds(x, y, repeats)
     one = seconds[BLAS_THREADS[0]]
-    return workloads.markdown_table(["BLAS threads", "seconds", "speed-up over 1 thread"], [
-        (n, f"{s:.3f}", f"{one / s:.2f}") for n, s in seconds.items()])
+    return workloads.markdown_table(
+        ["BLAS threads", "seconds", "speed-up over 1 thread"],
+        [(n, f"{s:.3f}", f"{one / s:.2f}") for n, s in seconds.items()],
+    )
 
 
 def peak_rss_mib(n_samples):
     """Peak RSS in MiB of a fresh process after loading n_samples and after one fit epoch."""
-    out = subprocess.run([sys.executable, "-c", PEAK_RSS_CODE, str(n_samples)], check=True,
-                         capture_output=True, text=True, cwd=Path(__file__).parent).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_CODE, str(n_samples)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    ).stdout
     loaded, trained = (int(kib) * 1024 / MIB for kib in out.split())
     return loaded, trained
 
@@ -99,19 +126,38 @@ def memory_table(sample_counts):
         data = n * workloads.N_FEATURES * 4 / MIB
         loaded, trained = peak_rss_mib(n)
         bound = data + HEADROOM_MIB
-        rows.append((n, f"{data:.0f}", f"{bound:.0f}", f"{loaded:.0f}", f"{trained:.0f}",
-                     f"{trained - loaded:.0f}", "yes" if trained <= bound else "no"))
+        rows.append(
+            (
+                n,
+                f"{data:.0f}",
+                f"{bound:.0f}",
+                f"{loaded:.0f}",
+                f"{trained:.0f}",
+                f"{trained - loaded:.0f}",
+                "yes" if trained <= bound else "no",
+            )
+        )
     return workloads.markdown_table(
-        ["samples", "float32 set MiB", f"bound: set + {HEADROOM_MIB} MiB",
-         "peak RSS after loading MiB", "peak RSS after fit MiB", "fit adds MiB", "within bound"],
-        rows)
+        [
+            "samples",
+            "float32 set MiB",
+            f"bound: set + {HEADROOM_MIB} MiB",
+            "peak RSS after loading MiB",
+            "peak RSS after fit MiB",
+            "fit adds MiB",
+            "within bound",
+        ],
+        rows,
+    )
 
 
 def main(argv=None):
     args = parse_args(argv)
     x, y = workloads.mnist_train(QUICK_SAMPLES if args.quick else workloads.N_TRAIN)
-    print(f"fastnaive.fit, one epoch on {len(x)} MNIST images, best of {args.repeats}; "
-          "noisy on a busy machine.\n")
+    print(
+        f"fastnaive.fit, one epoch on {len(x)} MNIST images, best of {args.repeats}; "
+        "noisy on a busy machine.\n"
+    )
     for title, table in [
         ("Epoch time against batch size (hidden 512)", batch_size_table),
         ("Epoch time against hidden width (batch 128)", hidden_width_table),

@@ -16,12 +16,13 @@ path's time, so the sparse path's figure is what dense GEMM would need to match 
 component table times each call within its path's step, over the first COMPONENT_BATCHES
 batches. --quick runs 20 batches once, to check the script. Nothing here fails on timing.
 """
+
 import argparse
 import time
 
 import numpy as np
-
 import workloads
+
 from fastnaive import _kernels, _sparse
 
 THREADS = (1, 2)
@@ -32,11 +33,16 @@ QUICK_BATCHES = 20
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_BATCHES} batches, once, to check the script")
-    parser.add_argument("--repeats", type=int, default=None, metavar="N",
-                        help="epochs per path and thread count, the best reported "
-                             "(default 3, 1 with --quick)")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_BATCHES} batches, once, to check the script"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        metavar="N",
+        help="epochs per path and thread count, the best reported (default 3, 1 with --quick)",
+    )
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
@@ -48,7 +54,7 @@ def aligned(shape, dtype, misalignment=0):
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
     raw = np.empty(size + 128, np.uint8)
     start = -raw.ctypes.data % 64 + misalignment
-    return raw[start:start + size].view(dtype).reshape(shape)
+    return raw[start : start + size].view(dtype).reshape(shape)
 
 
 class Layer:
@@ -78,7 +84,7 @@ class Layer:
 
     def grouped_rows(self, X, n_threads):
         starts, index, quads = self.rows
-        rows = (starts[:16 * -(-X.shape[0] // 4)], index, quads)
+        rows = (starts[: 16 * -(-X.shape[0] // 4)], index, quads)
         _sparse.group_rows_checked(X, *rows, n_threads=n_threads)
         return rows
 
@@ -92,13 +98,14 @@ class Layer:
         rows = self.grouped_rows(X, n_threads)
         _sparse.sparse_forward_checked(*rows, self.W, self.b, True, self.Z[:n], n_threads)
         columns = self.grouped_columns(X, n_threads)
-        _sparse.sparse_param_grad_checked(*columns, self.delta[:n], self.alpha, 1.0, self.W,
-                                          self.b, n_threads)
+        _sparse.sparse_param_grad_checked(
+            *columns, self.delta[:n], self.alpha, 1.0, self.W, self.b, n_threads
+        )
 
 
 def batches_of(x, n_batches):
     size = workloads.BATCH_SIZE
-    return [x[start:start + size] for start in range(0, min(len(x), n_batches * size), size)]
+    return [x[start : start + size] for start in range(0, min(len(x), n_batches * size), size)]
 
 
 def run(step, items, n_threads):
@@ -120,18 +127,33 @@ def epoch_table(layers, batches, repeats):
             with workloads.blas_threads(n_threads):
                 for path, (layer, method) in layers.items():
                     step = getattr(layer, method)
-                    elapsed = best_of(lambda: run(step, batches, n_threads), 1)
-                    seconds[path, n_threads] = min(seconds.get((path, n_threads), elapsed),
-                                                   elapsed)
+                    elapsed = best_of(lambda s=step, t=n_threads: run(s, batches, t), 1)
+                    seconds[path, n_threads] = min(seconds.get((path, n_threads), elapsed), elapsed)
     flop = sum(4 * len(X) * workloads.N_FEATURES * workloads.HIDDEN for X in batches)
     dense = next(iter(layers))
     rows = []
     for (path, n_threads), elapsed in sorted(seconds.items(), key=lambda item: item[0][1]):
-        rows.append((path, n_threads, f"{elapsed / len(batches) * 1e6:.0f}", f"{elapsed:.3f}",
-                     f"{seconds[dense, n_threads] / elapsed:.2f}", f"{flop / elapsed / 1e9:.0f}"))
+        rows.append(
+            (
+                path,
+                n_threads,
+                f"{elapsed / len(batches) * 1e6:.0f}",
+                f"{elapsed:.3f}",
+                f"{seconds[dense, n_threads] / elapsed:.2f}",
+                f"{flop / elapsed / 1e9:.0f}",
+            )
+        )
     return workloads.markdown_table(
-        ["path", "threads", "µs per batch", f"layer 1, {len(batches)} batches (s)",
-         "speed-up over dense", "effective GFLOP/s"], rows)
+        [
+            "path",
+            "threads",
+            "µs per batch",
+            f"layer 1, {len(batches)} batches (s)",
+            "speed-up over dense",
+            "effective GFLOP/s",
+        ],
+        rows,
+    )
 
 
 def timed_calls(calls, batches, n_threads):
@@ -160,16 +182,20 @@ def component_table(layer, batches, repeats):
     sparse = {
         "group rows": group_rows,
         "sparse forward": lambda X, t: _sparse.sparse_forward_checked(
-            *layouts["rows"], layer.W, layer.b, True, layer.Z, t),
+            *layouts["rows"], layer.W, layer.b, True, layer.Z, t
+        ),
         "group columns": group_columns,
         "sparse update": lambda X, t: _sparse.sparse_param_grad_checked(
-            *layouts["columns"], layer.delta, layer.alpha, 1.0, layer.W, layer.b, t),
+            *layouts["columns"], layer.delta, layer.alpha, 1.0, layer.W, layer.b, t
+        ),
     }
     dense = {
         "dense forward": lambda X, t: _kernels.dense_forward_checked(
-            X, layer.W, layer.b, True, layer.Z),
+            X, layer.W, layer.b, True, layer.Z
+        ),
         "dense update": lambda X, t: _kernels.dense_param_grad_checked(
-            X, layer.delta, layer.alpha, 1.0, layer.W, layer.b),
+            X, layer.delta, layer.alpha, 1.0, layer.W, layer.b
+        ),
     }
     table = []
     for n_threads in THREADS:
@@ -183,10 +209,18 @@ def component_table(layer, batches, repeats):
         micros = {name: seconds / len(batches) * 1e6 for name, seconds in best.items()}
         sparse_total = sum(micros[name] for name in sparse)
         dense_total = sum(micros[name] for name in dense)
-        table.append((n_threads, *(f"{t:.0f}" for t in micros.values()), f"{sparse_total:.0f}",
-                      f"{dense_total:.0f}", f"{dense_total / sparse_total:.2f}"))
+        table.append(
+            (
+                n_threads,
+                *(f"{t:.0f}" for t in micros.values()),
+                f"{sparse_total:.0f}",
+                f"{dense_total:.0f}",
+                f"{dense_total / sparse_total:.2f}",
+            )
+        )
     return workloads.markdown_table(
-        ["threads", *sparse, *dense, "sparse total", "dense total", "speed-up"], table)
+        ["threads", *sparse, *dense, "sparse total", "dense total", "speed-up"], table
+    )
 
 
 def main(argv=None):
@@ -198,17 +232,26 @@ def main(argv=None):
         layer.dense(X, 1)
         layer.sparse(X, 1)
     nonzero = np.mean([np.count_nonzero(X) / X.size for X in batches])
-    print(f"Layer 1 (784 -> 512, relu) of the book's MLP on {len(batches)} MNIST batches of "
-          f"{workloads.BATCH_SIZE} ({nonzero:.1%} of pixels nonzero), kernels on "
-          f"{_sparse.instruction_set()}, best of {args.repeats}; noisy on a busy machine.\n")
-    layers = {"dense (sgemm)": (layer, "dense"), "sparse": (layer, "sparse"),
-              "sparse, W1 and delta1 16 B past 64": (misaligned, "sparse")}
-    print(f"## Forward and fused SGD update, per batch and over the batches\n\n"
-          f"{epoch_table(layers, batches, args.repeats)}\n")
-    component_batches = batches[:QUICK_BATCHES if args.quick else COMPONENT_BATCHES]
-    print(f"## Each call, µs per batch of {workloads.BATCH_SIZE} (first "
-          f"{len(component_batches)} batches)\n\n"
-          f"{component_table(layer, component_batches, args.repeats)}")
+    print(
+        f"Layer 1 (784 -> 512, relu) of the book's MLP on {len(batches)} MNIST batches of "
+        f"{workloads.BATCH_SIZE} ({nonzero:.1%} of pixels nonzero), kernels on "
+        f"{_sparse.instruction_set()}, best of {args.repeats}; noisy on a busy machine.\n"
+    )
+    layers = {
+        "dense (sgemm)": (layer, "dense"),
+        "sparse": (layer, "sparse"),
+        "sparse, W1 and delta1 16 B past 64": (misaligned, "sparse"),
+    }
+    print(
+        f"## Forward and fused SGD update, per batch and over the batches\n\n"
+        f"{epoch_table(layers, batches, args.repeats)}\n"
+    )
+    component_batches = batches[: QUICK_BATCHES if args.quick else COMPONENT_BATCHES]
+    print(
+        f"## Each call, µs per batch of {workloads.BATCH_SIZE} (first "
+        f"{len(component_batches)} batches)\n\n"
+        f"{component_table(layer, component_batches, args.repeats)}"
+    )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ fastnaive.reference.sgd_step. --quick runs one round on a 2048-sample slice.
 
 Run: python -m pytest benchmarks/test_bench_epochs.py -p no:cacheprovider [--quick]
 """
-import pytest
 
+import pytest
 import workloads
 
 ROUNDS = 5
@@ -18,8 +18,13 @@ def epoch(benchmark, mnist_train, quick):
     benchmark.group = f"epoch mnist n={len(x)}"
 
     def run(epoch_function):
-        benchmark.pedantic(epoch_function, (workloads.book_model(), x, y),
-                           rounds=1 if quick else ROUNDS, warmup_rounds=0 if quick else 1)
+        benchmark.pedantic(
+            epoch_function,
+            (workloads.book_model(), x, y),
+            rounds=1 if quick else ROUNDS,
+            warmup_rounds=0 if quick else 1,
+        )
+
     return run
 
 

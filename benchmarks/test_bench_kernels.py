@@ -8,6 +8,7 @@ TensorFlow (the same ops under tf.function, on tensors), one group per kernel an
 
 Run: python -m pytest benchmarks/test_bench_kernels.py -p no:cacheprovider [--quick]
 """
+
 import types
 
 import numpy as np
@@ -60,8 +61,11 @@ def tf_dense_relu_forward(X, W, b):
 @tf.function
 def tf_dense_relu_backward(X, W, Z, G):
     delta = tf.where(Z > 0, G, tf.zeros_like(G))
-    return (tf.matmul(delta, W, transpose_b=True), tf.matmul(X, delta, transpose_a=True),
-            tf.reduce_sum(delta, axis=0))
+    return (
+        tf.matmul(delta, W, transpose_b=True),
+        tf.matmul(X, delta, transpose_a=True),
+        tf.reduce_sum(delta, axis=0),
+    )
 
 
 @tf.function
@@ -100,8 +104,9 @@ def test_dense_relu_backward_fastnaive(benchmark, layer):
     # relu_backward masks delta in place; masking again leaves it unchanged.
     delta = layer.G.copy()
     dX_out, dW_out, db_out = np.empty_like(layer.X), np.empty_like(layer.W), np.empty_like(layer.b)
-    benchmark(fastnaive_dense_relu_backward, layer.X, layer.W, layer.Z, delta,
-              dX_out, dW_out, db_out)
+    benchmark(
+        fastnaive_dense_relu_backward, layer.X, layer.W, layer.Z, delta, dX_out, dW_out, db_out
+    )
 
 
 def test_dense_relu_backward_reference(benchmark, layer):

@@ -5,14 +5,14 @@ under tf.function.
 
 Run: python -m pytest benchmarks/test_bench_steps.py -p no:cacheprovider [--quick]
 """
-import numpy as np
-import pytest
-
-import fastnaive
-import workloads
-from fastnaive import engine, reference
 
 import book_tf  # noqa: E402  (imports TensorFlow: a benchmark requirement)
+import numpy as np
+import pytest
+import workloads
+
+import fastnaive
+from fastnaive import engine, reference
 
 GROUP = "step b128"
 
@@ -20,7 +20,7 @@ GROUP = "step b128"
 @pytest.fixture(scope="module")
 def batch(mnist_train):
     x, y = mnist_train
-    return x[:workloads.BATCH_SIZE], y[:workloads.BATCH_SIZE]
+    return x[: workloads.BATCH_SIZE], y[: workloads.BATCH_SIZE]
 
 
 def test_step_fit_fused(benchmark, batch):

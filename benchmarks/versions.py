@@ -54,8 +54,9 @@ def run(build, threads):
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = str(threads)
     code = WORKER.format(benchmarks=str(Path(__file__).resolve().parent))
-    output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                            text=True, env=env, cwd="/").stdout
+    output = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env, cwd="/"
+    ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -65,15 +66,24 @@ def main(argv=None):
     for _ in range(args.rounds):
         for build in args.builds:
             results[build].append(run(build, args.threads))
-    print(f"{workloads.cpu_description()}; threads: {args.threads or 'default'}; {args.rounds} rounds, interleaved\n")
+    threads = args.threads or "default"
+    print(f"{workloads.cpu_description()}; threads: {threads}; {args.rounds} rounds, interleaved\n")
     rows = []
     for build, runs in results.items():
         for name in ("fit", "book loop"):
             seconds = [r[name] for r in runs]
-            rows.append((build, runs[0]["file"], name, f"{statistics.median(seconds):.3f}",
-                         f"{min(seconds):.3f}"))
-    print(workloads.markdown_table(("build", "imported from", "epoch of", "median s",
-                                    "best s"), rows))
+            rows.append(
+                (
+                    build,
+                    runs[0]["file"],
+                    name,
+                    f"{statistics.median(seconds):.3f}",
+                    f"{min(seconds):.3f}",
+                )
+            )
+    print(
+        workloads.markdown_table(("build", "imported from", "epoch of", "median s", "best s"), rows)
+    )
 
 
 if __name__ == "__main__":

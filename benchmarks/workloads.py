@@ -4,6 +4,7 @@ each NumPy-side trainer, and the timing and table helpers.
 The pytest benchmarks, compare.py, scaling.py and allocations.py import it from this
 folder; the TensorFlow side is in book_tf.py.
 """
+
 import time
 
 import numpy as np
@@ -35,10 +36,12 @@ def mnist_train(n_samples=N_TRAIN):
 
 def book_model(hidden=HIDDEN, seed=0):
     """The book's NaiveSequential: 784 -> hidden relu -> 10 softmax, float32."""
-    return fastnaive.NaiveSequential([
-        fastnaive.NaiveDense(N_FEATURES, hidden, fastnaive.relu, seed=seed),
-        fastnaive.NaiveDense(hidden, N_CLASSES, fastnaive.softmax, seed=seed + 1),
-    ])
+    return fastnaive.NaiveSequential(
+        [
+            fastnaive.NaiveDense(N_FEATURES, hidden, fastnaive.relu, seed=seed),
+            fastnaive.NaiveDense(hidden, N_CLASSES, fastnaive.softmax, seed=seed + 1),
+        ]
+    )
 
 
 def epoch_flop(n_samples, hidden=HIDDEN):

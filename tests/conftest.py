@@ -1,5 +1,6 @@
 """Shared fixtures: the dtypes, a seeded generator, the real MNIST, and the book's TensorFlow
 code as the oracle. The plain helpers are in helpers.py."""
+
 import numpy as np
 import pytest
 from helpers import DTYPES
@@ -26,8 +27,10 @@ def mnist():
     try:
         data = fastnaive.datasets.mnist.load_data()
     except (OSError, ValueError) as exc:
-        failure = (f"The MNIST tests need the real MNIST: set FASTNAIVE_DATA to a folder "
-                   f"holding mnist.npz. Loading it failed with:\n{exc}")
+        failure = (
+            f"The MNIST tests need the real MNIST: set FASTNAIVE_DATA to a folder "
+            f"holding mnist.npz. Loading it failed with:\n{exc}"
+        )
     else:
         failure = None
     if failure:
@@ -47,4 +50,5 @@ def book():
     Imported here, so that only the tests using it import TensorFlow.
     """
     import tf_book
+
     return tf_book

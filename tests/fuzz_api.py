@@ -8,6 +8,7 @@ that takes longer than --call-timeout seconds is reported as a hang.
 prints the number of calls, how many raised each exception, and exits 1 on any
 undocumented exception or hang. tests/test_fuzz.py runs a short version.
 """
+
 import argparse
 import collections
 import contextlib
@@ -21,8 +22,17 @@ import numpy as np
 import fastnaive
 
 DOCUMENTED = (ValueError, TypeError, FloatingPointError)
-DTYPES = [np.float16, np.float32, np.float64, np.int8, np.uint8, np.int64, np.bool_,
-          np.complex64, object]
+DTYPES = [
+    np.float16,
+    np.float32,
+    np.float64,
+    np.int8,
+    np.uint8,
+    np.int64,
+    np.bool_,
+    np.complex64,
+    object,
+]
 LABEL_DTYPES = [np.uint8, np.int8, np.int32, np.int64, np.float32, np.bool_]
 ACTIVATIONS = ["relu", "softmax", None, "linear", "tanh", fastnaive.relu, 3]
 SPECIAL_VALUES = [np.nan, np.inf, -np.inf, 1e4, -1e4, 1e30, 0.0]
@@ -67,10 +77,13 @@ class Fuzzer:
         depth = self.size(1, 4)
         sizes = [self.size(1, 9) for _ in range(depth + 1)]
         dtype = self.choice(["float32", "float64"])
-        layers = [fastnaive.NaiveDense(sizes[i], sizes[i + 1], "relu", dtype=dtype)
-                  for i in range(depth - 1)]
-        layers.append(fastnaive.NaiveDense(sizes[-2], sizes[-1], self.choice(["softmax", None]),
-                                           dtype=dtype))
+        layers = [
+            fastnaive.NaiveDense(sizes[i], sizes[i + 1], "relu", dtype=dtype)
+            for i in range(depth - 1)
+        ]
+        layers.append(
+            fastnaive.NaiveDense(sizes[-2], sizes[-1], self.choice(["softmax", None]), dtype=dtype)
+        )
         return fastnaive.NaiveSequential(layers)
 
     def images(self, model):
@@ -89,17 +102,23 @@ class Fuzzer:
 
     def call(self):
         """Return (name, thunk) for one random public call."""
-        kind = self.choice(["dense", "sequential", "forward", "train", "update", "batches",
-                            "set_weights"])
+        kind = self.choice(
+            ["dense", "sequential", "forward", "train", "update", "batches", "set_weights"]
+        )
         if kind == "dense":
-            args = (self.choice([self.size(-1, 5), 2**31, 2.5]), self.size(-1, 5),
-                    self.choice(ACTIVATIONS))
-            return kind, lambda: fastnaive.NaiveDense(*args, dtype=self.choice(
-                ["float32", "float64", "float16", "int32"]))
+            args = (
+                self.choice([self.size(-1, 5), 2**31, 2.5]),
+                self.size(-1, 5),
+                self.choice(ACTIVATIONS),
+            )
+            return kind, lambda: fastnaive.NaiveDense(
+                *args, dtype=self.choice(["float32", "float64", "float16", "int32"])
+            )
         if kind == "sequential":
-            layers = [fastnaive.NaiveDense(self.size(1, 5), self.size(1, 5),
-                                           self.choice(ACTIVATIONS[:4]))
-                      for _ in range(self.size(0, 4))]
+            layers = [
+                fastnaive.NaiveDense(self.size(1, 5), self.size(1, 5), self.choice(ACTIVATIONS[:4]))
+                for _ in range(self.size(0, 4))
+            ]
             return kind, lambda: fastnaive.NaiveSequential(layers)
         model = self.model()
         if kind == "forward":
@@ -110,10 +129,13 @@ class Fuzzer:
             y = self.labels(model, len(x) if x.ndim else 0)
             return kind, self.training_call(model, x, y)
         if kind == "update":
-            grads = [self.array(w.shape, self.choice([np.float32, np.float64, np.int64, object]))
-                     for w in model.weights]
+            grads = [
+                self.array(w.shape, self.choice([np.float32, np.float64, np.int64, object]))
+                for w in model.weights
+            ]
             return kind, lambda: fastnaive.update_weights(
-                grads, model.weights, self.choice([1e-3, 0.0, -1.0, np.nan]))
+                grads, model.weights, self.choice([1e-3, 0.0, -1.0, np.nan])
+            )
         if kind == "batches":
             x = self.images(model)
             y = self.labels(model, len(x) if x.ndim else 0)
@@ -128,10 +150,18 @@ class Fuzzer:
             lambda: fastnaive.one_training_step(model, x, y),
             lambda: fastnaive.evaluate(model, x, y),
             lambda: fastnaive.evaluate_loss(model, x, y, batch_size=self.size(-1, 8)),
-            lambda: fastnaive.fit(model, x, y, epochs=self.size(-1, 3), batch_size=self.size(-1, 8),
-                                  optimizer=optimizer, shuffle=bool(self.rng.integers(2)),
-                                  seed=1, validation_split=self.choice([0.0, 0.25, 1.5]),
-                                  verbose=self.choice([0, 0, 0, 2, 5])),
+            lambda: fastnaive.fit(
+                model,
+                x,
+                y,
+                epochs=self.size(-1, 3),
+                batch_size=self.size(-1, 8),
+                optimizer=optimizer,
+                shuffle=bool(self.rng.integers(2)),
+                seed=1,
+                validation_split=self.choice([0.0, 0.25, 1.5]),
+                verbose=self.choice([0, 0, 0, 2, 5]),
+            ),
         ]
         return self.choice(calls)
 
@@ -177,8 +207,10 @@ def main(argv=None):
     start = time.perf_counter()
     counts, failures = fuzz(args.calls, args.seed, args.call_timeout)
     seconds = time.perf_counter() - start
-    print(f"{args.calls} generated calls (seed {args.seed}) in {seconds:.1f} s: "
-          + ", ".join(f"{key} {value}" for key, value in sorted(counts.items())))
+    print(
+        f"{args.calls} generated calls (seed {args.seed}) in {seconds:.1f} s: "
+        + ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
+    )
     for failure in failures[:20]:
         print("FAILED", failure)
     print(f"{len(failures)} undocumented exceptions or hangs")

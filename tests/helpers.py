@@ -1,5 +1,6 @@
 """Plain helpers shared by the test modules: tolerances, small models and data, arrays, sparse
 layouts and MNIST-layout files. The fixtures are in conftest.py."""
+
 import gzip
 import struct
 
@@ -35,8 +36,9 @@ def assert_scaled_close(actual, expected, rtol, atol=0.0):
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     assert actual.shape == expected.shape
     error, scale = np.max(np.abs(actual - expected)), np.max(np.abs(expected))
-    assert error <= rtol * scale + atol, \
+    assert error <= rtol * scale + atol, (
         f"max|a - b| = {error:.3g} > {rtol:g} * max|b| + {atol:.3g} (max|b| = {scale:.3g})"
+    )
 
 
 # Models and data
@@ -49,9 +51,12 @@ EXPECTED_RECEIVED = r"^Expected .+\. Received: "
 
 def make_model(dtype="float32", last="softmax"):
     """A relu -> `last` MLP with weights of both signs, so that relu masks some hidden units."""
-    model = fastnaive.NaiveSequential([
-        fastnaive.NaiveDense(N_FEATURES, N_HIDDEN, "relu", dtype=dtype),
-        fastnaive.NaiveDense(N_HIDDEN, N_CLASSES, last, dtype=dtype)])
+    model = fastnaive.NaiveSequential(
+        [
+            fastnaive.NaiveDense(N_FEATURES, N_HIDDEN, "relu", dtype=dtype),
+            fastnaive.NaiveDense(N_HIDDEN, N_CLASSES, last, dtype=dtype),
+        ]
+    )
     rng = np.random.default_rng(0)
     for weight in model.weights:
         weight[...] = rng.normal(0.0, 0.1, weight.shape)
@@ -61,8 +66,10 @@ def make_model(dtype="float32", last="softmax"):
 def make_data(n_samples=50, dtype="float32"):
     """Standard normal images for make_model, and random labels."""
     rng = np.random.default_rng(1)
-    return (rng.standard_normal((n_samples, N_FEATURES)).astype(dtype),
-            rng.integers(0, N_CLASSES, n_samples))
+    return (
+        rng.standard_normal((n_samples, N_FEATURES)).astype(dtype),
+        rng.integers(0, N_CLASSES, n_samples),
+    )
 
 
 def assert_same_weights(model, expected):
@@ -77,8 +84,10 @@ def random_model(sizes, last_activation, dtype, seed):
     of each other, so every probability stays far inside Keras' clip interval.
     """
     rng = np.random.default_rng(seed)
-    layers = [fastnaive.NaiveDense(n_in, n_out, "relu", dtype=dtype)
-              for n_in, n_out in zip(sizes[:-2], sizes[1:-1])]
+    layers = [
+        fastnaive.NaiveDense(n_in, n_out, "relu", dtype=dtype)
+        for n_in, n_out in zip(sizes[:-2], sizes[1:-1])
+    ]
     layers.append(fastnaive.NaiveDense(sizes[-2], sizes[-1], last_activation, dtype=dtype))
     for layer in layers:
         layer.W = rng.normal(0, np.sqrt(2 / layer.input_size), layer.W.shape).astype(dtype)
@@ -87,6 +96,7 @@ def random_model(sizes, last_activation, dtype, seed):
 
 
 # Arrays
+
 
 def read_only(array):
     array.setflags(write=False)
@@ -111,6 +121,7 @@ SCALES = {
 
 
 # Sparse layouts
+
 
 def by_rows(X, n_threads=None):
     """X grouped by rows, for sparse_forward_checked."""

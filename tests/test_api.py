@@ -1,4 +1,5 @@
 """Tests for fastnaive's public API: layers, models, batches, training and their checks."""
+
 import re
 import subprocess
 import sys
@@ -6,18 +7,40 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import (EXPECTED_RECEIVED, N_CLASSES, N_FEATURES, N_HIDDEN, assert_close,
-                     assert_same_weights, make_data, make_model, read_only)
+from helpers import (
+    EXPECTED_RECEIVED,
+    N_CLASSES,
+    N_FEATURES,
+    N_HIDDEN,
+    assert_close,
+    assert_same_weights,
+    make_data,
+    make_model,
+    read_only,
+)
 
 import fastnaive
-from fastnaive import (SGD, BatchGenerator, NaiveDense, NaiveSequential, evaluate, fit,
-                       loss_and_gradients, one_training_step, reference, update_weights)
+from fastnaive import (
+    SGD,
+    BatchGenerator,
+    NaiveDense,
+    NaiveSequential,
+    evaluate,
+    fit,
+    loss_and_gradients,
+    one_training_step,
+    reference,
+    update_weights,
+)
 
 # NaiveDense
 
 INIT_CASES = [
     # Seed 176 draws, in float64, a value that float32 would round up to float32(0.1) > 0.1.
-    ("float32", 0), ("float64", 0), ("float64", 176), ("float32", 176),
+    ("float32", 0),
+    ("float64", 0),
+    ("float64", 176),
+    ("float32", 176),
 ]
 
 
@@ -35,11 +58,15 @@ def test_dense_seed_makes_weights_reproducible():
     assert not np.array_equal(first, other)
 
 
-@pytest.mark.parametrize("args, text", [
-    ((784, 512, "relu", "float32"), "NaiveDense(784 -> 512, relu, float32)"),
-    ((512, 10, "softmax", "float64"), "NaiveDense(512 -> 10, softmax, float64)"),
-    ((3, 2, None, "float32"), "NaiveDense(3 -> 2, linear, float32)"),
-], ids=["relu", "softmax", "linear"])
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        ((784, 512, "relu", "float32"), "NaiveDense(784 -> 512, relu, float32)"),
+        ((512, 10, "softmax", "float64"), "NaiveDense(512 -> 10, softmax, float64)"),
+        ((3, 2, None, "float32"), "NaiveDense(3 -> 2, linear, float32)"),
+    ],
+    ids=["relu", "softmax", "linear"],
+)
 def test_dense_repr(args, text):
     input_size, output_size, activation, dtype = args
     assert repr(NaiveDense(input_size, output_size, activation, dtype=dtype)) == text
@@ -60,21 +87,29 @@ ACCEPTED_ACTIVATIONS = {
 REJECTED_ACTIVATIONS = {"lambda": lambda x: x, "'tanh'": "tanh", "tf.nn.tanh": tf.nn.tanh}
 
 
-@pytest.mark.parametrize("activation, name", ACCEPTED_ACTIVATIONS.values(), ids=ACCEPTED_ACTIVATIONS.keys())
+@pytest.mark.parametrize(
+    "activation, name", ACCEPTED_ACTIVATIONS.values(), ids=ACCEPTED_ACTIVATIONS.keys()
+)
 def test_activation_is_resolved(activation, name):
     assert NaiveDense(3, 2, activation).activation == name
 
 
-@pytest.mark.parametrize("activation", REJECTED_ACTIVATIONS.values(), ids=REJECTED_ACTIVATIONS.keys())
+@pytest.mark.parametrize(
+    "activation", REJECTED_ACTIVATIONS.values(), ids=REJECTED_ACTIVATIONS.keys()
+)
 def test_unknown_activation_raises(activation):
     with pytest.raises(ValueError, match=EXPECTED_RECEIVED + "activation="):
         NaiveDense(3, 2, activation)
 
 
 def test_import_does_not_import_tensorflow():
-    code = ("import sys, fastnaive; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = (
+        "import sys, fastnaive; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"
 
 
@@ -88,6 +123,7 @@ def test_dense_call_matches_reference(dtype, index):
 
 
 # Live weights
+
 
 def test_writing_into_weights_changes_outputs(dtype):
     model, (x, _) = make_model(dtype), make_data(5, dtype)
@@ -117,7 +153,9 @@ BAD_WEIGHTS = {
 }
 
 
-@pytest.mark.parametrize("name, make_bad, error, received", BAD_WEIGHTS.values(), ids=BAD_WEIGHTS.keys())
+@pytest.mark.parametrize(
+    "name, make_bad, error, received", BAD_WEIGHTS.values(), ids=BAD_WEIGHTS.keys()
+)
 def test_assigning_a_bad_weight_raises(name, make_bad, error, received):
     layer = NaiveDense(N_FEATURES, N_HIDDEN, "relu")
     before = getattr(layer, name)
@@ -130,7 +168,10 @@ def test_assigning_a_bad_weight_raises(name, make_bad, error, received):
 
 BAD_STACKS = {
     "size-mismatch": ([NaiveDense(4, 3, "relu"), NaiveDense(2, 5, None)], ValueError),
-    "dtype-mismatch": ([NaiveDense(4, 3, "relu"), NaiveDense(3, 5, None, dtype="float64")], TypeError),
+    "dtype-mismatch": (
+        [NaiveDense(4, 3, "relu"), NaiveDense(3, 5, None, dtype="float64")],
+        TypeError,
+    ),
     "softmax-not-last": ([NaiveDense(4, 3, "softmax"), NaiveDense(3, 5, None)], ValueError),
     "no-layers": ([], ValueError),
     "not-a-layer": ([NaiveDense(4, 3, "relu"), "dense"], TypeError),
@@ -172,15 +213,20 @@ INPUT_FORMS = {
 @pytest.mark.parametrize("form", INPUT_FORMS.values(), ids=INPUT_FORMS.keys())
 def test_model_accepts_any_real_input_form(dtype, form):
     model = make_model(dtype)
-    x = np.random.default_rng(2).integers(0, 4, (7, N_FEATURES)).astype(dtype)  # exact in every form
+    x = (
+        np.random.default_rng(2).integers(0, 4, (7, N_FEATURES)).astype(dtype)
+    )  # exact in every form
     assert_close(model(form(x)), model(x), dtype)
 
 
 # BatchGenerator
 
-@pytest.mark.parametrize("n_samples, batch_size, num_batches",
-                         [(10, 4, 3), (8, 4, 2), (1, 128, 1), (60000, 128, 469)],
-                         ids=["short-last", "exact", "one-sample", "mnist"])
+
+@pytest.mark.parametrize(
+    "n_samples, batch_size, num_batches",
+    [(10, 4, 3), (8, 4, 2), (1, 128, 1), (60000, 128, 469)],
+    ids=["short-last", "exact", "one-sample", "mnist"],
+)
 def test_num_batches(n_samples, batch_size, num_batches):
     batches = BatchGenerator(np.zeros((n_samples, 1)), np.zeros(n_samples), batch_size)
     assert batches.num_batches == len(batches) == num_batches
@@ -194,7 +240,13 @@ def test_next_goes_in_order_and_wraps_around():
     images, labels = ten_samples()
     batches = BatchGenerator(images, labels, batch_size=4)
     got = [batches.next() for _ in range(5)]
-    assert [y.tolist() for _, y in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9], [0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [y.tolist() for _, y in got] == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9],
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+    ]
     for x, y in got:
         np.testing.assert_array_equal(x, images[y])  # exact: slices of integers
 
@@ -213,6 +265,7 @@ def test_batch_generator_length_mismatch_raises():
 
 # Training
 
+
 @pytest.mark.parametrize("last", ["softmax", None, "relu"], ids=["softmax", "linear", "relu"])
 def test_loss_and_gradients_match_reference(dtype, last):
     model, (x, y) = make_model(dtype, last), make_data(dtype=dtype)
@@ -228,13 +281,19 @@ def test_one_training_step_matches_reference(dtype, learning_rate):
     model, expected, (x, y) = make_model(dtype), make_model(dtype), make_data(dtype=dtype)
     optimizer = None if learning_rate is None else SGD(learning_rate)
     loss = one_training_step(model, x, y, optimizer=optimizer)
-    assert_close(loss, reference.sgd_step(expected, x, y, learning_rate or 1e-3), dtype)  # the book's 1e-3
+    assert_close(
+        loss, reference.sgd_step(expected, x, y, learning_rate or 1e-3), dtype
+    )  # the book's 1e-3
     assert_same_weights(model, expected)
 
 
 UPDATES = {
-    "update_weights": lambda gradients, weights: update_weights(gradients, weights, learning_rate=0.5),
-    "SGD.apply_gradients": lambda gradients, weights: SGD(0.5).apply_gradients(zip(gradients, weights)),
+    "update_weights": lambda gradients, weights: update_weights(
+        gradients, weights, learning_rate=0.5
+    ),
+    "SGD.apply_gradients": lambda gradients, weights: SGD(0.5).apply_gradients(
+        zip(gradients, weights)
+    ),
 }
 
 
@@ -254,8 +313,10 @@ def test_fit_matches_the_books_loop_of_training_steps(dtype):
     expected_losses = []
     for _ in range(2):
         batches = BatchGenerator(x, y, batch_size=16)
-        step_losses = [one_training_step(expected, *batches.next(), optimizer=SGD(0.1))
-                       for _ in range(batches.num_batches)]
+        step_losses = [
+            one_training_step(expected, *batches.next(), optimizer=SGD(0.1))
+            for _ in range(batches.num_batches)
+        ]
         expected_losses.append(np.average(step_losses, weights=[16, 16, 16, 2]))  # 50 samples
     assert_close(losses, expected_losses, dtype)
     assert_same_weights(model, expected)
@@ -265,8 +326,14 @@ def test_fit_prints_the_books_lines(capsys):
     model, (x, y) = make_model(), make_data(250)
     fit(model, x, y, epochs=2, batch_size=2)
     lines = [re.sub(r"\d+\.\d\d$", "x.xx", line) for line in capsys.readouterr().out.splitlines()]
-    assert lines == ["Epoch 0", "loss at batch 0: x.xx", "loss at batch 100: x.xx",
-                     "Epoch 1", "loss at batch 0: x.xx", "loss at batch 100: x.xx"]
+    assert lines == [
+        "Epoch 0",
+        "loss at batch 0: x.xx",
+        "loss at batch 100: x.xx",
+        "Epoch 1",
+        "loss at batch 0: x.xx",
+        "loss at batch 100: x.xx",
+    ]
 
 
 def test_fit_stops_at_nan_with_the_last_finite_weights(dtype):
@@ -287,11 +354,13 @@ def test_evaluate_is_the_share_of_argmax_hits():
 
 # Validation
 
+
 def with_first_label(value):
     def corrupt(x, y):
         y = y.copy()
         y[0] = value
         return x, y
+
     return corrupt
 
 

@@ -1,12 +1,18 @@
 """The rows of docs/robustness.md not covered in test_api.py: bad input gets a clear error or a
 documented result, never a crash and never corrupted weights."""
+
 import numpy as np
 import pytest
-from helpers import (EXPECTED_RECEIVED, N_FEATURES, assert_same_weights, make_data, make_model,
-                     read_only)
+from helpers import (
+    EXPECTED_RECEIVED,
+    N_FEATURES,
+    assert_same_weights,
+    make_data,
+    make_model,
+    read_only,
+)
 
-from fastnaive import (NaiveDense, evaluate, fit, loss_and_gradients, one_training_step,
-                       optimizers)
+from fastnaive import NaiveDense, evaluate, fit, loss_and_gradients, one_training_step, optimizers
 
 API_CALLS = {
     "fit": lambda model, x, y: fit(model, x, y, epochs=1, batch_size=4, verbose=0),

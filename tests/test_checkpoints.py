@@ -4,6 +4,7 @@ A run interrupted after some epochs and resumed reaches, bit for bit, the weight
 uninterrupted run (the same seed, the same epoch orders, the optimizer's state restored).
 The MPI side (resuming on another number of ranks) is in test_distributed.py.
 """
+
 import os
 
 import numpy as np
@@ -21,8 +22,19 @@ OPTIMIZERS = {
 
 def train(folder, epochs, make_optimizer, resume=False, dtype="float32"):
     model, (x, y) = make_model(dtype), make_data(dtype=dtype)
-    fit(model, x, y, epochs, 16, optimizer=make_optimizer(), shuffle=True, seed=4, verbose=0,
-        checkpoint_dir=folder, resume=resume)
+    fit(
+        model,
+        x,
+        y,
+        epochs,
+        16,
+        optimizer=make_optimizer(),
+        shuffle=True,
+        seed=4,
+        verbose=0,
+        checkpoint_dir=folder,
+        resume=resume,
+    )
     return model
 
 
@@ -65,16 +77,25 @@ def test_a_state_naming_a_file_outside_the_folder_deletes_nothing(tmp_path):
 
 BAD_RESUMES = {
     "no-checkpoint": (lambda folder: None, OPTIMIZERS["sgd"], FileNotFoundError),
-    "other-optimizer": (lambda folder: train(folder, 1, OPTIMIZERS["sgd"]), OPTIMIZERS["adam"],
-                        ValueError),
-    "damaged-state": (lambda folder: (train(folder, 1, OPTIMIZERS["sgd"]),
-                                      (folder / checkpoints.STATE_FILE).write_bytes(b"PK\x03")),
-                      OPTIMIZERS["sgd"], ValueError),
+    "other-optimizer": (
+        lambda folder: train(folder, 1, OPTIMIZERS["sgd"]),
+        OPTIMIZERS["adam"],
+        ValueError,
+    ),
+    "damaged-state": (
+        lambda folder: (
+            train(folder, 1, OPTIMIZERS["sgd"]),
+            (folder / checkpoints.STATE_FILE).write_bytes(b"PK\x03"),
+        ),
+        OPTIMIZERS["sgd"],
+        ValueError,
+    ),
 }
 
 
-@pytest.mark.parametrize("prepare, make_optimizer, error", BAD_RESUMES.values(),
-                         ids=BAD_RESUMES.keys())
+@pytest.mark.parametrize(
+    "prepare, make_optimizer, error", BAD_RESUMES.values(), ids=BAD_RESUMES.keys()
+)
 def test_a_bad_resume_raises_before_training(tmp_path, prepare, make_optimizer, error):
     folder = tmp_path / "run"
     folder.mkdir()
@@ -82,8 +103,17 @@ def test_a_bad_resume_raises_before_training(tmp_path, prepare, make_optimizer, 
     model, (x, y) = make_model(), make_data()
     before = model.get_weights()
     with pytest.raises(error, match=EXPECTED_RECEIVED):
-        fit(model, x, y, 2, 16, optimizer=make_optimizer(), verbose=0, checkpoint_dir=folder,
-            resume=True)
+        fit(
+            model,
+            x,
+            y,
+            2,
+            16,
+            optimizer=make_optimizer(),
+            verbose=0,
+            checkpoint_dir=folder,
+            resume=True,
+        )
     for got, expected in zip(model.weights, before, strict=True):
         np.testing.assert_array_equal(got, expected)
 
@@ -96,5 +126,6 @@ def test_resume_needs_a_folder_and_checkpoints_a_fastnaive_optimizer(tmp_path):
     class Foreign:
         def apply_gradients(self, pairs):
             pass
+
     with pytest.raises(TypeError, match="Expected a fastnaive optimizer with checkpoint_dir"):
         fit(model, x, y, 1, verbose=0, optimizer=Foreign(), checkpoint_dir=tmp_path)

@@ -3,6 +3,7 @@
 Every run reads a small synthetic MNIST-layout .npz: each class lights its own
 7x7 square of the 28x28 image, over noise, so two epochs learn it.
 """
+
 import contextlib
 import importlib.metadata
 import io
@@ -18,9 +19,26 @@ import fastnaive
 from fastnaive.cli import main
 
 N_TRAIN, N_TEST = 600, 200
-TRAIN = ["train", "--epochs", "2", "--hidden", "32,16", "--optimizer", "adam", "--lr", "0.01",
-         "--init", "glorot_uniform", "--shuffle", "--seed", "0", "--validation-split", "0.2",
-         "--verbose", "2"]
+TRAIN = [
+    "train",
+    "--epochs",
+    "2",
+    "--hidden",
+    "32,16",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.01",
+    "--init",
+    "glorot_uniform",
+    "--shuffle",
+    "--seed",
+    "0",
+    "--validation-split",
+    "0.2",
+    "--verbose",
+    "2",
+]
 ACCURACY = re.compile(r"test accuracy: (\d\.\d{4})$", re.MULTILINE)
 
 
@@ -29,7 +47,7 @@ def synthetic_mnist(n, rng):
     images = rng.integers(0, 64, (n, 28, 28)).astype(np.uint8)
     for image, label in zip(images, labels):
         row, col = divmod(int(label), 4)
-        image[7 * row:7 * row + 7, 7 * col:7 * col + 7] = 255
+        image[7 * row : 7 * row + 7, 7 * col : 7 * col + 7] = 255
     return images, labels
 
 
@@ -54,16 +72,28 @@ def run(argv):
 
 def run_module(*args):
     """Run `python -m fastnaive args` in a new process."""
-    return subprocess.run([sys.executable, "-m", "fastnaive", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "fastnaive", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data):
     """The folder and the stdout of one `train ... --save --history --plot` run."""
     folder = tmp_path_factory.mktemp("trained")
-    status, out, err = run([*TRAIN, "--data", data, "--save", str(folder / "m.npz"),
-                            "--history", str(folder / "h.json"), "--plot", str(folder / "p.png")])
+    status, out, err = run(
+        [
+            *TRAIN,
+            "--data",
+            data,
+            "--save",
+            str(folder / "m.npz"),
+            "--history",
+            str(folder / "h.json"),
+            "--plot",
+            str(folder / "p.png"),
+        ]
+    )
     assert (status, err) == (0, "")
     return folder, out
 
@@ -79,8 +109,11 @@ def test_train_reports_epochs_and_test_accuracy(trained):
 def test_train_writes_a_loadable_model(trained):
     folder, _ = trained
     model = fastnaive.load_model(folder / "m.npz")
-    assert [(layer.input_size, layer.output_size, layer.activation) for layer in model.layers] == \
-        [(784, 32, "relu"), (32, 16, "relu"), (16, 10, "softmax")]
+    assert [(layer.input_size, layer.output_size, layer.activation) for layer in model.layers] == [
+        (784, 32, "relu"),
+        (32, 16, "relu"),
+        (16, 10, "softmax"),
+    ]
 
 
 def test_train_writes_the_history_as_json(trained):
@@ -104,8 +137,23 @@ def test_evaluate_prints_the_accuracy_train_printed(trained, data):
 
 
 def test_history_as_csv_with_one_thread(tmp_path, data):
-    status, _, _ = run(["train", "--epochs", "2", "--hidden", "8", "--threads", "1",
-                        "--verbose", "0", "--data", data, "--history", str(tmp_path / "h.csv")])
+    status, _, _ = run(
+        [
+            "train",
+            "--epochs",
+            "2",
+            "--hidden",
+            "8",
+            "--threads",
+            "1",
+            "--verbose",
+            "0",
+            "--data",
+            data,
+            "--history",
+            str(tmp_path / "h.csv"),
+        ]
+    )
     assert status == 0
     header, *rows = (tmp_path / "h.csv").read_text().splitlines()
     assert header == "epoch,loss,accuracy"
@@ -129,17 +177,22 @@ QUICK = ["--epochs", "1", "--hidden", "8", "--verbose", "0", "--data", "{data}"]
 
 def declared_dependencies():
     """The names of the installed fastnaive's requirements, leaving out its extras."""
-    return {re.match(r"[\w.-]+", requirement).group().lower()
-            for requirement in importlib.metadata.requires("fastnaive") or []
-            if "extra ==" not in requirement}
+    return {
+        re.match(r"[\w.-]+", requirement).group().lower()
+        for requirement in importlib.metadata.requires("fastnaive") or []
+        if "extra ==" not in requirement
+    }
 
 
-@pytest.mark.parametrize("argv", [["info"], ["train", *QUICK, "--threads", "1"]],
-                         ids=["info", "threads"])
+@pytest.mark.parametrize(
+    "argv", [["info"], ["train", *QUICK, "--threads", "1"]], ids=["info", "threads"]
+)
 def test_runs_with_the_declared_dependencies_only(monkeypatch, data, argv):
     if "threadpoolctl" not in declared_dependencies():
         monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # `import threadpoolctl` fails
     assert run([arg.format(data=data) for arg in argv])[0] == 0
+
+
 # Command lines with a wrong value ({tmp}/garbage.npz holds text), each with what its error names.
 BAD_VALUES = {
     "epochs-negative": (["train", *QUICK, "--epochs", "-1"], "epochs"),
@@ -186,11 +239,23 @@ def test_checkpoints_resume_to_the_weights_of_an_uninterrupted_run(tmp_path, dat
     run(["train", *settings, "--epochs", "3", "--save", str(tmp_path / "whole.npz")])
     folder = str(tmp_path / "run")
     assert run(["train", *settings, "--epochs", "1", "--checkpoint-dir", folder])[0] == 0
-    status, out, err = run(["train", *settings, "--epochs", "3", "--checkpoint-dir", folder,
-                            "--resume", "--save", str(tmp_path / "resumed.npz")])
+    status, out, err = run(
+        [
+            "train",
+            *settings,
+            "--epochs",
+            "3",
+            "--checkpoint-dir",
+            folder,
+            "--resume",
+            "--save",
+            str(tmp_path / "resumed.npz"),
+        ]
+    )
     assert (status, err) == (0, "") and "trained 2 epochs" in out
-    whole, resumed = (fastnaive.load_model(tmp_path / f"{name}.npz") for name in
-                      ("whole", "resumed"))
+    whole, resumed = (
+        fastnaive.load_model(tmp_path / f"{name}.npz") for name in ("whole", "resumed")
+    )
     for got, expected in zip(resumed.weights, whole.weights, strict=True):
         np.testing.assert_array_equal(got, expected)
 

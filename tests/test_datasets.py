@@ -300,9 +300,7 @@ def test_idx_folder_with_wrong_image_dims_names_the_file(tmp_path):
 
 INVALID_NPZ = {
     "missing-key": ("y_test", None, "Expected keys x_train, y_train, x_test, y_test"),
-    "float-images": (
-        "x_train", lambda a: a.astype(np.float32), "Received: x_train.dtype=float32"
-    ),
+    "float-images": ("x_train", lambda a: a.astype(np.float32), "Received: x_train.dtype=float32"),
     "negative-labels": (
         "y_train",
         lambda a: a.astype(np.int16) - 1,

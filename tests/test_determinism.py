@@ -10,6 +10,7 @@ models trained at the same time in two Python threads.
   GIL; each model has its own workspace and each optimizer its own state) end
   bit-identical to the same models trained one after the other.
 """
+
 import threading
 
 import numpy as np
@@ -23,8 +24,17 @@ import fastnaive
 def train(seed, dtype="float32", optimizer="sgd", threads=None):
     model, (x, y) = make_model(dtype), make_data(300, dtype)
     with threadpool_limits(limits=threads):
-        fastnaive.fit(model, x, y, epochs=2, batch_size=32, shuffle=True, seed=seed,
-                      optimizer=optimizer, verbose=0)
+        fastnaive.fit(
+            model,
+            x,
+            y,
+            epochs=2,
+            batch_size=32,
+            shuffle=True,
+            seed=seed,
+            optimizer=optimizer,
+            verbose=0,
+        )
     return model.get_weights()
 
 
@@ -58,8 +68,9 @@ def test_thread_counts_agree_to_rounding_per_step(dtype):
 def test_two_models_trained_at_once_equal_one_after_the_other():
     expected = [train(seed) for seed in (1, 2)]
     results = {}
-    threads = [threading.Thread(target=lambda s=seed: results.__setitem__(s, train(s)))
-               for seed in (1, 2)]
+    threads = [
+        threading.Thread(target=lambda s=seed: results.__setitem__(s, train(s))) for seed in (1, 2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -4,6 +4,7 @@ Each test launches tests/mpi_scripts/train.py with mpirun and compares what
 rank 0 wrote with fastnaive.fit run here. The tests fail (never skip) without
 mpirun or mpi4py: CI installs Open MPI and the `mpi` extra.
 """
+
 import json
 import os
 import shutil
@@ -28,10 +29,22 @@ def mpirun(n_ranks, tmp_path, *args, timeout=TIMEOUT):
     launcher = shutil.which("mpirun")
     assert launcher, "Expected mpirun on PATH (apt-get install openmpi-bin). Received: none"
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    command = [launcher, "--allow-run-as-root", "--oversubscribe", "-n", str(n_ranks),
-               sys.executable, str(SCRIPT), "--data", str(tmp_path / "data.npz"),
-               "--init", str(tmp_path / "init.npz"), "--out", str(tmp_path / "out.npz"),
-               *map(str, args)]
+    command = [
+        launcher,
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-n",
+        str(n_ranks),
+        sys.executable,
+        str(SCRIPT),
+        "--data",
+        str(tmp_path / "data.npz"),
+        "--init",
+        str(tmp_path / "init.npz"),
+        "--out",
+        str(tmp_path / "out.npz"),
+        *map(str, args),
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -45,26 +58,42 @@ def trained(n_ranks, tmp_path, *args):
 @pytest.fixture
 def problem(tmp_path):
     """Write data.npz (n samples) and init.npz (a 784-64-10 model of dtype); return (x, y)."""
+
     def make(n_samples, dtype):
         rng = np.random.default_rng(0)
         x = rng.random((n_samples, 784), dtype=np.float32)
         y = rng.integers(0, 10, n_samples)
         np.savez(tmp_path / "data.npz", x=x, y=y)
-        model = fastnaive.NaiveSequential([
-            fastnaive.NaiveDense(784, 64, "relu", dtype=dtype, seed=1,
-                                 initializer="glorot_uniform"),
-            fastnaive.NaiveDense(64, 10, "softmax", dtype=dtype, seed=2,
-                                 initializer="glorot_uniform")])
+        model = fastnaive.NaiveSequential(
+            [
+                fastnaive.NaiveDense(
+                    784, 64, "relu", dtype=dtype, seed=1, initializer="glorot_uniform"
+                ),
+                fastnaive.NaiveDense(
+                    64, 10, "softmax", dtype=dtype, seed=2, initializer="glorot_uniform"
+                ),
+            ]
+        )
         model.save(tmp_path / "init.npz")
         return x, y
+
     return make
 
 
 def reference(tmp_path, x, y, epochs, optimizer, shuffle, seed):
     """Return the weights of single-process fit from init.npz with the same settings."""
     model = fastnaive.load_model(tmp_path / "init.npz")
-    fastnaive.fit(model, x, y, epochs, 128, optimizer=fastnaive.optimizers.get(optimizer),
-                  shuffle=shuffle, seed=seed, verbose=0)
+    fastnaive.fit(
+        model,
+        x,
+        y,
+        epochs,
+        128,
+        optimizer=fastnaive.optimizers.get(optimizer),
+        shuffle=shuffle,
+        seed=seed,
+        verbose=0,
+    )
     return model.weights
 
 
@@ -73,34 +102,67 @@ def assert_close(weights, expected, dtype):
         np.testing.assert_allclose(w, e, rtol=0, atol=ATOL[dtype], err_msg=f"weights[{i}]")
 
 
-@pytest.mark.parametrize("n_ranks, n_samples, dtype, optimizer, shuffle", [
-    (2, 1000, "float32", "sgd", False),
-    # 897 = 7 * 128 + 1: shares of 42/43/43, and a last batch of 1 leaving two ranks empty.
-    (3, 897, "float32", "adam", True),
-    (3, 897, "float64", "momentum", True),
-    (3, 1000, "float64", "sgd", False),
-], ids=["2-ranks-sgd-f32", "3-ranks-uneven-adam-shuffle-f32", "3-ranks-uneven-momentum-f64",
-        "3-ranks-sgd-f64"])
-def test_matches_single_process_fit(problem, tmp_path, n_ranks, n_samples, dtype, optimizer,
-                                    shuffle):
+@pytest.mark.parametrize(
+    "n_ranks, n_samples, dtype, optimizer, shuffle",
+    [
+        (2, 1000, "float32", "sgd", False),
+        # 897 = 7 * 128 + 1: shares of 42/43/43, and a last batch of 1 leaving two ranks empty.
+        (3, 897, "float32", "adam", True),
+        (3, 897, "float64", "momentum", True),
+        (3, 1000, "float64", "sgd", False),
+    ],
+    ids=[
+        "2-ranks-sgd-f32",
+        "3-ranks-uneven-adam-shuffle-f32",
+        "3-ranks-uneven-momentum-f64",
+        "3-ranks-sgd-f64",
+    ],
+)
+def test_matches_single_process_fit(
+    problem, tmp_path, n_ranks, n_samples, dtype, optimizer, shuffle
+):
     x, y = problem(n_samples, dtype)
-    weights = trained(n_ranks, tmp_path, "--epochs", 2, "--optimizer", optimizer,
-                      *(["--shuffle"] if shuffle else []), "--seed", 7)
+    weights = trained(
+        n_ranks,
+        tmp_path,
+        "--epochs",
+        2,
+        "--optimizer",
+        optimizer,
+        *(["--shuffle"] if shuffle else []),
+        "--seed",
+        7,
+    )
     assert_close(weights, reference(tmp_path, x, y, 2, optimizer, shuffle, 7), dtype)
 
 
 def test_validation_gives_the_history_of_single_process_fit(problem, tmp_path):
     """The same loop runs both: the same History keys, params and (to rounding) values."""
     x, y = problem(1000, "float32")
-    trained(3, tmp_path, "--epochs", 2, "--optimizer", "adam", "--shuffle", "--seed", 5,
-            "--validation-split", 0.2)
+    trained(
+        3,
+        tmp_path,
+        "--epochs",
+        2,
+        "--optimizer",
+        "adam",
+        "--shuffle",
+        "--seed",
+        5,
+        "--validation-split",
+        0.2,
+    )
     with open(tmp_path / "out.json") as f:
         ranks = json.load(f)
     model = fastnaive.load_model(tmp_path / "init.npz")
-    single = fastnaive.fit(model, x, y, 2, 128, optimizer="adam", shuffle=True, seed=5,
-                           validation_split=0.2, verbose=0)
-    assert list(ranks["history"]) == list(single.history) == ["loss", "accuracy", "val_loss",
-                                                                "val_accuracy"]
+    single = fastnaive.fit(
+        model, x, y, 2, 128, optimizer="adam", shuffle=True, seed=5, validation_split=0.2, verbose=0
+    )
+    assert (
+        list(ranks["history"])
+        == list(single.history)
+        == ["loss", "accuracy", "val_loss", "val_accuracy"]
+    )
     assert ranks["params"] == {**single.params, "ranks": 3}
     for key, values in single.history.items():
         np.testing.assert_allclose(ranks["history"][key], values, rtol=1e-5, err_msg=key)
@@ -129,13 +191,23 @@ def test_a_killed_rank_ends_the_job(problem, tmp_path):
     assert result.returncode != 0
 
 
-@pytest.mark.parametrize("mismatch, message", [
-    ("batch-size", "Expected the same batch_size on every rank. Received: batch_size=64 on rank 1"),
-    ("labels", "Expected valid arguments on every rank. Received: on rank 1, ValueError: "
-               "Expected labels in [0, 10)"),
-])
-def test_bad_or_mismatched_arguments_fail_on_every_rank_before_training(problem, tmp_path,
-                                                                         mismatch, message):
+@pytest.mark.parametrize(
+    "mismatch, message",
+    [
+        (
+            "batch-size",
+            "Expected the same batch_size on every rank. Received: batch_size=64 on rank 1",
+        ),
+        (
+            "labels",
+            "Expected valid arguments on every rank. Received: on rank 1, ValueError: "
+            "Expected labels in [0, 10)",
+        ),
+    ],
+)
+def test_bad_or_mismatched_arguments_fail_on_every_rank_before_training(
+    problem, tmp_path, mismatch, message
+):
     problem(1000, "float32")
     result = mpirun(2, tmp_path, "--mismatch", mismatch, timeout=20)
     assert result.returncode != 0
@@ -143,8 +215,11 @@ def test_bad_or_mismatched_arguments_fail_on_every_rank_before_training(problem,
     assert not (tmp_path / "out.npz").exists()
 
 
-@pytest.mark.parametrize("size, batch", [(3, (0, 128)), (3, (896, 897)), (4, (10, 13))],
-                         ids=["full-batch", "one-sample", "fewer-samples-than-ranks"])
+@pytest.mark.parametrize(
+    "size, batch",
+    [(3, (0, 128)), (3, (896, 897)), (4, (10, 13))],
+    ids=["full-batch", "one-sample", "fewer-samples-than-ranks"],
+)
 def test_shares_cover_the_batch_in_order(size, batch):
     bounds = [distributed.share(*batch, rank, size) for rank in range(size)]
     assert bounds[0][0] == batch[0] and bounds[-1][1] == batch[1]
@@ -162,17 +237,40 @@ def test_the_books_model_on_mnist_matches_one_process(tmp_path):
     """`mpirun -n 2 fastnaive train --distributed` against `fastnaive train`, same settings."""
     launcher = shutil.which("mpirun")
     assert launcher, "Expected mpirun on PATH (apt-get install openmpi-bin). Received: none"
-    settings = ["-m", "fastnaive", "train", "--epochs", "1", "--seed", "0", "--threads", "1",
-                "--verbose", "0"]
+    settings = [
+        "-m",
+        "fastnaive",
+        "train",
+        "--epochs",
+        "1",
+        "--seed",
+        "0",
+        "--threads",
+        "1",
+        "--verbose",
+        "0",
+    ]
     runs = {
-        "ranks": [launcher, "--allow-run-as-root", "--oversubscribe", "-n", "2", sys.executable,
-                  *settings, "--distributed"],
+        "ranks": [
+            launcher,
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-n",
+            "2",
+            sys.executable,
+            *settings,
+            "--distributed",
+        ],
         "single": [sys.executable, *settings],
     }
     accuracies, models = {}, {}
     for name, command in runs.items():
-        result = subprocess.run([*command, "--save", str(tmp_path / f"{name}.npz")],
-                                capture_output=True, text=True, timeout=TIMEOUT)
+        result = subprocess.run(
+            [*command, "--save", str(tmp_path / f"{name}.npz")],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
         assert result.returncode == 0, result.stderr
         accuracies[name] = float(result.stdout.split("test accuracy: ")[1].split()[0])
         models[name] = fastnaive.load_model(tmp_path / f"{name}.npz")

@@ -62,7 +62,7 @@ def provide(tmp_path, monkeypatch, place, data):
 
 @pytest.mark.parametrize("first", list(PLACES))
 def test_first_place_holding_the_dataset_wins(tmp_path, monkeypatch, first):
-    places = list(PLACES)[list(PLACES).index(first):]
+    places = list(PLACES)[list(PLACES).index(first) :]
     for seed, place in enumerate(places):
         provide(tmp_path, monkeypatch, place, synthetic(seed))
     # MNIST's IDX files directly in FASTNAIVE_DATA are never taken for Fashion-MNIST.
@@ -124,9 +124,12 @@ def test_debian_fashion_mnist(monkeypatch):
     files = [DEBIAN / f"{name}.gz" for name in IDX_NAMES.values()]
     missing = [file.name for file in files if not file.is_file()]
     if missing:
-        pytest.fail(f"Expected Debian's Fashion-MNIST in {DEBIAN}. "
-                    f"Received: no {', '.join(missing)}. "
-                    "Install it: apt-get install dataset-fashion-mnist", pytrace=False)
+        pytest.fail(
+            f"Expected Debian's Fashion-MNIST in {DEBIAN}. "
+            f"Received: no {', '.join(missing)}. "
+            "Install it: apt-get install dataset-fashion-mnist",
+            pytrace=False,
+        )
     look_for_debian_files_in(monkeypatch, DEBIAN)
     (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data()
     assert x_train.shape == (60000, 28, 28) and y_train.shape == (60000,)

@@ -6,6 +6,7 @@ fd = (L(w + h) - L(w - h)) / 2h with h = 1e-6. The truncation error is
 for losses of a few units (measured worst 8e-10), hence ATOL = 1e-8 for
 entries near zero and RTOL = 1e-6 (measured worst 1e-7) elsewhere.
 """
+
 import itertools
 
 import numpy as np
@@ -24,8 +25,10 @@ KINK_MARGIN = 1e-3
 
 def random_model_and_batch(last_activation, seed):
     rng = np.random.default_rng(seed)
-    layers = [fastnaive.NaiveDense(n_in, n_out, "relu", dtype="float64")
-              for n_in, n_out in zip(SIZES[:-2], SIZES[1:-1])]
+    layers = [
+        fastnaive.NaiveDense(n_in, n_out, "relu", dtype="float64")
+        for n_in, n_out in zip(SIZES[:-2], SIZES[1:-1])
+    ]
     layers.append(fastnaive.NaiveDense(SIZES[-2], SIZES[-1], last_activation, dtype="float64"))
     for layer in layers:
         layer.W = rng.normal(0, 1, layer.W.shape)

@@ -4,6 +4,7 @@ The tiny problem is helpers.py's make_model and make_data: a 784-16-10 MLP on 50
 samples. Accuracies are counts of argmax hits over a sample count, so they are compared
 exactly; losses within the per-dtype helpers.TOLERANCES.
 """
+
 import re
 
 import numpy as np
@@ -23,14 +24,21 @@ def short_fit(model, x, y, epochs=2, verbose=0, **settings):
 
 # History
 
+
 def test_history_records_each_epoch():
     history = short_fit(make_model(), *make_data(), epochs=3)
     assert history.epoch == [0, 1, 2]
     assert list(history.history) == ["loss", "accuracy"]
     assert all(len(values) == 3 for values in history.history.values())
-    assert history.params == {"epochs": 3, "batch_size": BATCH_SIZE, "samples": N_SAMPLES,
-                              "steps": N_BATCHES, "shuffle": False, "initial_epoch": 0,
-                              "ranks": 1}
+    assert history.params == {
+        "epochs": 3,
+        "batch_size": BATCH_SIZE,
+        "samples": N_SAMPLES,
+        "steps": N_BATCHES,
+        "shuffle": False,
+        "initial_epoch": 0,
+        "ranks": 1,
+    }
 
 
 def test_history_records_validation_metrics():
@@ -57,12 +65,14 @@ def test_accuracy_counts_argmax_hits_before_each_update():
 
 # Validation
 
+
 def evaluations_after_each_epoch(model, x, y):
     """A callback list recording evaluate_loss(model, x, y) at each epoch's end, and that record."""
     record = []
 
     def evaluate(epoch, logs):
         record.append(evaluate_loss(model, x, y))
+
     return [LambdaCallback(on_epoch_end=evaluate)], record
 
 
@@ -75,8 +85,9 @@ def assert_validated_on(history, record, dtype):
 def test_validation_split_holds_out_the_last_samples_before_shuffling(dtype):
     model, (x, y) = make_model(dtype), make_data(dtype=dtype)
     callbacks, record = evaluations_after_each_epoch(model, x[40:], y[40:])
-    history = short_fit(model, x, y, validation_split=0.2, shuffle=True, seed=1,
-                        callbacks=callbacks)
+    history = short_fit(
+        model, x, y, validation_split=0.2, shuffle=True, seed=1, callbacks=callbacks
+    )
     assert_validated_on(history, record, dtype)
     trained_on_the_rest = make_model(dtype)
     short_fit(trained_on_the_rest, x[:40], y[:40], shuffle=True, seed=1)
@@ -110,6 +121,7 @@ def test_bad_validation_raises(settings):
 
 # Shuffling
 
+
 def shuffled_weights(seed):
     model = make_model()
     short_fit(model, *make_data(), epochs=3, shuffle=True, seed=seed)
@@ -137,9 +149,10 @@ def batch_losses_of_a_frozen_model(epochs=2, **settings):
     def record_and_restore(batch, logs):
         losses.append(logs["loss"])
         model.set_weights(initial)
+
     record = LambdaCallback(on_batch_end=record_and_restore)
     fit(model, x, y, epochs, 1, verbose=0, callbacks=[record], **settings)
-    per_sample = [evaluate_loss(model, x[i:i + 1], y[i:i + 1])[0] for i in range(len(x))]
+    per_sample = [evaluate_loss(model, x[i : i + 1], y[i : i + 1])[0] for i in range(len(x))]
     return np.reshape(losses, (epochs, len(x))), np.array(per_sample)
 
 
@@ -173,6 +186,7 @@ def test_shuffle_leaves_the_callers_arrays_alone(dtype):
 
 # Printing
 
+
 def metrics_text(history, epoch):
     return " - ".join(f"{key}: {values[epoch]:.4f}" for key, values in history.history.items())
 
@@ -180,8 +194,12 @@ def metrics_text(history, epoch):
 def test_verbose_book_prints_the_books_lines(capsys):
     short_fit(make_model(), *make_data(), verbose="book")
     lines = capsys.readouterr().out.splitlines()
-    assert [re.sub(r": \d+\.\d\d$", ": x.xx", line) for line in lines] == \
-        ["Epoch 0", "loss at batch 0: x.xx", "Epoch 1", "loss at batch 0: x.xx"]
+    assert [re.sub(r": \d+\.\d\d$", ": x.xx", line) for line in lines] == [
+        "Epoch 0",
+        "loss at batch 0: x.xx",
+        "Epoch 1",
+        "loss at batch 0: x.xx",
+    ]
 
 
 def test_verbose_2_prints_a_line_per_epoch(capsys):
@@ -216,6 +234,7 @@ def test_bad_verbose_raises(verbose):
 
 # Callbacks
 
+
 class Scripted(Callback):
     """Logs `values[epoch]` as `name` at each epoch's end, for the callbacks after it."""
 
@@ -247,8 +266,9 @@ STOPPING_CASES = {
 }
 
 
-@pytest.mark.parametrize("values, settings, epochs", STOPPING_CASES.values(),
-                         ids=STOPPING_CASES.keys())
+@pytest.mark.parametrize(
+    "values, settings, epochs", STOPPING_CASES.values(), ids=STOPPING_CASES.keys()
+)
 def test_early_stopping_stops_after_patience_epochs_without_improvement(values, settings, epochs):
     assert epochs_run(values, **settings) == epochs
 
@@ -260,10 +280,14 @@ def test_early_stopping_maximises_accuracy_like_quantities():
 def test_restore_best_weights_puts_back_the_best_epochs():
     model, (x, y) = make_model(), make_data()
     weights_after = []
-    record = LambdaCallback(on_epoch_end=lambda epoch, logs: weights_after.append(
-        model.get_weights()))
-    callbacks = [Scripted("score", [3, 1, 2, 2, 2]), record,
-                 EarlyStopping("score", patience=1, restore_best_weights=True)]
+    record = LambdaCallback(
+        on_epoch_end=lambda epoch, logs: weights_after.append(model.get_weights())
+    )
+    callbacks = [
+        Scripted("score", [3, 1, 2, 2, 2]),
+        record,
+        EarlyStopping("score", patience=1, restore_best_weights=True),
+    ]
     short_fit(model, x, y, epochs=5, callbacks=callbacks)
     for weight, best, last in zip(model.weights, weights_after[1], weights_after[-1], strict=True):
         np.testing.assert_array_equal(weight, best)  # exact: a copy of that epoch's weights
@@ -278,11 +302,22 @@ def test_early_stopping_on_an_unknown_quantity_lists_the_logged_ones():
 
 def recorder(calls):
     """A LambdaCallback appending (hook, *arguments) to `calls` for every hook."""
+
     def hook(name):
         return lambda *args: calls.append((name, *args))
-    return LambdaCallback(**{name: hook(name) for name in
-                             ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end",
-                              "on_train_end")})
+
+    return LambdaCallback(
+        **{
+            name: hook(name)
+            for name in (
+                "on_train_begin",
+                "on_epoch_begin",
+                "on_batch_end",
+                "on_epoch_end",
+                "on_train_end",
+            )
+        }
+    )
 
 
 def test_lambda_callback_hooks_are_called_in_order():
@@ -295,8 +330,9 @@ def test_lambda_callback_hooks_are_called_in_order():
     expected.append(("on_train_end", calls[-2][2]))  # the last epoch's logs, as Keras passes
     assert [call[:2] for call in calls] == expected
     epoch_logs = [call[2] for call in calls if call[0] == "on_epoch_end"]
-    assert epoch_logs == [{key: values[epoch] for key, values in history.history.items()}
-                          for epoch in range(2)]
+    assert epoch_logs == [
+        {key: values[epoch] for key, values in history.history.items()} for epoch in range(2)
+    ]
 
 
 def test_epoch_loss_is_the_sample_weighted_mean_of_batch_losses():
@@ -306,8 +342,11 @@ def test_epoch_loss_is_the_sample_weighted_mean_of_batch_losses():
     assert_close(history.history["loss"][0], np.average(losses, weights=[16, 16, 16, 2]), "float32")
 
 
-KERAS_HOOKS = {"on_train_begin": lambda logs: None, "on_epoch_begin": lambda epoch, logs: None,
-               "on_train_end": lambda logs: None}
+KERAS_HOOKS = {
+    "on_train_begin": lambda logs: None,
+    "on_epoch_begin": lambda epoch, logs: None,
+    "on_train_end": lambda logs: None,
+}
 
 
 @pytest.mark.parametrize("hook, function", KERAS_HOOKS.items(), ids=KERAS_HOOKS.keys())
@@ -317,13 +356,15 @@ def test_lambda_callback_takes_keras_signatures(hook, function):
 
 def test_setting_stop_training_ends_after_that_epoch():
     model, (x, y) = make_model(), make_data()
-    stop = LambdaCallback(on_epoch_end=lambda epoch, logs: setattr(model, "stop_training",
-                                                                    epoch == 1))
+    stop = LambdaCallback(
+        on_epoch_end=lambda epoch, logs: setattr(model, "stop_training", epoch == 1)
+    )
     assert short_fit(model, x, y, epochs=5, callbacks=[stop]).epoch == [0, 1]
     assert short_fit(model, x, y, epochs=3).epoch == [0, 1, 2]  # fit starts with the flag down
 
 
 # evaluate_loss and predict
+
 
 @pytest.mark.parametrize("batch_size", [1, 7, 1024], ids=["batch-1", "batch-7", "batch-1024"])
 def test_evaluate_loss_matches_reference(dtype, batch_size):

@@ -1,6 +1,6 @@
 """A short run of the API fuzzer (tests/fuzz_api.py); CI also runs 100,000 calls."""
-import pytest
 
+import pytest
 from fuzz_api import fuzz
 
 

@@ -5,6 +5,7 @@ each margin is at least 5 standard errors of its statistic, so a correct
 initializer fails for fewer than one seed in 100,000, while a wrong fan (fan_out
 for fan_in) or a wrong scale misses by far more.
 """
+
 import math
 
 import numpy as np
@@ -81,8 +82,10 @@ def test_dense_layer_draws_with_its_initializer(dtype, name):
 
 
 def test_unknown_initializer_raises():
-    message = (r"^Expected initializer 'book', 'glorot_uniform', 'he_normal'\. "
-               r"Received: initializer='zeros'$")
+    message = (
+        r"^Expected initializer 'book', 'glorot_uniform', 'he_normal'\. "
+        r"Received: initializer='zeros'$"
+    )
     with pytest.raises(ValueError, match=message):
         draw("zeros", np.dtype("float32"))
     with pytest.raises(ValueError, match=message):

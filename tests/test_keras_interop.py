@@ -8,6 +8,7 @@ Tolerances: Keras' and fastnaive's outputs agree when max|a - b| <= RTOL * max|b
 
 A conversion copies the weights, so a round trip must return them bit for bit.
 """
+
 import subprocess
 import sys
 
@@ -58,12 +59,14 @@ def test_round_trip_through_keras_keeps_weights_and_predictions(dtype):
 
 
 def test_from_keras_computes_the_same_function(dtype):
-    keras_model = keras.Sequential([
-        keras.Input((28, 28), dtype=dtype),
-        keras.layers.Flatten(dtype=dtype),
-        keras.layers.Dense(64, activation="relu", dtype=dtype),
-        keras.layers.Dense(10, dtype=dtype),
-    ])
+    keras_model = keras.Sequential(
+        [
+            keras.Input((28, 28), dtype=dtype),
+            keras.layers.Flatten(dtype=dtype),
+            keras.layers.Dense(64, activation="relu", dtype=dtype),
+            keras.layers.Dense(10, dtype=dtype),
+        ]
+    )
     rng = np.random.default_rng(3)
     keras_model.set_weights([rng.normal(0, 0.1, w.shape) for w in keras_model.get_weights()])
     model = from_keras(keras_model)
@@ -140,6 +143,8 @@ def test_conversions_reject_other_model_types():
 
 
 def test_import_does_not_import_tensorflow_or_keras():
-    code = ("import fastnaive.keras, sys; "
-            "assert not {'tensorflow', 'keras'} & set(sys.modules), sorted(sys.modules)")
+    code = (
+        "import fastnaive.keras, sys; "
+        "assert not {'tensorflow', 'keras'} & set(sys.modules), sorted(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

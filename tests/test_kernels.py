@@ -1,5 +1,6 @@
 """Tests for the Cython kernels: every `*_checked` wrapper against fastnaive.reference, and the
 buffers Cython rejects, fastnaive._sparse's wrappers included."""
+
 import numpy as np
 import pytest
 from helpers import DTYPES, SCALES, TOLERANCES, assert_close, by_rows, f32, normal, read_only
@@ -101,7 +102,11 @@ def test_dense_input_grad(dense, rng):
 def test_dense_param_grad(dense, rng, alpha, beta):
     X, W, b = dense
     delta = normal(rng, (len(X), len(b)), X.dtype, 1 / len(X))
-    dW, db = (W.copy(), b.copy()) if beta else (nan_buffer(W.shape, W.dtype), nan_buffer(b.shape, b.dtype))
+    dW, db = (
+        (W.copy(), b.copy())
+        if beta
+        else (nan_buffer(W.shape, W.dtype), nan_buffer(b.shape, b.dtype))
+    )
     _kernels.dense_param_grad_checked(X, delta, alpha, beta, dW, db)
     expected_dW, expected_db = reference.dense_param_grad(X, delta)
     assert_close(dW, alpha * expected_dW + beta * W)
@@ -195,7 +200,9 @@ def test_axpy(dtype, rng, n):
 
 
 def test_read_only_inputs_are_accepted(dtype, rng):
-    check_dense_forward(*(read_only(normal(rng, shape, dtype)) for shape in [(4, 3), (3, 2), 2]), True)
+    check_dense_forward(
+        *(read_only(normal(rng, shape, dtype)) for shape in [(4, 3), (3, 2), 2]), True
+    )
 
 
 LABELS = np.zeros(3, np.intp)
@@ -203,19 +210,70 @@ LABELS = np.zeros(3, np.intp)
 ONES_BY_ROWS = by_rows(np.ones((7, 13), np.float32))
 # (wrapper, *arguments), one shape disagreeing with the others.
 SHAPE_MISMATCHES = {
-    "dense_forward-inner": (_kernels.dense_forward_checked, f32(3, 4), f32(5, 2), f32(2), True, f32(3, 2)),
-    "dense_forward-bias": (_kernels.dense_forward_checked, f32(3, 4), f32(4, 2), f32(3), True, f32(3, 2)),
-    "dense_forward-out": (_kernels.dense_forward_checked, f32(3, 4), f32(4, 2), f32(2), True, f32(2, 2)),
-    "dense_forward-no-features": (_kernels.dense_forward_checked, f32(3, 0), f32(0, 2), f32(2), True,
-                                  f32(3, 2)),
+    "dense_forward-inner": (
+        _kernels.dense_forward_checked,
+        f32(3, 4),
+        f32(5, 2),
+        f32(2),
+        True,
+        f32(3, 2),
+    ),
+    "dense_forward-bias": (
+        _kernels.dense_forward_checked,
+        f32(3, 4),
+        f32(4, 2),
+        f32(3),
+        True,
+        f32(3, 2),
+    ),
+    "dense_forward-out": (
+        _kernels.dense_forward_checked,
+        f32(3, 4),
+        f32(4, 2),
+        f32(2),
+        True,
+        f32(2, 2),
+    ),
+    "dense_forward-no-features": (
+        _kernels.dense_forward_checked,
+        f32(3, 0),
+        f32(0, 2),
+        f32(2),
+        True,
+        f32(3, 2),
+    ),
     "relu_backward": (_kernels.relu_backward_checked, f32(3, 2), f32(2, 3)),
     "dense_input_grad": (_kernels.dense_input_grad_checked, f32(3, 2), f32(4, 3), f32(3, 4)),
-    "dense_param_grad-rows": (_kernels.dense_param_grad_checked, f32(3, 4), f32(2, 2), 1, 0, f32(4, 2),
-                              f32(2)),
-    "dense_param_grad-no-samples": (_kernels.dense_param_grad_checked, f32(0, 4), f32(0, 2), 1, 0,
-                                    f32(4, 2), f32(2)),
-    "softmax_crossentropy-labels": (_kernels.softmax_crossentropy_checked, f32(2, 4), LABELS, f32(2, 4)),
-    "softmax_crossentropy-grad": (_kernels.softmax_crossentropy_checked, f32(3, 4), LABELS, f32(3, 2)),
+    "dense_param_grad-rows": (
+        _kernels.dense_param_grad_checked,
+        f32(3, 4),
+        f32(2, 2),
+        1,
+        0,
+        f32(4, 2),
+        f32(2),
+    ),
+    "dense_param_grad-no-samples": (
+        _kernels.dense_param_grad_checked,
+        f32(0, 4),
+        f32(0, 2),
+        1,
+        0,
+        f32(4, 2),
+        f32(2),
+    ),
+    "softmax_crossentropy-labels": (
+        _kernels.softmax_crossentropy_checked,
+        f32(2, 4),
+        LABELS,
+        f32(2, 4),
+    ),
+    "softmax_crossentropy-grad": (
+        _kernels.softmax_crossentropy_checked,
+        f32(3, 4),
+        LABELS,
+        f32(3, 2),
+    ),
     "softmax": (_kernels.softmax_checked, f32(3, 2), f32(3, 3)),
     "gather_rows": (_kernels.gather_rows_checked, f32(5, 2), LABELS, f32(3, 3)),
     "gemm": (_blas.gemm_checked, f32(3, 4), f32(5, 2), f32(3, 2)),
@@ -224,23 +282,63 @@ SHAPE_MISMATCHES = {
 }
 # (wrapper, *arguments) that Cython's buffer checks reject before any kernel runs.
 BAD_BUFFERS = {
-    "mixed-dtypes": (_kernels.dense_forward_checked, f32(3, 4), f32(4, 2).astype(np.float64), f32(2), True,
-                     f32(3, 2)),
-    "float16": (_kernels.softmax_checked, f32(3, 2).astype(np.float16), f32(3, 2).astype(np.float16)),
-    "int64": (_kernels.relu_backward_checked, np.zeros((3, 2), np.int64), np.zeros((3, 2), np.int64)),
-    "int32-labels": (_kernels.softmax_crossentropy_checked, f32(3, 2), LABELS.astype(np.int32), f32(3, 2)),
-    "fortran-order": (_kernels.dense_input_grad_checked, np.asfortranarray(f32(3, 2)), f32(4, 2),
-                      f32(3, 4)),
+    "mixed-dtypes": (
+        _kernels.dense_forward_checked,
+        f32(3, 4),
+        f32(4, 2).astype(np.float64),
+        f32(2),
+        True,
+        f32(3, 2),
+    ),
+    "float16": (
+        _kernels.softmax_checked,
+        f32(3, 2).astype(np.float16),
+        f32(3, 2).astype(np.float16),
+    ),
+    "int64": (
+        _kernels.relu_backward_checked,
+        np.zeros((3, 2), np.int64),
+        np.zeros((3, 2), np.int64),
+    ),
+    "int32-labels": (
+        _kernels.softmax_crossentropy_checked,
+        f32(3, 2),
+        LABELS.astype(np.int32),
+        f32(3, 2),
+    ),
+    "fortran-order": (
+        _kernels.dense_input_grad_checked,
+        np.asfortranarray(f32(3, 2)),
+        f32(4, 2),
+        f32(3, 4),
+    ),
     "strided-slice": (_kernels.gather_rows_checked, f32(5, 4)[:, ::2], LABELS, f32(3, 2)),
     "read-only-output": (_blas.gemm_checked, f32(3, 4), f32(4, 2), read_only(f32(3, 2))),
-    "sparse-int64-index": (_sparse.sparse_forward_checked, ONES_BY_ROWS[0],
-                           ONES_BY_ROWS[1].astype(np.int64), ONES_BY_ROWS[2], f32(13, 4), f32(4),
-                           True, f32(7, 4)),
-    "sparse-mixed-dtypes": (_sparse.sparse_forward_checked, *ONES_BY_ROWS,
-                            f32(13, 4).astype(np.float64), f32(4), True, f32(7, 4)),
+    "sparse-int64-index": (
+        _sparse.sparse_forward_checked,
+        ONES_BY_ROWS[0],
+        ONES_BY_ROWS[1].astype(np.int64),
+        ONES_BY_ROWS[2],
+        f32(13, 4),
+        f32(4),
+        True,
+        f32(7, 4),
+    ),
+    "sparse-mixed-dtypes": (
+        _sparse.sparse_forward_checked,
+        *ONES_BY_ROWS,
+        f32(13, 4).astype(np.float64),
+        f32(4),
+        True,
+        f32(7, 4),
+    ),
     "sparse-strided-X": (_sparse.group_rows_checked, f32(7, 26)[:, ::2], *ONES_BY_ROWS),
-    "sparse-read-only-out": (_sparse.group_rows_checked, f32(7, 13), *ONES_BY_ROWS[:2],
-                             read_only(f32(26, 4))),
+    "sparse-read-only-out": (
+        _sparse.group_rows_checked,
+        f32(7, 13),
+        *ONES_BY_ROWS[:2],
+        read_only(f32(26, 4)),
+    ),
 }
 
 

@@ -7,6 +7,7 @@ an epoch from the same float32 weights, the two sides' rounding differences
 (different summation orders in the GEMMs) feed back through the updates;
 measured worst: 9e-6 for the losses, 9e-6 for the weights, with no upward trend.
 """
+
 import functools
 
 import numpy as np
@@ -28,10 +29,12 @@ BATCHES_UNTIL_CLIPPING_WEARS_OFF = 20
 
 
 def seeded_model(last_activation):
-    return fastnaive.NaiveSequential([
-        fastnaive.NaiveDense(28 * 28, 512, activation=fastnaive.relu, seed=0),
-        fastnaive.NaiveDense(512, 10, activation=last_activation, seed=1),
-    ])
+    return fastnaive.NaiveSequential(
+        [
+            fastnaive.NaiveDense(28 * 28, 512, activation=fastnaive.relu, seed=0),
+            fastnaive.NaiveDense(512, 10, activation=last_activation, seed=1),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,8 @@ def fastnaive_epoch(mnist):
     model = seeded_model(fastnaive.softmax)
     losses = []
     record = fastnaive.callbacks.LambdaCallback(
-        on_batch_end=lambda batch, logs: losses.append(logs["loss"]))
+        on_batch_end=lambda batch, logs: losses.append(logs["loss"])
+    )
     fastnaive.fit(model, train_images, train_labels, epochs=1, batch_size=128, callbacks=[record])
     return np.array(losses), model.weights
 
@@ -49,8 +53,9 @@ def fastnaive_epoch(mnist):
 def tf_epoch(step, tf_model, images, labels):
     """The book's inner loop: the per-batch losses of one epoch of `step` on tf_model."""
     batch_generator = BatchGenerator(images, labels)
-    return np.array([float(step(tf_model, *batch_generator.next()))
-                     for _ in range(batch_generator.num_batches)])
+    return np.array(
+        [float(step(tf_model, *batch_generator.next())) for _ in range(batch_generator.num_batches)]
+    )
 
 
 def test_one_epoch_follows_tf_batch_for_batch(mnist, book, fastnaive_epoch):
@@ -67,8 +72,9 @@ def test_one_epoch_follows_tf_batch_for_batch(mnist, book, fastnaive_epoch):
         assert np.abs(w - tf_w).max() <= EPOCH_RTOL * np.abs(tf_w).max()
 
 
-def test_one_epoch_follows_the_verbatim_book_loop_once_clipping_wears_off(mnist, book,
-                                                                           fastnaive_epoch):
+def test_one_epoch_follows_the_verbatim_book_loop_once_clipping_wears_off(
+    mnist, book, fastnaive_epoch
+):
     (train_images, train_labels), _ = mnist
     tf_model = book.copy_of(seeded_model(fastnaive.softmax))
     tf_losses = tf_epoch(book.one_training_step, tf_model, train_images, train_labels)
@@ -82,10 +88,12 @@ def test_one_epoch_follows_the_verbatim_book_loop_once_clipping_wears_off(mnist,
 @pytest.mark.slow
 def test_the_books_recipe_reaches_80_percent(mnist):
     (train_images, train_labels), (test_images, test_labels) = mnist
-    model = fastnaive.NaiveSequential([
-        fastnaive.NaiveDense(28 * 28, 512, activation=fastnaive.relu),
-        fastnaive.NaiveDense(512, 10, activation=fastnaive.softmax),
-    ])
+    model = fastnaive.NaiveSequential(
+        [
+            fastnaive.NaiveDense(28 * 28, 512, activation=fastnaive.relu),
+            fastnaive.NaiveDense(512, 10, activation=fastnaive.softmax),
+        ]
+    )
     fastnaive.fit(model, train_images, train_labels, epochs=10, batch_size=128)
     assert fastnaive.evaluate(model, test_images, test_labels) >= 0.80
 
@@ -95,10 +103,12 @@ def test_the_books_notebook_runs_on_fastnaive(mnist):
     """Chapter 2's cells, with fastnaive imported for the book's classes and functions."""
     (train_images, train_labels), (test_images, test_labels) = mnist
 
-    model = NaiveSequential([
-        NaiveDense(input_size=28 * 28, output_size=512, activation=tf.nn.relu),
-        NaiveDense(input_size=512, output_size=10, activation=tf.nn.softmax)
-    ])
+    model = NaiveSequential(
+        [
+            NaiveDense(input_size=28 * 28, output_size=512, activation=tf.nn.relu),
+            NaiveDense(input_size=512, output_size=10, activation=tf.nn.softmax),
+        ]
+    )
     assert len(model.weights) == 4
 
     def fit(model, images, labels, epochs, batch_size=128):

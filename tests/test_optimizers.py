@@ -13,11 +13,17 @@ SGD agrees bit for bit in both dtypes, while a formula error (no bias correction
 steps counted from 0, Nesterov's look-ahead left out) moves the weights by more
 than 1e-2 of their displacement.
 """
+
 import keras
 import numpy as np
 import pytest
-from helpers import (EXPECTED_RECEIVED, assert_same_weights, assert_scaled_close, make_data,
-                     make_model)
+from helpers import (
+    EXPECTED_RECEIVED,
+    assert_same_weights,
+    assert_scaled_close,
+    make_data,
+    make_model,
+)
 
 from fastnaive import SGD, Adam, BatchGenerator, fit, one_training_step, optimizers
 
@@ -30,10 +36,14 @@ LEARNING_RATE, MOMENTUM = 0.125, 0.5
 ADAM = {"learning_rate": 2**-4, "beta_1": 0.875, "beta_2": 1 - 2**-10, "epsilon": 2**-20}
 OPTIMIZER_PAIRS = {
     "sgd": (lambda: SGD(LEARNING_RATE), lambda: keras.optimizers.SGD(LEARNING_RATE)),
-    "momentum": (lambda: SGD(LEARNING_RATE, momentum=MOMENTUM),
-                 lambda: keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM)),
-    "nesterov": (lambda: SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=True),
-                 lambda: keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=True)),
+    "momentum": (
+        lambda: SGD(LEARNING_RATE, momentum=MOMENTUM),
+        lambda: keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM),
+    ),
+    "nesterov": (
+        lambda: SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=True),
+        lambda: keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM, nesterov=True),
+    ),
     "adam": (lambda: Adam(**ADAM), lambda: keras.optimizers.Adam(**ADAM)),
 }
 # Optimizers that fit applies to the gradients instead of fusing into the GEMMs.
@@ -48,8 +58,9 @@ def random_weights_and_gradients(dtype, seed=0):
     """Weights of SHAPES and STEPS lists of gradients for them, all N(0, 1)."""
     rng = np.random.default_rng(seed)
     weights = [rng.standard_normal(shape).astype(dtype) for shape in SHAPES]
-    gradients = [[rng.standard_normal(shape).astype(dtype) for shape in SHAPES]
-                 for _ in range(STEPS)]
+    gradients = [
+        [rng.standard_normal(shape).astype(dtype) for shape in SHAPES] for _ in range(STEPS)
+    ]
     return weights, gradients
 
 
@@ -67,8 +78,9 @@ def test_steps_match_keras(dtype, make, make_keras):
         assert_scaled_close(weight - w0, keras.ops.convert_to_numpy(variable) - w0, RTOL[dtype])
 
 
-@pytest.mark.parametrize("make", [pair[0] for pair in OPTIMIZER_PAIRS.values()],
-                         ids=OPTIMIZER_PAIRS.keys())
+@pytest.mark.parametrize(
+    "make", [pair[0] for pair in OPTIMIZER_PAIRS.values()], ids=OPTIMIZER_PAIRS.keys()
+)
 def test_state_is_kept_per_weight_array(dtype, make):
     """One optimizer over two same-shaped arrays updates each as if it were alone."""
     rng = np.random.default_rng(1)
@@ -147,29 +159,31 @@ def test_fit_matches_a_loop_of_training_steps(dtype, make):
     assert_same_weights(model, expected)
 
 
-@pytest.mark.parametrize("make", [lambda: SGD(0.1), *UNFUSED.values()],
-                         ids=["sgd-fused", *UNFUSED.keys()])
+@pytest.mark.parametrize(
+    "make", [lambda: SGD(0.1), *UNFUSED.values()], ids=["sgd-fused", *UNFUSED.keys()]
+)
 def test_fit_counts_iterations(make):
     optimizer = make()
     fit(make_model(), *make_data(50), epochs=2, batch_size=16, optimizer=optimizer, verbose=0)
     assert optimizer.iterations == 2 * 4  # 50 samples in batches of 16, twice
 
 
-@pytest.mark.parametrize("make", [pair[0] for pair in OPTIMIZER_PAIRS.values()],
-                         ids=OPTIMIZER_PAIRS.keys())
+@pytest.mark.parametrize(
+    "make", [pair[0] for pair in OPTIMIZER_PAIRS.values()], ids=OPTIMIZER_PAIRS.keys()
+)
 def test_set_state_continues_where_get_state_stopped(dtype, make):
     """Half the steps, state copied to a new optimizer and new arrays, the other half there."""
     weights, steps = random_weights_and_gradients(dtype)
     moved = [w.copy() for w in weights]
     whole, first = make(), make()
-    for gradients in steps[:STEPS // 2]:
+    for gradients in steps[: STEPS // 2]:
         whole.apply_gradients(zip(gradients, weights))
         first.apply_gradients(zip(gradients, moved))
     state = first.get_state()
     second = make()
     second.set_state(state)
     moved = [w.copy() for w in moved]
-    for gradients in steps[STEPS // 2:]:
+    for gradients in steps[STEPS // 2 :]:
         whole.apply_gradients(zip(gradients, weights))
         second.apply_gradients(zip(gradients, moved))
     assert second.iterations == whole.iterations == STEPS
@@ -202,8 +216,16 @@ def test_state_follows_a_weight_array_replaced_during_fit(make):
         layer.W = layer.W.copy()
 
     (x, y), model, expected = make_data(), make_model(), make_model()
-    fit(model, x, y, 2, 16, optimizer=make(), verbose=0,
-        callbacks=[LambdaCallback(on_batch_end=replace)])
+    fit(
+        model,
+        x,
+        y,
+        2,
+        16,
+        optimizer=make(),
+        verbose=0,
+        callbacks=[LambdaCallback(on_batch_end=replace)],
+    )
     fit(expected, x, y, 2, 16, optimizer=make(), verbose=0)
     for got, wanted in zip(model.weights, expected.weights, strict=True):
         np.testing.assert_array_equal(got, wanted)

@@ -1,6 +1,7 @@
 """Property-based tests over shapes, dtypes, memory layouts and values: every kernel agrees with
 fastnaive.reference, softmax rows sum to 1, cross-entropy gradient rows sum to 0, and the
 public API's results do not depend on how its inputs are laid out in memory."""
+
 import numpy as np
 from helpers import DTYPES, assert_close
 from hypothesis import given, settings
@@ -110,8 +111,12 @@ LAYOUTS = {
 @st.composite
 def training_problems(draw):
     dtype, n = draw(dtypes), draw(sizes)
-    model = fastnaive.NaiveSequential([fastnaive.NaiveDense(6, 5, "relu", dtype=dtype, seed=0),
-                                       fastnaive.NaiveDense(5, 3, "softmax", dtype=dtype, seed=1)])
+    model = fastnaive.NaiveSequential(
+        [
+            fastnaive.NaiveDense(6, 5, "relu", dtype=dtype, seed=0),
+            fastnaive.NaiveDense(5, 3, "softmax", dtype=dtype, seed=1),
+        ]
+    )
     # Half zeros, so that both the dense and the sparse first layer are drawn.
     x = arrays(draw, dtype, (n, 6)) * draw(hnp.arrays(np.int8, (n, 6), elements=st.integers(0, 1)))
     labels = draw(hnp.arrays(np.intp, n, elements=st.integers(0, 2)))

@@ -1,4 +1,5 @@
 """The README's better recipes, run through the command line on the real data sets."""
+
 import re
 
 import pytest
@@ -6,11 +7,44 @@ import pytest
 from fastnaive import cli
 
 RECIPES = {
-    "mnist": (["train", "--hidden", "512", "--init", "glorot_uniform", "--optimizer", "adam",
-               "--shuffle", "--seed", "0", "--epochs", "10"], 0.98),
-    "fashion_mnist": (["train", "--dataset", "fashion_mnist", "--hidden", "256,128",
-                       "--init", "glorot_uniform", "--optimizer", "adam", "--shuffle",
-                       "--seed", "0", "--validation-split", "0.1", "--epochs", "20"], 0.88),
+    "mnist": (
+        [
+            "train",
+            "--hidden",
+            "512",
+            "--init",
+            "glorot_uniform",
+            "--optimizer",
+            "adam",
+            "--shuffle",
+            "--seed",
+            "0",
+            "--epochs",
+            "10",
+        ],
+        0.98,
+    ),
+    "fashion_mnist": (
+        [
+            "train",
+            "--dataset",
+            "fashion_mnist",
+            "--hidden",
+            "256,128",
+            "--init",
+            "glorot_uniform",
+            "--optimizer",
+            "adam",
+            "--shuffle",
+            "--seed",
+            "0",
+            "--validation-split",
+            "0.1",
+            "--epochs",
+            "20",
+        ],
+        0.88,
+    ),
 }
 
 

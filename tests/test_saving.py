@@ -3,6 +3,7 @@
 A load copies the stored arrays into the new model's weights, so a round trip
 must return every weight bit for bit, and then the same predictions.
 """
+
 import json
 import os
 import re
@@ -103,6 +104,7 @@ def test_loading_a_missing_file_raises_file_not_found(tmp_path):
 
 # Files that are not fastnaive models
 
+
 def stored_arrays(tmp_path):
     """The arrays of a saved 5-4-3 model, as a dict to alter and write back."""
     model_of("5-4-3-linear").save(tmp_path / "good.npz")
@@ -112,40 +114,47 @@ def stored_arrays(tmp_path):
 
 def with_changes(**changes):
     """A writer of the good arrays with `changes` (None deletes a key) saved by np.savez."""
+
     def write(tmp_path, path):
         arrays = {**stored_arrays(tmp_path), **changes}
         np.savez(path, **{key: value for key, value in arrays.items() if value is not None})
+
     return write
 
 
 def with_architecture(edit):
     """A writer of the good arrays whose architecture JSON is edit(architecture dict)."""
+
     def write(tmp_path, path):
         arrays = stored_arrays(tmp_path)
         architecture = edit(json.loads(str(arrays["architecture"])))
         arrays["architecture"] = np.array(json.dumps(architecture))
         np.savez(path, **arrays)
+
     return write
 
 
 def with_bytes(edit):
     """A writer of edit(the good file's bytes)."""
+
     def write(tmp_path, path):
         stored_arrays(tmp_path)
         path.write_bytes(edit((tmp_path / "good.npz").read_bytes()))
+
     return write
 
 
 def flip_byte_of_W0(data):
     """Flip one byte inside the stored W0's values, which zip's CRC-32 protects."""
     start = data.index(b"W0.npy") + 6 + 128  # past the member's name and .npy header
-    return data[:start + 40] + bytes([data[start + 40] ^ 0xFF]) + data[start + 41:]
+    return data[: start + 40] + bytes([data[start + 40] ^ 0xFF]) + data[start + 41 :]
 
 
 def replace_layer(index, **fields):
     def edit(architecture):
         architecture["layers"][index].update(fields)
         return architecture
+
     return edit
 
 
@@ -155,7 +164,7 @@ def write_npy(tmp_path, path):
 
 
 BAD_FILES = {
-    "truncated-to-half": with_bytes(lambda data: data[:len(data) // 2]),
+    "truncated-to-half": with_bytes(lambda data: data[: len(data) // 2]),
     "truncated-by-one-byte": with_bytes(lambda data: data[:-1]),
     "empty": with_bytes(lambda data: b""),
     "flipped-byte-in-W0": with_bytes(flip_byte_of_W0),
@@ -176,8 +185,9 @@ BAD_FILES = {
     "sizes-disagree-with-W0": with_architecture(replace_layer(0, output_size=5)),
     "layers-do-not-chain": with_architecture(replace_layer(1, input_size=5)),
     "negative-size": with_architecture(replace_layer(0, input_size=-5)),
-    "huge-sizes-disagree-with-W0":
-        with_architecture(replace_layer(0, input_size=10**6, output_size=10**6)),
+    "huge-sizes-disagree-with-W0": with_architecture(
+        replace_layer(0, input_size=10**6, output_size=10**6)
+    ),
     "W0-transposed": with_changes(W0=np.zeros((4, 5), np.float32)),
     "W0-integer": with_changes(W0=np.zeros((5, 4), np.int32)),
     "b1-missing": with_changes(b1=None),
@@ -189,8 +199,10 @@ BAD_FILES = {
 def test_bad_file_raises_value_error_naming_it(tmp_path, write):
     path = tmp_path / "bad.npz"
     write(tmp_path, path)
-    with pytest.raises(ValueError, match=r"^Expected a fastnaive model file\. Received: "
-                                         + re.escape(repr(str(path)))):
+    with pytest.raises(
+        ValueError,
+        match=r"^Expected a fastnaive model file\. Received: " + re.escape(repr(str(path))),
+    ):
         load_model(path)
 
 
@@ -249,8 +261,11 @@ KILL_DELAYS = [0.0, *np.random.default_rng(0).uniform(0.0, 0.3, 4)]
 
 
 def kill_while_saving(source, path, seconds):
-    writer = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(source), str(path)],
-                              stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", SAVE_FOREVER, str(source), str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert writer.stdout.readline() == "saving\n"
     try:
         writer.wait(timeout=seconds)

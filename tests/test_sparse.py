@@ -1,5 +1,6 @@
 """Tests for fastnaive._sparse: the grouped layouts and both products against NumPy, on every
 instruction set the CPU runs, and against the dense kernels they replace."""
+
 import numpy as np
 import pytest
 from helpers import DTYPES, SCALES, assert_close, by_columns, by_rows, f32, normal
@@ -76,8 +77,10 @@ def rebuild(starts, index, quads, n_lines, n_positions):
         for pattern in range(1, 16):
             entries = slice(starts[16 * g + pattern - 1], starts[16 * g + pattern])
             lines = [r for r in range(4) if pattern >> r & 1 and 4 * g + r < n_lines]
-            np.testing.assert_array_equal(quads[entries] != 0, np.resize(
-                [pattern >> r & 1 for r in range(4)], quads[entries].shape).astype(bool))
+            np.testing.assert_array_equal(
+                quads[entries] != 0,
+                np.resize([pattern >> r & 1 for r in range(4)], quads[entries].shape).astype(bool),
+            )
             for r in lines:
                 out[4 * g + r, index[entries]] = quads[entries, r]
     return out
@@ -95,8 +98,11 @@ def test_group_columns_holds_every_nonzero_once(shape, density, dtype, rng):
 
 def test_sparse_forward(shape, density, dtype, instruction_set, rng):
     n, k, m = shape
-    X, W, b = sparse_matrix(rng, (n, k), dtype, density), normal(rng, (k, m), dtype, k**-0.5), \
-        normal(rng, m, dtype)
+    X, W, b = (
+        sparse_matrix(rng, (n, k), dtype, density),
+        normal(rng, (k, m), dtype, k**-0.5),
+        normal(rng, m, dtype),
+    )
     for relu in (True, False):
         assert_close(forward(X, W, b, relu), expected_forward(X, W, b, relu))
 
@@ -143,8 +149,9 @@ def test_results_do_not_depend_on_the_threads(dtype, rng, n_threads):
             listed = slice(one[0][g], one[0][g + 15])
             assert np.array_equal(one[1][listed], many[1][listed])
             assert np.array_equal(one[2][listed], many[2][listed])
-    for one, many in zip(param_grad(X, delta, -0.1, 1.0, W, b, 1),
-                         param_grad(X, delta, -0.1, 1.0, W, b, n_threads)):
+    for one, many in zip(
+        param_grad(X, delta, -0.1, 1.0, W, b, 1), param_grad(X, delta, -0.1, 1.0, W, b, n_threads)
+    ):
         assert np.array_equal(one, many)
 
 
@@ -231,24 +238,74 @@ COLUMNS_7x13 = _sparse.group_buffers(13, 7, np.float32)  # starts (64,), index (
 # (wrapper, *arguments), one shape disagreeing with the others.
 SHAPE_MISMATCHES = {
     "group_rows-starts": (_sparse.group_rows_checked, f32(7, 13), i32(16), *ROWS_7x13[1:]),
-    "group_rows-index": (_sparse.group_rows_checked, f32(7, 13), ROWS_7x13[0], i32(25),
-                         ROWS_7x13[2]),
+    "group_rows-index": (
+        _sparse.group_rows_checked,
+        f32(7, 13),
+        ROWS_7x13[0],
+        i32(25),
+        ROWS_7x13[2],
+    ),
     "group_rows-quads": (_sparse.group_rows_checked, f32(7, 13), *ROWS_7x13[:2], f32(26, 3)),
     "group_columns-starts": (_sparse.group_columns_checked, f32(7, 13), *ROWS_7x13),
-    "forward-bias": (_sparse.sparse_forward_checked, *ROWS_7x13, f32(13, 4), f32(3), True,
-                     f32(7, 4)),
-    "forward-out": (_sparse.sparse_forward_checked, *ROWS_7x13, f32(13, 4), f32(4), True,
-                    f32(7, 3)),
-    "forward-rows": (_sparse.sparse_forward_checked, *ROWS_7x13, f32(13, 4), f32(4), True,
-                     f32(9, 4)),
-    "forward-no-features": (_sparse.sparse_forward_checked, *ROWS_7x13, f32(0, 4), f32(4), True,
-                            f32(7, 4)),
-    "param_grad-db": (_sparse.sparse_param_grad_checked, *COLUMNS_7x13, f32(7, 4), 1.0, 0.0,
-                      f32(13, 4), f32(3)),
-    "param_grad-dW": (_sparse.sparse_param_grad_checked, *COLUMNS_7x13, f32(7, 4), 1.0, 0.0,
-                      f32(12, 4), f32(4)),
-    "param_grad-no-samples": (_sparse.sparse_param_grad_checked, *COLUMNS_7x13, f32(0, 4), 1.0,
-                              0.0, f32(13, 4), f32(4)),
+    "forward-bias": (
+        _sparse.sparse_forward_checked,
+        *ROWS_7x13,
+        f32(13, 4),
+        f32(3),
+        True,
+        f32(7, 4),
+    ),
+    "forward-out": (
+        _sparse.sparse_forward_checked,
+        *ROWS_7x13,
+        f32(13, 4),
+        f32(4),
+        True,
+        f32(7, 3),
+    ),
+    "forward-rows": (
+        _sparse.sparse_forward_checked,
+        *ROWS_7x13,
+        f32(13, 4),
+        f32(4),
+        True,
+        f32(9, 4),
+    ),
+    "forward-no-features": (
+        _sparse.sparse_forward_checked,
+        *ROWS_7x13,
+        f32(0, 4),
+        f32(4),
+        True,
+        f32(7, 4),
+    ),
+    "param_grad-db": (
+        _sparse.sparse_param_grad_checked,
+        *COLUMNS_7x13,
+        f32(7, 4),
+        1.0,
+        0.0,
+        f32(13, 4),
+        f32(3),
+    ),
+    "param_grad-dW": (
+        _sparse.sparse_param_grad_checked,
+        *COLUMNS_7x13,
+        f32(7, 4),
+        1.0,
+        0.0,
+        f32(12, 4),
+        f32(4),
+    ),
+    "param_grad-no-samples": (
+        _sparse.sparse_param_grad_checked,
+        *COLUMNS_7x13,
+        f32(0, 4),
+        1.0,
+        0.0,
+        f32(13, 4),
+        f32(4),
+    ),
 }
 
 

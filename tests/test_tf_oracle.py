@@ -14,6 +14,7 @@ Weights after SGD steps are compared through their displacement w - w0, with
 atol = steps * eps * max|w0| added: each side rounds w once per step, which in
 float32 is ~1e-4 of a 1e-3-sized step (measured 1.4e-4 relative).
 """
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -168,15 +169,19 @@ def test_saturated_probabilities_exact_in_fastnaive_clipped_in_tf(book, dtype):
     loss, gradients = fastnaive.loss_and_gradients(model, x, y)
     assert_scaled_close(loss, exact.mean(), RTOL[dtype])
     assert_all_scaled_close(
-        gradients, reference_backward(model, inputs, exact_logit_gradients(logits, y)), RTOL[dtype])
+        gradients, reference_backward(model, inputs, exact_logit_gradients(logits, y)), RTOL[dtype]
+    )
 
     tf_model = book.copy_of(model)
     tf_losses = tf.keras.losses.sparse_categorical_crossentropy(y, tf_model(x)).numpy()
     assert_scaled_close(tf_losses, keras_losses, RTOL[dtype])
     tf_loss, tf_gradients = book.loss_and_gradients(tf_model, x, y)
     assert_scaled_close(tf_loss, keras_losses.mean(), RTOL[dtype])
-    assert_all_scaled_close([g.numpy() for g in tf_gradients],
-                            reference_backward(model, inputs, keras_logit_gradients), RTOL[dtype])
+    assert_all_scaled_close(
+        [g.numpy() for g in tf_gradients],
+        reference_backward(model, inputs, keras_logit_gradients),
+        RTOL[dtype],
+    )
 
     p_y = softmax(logits)[np.arange(len(y)), y]
     bound = np.maximum(0, np.log(EPSILON) - np.log(p_y)) + (N_CLASSES + 1) * EPSILON
@@ -194,7 +199,8 @@ def test_logits_of_1e4_give_finite_exact_loss_and_gradients(dtype, last_activati
     inputs, logits = reference_forward(model, x)
     assert_scaled_close(loss, exact_losses(logits, y).mean(), RTOL[dtype])
     assert_all_scaled_close(
-        gradients, reference_backward(model, inputs, exact_logit_gradients(logits, y)), RTOL[dtype])
+        gradients, reference_backward(model, inputs, exact_logit_gradients(logits, y)), RTOL[dtype]
+    )
     assert np.isfinite(model(x)).all()
 
 
@@ -202,9 +208,11 @@ def fit_one_epoch(model, images, labels):
     return fastnaive.fit(model, images, labels, epochs=1)
 
 
-@pytest.mark.parametrize("call", [fastnaive.loss_and_gradients, fastnaive.one_training_step,
-                                  fit_one_epoch],
-                         ids=["loss_and_gradients", "one_training_step", "fit"])
+@pytest.mark.parametrize(
+    "call",
+    [fastnaive.loss_and_gradients, fastnaive.one_training_step, fit_one_epoch],
+    ids=["loss_and_gradients", "one_training_step", "fit"],
+)
 @pytest.mark.parametrize("label", [-1, N_CLASSES], ids=["negative", "n_classes"])
 def test_out_of_range_label_raises_value_error(call, label):
     model = random_model((784, 64, 10), "softmax", np.float32, seed=0)
@@ -223,8 +231,11 @@ def book_step_from_fastnaive(model, images_batch, labels_batch):
     return average_loss
 
 
-@pytest.mark.parametrize("step", [fastnaive.one_training_step, book_step_from_fastnaive],
-                         ids=["one_training_step", "loss_and_gradients+update_weights"])
+@pytest.mark.parametrize(
+    "step",
+    [fastnaive.one_training_step, book_step_from_fastnaive],
+    ids=["one_training_step", "loss_and_gradients+update_weights"],
+)
 def test_sgd_steps_match_the_books(book, dtype, step):
     model = random_model((784, 512, 10), "softmax", dtype, seed=2)
     tf_model = book.copy_of(model)

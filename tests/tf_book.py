@@ -4,6 +4,7 @@ instead of drawn, so both start from the same point.
 
 Importing this module imports TensorFlow; tests reach it through the `book` fixture.
 """
+
 import tensorflow as tf
 
 # On CPU the ops used here are deterministic. enable_op_determinism() is left
@@ -52,9 +53,12 @@ class NaiveSequential:
 
 def copy_of(model):
     """The book's TF model with the architecture and current weights of a fastnaive model."""
-    return NaiveSequential([NaiveDense(layer.W.copy(), layer.b.copy(),
-                                       TF_ACTIVATIONS[layer.activation])
-                            for layer in model.layers])
+    return NaiveSequential(
+        [
+            NaiveDense(layer.W.copy(), layer.b.copy(), TF_ACTIVATIONS[layer.activation])
+            for layer in model.layers
+        ]
+    )
 
 
 def loss_and_gradients(model, images_batch, labels_batch, from_logits=False):
@@ -62,7 +66,8 @@ def loss_and_gradients(model, images_batch, labels_batch, from_logits=False):
     with tf.GradientTape() as tape:
         predictions = model(images_batch)
         per_sample_losses = tf.keras.losses.sparse_categorical_crossentropy(
-            labels_batch, predictions, from_logits=from_logits)
+            labels_batch, predictions, from_logits=from_logits
+        )
         average_loss = tf.reduce_mean(per_sample_losses)
     gradients = tape.gradient(average_loss, model.weights)
     return average_loss, gradients

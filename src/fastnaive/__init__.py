@@ -7,6 +7,7 @@ The book's API, with NumPy arrays for tensors:
     fit(model, train_images, train_labels, epochs=10, batch_size=128)
     accuracy = evaluate(model, test_images, test_labels)
 """
+
 import importlib
 
 from fastnaive import callbacks, optimizers
@@ -16,16 +17,36 @@ from fastnaive.layers import NaiveDense
 from fastnaive.models import NaiveSequential
 from fastnaive.optimizers import SGD, Adam
 from fastnaive.saving import load_model
-from fastnaive.training import (evaluate, evaluate_loss, fit, loss_and_gradients, one_training_step,
-                                update_weights)
+from fastnaive.training import (
+    evaluate,
+    evaluate_loss,
+    fit,
+    loss_and_gradients,
+    one_training_step,
+    update_weights,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "NaiveDense", "NaiveSequential", "BatchGenerator", "SGD", "Adam", "relu", "softmax",
-    "load_model", "loss_and_gradients", "update_weights", "one_training_step", "fit", "evaluate",
+    "NaiveDense",
+    "NaiveSequential",
+    "BatchGenerator",
+    "SGD",
+    "Adam",
+    "relu",
+    "softmax",
+    "load_model",
+    "loss_and_gradients",
+    "update_weights",
+    "one_training_step",
+    "fit",
+    "evaluate",
     "evaluate_loss",
-    "callbacks", "datasets", "optimizers", "__version__",
+    "callbacks",
+    "datasets",
+    "optimizers",
+    "__version__",
 ]
 
 

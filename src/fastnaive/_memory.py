@@ -1,4 +1,5 @@
 """Arrays whose data start on a cache-line boundary (NumPy promises only 16 bytes)."""
+
 import numpy as np
 
 ALIGNMENT = 64
@@ -10,7 +11,7 @@ def aligned_empty(shape, dtype, alignment=ALIGNMENT):
     size = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(size + alignment, np.uint8)
     offset = -raw.ctypes.data % alignment
-    return raw[offset:offset + size].view(dtype).reshape(shape)
+    return raw[offset : offset + size].view(dtype).reshape(shape)
 
 
 def aligned_copy(array, alignment=ALIGNMENT):

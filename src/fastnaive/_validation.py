@@ -4,6 +4,7 @@ Kernels run without bounds checks: every shape, dtype, layout and label range
 they rely on is established here, with errors that name the argument, state
 what was expected and show what was received.
 """
+
 import math
 import numbers
 
@@ -32,8 +33,9 @@ def positive_int(value, name, minimum=1):
     if value < minimum:
         raise ValueError(f"Expected {name} >= {minimum}. Received: {name}={value!r}")
     if value > MAX_BLAS_DIM:
-        raise ValueError(f"Expected {name} <= {MAX_BLAS_DIM} (32-bit BLAS sizes). "
-                         f"Received: {name}={value!r}")
+        raise ValueError(
+            f"Expected {name} <= {MAX_BLAS_DIM} (32-bit BLAS sizes). Received: {name}={value!r}"
+        )
     return int(value)
 
 
@@ -47,37 +49,50 @@ def learning_rate(value, name="learning_rate"):
 
 
 def as_inputs(images, n_features, dtype, name="images"):
-    """Return `images` as a C-contiguous (n, n_features) array of `dtype`, copying only if needed."""
+    """Return `images` as a C-contiguous (n, n_features) array of `dtype`; copy only if needed."""
     x = np.asarray(images)
     if x.dtype.kind not in "iuf":
-        raise TypeError(f"Expected {name} of a real number dtype (integer or float). "
-                        f"Received: {name}.dtype={x.dtype}")
+        raise TypeError(
+            f"Expected {name} of a real number dtype (integer or float). "
+            f"Received: {name}.dtype={x.dtype}"
+        )
     if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"Expected {name} of shape (n_samples, ...) with n_samples >= 1. "
-                         f"Received: {name}.shape={x.shape}")
+        raise ValueError(
+            f"Expected {name} of shape (n_samples, ...) with n_samples >= 1. "
+            f"Received: {name}.shape={x.shape}"
+        )
     if math.prod(x.shape[1:]) != n_features:
-        raise ValueError(f"Expected {name} whose samples have {n_features} values, the model's "
-                         f"input size. Received: {name}.shape={x.shape}")
+        raise ValueError(
+            f"Expected {name} whose samples have {n_features} values, the model's "
+            f"input size. Received: {name}.shape={x.shape}"
+        )
     if x.shape[0] > MAX_BLAS_DIM:
-        raise ValueError(f"Expected at most {MAX_BLAS_DIM} samples (32-bit BLAS sizes). "
-                         f"Received: {name}.shape={x.shape}")
+        raise ValueError(
+            f"Expected at most {MAX_BLAS_DIM} samples (32-bit BLAS sizes). "
+            f"Received: {name}.shape={x.shape}"
+        )
     return np.ascontiguousarray(x.reshape(x.shape[0], n_features), dtype=dtype)
 
 
 def as_labels(labels, n_samples, n_classes, name="labels"):
-    """Return integer `labels` as a C-contiguous intp array of length n_samples in [0, n_classes)."""
+    """Return integer `labels` as a C-contiguous intp array of n_samples in [0, n_classes)."""
     y = np.asarray(labels)
     if y.dtype.kind not in "iu":
-        raise TypeError(f"Expected {name} of an integer dtype (class indices). "
-                        f"Received: {name}.dtype={y.dtype}")
+        raise TypeError(
+            f"Expected {name} of an integer dtype (class indices). Received: {name}.dtype={y.dtype}"
+        )
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or y.shape[0] != n_samples:
-        raise ValueError(f"Expected {name} of shape ({n_samples},), one per image. "
-                         f"Received: {name}.shape={y.shape}")
+        raise ValueError(
+            f"Expected {name} of shape ({n_samples},), one per image. "
+            f"Received: {name}.shape={y.shape}"
+        )
     low, high = y.min(), y.max()
     if low < 0 or high >= n_classes:
         bad = low if low < 0 else high
-        raise ValueError(f"Expected {name} in [0, {n_classes}). "
-                         f"Received: {name}.{'min' if low < 0 else 'max'}()={bad}")
+        raise ValueError(
+            f"Expected {name} in [0, {n_classes}). "
+            f"Received: {name}.{'min' if low < 0 else 'max'}()={bad}"
+        )
     return np.ascontiguousarray(y, dtype=np.intp)

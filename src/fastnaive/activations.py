@@ -5,6 +5,7 @@ on tensors. A layer accepts either of them, the strings "relu", "softmax",
 "linear" or None, or TensorFlow's and Keras' own relu and softmax functions,
 recognised by name and module so that fastnaive never imports TensorFlow.
 """
+
 import numpy as np
 
 __all__ = ["relu", "softmax", "resolve"]
@@ -41,4 +42,5 @@ def resolve(activation):
     raise ValueError(
         "Expected activation to be fastnaive.relu, fastnaive.softmax, tf.nn.relu, "
         "tf.nn.softmax, 'relu', 'softmax', 'linear' or None. "
-        f"Received: activation={activation!r}")
+        f"Received: activation={activation!r}"
+    )

@@ -1,4 +1,5 @@
 """BatchGenerator: the book's sequential mini-batches over images and labels."""
+
 import math
 
 from fastnaive._validation import positive_int
@@ -7,7 +8,7 @@ __all__ = ["BatchGenerator"]
 
 
 class BatchGenerator:
-    """Yields (images[i:i + batch_size], labels[i:i + batch_size]) in order; the last batch may be short.
+    """Yields (images[i:i + batch_size], labels[i:i + batch_size]) in order; the last may be short.
 
     `next()` returns the following batch and starts over after the last one;
     iterating gives one pass of `num_batches` batches from the start.
@@ -15,8 +16,10 @@ class BatchGenerator:
 
     def __init__(self, images, labels, batch_size=128):
         if len(images) != len(labels):
-            raise ValueError(f"Expected as many labels as images. "
-                             f"Received: len(images)={len(images)}, len(labels)={len(labels)}")
+            raise ValueError(
+                f"Expected as many labels as images. "
+                f"Received: len(images)={len(images)}, len(labels)={len(labels)}"
+            )
         if len(images) == 0:
             raise ValueError("Expected at least one image. Received: len(images)=0")
         self.images = images
@@ -42,5 +45,7 @@ class BatchGenerator:
         return self.num_batches
 
     def __repr__(self):
-        return (f"BatchGenerator({len(self.images)} samples, batch_size={self.batch_size}, "
-                f"num_batches={self.num_batches})")
+        return (
+            f"BatchGenerator({len(self.images)} samples, batch_size={self.batch_size}, "
+            f"num_batches={self.num_batches})"
+        )

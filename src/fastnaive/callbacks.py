@@ -6,6 +6,7 @@ the epoch's "loss", "accuracy" (and "val_loss", "val_accuracy" when
 validating) after an epoch. Setting `model.stop_training = True` ends training
 after the current epoch.
 """
+
 import math
 
 __all__ = ["Callback", "LambdaCallback", "History", "EarlyStopping"]
@@ -40,13 +41,23 @@ class Callback:
 
 
 class LambdaCallback(Callback):
-    """A callback made of plain functions, e.g. LambdaCallback(on_epoch_end=lambda epoch, logs: ...)."""
+    """A callback of plain functions, e.g. LambdaCallback(on_epoch_end=lambda epoch, logs: ...)."""
 
-    def __init__(self, on_train_begin=None, on_epoch_begin=None, on_batch_end=None,
-                 on_epoch_end=None, on_train_end=None):
-        given = {"on_train_begin": on_train_begin, "on_epoch_begin": on_epoch_begin,
-                 "on_batch_end": on_batch_end, "on_epoch_end": on_epoch_end,
-                 "on_train_end": on_train_end}
+    def __init__(
+        self,
+        on_train_begin=None,
+        on_epoch_begin=None,
+        on_batch_end=None,
+        on_epoch_end=None,
+        on_train_end=None,
+    ):
+        given = {
+            "on_train_begin": on_train_begin,
+            "on_epoch_begin": on_epoch_begin,
+            "on_batch_end": on_batch_end,
+            "on_epoch_end": on_epoch_end,
+            "on_train_end": on_train_end,
+        }
         for name, function in given.items():
             if function is not None:
                 if not callable(function):
@@ -78,8 +89,9 @@ class EarlyStopping(Callback):
     the end of training.
     """
 
-    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
-                 restore_best_weights=False):
+    def __init__(
+        self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto", restore_best_weights=False
+    ):
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"Expected mode 'auto', 'min' or 'max'. Received: mode={mode!r}")
         if not (isinstance(patience, int) and patience >= 0):
@@ -108,8 +120,10 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.monitor not in logs:
-            raise ValueError(f"Expected EarlyStopping's monitor among the logged values "
-                             f"{sorted(logs)}. Received: monitor={self.monitor!r}")
+            raise ValueError(
+                f"Expected EarlyStopping's monitor among the logged values "
+                f"{sorted(logs)}. Received: monitor={self.monitor!r}"
+            )
         value = logs[self.monitor]
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0

@@ -4,6 +4,7 @@ With no subcommand, `train` runs with its defaults: the book's recipe on MNIST.
 Errors (missing data, bad option values, unreadable files) are one line on
 stderr and exit status 1.
 """
+
 import argparse
 import importlib
 import json
@@ -36,52 +37,91 @@ def hidden_sizes(text):
 
 def add_data_options(parser):
     parser.add_argument("--dataset", choices=DATASETS, default="mnist", help="default: mnist")
-    parser.add_argument("--data", metavar="PATH",
-                        help="an .npz or a folder holding it or the four IDX files (default: "
-                             "$FASTNAIVE_DATA, the Keras cache, then a TensorFlow download)")
+    parser.add_argument(
+        "--data",
+        metavar="PATH",
+        help="an .npz or a folder holding it or the four IDX files (default: "
+        "$FASTNAIVE_DATA, the Keras cache, then a TensorFlow download)",
+    )
 
 
 def add_train_options(parser):
     add_data_options(parser)
     parser.add_argument("--epochs", type=int, default=10, help="default: 10")
     parser.add_argument("--batch-size", type=int, default=128, help="default: 128")
-    parser.add_argument("--lr", type=float, default=None,
-                        help="learning rate (default: 1e-3, the book's)")
-    parser.add_argument("--optimizer", choices=("sgd", "momentum", "adam"), default="sgd",
-                        help="sgd (the book's), momentum (SGD, 0.9) or adam (default: sgd)")
-    parser.add_argument("--hidden", type=hidden_sizes, default=(512,),
-                        help="hidden layer sizes, e.g. 512 or 256,128 (default: 512)")
-    parser.add_argument("--init", choices=tuple(initializers.NAMES), default="book",
-                        help="initial weights (default: book, U[0, 0.1))")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default: 1e-3, the book's)"
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=("sgd", "momentum", "adam"),
+        default="sgd",
+        help="sgd (the book's), momentum (SGD, 0.9) or adam (default: sgd)",
+    )
+    parser.add_argument(
+        "--hidden",
+        type=hidden_sizes,
+        default=(512,),
+        help="hidden layer sizes, e.g. 512 or 256,128 (default: 512)",
+    )
+    parser.add_argument(
+        "--init",
+        choices=tuple(initializers.NAMES),
+        default="book",
+        help="initial weights (default: book, U[0, 0.1))",
+    )
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--seed", type=int, default=None, help="seed for weights and shuffling")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="BLAS and OpenMP threads (default: all cores)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="BLAS and OpenMP threads (default: all cores)"
+    )
     parser.add_argument("--shuffle", action="store_true", help="reshuffle the samples every epoch")
-    parser.add_argument("--validation-split", type=float, default=0.0, metavar="FRACTION",
-                        help="hold out this last fraction of the training set for validation")
+    parser.add_argument(
+        "--validation-split",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="hold out this last fraction of the training set for validation",
+    )
     parser.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
     parser.add_argument("--history", metavar="PATH", help="write the history (.json or .csv)")
-    parser.add_argument("--plot", metavar="PATH",
-                        help="write a PNG of the loss and accuracy curves (needs matplotlib)")
-    parser.add_argument("--verbose", choices=tuple(VERBOSE), default=None,
-                        help="book: the book's lines, 1: a progress bar, 2: a line per epoch, "
-                             "0: quiet (default: 1 on a terminal, else 2)")
-    parser.add_argument("--distributed", action="store_true",
-                        help="share each batch among MPI ranks: mpirun -n N fastnaive train "
-                             "--distributed (needs mpi4py: pip install \"fastnaive[mpi]\")")
-    parser.add_argument("--checkpoint-dir", metavar="DIR",
-                        help="save the model and optimizer state there after every epoch")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the last checkpoint in --checkpoint-dir")
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="write a PNG of the loss and accuracy curves (needs matplotlib)",
+    )
+    parser.add_argument(
+        "--verbose",
+        choices=tuple(VERBOSE),
+        default=None,
+        help="book: the book's lines, 1: a progress bar, 2: a line per epoch, "
+        "0: quiet (default: 1 on a terminal, else 2)",
+    )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="share each batch among MPI ranks: mpirun -n N fastnaive train "
+        '--distributed (needs mpi4py: pip install "fastnaive[mpi]")',
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="save the model and optimizer state there after every epoch",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint in --checkpoint-dir",
+    )
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="fastnaive",
         description="Train and evaluate the MLP of Deep Learning with Python, ch. 2, on MNIST or "
-                    "Fashion-MNIST. With no command, train the book's recipe (784-512 relu-10 "
-                    "softmax, W ~ U[0, 0.1), SGD 1e-3, batch 128, 10 epochs) on MNIST.")
+        "Fashion-MNIST. With no command, train the book's recipe (784-512 relu-10 "
+        "softmax, W ~ U[0, 0.1), SGD 1e-3, batch 128, 10 epochs) on MNIST.",
+    )
     parser.add_argument("--version", action="version", version=f"fastnaive {fastnaive.__version__}")
     commands = parser.add_subparsers(dest="command")
     add_train_options(commands.add_parser("train", help="train a model and report test accuracy"))
@@ -99,17 +139,22 @@ def load_dataset(name, path):
 
     def scale(x):
         return x.reshape(len(x), -1).astype(np.float32) / 255
+
     return (scale(x_train), y_train), (scale(x_test), y_test)
 
 
 def build_model(args):
     rng = np.random.default_rng(args.seed)
     sizes = (784, *args.hidden, 10)
-    layers = [fastnaive.NaiveDense(n_in, n_out, "relu", dtype=args.dtype, seed=rng,
-                                   initializer=args.init)
-              for n_in, n_out in zip(sizes[:-2], sizes[1:-1])]
-    layers.append(fastnaive.NaiveDense(sizes[-2], 10, "softmax", dtype=args.dtype, seed=rng,
-                                       initializer=args.init))
+    layers = [
+        fastnaive.NaiveDense(n_in, n_out, "relu", dtype=args.dtype, seed=rng, initializer=args.init)
+        for n_in, n_out in zip(sizes[:-2], sizes[1:-1])
+    ]
+    layers.append(
+        fastnaive.NaiveDense(
+            sizes[-2], 10, "softmax", dtype=args.dtype, seed=rng, initializer=args.init
+        )
+    )
     return fastnaive.NaiveSequential(layers)
 
 
@@ -132,6 +177,7 @@ def plot_history(history, path):
     """Write a PNG with the loss and the accuracy per epoch, training and validation."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
@@ -155,11 +201,13 @@ def plot_history(history, path):
 def thread_limit(threads):
     """A context limiting BLAS and OpenMP threads, or doing nothing for None."""
     from contextlib import nullcontext
+
     if threads is None:
         return nullcontext()
     if threads < 1:
         raise UsageError(f"--threads expects a number >= 1, got {threads}")
     from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits=threads)
 
 
@@ -173,17 +221,29 @@ def train(args):
     comm = distributed.world() if args.distributed else None
     ranks = 1 if comm is None else comm.Get_size()
     root = comm is None or comm.Get_rank() == 0
-    verbose = VERBOSE[args.verbose] if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    verbose = (
+        VERBOSE[args.verbose] if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    )
     (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset, args.data)
     model = build_model(args)
     optimizer = optimizers.get(args.optimizer, args.lr)
     start = time.perf_counter()
     with thread_limit(args.threads):
-        history = fastnaive.fit(model, x_train, y_train, args.epochs, args.batch_size,
-                                optimizer=optimizer, shuffle=args.shuffle, seed=args.seed,
-                                validation_split=args.validation_split,
-                                verbose=verbose if root else 0, comm=comm,
-                                checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+        history = fastnaive.fit(
+            model,
+            x_train,
+            y_train,
+            args.epochs,
+            args.batch_size,
+            optimizer=optimizer,
+            shuffle=args.shuffle,
+            seed=args.seed,
+            validation_split=args.validation_split,
+            verbose=verbose if root else 0,
+            comm=comm,
+            checkpoint_dir=args.checkpoint_dir,
+            resume=args.resume,
+        )
         seconds = time.perf_counter() - start
         accuracy = fastnaive.evaluate(model, x_test, y_test) if root else None
     if root:
@@ -196,10 +256,15 @@ def _report(args, model, history, seconds, accuracy, verbose, ranks):
     if verbose == "book":
         for epoch, loss in zip(history.epoch, history.history["loss"]):
             print(f"epoch {epoch}: mean loss {loss:.4f}")
-    where = "" if ranks == 1 else (f" on {ranks} ranks ({history.allreduce_seconds:.1f} s in "
-                                   f"Allreduce)")
-    print(f"trained {epochs} epochs{where} in {seconds:.1f} s "
-          f"({seconds / max(epochs, 1):.2f} s/epoch); test accuracy: {accuracy:.4f}")
+    where = (
+        ""
+        if ranks == 1
+        else (f" on {ranks} ranks ({history.allreduce_seconds:.1f} s in Allreduce)")
+    )
+    print(
+        f"trained {epochs} epochs{where} in {seconds:.1f} s "
+        f"({seconds / max(epochs, 1):.2f} s/epoch); test accuracy: {accuracy:.4f}"
+    )
     if args.save:
         model.save(args.save)
         print(f"model saved to {args.save}")
@@ -218,14 +283,18 @@ def evaluate(args):
 
 def info(args):
     from threadpoolctl import threadpool_info
+
     from fastnaive import _kernels
     from fastnaive.datasets import locations
+
     print(f"fastnaive {fastnaive.__version__}, numpy {np.__version__}")
     print(f"OpenMP: {'compiled in' if _kernels.openmp_enabled() else 'not compiled in'}")
     for pool in threadpool_info():
         version = f" {pool['version']}" if pool.get("version") else ""
-        print(f"{pool['user_api']}: {pool['internal_api']}{version} ({pool['prefix']}), "
-              f"{pool['num_threads']} threads")
+        print(
+            f"{pool['user_api']}: {pool['internal_api']}{version} ({pool['prefix']}), "
+            f"{pool['num_threads']} threads"
+        )
     for name in DATASETS:
         print(f"{name}:")
         for place, state in locations(name):

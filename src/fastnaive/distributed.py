@@ -31,8 +31,10 @@ def world():
     try:
         from mpi4py import MPI
     except ImportError as error:
-        raise ImportError('Expected mpi4py for distributed training: pip install '
-                          f'"fastnaive[mpi]". Received: {error}') from error
+        raise ImportError(
+            "Expected mpi4py for distributed training: pip install "
+            f'"fastnaive[mpi]". Received: {error}'
+        ) from error
     return MPI.COMM_WORLD
 
 
@@ -91,6 +93,7 @@ class MPIGroup:
 
     def __init__(self, comm):
         from mpi4py import MPI
+
         self.comm, self.MPI = comm, MPI
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.is_root = self.rank == 0
@@ -109,14 +112,17 @@ class MPIGroup:
         descriptions = self.comm.allgather(mine)
         for rank, other in enumerate(descriptions):
             if isinstance(other, str):
-                raise ValueError(f"Expected valid arguments on every rank. Received: on rank "
-                                 f"{rank}, {other}")
+                raise ValueError(
+                    f"Expected valid arguments on every rank. Received: on rank {rank}, {other}"
+                )
         for rank, other in enumerate(descriptions):
             for key, value in other.items():
                 if value != descriptions[0][key]:
-                    raise ValueError(f"Expected the same {key} on every rank. Received: "
-                                     f"{key}={value!r} on rank {rank}, "
-                                     f"{key}={descriptions[0][key]!r} on rank 0")
+                    raise ValueError(
+                        f"Expected the same {key} on every rank. Received: "
+                        f"{key}={value!r} on rank {rank}, "
+                        f"{key}={descriptions[0][key]!r} on rank 0"
+                    )
 
     def share(self, start, stop):
         return share(start, stop, self.rank, self.size)
@@ -131,7 +137,7 @@ class MPIGroup:
         self.comm.Bcast(flat, root=0)
         offset = 0
         for weight in model.weights:
-            weight.reshape(-1)[:] = flat[offset:offset + weight.size]
+            weight.reshape(-1)[:] = flat[offset : offset + weight.size]
             offset += weight.size
         self.check_identical(model, "after the initial broadcast")
 
@@ -145,11 +151,17 @@ class MPIGroup:
         """Raise on every rank unless all ranks hold bit-identical weights."""
         crc = checksum(*model.weights)
         if self.comm.allreduce(crc, op=self.MPI.MAX) != self.comm.allreduce(crc, op=self.MPI.MIN):
-            raise RuntimeError(f"Expected identical weights on every rank {when}. "
-                               f"Received: checksums that differ across ranks")
+            raise RuntimeError(
+                f"Expected identical weights on every rank {when}. "
+                f"Received: checksums that differ across ranks"
+            )
 
     def abort(self, error):
         """Print this rank's error and end every rank of the job with exit status 1."""
-        print(f"fastnaive: error on rank {self.rank} of {self.size}: "
-              f"{type(error).__name__}: {error}; aborting all ranks", file=sys.stderr, flush=True)
+        print(
+            f"fastnaive: error on rank {self.rank} of {self.size}: "
+            f"{type(error).__name__}: {error}; aborting all ranks",
+            file=sys.stderr,
+            flush=True,
+        )
         self.comm.Abort(1)

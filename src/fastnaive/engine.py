@@ -46,8 +46,9 @@ def is_sparse(x):
 
 
 def _signature(model):
-    return tuple((layer.input_size, layer.output_size, layer.activation)
-                 for layer in model.layers), model.dtype
+    return tuple(
+        (layer.input_size, layer.output_size, layer.activation) for layer in model.layers
+    ), model.dtype
 
 
 class Step:
@@ -56,8 +57,7 @@ class Step:
     `training=False` leaves out what only training needs (hidden deltas, gradients).
     """
 
-    def __init__(self, model, capacity, x=None, *, optimizer=None, reducer=None,
-                 training=True):
+    def __init__(self, model, capacity, x=None, *, optimizer=None, reducer=None, training=True):
         self.model, self.capacity, self.reducer = model, capacity, reducer
         self.signature = _signature(model)
         dtype = model.dtype
@@ -94,8 +94,7 @@ class Step:
             dtype = self.outputs[0].dtype
             self.row_groups = _sparse.group_buffers(self.capacity, self.n_features, dtype)
             if self.training:
-                self.column_groups = _sparse.group_buffers(self.n_features, self.capacity,
-                                                           dtype)
+                self.column_groups = _sparse.group_buffers(self.n_features, self.capacity, dtype)
         self.sparse_input = sparse
 
     def use_optimizer(self, optimizer):
@@ -151,8 +150,7 @@ class Step:
             if i == 0 and self.sparse_input:
                 groups = _sparse.rows_of(self.row_groups, n)
                 _sparse.group_rows_checked(a, *groups, SPARSE_THREADS)
-                _sparse.sparse_forward_checked(*groups, layer.W, layer.b, relu, z,
-                                               SPARSE_THREADS)
+                _sparse.sparse_forward_checked(*groups, layer.W, layer.b, relu, z, SPARSE_THREADS)
             else:
                 _kernels.dense_forward_checked(a, layer.W, layer.b, relu, z)
             a = z
@@ -161,8 +159,7 @@ class Step:
     def loss_gradient(self, y):
         """Return the mean softmax cross-entropy of the logits; put its gradient in deltas[-1]."""
         n = y.shape[0]
-        return _kernels.softmax_crossentropy_checked(self.outputs[-1][:n], y,
-                                                     self.deltas[-1][:n])
+        return _kernels.softmax_crossentropy_checked(self.outputs[-1][:n], y, self.deltas[-1][:n])
 
     def backward(self, x, gemm_scale=None):
         """Back-propagate deltas[-1] through the layers.
@@ -187,8 +184,9 @@ class Step:
                 alpha, beta, dW, db = gemm_scale, 1.0, layer.W, layer.b
             if i == 0 and self.sparse_input:
                 _sparse.group_columns_checked(x, *self.column_groups, SPARSE_THREADS)
-                _sparse.sparse_param_grad_checked(*self.column_groups, delta, alpha, beta, dW,
-                                                  db, SPARSE_THREADS)
+                _sparse.sparse_param_grad_checked(
+                    *self.column_groups, delta, alpha, beta, dW, db, SPARSE_THREADS
+                )
             else:
                 inputs = self.outputs[i - 1][:n] if i > 0 else x
                 _kernels.dense_param_grad_checked(inputs, delta, alpha, beta, dW, db)
@@ -274,7 +272,7 @@ def _views(flat, arrays):
     """Views of `flat` shaped like each of `arrays`, in order, laid end to end."""
     views, offset = [], 0
     for array in arrays:
-        views.append(flat[offset:offset + array.size].reshape(array.shape))
+        views.append(flat[offset : offset + array.size].reshape(array.shape))
         offset += array.size
     return views
 
@@ -284,6 +282,7 @@ def _blas_pools():
     global _blas_controller
     if _blas_controller is None:
         from threadpoolctl import ThreadpoolController
+
         _blas.load()
         _blas_controller = ThreadpoolController().select(user_api="blas")
     return _blas_controller

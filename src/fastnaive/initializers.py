@@ -1,4 +1,5 @@
 """Initial weight matrices: the book's U[0, 0.1) and Keras' Glorot and He schemes."""
+
 import math
 
 import numpy as np
@@ -36,6 +37,7 @@ NAMES = {"book": book, "glorot_uniform": glorot_uniform, "he_normal": he_normal}
 def initial_weights(name, shape, dtype, rng):
     """Return a new (fan_in, fan_out) matrix drawn by the initializer `name`."""
     if name not in NAMES:
-        raise ValueError(f"Expected initializer {', '.join(map(repr, NAMES))}. "
-                         f"Received: initializer={name!r}")
+        raise ValueError(
+            f"Expected initializer {', '.join(map(repr, NAMES))}. Received: initializer={name!r}"
+        )
     return np.ascontiguousarray(NAMES[name](rng, shape, dtype))

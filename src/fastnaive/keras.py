@@ -3,6 +3,7 @@
 Keras is imported inside the functions, so importing this module does not
 import TensorFlow or Keras.
 """
+
 from fastnaive import activations
 from fastnaive.layers import NaiveDense
 from fastnaive.models import NaiveSequential
@@ -20,8 +21,10 @@ def to_keras(model):
         raise TypeError(f"Expected model to be a NaiveSequential. Received: {type(model).__name__}")
     model.check_weights()
     dtype = model.dtype.name
-    dense = [keras.layers.Dense(layer.output_size, activation=layer.activation or "linear",
-                                dtype=dtype) for layer in model.layers]
+    dense = [
+        keras.layers.Dense(layer.output_size, activation=layer.activation or "linear", dtype=dtype)
+        for layer in model.layers
+    ]
     keras_model = keras.Sequential([keras.Input((model.input_size,), dtype=dtype), *dense])
     keras_model.set_weights(model.get_weights())
     return keras_model
@@ -37,14 +40,16 @@ def from_keras(keras_model):
     import keras
 
     if not isinstance(keras_model, keras.Sequential):
-        raise TypeError(f"Expected keras_model to be a keras.Sequential. "
-                        f"Received: {type(keras_model).__name__}")
+        raise TypeError(
+            f"Expected keras_model to be a keras.Sequential. Received: {type(keras_model).__name__}"
+        )
     dense = _dense_layers(keras_model)
     dtype = dense[0].dtype_policy.name
     layers = [_naive_dense(layer, dtype, last=layer is dense[-1]) for layer in dense]
     model = NaiveSequential(layers)
-    model.set_weights([keras.ops.convert_to_numpy(w) for layer in dense
-                       for w in (layer.kernel, layer.bias)])
+    model.set_weights(
+        [keras.ops.convert_to_numpy(w) for layer in dense for w in (layer.kernel, layer.bias)]
+    )
     return model
 
 
@@ -55,24 +60,35 @@ def _dense_layers(keras_model):
     try:
         input_shape = keras_model.input_shape
     except AttributeError as exc:
-        raise ValueError("Expected a built keras.Sequential (start it with keras.Input or call "
-                         f"build()). Received: {keras_model.name!r} with no input shape") from exc
+        raise ValueError(
+            "Expected a built keras.Sequential (start it with keras.Input or call "
+            f"build()). Received: {keras_model.name!r} with no input shape"
+        ) from exc
     layers = list(keras_model.layers)
     if layers and isinstance(layers[0], keras.layers.Flatten):
         flatten = layers.pop(0)
         if flatten.data_format != "channels_last":
-            raise _unsupported(flatten, "a Flatten with data_format='channels_last'",
-                               f"data_format={flatten.data_format!r}")
+            raise _unsupported(
+                flatten,
+                "a Flatten with data_format='channels_last'",
+                f"data_format={flatten.data_format!r}",
+            )
     elif len(input_shape) != 2:
-        raise ValueError(f"Expected inputs of shape (batch, n_features), or a Flatten first. "
-                         f"Received: {keras_model.name!r} with input_shape={input_shape}")
+        raise ValueError(
+            f"Expected inputs of shape (batch, n_features), or a Flatten first. "
+            f"Received: {keras_model.name!r} with input_shape={input_shape}"
+        )
     if not layers:
-        raise ValueError(f"Expected at least one Dense layer. Received: {keras_model.name!r} "
-                         "with none")
+        raise ValueError(
+            f"Expected at least one Dense layer. Received: {keras_model.name!r} with none"
+        )
     for layer in layers:
         if not isinstance(layer, keras.layers.Dense):
-            raise _unsupported(layer, "only Dense layers after an optional leading Flatten",
-                               f"type {type(layer).__name__}")
+            raise _unsupported(
+                layer,
+                "only Dense layers after an optional leading Flatten",
+                f"type {type(layer).__name__}",
+            )
     return layers
 
 
@@ -82,16 +98,20 @@ def _naive_dense(layer, dtype, last):
     if policy not in _DTYPES:
         raise _unsupported(layer, "dtype policy float32 or float64", f"dtype policy {policy}")
     if policy != dtype:
-        raise _unsupported(layer, f"every layer of dtype policy {dtype}, the first layer's",
-                           f"dtype policy {policy}")
+        raise _unsupported(
+            layer,
+            f"every layer of dtype policy {dtype}, the first layer's",
+            f"dtype policy {policy}",
+        )
     if not layer.use_bias:
         raise _unsupported(layer, "Dense layers with use_bias=True", "use_bias=False")
     try:
         activation = activations.resolve(layer.activation)
     except ValueError:
         name = getattr(layer.activation, "__name__", repr(layer.activation))
-        raise _unsupported(layer, "a relu, softmax or linear activation",
-                           f"activation {name}") from None
+        raise _unsupported(
+            layer, "a relu, softmax or linear activation", f"activation {name}"
+        ) from None
     if activation == "softmax" and not last:
         raise _unsupported(layer, "softmax only on the last layer", "activation softmax")
     n_features, n_units = layer.kernel.shape

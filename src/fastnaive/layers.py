@@ -1,4 +1,5 @@
 """NaiveDense: the book's fully connected layer, with live NumPy weights."""
+
 import numpy as np
 
 from fastnaive import _kernels, activations, initializers
@@ -19,16 +20,22 @@ class NaiveDense:
     new array checks its shape, dtype and layout.
     """
 
-    def __init__(self, input_size, output_size, activation, *, dtype="float32", seed=None,
-                 initializer="book"):
+    def __init__(
+        self, input_size, output_size, activation, *, dtype="float32", seed=None, initializer="book"
+    ):
         self.input_size = positive_int(input_size, "input_size")
         self.output_size = positive_int(output_size, "output_size")
         self.activation = activations.resolve(activation)
         self.dtype = as_dtype(dtype)
         # Aligned to a cache line: the sparse first-layer kernels run 25-30% faster on it.
-        self.W = aligned_copy(initializers.initial_weights(
-            initializer, (self.input_size, self.output_size), self.dtype,
-            np.random.default_rng(seed)))
+        self.W = aligned_copy(
+            initializers.initial_weights(
+                initializer,
+                (self.input_size, self.output_size),
+                self.dtype,
+                np.random.default_rng(seed),
+            )
+        )
         self.b = np.zeros(self.output_size, dtype=self.dtype)
 
     @property
@@ -61,21 +68,29 @@ class NaiveDense:
 
     def _checked_weight(self, value, name, shape):
         if not isinstance(value, np.ndarray):
-            raise TypeError(f"Expected {name} to be a NumPy array. Received: {type(value).__name__}")
+            raise TypeError(
+                f"Expected {name} to be a NumPy array. Received: {type(value).__name__}"
+            )
         if value.shape != shape:
-            raise ValueError(f"Expected {name} of shape {shape}. Received: {name}.shape={value.shape}")
+            raise ValueError(
+                f"Expected {name} of shape {shape}. Received: {name}.shape={value.shape}"
+            )
         if value.dtype != self.dtype:
-            raise TypeError(f"Expected {name} of dtype {self.dtype}, the layer's. "
-                            f"Received: {name}.dtype={value.dtype} "
-                            f"(convert it with .astype(np.{self.dtype}))")
+            raise TypeError(
+                f"Expected {name} of dtype {self.dtype}, the layer's. "
+                f"Received: {name}.dtype={value.dtype} "
+                f"(convert it with .astype(np.{self.dtype}))"
+            )
         if not (value.flags.c_contiguous and value.flags.writeable and value.flags.aligned):
-            raise ValueError(f"Expected {name} to be a writeable, aligned, C-contiguous array. "
-                             f"Received: {name}.flags: c_contiguous={value.flags.c_contiguous}, "
-                             f"writeable={value.flags.writeable}, aligned={value.flags.aligned}")
+            raise ValueError(
+                f"Expected {name} to be a writeable, aligned, C-contiguous array. "
+                f"Received: {name}.flags: c_contiguous={value.flags.c_contiguous}, "
+                f"writeable={value.flags.writeable}, aligned={value.flags.aligned}"
+            )
         return value
 
     def __call__(self, inputs):
-        """Return activation(inputs @ W + b) for inputs of shape (n, ...) flattening to input_size."""
+        """Return activation(inputs @ W + b) for inputs (n, ...) that flatten to input_size."""
         self.check_weights()
         x = as_inputs(inputs, self.input_size, self.dtype, name="inputs")
         out = np.empty((x.shape[0], self.output_size), dtype=self.dtype)
@@ -85,5 +100,7 @@ class NaiveDense:
         return out
 
     def __repr__(self):
-        return (f"NaiveDense({self.input_size} -> {self.output_size}, "
-                f"{self.activation or 'linear'}, {self.dtype})")
+        return (
+            f"NaiveDense({self.input_size} -> {self.output_size}, "
+            f"{self.activation or 'linear'}, {self.dtype})"
+        )

@@ -1,4 +1,5 @@
 """NaiveSequential: the book's stack of layers, applied in order."""
+
 import json
 import os
 
@@ -27,18 +28,26 @@ class NaiveSequential:
             raise ValueError("Expected at least one layer. Received: layers=[]")
         for i, layer in enumerate(layers):
             if not isinstance(layer, NaiveDense):
-                raise TypeError(f"Expected layers of type NaiveDense. "
-                                f"Received: layers[{i}] of type {type(layer).__name__}")
+                raise TypeError(
+                    f"Expected layers of type NaiveDense. "
+                    f"Received: layers[{i}] of type {type(layer).__name__}"
+                )
         for i, (prev, layer) in enumerate(zip(layers, layers[1:]), start=1):
             if prev.output_size != layer.input_size:
-                raise ValueError(f"Expected layers[{i}].input_size == layers[{i - 1}].output_size "
-                                 f"= {prev.output_size}. Received: {layer.input_size}")
+                raise ValueError(
+                    f"Expected layers[{i}].input_size == layers[{i - 1}].output_size "
+                    f"= {prev.output_size}. Received: {layer.input_size}"
+                )
             if prev.dtype != layer.dtype:
-                raise TypeError(f"Expected every layer of dtype {layers[0].dtype}. "
-                                f"Received: layers[{i}].dtype={layer.dtype}")
+                raise TypeError(
+                    f"Expected every layer of dtype {layers[0].dtype}. "
+                    f"Received: layers[{i}].dtype={layer.dtype}"
+                )
             if prev.activation == "softmax":
-                raise ValueError(f"Expected softmax only on the last layer. "
-                                 f"Received: softmax on layers[{i - 1}] of {len(layers)}")
+                raise ValueError(
+                    f"Expected softmax only on the last layer. "
+                    f"Received: softmax on layers[{i - 1}] of {len(layers)}"
+                )
         self.layers = layers
         self.stop_training = False
 
@@ -69,26 +78,39 @@ class NaiveSequential:
         weights = list(weights)
         targets = self.weights
         if len(weights) != len(targets):
-            raise ValueError(f"Expected {len(targets)} arrays, one per weight. "
-                             f"Received: {len(weights)} arrays")
+            raise ValueError(
+                f"Expected {len(targets)} arrays, one per weight. Received: {len(weights)} arrays"
+            )
         checked = []
         for i, (value, target) in enumerate(zip(weights, targets)):
             value = np.asarray(value)
             if value.shape != target.shape:
-                raise ValueError(f"Expected weights[{i}] of shape {target.shape}. "
-                                 f"Received: weights[{i}].shape={value.shape}")
+                raise ValueError(
+                    f"Expected weights[{i}] of shape {target.shape}. "
+                    f"Received: weights[{i}].shape={value.shape}"
+                )
             if value.dtype.kind != "f":
-                raise TypeError(f"Expected weights[{i}] of a float dtype. "
-                                f"Received: weights[{i}].dtype={value.dtype}")
+                raise TypeError(
+                    f"Expected weights[{i}] of a float dtype. "
+                    f"Received: weights[{i}].dtype={value.dtype}"
+                )
             checked.append(value)
         for value, target in zip(checked, targets):
             np.copyto(target, value, casting="same_kind")
 
     def architecture(self):
         """{"dtype": ..., "layers": [{"input_size", "output_size", "activation"}, ...]}."""
-        return {"dtype": str(self.dtype),
-                "layers": [{"input_size": layer.input_size, "output_size": layer.output_size,
-                            "activation": layer.activation} for layer in self.layers]}
+        return {
+            "dtype": str(self.dtype),
+            "layers": [
+                {
+                    "input_size": layer.input_size,
+                    "output_size": layer.output_size,
+                    "activation": layer.activation,
+                }
+                for layer in self.layers
+            ],
+        }
 
     def save(self, path):
         """Write the model to `path` (.npz) atomically; read it back with fastnaive.load_model.
@@ -96,8 +118,10 @@ class NaiveSequential:
         The file holds `fastnaive_format` (FORMAT_VERSION), `architecture` (JSON) and the
         arrays W0, b0, W1, b1, ...
         """
-        arrays = {"fastnaive_format": np.array(FORMAT_VERSION),
-                  "architecture": np.array(json.dumps(self.architecture()))}
+        arrays = {
+            "fastnaive_format": np.array(FORMAT_VERSION),
+            "architecture": np.array(json.dumps(self.architecture())),
+        }
         for i, layer in enumerate(self.layers):
             arrays[f"W{i}"], arrays[f"b{i}"] = layer.W, layer.b
         write_npz(os.fspath(path), arrays)

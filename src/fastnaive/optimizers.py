@@ -3,6 +3,7 @@
 Each update is one fused kernel over a weight array and its gradient. State
 (velocities, moments) is kept per weight array, created at its first update.
 """
+
 import math
 import numbers
 
@@ -19,20 +20,28 @@ def checked_pairs(grads_and_vars):
     pairs = []
     for i, (gradient, weight) in enumerate(grads_and_vars):
         if not (isinstance(weight, np.ndarray) and weight.dtype in (np.float32, np.float64)):
-            raise TypeError(f"Expected weights[{i}] to be a float32 or float64 NumPy array. "
-                            f"Received: {type(weight).__name__} "
-                            f"of dtype {getattr(weight, 'dtype', None)}")
+            raise TypeError(
+                f"Expected weights[{i}] to be a float32 or float64 NumPy array. "
+                f"Received: {type(weight).__name__} "
+                f"of dtype {getattr(weight, 'dtype', None)}"
+            )
         if not (weight.flags.c_contiguous and weight.flags.writeable):
-            raise ValueError(f"Expected weights[{i}] to be writeable and C-contiguous. "
-                             f"Received: c_contiguous={weight.flags.c_contiguous}, "
-                             f"writeable={weight.flags.writeable}")
+            raise ValueError(
+                f"Expected weights[{i}] to be writeable and C-contiguous. "
+                f"Received: c_contiguous={weight.flags.c_contiguous}, "
+                f"writeable={weight.flags.writeable}"
+            )
         gradient = np.asarray(gradient)
         if gradient.shape != weight.shape:
-            raise ValueError(f"Expected gradients[{i}] of shape {weight.shape}, its weight's. "
-                             f"Received: gradients[{i}].shape={gradient.shape}")
+            raise ValueError(
+                f"Expected gradients[{i}] of shape {weight.shape}, its weight's. "
+                f"Received: gradients[{i}].shape={gradient.shape}"
+            )
         if gradient.dtype.kind not in "iuf":
-            raise TypeError(f"Expected gradients[{i}] of a real dtype. "
-                            f"Received: gradients[{i}].dtype={gradient.dtype}")
+            raise TypeError(
+                f"Expected gradients[{i}] of a real dtype. "
+                f"Received: gradients[{i}].dtype={gradient.dtype}"
+            )
         gradient = np.ascontiguousarray(gradient, dtype=weight.dtype)
         pairs.append((gradient.reshape(-1), weight.reshape(-1), weight))
     return pairs
@@ -40,8 +49,11 @@ def checked_pairs(grads_and_vars):
 
 def _fraction(value, name):
     """Return value as a float in [0, 1), or raise naming `name`."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or not 0 <= value < 1:
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not 0 <= value < 1
+    ):
         raise ValueError(f"Expected {name} in [0, 1). Received: {name}={value!r}")
     return float(value)
 
@@ -88,30 +100,42 @@ class Optimizer:
 
     def get_state(self):
         """{"iterations": int, "slots": [[array, ...] per weight]}: copies of the state."""
-        return {"iterations": self.iterations,
-                "slots": [[a.copy() for a in slot] if slot else [] for slot in self._slots]}
+        return {
+            "iterations": self.iterations,
+            "slots": [[a.copy() for a in slot] if slot else [] for slot in self._slots],
+        }
 
     def set_state(self, state):
         """Restore what get_state returned (arrays are copied); the next step continues it."""
         try:
             iterations, slots = state["iterations"], state["slots"]
         except (TypeError, KeyError):
-            raise ValueError(f"Expected state with the keys 'iterations' and 'slots'. "
-                             f"Received: {type(state).__name__}") from None
-        if isinstance(iterations, (bool, np.bool_)) or not isinstance(iterations, numbers.Integral) \
-                or iterations < 0:
-            raise ValueError(f"Expected state['iterations'] to be an integer >= 0. "
-                             f"Received: {iterations!r}")
+            raise ValueError(
+                f"Expected state with the keys 'iterations' and 'slots'. "
+                f"Received: {type(state).__name__}"
+            ) from None
+        if (
+            isinstance(iterations, (bool, np.bool_))
+            or not isinstance(iterations, numbers.Integral)
+            or iterations < 0
+        ):
+            raise ValueError(
+                f"Expected state['iterations'] to be an integer >= 0. Received: {iterations!r}"
+            )
         checked = []
         for i, slot in enumerate(slots):
             slot = [np.array(a, copy=True).reshape(-1) for a in slot]
             if slot and len(slot) != self.n_slots:
-                raise ValueError(f"Expected {self.n_slots} state arrays per weight for "
-                                 f"{type(self).__name__}. Received: {len(slot)} for weight {i}")
+                raise ValueError(
+                    f"Expected {self.n_slots} state arrays per weight for "
+                    f"{type(self).__name__}. Received: {len(slot)} for weight {i}"
+                )
             if any(a.dtype.kind != "f" or a.shape != slot[0].shape for a in slot):
-                raise ValueError(f"Expected the state arrays of weight {i} to be float arrays "
-                                 f"of one size. Received: "
-                                 f"{[(a.dtype.name, a.shape) for a in slot]}")
+                raise ValueError(
+                    f"Expected the state arrays of weight {i} to be float arrays "
+                    f"of one size. Received: "
+                    f"{[(a.dtype.name, a.shape) for a in slot]}"
+                )
             checked.append(slot or None)
         self.iterations = int(iterations)
         self._slots = checked
@@ -151,8 +175,9 @@ class SGD(Optimizer):
             _kernels.axpy_checked(gradient, flat_weight, -self.learning_rate)
         else:
             (velocity,) = self._slot(position, weight)
-            _kernels.momentum_update_checked(flat_weight, gradient, velocity, self.learning_rate,
-                                             self.momentum, self.nesterov)
+            _kernels.momentum_update_checked(
+                flat_weight, gradient, velocity, self.learning_rate, self.momentum, self.nesterov
+            )
 
     def __repr__(self):
         extra = f", momentum={self.momentum:g}, nesterov={self.nesterov}" if self.momentum else ""
@@ -174,12 +199,15 @@ class Adam(Optimizer):
         m, v = self._slot(position, weight)
         t = self.iterations
         alpha = self.learning_rate * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
-        _kernels.adam_update_checked(flat_weight, gradient, m, v, alpha, self.beta_1,
-                                     self.beta_2, self.epsilon)
+        _kernels.adam_update_checked(
+            flat_weight, gradient, m, v, alpha, self.beta_1, self.beta_2, self.epsilon
+        )
 
     def __repr__(self):
-        return (f"Adam(learning_rate={self.learning_rate:g}, beta_1={self.beta_1:g}, "
-                f"beta_2={self.beta_2:g}, epsilon={self.epsilon:g})")
+        return (
+            f"Adam(learning_rate={self.learning_rate:g}, beta_1={self.beta_1:g}, "
+            f"beta_2={self.beta_2:g}, epsilon={self.epsilon:g})"
+        )
 
 
 def get(name, learning_rate=None):

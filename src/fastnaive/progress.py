@@ -1,4 +1,5 @@
 """What `fit` prints, by `verbose`: the book's lines, a progress bar, or a line per epoch."""
+
 import sys
 import time
 
@@ -38,9 +39,16 @@ class ProgressBar(Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         from tqdm.auto import tqdm
-        self.bar = tqdm(total=self.params["samples"], unit="samples", unit_scale=True,
-                        desc=f"Epoch {epoch + 1}/{self.params['epochs']}", file=sys.stdout,
-                        dynamic_ncols=True, leave=True)
+
+        self.bar = tqdm(
+            total=self.params["samples"],
+            unit="samples",
+            unit_scale=True,
+            desc=f"Epoch {epoch + 1}/{self.params['epochs']}",
+            file=sys.stdout,
+            dynamic_ncols=True,
+            leave=True,
+        )
         self.total, self.count, self.batch_size = 0.0, 0, self.params["batch_size"]
 
     def on_batch_end(self, batch, logs=None):

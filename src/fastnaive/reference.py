@@ -10,12 +10,22 @@ baseline that the fused Cython engine is measured against.
 Arrays are C-contiguous float32 or float64 of the model's dtype; labels are
 integer class indices.
 """
+
 import numpy as np
 
 __all__ = [
-    "dense_forward", "relu_backward", "dense_input_grad", "dense_param_grad", "softmax",
-    "softmax_crossentropy", "gather_rows", "gemm", "axpy",
-    "forward", "loss_and_gradients", "sgd_step",
+    "dense_forward",
+    "relu_backward",
+    "dense_input_grad",
+    "dense_param_grad",
+    "softmax",
+    "softmax_crossentropy",
+    "gather_rows",
+    "gemm",
+    "axpy",
+    "forward",
+    "loss_and_gradients",
+    "sgd_step",
 ]
 
 

@@ -1,4 +1,5 @@
 """The book's training functions: gradients, weight updates, one step, fit and evaluate."""
+
 import math
 import os
 
@@ -10,8 +11,14 @@ from fastnaive.callbacks import Callback, History
 from fastnaive.models import NaiveSequential
 from fastnaive.optimizers import SGD
 
-__all__ = ["loss_and_gradients", "update_weights", "one_training_step", "fit", "evaluate",
-           "evaluate_loss"]
+__all__ = [
+    "loss_and_gradients",
+    "update_weights",
+    "one_training_step",
+    "fit",
+    "evaluate",
+    "evaluate_loss",
+]
 
 
 def _checked_model(model):
@@ -32,8 +39,10 @@ def _checked_optimizer(optimizer, allow_name=False):
     if isinstance(optimizer, str) and allow_name:
         return optimizers.get(optimizer)
     if not callable(getattr(optimizer, "apply_gradients", None)):
-        raise TypeError(f"Expected optimizer with an apply_gradients method, such as "
-                        f"fastnaive.SGD. Received: {optimizer!r}")
+        raise TypeError(
+            f"Expected optimizer with an apply_gradients method, such as "
+            f"fastnaive.SGD. Received: {optimizer!r}"
+        )
     return optimizer
 
 
@@ -56,8 +65,10 @@ def update_weights(gradients, weights, learning_rate=1e-3):
     """w := w - learning_rate * g for each pair, in place."""
     gradients, weights = list(gradients), list(weights)
     if len(gradients) != len(weights):
-        raise ValueError(f"Expected one gradient per weight. Received: {len(gradients)} "
-                         f"gradients for {len(weights)} weights")
+        raise ValueError(
+            f"Expected one gradient per weight. Received: {len(gradients)} "
+            f"gradients for {len(weights)} weights"
+        )
     SGD(learning_rate).apply_gradients(zip(gradients, weights))
 
 
@@ -80,36 +91,59 @@ def _checked_callbacks(callbacks):
     callbacks = list(callbacks or [])
     for i, callback in enumerate(callbacks):
         if not isinstance(callback, Callback):
-            raise TypeError(f"Expected callbacks of type fastnaive.callbacks.Callback. "
-                            f"Received: callbacks[{i}]={callback!r}")
+            raise TypeError(
+                f"Expected callbacks of type fastnaive.callbacks.Callback. "
+                f"Received: callbacks[{i}]={callback!r}"
+            )
     return callbacks
 
 
 def _split(model, x, y, validation_data, validation_split):
     """Return (x, y, validation (x, y) or None), the split taken from the end of the data."""
     if validation_data is not None and validation_split:
-        raise ValueError("Expected validation_data or validation_split, not both. "
-                         f"Received: validation_split={validation_split!r} and validation_data")
+        raise ValueError(
+            "Expected validation_data or validation_split, not both. "
+            f"Received: validation_split={validation_split!r} and validation_data"
+        )
     if validation_data is not None:
         if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-            raise ValueError("Expected validation_data=(images, labels). "
-                             f"Received: {type(validation_data).__name__}")
+            raise ValueError(
+                "Expected validation_data=(images, labels). "
+                f"Received: {type(validation_data).__name__}"
+            )
         return x, y, _checked_batch(model, *validation_data)
     if not (isinstance(validation_split, (int, float)) and 0 <= validation_split < 1):
         raise ValueError(f"Expected validation_split in [0, 1). Received: {validation_split!r}")
     n_val = int(x.shape[0] * validation_split)
     if validation_split and not 0 < n_val < x.shape[0]:
-        raise ValueError(f"Expected validation_split to leave samples on both sides. "
-                         f"Received: validation_split={validation_split} of {x.shape[0]} samples")
+        raise ValueError(
+            f"Expected validation_split to leave samples on both sides. "
+            f"Received: validation_split={validation_split} of {x.shape[0]} samples"
+        )
     if n_val == 0:
         return x, y, None
     cut = x.shape[0] - n_val
     return x[:cut], y[:cut], (x[cut:], y[cut:])
 
 
-def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffle=False,
-        seed=None, validation_data=None, validation_split=0.0, verbose="book", callbacks=None,
-        comm=None, checkpoint_dir=None, resume=False):
+def fit(
+    model,
+    images,
+    labels,
+    epochs,
+    batch_size=128,
+    *,
+    optimizer=None,
+    shuffle=False,
+    seed=None,
+    validation_data=None,
+    validation_split=0.0,
+    verbose="book",
+    callbacks=None,
+    comm=None,
+    checkpoint_dir=None,
+    resume=False,
+):
     """Train on (images, labels) in batches of batch_size; return a History.
 
     `optimizer` is an optimizer object or a name ("sgd", "momentum", "adam");
@@ -134,8 +168,22 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
     group = distributed.group(comm)
     error = run = None
     try:
-        run = _Run(model, images, labels, epochs, batch_size, optimizer, shuffle, seed,
-                   validation_data, validation_split, verbose, callbacks, checkpoint_dir, resume)
+        run = _Run(
+            model,
+            images,
+            labels,
+            epochs,
+            batch_size,
+            optimizer,
+            shuffle,
+            seed,
+            validation_data,
+            validation_split,
+            verbose,
+            callbacks,
+            checkpoint_dir,
+            resume,
+        )
     except (TypeError, ValueError) as raised:
         error = raised
     group.agree(error, lambda: run.description())
@@ -145,9 +193,15 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
     step = engine.Step(model, capacity, run.x, optimizer=run.optimizer, reducer=group.reducer)
     history = History()
     callbacks = (run.loggers if group.is_root else []) + run.callbacks + [history]
-    params = {"epochs": run.epochs, "batch_size": run.batch_size, "samples": n_samples,
-              "steps": math.ceil(n_samples / run.batch_size), "shuffle": run.shuffle,
-              "initial_epoch": first_epoch, "ranks": group.size}
+    params = {
+        "epochs": run.epochs,
+        "batch_size": run.batch_size,
+        "samples": n_samples,
+        "steps": math.ceil(n_samples / run.batch_size),
+        "shuffle": run.shuffle,
+        "initial_epoch": first_epoch,
+        "ranks": group.size,
+    }
     for callback in callbacks:
         callback.set_model(model)
         callback.set_params(params)
@@ -166,8 +220,23 @@ def fit(model, images, labels, epochs, batch_size=128, *, optimizer=None, shuffl
 class _Run:
     """fit's arguments, checked and converted once."""
 
-    def __init__(self, model, images, labels, epochs, batch_size, optimizer, shuffle, seed,
-                 validation_data, validation_split, verbose, callbacks, checkpoint_dir, resume):
+    def __init__(
+        self,
+        model,
+        images,
+        labels,
+        epochs,
+        batch_size,
+        optimizer,
+        shuffle,
+        seed,
+        validation_data,
+        validation_split,
+        verbose,
+        callbacks,
+        checkpoint_dir,
+        resume,
+    ):
         self.model = _checked_model(model)
         x, y = _checked_batch(model, images, labels)
         self.epochs = positive_int(epochs, "epochs", minimum=0)
@@ -179,24 +248,35 @@ class _Run:
         self.loggers = [c for c in [progress.logger(verbose)] if c]
         self.callbacks = _checked_callbacks(callbacks)
         if resume and checkpoint_dir is None:
-            raise ValueError("Expected checkpoint_dir with resume=True. "
-                             "Received: checkpoint_dir=None")
+            raise ValueError(
+                "Expected checkpoint_dir with resume=True. Received: checkpoint_dir=None"
+            )
         if checkpoint_dir is not None and not isinstance(self.optimizer, optimizers.Optimizer):
-            raise TypeError(f"Expected a fastnaive optimizer with checkpoint_dir (its state is "
-                            f"saved). Received: optimizer={self.optimizer!r}")
+            raise TypeError(
+                f"Expected a fastnaive optimizer with checkpoint_dir (its state is "
+                f"saved). Received: optimizer={self.optimizer!r}"
+            )
         self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
         self.resume = bool(resume)
 
     def description(self):
         """What must agree on every rank, as a dict of plain values."""
-        return {"architecture": [(layer.input_size, layer.output_size, layer.activation)
-                                 for layer in self.model.layers],
-                "dtype": str(self.model.dtype), "samples": self.x.shape[0],
-                "data checksum": distributed.checksum(self.x, self.y),
-                "validation samples": 0 if self.validation is None else len(self.validation[1]),
-                "epochs": self.epochs, "batch_size": self.batch_size,
-                "optimizer": repr(self.optimizer), "shuffle": self.shuffle, "seed": self.seed,
-                "resume": self.resume}
+        return {
+            "architecture": [
+                (layer.input_size, layer.output_size, layer.activation)
+                for layer in self.model.layers
+            ],
+            "dtype": str(self.model.dtype),
+            "samples": self.x.shape[0],
+            "data checksum": distributed.checksum(self.x, self.y),
+            "validation samples": 0 if self.validation is None else len(self.validation[1]),
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "optimizer": repr(self.optimizer),
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+            "resume": self.resume,
+        }
 
 
 def _starting_state(group, run):
@@ -282,7 +362,8 @@ def _run_epoch(group, run, step, order, callbacks, epoch):
             raise FloatingPointError(
                 f"The loss became {loss} at epoch {epoch}, batch {batch}; training stopped "
                 f"with the weights of the last finite step. Check the inputs for NaN or "
-                f"Inf and try a smaller learning rate.")
+                f"Inf and try a smaller learning rate."
+            )
         total_loss += loss * (stop - start)
         correct += batch_correct
         for callback in callbacks:

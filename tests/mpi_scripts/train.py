@@ -5,6 +5,7 @@ initial broadcast. Rank 0 writes the final weights to --out and the History (its
 params and per-epoch metrics) beside it as JSON. --fail makes rank 1 raise or die at its
 third batch; --mismatch gives rank 1 another batch size or a label out of range.
 """
+
 import argparse
 import json
 import os
@@ -37,11 +38,13 @@ def parse():
 
 def failure(kind):
     """A callback that makes this rank raise or die at its third batch."""
+
     def on_batch_end(batch, logs):
         if batch == 2 and kind == "raise":
             raise RuntimeError("injected failure")
         if batch == 2:
             os.kill(os.getpid(), signal.SIGKILL)
+
     return LambdaCallback(on_batch_end=on_batch_end)
 
 
@@ -62,11 +65,22 @@ def main():
         y = y.copy()
         y[0] = 10
     callbacks = [failure(args.fail)] if args.fail and rank == 1 else []
-    history = fastnaive.fit(model, x, y, args.epochs, batch_size, comm=comm,
-                            optimizer=fastnaive.optimizers.get(args.optimizer),
-                            shuffle=args.shuffle, seed=args.seed, verbose=0, callbacks=callbacks,
-                            validation_split=args.validation_split,
-                            checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+    history = fastnaive.fit(
+        model,
+        x,
+        y,
+        args.epochs,
+        batch_size,
+        comm=comm,
+        optimizer=fastnaive.optimizers.get(args.optimizer),
+        shuffle=args.shuffle,
+        seed=args.seed,
+        verbose=0,
+        callbacks=callbacks,
+        validation_split=args.validation_split,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+    )
     if rank == 0:
         model.save(args.out)
         with open(os.path.splitext(args.out)[0] + ".json", "w") as f:

@@ -1,4 +1,5 @@
 """Datasets for fastnaive, loaded without TensorFlow when a local copy exists."""
+
 import importlib
 
 from fastnaive.datasets import fashion_mnist, mnist
