@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -129,9 +130,8 @@ def step_seconds(local_batches, repeats=20):
     y = labels.astype(np.intp)
     model = workloads.book_model()
     # As a rank plans it: gradients reduced (here by nobody) before a separate update.
-    plan = engine.Step(
-        model, max(local_batches), x, optimizer=optimizers.SGD(), reducer=lambda flat: None
-    )
+    nobody = types.SimpleNamespace(reduce=lambda flat: None)
+    plan = engine.Step(model, max(local_batches), x, optimizer=optimizers.SGD(), reducer=nobody)
 
     def step(b):
         plan.train(x[:b], y[:b])

@@ -99,7 +99,12 @@ class MPIGroup:
         self.is_root = self.rank == 0
         self.reduce_seconds = 0.0
 
-    def reducer(self, flat):
+    @property
+    def reducer(self):
+        """The Step's gradient reducer: this group (reduce)."""
+        return self
+
+    def reduce(self, flat):
         """Sum `flat` over the ranks, in place: one Allreduce per step."""
         start = time.perf_counter()
         self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)

@@ -13,7 +13,11 @@ decided there, and nowhere else:
 - the update: the optimizer's Update, bound once. When the optimizer declares a
   `gemm_scale` and no reducer is plugged in, the update runs inside each weight-gradient
   GEMM (W := W + s * X.T @ delta, after the input gradient has used the old W);
-- the reducer hook: `reducer(flat)` runs between "gradients ready" and "update".
+- the reducer hook: `reducer.reduce(flat)` runs between "gradients ready" and "update" and
+  sums the flat buffer over processes in place; a reducer that also has
+  `layer_ready(flat, lo, hi)` is told, during the backward pass and from the last layer to
+  the first, as soon as a layer's gradients flat[lo:hi] are final, so that it can start
+  reducing them while earlier layers are still being computed (reduce then completes).
 Callers validate and convert inputs first (fastnaive.validation); a Step only slices its
 preallocated arrays and calls the kernels, so a step in steady state allocates nothing.
 """
@@ -73,6 +77,9 @@ class Step:
             self.flat = aligned_empty(sum(w.size for w in model.weights) + 2, dtype)
             self.flat.fill(0)
             self.gradients = _views(self.flat, model.weights)
+            # Layer i's gradients [dW_i, db_i] are flat[bounds[2 i]:bounds[2 i + 2]].
+            self.bounds = np.cumsum([0] + [w.size for w in model.weights]).tolist()
+        self.layer_ready = getattr(reducer, "layer_ready", None)
         self.n_features = model.input_size
         self.batch_inputs = self.batch_labels = None
         self.sparse_input = False
@@ -190,6 +197,8 @@ class Step:
             else:
                 inputs = self.outputs[i - 1][:n] if i > 0 else x
                 _kernels.dense_param_grad_checked(inputs, delta, alpha, beta, dW, db)
+            if self.layer_ready is not None and gemm_scale is None:
+                self.layer_ready(self.flat, self.bounds[2 * i], self.bounds[2 * i + 2])
 
     def compute_gradients(self, x, y):
         """Return the batch's mean loss, with its gradients in `gradients`."""
@@ -230,8 +239,11 @@ class Step:
             self.backward(x)
         else:
             self.flat.fill(0)
+            if self.layer_ready is not None:
+                for i in reversed(range(len(self.model.layers))):
+                    self.layer_ready(self.flat, self.bounds[2 * i], self.bounds[2 * i + 2])
         self.flat[-2], self.flat[-1] = loss * n, correct
-        self.reducer(self.flat)
+        self.reducer.reduce(self.flat)
         loss, correct = float(self.flat[-2]) / n_global, int(round(float(self.flat[-1])))
         if math.isfinite(loss):
             update()
