@@ -10,7 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import IDX_NAMES, assert_loaded, idx_bytes, synthetic, write_idx_folder, write_npz
+from helpers import (
+    IDX_NAMES,
+    assert_loaded,
+    deflated,
+    idx_bytes,
+    npy_bytes,
+    npy_header,
+    synthetic,
+    write_gzip,
+    write_idx_folder,
+    write_npz,
+    write_zip,
+)
 
 import fastnaive.datasets
 from fastnaive.datasets import DatasetNotFoundError, mnist
@@ -384,3 +396,84 @@ def test_real_mnist(monkeypatch):
     assert y_train[:5].tolist() == [5, 0, 4, 1, 9]
     assert y_test[:5].tolist() == [7, 2, 1, 0, 4]
     assert x_train.mean() == pytest.approx(33.3184, abs=1e-4)
+
+
+# Hostile files (docs/robustness.md, class 7): refused from their headers, unread
+
+
+def test_read_idx_refuses_a_gzip_stream_longer_than_its_header(tmp_path):
+    file = write_gzip(
+        tmp_path / "bad-idx2-ubyte.gz", deflated(idx_bytes(np.zeros((3, 4), np.uint8)), 2**26)
+    )
+    with pytest.raises(
+        ValueError, match="Expected 12 data bytes .*Received: more than 12 bytes"
+    ) as info:
+        read_idx(file)
+    assert str(file) in str(info.value)
+
+
+def test_read_idx_refuses_a_gzip_header_declaring_more_than_its_file_can_hold(tmp_path):
+    header = b"\x00\x00\x08\x03" + struct.pack(">3I", 2**31, 28, 28)
+    file = write_gzip(tmp_path / "bad-idx3-ubyte.gz", deflated(header, 1000))
+    with pytest.raises(ValueError, match=r"at most 100 times its \d+ bytes") as info:
+        read_idx(file)
+    assert "1683627180032 data bytes" in str(info.value) and str(file) in str(info.value)
+
+
+def test_read_idx_refuses_a_plain_file_shorter_than_its_header_without_reading_it(tmp_path):
+    file = tmp_path / "bad-idx3-ubyte"
+    file.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 2**31, 28, 28) + bytes(100))
+    with pytest.raises(ValueError, match="Expected 1683627180032 data bytes .*Received: 100 bytes"):
+        read_idx(file)
+
+
+HOSTILE_NPZ = {
+    "header-declaring-(2**40, 28, 28)": (
+        {
+            "x_train.npy": npy_header((2**40, 28, 28), "|u1"),
+            "y_train.npy": npy_header((2**40,), "|u1"),
+        },
+        r"declare \d+ bytes, more than 100 times the file's size",
+    ),
+    "member-inflating-to-64-MiB": (
+        {
+            "x_train.npy": deflated(npy_header((85598, 28, 28), "|u1"), 2**26),
+            "y_train.npy": deflated(npy_header((85598,), "|u1"), 85598),
+        },
+        r"declare \d+ bytes, more than 100 times the file's size",
+    ),
+    "member-inflating-past-its-header": (
+        {"y_test.npy": deflated(npy_bytes(synthetic()["y_test"]), 2**26)},
+        "holding more data than its shape",
+    ),
+    "member-not-npy": ({"readme.txt": b"hello"}, "a member 'readme.txt' that is not an .npy array"),
+    "float-images-by-header": (
+        {"x_test.npy": npy_header((4, 28, 28), "<f8")},
+        r"Received: x_test.dtype=float64",
+    ),
+    "shapes-disagree-by-header": (
+        {"y_test.npy": npy_header((2**40,), "|u1")},
+        r"Expected y_test of shape \(4,\) to match x_test",
+    ),
+}
+
+
+@pytest.mark.parametrize("members, pattern", HOSTILE_NPZ.values(), ids=HOSTILE_NPZ.keys())
+def test_a_hostile_npz_is_refused_naming_it(tmp_path, members, pattern):
+    good = {f"{key}.npy": npy_bytes(array) for key, array in synthetic().items()}
+    file = write_zip(tmp_path / "mnist.npz", {**good, **members})
+    with pytest.raises(ValueError, match=pattern) as info:
+        mnist.load_data(file)
+    assert str(file) in str(info.value)
+
+
+def test_an_unreadable_fastnaive_data_is_reported_and_the_search_goes_on(tmp_path, monkeypatch):
+    unreadable = str(tmp_path / ("x" * 300))  # a name longer than any file system allows
+    monkeypatch.setenv("FASTNAIVE_DATA", unreadable)
+    data = synthetic()
+    write_npz(tmp_path / "home" / ".keras" / "datasets" / "mnist.npz", data)
+    assert_loaded(mnist.load_data(), data)
+    places = dict(fastnaive.datasets.locations("mnist"))
+    assert places[f"FASTNAIVE_DATA={unreadable}"].endswith(
+        ("(OSError: File name too long)", "no such file or directory")
+    )

@@ -3,6 +3,12 @@
 Each test launches tests/mpi_scripts/train.py with mpirun and compares what
 rank 0 wrote with fastnaive.fit run here. The tests fail (never skip) without
 mpirun or mpi4py: CI installs Open MPI and the `mpi` extra.
+
+The fault tests (docs/robustness.md, class 1) launch `fastnaive train --distributed` on two
+ranks with a failure on one rank at each phase (tests/mpi_scripts/faulty_cli.py, or a bad
+file or option given to one rank only): every run must end within its timeout, non-zero,
+with one line naming the failure and no traceback. A regression hangs and so fails by
+timeout instead of hanging CI.
 """
 
 import json
@@ -19,7 +25,10 @@ import fastnaive
 from fastnaive import checkpoints, distributed
 
 SCRIPT = Path(__file__).parent / "mpi_scripts" / "train.py"
+FAULTY_CLI = Path(__file__).parent / "mpi_scripts" / "faulty_cli.py"
 TIMEOUT = 60
+# A failing job must end within this many seconds (it takes 1-3 s here).
+FAULT_TIMEOUT = 30
 # Max abs difference of the final weights from single-process fit: summation order only.
 ATOL = {"float32": 1e-5, "float64": 1e-12}
 
@@ -279,3 +288,149 @@ def test_the_books_model_on_mnist_matches_one_process(tmp_path):
     assert abs(accuracies["ranks"] - accuracies["single"]) <= 1e-4
     for ranks, single in zip(models["ranks"].weights, models["single"].weights, strict=True):
         np.testing.assert_allclose(ranks, single, rtol=0, atol=ATOL["float32"])
+
+
+# A failure on one rank, at any phase, ends the whole job (class 1)
+
+CLI = [sys.executable, "-m", "fastnaive"]
+QUICK_TRAIN = ["train", "--distributed", "--threads", "1", "--epochs", "2", "--hidden", "8"]
+
+
+@pytest.fixture
+def mnist_file(tmp_path):
+    """A small MNIST-layout .npz (300 training, 100 test images)."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mnist.npz"
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (300, 28, 28), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 300).astype(np.uint8),
+        x_test=rng.integers(0, 256, (100, 28, 28), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 100).astype(np.uint8),
+    )
+    return str(path)
+
+
+def mpirun_each(*commands, timeout=FAULT_TIMEOUT):
+    """Run one command per rank (MPMD: `mpirun -n 1 A : -n 1 B`); return the process."""
+    launcher = shutil.which("mpirun")
+    assert launcher, "Expected mpirun on PATH (apt-get install openmpi-bin). Received: none"
+    line = [launcher, "--allow-run-as-root", "--oversubscribe"]
+    for i, command in enumerate(commands):
+        line += [":"] * (i > 0) + ["-n", "1", *map(str, command)]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(line, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_one_error_line(result, *named):
+    """The job failed with exactly one `fastnaive: ...` line on stderr, naming `named`."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("fastnaive:")]
+    assert result.returncode != 0
+    assert len(lines) == 1, result.stderr
+    assert all(text in lines[0] for text in named), lines[0]
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+FAULTS = {
+    # phase: (the rank that fails, the error it raises, extra options)
+    "arguments": (1, "ValueError", []),
+    "data": (1, "OSError", []),
+    "model": (1, "MemoryError", []),
+    "fit-arguments": (1, "MemoryError", []),
+    "resume": (0, "BadZipFile", ["--resume"]),
+    "training": (1, "KeyboardInterrupt", []),
+    "validation": (1, "RuntimeError", ["--validation-split", "0.2"]),
+    "checkpoint": (0, "OSError", []),
+    "evaluation": (0, "KeyError", []),
+    "saving": (0, "MemoryError", ["--save", "{tmp}/model.npz"]),
+}
+
+
+@pytest.mark.parametrize("phase", FAULTS)
+def test_a_failure_on_one_rank_at_any_phase_ends_the_job(tmp_path, mnist_file, phase):
+    rank, error, extra = FAULTS[phase]
+    folder = tmp_path / "checkpoints"
+    if phase == "resume":  # a checkpoint to resume from
+        assert (
+            subprocess.run(
+                [*CLI, "train", "--epochs", "1", "--hidden", "8", "--verbose", "0"]
+                + ["--data", mnist_file, "--checkpoint-dir", folder],
+                timeout=TIMEOUT,
+            ).returncode
+            == 0
+        )
+    command = [sys.executable, FAULTY_CLI, phase, rank, error, "--", *QUICK_TRAIN]
+    command += ["--verbose", "0", "--data", mnist_file, "--checkpoint-dir", folder]
+    command += [arg.format(tmp=tmp_path) for arg in extra]
+    result = mpirun_each(command, command)
+    assert_one_error_line(result, f"injected {phase} failure")
+
+
+def test_resume_from_a_truncated_state_ends_every_rank(tmp_path, mnist_file):
+    """The issue's example: rank 0 cannot read state.npz; rank 1 must not wait for it."""
+    folder = tmp_path / "checkpoints"
+    command = [*CLI, *QUICK_TRAIN, "--verbose", "0", "--data", mnist_file, "--checkpoint-dir"]
+    first = mpirun_each([*command, folder], [*command, folder])
+    assert first.returncode == 0, first.stderr
+    state = folder / checkpoints.STATE_FILE
+    state.write_bytes(state.read_bytes()[:100])
+    result = mpirun_each([*command, folder, "--resume"], [*command, folder, "--resume"])
+    assert_one_error_line(result, "Expected a readable checkpoint state", str(state))
+
+
+def test_data_missing_on_one_rank_ends_every_rank(tmp_path, mnist_file):
+    command = [*CLI, *QUICK_TRAIN, "--verbose", "0", "--data"]
+    result = mpirun_each([*command, mnist_file], [*command, tmp_path / "missing.npz"])
+    assert_one_error_line(result, "on rank 1", "missing.npz")
+
+
+def test_a_bad_option_on_one_rank_ends_every_rank(mnist_file):
+    command = [*CLI, *QUICK_TRAIN, "--verbose", "0", "--data", mnist_file]
+    result = mpirun_each(command, [*command, "--threads", "0"])
+    assert_one_error_line(result, "on rank 1", "--threads")
+
+
+def test_a_checkpoint_write_failing_mid_training_ends_every_rank(tmp_path, mnist_file):
+    """Rank 0 cannot create the checkpoint folder after the first epoch (a file is in the way
+    of its parent)."""
+    (tmp_path / "file").write_text("not a folder")
+    command = [*CLI, *QUICK_TRAIN, "--verbose", "0", "--data", mnist_file]
+    command += ["--checkpoint-dir", tmp_path / "file" / "checkpoints"]
+    result = mpirun_each(command, command)
+    assert_one_error_line(result, "error on rank 0 of 2", "NotADirectoryError")
+
+
+def test_a_save_failing_after_training_ends_every_rank(tmp_path, mnist_file):
+    (tmp_path / "model.npz").mkdir()
+    command = [*CLI, *QUICK_TRAIN, "--verbose", "0", "--data", mnist_file]
+    command += ["--save", tmp_path / "model.npz"]
+    result = mpirun_each(command, command)
+    assert_one_error_line(result, "error on rank 0 of 2", "IsADirectoryError")
+
+
+def test_a_folder_holding_a_checkpoint_is_refused_on_every_rank(tmp_path, mnist_file):
+    folder = tmp_path / "checkpoints"
+    command = [*CLI, *QUICK_TRAIN, "--verbose", "0", "--data", mnist_file]
+    command += ["--checkpoint-dir", folder]
+    assert mpirun_each(command, command).returncode == 0
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    result = mpirun_each(command, command)
+    assert_one_error_line(result, "holding state.npz", "--overwrite")
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    result = mpirun_each([*command, "--overwrite"], [*command, "--overwrite"])
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "fail, message",
+    [
+        ("set-model", "error on rank 1 of 2: RuntimeError: injected failure in set_model"),
+        ("interrupt", "error on rank 1 of 2: KeyboardInterrupt: injected interrupt"),
+    ],
+)
+def test_an_exception_fit_does_not_catch_still_ends_the_job(problem, tmp_path, fail, message):
+    """A script's uncaught exception on one rank aborts every rank (distributed.world)."""
+    problem(1000, "float32")
+    result = mpirun(2, tmp_path, "--fail", fail, timeout=FAULT_TIMEOUT)
+    assert result.returncode != 0
+    assert message in result.stderr

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import random_model
+from helpers import deflated, model_members, npy_bytes, npy_header, random_model, write_zip
 
 import fastnaive
 from fastnaive import load_model
@@ -163,6 +163,26 @@ def write_npy(tmp_path, path):
         np.save(f, np.zeros(3))
 
 
+def with_members(n_in, n_out, **members):
+    """A writer of a one-layer model file n_in -> n_out whose members are replaced by
+    `members` {name: bytes, or (deflate, crc, size)} (written by helpers.write_zip)."""
+
+    def write(tmp_path, path):
+        write_zip(path, model_members(n_in, n_out, **members))
+
+    return write
+
+
+def bz2_member(tmp_path, path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_BZIP2) as archive:
+        for name, data in model_members(
+            5, 4, **{"W0.npy": npy_bytes(np.zeros((5, 4), "f4"))}
+        ).items():
+            archive.writestr(name, data)
+
+
 BAD_FILES = {
     "truncated-to-half": with_bytes(lambda data: data[: len(data) // 2]),
     "truncated-by-one-byte": with_bytes(lambda data: data[:-1]),
@@ -172,7 +192,7 @@ BAD_FILES = {
     "npz-without-the-keys": with_changes(fastnaive_format=None, architecture=None),
     "text-file": with_bytes(lambda data: b"W0,b0\n1,2\n"),
     "npy-file": write_npy,
-    "format-version-2": with_changes(fastnaive_format=np.array(2)),
+    "format-version-3": with_changes(fastnaive_format=np.array(3)),
     "format-version-0": with_changes(fastnaive_format=np.array(0)),
     "format-version-float": with_changes(fastnaive_format=np.array(1.0)),
     "format-version-str": with_changes(fastnaive_format=np.array("1")),
@@ -181,7 +201,7 @@ BAD_FILES = {
     "architecture-without-layers": with_architecture(lambda a: {"dtype": a["dtype"]}),
     "no-layers": with_architecture(lambda a: {**a, "layers": []}),
     "dtype-float16": with_architecture(lambda a: {**a, "dtype": "float16"}),
-    "activation-tanh": with_architecture(replace_layer(0, activation="tanh")),
+    "activation-unknown": with_architecture(replace_layer(0, activation="swish_typo")),
     "sizes-disagree-with-W0": with_architecture(replace_layer(0, output_size=5)),
     "layers-do-not-chain": with_architecture(replace_layer(1, input_size=5)),
     "negative-size": with_architecture(replace_layer(0, input_size=-5)),
@@ -192,6 +212,28 @@ BAD_FILES = {
     "W0-integer": with_changes(W0=np.zeros((5, 4), np.int32)),
     "b1-missing": with_changes(b1=None),
     "extra-key": with_changes(W2=np.zeros((3, 3), np.float32)),
+    # Hostile files: refused from their names and headers, before their data is read.
+    "W0-header-declaring-2**42-bytes": with_members(
+        2**20, 2**20, **{"W0.npy": npy_header((2**20, 2**20), "<f4")}
+    ),
+    "W0-inflating-to-64-MiB": with_members(
+        2**22, 4, **{"W0.npy": deflated(npy_header((2**22, 4), "<f4"), 2**26)}
+    ),
+    "W0-inflating-past-its-header": with_members(
+        5, 4, **{"W0.npy": deflated(npy_bytes(np.zeros((5, 4), "f4")), 2**26)}
+    ),
+    "W0-shorter-than-its-header": with_members(5, 4, **{"W0.npy": npy_header((5, 4), "<f4")}),
+    "W0-negative-shape": with_members(
+        5, 4, **{"W0.npy": npy_header((5, 4), "<f4").replace(b"(5, 4)", b"(-5, 4)")}
+    ),
+    "architecture-nested-100000-deep": with_members(
+        5, 4, **{"architecture.npy": npy_bytes(np.array("[" * 100_000 + "]" * 100_000))}
+    ),
+    "architecture-an-array": with_members(5, 4, **{"architecture.npy": npy_bytes(np.zeros(3))}),
+    "member-not-npy": with_members(
+        5, 4, **{"W0.npy": npy_bytes(np.zeros((5, 4), "f4")), "notes.txt": b"hi"}
+    ),
+    "member-bzip2-compressed": bz2_member,
 }
 
 

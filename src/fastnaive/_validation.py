@@ -7,6 +7,7 @@ what was expected and show what was received.
 
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -37,6 +38,28 @@ def positive_int(value, name, minimum=1):
             f"Expected {name} <= {MAX_BLAS_DIM} (32-bit BLAS sizes). Received: {name}={value!r}"
         )
     return int(value)
+
+
+def seed(value, name="seed"):
+    """Return `value` as None or an int in [0, 2**63), the seeds a checkpoint can store."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Expected {name} to be None or an integer. Received: {name}={value!r}")
+    if not 0 <= value < 2**63:
+        raise ValueError(f"Expected {name} in [0, 2**63). Received: {name}={value!r}")
+    return int(value)
+
+
+def path(value, name="path"):
+    """Return `value` (a str or os.PathLike naming a str path) as a str; bytes paths are refused."""
+    if isinstance(value, (str, os.PathLike)):
+        value = os.fspath(value)
+        if isinstance(value, str):
+            return value
+    raise TypeError(
+        f"Expected {name} to be a str or os.PathLike path (not bytes). Received: {name}={value!r}"
+    )
 
 
 def learning_rate(value, name="learning_rate"):

@@ -8,6 +8,7 @@ after the current epoch.
 """
 
 import math
+import numbers
 
 __all__ = ["Callback", "LambdaCallback", "History", "EarlyStopping"]
 
@@ -94,12 +95,18 @@ class EarlyStopping(Callback):
     ):
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"Expected mode 'auto', 'min' or 'max'. Received: mode={mode!r}")
-        if not (isinstance(patience, int) and patience >= 0):
+        if (
+            isinstance(patience, bool)
+            or not isinstance(patience, numbers.Integral)
+            or not patience >= 0
+        ):
             raise ValueError(f"Expected patience to be an integer >= 0. Received: {patience!r}")
-        if not (isinstance(min_delta, (int, float)) and min_delta >= 0):
+        if isinstance(min_delta, bool) or not (
+            isinstance(min_delta, numbers.Real) and min_delta >= 0
+        ):
             raise ValueError(f"Expected min_delta >= 0. Received: {min_delta!r}")
         self.monitor = monitor
-        self.patience = patience
+        self.patience = int(patience)
         self.min_delta = float(min_delta)
         self.minimise = mode == "min" or (mode == "auto" and "acc" not in monitor)
         self.restore_best_weights = restore_best_weights

@@ -7,6 +7,10 @@ the optimizer's class and its state (Optimizer.get_state: `iterations` and the a
 first, so a crash at any point leaves a checkpoint that resumes: the previous one or the
 new one. fastnaive.training writes one after every epoch when fit is given a folder, and
 resumes from it on any number of processes.
+
+A name read from a state file is never trusted as a path: only a `model-EEEE.npz` of the
+folder is ever read or removed. A run that does not resume refuses a folder that already
+holds a checkpoint (check_fresh) rather than replace it.
 """
 
 import os
@@ -14,13 +18,22 @@ import re
 
 import numpy as np
 
-from fastnaive._files import write_npz
+from fastnaive._files import BadArchive, NpzReader, write_npz
 from fastnaive.saving import load_model, save_model
 
-__all__ = ["STATE_FILE", "save", "load"]
+__all__ = ["STATE_FILE", "save", "load", "check_fresh", "clear"]
 
 STATE_FILE = "state.npz"
 _MODEL_NAME = re.compile(r"model-\d{4,}\.npz")
+_SLOT_KEY = re.compile(r"slot(\d{1,9})_(\d{1,9})")
+# The state's scalars: (dtype kinds, lowest value); strings have no bound.
+_SCALARS = {
+    "model": ("U", None),
+    "optimizer": ("U", None),
+    "epochs_done": ("iu", 0),
+    "seed": ("iu", 0),
+    "iterations": ("iu", 0),
+}
 
 
 def save(folder, model, optimizer, epochs_done, seed):
@@ -29,7 +42,7 @@ def save(folder, model, optimizer, epochs_done, seed):
     name = f"model-{epochs_done:04d}.npz"
     save_model(model, os.path.join(folder, name))
     state_path = os.path.join(folder, STATE_FILE)
-    previous = _read_state(state_path)["model"] if os.path.exists(state_path) else None
+    previous = _previous_model(state_path)
     optimizer_state = optimizer.get_state()
     slots = {
         f"slot{i}_{k}": array
@@ -47,8 +60,7 @@ def save(folder, model, optimizer, epochs_done, seed):
             **slots,
         },
     )
-    # The name comes from a file: only a model file of this folder is ever removed.
-    if previous is not None and previous != name and _MODEL_NAME.fullmatch(previous):
+    if previous is not None and previous != name:
         os.unlink(os.path.join(folder, previous))
 
 
@@ -61,29 +73,23 @@ def load(folder, model, optimizer):
             f"Expected a checkpoint to resume from. Received: no {STATE_FILE} "
             f"in checkpoint_dir={folder!r}"
         )
-    state = _read_state(path)
+    state = _read_state(path, [w.size for w in model.weights], optimizer.n_slots)
     if state["optimizer"] != type(optimizer).__name__:
         raise ValueError(
             f"Expected the checkpoint's optimizer {state['optimizer']}. "
             f"Received: optimizer={optimizer!r}"
         )
-    if not _MODEL_NAME.fullmatch(state["model"]):
-        raise ValueError(
-            f"Expected {path!r} to name a model file model-EEEE.npz. Received: {state['model']!r}"
-        )
-    saved = load_model(os.path.join(folder, state["model"]))
+    saved = load_model(os.path.join(folder, _checked_name(path, state["model"])))
     if [w.shape for w in saved.weights] != [
         w.shape for w in model.weights
     ] or saved.dtype != model.dtype:
         raise ValueError(
             f"Expected a model shaped like the checkpoint's {saved!r}. Received: {model!r}"
         )
-    slots = []
-    for i in range(len(model.weights)):
-        keys = sorted(
-            (k for k in state if k.startswith(f"slot{i}_")), key=lambda k: int(k.rsplit("_", 1)[1])
-        )
-        slots.append([state[k].astype(model.dtype) for k in keys])
+    slots = [
+        [state.pop(f"slot{i}_{k}").astype(model.dtype) for k in range(n)]
+        for i, n in enumerate(state["slot_counts"])
+    ]
     return {
         "epochs_done": state["epochs_done"],
         "seed": state["seed"],
@@ -92,18 +98,114 @@ def load(folder, model, optimizer):
     }
 
 
-def _read_state(path):
-    """Return the checkpoint state at `path` as {key: value}, strings and ints unwrapped."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            state = {key: data[key] for key in data.files}
-        for key in ("model", "optimizer"):
-            state[key] = str(state[key])
-        for key in ("epochs_done", "seed", "iterations"):
-            state[key] = int(state[key])
-    except Exception as error:  # a damaged archive fails in many ways inside zipfile and NumPy
+def check_fresh(folder):
+    """Raise ValueError unless `folder` is a folder (or nothing yet) holding no checkpoint
+    file, state.npz or model-EEEE.npz, that a new run would replace."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
         raise ValueError(
-            f"Expected a readable checkpoint state at {path!r}. "
-            f"Received: {type(error).__name__}: {error}"
+            f"Expected checkpoint_dir to be a folder. Received: checkpoint_dir={folder!r}, a file"
+        )
+    found = _checkpoint_files(folder)
+    if found:
+        raise ValueError(
+            f"Expected a checkpoint_dir holding no checkpoint, or resume=True to continue it. "
+            f"Received: checkpoint_dir={folder!r} holding {', '.join(found)}"
+        )
+
+
+def clear(folder):
+    """Remove the checkpoint files in `folder` (state.npz, model-EEEE.npz) and nothing else."""
+    for name in _checkpoint_files(folder):
+        os.unlink(os.path.join(folder, name))
+
+
+def _checkpoint_files(folder):
+    """The names of the checkpoint files in `folder`: state.npz first, then model-EEEE.npz."""
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(os.listdir(folder))
+    models = [name for name in names if _MODEL_NAME.fullmatch(name)]
+    return [STATE_FILE] * (STATE_FILE in names) + models
+
+
+def _checked_name(path, name):
+    """`name`, read from the state at `path`, if it is a model file's name and not a path."""
+    if not _MODEL_NAME.fullmatch(name):
+        raise ValueError(
+            f"Expected {path!r} to name a model file model-EEEE.npz. Received: {name!r}"
+        )
+    return name
+
+
+def _previous_model(state_path):
+    """The model file named by the state at `state_path`, if that state is readable and the
+    name is a model file's and the file exists; otherwise None (nothing is to be removed)."""
+    if not os.path.isfile(state_path):
+        return None
+    try:
+        with NpzReader(state_path) as archive:
+            name = str(archive.read(["model"])["model"])
+        name = _checked_name(state_path, name)
+    except (ValueError, KeyError, OSError):
+        return None
+    folder = os.path.dirname(state_path)
+    return name if os.path.isfile(os.path.join(folder, name)) else None
+
+
+def _read_state(path, sizes, n_slots):
+    """Return the checkpoint state at `path` as {key: value} with strings and ints unwrapped,
+    the slot arrays `slot{i}_{k}` and "slot_counts" (arrays per weight); every header is checked
+    against the weights' `sizes` and the optimizer's `n_slots` before any data is read."""
+    try:
+        with NpzReader(path) as archive:
+            counts = _checked_headers(archive, sizes, n_slots)
+            state = archive.read(archive.keys)
+    except BadArchive as error:
+        raise ValueError(
+            f"Expected a readable checkpoint state at {path!r}. Received: {error}"
         ) from error
+    for key, (kinds, lowest) in _SCALARS.items():
+        if kinds == "U":
+            state[key] = str(state[key])
+            continue
+        state[key] = int(state[key])
+        if state[key] < lowest or key == "seed" and state[key] >= 2**63:
+            raise ValueError(
+                f"Expected a checkpoint state at {path!r} with {key} >= {lowest}. "
+                f"Received: {key}={state[key]}"
+            )
+    state["slot_counts"] = counts
     return state
+
+
+def _checked_headers(archive, sizes, n_slots):
+    """Raise BadArchive unless the state's keys and headers are those save writes for weights
+    of `sizes` and an optimizer of `n_slots`; return the number of slots of each weight."""
+    missing = set(_SCALARS) - set(archive.keys)
+    if missing:
+        raise BadArchive(f"a state without {', '.join(sorted(missing))}")
+    slots = {}
+    for key in archive.keys:
+        shape, dtype = archive.header(key)
+        if key in _SCALARS:
+            if shape != () or dtype.kind not in _SCALARS[key][0]:
+                raise BadArchive(f"a state whose {key} has shape {shape} and dtype {dtype}")
+            continue
+        match = _SLOT_KEY.fullmatch(key)
+        if match is None:
+            raise BadArchive(f"a state with the unexpected key {key!r}")
+        i, k = int(match[1]), int(match[2])
+        if i >= len(sizes) or shape != (sizes[i],) or dtype.kind != "f":
+            raise BadArchive(
+                f"a state whose {key} has shape {shape} and dtype {dtype}, not that of "
+                f"one of the model's {len(sizes)} weights"
+            )
+        slots.setdefault(i, set()).add(k)
+    counts = [len(slots.get(i, ())) for i in range(len(sizes))]
+    for i, ks in slots.items():
+        if ks != set(range(n_slots)):
+            raise BadArchive(
+                f"a state with the arrays {sorted(ks)} for weight {i}, where the optimizer "
+                f"keeps {n_slots}"
+            )
+    return counts

@@ -15,6 +15,12 @@ the ranks' arguments, the starting state from rank 0, sums of validation metrics
 happens on an error (MPIGroup prints it and aborts every rank, so no rank waits forever in
 a collective; a rank that dies is detected by mpirun, which ends the job). mpi4py is
 imported only by `world()` and MPIGroup.
+
+An error that every rank raises together (an argument error the ranks agreed on, a resume
+error broadcast from rank 0) is marked `shared`: the ranks may all stop without aborting,
+and one report of it is enough. Any other error on one rank must end the job with `abort`,
+or the other ranks wait for it forever; `world()` makes sure of that for an error that no
+code catches.
 """
 
 import sys
@@ -23,11 +29,25 @@ import zlib
 
 import numpy as np
 
-__all__ = ["world", "group", "LocalGroup", "MPIGroup", "share", "checksum"]
+__all__ = [
+    "world",
+    "group",
+    "LocalGroup",
+    "MPIGroup",
+    "share",
+    "checksum",
+    "shared",
+    "is_shared",
+]
 
 
 def world():
-    """Return MPI.COMM_WORLD, importing mpi4py (the `mpi` extra)."""
+    """Return MPI.COMM_WORLD, importing mpi4py (the `mpi` extra).
+
+    On more than one rank, an exception that no code catches (sys.excepthook) then aborts
+    every rank after its traceback, as `python -m mpi4py` does, unless it is `shared`: a rank
+    that exits alone would leave the others waiting in their next collective forever.
+    """
     try:
         from mpi4py import MPI
     except ImportError as error:
@@ -35,7 +55,43 @@ def world():
             "Expected mpi4py for distributed training: pip install "
             f'"fastnaive[mpi]". Received: {error}'
         ) from error
-    return MPI.COMM_WORLD
+    comm = MPI.COMM_WORLD
+    if comm.Get_size() > 1 and not getattr(sys.excepthook, "aborts_mpi_job", False):
+        sys.excepthook = _aborting_excepthook(sys.excepthook, comm)
+    return comm
+
+
+def _aborting_excepthook(previous, comm):
+    def excepthook(kind, error, traceback):
+        previous(kind, error, traceback)
+        if not is_shared(error):
+            _abort(comm, error)
+
+    excepthook.aborts_mpi_job = True
+    return excepthook
+
+
+def shared(error):
+    """Mark `error` as raised on every rank together, and return it."""
+    error.fastnaive_shared = True
+    return error
+
+
+def is_shared(error):
+    """True when `error` is raised on every rank together (see `shared`)."""
+    return getattr(error, "fastnaive_shared", False)
+
+
+def _abort(comm, error):
+    """Print `error` as one line naming this rank, then end every rank with exit status 1."""
+    message = " ".join(str(error).split())
+    print(
+        f"fastnaive: error on rank {comm.Get_rank()} of {comm.Get_size()}: "
+        f"{type(error).__name__}: {message}; aborting all ranks",
+        file=sys.stderr,
+        flush=True,
+    )
+    comm.Abort(1)
 
 
 def group(comm):
@@ -61,7 +117,7 @@ class LocalGroup:
     """One process: every batch is its own, nothing to reduce, agree on or broadcast."""
 
     rank, size, is_root = 0, 1, True
-    reducer = None
+    comm = reducer = None
     reduce_seconds = 0.0
 
     def agree(self, error, describe):
@@ -112,29 +168,38 @@ class MPIGroup:
 
     def agree(self, error, describe):
         """Raise the same ValueError on every rank if any rank's arguments failed (`error`) or
-        their description (describe(), a dict of plain values) differs from rank 0's."""
+        their description (describe(), a dict of plain values) differs from rank 0's; when
+        every rank failed alike, each raises its own `error`. The error raised is shared."""
         mine = describe() if error is None else f"{type(error).__name__}: {error}"
         descriptions = self.comm.allgather(mine)
+        if error is not None and all(other == mine for other in descriptions):
+            raise shared(error)
         for rank, other in enumerate(descriptions):
             if isinstance(other, str):
-                raise ValueError(
-                    f"Expected valid arguments on every rank. Received: on rank {rank}, {other}"
+                raise shared(
+                    ValueError(
+                        f"Expected valid arguments on every rank. Received: on rank {rank}, {other}"
+                    )
                 )
         for rank, other in enumerate(descriptions):
             for key, value in other.items():
                 if value != descriptions[0][key]:
-                    raise ValueError(
-                        f"Expected the same {key} on every rank. Received: "
-                        f"{key}={value!r} on rank {rank}, "
-                        f"{key}={descriptions[0][key]!r} on rank 0"
+                    raise shared(
+                        ValueError(
+                            f"Expected the same {key} on every rank. Received: "
+                            f"{key}={value!r} on rank {rank}, "
+                            f"{key}={descriptions[0][key]!r} on rank 0"
+                        )
                     )
 
     def share(self, start, stop):
         return share(start, stop, self.rank, self.size)
 
     def broadcast(self, value):
-        """Rank 0's value (any picklable object) on every rank."""
-        return self.comm.bcast(value, root=0)
+        """Rank 0's value (any picklable object) on every rank; an exception is marked shared,
+        since every rank raises it."""
+        value = self.comm.bcast(value, root=0)
+        return shared(value) if isinstance(value, BaseException) else value
 
     def broadcast_weights(self, model):
         """Copy rank 0's weights to every rank with one Bcast."""
@@ -156,17 +221,13 @@ class MPIGroup:
         """Raise on every rank unless all ranks hold bit-identical weights."""
         crc = checksum(*model.weights)
         if self.comm.allreduce(crc, op=self.MPI.MAX) != self.comm.allreduce(crc, op=self.MPI.MIN):
-            raise RuntimeError(
-                f"Expected identical weights on every rank {when}. "
-                f"Received: checksums that differ across ranks"
+            raise shared(
+                RuntimeError(
+                    f"Expected identical weights on every rank {when}. "
+                    f"Received: checksums that differ across ranks"
+                )
             )
 
     def abort(self, error):
-        """Print this rank's error and end every rank of the job with exit status 1."""
-        print(
-            f"fastnaive: error on rank {self.rank} of {self.size}: "
-            f"{type(error).__name__}: {error}; aborting all ranks",
-            file=sys.stderr,
-            flush=True,
-        )
-        self.comm.Abort(1)
+        """Print this rank's error as one line and end every rank of the job with exit status 1."""
+        _abort(self.comm, error)

@@ -16,7 +16,13 @@ __all__ = ["Optimizer", "SGD", "Adam", "Update", "get", "checked_pairs"]
 
 
 def checked_pairs(grads_and_vars):
-    """Return [(flat gradient, flat weight, weight)], checked to agree in shape and dtype."""
+    """Return [(flat gradient, flat weight, weight)], checked to agree in shape and dtype.
+
+    Weights may not overlap one another; a gradient that overlaps a weight is copied, so that
+    updating one weight cannot change the gradient of another.
+    """
+    grads_and_vars = list(grads_and_vars)
+    weights = [weight for _, weight in grads_and_vars]
     pairs = []
     for i, (gradient, weight) in enumerate(grads_and_vars):
         if not (isinstance(weight, np.ndarray) and weight.dtype in (np.float32, np.float64)):
@@ -42,7 +48,15 @@ def checked_pairs(grads_and_vars):
                 f"Expected gradients[{i}] of a real dtype. "
                 f"Received: gradients[{i}].dtype={gradient.dtype}"
             )
+        for j in range(i):
+            if np.may_share_memory(weight, weights[j]):
+                raise ValueError(
+                    f"Expected each weight in its own array. "
+                    f"Received: weights[{i}] overlapping weights[{j}]"
+                )
         gradient = np.ascontiguousarray(gradient, dtype=weight.dtype)
+        if any(np.may_share_memory(gradient, w) for w in weights):
+            gradient = gradient.copy()
         pairs.append((gradient.reshape(-1), weight.reshape(-1), weight))
     return pairs
 
@@ -213,7 +227,7 @@ class Adam(Optimizer):
 def get(name, learning_rate=None):
     """Return a new optimizer by name: "sgd", "momentum" (SGD, momentum 0.9) or "adam"."""
     makers = {"sgd": SGD, "momentum": lambda **kw: SGD(momentum=0.9, **kw), "adam": Adam}
-    if name not in makers:
+    if not isinstance(name, str) or name not in makers:
         raise ValueError(f"Expected optimizer 'sgd', 'momentum' or 'adam'. Received: {name!r}")
     return makers[name]() if learning_rate is None else makers[name](learning_rate=learning_rate)
 

@@ -2,8 +2,10 @@
 
 Ranks other than 0 start from different random weights, so the run checks the
 initial broadcast. Rank 0 writes the final weights to --out and the History (its
-params and per-epoch metrics) beside it as JSON. --fail makes rank 1 raise or die at its
-third batch; --mismatch gives rank 1 another batch size or a label out of range.
+params and per-epoch metrics) beside it as JSON. --fail makes rank 1 raise, die or be
+interrupted (KeyboardInterrupt) at its third batch, or raise when fit hands the callbacks
+the model (before training); --mismatch gives rank 1 another batch size or a label out of
+range.
 """
 
 import argparse
@@ -31,21 +33,32 @@ def parse():
     parser.add_argument("--checkpoint-dir")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--validation-split", type=float, default=0.0)
-    parser.add_argument("--fail", choices=("raise", "kill"))
+    parser.add_argument("--fail", choices=("raise", "kill", "interrupt", "set-model"))
     parser.add_argument("--mismatch", choices=("batch-size", "labels"))
     return parser.parse_args()
 
 
-def failure(kind):
-    """A callback that makes this rank raise or die at its third batch."""
+class Failure(LambdaCallback):
+    """A callback that makes this rank fail as `kind` says."""
 
-    def on_batch_end(batch, logs):
-        if batch == 2 and kind == "raise":
+    def __init__(self, kind):
+        super().__init__(on_batch_end=self.fail_at_third_batch)
+        self.kind = kind
+
+    def set_model(self, model):
+        if self.kind == "set-model":
+            raise RuntimeError("injected failure in set_model")
+        super().set_model(model)
+
+    def fail_at_third_batch(self, batch, logs):
+        if batch != 2:
+            return
+        if self.kind == "raise":
             raise RuntimeError("injected failure")
-        if batch == 2:
+        if self.kind == "interrupt":
+            raise KeyboardInterrupt("injected interrupt")
+        if self.kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-
-    return LambdaCallback(on_batch_end=on_batch_end)
 
 
 def main():
@@ -64,7 +77,7 @@ def main():
     if rank == 1 and args.mismatch == "labels":
         y = y.copy()
         y[0] = 10
-    callbacks = [failure(args.fail)] if args.fail and rank == 1 else []
+    callbacks = [Failure(args.fail)] if args.fail and rank == 1 else []
     history = fastnaive.fit(
         model,
         x,

@@ -6,14 +6,14 @@ package's), then a TensorFlow download.
 """
 
 import os
-import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fastnaive._files import BadArchive, NpzReader
+from fastnaive._validation import path as checked_path
 from fastnaive.datasets._idx import read_idx
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -25,7 +25,6 @@ _IDX_NAMES = {
     "x_test": ("t10k-images", "idx3-ubyte"),
     "y_test": ("t10k-labels", "idx1-ubyte"),
 }
-_NPZ_ERRORS = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -56,7 +55,7 @@ def load(spec, path=None):
         return _load_explicit(spec, path)
     looked = ["path=: not given"]
     for label, location in _fallback_locations(spec):
-        reason = "not set" if location is None else _why_missing(spec, location)
+        reason = _fallback_state(spec, location)
         if reason is None:
             return _read_source(spec, location)
         looked.append(f"{label}: {reason}")
@@ -67,8 +66,7 @@ def describe(spec):
     """Return [(place, state)] for the places load() searches without `path`, in order."""
     states = []
     for label, location in _fallback_locations(spec):
-        reason = "not set" if location is None else _why_missing(spec, location)
-        states.append((label, reason or "found"))
+        states.append((label, _fallback_state(spec, location) or "found"))
     return [*states, ("TensorFlow download", "used when no place above holds the data")]
 
 
@@ -98,9 +96,7 @@ def _read_source(spec, location):
 
 def _load_explicit(spec, path):
     """Return the dataset at an explicitly given `path`, raising when it holds none."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"Expected path to be a str or os.PathLike. Received: path={path!r}")
-    location = Path(path).expanduser()
+    location = Path(checked_path(path)).expanduser()
     reason = _why_missing(spec, location)
     if reason is not None:
         raise FileNotFoundError(
@@ -123,14 +119,33 @@ def _fallback_locations(spec):
 def _data_place(spec, data):
     """Return (label, location) of `spec`'s dataset in the FASTNAIVE_DATA folder `data`."""
     folder = Path(data).expanduser()
-    if not spec.data_subfolder or (folder / spec.npz_name).is_file():
+    if not spec.data_subfolder or _is_file(folder / spec.npz_name):
         return f"FASTNAIVE_DATA={data}", folder
     subfolder = folder / spec.data_subfolder
     return f"FASTNAIVE_DATA={data} -> {subfolder}", subfolder
 
 
+def _fallback_state(spec, location):
+    """Return why the searched place `location` holds no dataset source (it may be unset or
+    unreadable: the search goes on), or None when it holds one."""
+    if location is None:
+        return "not set"
+    try:
+        return _why_missing(spec, location)
+    except OSError as exc:
+        return f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})"
+
+
+def _is_file(path):
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _why_missing(spec, location):
-    """Return why `location` holds no dataset source, or None when it holds one."""
+    """Return why `location` holds no dataset source, or None when it holds one; raise OSError
+    when it cannot be read."""
     if not location.exists():
         return "no such file or directory"
     if location.is_file() or (location / spec.npz_name).is_file() or _idx_files(location):
@@ -158,34 +173,38 @@ def _data_hint(spec):
 
 
 def _read_npz(file):
-    """Return the dataset in a Keras-layout .npz file, validated."""
+    """Return the dataset in a Keras-layout .npz file, validated; each array's header is checked
+    (names, shapes, dtypes, sizes) before its data is read."""
     try:
-        archive = np.load(file, allow_pickle=False)
-    except _NPZ_ERRORS as exc:
-        raise ValueError(
-            f"Expected an .npz archive at {file}. Received: an unreadable file ({exc})"
-        ) from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"Expected an .npz archive at {file}. Received: a single .npy array")
-    with archive:
-        missing = [key for key in KEYS if key not in archive.files]
-        if missing:
-            received = ", ".join(archive.files) or "none"
-            raise ValueError(
-                f"Expected keys {', '.join(KEYS)} in {file}. Received: keys {received}"
-            )
-        arrays = {key: _npz_member(archive, key, file) for key in KEYS}
+        with NpzReader(file) as archive:
+            missing = [key for key in KEYS if key not in archive.keys]
+            if missing:
+                received = ", ".join(archive.keys) or "none"
+                raise ValueError(
+                    f"Expected keys {', '.join(KEYS)} in {file}. Received: keys {received}"
+                )
+            headers = {key: _npz_header(archive, key, file) for key in KEYS}
+            _check_shapes(headers, dict.fromkeys(KEYS, file))
+            arrays = archive.read(KEYS)
+    except BadArchive as exc:
+        raise ValueError(f"Expected an .npz archive at {file}. Received: {exc}") from exc
     return _validated(arrays, dict.fromkeys(KEYS, file))
 
 
-def _npz_member(archive, key, file):
-    """Return the array stored under `key` in an open .npz archive."""
+def _npz_header(archive, key, file):
+    """Return (shape, dtype) of array `key`, refusing any but integer arrays."""
     try:
-        return archive[key]
-    except _NPZ_ERRORS as exc:
+        shape, dtype = archive.header(key)
+    except BadArchive as exc:
         raise ValueError(
             f"Expected {key} to be a plain numeric array in {file}. Received: {exc}"
         ) from exc
+    if dtype.kind not in "iu":
+        raise ValueError(
+            f"Expected {key} of dtype uint8, or integers in [0, 255]. "
+            f"Received: {key}.dtype={dtype} in {file}"
+        )
+    return shape
 
 
 def _idx_files(folder):
@@ -214,8 +233,9 @@ def _read_idx_folder(folder):
 def _validated(arrays, sources):
     """Return ((x_train, y_train), (x_test, y_test)) from `arrays`, checked and cast to uint8."""
     arrays = {key: _as_uint8(key, np.asarray(arrays[key]), sources[key]) for key in KEYS}
-    for split in ("train", "test"):
-        _check_split(split, arrays, sources)
+    _check_shapes({key: array.shape for key, array in arrays.items()}, sources)
+    for key in ("y_train", "y_test"):
+        _check_labels(key, arrays[key], sources[key])
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
@@ -234,22 +254,27 @@ def _as_uint8(key, array, source):
     )
 
 
-def _check_split(split, arrays, sources):
-    """Raise ValueError unless `split` has (n, 28, 28) images and n labels in [0, 10)."""
-    x_key, y_key = f"x_{split}", f"y_{split}"
-    x, y = arrays[x_key], arrays[y_key]
-    if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(
-            f"Expected {x_key} of shape (n, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}). "
-            f"Received: {x_key}.shape={x.shape} in {sources[x_key]}"
-        )
-    if y.shape != (len(x),):
-        raise ValueError(
-            f"Expected {y_key} of shape ({len(x)},) to match {x_key}. "
-            f"Received: {y_key}.shape={y.shape} in {sources[y_key]}"
-        )
+def _check_labels(key, y, source):
+    """Raise ValueError unless the labels `y` lie in [0, 10)."""
     if y.size and y.max() >= NUM_CLASSES:
         raise ValueError(
-            f"Expected {y_key} values in [0, {NUM_CLASSES}). "
-            f"Received: max({y_key})={y.max()} in {sources[y_key]}"
+            f"Expected {key} values in [0, {NUM_CLASSES}). "
+            f"Received: max({key})={y.max()} in {source}"
         )
+
+
+def _check_shapes(shapes, sources):
+    """Raise ValueError unless each split has (n, 28, 28) images and n labels."""
+    for split in ("train", "test"):
+        x_key, y_key = f"x_{split}", f"y_{split}"
+        x, y = shapes[x_key], shapes[y_key]
+        if len(x) != 3 or x[1:] != IMAGE_SHAPE:
+            raise ValueError(
+                f"Expected {x_key} of shape (n, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}). "
+                f"Received: {x_key}.shape={x} in {sources[x_key]}"
+            )
+        if y != x[:1]:
+            raise ValueError(
+                f"Expected {y_key} of shape ({x[0]},) to match {x_key}. "
+                f"Received: {y_key}.shape={y} in {sources[y_key]}"
+            )
