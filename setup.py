@@ -73,7 +73,10 @@ directives = {
 
 setup(
     ext_modules=cythonize(
-        [extension("_blas"), extension("_kernels"), extension("_sparse")],
+        [
+            extension(name)
+            for name in ("_blas", "_activations", "_kernels", "_losses", "_sparse", "_csr")
+        ],
         compiler_directives=directives,
     ),
     cmdclass={"build_ext": BuildExt},

@@ -9,17 +9,21 @@ TensorFlow (the same ops under tf.function, on tensors), one group per kernel an
 Run: python -m pytest benchmarks/test_bench_kernels.py -p no:cacheprovider [--quick]
 """
 
+import functools
 import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from fastnaive import _kernels, reference
+from fastnaive import _activations, _kernels, _losses, reference
 
 BATCH = 128
 N_CLASSES = 10
 LAYERS = {"b128-784x512": (784, 512), "b128-512x10": (512, 10)}
+
+# The ReLU case of the activations' backward kernel: delta := delta * (A > 0).
+RELU_BACKWARD = functools.partial(_activations.activation_backward_checked, _activations.RELU)
 
 
 @pytest.fixture(scope="module", params=list(LAYERS))
@@ -43,7 +47,7 @@ def logits_and_labels():
 
 
 def fastnaive_dense_relu_backward(X, W, Z, delta, dX_out, dW_out, db_out):
-    _kernels.relu_backward_checked(Z, delta)
+    RELU_BACKWARD(Z, Z, delta)
     _kernels.dense_input_grad_checked(delta, W, dX_out)
     _kernels.dense_param_grad_checked(X, delta, 1.0, 0.0, dW_out, db_out)
 
@@ -123,7 +127,7 @@ def test_softmax_crossentropy_fastnaive(benchmark, logits_and_labels):
     benchmark.group = "softmax_crossentropy b128x10"
     logits, labels = logits_and_labels
     grad_out = np.empty_like(logits)
-    benchmark(_kernels.softmax_crossentropy_checked, logits, labels, grad_out)
+    benchmark(_losses.sparse_softmax_crossentropy_checked, logits, labels, grad_out)
 
 
 def test_softmax_crossentropy_reference(benchmark, logits_and_labels):

@@ -1,13 +1,17 @@
 """Plain helpers shared by the test modules: tolerances, small models and data, arrays, sparse
 layouts and MNIST-layout files. The fixtures are in conftest.py."""
 
+import functools
 import gzip
+import io
+import json
 import struct
+import zlib
 
 import numpy as np
 
 import fastnaive
-from fastnaive import _sparse
+from fastnaive import _activations, _sparse
 
 # Tolerances
 
@@ -39,6 +43,10 @@ def assert_scaled_close(actual, expected, rtol, atol=0.0):
     assert error <= rtol * scale + atol, (
         f"max|a - b| = {error:.3g} > {rtol:g} * max|b| + {atol:.3g} (max|b| = {scale:.3g})"
     )
+
+
+# The ReLU case of the activations' backward kernel: delta := delta * (A > 0).
+RELU_BACKWARD = functools.partial(_activations.activation_backward_checked, _activations.RELU)
 
 
 # Models and data
@@ -191,3 +199,91 @@ def assert_loaded(result, data):
         assert array.dtype == np.uint8, key
         assert array.shape == data[key].shape, key
         np.testing.assert_array_equal(array, data[key], err_msg=key)
+
+
+# Hostile files (docs/robustness.md, class 7): small files that declare or inflate to much more
+
+
+@functools.cache
+def deflated_zeros(n_bytes):
+    """A raw deflate stream (level 9) of n_bytes zero bytes: about n_bytes / 1030 bytes."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = bytes(min(n_bytes, 1 << 24))
+    parts = [
+        compressor.compress(chunk[: min(len(chunk), n_bytes - i)])
+        for i in range(0, n_bytes, len(chunk))
+    ]
+    return b"".join(parts) + compressor.flush()
+
+
+def deflated(prefix, n_zeros=0):
+    """(raw deflate stream, CRC-32, size) of `prefix` followed by n_zeros zero bytes."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = compressor.compress(prefix) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    crc, chunk = zlib.crc32(prefix), bytes(min(max(n_zeros, 1), 1 << 24))
+    for start in range(0, n_zeros, len(chunk)):
+        crc = zlib.crc32(chunk[: min(len(chunk), n_zeros - start)], crc)
+    return head + (deflated_zeros(n_zeros) if n_zeros else b"\x03\x00"), crc, len(prefix) + n_zeros
+
+
+def npy_header(shape, dtype):
+    """The bytes of an .npy header declaring `shape` and `dtype`, whatever data follows."""
+    out = io.BytesIO()
+    header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": tuple(shape)}
+    np.lib.format.write_array_header_1_0(out, header)
+    return out.getvalue()
+
+
+def npy_bytes(array):
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
+
+
+def write_zip(path, members):
+    """Write a zip archive of `members` {name: bytes (stored) or (deflate, crc, size)}; the
+    sizes it declares are the true ones, so zipfile reads it as a valid archive."""
+    local, central = io.BytesIO(), io.BytesIO()
+    for name, member in members.items():
+        if isinstance(member, bytes):
+            data, crc, size, method = member, zlib.crc32(member), len(member), 0
+        else:
+            (data, crc, size), method = member, 8
+        fields = struct.pack("<HHHHHIII", 20, 0, method, 0, 0x21, crc, len(data), size)
+        encoded = name.encode()
+        offset = local.tell()
+        local.write(b"PK\x03\x04" + fields + struct.pack("<HH", len(encoded), 0) + encoded + data)
+        central.write(
+            b"PK\x01\x02"
+            + struct.pack("<H", 20)
+            + fields
+            + struct.pack("<HHHHHII", len(encoded), 0, 0, 0, 0, 0, offset)
+            + encoded
+        )
+    n = len(members)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, central.tell(), local.tell(), 0)
+    path.write_bytes(local.getvalue() + central.getvalue() + end)
+    return path
+
+
+def write_gzip(path, member):
+    """Write the gzip file of `member` = (raw deflate, crc, size)."""
+    data, crc, size = member
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    path.write_bytes(header + data + struct.pack("<II", crc, size % 2**32))
+    return path
+
+
+def model_members(n_in, n_out, **members):
+    """The stored members of a model file of one float32 dense layer n_in -> n_out (sizes that
+    its W0 and b0 must then have), with `members` added or replacing them."""
+    architecture = fastnaive.NaiveSequential([fastnaive.NaiveDense(1, 1, None)]).architecture()
+    architecture["layers"][0].update(input_size=n_in, output_size=n_out)
+    stored = {
+        "fastnaive_format.npy": npy_bytes(np.array(fastnaive.models.FORMAT_VERSION)),
+        "architecture.npy": npy_bytes(np.array(json.dumps(architecture))),
+        "b0.npy": npy_bytes(np.zeros(n_out, np.float32))
+        if n_out < 2**20
+        else npy_header((n_out,), "<f4"),
+    }
+    return {**stored, **members}

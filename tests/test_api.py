@@ -83,8 +83,23 @@ ACCEPTED_ACTIVATIONS = {
     "tf.nn.softmax": (tf.nn.softmax, "softmax"),
     "tf.keras.activations.relu": (tf.keras.activations.relu, "relu"),
     "tf.keras.activations.softmax": (tf.keras.activations.softmax, "softmax"),
+    "'TANH'": ("TANH", "tanh"),
+    "tf.nn.tanh": (tf.nn.tanh, "tanh"),
+    "tf.nn.sigmoid": (tf.nn.sigmoid, "sigmoid"),
+    "tf.nn.gelu": (tf.nn.gelu, "gelu"),
+    "tf.nn.leaky_relu": (tf.nn.leaky_relu, "leaky_relu"),
+    "tf.nn.elu": (tf.nn.elu, "elu"),
+    "keras.activations.gelu": (tf.keras.activations.gelu, "gelu"),
+    "keras.activations.leaky_relu": (tf.keras.activations.leaky_relu, "leaky_relu"),
+    "'gelu_tanh'": ("gelu_tanh", "gelu_tanh"),
+    "fastnaive.activations.elu": (fastnaive.activations.elu, "elu"),
 }
-REJECTED_ACTIVATIONS = {"lambda": lambda x: x, "'tanh'": "tanh", "tf.nn.tanh": tf.nn.tanh}
+REJECTED_ACTIVATIONS = {
+    "lambda": lambda x: x,
+    "'swish'": "swish",
+    "tf.nn.silu": tf.nn.silu,
+    "tf.nn.relu6": tf.nn.relu6,
+}
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,18 @@ import contextlib
 import importlib.metadata
 import io
 import json
+import os
 import re
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastnaive
+from fastnaive import cli
 from fastnaive.cli import main
 
 N_TRAIN, N_TEST = 600, 200
@@ -203,6 +207,14 @@ BAD_VALUES = {
     "history-txt": (["train", *QUICK, "--history", "x.txt"], "--history"),
     "resume-without-folder": (["train", *QUICK, "--resume"], "--checkpoint-dir"),
     "data-missing": (["train", *QUICK, "--data", "/nonexistent"], "/nonexistent"),
+    "overwrite-without-folder": (["train", *QUICK, "--overwrite"], "--checkpoint-dir"),
+    "overwrite-and-resume": (
+        ["train", *QUICK, "--checkpoint-dir", "{tmp}/run", "--resume", "--overwrite"],
+        "--overwrite",
+    ),
+    "seed-negative": (["train", *QUICK, "--seed", "-1"], "--seed"),
+    "save-in-missing-folder": (["train", *QUICK, "--save", "{tmp}/missing/m.npz"], "--save"),
+    "checkpoint-dir-a-file": (["train", *QUICK, "--checkpoint-dir", "{tmp}/garbage.npz"], "folder"),
     "model-unreadable": (["evaluate", "{tmp}/garbage.npz", "--data", "{data}"], "garbage.npz"),
     "model-missing": (["evaluate", "{tmp}/missing.npz", "--data", "{data}"], "missing.npz"),
 }
@@ -275,3 +287,109 @@ def test_python_m_fastnaive_error_has_no_traceback(tmp_path, data):
 def test_python_m_fastnaive_usage_error_exits_2():
     result = run_module("train", "--bogus")
     assert result.returncode == 2 and "unrecognized arguments: --bogus" in result.stderr
+
+
+def test_a_folder_holding_a_checkpoint_needs_resume_or_overwrite(tmp_path, data):
+    folder = tmp_path / "run"
+    train = ["train", *[arg.format(data=data) for arg in QUICK], "--checkpoint-dir", str(folder)]
+    assert run(train)[0] == 0
+    (folder / "notes.txt").write_text("the user's notes")
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    status, _, err = run(train)
+    assert status == 1 and err.count("\n") == 1
+    assert "holding state.npz" in err and "--resume" in err and "--overwrite" in err
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    assert run([*train, "--overwrite", "--seed", "3"])[0] == 0
+    assert sorted(os.listdir(folder)) == ["model-0001.npz", "notes.txt", "state.npz"]
+    assert (folder / "model-0001.npz").read_bytes() != before["model-0001.npz"]
+
+
+FAILURES = {
+    "memory": (MemoryError(), 1, "fastnaive: error: out of memory\n"),
+    "memory-with-message": (
+        MemoryError("Unable to allocate 8 GiB"),
+        1,
+        "fastnaive: error: out of memory (Unable to allocate 8 GiB)\n",
+    ),
+    "os": (PermissionError(13, "Permission denied", "x.npz"), 1, "Permission denied"),
+    "bad-zip": (zipfile.BadZipFile("File is not a zip file"), 1, "File is not a zip file"),
+    "runtime": (RuntimeError("weights differ"), 1, "RuntimeError: weights differ"),
+    "recursion": (RecursionError(), 1, "fastnaive: error: RecursionError\n"),
+    "floating-point": (FloatingPointError("loss is nan"), 1, "loss is nan"),
+    "interrupt": (KeyboardInterrupt(), 130, "fastnaive: interrupted\n"),
+}
+
+
+@pytest.mark.parametrize("error, status, line", FAILURES.values(), ids=FAILURES.keys())
+def test_every_expected_failure_is_one_line_never_a_traceback(
+    monkeypatch, data, error, status, line
+):
+    def fail(*args):
+        raise error
+
+    monkeypatch.setattr(cli, "load_dataset", fail)
+    got, out, err = run(["train", *[arg.format(data=data) for arg in QUICK]])
+    assert got == status
+    assert err.startswith("fastnaive: ") and err.count("\n") == 1 and line in err
+
+
+def test_python_m_fastnaive_out_of_memory_is_one_line(tmp_path, data):
+    """A real MemoryError: a hidden layer too large to allocate."""
+    result = run_module("train", "--epochs", "1", "--hidden", "2000000000", "--data", data)
+    assert result.returncode == 1
+    assert result.stderr.startswith("fastnaive: error: out of memory")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_info_reports_a_place_it_cannot_read_and_goes_on(monkeypatch, tmp_path):
+    unreadable = str(tmp_path / ("x" * 300))  # a name longer than any file system allows
+    monkeypatch.setenv("FASTNAIVE_DATA", unreadable)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    status, out, err = run(["info"])
+    assert (status, err) == (0, "")
+    line = next(line for line in out.splitlines() if f"FASTNAIVE_DATA={unreadable}" in line)
+    assert line.endswith(("File name too long)", "no such file or directory"))
+    assert f"Keras cache {tmp_path / 'keras'}" in out and "\nfashion_mnist:\n" in out
+
+
+def test_readme_states_the_exit_statuses_these_tests_check():
+    """The exit statuses of test_bad_value_is_one_error_line_and_status_1 and
+    test_usage_error_exits_2, as README.md's command-line section states them."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    text = " ".join(readme.split())
+    assert "one line on stderr and exit status 1" in text
+    assert "prints the usage and exits 2" in text
+
+
+@pytest.mark.parametrize(
+    "options, loss",
+    [
+        (
+            ["--activation", "gelu", "--dropout", "0.2", "--l2", "1e-4"],
+            "sparse_categorical_crossentropy",
+        ),
+        (
+            ["--activation", "tanh", "--loss", "categorical_crossentropy"],
+            "categorical_crossentropy",
+        ),
+        (["--activation", "elu", "--loss", "binary_crossentropy"], "binary_crossentropy"),
+        (["--activation", "leaky_relu", "--loss", "mse"], "mean_squared_error"),
+    ],
+    ids=["gelu-dropout-l2", "tanh-categorical", "elu-binary", "leaky-mse"],
+)
+def test_activation_loss_l2_and_dropout_options_build_and_train_that_model(
+    tmp_path, data, options, loss
+):
+    path = tmp_path / "m.npz"
+    argv = [*TRAIN[:-2], "--verbose", "0", "--data", data, *options, "--save", str(path)]
+    status, out, err = run(argv)
+    assert (status, err) == (0, "")
+    model = fastnaive.load_model(path)
+    assert model.loss.name == loss
+    assert model.dense_layers[0].activation == options[1]
+    assert (len(model.layers) == 5) == ("--dropout" in options)  # a Dropout after each hidden
+    assert all(layer.l2 == (1e-4 if "--l2" in options else 0) for layer in model.dense_layers)
+    trained_accuracy = float(ACCURACY.search(out).group(1))
+    assert trained_accuracy > 0.5  # two epochs learn the synthetic squares
+    status, out, _ = run(["evaluate", str(path), "--data", data])
+    assert status == 0 and float(ACCURACY.search(out).group(1)) == trained_accuracy

@@ -87,9 +87,17 @@ UNSUPPORTED = {
         lambda: [dense(use_bias=False, name="bad")],
         "use_bias=True. Received: layer 'bad' with use_bias=False",
     ),
-    "tanh": (
-        lambda: [dense(activation="tanh", name="bad")],
-        "relu, softmax or linear activation. Received: layer 'bad' with activation tanh",
+    "swish": (
+        lambda: [dense(activation="swish", name="bad")],
+        "activation of fastnaive.activations. Received: layer 'bad' with activation",
+    ),
+    "l1": (
+        lambda: [dense(kernel_regularizer=keras.regularizers.L1(0.1), name="bad")],
+        "an L2 kernel regularizer. Received: layer 'bad' with L1",
+    ),
+    "bias-regularizer": (
+        lambda: [dense(bias_regularizer=keras.regularizers.L2(0.1), name="bad")],
+        "no bias or activity regularizer. Received: layer 'bad'",
     ),
     "softmax-first": (
         lambda: [dense(activation="softmax", name="bad"), dense()],
@@ -97,7 +105,7 @@ UNSUPPORTED = {
     ),
     "dropout": (
         lambda: [keras.layers.Dropout(0.5, name="bad"), dense()],
-        "only Dense layers .* Received: layer 'bad' with type Dropout",
+        "each optionally followed by a Dropout .* Received: layer 'bad' with type Dropout",
     ),
     "mixed-precision": (
         lambda: [dense(dtype="mixed_float16", name="bad")],
@@ -120,6 +128,41 @@ def test_from_keras_rejects_what_fastnaive_cannot_represent(case):
     make_layers, pattern = UNSUPPORTED[case]
     with pytest.raises(ValueError, match=pattern):
         from_keras(keras.Sequential([keras.Input((5,)), *make_layers()]))
+
+
+# TensorFlow computes these in float64 with float32 constants (leaky_relu's alpha is a float32
+# attribute) or approximations: against float64 NumPy of the exact formulas (which fastnaive
+# matches to 4e-16) it errs by up to 2.3e-8 (leaky_relu), 5e-9 (gelu), 9e-10 (gelu_tanh).
+TF_INEXACT_FLOAT64 = {"leaky_relu": 1e-7, "gelu": 2e-8, "gelu_tanh": 1e-8}
+
+
+@pytest.mark.parametrize(
+    "activation", ["tanh", "sigmoid", "gelu", "gelu_tanh", "leaky_relu", "elu"]
+)
+def test_new_layers_round_trip_and_compute_the_same_function(dtype, activation):
+    """Every activation, an L2 penalty and a Dropout go to Keras and come back unchanged; the
+    Keras model computes the same outputs (dropout is off outside training in both)."""
+    model = fastnaive.NaiveSequential(
+        [
+            fastnaive.NaiveDense(
+                12, 8, activation, dtype=dtype, seed=0, l2=0.01, initializer="glorot_uniform"
+            ),
+            fastnaive.Dropout(0.25, seed=7),
+            fastnaive.NaiveDense(
+                8, 3, "softmax", dtype=dtype, seed=1, initializer="glorot_uniform"
+            ),
+        ]
+    )
+    keras_model = to_keras(model)
+    assert [type(layer).__name__ for layer in keras_model.layers] == ["Dense", "Dropout", "Dense"]
+    assert float(keras_model.layers[0].kernel_regularizer.l2) == pytest.approx(0.01)
+    x = random_inputs((50, 12), dtype)
+    rtol = TF_INEXACT_FLOAT64.get(activation, RTOL[dtype]) if dtype == "float64" else RTOL[dtype]
+    assert_scaled_close(model(x), predict(keras_model, x), rtol)
+    back = from_keras(keras_model)
+    assert repr(back) == repr(model)
+    for got, expected in zip(back.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_from_keras_rejects_dense_on_unflattened_inputs():

@@ -3,12 +3,22 @@ buffers Cython rejects, fastnaive._sparse's wrappers included."""
 
 import numpy as np
 import pytest
-from helpers import DTYPES, SCALES, TOLERANCES, assert_close, by_rows, f32, normal, read_only
+from helpers import (
+    DTYPES,
+    RELU_BACKWARD,
+    SCALES,
+    TOLERANCES,
+    assert_close,
+    by_rows,
+    f32,
+    normal,
+    read_only,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fastnaive import _blas, _kernels, _sparse, reference
+from fastnaive import _blas, _kernels, _losses, _sparse, reference
 
 # The cross-entropy loss is accumulated in double whatever the logits' dtype.
 LOSS_TOLERANCE = TOLERANCES["float64"]
@@ -85,7 +95,7 @@ def test_relu_backward_masks_exactly_where_z_is_not_positive(matrix_shape, dtype
     Z = rng.integers(-1, 2, matrix_shape).astype(dtype)  # -1, 0 and 1: both sides and the edge
     delta = normal(rng, matrix_shape, dtype)
     expected = reference.relu_backward(Z, delta)
-    _kernels.relu_backward_checked(Z, delta)
+    RELU_BACKWARD(Z, Z, delta)
     np.testing.assert_array_equal(delta, expected)
     np.testing.assert_array_equal(delta == 0, Z <= 0)
 
@@ -132,7 +142,7 @@ def test_softmax_of_extreme_logits_is_finite(dtype):
 def check_softmax_crossentropy(logits, labels):
     """Run the kernel and compare its loss and gradient with the reference; return both."""
     grad = nan_buffer(logits.shape, logits.dtype)
-    loss = _kernels.softmax_crossentropy_checked(logits, labels, grad)
+    loss = _losses.sparse_softmax_crossentropy_checked(logits, labels, grad)
     expected_loss, expected_grad = reference.softmax_crossentropy(logits, labels)
     np.testing.assert_allclose(loss, expected_loss, **LOSS_TOLERANCE)
     assert_close(grad, expected_grad)
@@ -242,7 +252,7 @@ SHAPE_MISMATCHES = {
         True,
         f32(3, 2),
     ),
-    "relu_backward": (_kernels.relu_backward_checked, f32(3, 2), f32(2, 3)),
+    "relu_backward": (RELU_BACKWARD, f32(3, 2), f32(3, 2), f32(2, 3)),
     "dense_input_grad": (_kernels.dense_input_grad_checked, f32(3, 2), f32(4, 3), f32(3, 4)),
     "dense_param_grad-rows": (
         _kernels.dense_param_grad_checked,
@@ -263,13 +273,13 @@ SHAPE_MISMATCHES = {
         f32(2),
     ),
     "softmax_crossentropy-labels": (
-        _kernels.softmax_crossentropy_checked,
+        _losses.sparse_softmax_crossentropy_checked,
         f32(2, 4),
         LABELS,
         f32(2, 4),
     ),
     "softmax_crossentropy-grad": (
-        _kernels.softmax_crossentropy_checked,
+        _losses.sparse_softmax_crossentropy_checked,
         f32(3, 4),
         LABELS,
         f32(3, 2),
@@ -296,12 +306,13 @@ BAD_BUFFERS = {
         f32(3, 2).astype(np.float16),
     ),
     "int64": (
-        _kernels.relu_backward_checked,
+        RELU_BACKWARD,
+        np.zeros((3, 2), np.int64),
         np.zeros((3, 2), np.int64),
         np.zeros((3, 2), np.int64),
     ),
     "int32-labels": (
-        _kernels.softmax_crossentropy_checked,
+        _losses.sparse_softmax_crossentropy_checked,
         f32(3, 2),
         LABELS.astype(np.int32),
         f32(3, 2),

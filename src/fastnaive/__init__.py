@@ -10,10 +10,10 @@ The book's API, with NumPy arrays for tensors:
 
 import importlib
 
-from fastnaive import callbacks, optimizers
+from fastnaive import activations, callbacks, losses, optimizers
 from fastnaive.activations import relu, softmax
 from fastnaive.batches import BatchGenerator
-from fastnaive.layers import NaiveDense
+from fastnaive.layers import Dropout, NaiveDense
 from fastnaive.models import NaiveSequential
 from fastnaive.optimizers import SGD, Adam
 from fastnaive.saving import load_model
@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NaiveDense",
+    "Dropout",
     "NaiveSequential",
     "BatchGenerator",
     "SGD",
@@ -43,8 +44,10 @@ __all__ = [
     "fit",
     "evaluate",
     "evaluate_loss",
+    "activations",
     "callbacks",
     "datasets",
+    "losses",
     "optimizers",
     "__version__",
 ]

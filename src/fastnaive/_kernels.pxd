@@ -1,8 +1,8 @@
 from cython cimport floating
 
 cdef void dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
-                        const floating[::1] b, bint relu, floating[:, ::1] Z_out) noexcept nogil
-cdef void relu_backward(const floating[:, ::1] Z, floating[:, ::1] delta) noexcept nogil
+                        const floating[::1] b, int activation,
+                        floating[:, ::1] Z_out) noexcept nogil
 cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
                            floating[:, ::1] dX_out) noexcept nogil
 cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
@@ -10,10 +10,6 @@ cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delt
                            floating[:, ::1] dW_out, floating[::1] db_out) noexcept nogil
 cdef void bias_grad(const floating[:, ::1] delta, floating alpha, floating beta,
                     floating[::1] db_out, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
-cdef double softmax_crossentropy(const floating[:, ::1] logits, const Py_ssize_t[::1] labels,
-                                 floating[:, ::1] grad_out) noexcept nogil
-cdef Py_ssize_t count_correct(const floating[:, ::1] logits,
-                              const Py_ssize_t[::1] labels) noexcept nogil
 cdef void softmax(const floating[:, ::1] logits, floating[:, ::1] out) noexcept nogil
 cdef void gather_rows(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
                       floating[:, ::1] out) noexcept nogil

@@ -2,15 +2,17 @@
 # C-contiguous typed memoryviews of float32 or float64 (the fused `floating`),
 # any number of rows. Kernels run without the GIL, never allocate and never
 # raise: shapes are checked by the `def` wrappers at the bottom, which are the
-# only way in from Python, and label or row indices out of range turn the
-# affected row into NaN instead of reading out of bounds. GEMMs go through
-# fastnaive._blas; the rest are epilogues fused around them (bias as the GEMM's
-# starting value with beta = 1, ReLU in place on its output).
+# only way in from Python, and row indices out of range turn the affected row
+# into NaN instead of reading out of bounds. GEMMs go through fastnaive._blas;
+# the rest are epilogues fused around them (bias as the GEMM's starting value
+# with beta = 1, the activation in place on its output: fastnaive._activations).
+# The losses are in fastnaive._losses.
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, log, sqrt, sqrtf, NAN
+from libc.math cimport exp, sqrt, sqrtf, NAN
 from libc.string cimport memcpy
 
+from fastnaive._activations cimport activate
 from fastnaive._blas cimport axpy, gemm, load_blas
 
 cdef extern from *:
@@ -28,38 +30,21 @@ cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 18
 cdef enum:
     # Columns of a bias gradient summed at a time (the sums live on the stack).
     BIAS_BLOCK = 256
+    # The largest activation code (fastnaive._activations).
+    MAX_ACTIVATION = 7
 
 
 cdef void dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
-                        const floating[::1] b, bint relu, floating[:, ::1] Z_out) noexcept nogil:
-    """Z := act(X @ W + b), act = relu if relu else identity"""
+                        const floating[::1] b, int activation,
+                        floating[:, ::1] Z_out) noexcept nogil:
+    """Z := act(X @ W + b), act the activation of code `activation` (fastnaive._activations)"""
     cdef Py_ssize_t i, j
     for i in range(Z_out.shape[0]):
         for j in range(Z_out.shape[1]):
             Z_out[i, j] = b[j]
     gemm(False, False, <floating>1, X, W, <floating>1, Z_out)
-    if relu and Z_out.shape[0] > 0:
-        relu_inplace(&Z_out[0, 0], Z_out.shape[0] * Z_out.shape[1])
-
-
-cdef inline void relu_inplace(floating* z, Py_ssize_t size) noexcept nogil:
-    """z := max(z, 0), NaN staying NaN as in TensorFlow"""
-    cdef Py_ssize_t i
-    for i in range(size):
-        # An unconditional select, which compilers vectorise; `< 0` keeps NaN.
-        z[i] = 0 if z[i] < 0 else z[i]
-
-
-cdef void relu_backward(const floating[:, ::1] Z, floating[:, ::1] delta) noexcept nogil:
-    """delta := delta * (Z > 0), with Z = relu(.) the layer's output"""
-    cdef Py_ssize_t i
-    cdef Py_ssize_t size = delta.shape[0] * delta.shape[1]
-    cdef const floating* z = &Z[0, 0]
-    cdef floating* d = &delta[0, 0]
-    if size == 0:
-        return
-    for i in range(size):
-        d[i] = d[i] if z[i] > 0 else 0
+    if Z_out.shape[0] > 0:
+        activate(activation, &Z_out[0, 0], &Z_out[0, 0], Z_out.shape[0] * Z_out.shape[1])
 
 
 cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
@@ -94,48 +79,6 @@ cdef void bias_grad(const floating[:, ::1] delta, floating alpha, floating beta,
             # beta = 0 must overwrite, not scale: the buffer may hold NaN.
             db_out[j] = <floating>(alpha * sums[j - k0] + (beta * db_out[j] if beta != 0 else 0))
         k0 = k1
-
-
-cdef double softmax_crossentropy(const floating[:, ::1] logits, const Py_ssize_t[::1] labels,
-                                 floating[:, ::1] grad_out) noexcept nogil:
-    """Return mean_i(logsumexp(z_i) - z_i[y_i]); grad := (softmax(z) - onehot(y)) / n"""
-    cdef Py_ssize_t i, j, y
-    cdef Py_ssize_t n = logits.shape[0]
-    cdef Py_ssize_t n_classes = logits.shape[1]
-    cdef double z_max, total, scale = 1.0 / n, loss = 0
-    for i in range(n):
-        y = labels[i]
-        if y < 0 or y >= n_classes:
-            for j in range(n_classes):
-                grad_out[i, j] = NAN
-            loss += NAN
-            continue
-        # Subtracting the row maximum keeps every exp() in (0, 1]: no overflow.
-        z_max = logits[i, 0]
-        for j in range(1, n_classes):
-            if logits[i, j] > z_max:
-                z_max = logits[i, j]
-        total = 0
-        for j in range(n_classes):
-            total += exp(logits[i, j] - z_max)
-        for j in range(n_classes):
-            grad_out[i, j] = <floating>(exp(logits[i, j] - z_max) / total * scale)
-        grad_out[i, y] -= <floating>scale
-        loss += log(total) + z_max - logits[i, y]
-    return loss * scale
-
-
-cdef Py_ssize_t count_correct(const floating[:, ::1] logits,
-                              const Py_ssize_t[::1] labels) noexcept nogil:
-    """Return #{i : argmax_j z_ij = y_i}, the first maximum counting on ties"""
-    cdef Py_ssize_t i, j, best, correct = 0
-    for i in range(logits.shape[0]):
-        best = 0
-        for j in range(1, logits.shape[1]):
-            if logits[i, j] > logits[i, best]:
-                best = j
-        correct += best == labels[i]
-    return correct
 
 
 cdef void softmax(const floating[:, ::1] logits, floating[:, ::1] out) noexcept nogil:
@@ -208,23 +151,18 @@ def _shape_error(str expected, **arrays):
 
 
 def dense_forward_checked(const floating[:, ::1] X, const floating[:, ::1] W, const floating[::1] b,
-                          bint relu, floating[:, ::1] Z_out):
-    """Z_out := act(X @ W + b)"""
+                          int activation, floating[:, ::1] Z_out):
+    """Z_out := act(X @ W + b), act of code `activation` (0 linear, 1 relu, ...; see fastnaive._activations)"""
     if not (X.shape[1] == W.shape[0] > 0 and b.shape[0] == W.shape[1]
             and Z_out.shape[0] == X.shape[0] and Z_out.shape[1] == W.shape[1]):
         raise _shape_error("X (n, k), W (k, m), b (m,) and Z_out (n, m) with k >= 1",
                            X=X, W=W, b=b, Z_out=Z_out)
+    if not 0 <= activation <= MAX_ACTIVATION:
+        raise ValueError(f"Expected an activation code in [0, {MAX_ACTIVATION}]. "
+                         f"Received: activation={activation}")
     load_blas()
     with nogil:
-        dense_forward(X, W, b, relu, Z_out)
-
-
-def relu_backward_checked(const floating[:, ::1] Z, floating[:, ::1] delta):
-    """delta := delta * (Z > 0)"""
-    if not (Z.shape[0] == delta.shape[0] and Z.shape[1] == delta.shape[1]):
-        raise _shape_error("Z and delta of the same shape", Z=Z, delta=delta)
-    with nogil:
-        relu_backward(Z, delta)
+        dense_forward(X, W, b, activation, Z_out)
 
 
 def dense_input_grad_checked(const floating[:, ::1] delta, const floating[:, ::1] W,
@@ -252,29 +190,6 @@ def dense_param_grad_checked(const floating[:, ::1] X, const floating[:, ::1] de
         dense_param_grad(X, delta, alpha, beta, dW_out, db_out)
 
 
-def softmax_crossentropy_checked(const floating[:, ::1] logits, const Py_ssize_t[::1] labels,
-                                 floating[:, ::1] grad_out):
-    """Return the mean cross-entropy of softmax(logits); grad_out := its gradient wrt logits"""
-    if not (logits.shape[0] == labels.shape[0] > 0 and logits.shape[1] > 0
-            and grad_out.shape[0] == logits.shape[0] and grad_out.shape[1] == logits.shape[1]):
-        raise _shape_error("logits (n, c), labels (n,) and grad_out (n, c) with n, c >= 1",
-                           logits=logits, labels=labels, grad_out=grad_out)
-    cdef double loss
-    with nogil:
-        loss = softmax_crossentropy(logits, labels, grad_out)
-    return loss
-
-
-def count_correct_checked(const floating[:, ::1] logits, const Py_ssize_t[::1] labels):
-    """Return how many rows have their largest logit at their label"""
-    if not (logits.shape[0] == labels.shape[0] and logits.shape[1] > 0):
-        raise _shape_error("logits (n, c) and labels (n,) with c >= 1", logits=logits, labels=labels)
-    cdef Py_ssize_t correct
-    with nogil:
-        correct = count_correct(logits, labels)
-    return correct
-
-
 def softmax_checked(const floating[:, ::1] logits, floating[:, ::1] out):
     """out := softmax(logits) row by row"""
     if not (out.shape[0] == logits.shape[0] and out.shape[1] == logits.shape[1] > 0):
@@ -292,15 +207,24 @@ def gather_rows_checked(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
         gather_rows(src, rows, out)
 
 
+# BLAS sizes are 32-bit ints: axpy_checked updates longer vectors this many elements at a time.
+AXPY_CHUNK = 2**30
+
+
 def axpy_checked(const floating[::1] x, floating[::1] y, floating alpha):
-    """y := alpha * x + y"""
-    if x.shape[0] != y.shape[0]:
+    """y := alpha * x + y, in BLAS calls of at most AXPY_CHUNK elements"""
+    cdef Py_ssize_t n = y.shape[0], start = 0, chunk = AXPY_CHUNK
+    if x.shape[0] != n:
         raise _shape_error("x and y of the same length", x=x, y=y)
-    if y.shape[0] == 0:
+    if not 0 < chunk < 2**31:
+        raise ValueError(f"Expected AXPY_CHUNK in [1, 2**31). Received: {chunk}")
+    if n == 0:
         return
     load_blas()
     with nogil:
-        axpy(alpha, &x[0], &y[0], <int>y.shape[0])
+        while start < n:
+            axpy(alpha, &x[start], &y[start], <int>min(chunk, n - start))
+            start += chunk
 
 
 def momentum_update_checked(floating[::1] w, const floating[::1] g, floating[::1] velocity,

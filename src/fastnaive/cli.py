@@ -1,27 +1,45 @@
 """The command line: `fastnaive train | evaluate | info` (also `python -m fastnaive`).
 
 With no subcommand, `train` runs with its defaults: the book's recipe on MNIST.
-Errors (missing data, bad option values, unreadable files) are one line on
-stderr and exit status 1.
+A malformed command line (an unknown option, a value of the wrong form) prints the usage
+and exits 2, as argparse does. Every other failure (missing data, bad option values,
+unreadable files, running out of memory) is one line on stderr and exit status 1 (130 for
+an interrupt). With --distributed, a failure on any rank ends every rank: the ranks agree
+on what they load and build before training, and a failure on one rank alone aborts the job.
 """
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 import sys
 import time
 
 import numpy as np
 
 import fastnaive
-from fastnaive import distributed, initializers, optimizers
+from fastnaive import activations, checkpoints, distributed, initializers, optimizers
+from fastnaive._validation import seed as checked_seed
 
 DATASETS = ("mnist", "fashion_mnist")
 VERBOSE = {"book": "book", "0": 0, "1": 1, "2": 2}
+# Each --loss and the last layer's activation it takes.
+HEADS = {
+    "sparse_categorical_crossentropy": "softmax",
+    "categorical_crossentropy": "softmax",
+    "binary_crossentropy": "sigmoid",
+    "mse": None,
+}
+LOSSES = tuple(HEADS)
 
 
 class UsageError(Exception):
     """A problem with the command line's values, reported as one line."""
+
+
+# The failures reported as one line, never a traceback.
+EXPECTED = (Exception, KeyboardInterrupt)
 
 
 def hidden_sizes(text):
@@ -70,6 +88,26 @@ def add_train_options(parser):
         default="book",
         help="initial weights (default: book, U[0, 0.1))",
     )
+    parser.add_argument(
+        "--activation",
+        choices=[name for name in activations.NAMES if name not in (None, "softmax")],
+        default="relu",
+        help="the hidden layers' activation (default: relu)",
+    )
+    parser.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default="sparse_categorical_crossentropy",
+        help="sparse_categorical_crossentropy (the book's), categorical_crossentropy (softmax "
+        "head, one-hot labels), binary_crossentropy (sigmoid head, one-hot labels) or mse "
+        "(linear head, one-hot labels)",
+    )
+    parser.add_argument(
+        "--l2", type=float, default=0.0, help="L2 penalty l2 * sum(W**2) on every layer's W"
+    )
+    parser.add_argument(
+        "--dropout", type=float, default=0.0, metavar="RATE", help="Dropout after each hidden layer"
+    )
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--seed", type=int, default=None, help="seed for weights and shuffling")
     parser.add_argument(
@@ -113,6 +151,13 @@ def add_train_options(parser):
         action="store_true",
         help="continue from the last checkpoint in --checkpoint-dir",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="remove the checkpoint files (state.npz, model-EEEE.npz) already in "
+        "--checkpoint-dir and start afresh (without --resume or --overwrite, such a "
+        "folder is refused)",
+    )
 
 
 def build_parser():
@@ -144,18 +189,44 @@ def load_dataset(name, path):
 
 
 def build_model(args):
+    """The MLP the options describe: hidden layers of --activation (each followed by a Dropout
+    of --dropout), then a head for --loss; --l2 on every layer."""
     rng = np.random.default_rng(args.seed)
     sizes = (784, *args.hidden, 10)
-    layers = [
-        fastnaive.NaiveDense(n_in, n_out, "relu", dtype=args.dtype, seed=rng, initializer=args.init)
-        for n_in, n_out in zip(sizes[:-2], sizes[1:-1])
-    ]
+    layers = []
+    for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):
+        layers.append(
+            fastnaive.NaiveDense(
+                n_in,
+                n_out,
+                args.activation,
+                dtype=args.dtype,
+                seed=rng,
+                initializer=args.init,
+                l2=args.l2,
+            )
+        )
+        if args.dropout:
+            layers.append(fastnaive.Dropout(args.dropout, seed=int(rng.integers(2**63))))
     layers.append(
         fastnaive.NaiveDense(
-            sizes[-2], 10, "softmax", dtype=args.dtype, seed=rng, initializer=args.init
+            sizes[-2],
+            10,
+            HEADS[args.loss],
+            dtype=args.dtype,
+            seed=rng,
+            initializer=args.init,
+            l2=args.l2,
         )
     )
-    return fastnaive.NaiveSequential(layers)
+    return fastnaive.NaiveSequential(layers, loss=args.loss)
+
+
+def targets(model, labels):
+    """The model's loss's targets for class labels: the labels, or their one-hot rows."""
+    if model.loss.sparse_labels:
+        return labels
+    return np.eye(model.output_size, dtype=model.dtype)[labels]
 
 
 def write_history(history, path):
@@ -200,10 +271,8 @@ def plot_history(history, path):
 
 def thread_limit(threads):
     """A context limiting BLAS and OpenMP threads, or doing nothing for None."""
-    from contextlib import nullcontext
-
     if threads is None:
-        return nullcontext()
+        return contextlib.nullcontext()
     if threads < 1:
         raise UsageError(f"--threads expects a number >= 1, got {threads}")
     from threadpoolctl import threadpool_limits
@@ -211,43 +280,82 @@ def thread_limit(threads):
     return threadpool_limits(limits=threads)
 
 
-def train(args):
-    """Train as the options say, alone or as one rank of `mpirun ... --distributed`; rank 0
-    reports and writes what --save, --history and --plot ask for."""
+def check_options(args):
+    """Raise UsageError for option values argparse cannot check alone."""
     if args.history and not args.history.endswith((".json", ".csv")):
         raise UsageError(f"--history expects a path ending in .json or .csv, got {args.history!r}")
-    if args.resume and not args.checkpoint_dir:
-        raise UsageError("--resume needs --checkpoint-dir")
-    comm = distributed.world() if args.distributed else None
-    ranks = 1 if comm is None else comm.Get_size()
-    root = comm is None or comm.Get_rank() == 0
+    if (args.resume or args.overwrite) and not args.checkpoint_dir:
+        raise UsageError(f"--{'resume' if args.resume else 'overwrite'} needs --checkpoint-dir")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the checkpoint that --overwrite removes: pick one")
+    checked_seed(args.seed, "--seed")
+    for option in ("save", "history", "plot"):
+        path = getattr(args, option)
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise UsageError(f"--{option} {path!r} is in a folder that does not exist")
+
+
+def prepare_checkpoints(args, group):
+    """Refuse a --checkpoint-dir that holds a checkpoint unless resuming it, or (rank 0) remove
+    that checkpoint for --overwrite."""
+    if not args.checkpoint_dir or args.resume:
+        return
+    if args.overwrite:
+        if group.is_root:
+            checkpoints.clear(args.checkpoint_dir)
+        return
+    try:
+        checkpoints.check_fresh(args.checkpoint_dir)
+    except ValueError as error:
+        if not os.path.isdir(args.checkpoint_dir):
+            raise
+        raise UsageError(
+            f"{error}; add --resume to continue it or --overwrite to replace it"
+        ) from None
+
+
+def train(args, group):
+    """Train as the options say, alone or as one rank of `mpirun ... --distributed`; rank 0
+    reports and writes what --save, --history and --plot ask for."""
     verbose = (
         VERBOSE[args.verbose] if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     )
-    (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset, args.data)
-    model = build_model(args)
-    optimizer = optimizers.get(args.optimizer, args.lr)
-    start = time.perf_counter()
-    with thread_limit(args.threads):
-        history = fastnaive.fit(
-            model,
-            x_train,
-            y_train,
-            args.epochs,
-            args.batch_size,
-            optimizer=optimizer,
-            shuffle=args.shuffle,
-            seed=args.seed,
-            validation_split=args.validation_split,
-            verbose=verbose if root else 0,
-            comm=comm,
-            checkpoint_dir=args.checkpoint_dir,
-            resume=args.resume,
-        )
+    with contextlib.ExitStack() as stack:
+        # Every rank loads and builds; all stop together, before training, if any failed.
+        error = None
+        try:
+            check_options(args)
+            stack.enter_context(thread_limit(args.threads))
+            (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset, args.data)
+            model = build_model(args)
+            optimizer = optimizers.get(args.optimizer, args.lr)
+            prepare_checkpoints(args, group)
+        except Exception as raised:  # reported by every rank's agree below
+            error = raised
+        group.agree(error, dict)
+        start = time.perf_counter()
+        try:
+            history = fastnaive.fit(
+                model,
+                x_train,
+                targets(model, y_train),
+                args.epochs,
+                args.batch_size,
+                optimizer=optimizer,
+                shuffle=args.shuffle,
+                seed=args.seed,
+                validation_split=args.validation_split,
+                verbose=verbose if group.is_root else 0,
+                comm=group.comm,
+                checkpoint_dir=args.checkpoint_dir,
+                resume=args.resume,
+            )
+        except FloatingPointError as raised:  # the reduced loss is every rank's: all raise it
+            raise distributed.shared(raised) from None
         seconds = time.perf_counter() - start
-        accuracy = fastnaive.evaluate(model, x_test, y_test) if root else None
-    if root:
-        _report(args, model, history, seconds, accuracy, verbose, ranks)
+        if group.is_root:
+            accuracy = fastnaive.evaluate(model, x_test, y_test)
+            _report(args, model, history, seconds, accuracy, verbose, group.size)
 
 
 def _report(args, model, history, seconds, accuracy, verbose, ranks):
@@ -274,14 +382,17 @@ def _report(args, model, history, seconds, accuracy, verbose, ranks):
         plot_history(history, args.plot)
 
 
-def evaluate(args):
+def evaluate(args, group):
     model = fastnaive.load_model(args.model)
     _, (x_test, y_test) = load_dataset(args.dataset, args.data)
-    loss, accuracy = fastnaive.evaluate_loss(model, x_test, y_test)
+    loss, _ = fastnaive.evaluate_loss(model, x_test, targets(model, y_test))
+    accuracy = fastnaive.evaluate(model, x_test, y_test)
     print(f"test loss: {loss:.4f}; test accuracy: {accuracy:.4f}")
 
 
-def info(args):
+def info(args, group):
+    """Print the version, the thread pools and each dataset's places; a place that cannot be
+    read is reported as such."""
     from threadpoolctl import threadpool_info
 
     from fastnaive import _kernels
@@ -311,9 +422,36 @@ def main(argv=None):
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["train", *argv]
     args = parser.parse_args(argv)
+    group = distributed.LocalGroup()
     try:
-        COMMANDS[args.command](args)
-    except (UsageError, OSError, ValueError, TypeError, FloatingPointError, ImportError) as error:
-        print(f"fastnaive: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
+        if getattr(args, "distributed", False):
+            group = distributed.group(distributed.world())
+        COMMANDS[args.command](args, group)
+    except EXPECTED as error:
+        return _failed(group, error)
+    except BaseException as error:  # SystemExit: on one rank of many, still end the others
+        if group.size > 1:
+            group.abort(error)
+        raise
     return 0
+
+
+def _failed(group, error):
+    """Report `error` as one line on stderr (rank 0's, for an error every rank raised; the
+    failing rank's, aborting the job, for any other) and return the exit status."""
+    if group.size > 1 and not distributed.is_shared(error):
+        group.abort(error)
+    if group.is_root:
+        print(f"fastnaive: {_describe(error)}", file=sys.stderr)
+    return 130 if isinstance(error, KeyboardInterrupt) else 1
+
+
+def _describe(error):
+    message = " ".join(str(error).split())
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(error, MemoryError):
+        return f"error: out of memory{f' ({message})' if message else ''}"
+    if isinstance(error, (UsageError, OSError, ValueError, TypeError)) and message:
+        return f"error: {message}"
+    return f"error: {type(error).__name__}{f': {message}' if message else ''}"

@@ -28,9 +28,10 @@ import weakref
 
 import numpy as np
 
-from fastnaive import _blas, _kernels, _sparse
+from fastnaive import _activations, _blas, _kernels, _losses, _sparse
 from fastnaive._memory import aligned_empty
 from fastnaive.optimizers import Update
+from fastnaive.sparse import CsrBatch
 
 __all__ = ["Step", "step_for", "is_sparse"]
 
@@ -50,28 +51,54 @@ def is_sparse(x):
 
 
 def _signature(model):
-    return tuple(
-        (layer.input_size, layer.output_size, layer.activation) for layer in model.layers
-    ), model.dtype
+    """What a Step's plan depends on; a kept Step is replaced when it changes."""
+    dense = tuple(
+        (layer.input_size, layer.output_size, layer.activation, layer.l2 > 0)
+        for layer in model.dense_layers
+    )
+    return dense, tuple(d is not None for d in model.dropouts), model.loss.name, model.dtype
 
 
 class Step:
     """One call's plan for `model` on batches of up to `capacity` samples like `x`.
 
-    `training=False` leaves out what only training needs (hidden deltas, gradients).
+    `training=False` leaves out what only training needs (hidden deltas, gradients, the
+    pre-activations GELU's derivative reads, dropout's outputs).
     """
 
     def __init__(self, model, capacity, x=None, *, optimizer=None, reducer=None, training=True):
         self.model, self.capacity, self.reducer = model, capacity, reducer
         self.signature = _signature(model)
+        self.layers, self.dropouts, self.loss = model.dense_layers, model.dropouts, model.loss
+        self.loss_kernel, self.count_hits = model.loss.kernel, model.loss.counter
+        self.penalised = [layer for layer in self.layers if layer.l2]
         dtype = model.dtype
-        # outputs[l] is layer l's output (for a softmax layer, its logits); deltas[l] is the
-        # loss gradient with respect to layer l's pre-activation.
-        self.outputs = [np.empty((capacity, layer.output_size), dtype) for layer in model.layers]
-        hidden = model.layers[:-1] if training else []  # evaluation needs only the loss's
-        self.deltas = [aligned_empty((capacity, layer.output_size), dtype) for layer in hidden]
-        self.deltas.append(aligned_empty((capacity, model.output_size), dtype))
+        # The kernel code of each layer in training (a head the loss absorbs stays logits)
+        # and in prediction (every activation but softmax, which predict applies to rows).
+        self.codes = [layer.code for layer in self.layers]
+        if self.layers[-1].activation == self.loss.absorbs:
+            self.codes[-1] = _activations.LINEAR
+        self.head_codes = [layer.code for layer in self.layers]
+        sizes = [layer.output_size for layer in self.layers]
+        # outputs[l] is layer l's output (for a head the loss absorbs, its logits); deltas[l]
+        # is the loss gradient with respect to layer l's output, then pre-activation;
+        # dropped[l] is outputs[l] after dropout, the next layer's input; pre[l] is layer l's
+        # pre-activation where its derivative needs it (GELU).
+        self.outputs = [np.empty((capacity, m), dtype) for m in sizes]
         self.training = training
+        hidden = sizes[:-1] if training else []  # evaluation needs only the loss's
+        self.deltas = [aligned_empty((capacity, m), dtype) for m in hidden]
+        self.deltas.append(aligned_empty((capacity, sizes[-1]), dtype))
+        self.dropped = [
+            np.empty((capacity, m), dtype) if training and d is not None else None
+            for m, d in zip(sizes, self.dropouts)
+        ]
+        self.pre = [
+            np.empty((capacity, m), dtype)
+            if training and code in _activations.NEEDS_PRE_ACTIVATION
+            else None
+            for m, code in zip(sizes, self.codes)
+        ]
         self.gradients = self.flat = None
         if training:
             self.flat = aligned_empty(sum(w.size for w in model.weights) + 2, dtype)
@@ -81,10 +108,14 @@ class Step:
             self.bounds = np.cumsum([0] + [w.size for w in model.weights]).tolist()
         self.layer_ready = getattr(reducer, "layer_ready", None)
         self.n_features = model.input_size
-        self.batch_inputs = self.batch_labels = None
-        self.sparse_input = False
-        self.row_groups = self.column_groups = None
+        self.batch_inputs = self.batch_targets = self.batch_weights = None
+        # The first layer's kernels: GEMMs, on the nonzeros of dense inputs (sparse_input), or
+        # on a scipy.sparse matrix's (csr_input).
+        self.sparse_input = self.csr_input = False
+        self.row_groups = self.column_groups = self.batch_rows = None
         self.update = self.bound_weights = None
+        # The step number that dropout masks are drawn for.
+        self.iteration = 0
         if x is not None:
             self.use_inputs(x)
         if optimizer is not None:
@@ -96,6 +127,10 @@ class Step:
 
     def use_inputs(self, x):
         """Choose the first layer's kernels for inputs like x: on their nonzeros, or GEMMs."""
+        self.csr_input = isinstance(x, CsrBatch)
+        if self.csr_input:
+            self.sparse_input = False
+            return
         sparse = is_sparse(x) and (self.capacity + 3) * self.n_features < 2**31  # int32 indices
         if sparse and self.row_groups is None:
             dtype = self.outputs[0].dtype
@@ -109,6 +144,8 @@ class Step:
         if self.update is None or self.update.optimizer is not optimizer:
             self.bound_weights = self.model.weights
             self.update = Update(optimizer, self.gradients, self.bound_weights)
+            iterations = getattr(optimizer, "iterations", 0)
+            self.iteration = iterations if isinstance(iterations, int) else 0
 
     def current_update(self):
         """The optimizer's Update, bound again if a layer's W or b was replaced by a new array
@@ -129,142 +166,222 @@ class Step:
         (OMP_PROC_BIND=true), but 0.52-0.55 s in about half the runs, and 6-7 s when both
         pools have two threads.
         """
-        if not self.sparse_input:
+        if not (self.sparse_input or self.csr_input):
             return contextlib.nullcontext()
         return _blas_pools().limit(limits=1)
 
-    def gather(self, x, y, rows):
-        """Return (x[rows], y[rows]) gathered into this Step's batch buffers."""
-        if self.batch_inputs is None:
-            self.batch_inputs = np.empty((self.capacity, self.n_features), x.dtype)
-            self.batch_labels = np.empty(self.capacity, np.intp)
+    def gather(self, x, y, rows, sample_weight=None):
+        """Return (x[rows], y[rows], sample_weight[rows] or None) in this Step's buffers."""
         n = rows.shape[0]
-        _kernels.gather_rows_checked(x, rows, self.batch_inputs[:n])
-        np.take(y, rows, out=self.batch_labels[:n])
-        return self.batch_inputs[:n], self.batch_labels[:n]
+        if self.batch_targets is None:
+            self.batch_targets = np.empty((self.capacity, *y.shape[1:]), y.dtype)
+        if self.csr_input:
+            if self.batch_rows is None:
+                self.batch_rows = np.empty(self.capacity, np.intp)
+            np.take(x.rows, rows, out=self.batch_rows[:n])
+            batch = CsrBatch(x.inputs, self.batch_rows[:n])
+        else:
+            if self.batch_inputs is None:
+                self.batch_inputs = np.empty((self.capacity, self.n_features), x.dtype)
+            _kernels.gather_rows_checked(x, rows, self.batch_inputs[:n])
+            batch = self.batch_inputs[:n]
+        np.take(y, rows, axis=0, out=self.batch_targets[:n])
+        weights = None
+        if sample_weight is not None:
+            if self.batch_weights is None:
+                self.batch_weights = np.empty(self.capacity, sample_weight.dtype)
+            weights = self.batch_weights[:n]
+            np.take(sample_weight, rows, out=weights)
+        return batch, self.batch_targets[:n], weights
 
-    def forward(self, x, out=None):
-        """Fill the layers' outputs for the rows of x; return the last one's (logits).
+    def forward(self, x, out=None, training=False, head=False, first_row=0):
+        """Fill the layers' outputs for the rows of x; return the last one's.
 
-        With `out`, the last layer writes there instead of into the Step's buffer.
+        training: dropout on, for the rows first_row... of the global batch, and GELU's
+        pre-activations kept; head: the last layer's activation applied even where the loss
+        absorbs it (softmax excepted: see predict). With `out`, the last layer writes there.
         """
         n = x.shape[0]
         a = x
-        last = len(self.model.layers) - 1
-        for i, (layer, buffer) in enumerate(zip(self.model.layers, self.outputs)):
-            z = out if i == last and out is not None else buffer[:n]
-            relu = layer.activation == "relu"
-            if i == 0 and self.sparse_input:
+        last = len(self.layers) - 1
+        codes = self.head_codes if head else self.codes
+        for i, (layer, code) in enumerate(zip(self.layers, codes)):
+            z = out if i == last and out is not None else self.outputs[i][:n]
+            pre = self.pre[i][:n] if training and self.pre[i] is not None else None
+            fused = _activations.LINEAR if pre is not None else code
+            if i == 0 and self.csr_input:
+                target = z if pre is None else pre
+                x.forward(layer.W, layer.b, target, SPARSE_THREADS)
+                if fused != _activations.LINEAR:
+                    _activations.activate_checked(fused, target, target)
+            elif i == 0 and self.sparse_input:
                 groups = _sparse.rows_of(self.row_groups, n)
                 _sparse.group_rows_checked(a, *groups, SPARSE_THREADS)
-                _sparse.sparse_forward_checked(*groups, layer.W, layer.b, relu, z, SPARSE_THREADS)
+                relu = fused == _activations.RELU
+                target = z if pre is None else pre
+                _sparse.sparse_forward_checked(
+                    *groups, layer.W, layer.b, relu, target, SPARSE_THREADS
+                )
+                if not relu and fused != _activations.LINEAR:
+                    _activations.activate_checked(fused, target, target)
             else:
-                _kernels.dense_forward_checked(a, layer.W, layer.b, relu, z)
-            a = z
+                _kernels.dense_forward_checked(
+                    a, layer.W, layer.b, fused, z if pre is None else pre
+                )
+            if pre is not None:
+                _activations.activate_checked(code, pre, z)
+            dropout = self.dropouts[i]
+            if training and dropout is not None:
+                a = self.dropped[i][:n]
+                _activations.dropout_checked(
+                    z, a, dropout.rate, dropout.seed, self.iteration, first_row
+                )
+            else:
+                a = z
         return a
 
-    def loss_gradient(self, y):
-        """Return the mean softmax cross-entropy of the logits; put its gradient in deltas[-1]."""
+    def loss_gradient(self, y, sample_weight=None, scale=None):
+        """Return scale * sum_i w_i loss_i of the last outputs (scale None: 1 / n), its
+        gradient in deltas[-1]."""
         n = y.shape[0]
-        return _kernels.softmax_crossentropy_checked(self.outputs[-1][:n], y, self.deltas[-1][:n])
+        return self.loss_kernel(self.outputs[-1][:n], y, self.deltas[-1][:n], sample_weight, scale)
 
-    def backward(self, x, gemm_scale=None):
+    def penalty(self):
+        """The L2 penalty sum_l l2_l * sum(W_l**2) of the current weights."""
+        return sum(layer.l2 * _losses.sum_squares_checked(layer.W) for layer in self.penalised)
+
+    def backward(self, x, gemm_scale=None, first_row=0):
         """Back-propagate deltas[-1] through the layers.
 
-        With gemm_scale None the weight gradients go to `gradients`; otherwise each layer is
-        updated in place, W := W + gemm_scale * dW inside the weight-gradient GEMM, once its
-        input gradient has used the old W.
+        With gemm_scale None the weight gradients go to `gradients` (without the L2 terms:
+        add_penalty_gradients adds them); otherwise each layer is updated in place,
+        W := W + gemm_scale * (dW + 2 l2 W) inside the weight-gradient GEMM, once its input
+        gradient has used the old W.
         """
         n = x.shape[0]
-        layers = self.model.layers
-        for i in reversed(range(len(layers))):
-            layer = layers[i]
+        for i in reversed(range(len(self.layers))):
+            layer = self.layers[i]
             delta = self.deltas[i][:n]
-            if layer.activation == "relu":
-                _kernels.relu_backward_checked(self.outputs[i][:n], delta)
+            dropout = self.dropouts[i]
+            if dropout is not None:
+                _activations.dropout_checked(
+                    delta, delta, dropout.rate, dropout.seed, self.iteration, first_row
+                )
+            if self.codes[i] != _activations.LINEAR:
+                pre = self.pre[i][:n] if self.pre[i] is not None else self.outputs[i][:n]
+                _activations.activation_backward_checked(
+                    self.codes[i], self.outputs[i][:n], pre, delta
+                )
             if i > 0:
                 _kernels.dense_input_grad_checked(delta, layer.W, self.deltas[i - 1][:n])
             if gemm_scale is None:
                 alpha, beta = 1.0, 0.0
                 dW, db = self.gradients[2 * i], self.gradients[2 * i + 1]
             else:
-                alpha, beta, dW, db = gemm_scale, 1.0, layer.W, layer.b
-            if i == 0 and self.sparse_input:
+                alpha, beta = gemm_scale, 1.0 + 2 * gemm_scale * layer.l2
+                dW, db = layer.W, layer.b
+            if i == 0 and self.csr_input:
+                x.param_grad(delta, alpha, beta, dW, db, SPARSE_THREADS)
+            elif i == 0 and self.sparse_input:
                 _sparse.group_columns_checked(x, *self.column_groups, SPARSE_THREADS)
                 _sparse.sparse_param_grad_checked(
                     *self.column_groups, delta, alpha, beta, dW, db, SPARSE_THREADS
                 )
             else:
-                inputs = self.outputs[i - 1][:n] if i > 0 else x
+                inputs = x if i == 0 else self.layer_input(i, n)
                 _kernels.dense_param_grad_checked(inputs, delta, alpha, beta, dW, db)
             if self.layer_ready is not None and gemm_scale is None:
                 self.layer_ready(self.flat, self.bounds[2 * i], self.bounds[2 * i + 2])
 
-    def compute_gradients(self, x, y):
-        """Return the batch's mean loss, with its gradients in `gradients`."""
-        self.forward(x)
-        loss = self.loss_gradient(y)
+    def layer_input(self, i, n):
+        """The first n rows of layer i's input (i >= 1): the previous output, after dropout."""
+        previous = self.dropped[i - 1] if self.dropped[i - 1] is not None else self.outputs[i - 1]
+        return previous[:n]
+
+    def add_penalty_gradients(self):
+        """gradients dW_l += 2 l2_l W_l: the L2 penalty's part, added once per step."""
+        for i, layer in enumerate(self.layers):
+            if layer.l2:
+                _kernels.axpy_checked(
+                    layer.W.reshape(-1), self.gradients[2 * i].reshape(-1), 2 * layer.l2
+                )
+
+    def compute_gradients(self, x, y, sample_weight=None):
+        """Return the batch's mean loss (with the L2 penalty), its gradients in `gradients`.
+
+        The forward pass is the training one: dropout on, for this Step's current step.
+        """
+        self.forward(x, training=True)
+        loss = self.loss_gradient(y, sample_weight) + self.penalty()
         self.backward(x)
+        self.add_penalty_gradients()
+        self.iteration += 1
         return loss
 
-    def train(self, x, y, n_global=None):
-        """One optimizer step on the batch; return (loss, correct predictions) before it.
+    def train(self, x, y, n_global=None, first_row=0, sample_weight=None):
+        """One optimizer step on the batch; return (loss, accuracy hits) before it.
 
-        x, y are this process's rows of a batch of n_global (default: all of it): its loss and
-        gradients are the batch means, summed over processes by the reducer. A non-finite
-        loss leaves the weights as they were.
+        x, y (and sample_weight) are this process's rows of a batch of n_global (default: all
+        of it), starting at row first_row: its loss and gradients are the batch means, summed
+        over processes by the reducer; the loss includes the L2 penalty. A non-finite loss
+        leaves the weights as they were.
         """
         n = x.shape[0]
         n_global = n if n_global is None else n_global
         update = self.current_update()
         loss, correct = 0.0, 0
+        penalty = self.penalty()
         if n:
-            logits = self.forward(x)
-            correct = _kernels.count_correct_checked(logits, y)
-            loss = self.loss_gradient(y)
-            if n != n_global:
-                # loss_gradient divides by the local n; the batch mean divides by the global n.
-                self.deltas[-1][:n] *= n / n_global
+            self.forward(x, training=True, first_row=first_row)
+            correct = self.count_hits(self.outputs[-1][:n], y)
+            loss = self.loss_gradient(y, sample_weight, 1.0 / n_global)
         if self.reducer is None:
+            loss += penalty
             if not math.isfinite(loss):
                 return loss, correct
             scale = update.gemm_scale
-            self.backward(x, scale)
+            self.backward(x, scale, first_row)
+            self.iteration += 1
             if scale is None:
+                self.add_penalty_gradients()
                 update()
             else:
                 update.fused()
             return loss, correct
         if n:
-            self.backward(x)
+            self.backward(x, first_row=first_row)
         else:
             self.flat.fill(0)
             if self.layer_ready is not None:
-                for i in reversed(range(len(self.model.layers))):
+                for i in reversed(range(len(self.layers))):
                     self.layer_ready(self.flat, self.bounds[2 * i], self.bounds[2 * i + 2])
-        self.flat[-2], self.flat[-1] = loss * n, correct
+        self.flat[-2], self.flat[-1] = loss, correct
         self.reducer.reduce(self.flat)
-        loss, correct = float(self.flat[-2]) / n_global, int(round(float(self.flat[-1])))
+        self.iteration += 1
+        loss, correct = float(self.flat[-2]) + penalty, int(round(float(self.flat[-1])))
         if math.isfinite(loss):
+            self.add_penalty_gradients()
             update()
         return loss, correct
 
-    def loss_and_correct(self, x, y):
-        """Return the summed cross-entropy and the number of argmax hits over (x, y)."""
+    def loss_and_correct(self, x, y, sample_weight=None):
+        """Return the summed loss (sum_i w_i loss_i, without the penalty) and accuracy's hits
+        over (x, y), evaluated without dropout."""
         total_loss, correct = 0.0, 0
         for start in range(0, x.shape[0], self.capacity):
             stop = min(start + self.capacity, x.shape[0])
-            logits = self.forward(x[start:stop])
-            correct += _kernels.count_correct_checked(logits, y[start:stop])
-            total_loss += self.loss_gradient(y[start:stop]) * (stop - start)
+            outputs = self.forward(x[start:stop])
+            correct += self.count_hits(outputs, y[start:stop])
+            weights = None if sample_weight is None else sample_weight[start:stop]
+            total_loss += self.loss_gradient(y[start:stop], weights, 1.0)
         return total_loss, correct
 
     def predict(self, x, out):
-        """out := the model's outputs for x (probabilities after a softmax last layer)."""
+        """out := the model's outputs for x (probabilities after a softmax or sigmoid head)."""
         for start in range(0, x.shape[0], self.capacity):
             stop = min(start + self.capacity, x.shape[0])
-            self.forward(x[start:stop], out[start:stop])
-        if self.model.layers[-1].activation == "softmax":
+            self.forward(x[start:stop], out[start:stop], head=True)
+        if self.layers[-1].activation == "softmax":
             _kernels.softmax_checked(out, out)
         return out
 

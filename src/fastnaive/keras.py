@@ -1,11 +1,11 @@
-"""Conversion between NaiveSequential and keras.Sequential models of Dense layers.
+"""Conversion between NaiveSequential and keras.Sequential models of Dense and Dropout layers.
 
 Keras is imported inside the functions, so importing this module does not
 import TensorFlow or Keras.
 """
 
 from fastnaive import activations
-from fastnaive.layers import NaiveDense
+from fastnaive.layers import Dropout, NaiveDense
 from fastnaive.models import NaiveSequential
 
 __all__ = ["to_keras", "from_keras"]
@@ -14,18 +14,34 @@ _DTYPES = ("float32", "float64")
 
 
 def to_keras(model):
-    """Return a keras.Sequential of Dense layers with `model`'s weights, activations and dtype."""
+    """Return a keras.Sequential of Dense (and Dropout) layers with `model`'s weights,
+    activations, L2 penalties, dropout rates and dtype (not compiled)."""
+    import functools
+
     import keras
 
     if not isinstance(model, NaiveSequential):
         raise TypeError(f"Expected model to be a NaiveSequential. Received: {type(model).__name__}")
     model.check_weights()
     dtype = model.dtype.name
-    dense = [
-        keras.layers.Dense(layer.output_size, activation=layer.activation or "linear", dtype=dtype)
-        for layer in model.layers
-    ]
-    keras_model = keras.Sequential([keras.Input((model.input_size,), dtype=dtype), *dense])
+    layers = []
+    for layer in model.layers:
+        if isinstance(layer, Dropout):
+            layers.append(keras.layers.Dropout(layer.rate, seed=layer.seed % 2**31, dtype=dtype))
+            continue
+        activation = layer.activation or "linear"
+        if activation == "gelu_tanh":
+            activation = functools.partial(keras.activations.gelu, approximate=True)
+        regularizer = keras.regularizers.L2(layer.l2) if layer.l2 else None
+        layers.append(
+            keras.layers.Dense(
+                layer.output_size,
+                activation=activation,
+                dtype=dtype,
+                kernel_regularizer=regularizer,
+            )
+        )
+    keras_model = keras.Sequential([keras.Input((model.input_size,), dtype=dtype), *layers])
     keras_model.set_weights(model.get_weights())
     return keras_model
 
@@ -33,9 +49,10 @@ def to_keras(model):
 def from_keras(keras_model):
     """Return a NaiveSequential with the weights of a keras.Sequential of Dense layers.
 
-    The Sequential must be built, hold Dense layers with use_bias=True and a
-    relu, softmax (last layer only) or linear activation, all of dtype policy
-    float32 or all float64, and may start with a channels_last Flatten.
+    The Sequential must be built, hold Dense layers with use_bias=True, an activation
+    fastnaive has (fastnaive.activations; softmax on the last layer only) and at most an L2
+    kernel regularizer, each optionally followed by a Dropout, all of dtype policy float32
+    or all float64, and may start with a channels_last Flatten.
     """
     import keras
 
@@ -43,10 +60,16 @@ def from_keras(keras_model):
         raise TypeError(
             f"Expected keras_model to be a keras.Sequential. Received: {type(keras_model).__name__}"
         )
-    dense = _dense_layers(keras_model)
+    layers = _dense_layers(keras_model)
+    dense = [layer for layer in layers if isinstance(layer, keras.layers.Dense)]
     dtype = dense[0].dtype_policy.name
-    layers = [_naive_dense(layer, dtype, last=layer is dense[-1]) for layer in dense]
-    model = NaiveSequential(layers)
+    converted = [
+        Dropout(layer.rate, seed=layer.seed)
+        if isinstance(layer, keras.layers.Dropout)
+        else _naive_dense(layer, dtype, last=layer is dense[-1])
+        for layer in layers
+    ]
+    model = NaiveSequential(converted)
     model.set_weights(
         [keras.ops.convert_to_numpy(w) for layer in dense for w in (layer.kernel, layer.bias)]
     )
@@ -82,11 +105,17 @@ def _dense_layers(keras_model):
         raise ValueError(
             f"Expected at least one Dense layer. Received: {keras_model.name!r} with none"
         )
-    for layer in layers:
-        if not isinstance(layer, keras.layers.Dense):
+    for previous, layer in zip([None, *layers], layers):
+        dropout_after_dense = (
+            isinstance(layer, keras.layers.Dropout)
+            and isinstance(previous, keras.layers.Dense)
+            and layer is not layers[-1]
+        )
+        if not (isinstance(layer, keras.layers.Dense) or dropout_after_dense):
             raise _unsupported(
                 layer,
-                "only Dense layers after an optional leading Flatten",
+                "only Dense layers, each optionally followed by a Dropout (not last), after an "
+                "optional leading Flatten",
                 f"type {type(layer).__name__}",
             )
     return layers
@@ -110,12 +139,28 @@ def _naive_dense(layer, dtype, last):
     except ValueError:
         name = getattr(layer.activation, "__name__", repr(layer.activation))
         raise _unsupported(
-            layer, "a relu, softmax or linear activation", f"activation {name}"
+            layer, "an activation of fastnaive.activations", f"activation {name}"
         ) from None
     if activation == "softmax" and not last:
         raise _unsupported(layer, "softmax only on the last layer", "activation softmax")
     n_features, n_units = layer.kernel.shape
-    return NaiveDense(n_features, n_units, activation, dtype=dtype)
+    return NaiveDense(n_features, n_units, activation, dtype=dtype, l2=_l2(layer))
+
+
+def _l2(layer):
+    """The L2 weight of a Dense layer's kernel regularizer (0 for none), or raise."""
+    import keras
+
+    if layer.bias_regularizer is not None or layer.activity_regularizer is not None:
+        raise _unsupported(layer, "no bias or activity regularizer", "one")
+    regularizer = layer.kernel_regularizer
+    if regularizer is None:
+        return 0.0
+    if isinstance(regularizer, keras.regularizers.L2):
+        return float(regularizer.l2)
+    if isinstance(regularizer, keras.regularizers.L1L2) and not regularizer.l1:
+        return float(regularizer.l2)
+    raise _unsupported(layer, "an L2 kernel regularizer", f"{type(regularizer).__name__}")
 
 
 def _unsupported(layer, expected, received):

@@ -1,12 +1,15 @@
-"""NaiveDense: the book's fully connected layer, with live NumPy weights."""
+"""NaiveDense, the book's fully connected layer with live NumPy weights, and Dropout."""
+
+import numbers
 
 import numpy as np
 
-from fastnaive import _kernels, activations, initializers
+from fastnaive import _activations, _kernels, activations, initializers
 from fastnaive._memory import aligned_copy
 from fastnaive._validation import as_dtype, as_inputs, positive_int
+from fastnaive._validation import seed as checked_seed
 
-__all__ = ["NaiveDense"]
+__all__ = ["NaiveDense", "Dropout"]
 
 
 class NaiveDense:
@@ -18,14 +21,26 @@ class NaiveDense:
     `W` (input_size, output_size) and `b` (output_size,) are NumPy arrays that
     training updates in place: writing into them changes the model. Assigning a
     new array checks its shape, dtype and layout.
+
+    `l2` adds l2 * sum(W**2) to the loss, as Keras' kernel_regularizer=L2(l2) does
+    (scikit-learn's alpha is l2 = alpha / (2 * batch_size)); b is not penalised.
     """
 
     def __init__(
-        self, input_size, output_size, activation, *, dtype="float32", seed=None, initializer="book"
+        self,
+        input_size,
+        output_size,
+        activation,
+        *,
+        dtype="float32",
+        seed=None,
+        initializer="book",
+        l2=0.0,
     ):
         self.input_size = positive_int(input_size, "input_size")
         self.output_size = positive_int(output_size, "output_size")
         self.activation = activations.resolve(activation)
+        self.l2 = _non_negative(l2, "l2")
         self.dtype = as_dtype(dtype)
         # Aligned to a cache line: the sparse first-layer kernels run 25-30% faster on it.
         self.W = aligned_copy(
@@ -33,7 +48,9 @@ class NaiveDense:
                 initializer,
                 (self.input_size, self.output_size),
                 self.dtype,
-                np.random.default_rng(seed),
+                seed
+                if isinstance(seed, np.random.Generator)
+                else np.random.default_rng(checked_seed(seed)),
             )
         )
         self.b = np.zeros(self.output_size, dtype=self.dtype)
@@ -94,13 +111,53 @@ class NaiveDense:
         self.check_weights()
         x = as_inputs(inputs, self.input_size, self.dtype, name="inputs")
         out = np.empty((x.shape[0], self.output_size), dtype=self.dtype)
-        _kernels.dense_forward_checked(x, self._W, self._b, self.activation == "relu", out)
+        _kernels.dense_forward_checked(x, self._W, self._b, self.code, out)
         if self.activation == "softmax":
             _kernels.softmax_checked(out, out)
         return out
 
+    @property
+    def code(self):
+        """The activation's kernel code; softmax's is linear (it is applied to whole rows)."""
+        return activations.CODES.get(self.activation, _activations.LINEAR)
+
     def __repr__(self):
+        l2 = f", l2={self.l2:g}" if self.l2 else ""
         return (
             f"NaiveDense({self.input_size} -> {self.output_size}, "
-            f"{self.activation or 'linear'}, {self.dtype})"
+            f"{self.activation or 'linear'}, {self.dtype}{l2})"
         )
+
+
+class Dropout:
+    """Inverted dropout after a NaiveDense: in training, each output is zeroed with
+    probability `rate` and the others scaled by 1 / (1 - rate); outside training, identity.
+
+    The mask is a hash of (seed, the optimizer's step, the sample's row in the batch, the
+    unit), so a run is reproducible and independent of the thread and process counts.
+    seed None draws one.
+    """
+
+    def __init__(self, rate, seed=None):
+        rate = _non_negative(rate, "rate")
+        if not rate < 1:
+            raise ValueError(f"Expected rate in [0, 1). Received: rate={rate!r}")
+        self.rate = rate
+        seed = checked_seed(seed)
+        self.seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed
+
+    def __call__(self, inputs):
+        """The identity: dropout acts only in training."""
+        return inputs
+
+    def __repr__(self):
+        return f"Dropout({self.rate:g})"
+
+
+def _non_negative(value, name):
+    """Return value as a finite float >= 0, or raise naming `name`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Expected {name} to be a real number. Received: {name}={value!r}")
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"Expected {name} to be finite and >= 0. Received: {name}={value!r}")
+    return float(value)

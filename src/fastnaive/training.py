@@ -1,15 +1,19 @@
 """The book's training functions: gradients, weight updates, one step, fit and evaluate."""
 
 import math
-import os
+import numbers
+import weakref
 
 import numpy as np
 
 from fastnaive import checkpoints, distributed, engine, optimizers, progress
-from fastnaive._validation import as_inputs, as_labels, positive_int
+from fastnaive._validation import as_labels, positive_int
+from fastnaive._validation import path as checked_path
+from fastnaive._validation import seed as checked_seed
 from fastnaive.callbacks import Callback, History
 from fastnaive.models import NaiveSequential
 from fastnaive.optimizers import SGD
+from fastnaive.sparse import as_model_inputs
 
 __all__ = [
     "loss_and_gradients",
@@ -25,12 +29,83 @@ def _checked_model(model):
     if not isinstance(model, NaiveSequential):
         raise TypeError(f"Expected model to be a NaiveSequential. Received: {type(model).__name__}")
     model.check_weights()
+    weights = model.weights
+    for i, weight in enumerate(weights):
+        for j in range(i):
+            if np.may_share_memory(weight, weights[j]):
+                raise ValueError(
+                    f"Expected each weight of the model in its own array. "
+                    f"Received: model.weights[{i}] overlapping model.weights[{j}]"
+                )
     return model
 
 
-def _checked_batch(model, images, labels):
-    x = as_inputs(images, model.input_size, model.dtype)
-    return x, as_labels(labels, x.shape[0], model.output_size)
+def _unaliased(model, array):
+    """`array` (or None), or a copy of it if it overlaps one of the model's weights (which
+    training writes in place): aliased inputs give the answer of copies."""
+    if any(np.may_share_memory(array, w) for w in model.weights):
+        return array.copy()
+    return array
+
+
+def _checked_batch(model, images, labels, names=("images", "labels")):
+    x = as_model_inputs(images, model.input_size, model.dtype, name=names[0])
+    y = model.loss.targets(labels, x.shape[0], model.output_size, model.dtype, name=names[1])
+    if isinstance(x, np.ndarray):  # a scipy.sparse matrix's arrays are fresh copies
+        x = _unaliased(model, x)
+    return x, _unaliased(model, y)
+
+
+def _checked_sample_weight(sample_weight, class_weight, y, model):
+    """Return the per-sample weights (None: all ones) from sample_weight and class_weight."""
+    weights = None
+    if sample_weight is not None:
+        weights = np.asarray(sample_weight)
+        if weights.dtype.kind not in "biuf" or weights.shape != (y.shape[0],):
+            raise ValueError(
+                f"Expected sample_weight of {y.shape[0]} real numbers, one per "
+                f"sample. Received: shape {weights.shape}, dtype {weights.dtype}"
+            )
+        weights = np.ascontiguousarray(weights, dtype=model.dtype)
+        if not (np.isfinite(weights).all() and (weights >= 0).all()):
+            raise ValueError(
+                "Expected sample_weight finite and >= 0. "
+                f"Received: values in [{weights.min()}, {weights.max()}]"
+            )
+    if class_weight is not None:
+        if not isinstance(class_weight, dict):
+            raise TypeError(
+                f"Expected class_weight to be a dict {{class: weight}}. "
+                f"Received: {type(class_weight).__name__}"
+            )
+        if model.loss.metric is None:
+            raise ValueError(
+                f"Expected class_weight only with a classification loss. "
+                f"Received: loss={model.loss.name!r}"
+            )
+        n_classes = max(model.output_size, 2)
+        table = np.ones(n_classes, model.dtype)
+        for key, value in class_weight.items():
+            if not (isinstance(key, (int, np.integer)) and 0 <= key < n_classes) or not (
+                isinstance(value, (int, float, np.integer, np.floating)) and value >= 0
+            ):
+                raise ValueError(
+                    f"Expected class_weight keys in [0, {n_classes}) and weights "
+                    f">= 0. Received: {key!r}: {value!r}"
+                )
+            table[key] = value
+        classes = (
+            y
+            if y.ndim == 1
+            else (np.argmax(y, axis=1) if y.shape[1] > 1 else (y[:, 0] > 0.5).astype(np.intp))
+        )
+        by_class = table[classes]
+        weights = by_class if weights is None else weights * by_class
+    return weights
+
+
+# one_training_step's default optimizer for each model.
+_book_optimizers = weakref.WeakKeyDictionary()
 
 
 def _checked_optimizer(optimizer, allow_name=False):
@@ -38,6 +113,17 @@ def _checked_optimizer(optimizer, allow_name=False):
         return SGD()
     if isinstance(optimizer, str) and allow_name:
         return optimizers.get(optimizer)
+    if isinstance(optimizer, type):
+        raise TypeError(
+            f"Expected an optimizer object such as fastnaive.SGD(), not a class. "
+            f"Received: optimizer={optimizer.__name__} (call it: {optimizer.__name__}())"
+        )
+    packages = {cls.__module__.split(".")[0] for cls in type(optimizer).__mro__}
+    if packages & {"keras", "tensorflow", "tf_keras"}:
+        raise TypeError(
+            f"Expected a fastnaive optimizer such as fastnaive.Adam(); Keras' optimizers "
+            f"update tf.Variables, not NumPy arrays. Received: optimizer={optimizer!r}"
+        )
     if not callable(getattr(optimizer, "apply_gradients", None)):
         raise TypeError(
             f"Expected optimizer with an apply_gradients method, such as "
@@ -46,18 +132,22 @@ def _checked_optimizer(optimizer, allow_name=False):
     return optimizer
 
 
-def loss_and_gradients(model, images_batch, labels_batch):
-    """Return (mean sparse categorical cross-entropy, [dW0, db0, dW1, db1, ...]) for the batch.
+def loss_and_gradients(model, images_batch, labels_batch, *, sample_weight=None):
+    """Return (mean loss, [dW0, db0, dW1, db1, ...]) for the batch.
 
     The GradientTape step of the book: the loss of a softmax last layer is the
     cross-entropy of its probabilities; any other last layer's outputs are
-    taken as logits. The gradients are new arrays, in `model.weights` order.
+    taken as logits. The loss is the model's (sparse categorical cross-entropy
+    by default), weighted by sample_weight as Keras does, plus the L2 penalties;
+    dropout is on, as in a training step. The gradients are new arrays, in
+    `model.weights` order.
     """
     _checked_model(model)
     x, y = _checked_batch(model, images_batch, labels_batch)
+    w = _checked_sample_weight(sample_weight, None, y, model)
     step = engine.step_for(model, x)
     with step.threads():
-        loss = step.compute_gradients(x, y)
+        loss = step.compute_gradients(x, y, w)
     return loss, [g.copy() for g in step.gradients]
 
 
@@ -77,11 +167,13 @@ def one_training_step(model, images_batch, labels_batch, *, optimizer=None):
 
     A non-finite loss leaves the weights as they were.
     """
-    optimizer = _checked_optimizer(optimizer)
     _checked_model(model)
     x, y = _checked_batch(model, images_batch, labels_batch)
     step = engine.step_for(model, x)
-    step.use_optimizer(optimizer)
+    if optimizer is None:
+        # The book's update_weights: one SGD(1e-3) per model, bound once.
+        optimizer = _book_optimizers.setdefault(model, SGD())
+    step.use_optimizer(_checked_optimizer(optimizer))
     with step.threads():
         loss, _ = step.train(x, y)
     return float(loss)
@@ -98,21 +190,31 @@ def _checked_callbacks(callbacks):
     return callbacks
 
 
-def _split(model, x, y, validation_data, validation_split):
-    """Return (x, y, validation (x, y) or None), the split taken from the end of the data."""
+def _split(model, x, y, weights, validation_data, validation_split):
+    """Return (x, y, weights, validation (x, y, weights) or None), a split taken from the end
+    of the data."""
     if validation_data is not None and validation_split:
         raise ValueError(
             "Expected validation_data or validation_split, not both. "
             f"Received: validation_split={validation_split!r} and validation_data"
         )
     if validation_data is not None:
-        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3)):
             raise ValueError(
-                "Expected validation_data=(images, labels). "
+                "Expected validation_data=(images, labels) or (images, labels, sample_weight). "
                 f"Received: {type(validation_data).__name__}"
             )
-        return x, y, _checked_batch(model, *validation_data)
-    if not (isinstance(validation_split, (int, float)) and 0 <= validation_split < 1):
+        x_val, y_val = _checked_batch(
+            model, *validation_data[:2], names=("validation_data[0]", "validation_data[1]")
+        )
+        w_val = validation_data[2] if len(validation_data) == 3 else None
+        w_val = _unaliased(model, _checked_sample_weight(w_val, None, y_val, model))
+        return x, y, weights, (x_val, y_val, w_val)
+    if (
+        isinstance(validation_split, (bool, np.bool_))
+        or not isinstance(validation_split, numbers.Real)
+        or not 0 <= validation_split < 1
+    ):
         raise ValueError(f"Expected validation_split in [0, 1). Received: {validation_split!r}")
     n_val = int(x.shape[0] * validation_split)
     if validation_split and not 0 < n_val < x.shape[0]:
@@ -121,9 +223,11 @@ def _split(model, x, y, validation_data, validation_split):
             f"Received: validation_split={validation_split} of {x.shape[0]} samples"
         )
     if n_val == 0:
-        return x, y, None
+        return x, y, weights, None
     cut = x.shape[0] - n_val
-    return x[:cut], y[:cut], (x[cut:], y[cut:])
+    if weights is None:
+        return x[:cut], y[:cut], None, (x[cut:], y[cut:], None)
+    return x[:cut], y[:cut], weights[:cut], (x[cut:], y[cut:], weights[cut:])
 
 
 def fit(
@@ -134,6 +238,8 @@ def fit(
     batch_size=128,
     *,
     optimizer=None,
+    sample_weight=None,
+    class_weight=None,
     shuffle=False,
     seed=None,
     validation_data=None,
@@ -143,6 +249,7 @@ def fit(
     comm=None,
     checkpoint_dir=None,
     resume=False,
+    overwrite=False,
 ):
     """Train on (images, labels) in batches of batch_size; return a History.
 
@@ -157,13 +264,20 @@ def fit(
     training with a FloatingPointError naming the epoch and batch, leaving the
     weights of the last finite step.
 
+    `labels` are what the model's loss takes: class indices (the default,
+    sparse categorical cross-entropy), or a target per output. `sample_weight`
+    (one per sample) and `class_weight` ({class: weight}) weight each sample's
+    loss as Keras does; "accuracy" is logged for classification losses.
+
     With `comm`, an mpi4py communicator, every global batch of batch_size is
     shared among its ranks (fastnaive.distributed): every rank passes the same
     arguments and data, rank 0's initial weights are broadcast, callbacks run on
     every rank with the same logs, only rank 0 prints, and an error on one rank
     aborts the job. With `checkpoint_dir`, the model and the optimizer's state
     are written there after every epoch (fastnaive.checkpoints; by rank 0);
-    resume=True continues from the last checkpoint there, on any number of ranks.
+    resume=True continues from the last checkpoint there, on any number of ranks;
+    a folder that holds a checkpoint is refused unless resuming, or overwrite=True
+    removes that checkpoint first.
     """
     group = distributed.group(comm)
     error = run = None
@@ -175,6 +289,8 @@ def fit(
             epochs,
             batch_size,
             optimizer,
+            sample_weight,
+            class_weight,
             shuffle,
             seed,
             validation_data,
@@ -183,10 +299,24 @@ def fit(
             callbacks,
             checkpoint_dir,
             resume,
+            overwrite,
         )
-    except (TypeError, ValueError) as raised:
+    except Exception as raised:
         error = raised
     group.agree(error, lambda: run.description())
+    try:
+        return _fit_run(group, run)
+    except BaseException as raised:
+        # An error every rank raises together (is_shared) ends the job by itself; any other
+        # must not leave the other ranks waiting in a collective.
+        if not distributed.is_shared(raised):
+            group.abort(raised)
+        raise
+
+
+def _fit_run(group, run):
+    """fit after its arguments agree: the starting state, the plan, the epochs; the History."""
+    model = run.model
     first_epoch, seed = _starting_state(group, run)
     n_samples = run.x.shape[0]
     capacity = max(1, math.ceil(min(run.batch_size, n_samples) / group.size))
@@ -205,13 +335,7 @@ def fit(
     for callback in callbacks:
         callback.set_model(model)
         callback.set_params(params)
-    try:
-        _train_epochs(group, run, step, callbacks, first_epoch, seed)
-    except FloatingPointError:
-        raise  # the reduced loss is the same on every rank: all raise it together
-    except Exception as raised:
-        group.abort(raised)
-        raise
+    _train_epochs(group, run, step, callbacks, first_epoch, seed)
     history.params = params
     history.allreduce_seconds = group.reduce_seconds
     return history
@@ -228,6 +352,8 @@ class _Run:
         epochs,
         batch_size,
         optimizer,
+        sample_weight,
+        class_weight,
         shuffle,
         seed,
         validation_data,
@@ -236,15 +362,19 @@ class _Run:
         callbacks,
         checkpoint_dir,
         resume,
+        overwrite,
     ):
         self.model = _checked_model(model)
         x, y = _checked_batch(model, images, labels)
         self.epochs = positive_int(epochs, "epochs", minimum=0)
         self.batch_size = positive_int(batch_size, "batch_size")
         self.optimizer = _checked_optimizer(optimizer, allow_name=True)
-        self.x, self.y, self.validation = _split(model, x, y, validation_data, validation_split)
+        weights = _unaliased(model, _checked_sample_weight(sample_weight, class_weight, y, model))
+        self.x, self.y, self.sample_weight, self.validation = _split(
+            model, x, y, weights, validation_data, validation_split
+        )
         self.shuffle = bool(shuffle)
-        self.seed = seed
+        self.seed = checked_seed(seed)
         self.loggers = [c for c in [progress.logger(verbose)] if c]
         self.callbacks = _checked_callbacks(callbacks)
         if resume and checkpoint_dir is None:
@@ -256,8 +386,18 @@ class _Run:
                 f"Expected a fastnaive optimizer with checkpoint_dir (its state is "
                 f"saved). Received: optimizer={self.optimizer!r}"
             )
-        self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        self.checkpoint_dir = (
+            None if checkpoint_dir is None else checked_path(checkpoint_dir, "checkpoint_dir")
+        )
         self.resume = bool(resume)
+        if self.resume and overwrite:
+            raise ValueError(
+                "Expected resume or overwrite, not both: resume continues the "
+                "checkpoint that overwrite removes. Received: both True"
+            )
+        self.overwrite = bool(overwrite) and self.checkpoint_dir is not None
+        if self.checkpoint_dir is not None and not (self.resume or overwrite):
+            checkpoints.check_fresh(self.checkpoint_dir)
 
     def description(self):
         """What must agree on every rank, as a dict of plain values."""
@@ -268,7 +408,7 @@ class _Run:
             ],
             "dtype": str(self.model.dtype),
             "samples": self.x.shape[0],
-            "data checksum": distributed.checksum(self.x, self.y),
+            "data checksum": distributed.checksum(*getattr(self.x, "arrays", (self.x,)), self.y),
             "validation samples": 0 if self.validation is None else len(self.validation[1]),
             "epochs": self.epochs,
             "batch_size": self.batch_size,
@@ -287,15 +427,17 @@ def _starting_state(group, run):
     """
     seed = run.seed if run.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
     state = {"epochs_done": 0, "seed": seed}
+    if run.overwrite and group.is_root:
+        checkpoints.clear(run.checkpoint_dir)
     if run.resume and group.is_root:
         try:
             state = checkpoints.load(run.checkpoint_dir, run.model, run.optimizer)
             run.model.set_weights(state.pop("weights"))
-        except (OSError, ValueError) as error:
+        except Exception as error:
             state = error
     state = group.broadcast(state)
     if isinstance(state, Exception):
-        raise state
+        raise distributed.shared(state)
     if run.resume:
         run.optimizer.set_state(state["optimizer_state"])
     group.broadcast_weights(run.model)
@@ -333,7 +475,7 @@ def _train_epochs(group, run, step, callbacks, first_epoch, seed):
         with step.threads():
             logs = _run_epoch(group, run, step, order, callbacks, epoch)
             if run.validation is not None:
-                logs["val_loss"], logs["val_accuracy"] = _validate(group, step, *run.validation)
+                logs.update(_validate(group, step, *run.validation))
         group.check_identical(model, f"after epoch {epoch}")
         if run.checkpoint_dir is not None and group.is_root:
             checkpoints.save(run.checkpoint_dir, model, run.optimizer, epoch + 1, seed)
@@ -346,53 +488,80 @@ def _train_epochs(group, run, step, callbacks, first_epoch, seed):
 
 
 def _run_epoch(group, run, step, order, callbacks, epoch):
-    """Train one pass over the data, in `order` if given; return its loss and accuracy."""
-    x, y, batch_size = run.x, run.y, run.batch_size
+    """Train one pass over the data, in `order` if given; return its loss (and accuracy)."""
+    x, y, w, batch_size = run.x, run.y, run.sample_weight, run.batch_size
     n_samples = x.shape[0]
     total_loss, correct = 0.0, 0
     for batch, start in enumerate(range(0, n_samples, batch_size)):
         stop = min(start + batch_size, n_samples)
         lo, hi = group.share(start, stop)
         if order is not None and hi > lo:
-            xb, yb = step.gather(x, y, order[lo:hi])
+            xb, yb, wb = step.gather(x, y, order[lo:hi], w)
         else:
-            xb, yb = x[lo:hi], y[lo:hi]
-        loss, batch_correct = step.train(xb, yb, stop - start)
+            xb, yb, wb = x[lo:hi], y[lo:hi], None if w is None else w[lo:hi]
+        loss, batch_correct = step.train(xb, yb, stop - start, lo - start, wb)
         if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"The loss became {loss} at epoch {epoch}, batch {batch}; training stopped "
-                f"with the weights of the last finite step. Check the inputs for NaN or "
-                f"Inf and try a smaller learning rate."
+            # The reduced loss is the same on every rank: all raise this together.
+            raise distributed.shared(
+                FloatingPointError(
+                    f"The loss became {loss} at epoch {epoch}, batch {batch}; training stopped "
+                    f"with the weights of the last finite step. Check the inputs for NaN or "
+                    f"Inf and try a smaller learning rate."
+                )
             )
         total_loss += loss * (stop - start)
         correct += batch_correct
         for callback in callbacks:
             callback.on_batch_end(batch, {"loss": loss})
-    return {"loss": total_loss / n_samples, "accuracy": correct / n_samples}
+    return _logs(run.model, total_loss, correct, n_samples)
 
 
-def _validate(group, step, x, y):
-    """Return the mean cross-entropy and the accuracy over (x, y), shared among the ranks."""
+def _logs(model, total_loss, correct, n_samples, prefix=""):
+    """{"loss": mean, "accuracy": share of hits} (no accuracy for a regression loss)."""
+    logs = {prefix + "loss": total_loss / n_samples}
+    if model.loss.metric is not None:
+        hits = n_samples * model.loss.hits_per_sample(model.output_size)
+        logs[prefix + model.loss.metric] = correct / hits
+    return logs
+
+
+def _validate(group, step, x, y, w):
+    """Return the validation logs over (x, y, w): each rank evaluates its share."""
     lo, hi = group.share(0, x.shape[0])
-    loss_sum, correct = step.loss_and_correct(x[lo:hi], y[lo:hi])
+    loss_sum, correct = step.loss_and_correct(x[lo:hi], y[lo:hi], None if w is None else w[lo:hi])
     loss_sum, correct = group.total(loss_sum, correct)
-    return loss_sum / x.shape[0], correct / x.shape[0]
+    n = x.shape[0]
+    return _logs(step.model, loss_sum + step.penalty() * n, correct, n, prefix="val_")
 
 
-def evaluate_loss(model, images, labels, batch_size=1024):
-    """Return (mean cross-entropy, accuracy) over the images, computed batch_size rows at a time."""
+def evaluate_loss(model, images, labels, batch_size=1024, *, sample_weight=None):
+    """Return (mean loss with the L2 penalty, accuracy) over the images, batch_size rows at a
+    time; accuracy is None for a regression loss."""
     _checked_model(model)
     x, y = _checked_batch(model, images, labels)
     batch_size = positive_int(batch_size, "batch_size")
+    w = _checked_sample_weight(sample_weight, None, y, model)
     step = engine.Step(model, min(batch_size, x.shape[0]), x, training=False)
     with step.threads():
-        loss_sum, correct = step.loss_and_correct(x, y)
-    return loss_sum / x.shape[0], correct / x.shape[0]
+        loss_sum, correct = step.loss_and_correct(x, y, w)
+    logs = _logs(model, loss_sum + step.penalty() * x.shape[0], correct, x.shape[0])
+    return logs["loss"], logs.get("accuracy")
 
 
 def evaluate(model, images, labels):
-    """Return the accuracy: the share of images whose highest output is at their label."""
+    """Return the accuracy: the share of images whose highest output is at their label, for
+    class indices and a model of several outputs, whatever its loss; for other targets, the
+    loss's accuracy as evaluate_loss gives it."""
     _checked_model(model)
+    y = np.asarray(labels)
+    if not (y.dtype.kind in "iu" and y.ndim == 1 and model.output_size > 1):
+        accuracy = evaluate_loss(model, images, labels)[1]
+        if accuracy is None:
+            raise ValueError(
+                f"Expected a classification loss, or class indices, for accuracy. "
+                f"Received: loss={model.loss.name!r} and labels of shape {y.shape}"
+            )
+        return accuracy
     predictions = model(images)
     y = as_labels(labels, predictions.shape[0], model.output_size)
     return float(np.mean(np.argmax(predictions, axis=1) == y))
