@@ -177,6 +177,23 @@ def test_validation_gives_the_history_of_single_process_fit(problem, tmp_path):
         np.testing.assert_allclose(ranks["history"][key], values, rtol=1e-5, err_msg=key)
 
 
+def test_dropout_on_ranks_matches_one_process(tmp_path):
+    """Rank 0's dropout seeds reach every rank, and masks follow the sample's row in the
+    global batch: 3 ranks draw the masks of one process."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((500, 784), dtype=np.float32), rng.integers(0, 10, 500)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    fastnaive.NaiveSequential(
+        [
+            fastnaive.NaiveDense(784, 64, "relu", seed=1, initializer="glorot_uniform"),
+            fastnaive.Dropout(0.3, seed=11),
+            fastnaive.NaiveDense(64, 10, "softmax", seed=2, initializer="glorot_uniform"),
+        ]
+    ).save(tmp_path / "init.npz")
+    weights = trained(3, tmp_path, "--epochs", 2, "--optimizer", "adam", "--shuffle", "--seed", 4)
+    assert_close(weights, reference(tmp_path, x, y, 2, "adam", True, 4), "float32")
+
+
 def test_resume_on_more_ranks_matches_uninterrupted_run(problem, tmp_path):
     x, y = problem(897, "float32")
     folder = tmp_path / "checkpoints"

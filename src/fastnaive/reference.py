@@ -99,7 +99,7 @@ def axpy(x, y, alpha):
 def forward(model, x):
     """a_l = act_l(a_(l-1) @ W_l + b_l), a_(-1) = x; return [a_0, a_1, ...], logits for softmax."""
     outputs = []
-    for layer in model.layers:
+    for layer in model.dense_layers:
         x = dense_forward(x, layer.W, layer.b, layer.activation == "relu")
         outputs.append(x)
     return outputs
@@ -114,9 +114,9 @@ def loss_and_gradients(model, x, y):
     """
     outputs = forward(model, x)
     loss, delta = softmax_crossentropy(outputs[-1], y)
-    gradients = [None] * (2 * len(model.layers))
-    for i in reversed(range(len(model.layers))):
-        layer = model.layers[i]
+    gradients = [None] * (2 * len(model.dense_layers))
+    for i in reversed(range(len(model.dense_layers))):
+        layer = model.dense_layers[i]
         if layer.activation == "relu":
             delta = relu_backward(outputs[i], delta)
         inputs = outputs[i - 1] if i > 0 else x

@@ -402,10 +402,12 @@ class _Run:
     def description(self):
         """What must agree on every rank, as a dict of plain values."""
         return {
+            # Dropout seeds may differ: rank 0's are broadcast (_starting_state).
             "architecture": [
-                (layer.input_size, layer.output_size, layer.activation)
-                for layer in self.model.layers
+                {key: value for key, value in spec.items() if key != "seed"}
+                for spec in self.model.architecture()["layers"]
             ],
+            "loss": self.model.loss.name,
             "dtype": str(self.model.dtype),
             "samples": self.x.shape[0],
             "data checksum": distributed.checksum(*getattr(self.x, "arrays", (self.x,)), self.y),
@@ -423,7 +425,8 @@ def _starting_state(group, run):
     """Return (epochs done, seed), the same on every rank, with weights and optimizer state set.
 
     Rank 0 reads the checkpoint when resuming (and draws a seed when none is given) and
-    broadcasts it and its weights; an error reading it is raised on every rank.
+    broadcasts it, its weights and its dropout seeds; an error reading it is raised on every
+    rank.
     """
     seed = run.seed if run.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
     state = {"epochs_done": 0, "seed": seed}
@@ -441,6 +444,10 @@ def _starting_state(group, run):
     if run.resume:
         run.optimizer.set_state(state["optimizer_state"])
     group.broadcast_weights(run.model)
+    # Rank 0's dropout seeds: every rank draws the masks one process would.
+    dropouts = [d for d in run.model.dropouts if d is not None]
+    for dropout, dropout_seed in zip(dropouts, group.broadcast([d.seed for d in dropouts])):
+        dropout.seed = dropout_seed
     return state["epochs_done"], state["seed"]
 
 

@@ -69,6 +69,10 @@ def main():
     if rank != 0:
         rng = np.random.default_rng(1000 + rank)
         model.set_weights([rng.random(w.shape) for w in model.weights])
+        for dropout in model.dropouts:
+            if dropout is not None:
+                dropout.seed += rank  # rank 0's seeds must win
+
     with np.load(args.data) as data:
         x, y = data["x"], data["y"]
     batch_size = args.batch_size
