@@ -4,22 +4,26 @@ Design: a Step is built once per call (fit, evaluate_loss, predict) or kept per 
 the per-batch calls (loss_and_gradients, one_training_step), from the model, the largest
 batch it will see, the inputs and the optimizer. Everything that can be decided once is
 decided there, and nowhere else:
-- buffers: each layer's outputs and deltas, the batch gather buffers, and one flat
-  buffer [dW0, db0, ..., loss sum, correct count] whose views are the gradients, so that a
-  gradient reducer (MPI's Allreduce) sends one message per step;
-- kernels: the first layer runs on the inputs' nonzeros (fastnaive._sparse) when they are
-  mostly zeros (MNIST: 81%), which is exact and, there, 2.5-3x faster than the dense GEMMs;
+- buffers: each layer's outputs and deltas, dropout's outputs, GELU's pre-activations,
+  the batch gather buffers, and one flat buffer [dW0, db0, ..., loss sum, hits] whose views
+  are the gradients, so that a gradient reducer (MPI's Allreduce) sends one message per step;
+- kernels: each layer's activation code (a head the loss absorbs stays logits in training)
+  and the loss's kernel; the first layer runs on the inputs' nonzeros (fastnaive._sparse)
+  when they are mostly zeros (MNIST: 81%), which is exact and, there, 2.5-3x faster than the
+  dense GEMMs, and on a scipy.sparse matrix's nonzeros (fastnaive._csr, fastnaive.sparse);
 - threads: `threads()` is the thread policy of a call;
 - the update: the optimizer's Update, bound once. When the optimizer declares a
   `gemm_scale` and no reducer is plugged in, the update runs inside each weight-gradient
-  GEMM (W := W + s * X.T @ delta, after the input gradient has used the old W);
+  GEMM (W := (1 + 2 s l2) W + s * X.T @ delta, after the input gradient has used the old
+  W); otherwise the L2 terms are added to the gradients once, after any reduction;
 - the reducer hook: `reducer.reduce(flat)` runs between "gradients ready" and "update" and
   sums the flat buffer over processes in place; a reducer that also has
   `layer_ready(flat, lo, hi)` is told, during the backward pass and from the last layer to
   the first, as soon as a layer's gradients flat[lo:hi] are final, so that it can start
   reducing them while earlier layers are still being computed (reduce then completes).
-Callers validate and convert inputs first (fastnaive.validation); a Step only slices its
-preallocated arrays and calls the kernels, so a step in steady state allocates nothing.
+Callers validate and convert inputs first (fastnaive._validation, fastnaive.sparse); a Step
+only slices its preallocated arrays and calls the kernels, so a step in steady state
+allocates nothing.
 """
 
 import contextlib
