@@ -11,14 +11,16 @@ Besides plain calls, strategies check a property of each class of docs/robustnes
 - replace (3): weights replaced mid-fit by equal arrays (copies, set_weights, loading a
   saved model) train to the same weights: the optimizer's state follows them;
 - interrupt: KeyboardInterrupt from a callback, or from a signal at a random moment, leaves
-  a model that predicts and trains on; --check-step-atomicity also asks that an interrupted
-  step leaves the weights before or after it (class 4, all or nothing);
+  a model that predicts and trains on, and an interrupted one_training_step leaves the
+  weights before or after it (class 4, all or nothing);
 - files (7): damaged and hostile model, dataset, checkpoint and IDX files are loaded or
   refused with ValueError, and never raise the peak memory by more than 300 MiB;
 - checkpoint (2): checkpoint folders holding states that name other files, damaged states and
   the user's files: fit never removes or changes a file it did not write;
 - umask (8): four threads saving at once create files of mode 0o666 less the umask;
-- chunk (6): updates run in chunks of a random size equal one update.
+- chunk (6): updates run in chunks of a random size equal one update;
+- overflow (4): steps at extreme learning rates, inputs and weights either leave finite
+  weights and state or raise FloatingPointError leaving those before the step.
 --mpi-jobs N also launches N `fastnaive train --distributed` jobs on 2 ranks, each with a
 random failure on a random rank at a random phase (tests/mpi_scripts/faulty_cli.py): each
 job must end, non-zero, with one line naming the failure (class 1). --huge also makes one
@@ -86,6 +88,7 @@ STRATEGIES = {
     "checkpoint": 6,
     "umask": 2,
     "chunk": 30,
+    "overflow": 30,
 }
 PLAIN = ["dense", "sequential", "forward", "train", "update", "batches", "set_weights"]
 OUT_OF = 1000
@@ -139,10 +142,9 @@ def comparable(value):
 class Fuzzer:
     """Draws one random call at a time."""
 
-    def __init__(self, seed, workdir, check_step_atomicity=False):
+    def __init__(self, seed, workdir):
         self.rng = np.random.default_rng(seed)
         self.workdir = Path(workdir)
-        self.check_step_atomicity = check_step_atomicity
         self.serial = 0
 
     def choice(self, options):
@@ -541,7 +543,7 @@ class Fuzzer:
         ]
         call = self.choice(calls)
         by_signal = call is not calls[0] or bool(self.rng.integers(2))
-        one_step = self.check_step_atomicity and call is calls[1]
+        one_step = call is calls[1]
 
         def raise_at(batch, logs):
             if batch == at_batch:
@@ -556,14 +558,68 @@ class Fuzzer:
             except KeyboardInterrupt:
                 interrupted = True
             model.check_weights()
+            if one_step and interrupted:
+                check_step_atomicity(model, before, x, y)
             check(model.predict(x).shape == (40, 4), "an interrupted model no longer predicts")
             fastnaive.fit(model, x, y, 1, 8, optimizer=make_optimizer(), verbose=0)
             if path.exists():
                 fastnaive.load_model(path)  # a file saved whole, or the previous one
             check(not list(self.workdir.glob(".fastnaive-*")), "an interrupted save left a file")
-            if one_step and interrupted:
-                check_step_atomicity(model, before, x, y)
             return "interrupted" if interrupted else None
+
+        return run
+
+    # 4. An overflowing step is undone
+
+    def overflow(self):
+        """Extreme learning rates, inputs or weights: every weight and state value stays
+        finite, and a step that raises FloatingPointError leaves those before it."""
+        dtype = self.choice(["float32", "float64"])
+        big = float(np.finfo(dtype).max)
+        model = fastnaive.NaiveSequential(
+            [
+                fastnaive.NaiveDense(5, 6, "relu", dtype=dtype, seed=self.size(0, 99)),
+                fastnaive.NaiveDense(6, 4, self.choice(["softmax", None]), dtype=dtype),
+            ]
+        )
+        rate = float(big ** self.rng.uniform(-0.2, 1.0))
+        optimizer = self.choice(
+            [
+                lambda: fastnaive.SGD(rate),
+                lambda: fastnaive.SGD(rate, momentum=0.9, nesterov=bool(self.rng.integers(2))),
+                lambda: fastnaive.Adam(min(rate, 1e30)),
+            ]
+        )()
+        x = (self.rng.normal(size=(8, 5)) * big ** self.rng.uniform(0, 0.6)).astype(dtype)
+        if self.rng.random() < 0.3:
+            layer = model.layers[self.size(0, 2)]
+            layer.b[self.size(0, layer.b.size)] = big * self.rng.uniform(0.5, 1.0)
+        y = self.rng.integers(0, 4, 8)
+        use_fit = bool(self.rng.integers(2))
+
+        def run():
+            for _ in range(3):
+                before, state = model.get_weights(), optimizer.get_state()
+                try:
+                    if use_fit:
+                        fastnaive.fit(model, x, y, 1, 4, optimizer=optimizer, verbose=0)
+                    else:
+                        fastnaive.one_training_step(model, x, y, optimizer=optimizer)
+                except FloatingPointError:
+                    if not use_fit:
+                        same = all(np.array_equal(a, b) for a, b in zip(model.weights, before))
+                        check(same, "an undone step changed the weights")
+                        check(
+                            optimizer.get_state()["iterations"] == state["iterations"],
+                            "an undone step was counted",
+                        )
+                    raise
+                finally:
+                    values = [*model.weights, *sum(optimizer.get_state()["slots"], [])]
+                    check(
+                        all(np.isfinite(v).all() for v in values),
+                        "a step left a non-finite weight or state value",
+                    )
 
         return run
 
@@ -747,7 +803,7 @@ def model_of(n_in, n_out, seed):
 
 
 def check_step_atomicity(model, before, x, y):
-    """Class 4's promise (--check-step-atomicity): an interrupted step leaves the weights as
+    """Class 4's promise: an interrupted step leaves the weights as
     they were before some step, or after it; never part way."""
     twin = model_of(5, 4, 0)
     twin.set_weights(before)
@@ -934,13 +990,13 @@ def on_alarm(signum, frame):
     raise Hang()
 
 
-def fuzz(calls, seed, call_timeout=10.0, check_step_atomicity=False):
+def fuzz(calls, seed, call_timeout=10.0):
     """Run `calls` generated calls; return (counts by outcome, list of failures)."""
     counts = collections.Counter()
     failures = []
     signal.signal(signal.SIGALRM, on_alarm)
     with tempfile.TemporaryDirectory(prefix="fastnaive-fuzz-") as workdir:
-        fuzzer = Fuzzer(seed, workdir, check_step_atomicity)
+        fuzzer = Fuzzer(seed, workdir)
         for i in range(calls):
             try:
                 name, thunk = fuzzer.call()
@@ -1113,14 +1169,9 @@ def main(argv=None):
     parser.add_argument("--call-timeout", type=float, default=10.0)
     parser.add_argument("--mpi-jobs", type=int, default=0)
     parser.add_argument("--huge", action="store_true")
-    parser.add_argument(
-        "--check-step-atomicity",
-        action="store_true",
-        help="also check that an interrupted step leaves the weights whole (class 4)",
-    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    counts, failures = fuzz(args.calls, args.seed, args.call_timeout, args.check_step_atomicity)
+    counts, failures = fuzz(args.calls, args.seed, args.call_timeout)
     if args.mpi_jobs:
         mpi_counts, mpi_failures = fuzz_mpi(args.mpi_jobs, args.seed)
         counts.update(mpi_counts)

@@ -398,3 +398,30 @@ def test_dense_forward_property(problem):
 def test_softmax_crossentropy_property(problem):
     loss, grad = check_softmax_crossentropy(*problem)
     assert loss >= 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 33, 1000])
+def test_max_abs_is_the_largest_magnitude_and_inf_for_any_nan_or_inf(dtype, n):
+    rng = np.random.default_rng(n)
+    a = (rng.normal(size=n) * 10.0 ** rng.integers(-30, 30, n)).astype(dtype)
+    expected = float(np.abs(a).max()) if n else 0.0
+    assert _kernels.max_abs_checked(a) == expected
+    assert _kernels.max_abs_rows_checked(a.reshape(1, n)) == expected
+    for special in (np.nan, np.inf, -np.inf):
+        if n:
+            b = a.copy()
+            b[rng.integers(n)] = special
+            assert _kernels.max_abs_checked(b) == np.inf
+
+
+def test_run_calls_runs_each_kernel_in_order():
+    w = np.zeros(4, np.float32)
+    calls = [
+        (_kernels.copy_checked, (np.full(4, 5.0, np.float32), w)),
+        (_kernels.axpy_checked, (np.ones(4, np.float32), w, 2.0)),
+    ]
+    counter = np.zeros(1, np.int64)
+    _kernels.run_calls([*calls, (_kernels.increment, (counter,))])
+    np.testing.assert_array_equal(w, np.full(4, 7.0, np.float32))
+    assert counter[0] == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fuzz_api import interrupting
 from helpers import (
     EXPECTED_RECEIVED,
     IDX_NAMES,
@@ -624,3 +625,144 @@ def test_an_interrupted_save_leaves_the_previous_file_and_no_temporary(tmp_path,
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["model.npz"]
     assert_same(load_model(path).weights, first.weights)
+
+
+# Class 4: a step is all or nothing
+
+
+ATOMIC_OPTIMIZERS = {
+    "sgd": lambda: SGD(1e-2),
+    "sgd-l2": lambda: SGD(1e-2),
+    "momentum": lambda: SGD(1e-2, momentum=0.9),
+    "nesterov": lambda: SGD(1e-2, momentum=0.9, nesterov=True),
+    "adam": lambda: Adam(1e-3),
+}
+
+
+@pytest.mark.parametrize("inputs", ["dense", "mostly-zero", "csr"])
+@pytest.mark.parametrize("name", ATOMIC_OPTIMIZERS)
+def test_an_interrupted_step_leaves_every_weight_before_or_after_it(name, inputs):
+    """KeyboardInterrupt from a signal handler at a random point of one_training_step: the
+    weights and the optimizer's state are those before the step or after it, never a mix."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(0)
+    l2 = 1e-3 if name == "sgd-l2" else 0.0
+    sizes = [96, 128, 128, 64, 10]
+    layers = [
+        NaiveDense(sizes[i], sizes[i + 1], "relu" if i < 3 else "softmax", l2=l2) for i in range(4)
+    ]
+    model = NaiveSequential(layers)
+    x = rng.normal(size=(64, 96)).astype(np.float32)
+    if inputs != "dense":
+        x[rng.random(x.shape) < 0.8] = 0
+    if inputs == "csr":
+        x = scipy.sparse.csr_matrix(x)
+    y = rng.integers(0, 10, 64)
+    optimizer = ATOMIC_OPTIMIZERS[name]()
+    twin_optimizer = ATOMIC_OPTIMIZERS[name]()
+    twin = NaiveSequential(
+        [NaiveDense(s.input_size, s.output_size, s.activation, l2=l2) for s in layers]
+    )
+    one_training_step(model, x, y, optimizer=optimizer)
+    interrupted = 0
+    for trial in range(40):
+        # CPU-time timers tick in milliseconds: steps run until the interrupt lands.
+        try:
+            with interrupting(float(rng.uniform(1e-4, 4e-3))):
+                for _ in range(1000):
+                    before, state = model.get_weights(), optimizer.get_state()
+                    one_training_step(model, x, y, optimizer=optimizer)
+        except KeyboardInterrupt:
+            interrupted += 1
+        twin.set_weights(before)
+        twin_optimizer.set_state(state)
+        one_training_step(twin, x, y, optimizer=twin_optimizer)
+        outcomes = {"before": (before, state), "after": (twin.weights, twin_optimizer.get_state())}
+        now = optimizer.get_state()
+        matches = [
+            key
+            for key, (weights, opt_state) in outcomes.items()
+            if all(np.array_equal(a, b) for a, b in zip(model.weights, weights))
+            and opt_state["iterations"] == now["iterations"]
+            and all(
+                np.array_equal(a, b)
+                for slot, other in zip(opt_state["slots"], now["slots"])
+                for a, b in zip(slot, other)
+            )
+        ]
+        assert matches, f"trial {trial}: the weights and state are neither before nor after"
+    assert interrupted > 30
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_update_that_overflows_is_undone_and_raises(dtype):
+    """SGD(1e300) on float32 weights: the loss is finite, the update is not."""
+    model, (x, y) = make_model(dtype), make_data(16, dtype)
+    before = model.get_weights()
+    optimizer = SGD(1e300 if dtype == "float32" else 1e306)
+    with pytest.raises(FloatingPointError, match="overflowed"):
+        for _ in range(3):
+            one_training_step(model, x * 1e3, y, optimizer=optimizer)
+            before = model.get_weights()
+    assert_same(model.weights, before)
+    assert np.isfinite(model.predict(x)).all()
+
+
+@pytest.mark.parametrize(
+    "make_optimizer, scale, learning_rate",
+    [
+        (lambda: Adam(1e-3), 1e25, None),  # g**2 overflows Adam's second moment
+        (lambda: SGD(1e-3, momentum=0.9), 1e3, 1e38),  # the velocity overflows
+        (lambda: SGD(1e-3), 1e3, 1e38),  # learning_rate * g overflows
+    ],
+    ids=["adam", "momentum", "sgd"],
+)
+def test_fit_stops_at_an_overflowing_update_with_the_last_finite_step(
+    make_optimizer, scale, learning_rate
+):
+    """An update that overflows float32 while the loss is finite: fit raises
+    FloatingPointError naming the epoch and batch; the weights and the optimizer's state are
+    those of the last finite step."""
+    model, (x, y) = make_model(), make_data(32)
+    x = x.copy()
+    x[20:30] *= scale  # batches 0 and 1 of 10 rows are ordinary; batch 2 overflows
+    optimizer = make_optimizer()
+    reference, reference_optimizer = make_model(), make_optimizer()
+    reference.set_weights(model.get_weights())
+    fit(reference, x[:20], y[:20], 1, 10, optimizer=reference_optimizer, verbose=0)
+
+    def raise_learning_rate(batch, logs):
+        if batch == 1 and learning_rate is not None:
+            optimizer.learning_rate = learning_rate
+
+    with pytest.raises(FloatingPointError, match="epoch 0, batch 2"):
+        fit(
+            model,
+            x,
+            y,
+            1,
+            10,
+            optimizer=optimizer,
+            verbose=0,
+            callbacks=[LambdaCallback(on_batch_end=raise_learning_rate)],
+        )
+    assert_same(model.weights, reference.weights)
+    assert optimizer.iterations == reference_optimizer.iterations == 2
+    state, reference_state = optimizer.get_state(), reference_optimizer.get_state()
+    for mine, theirs in zip(state["slots"], reference_state["slots"], strict=True):
+        assert_same(mine, theirs)
+
+
+def test_a_step_near_the_range_that_stays_finite_goes_on():
+    """Weights near float32's largest value with a tiny step: guarded, finite, applied as
+    usual (the same weights as float64 arithmetic rounded)."""
+    model, (x, y) = make_model(), make_data(16)
+    model.layers[0].b[:] = 3e37
+    expected_model = make_model()
+    expected_model.set_weights(model.get_weights())
+    _, gradients = loss_and_gradients(expected_model, x, y)
+    one_training_step(model, x, y, optimizer=SGD(1e-3))
+    for w, w0, g in zip(model.weights, expected_model.weights, gradients):
+        np.testing.assert_allclose(w, w0 - np.float32(1e-3) * g, rtol=1e-6, atol=1e-6)
+    assert np.isfinite(model.layers[0].b).all()

@@ -316,6 +316,10 @@ def _check_batch(const Py_ssize_t[::1] indptr, const Py_ssize_t[::1] rows, Py_ss
 
 def _real(name, x):
     """x, a real number, as a float."""
+    if isinstance(x, float):
+        # Before the ABC check, whose Python code a signal handler could interrupt between
+        # a step's kernels (fastnaive._kernels.run_calls).
+        return x
     if not isinstance(x, numbers.Real):
         raise TypeError(f"Expected {name} a real number. Received: {name}={x!r}")
     return float(x)

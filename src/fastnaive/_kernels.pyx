@@ -138,6 +138,19 @@ cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, 
             w[i] -= m[i] * alpha / (sqrt(v[i]) + epsilon)
 
 
+cdef extern from "max_abs.h" nogil:
+    double fastnaive_max_abs_f(const float* a, Py_ssize_t n)
+    double fastnaive_max_abs_d(const double* a, Py_ssize_t n)
+
+
+cdef double max_abs(const floating* a, Py_ssize_t n) noexcept nogil:
+    """max_i |a_i| (0 when n = 0); +inf when any a_i is NaN or infinite"""
+    if floating is float:
+        return fastnaive_max_abs_f(a, n)
+    else:
+        return fastnaive_max_abs_d(a, n)
+
+
 # ---- Python wrappers: check shapes, then run the kernel without the GIL. ----
 
 def openmp_enabled():
@@ -247,3 +260,50 @@ def adam_update_checked(floating[::1] w, const floating[::1] g, floating[::1] m,
         return
     with nogil:
         adam_update(&w[0], &g[0], &m[0], &v[0], w.shape[0], alpha, beta_1, beta_2, epsilon)
+
+
+def max_abs_checked(const floating[::1] a):
+    """max_i |a_i| (0 for no elements); inf when any a_i is NaN or infinite"""
+    cdef double result = 0.0
+    if a.shape[0]:
+        with nogil:
+            result = max_abs(&a[0], a.shape[0])
+    return result
+
+
+def max_abs_rows_checked(const floating[:, ::1] a):
+    """max_ij |a_ij| (0 for no elements); inf when any a_ij is NaN or infinite"""
+    cdef double result = 0.0
+    if a.shape[0] and a.shape[1]:
+        with nogil:
+            result = max_abs(&a[0, 0], a.shape[0] * a.shape[1])
+    return result
+
+
+def copy_checked(const floating[::1] src, floating[::1] dst):
+    """dst := src"""
+    if src.shape[0] != dst.shape[0]:
+        raise _shape_error("src and dst of the same length", src=src, dst=dst)
+    if dst.shape[0]:
+        with nogil:
+            memcpy(&dst[0], &src[0], dst.shape[0] * sizeof(floating))
+
+
+def increment(long long[::1] counter):
+    """counter[0] := counter[0] + 1"""
+    if counter.shape[0] != 1:
+        raise ValueError(f"Expected a counter of one element. Received: shape ({counter.shape[0]},)")
+    counter[0] += 1
+
+
+def run_calls(list calls):
+    """Call each (function, arguments) of `calls` in order.
+
+    The functions are this package's compiled kernel wrappers, whose checks run no Python
+    code on the way to their kernel, so no Python bytecode runs from the first call to the
+    last: a Python signal handler (KeyboardInterrupt) runs before or after
+    the whole sequence, never between two of its calls. That is what makes a step's writes
+    to the weights all or nothing.
+    """
+    for function, arguments in calls:
+        function(*arguments)

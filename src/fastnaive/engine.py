@@ -14,8 +14,16 @@ decided there, and nowhere else:
 - threads: `threads()` is the thread policy of a call;
 - the update: the optimizer's Update, bound once. When the optimizer declares a
   `gemm_scale` and no reducer is plugged in, the update runs inside each weight-gradient
-  GEMM (W := (1 + 2 s l2) W + s * X.T @ delta, after the input gradient has used the old
+  GEMM (W := (1 + 2 s l2) W + s * X.T @ delta, after every input gradient has used the old
   W); otherwise the L2 terms are added to the gradients once, after any reduction;
+- all or nothing: every write of a step to the weights, the optimizer's state and the step
+  counters is one sequence of kernel calls (`commit`, fastnaive._kernels.run_calls), with no
+  Python code between them, so an exception a signal handler raises (KeyboardInterrupt)
+  lands before or after it. Before it, a bound on the largest |w| the step can leave is
+  computed from the largest inputs, deltas or gradients (a few microseconds) and the
+  weights' bound; where that bound could overflow the dtype, the weights and state are
+  copied first, and a step that leaves a non-finite value is undone and raises
+  FloatingPointError;
 - the reducer hook: `reducer.reduce(flat)` runs between "gradients ready" and "update" and
   sums the flat buffer over processes in place; a reducer that also has
   `layer_ready(flat, lo, hi)` is told, during the backward pass and from the last layer to
@@ -118,12 +126,31 @@ class Step:
         self.sparse_input = self.csr_input = False
         self.row_groups = self.column_groups = self.batch_rows = None
         self.update = self.bound_weights = None
-        # The step number that dropout masks are drawn for.
-        self.iteration = 0
+        # The step number that dropout masks are drawn for, in an array so that a step's
+        # kernels count it (commit).
+        self.counter = np.zeros(1, np.int64)
+        # The overflow guard (commit): the largest magnitude a step may leave, an upper
+        # bound of max |w| over the weights (None: to be measured), and of max |x| over the
+        # inputs (None: measured per batch).
+        self.limit = float(np.finfo(dtype).max) / 16
+        self.weight_bound = self.input_bound = None
         if x is not None:
             self.use_inputs(x)
         if optimizer is not None:
             self.use_optimizer(optimizer)
+
+    @property
+    def iteration(self):
+        """The number of training steps taken (dropout's masks depend on it)."""
+        return int(self.counter[0])
+
+    @iteration.setter
+    def iteration(self, value):
+        self.counter[0] = value
+
+    def weights_changed(self):
+        """Note that the weights may have been written outside the steps (measured again)."""
+        self.weight_bound = None
 
     def fits(self, model, n_samples):
         """True when this Step serves `model` for a batch of n_samples."""
@@ -158,6 +185,7 @@ class Step:
         if any(a is not b for a, b in zip(weights, self.bound_weights)):
             self.bound_weights = weights
             self.update = Update(self.update.optimizer, self.gradients, weights)
+            self.weight_bound = None
         return self.update
 
     def threads(self):
@@ -258,11 +286,13 @@ class Step:
         """Back-propagate deltas[-1] through the layers.
 
         With gemm_scale None the weight gradients go to `gradients` (without the L2 terms:
-        add_penalty_gradients adds them); otherwise each layer is updated in place,
-        W := W + gemm_scale * (dW + 2 l2 W) inside the weight-gradient GEMM, once its input
-        gradient has used the old W.
+        add_penalty_gradients adds them) and None is returned; otherwise nothing is written
+        to the weights, and the list of kernel calls that update each layer in place,
+        W := W + gemm_scale * (dW + 2 l2 W) inside the weight-gradient GEMM, is returned, to
+        be committed together once every input gradient has used the old weights.
         """
         n = x.shape[0]
+        calls = None if gemm_scale is None else []
         for i in reversed(range(len(self.layers))):
             layer = self.layers[i]
             delta = self.deltas[i][:n]
@@ -279,23 +309,28 @@ class Step:
             if i > 0:
                 _kernels.dense_input_grad_checked(delta, layer.W, self.deltas[i - 1][:n])
             if gemm_scale is None:
-                alpha, beta = 1.0, 0.0
-                dW, db = self.gradients[2 * i], self.gradients[2 * i + 1]
-            else:
-                alpha, beta = gemm_scale, 1.0 + 2 * gemm_scale * layer.l2
-                dW, db = layer.W, layer.b
-            if i == 0 and self.csr_input:
-                x.param_grad(delta, alpha, beta, dW, db, SPARSE_THREADS)
-            elif i == 0 and self.sparse_input:
-                _sparse.group_columns_checked(x, *self.column_groups, SPARSE_THREADS)
-                _sparse.sparse_param_grad_checked(
-                    *self.column_groups, delta, alpha, beta, dW, db, SPARSE_THREADS
+                function, arguments = self.param_grad_call(
+                    i, x, delta, 1.0, 0.0, self.gradients[2 * i], self.gradients[2 * i + 1]
                 )
+                function(*arguments)
+                if self.layer_ready is not None:
+                    self.layer_ready(self.flat, self.bounds[2 * i], self.bounds[2 * i + 2])
             else:
-                inputs = x if i == 0 else self.layer_input(i, n)
-                _kernels.dense_param_grad_checked(inputs, delta, alpha, beta, dW, db)
-            if self.layer_ready is not None and gemm_scale is None:
-                self.layer_ready(self.flat, self.bounds[2 * i], self.bounds[2 * i + 2])
+                beta = 1.0 + 2 * gemm_scale * layer.l2
+                calls.append(self.param_grad_call(i, x, delta, gemm_scale, beta, layer.W, layer.b))
+        return calls
+
+    def param_grad_call(self, i, x, delta, alpha, beta, dW, db):
+        """The kernel call (function, arguments) of layer i's
+        dW := alpha X_i.T @ delta + beta dW;  db := alpha sum_rows(delta) + beta db"""
+        if i == 0 and self.csr_input:
+            return x.param_grad_call(delta, alpha, beta, dW, db, SPARSE_THREADS)
+        if i == 0 and self.sparse_input:
+            _sparse.group_columns_checked(x, *self.column_groups, SPARSE_THREADS)
+            arguments = (*self.column_groups, delta, alpha, beta, dW, db, SPARSE_THREADS)
+            return _sparse.sparse_param_grad_checked, arguments
+        inputs = x if i == 0 else self.layer_input(i, delta.shape[0])
+        return _kernels.dense_param_grad_checked, (inputs, delta, alpha, beta, dW, db)
 
     def layer_input(self, i, n):
         """The first n rows of layer i's input (i >= 1): the previous output, after dropout."""
@@ -328,7 +363,8 @@ class Step:
         x, y (and sample_weight) are this process's rows of a batch of n_global (default: all
         of it), starting at row first_row: its loss and gradients are the batch means, summed
         over processes by the reducer; the loss includes the L2 penalty. A non-finite loss
-        leaves the weights as they were.
+        leaves the weights as they were; a step that would leave a non-finite weight or
+        optimizer state is undone and raises FloatingPointError.
         """
         n = x.shape[0]
         n_global = n if n_global is None else n_global
@@ -339,34 +375,103 @@ class Step:
             self.forward(x, training=True, first_row=first_row)
             correct = self.count_hits(self.outputs[-1][:n], y)
             loss = self.loss_gradient(y, sample_weight, 1.0 / n_global)
+        count = (_kernels.increment, (self.counter,))
         if self.reducer is None:
             loss += penalty
             if not math.isfinite(loss):
                 return loss, correct
             scale = update.gemm_scale
-            self.backward(x, scale, first_row)
-            self.iteration += 1
-            if scale is None:
-                self.add_penalty_gradients()
-                update()
-            else:
-                update.fused()
-            return loss, correct
-        if n:
+            if scale is not None:
+                calls = self.backward(x, scale, first_row)
+                bound = self.fused_bound(x, scale)
+                self.commit([*calls, *update.fused_calls(), count], bound, update)
+                return loss, correct
             self.backward(x, first_row=first_row)
         else:
-            self.flat.fill(0)
-            if self.layer_ready is not None:
-                for i in reversed(range(len(self.layers))):
-                    self.layer_ready(self.flat, self.bounds[2 * i], self.bounds[2 * i + 2])
-        self.flat[-2], self.flat[-1] = loss, correct
-        self.reducer.reduce(self.flat)
-        self.iteration += 1
-        loss, correct = float(self.flat[-2]) + penalty, int(round(float(self.flat[-1])))
-        if math.isfinite(loss):
-            self.add_penalty_gradients()
-            update()
+            if n:
+                self.backward(x, first_row=first_row)
+            else:
+                self.flat.fill(0)
+                if self.layer_ready is not None:
+                    for i in reversed(range(len(self.layers))):
+                        self.layer_ready(self.flat, self.bounds[2 * i], self.bounds[2 * i + 2])
+            self.flat[-2], self.flat[-1] = loss, correct
+            self.reducer.reduce(self.flat)
+            loss, correct = float(self.flat[-2]) + penalty, int(round(float(self.flat[-1])))
+            if not math.isfinite(loss):
+                self.iteration += 1
+                return loss, correct
+        self.add_penalty_gradients()
+        gradient_bound = _kernels.max_abs_checked(self.flat[:-2])
+        change, state = update.change_bound(gradient_bound)
+        bound = max(self.current_weight_bound() + change, state, gradient_bound)
+        if update.atomic:
+            self.commit([*update.calls(), count], bound, update)
+        else:
+            self.commit([(update, ()), count], bound, update)
         return loss, correct
+
+    def current_weight_bound(self):
+        """An upper bound of max |w| over the model's weights, measured when unknown."""
+        if self.weight_bound is None:
+            weights = self.model.weights
+            self.weight_bound = max(_kernels.max_abs_checked(w.reshape(-1)) for w in weights)
+        return self.weight_bound
+
+    def fused_bound(self, x, scale):
+        """The largest magnitude the fused update W := beta W + scale X.T @ delta (and its
+        GEMM's sums) can reach in any layer, from the largest inputs and deltas."""
+        n = x.shape[0]
+        weights = self.current_weight_bound()
+        bound = 0.0
+        for i, layer in enumerate(self.layers):
+            if i:
+                inputs = _kernels.max_abs_rows_checked(self.layer_input(i, n))
+            elif self.input_bound is not None:
+                inputs = self.input_bound
+            else:
+                inputs = x.max_abs() if self.csr_input else _kernels.max_abs_rows_checked(x)
+            deltas = _kernels.max_abs_rows_checked(self.deltas[i][:n])
+            sums = n * deltas * max(inputs, 1.0)  # of X.T @ delta and of delta's columns
+            beta = abs(1.0 + 2 * scale * layer.l2)
+            bound = max(bound, sums, beta * weights + abs(scale) * sums)
+        return bound
+
+    def commit(self, calls, bound, update):
+        """Run the step's writes, `calls`, as one sequence (fastnaive._kernels.run_calls).
+
+        `bound` is the largest magnitude they can leave in the weights, the optimizer's state
+        and the sums on the way: below the dtype's range (with a margin), they run as they
+        are, and it becomes the weights' bound. Otherwise the weights and the state are
+        copied first; a step that leaves a non-finite value is undone and raises
+        FloatingPointError.
+        """
+        if bound < self.limit:
+            _kernels.run_calls(calls)
+            self.weight_bound = bound
+            return
+        weights = self.model.weights
+        saved = [w.copy() for w in weights]
+        optimizer = update.optimizer
+        state = optimizer.get_state() if update.atomic else None
+        iteration = self.iteration
+        _kernels.run_calls(calls)
+        self.weight_bound = None
+        written = list(weights)
+        if state is not None:
+            written += [a for slot in optimizer.get_state()["slots"] for a in slot]
+        if all(_kernels.max_abs_checked(a.reshape(-1)) < math.inf for a in written):
+            return
+        copy = _kernels.copy_checked
+        _kernels.run_calls([(copy, (s.reshape(-1), w.reshape(-1))) for s, w in zip(saved, weights)])
+        if state is not None:
+            optimizer.set_state(state)
+        self.iteration = iteration
+        dtype = self.outputs[0].dtype
+        raise FloatingPointError(
+            f"The update overflowed {dtype} (with {optimizer!r}); the step was undone, leaving "
+            f"the weights of the last finite step. Try a smaller learning rate."
+        )
 
     def loss_and_correct(self, x, y, sample_weight=None):
         """Return the summed loss (sum_i w_i loss_i, without the penalty) and accuracy's hits

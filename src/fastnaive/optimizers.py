@@ -1,7 +1,10 @@
 """Optimizers that update the models' live weight arrays in place, as Keras' do.
 
 Each update is one fused kernel over a weight array and its gradient. State
-(velocities, moments) is kept per weight array, created at its first update.
+(velocities, moments) is kept per weight array, created at its first update. One step's
+kernels run as one sequence (`fastnaive._kernels.run_calls`), the counter of steps with
+them, so that an exception raised by a signal handler finds every weight before the step or
+every weight after it.
 """
 
 import math
@@ -75,7 +78,8 @@ def _fraction(value, name):
 class Optimizer:
     """Base class: a validated learning rate, state per weight position, apply_gradients.
 
-    A subclass defines `_update` (one weight's step from its gradient) and may declare
+    A subclass defines `_update_call` (the kernel call of one weight's step from its
+    gradient) and `change_bound` (how far a step can move a weight), and may declare
     `gemm_scale`: the s for which its step is exactly w := w + s * g, so that the step can
     run inside the GEMM that produces g (fastnaive.engine.Step does that; no caller asks
     which optimizer it holds).
@@ -86,8 +90,20 @@ class Optimizer:
 
     def __init__(self, learning_rate):
         self.learning_rate = learning_rate
-        self.iterations = 0
+        # The step count lives in an array, so that the step's kernels count it (run_calls).
+        self._count = np.zeros(1, np.int64)
         self._slots = []
+        # Upper bounds of |state| per slot kind, advanced by change_bound.
+        self._slot_bounds = [0.0] * 2
+
+    @property
+    def iterations(self):
+        """The number of steps taken."""
+        return int(self._count[0])
+
+    @iterations.setter
+    def iterations(self, value):
+        self._count[0] = value
 
     @property
     def learning_rate(self):
@@ -153,18 +169,37 @@ class Optimizer:
             checked.append(slot or None)
         self.iterations = int(iterations)
         self._slots = checked
+        self._slot_bounds = [
+            max((_max_abs(slot[k]) for slot in checked if slot), default=0.0)
+            if k < self.n_slots
+            else 0.0
+            for k in range(2)
+        ]
 
     def apply_gradients(self, grads_and_vars):
         """Update each weight array in place from its gradient; one optimizer step."""
-        self.apply_checked(checked_pairs(grads_and_vars))
+        _kernels.run_calls(self.step_calls(checked_pairs(grads_and_vars)))
 
-    def apply_checked(self, pairs):
-        """One optimizer step on pairs from checked_pairs (checked once for many steps)."""
-        self.iterations += 1
-        for position, (gradient, flat_weight, weight) in enumerate(pairs):
-            self._update(position, gradient, flat_weight, weight)
+    def step_calls(self, pairs):
+        """The kernel calls of one step on `pairs` (for _kernels.run_calls), counting it."""
+        calls = [
+            self._update_call(position, gradient, flat_weight, weight)
+            for position, (gradient, flat_weight, weight) in enumerate(pairs)
+        ]
+        calls.append(self.count_call())
+        return calls
 
-    def _update(self, position, gradient, flat_weight, weight):
+    def count_call(self):
+        """The kernel call that counts one step (for a step the GEMMs applied)."""
+        return _kernels.increment, (self._count,)
+
+    def change_bound(self, gradient_bound):
+        """Return (b, s) for the next step on gradients of |g| <= gradient_bound: no weight
+        moves by more than b and no state value exceeds s. The state's bounds advance."""
+        raise NotImplementedError
+
+    def _update_call(self, position, gradient, flat_weight, weight):
+        """(kernel, arguments): the step of the weight at `position`."""
         raise NotImplementedError
 
 
@@ -184,14 +219,26 @@ class SGD(Optimizer):
     def gemm_scale(self):
         return -self.learning_rate if self.momentum == 0 else None
 
-    def _update(self, position, gradient, flat_weight, weight):
+    def _update_call(self, position, gradient, flat_weight, weight):
         if self.momentum == 0:
-            _kernels.axpy_checked(gradient, flat_weight, -self.learning_rate)
-        else:
-            (velocity,) = self._slot(position, weight)
-            _kernels.momentum_update_checked(
-                flat_weight, gradient, velocity, self.learning_rate, self.momentum, self.nesterov
-            )
+            return _kernels.axpy_checked, (gradient, flat_weight, -self.learning_rate)
+        (velocity,) = self._slot(position, weight)
+        return _kernels.momentum_update_checked, (
+            flat_weight,
+            gradient,
+            velocity,
+            self.learning_rate,
+            self.momentum,
+            self.nesterov,
+        )
+
+    def change_bound(self, gradient_bound):
+        step = self.learning_rate * gradient_bound
+        if self.momentum == 0:
+            return step, 0.0
+        velocity = self.momentum * self._slot_bounds[0] + step
+        self._slot_bounds[0] = velocity
+        return (self.momentum * velocity + step if self.nesterov else velocity), velocity
 
     def __repr__(self):
         extra = f", momentum={self.momentum:g}, nesterov={self.nesterov}" if self.momentum else ""
@@ -209,13 +256,26 @@ class Adam(Optimizer):
 
     n_slots = 2
 
-    def _update(self, position, gradient, flat_weight, weight):
+    def _alpha(self):
+        """The step size of the next step, with Keras' bias correction."""
+        t = self.iterations + 1
+        return self.learning_rate * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
+
+    def _update_call(self, position, gradient, flat_weight, weight):
         m, v = self._slot(position, weight)
-        t = self.iterations
-        alpha = self.learning_rate * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
-        _kernels.adam_update_checked(
-            flat_weight, gradient, m, v, alpha, self.beta_1, self.beta_2, self.epsilon
-        )
+        arguments = (flat_weight, gradient, m, v, self._alpha(), self.beta_1, self.beta_2)
+        return _kernels.adam_update_checked, (*arguments, self.epsilon)
+
+    def change_bound(self, gradient_bound):
+        g = gradient_bound
+        m_before, v_before = self._slot_bounds
+        m = self.beta_1 * m_before + (1 - self.beta_1) * g
+        v = self.beta_2 * v_before + (1 - self.beta_2) * g * g
+        self._slot_bounds = [m, v]
+        # |m| / (sqrt(v) + epsilon) <= |m| / epsilon, whatever state set_state gave; the
+        # kernel's intermediates are g - m, g * g - v and m * alpha.
+        alpha = self._alpha()
+        return alpha * m / self.epsilon, max(g + m_before, g * g + v_before, m * alpha)
 
     def __repr__(self):
         return (
@@ -236,27 +296,48 @@ class Update:
     """One optimizer's steps on fixed gradient and weight arrays, checked once for all steps.
 
     `gemm_scale` is read at every step (a callback may change the learning rate): when it is
-    not None, the caller may fold the step into the GEMMs that produce the gradients and then
-    calls `fused()` to count it; otherwise it calls the Update, which applies the step. Any
-    object with apply_gradients is accepted and gets the pairs as Keras would pass them.
+    not None, the caller may fold the step into the GEMMs that produce the gradients, adding
+    `fused_calls()` to theirs; otherwise it runs `calls()`, the step's kernels. Both are
+    lists for fastnaive._kernels.run_calls, which runs a step's writes with no Python code
+    between them. Any other object with apply_gradients is accepted (`atomic` is then False):
+    calling the Update passes it the pairs as Keras would.
     """
 
     def __init__(self, optimizer, gradients, weights):
         self.optimizer = optimizer
-        if isinstance(optimizer, Optimizer):
-            pairs = checked_pairs(zip(gradients, weights))
-            self._apply = lambda: optimizer.apply_checked(pairs)
-        else:
-            self._apply = lambda: optimizer.apply_gradients(zip(gradients, weights))
+        self.gradients, self.weights = gradients, weights
+        self.atomic = isinstance(optimizer, Optimizer)
+        self.pairs = checked_pairs(zip(gradients, weights)) if self.atomic else None
 
     @property
     def gemm_scale(self):
         return getattr(self.optimizer, "gemm_scale", None)
 
+    def calls(self):
+        """The kernel calls of one step from the gradient arrays (atomic optimizers)."""
+        return self.optimizer.step_calls(self.pairs)
+
+    def fused_calls(self):
+        """The kernel call that counts a step the GEMMs applied with gemm_scale."""
+        return [self.optimizer.count_call()]
+
+    def change_bound(self, gradient_bound):
+        """Optimizer.change_bound for atomic optimizers; (inf, inf) (unknown) otherwise."""
+        if not self.atomic:
+            return math.inf, math.inf
+        return self.optimizer.change_bound(gradient_bound)
+
     def __call__(self):
         """Apply one step from the gradient arrays."""
-        self._apply()
+        if self.atomic:
+            _kernels.run_calls(self.calls())
+        else:
+            self.optimizer.apply_gradients(zip(self.gradients, self.weights))
 
-    def fused(self):
-        """Count a step that the GEMMs applied with gemm_scale."""
-        self.optimizer.iterations += 1
+
+def _max_abs(array):
+    """max |array| as a float (inf when it holds NaN or infinity)."""
+    array = np.ascontiguousarray(array).reshape(-1)
+    if array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float64)
+    return _kernels.max_abs_checked(array)

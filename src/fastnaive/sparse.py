@@ -9,7 +9,7 @@ CsrBatch: the matrix's arrays and the row numbers it takes, in order (no copy).
 
 import numpy as np
 
-from fastnaive import _csr
+from fastnaive import _csr, _kernels
 from fastnaive._validation import as_inputs
 
 __all__ = ["as_model_inputs", "CsrInputs", "CsrBatch"]
@@ -86,9 +86,13 @@ class CsrBatch:
         x = self.inputs
         _csr.csr_forward_checked(x.data, x.indices, x.indptr, self.rows, W, b, out, n_threads)
 
-    def param_grad(self, delta, alpha, beta, dW, db, n_threads):
-        """dW := alpha X_rows.T @ delta + beta dW;  db := alpha sum_rows(delta) + beta db"""
+    def param_grad_call(self, delta, alpha, beta, dW, db, n_threads):
+        """The kernel call (function, arguments) of
+        dW := alpha X_rows.T @ delta + beta dW;  db := alpha sum_rows(delta) + beta db"""
         x = self.inputs
-        _csr.csr_param_grad_checked(
-            x.data, x.indices, x.indptr, self.rows, delta, alpha, beta, dW, db, n_threads
-        )
+        arguments = (x.data, x.indices, x.indptr, self.rows, delta, alpha, beta, dW, db)
+        return _csr.csr_param_grad_checked, (*arguments, n_threads)
+
+    def max_abs(self):
+        """An upper bound of |x_ij| over these rows: the largest over the whole matrix."""
+        return _kernels.max_abs_checked(self.inputs.data)

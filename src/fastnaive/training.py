@@ -165,7 +165,10 @@ def update_weights(gradients, weights, learning_rate=1e-3):
 def one_training_step(model, images_batch, labels_batch, *, optimizer=None):
     """Compute the batch's loss and gradients, update the weights; return the loss as a float.
 
-    A non-finite loss leaves the weights as they were.
+    A non-finite loss leaves the weights as they were; an update that would leave a
+    non-finite weight is undone and raises FloatingPointError. The update is all or nothing:
+    an exception from a signal handler (KeyboardInterrupt) leaves the weights before it or
+    after it.
     """
     _checked_model(model)
     x, y = _checked_batch(model, images_batch, labels_batch)
@@ -174,6 +177,7 @@ def one_training_step(model, images_batch, labels_batch, *, optimizer=None):
         # The book's update_weights: one SGD(1e-3) per model, bound once.
         optimizer = _book_optimizers.setdefault(model, SGD())
     step.use_optimizer(_checked_optimizer(optimizer))
+    step.weights_changed()  # the caller may have written them since the last call
     with step.threads():
         loss, _ = step.train(x, y)
     return float(loss)
@@ -506,7 +510,13 @@ def _run_epoch(group, run, step, order, callbacks, epoch):
             xb, yb, wb = step.gather(x, y, order[lo:hi], w)
         else:
             xb, yb, wb = x[lo:hi], y[lo:hi], None if w is None else w[lo:hi]
-        loss, batch_correct = step.train(xb, yb, stop - start, lo - start, wb)
+        try:
+            loss, batch_correct = step.train(xb, yb, stop - start, lo - start, wb)
+        except FloatingPointError as error:
+            # The reduced gradients, hence the overflow, are the same on every rank.
+            raise distributed.shared(
+                FloatingPointError(f"At epoch {epoch}, batch {batch}: {error}")
+            ) from None
         if not math.isfinite(loss):
             # The reduced loss is the same on every rank: all raise this together.
             raise distributed.shared(

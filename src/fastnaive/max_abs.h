@@ -1,0 +1,51 @@
+/* max |a_i| over an array, for the step's overflow bounds (fastnaive._kernels.max_abs).
+ *
+ * The absolute value of a float, read as the integer of its bits with the sign bit
+ * cleared, orders like the float itself, and NaN and infinity are the integers from the
+ * exponent mask up: one integer max reduction, which compilers vectorise without fast-math,
+ * finds both the largest magnitude and any non-finite value. It is compiled for AVX-512,
+ * AVX2 and the baseline, and the loader picks the best one the CPU runs.
+ */
+#ifndef FASTNAIVE_MAX_ABS_H
+#define FASTNAIVE_MAX_ABS_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
+#define FASTNAIVE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FASTNAIVE_CLONES
+#endif
+
+/* max_i |a_i| (0 when n = 0); +inf when any a_i is NaN or infinite */
+FASTNAIVE_CLONES static double fastnaive_max_abs_f(const float *a, ptrdiff_t n) {
+    int32_t bits, m = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        memcpy(&bits, a + i, sizeof bits);
+        bits &= 0x7fffffff;
+        m = bits > m ? bits : m;
+    }
+    if (m >= 0x7f800000) return INFINITY;
+    float result;
+    memcpy(&result, &m, sizeof result);
+    return result;
+}
+
+/* max_i |a_i| (0 when n = 0); +inf when any a_i is NaN or infinite */
+FASTNAIVE_CLONES static double fastnaive_max_abs_d(const double *a, ptrdiff_t n) {
+    int64_t bits, m = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        memcpy(&bits, a + i, sizeof bits);
+        bits &= INT64_MAX;
+        m = bits > m ? bits : m;
+    }
+    if (m >= INT64_C(0x7ff0000000000000)) return INFINITY;
+    double result;
+    memcpy(&result, &m, sizeof result);
+    return result;
+}
+
+#endif
