@@ -38,6 +38,7 @@ def test_history_records_each_epoch():
         "shuffle": False,
         "initial_epoch": 0,
         "ranks": 1,
+        "verbose": 0,
     }
 
 
@@ -147,7 +148,7 @@ def batch_losses_of_a_frozen_model(epochs=2, **settings):
     initial, losses = model.get_weights(), []
 
     def record_and_restore(batch, logs):
-        losses.append(logs["loss"])
+        losses.append(logs["batch_loss"])
         model.set_weights(initial)
 
     record = LambdaCallback(on_batch_end=record_and_restore)
@@ -294,10 +295,12 @@ def test_restore_best_weights_puts_back_the_best_epochs():
         assert not np.array_equal(weight, last)
 
 
-def test_early_stopping_on_an_unknown_quantity_lists_the_logged_ones():
-    message = "the logged values ['accuracy', 'loss']. Received: monitor='val_loss'"
-    with pytest.raises(ValueError, match=re.escape(message)):
-        short_fit(make_model(), *make_data(), callbacks=[EarlyStopping()])
+def test_early_stopping_on_an_unknown_quantity_warns_lists_the_logged_ones_and_goes_on():
+    """As Keras does: EarlyStopping() without validation data warns and never stops."""
+    message = "'val_loss', which is not among the logged values ['accuracy', 'loss']"
+    with pytest.warns(RuntimeWarning, match=re.escape(message)):
+        history = short_fit(make_model(), *make_data(), epochs=3, callbacks=[EarlyStopping()])
+    assert history.epoch == [0, 1, 2]
 
 
 def recorder(calls):
@@ -338,8 +341,15 @@ def test_lambda_callback_hooks_are_called_in_order():
 def test_epoch_loss_is_the_sample_weighted_mean_of_batch_losses():
     calls = []
     history = short_fit(make_model(), *make_data(), epochs=1, callbacks=[recorder(calls)])
-    losses = [call[2]["loss"] for call in calls if call[0] == "on_batch_end"]
-    assert_close(history.history["loss"][0], np.average(losses, weights=[16, 16, 16, 2]), "float32")
+    logs = [call[2] for call in calls if call[0] == "on_batch_end"]
+    losses = [log["batch_loss"] for log in logs]
+    sizes = [16, 16, 16, 2]
+    assert_close(history.history["loss"][0], np.average(losses, weights=sizes), "float32")
+    # Keras' batch logs: "loss" and "accuracy" are the running means over the epoch so far.
+    for k, log in enumerate(logs):
+        assert_close(log["loss"], np.average(losses[: k + 1], weights=sizes[: k + 1]), "float32")
+    assert logs[-1]["loss"] == history.history["loss"][0]
+    assert logs[-1]["accuracy"] == history.history["accuracy"][0]
 
 
 KERAS_HOOKS = {

@@ -44,7 +44,7 @@ def fastnaive_epoch(mnist):
     model = seeded_model(fastnaive.softmax)
     losses = []
     record = fastnaive.callbacks.LambdaCallback(
-        on_batch_end=lambda batch, logs: losses.append(logs["loss"])
+        on_batch_end=lambda batch, logs: losses.append(logs["batch_loss"])
     )
     fastnaive.fit(model, train_images, train_labels, epochs=1, batch_size=128, callbacks=[record])
     return np.array(losses), model.weights

@@ -16,5 +16,5 @@ cdef void gather_rows(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
 cdef void momentum_update(floating* w, const floating* g, floating* velocity, Py_ssize_t n,
                           floating learning_rate, floating momentum, bint nesterov) noexcept nogil
 cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
-                      floating alpha, floating beta_1, floating beta_2,
+                      floating alpha, floating one_minus_beta_1, floating one_minus_beta_2,
                       floating epsilon) noexcept nogil

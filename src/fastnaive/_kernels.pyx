@@ -125,13 +125,13 @@ cdef void momentum_update(floating* w, const floating* g, floating* velocity, Py
 
 
 cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
-                      floating alpha, floating beta_1, floating beta_2,
+                      floating alpha, floating one_minus_beta_1, floating one_minus_beta_2,
                       floating epsilon) noexcept nogil:
     """m += (1 - b1) (g - m);  v += (1 - b2) (g^2 - v);  w -= alpha * m / (sqrt(v) + eps)"""
     cdef Py_ssize_t i
     for i in range(n):
-        m[i] += (g[i] - m[i]) * (1 - beta_1)
-        v[i] += (g[i] * g[i] - v[i]) * (1 - beta_2)
+        m[i] += (g[i] - m[i]) * one_minus_beta_1
+        v[i] += (g[i] * g[i] - v[i]) * one_minus_beta_2
         if floating is float:
             w[i] -= m[i] * alpha / (sqrtf(v[i]) + epsilon)
         else:
@@ -252,14 +252,16 @@ def momentum_update_checked(floating[::1] w, const floating[::1] g, floating[::1
 
 
 def adam_update_checked(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v,
-                        floating alpha, floating beta_1, floating beta_2, floating epsilon):
+                        floating alpha, floating one_minus_beta_1, floating one_minus_beta_2,
+                        floating epsilon):
     """m += (1 - b1) (g - m);  v += (1 - b2) (g^2 - v);  w -= alpha * m / (sqrt(v) + eps)"""
     if not (g.shape[0] == w.shape[0] and m.shape[0] == w.shape[0] and v.shape[0] == w.shape[0]):
         raise _shape_error("w, g, m and v of the same length", w=w, g=g, m=m, v=v)
     if w.shape[0] == 0:
         return
     with nogil:
-        adam_update(&w[0], &g[0], &m[0], &v[0], w.shape[0], alpha, beta_1, beta_2, epsilon)
+        adam_update(&w[0], &g[0], &m[0], &v[0], w.shape[0], alpha, one_minus_beta_1,
+                    one_minus_beta_2, epsilon)
 
 
 def max_abs_checked(const floating[::1] a):

@@ -3,16 +3,18 @@
 A checkpoint folder holds `model-EEEE.npz` (the model after E epochs, as save_model writes
 it) and `state.npz`, which names that file and holds the epochs done, the shuffling seed,
 the optimizer's class and its state (Optimizer.get_state: `iterations` and the arrays
-`slot{i}_{k}`, the k-th state array of weight i). Both are written atomically, the model
-first, so a crash at any point leaves a checkpoint that resumes: the previous one or the
-new one. fastnaive.training writes one after every epoch when fit is given a folder, and
-resumes from it on any number of processes.
+`slot{i}_{k}`, the k-th state array of weight i), and optionally the History so far
+(JSON). Both are written atomically, the model first, so a crash at any point leaves a
+checkpoint that resumes: the previous one or the new one. fastnaive.training writes one
+after every epoch when fit is given a folder (or a BackupAndRestore), and resumes from it
+on any number of processes.
 
 A name read from a state file is never trusted as a path: only a `model-EEEE.npz` of the
 folder is ever read or removed. A run that does not resume refuses a folder that already
 holds a checkpoint (check_fresh) rather than replace it.
 """
 
+import json
 import os
 import re
 
@@ -21,7 +23,7 @@ import numpy as np
 from fastnaive._files import BadArchive, NpzReader, write_npz
 from fastnaive.saving import load_model, save_model
 
-__all__ = ["STATE_FILE", "save", "load", "check_fresh", "clear"]
+__all__ = ["STATE_FILE", "save", "load", "has_checkpoint", "check_fresh", "clear"]
 
 STATE_FILE = "state.npz"
 _MODEL_NAME = re.compile(r"model-\d{4,}\.npz")
@@ -36,8 +38,10 @@ _SCALARS = {
 }
 
 
-def save(folder, model, optimizer, epochs_done, seed):
-    """Write the model after `epochs_done` epochs, then the state naming it; drop the older one."""
+def save(folder, model, optimizer, epochs_done, seed, history=None):
+    """Write the model after `epochs_done` epochs, then the state naming it; drop the older one.
+
+    `history`, a History, is kept too when given (load returns it)."""
     os.makedirs(folder, exist_ok=True)
     name = f"model-{epochs_done:04d}.npz"
     save_model(model, os.path.join(folder, name))
@@ -58,6 +62,7 @@ def save(folder, model, optimizer, epochs_done, seed):
             "iterations": np.array(optimizer_state["iterations"]),
             "optimizer": np.array(type(optimizer).__name__),
             **slots,
+            **({} if history is None else {"history": np.array(_history_json(history))}),
         },
     )
     if previous is not None and previous != name:
@@ -66,7 +71,8 @@ def save(folder, model, optimizer, epochs_done, seed):
 
 def load(folder, model, optimizer):
     """Return the last checkpoint in `folder` as {"epochs_done", "seed", "weights",
-    "optimizer_state"}, checked against `model` and `optimizer` (neither is changed)."""
+    "optimizer_state", "history"}, checked against `model` and `optimizer` (neither is
+    changed); "history" is {"epoch": [...], "history": {key: [...]}} or None."""
     path = os.path.join(folder, STATE_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -95,7 +101,45 @@ def load(folder, model, optimizer):
         "seed": state["seed"],
         "weights": saved.weights,
         "optimizer_state": {"iterations": state["iterations"], "slots": slots},
+        "history": _history_from(path, state.get("history"), state["epochs_done"]),
     }
+
+
+def _history_json(history):
+    return json.dumps({"epoch": history.epoch, "history": history.history})
+
+
+def _history_from(path, text, epochs_done):
+    """The History saved at `path` as {"epoch", "history"}, checked; None if none was."""
+    if text is None:
+        return None
+    try:
+        saved = json.loads(str(text))
+        epochs, logs = saved["epoch"], saved["history"]
+        valid = (
+            isinstance(epochs, list)
+            and all(isinstance(e, int) and 0 <= e < epochs_done for e in epochs)
+            and isinstance(logs, dict)
+            and all(
+                isinstance(values, list)
+                and len(values) == len(epochs)
+                and all(isinstance(v, (int, float)) for v in values)
+                for values in logs.values()
+            )
+        )
+    except (ValueError, TypeError, KeyError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"Expected the History in {path!r} as fit saves it: epochs below {epochs_done} "
+            f"and one number per epoch for each key. Received: {str(text)[:80]!r}"
+        )
+    return {"epoch": epochs, "history": {k: [float(v) for v in vs] for k, vs in logs.items()}}
+
+
+def has_checkpoint(folder):
+    """True when `folder` holds a checkpoint state to resume from."""
+    return os.path.isfile(os.path.join(folder, STATE_FILE))
 
 
 def check_fresh(folder):
@@ -187,6 +231,10 @@ def _checked_headers(archive, sizes, n_slots):
     slots = {}
     for key in archive.keys:
         shape, dtype = archive.header(key)
+        if key == "history":
+            if shape != () or dtype.kind != "U":
+                raise BadArchive(f"a state whose history has shape {shape} and dtype {dtype}")
+            continue
         if key in _SCALARS:
             if shape != () or dtype.kind not in _SCALARS[key][0]:
                 raise BadArchive(f"a state whose {key} has shape {shape} and dtype {dtype}")

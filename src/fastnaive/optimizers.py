@@ -256,14 +256,20 @@ class Adam(Optimizer):
 
     n_slots = 2
 
-    def _alpha(self):
-        """The step size of the next step, with Keras' bias correction."""
-        t = self.iterations + 1
-        return self.learning_rate * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
+    def _alpha(self, dtype=np.float64):
+        """The step size of the next step with Keras 3's bias correction, computed as Keras
+        computes it: in the weights' dtype, from the betas as float32 numbers."""
+        dtype = np.dtype(dtype).type
+        t = dtype(self.iterations + 1)
+        beta_1_power = dtype(np.float32(self.beta_1)) ** t
+        beta_2_power = dtype(np.float32(self.beta_2)) ** t
+        root = np.sqrt(dtype(1) - beta_2_power)
+        return float(dtype(self.learning_rate) * root / (dtype(1) - beta_1_power))
 
     def _update_call(self, position, gradient, flat_weight, weight):
         m, v = self._slot(position, weight)
-        arguments = (flat_weight, gradient, m, v, self._alpha(), self.beta_1, self.beta_2)
+        decay = (1 - self.beta_1, 1 - self.beta_2)  # in double, rounded once as Keras does
+        arguments = (flat_weight, gradient, m, v, self._alpha(weight.dtype), *decay)
         return _kernels.adam_update_checked, (*arguments, self.epsilon)
 
     def change_bound(self, gradient_bound):
@@ -285,11 +291,15 @@ class Adam(Optimizer):
 
 
 def get(name, learning_rate=None):
-    """Return a new optimizer by name: "sgd", "momentum" (SGD, momentum 0.9) or "adam"."""
+    """Return a new optimizer by name, in any case: "sgd", "momentum" (SGD, momentum 0.9) or
+    "adam"."""
     makers = {"sgd": SGD, "momentum": lambda **kw: SGD(momentum=0.9, **kw), "adam": Adam}
-    if not isinstance(name, str) or name not in makers:
-        raise ValueError(f"Expected optimizer 'sgd', 'momentum' or 'adam'. Received: {name!r}")
-    return makers[name]() if learning_rate is None else makers[name](learning_rate=learning_rate)
+    if not isinstance(name, str) or name.lower() not in makers:
+        raise ValueError(
+            f"Expected optimizer 'sgd', 'momentum' or 'adam' (any case). Received: {name!r}"
+        )
+    maker = makers[name.lower()]
+    return maker() if learning_rate is None else maker(learning_rate=learning_rate)
 
 
 class Update:

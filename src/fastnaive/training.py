@@ -1,7 +1,10 @@
 """The book's training functions: gradients, weight updates, one step, fit and evaluate."""
 
+import contextlib
 import math
 import numbers
+import signal
+import threading
 import weakref
 
 import numpy as np
@@ -10,7 +13,7 @@ from fastnaive import checkpoints, distributed, engine, optimizers, progress
 from fastnaive._validation import as_labels, positive_int
 from fastnaive._validation import path as checked_path
 from fastnaive._validation import seed as checked_seed
-from fastnaive.callbacks import Callback, History
+from fastnaive.callbacks import BackupAndRestore, Callback, History
 from fastnaive.models import NaiveSequential
 from fastnaive.optimizers import SGD
 from fastnaive.sparse import as_model_inputs
@@ -22,7 +25,23 @@ __all__ = [
     "fit",
     "evaluate",
     "evaluate_loss",
+    "TrainingInterrupted",
 ]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped fit at a step boundary.
+
+    `epoch` and `batch` index the last complete step (batch -1: none of that epoch), which
+    the model's weights hold; `history` is the History of the epochs completed before it.
+    """
+
+    def __init__(self, epoch, batch, history, epochs, steps):
+        super().__init__(
+            f"interrupted at epoch {epoch + 1}/{epochs}, batch {batch + 1}/{steps}: the "
+            f"model holds the weights after that batch"
+        )
+        self.epoch, self.batch, self.history = epoch, batch, history
 
 
 def _checked_model(model):
@@ -184,13 +203,24 @@ def one_training_step(model, images_batch, labels_batch, *, optimizer=None):
 
 
 def _checked_callbacks(callbacks):
+    """A list of Callbacks (one callback alone is a list of one)."""
+    if isinstance(callbacks, Callback):
+        return [callbacks]
     callbacks = list(callbacks or [])
     for i, callback in enumerate(callbacks):
         if not isinstance(callback, Callback):
+            hint = ""
+            if type(callback).__module__.split(".")[0] in ("keras", "tensorflow", "tf_keras"):
+                hint = (
+                    " (fastnaive.callbacks has the same callbacks; fastnaive.keras.fit runs "
+                    "Keras' own on a Keras model)"
+                )
             raise TypeError(
-                f"Expected callbacks of type fastnaive.callbacks.Callback. "
+                f"Expected callbacks of type fastnaive.callbacks.Callback{hint}. "
                 f"Received: callbacks[{i}]={callback!r}"
             )
+    if sum(isinstance(c, BackupAndRestore) for c in callbacks) > 1:
+        raise ValueError("Expected at most one BackupAndRestore. Received: several")
     return callbacks
 
 
@@ -254,6 +284,7 @@ def fit(
     checkpoint_dir=None,
     resume=False,
     overwrite=False,
+    initial_epoch=0,
 ):
     """Train on (images, labels) in batches of batch_size; return a History.
 
@@ -281,7 +312,14 @@ def fit(
     are written there after every epoch (fastnaive.checkpoints; by rank 0);
     resume=True continues from the last checkpoint there, on any number of ranks;
     a folder that holds a checkpoint is refused unless resuming, or overwrite=True
-    removes that checkpoint first.
+    removes that checkpoint first. A callbacks.BackupAndRestore does the same in its folder
+    when there is something to resume, and removes it when training ends. initial_epoch
+    starts the epoch count there, as Keras' does (epochs is the index of the last one).
+
+    Callbacks get Keras 3's hooks and logs (fastnaive.callbacks); `model.optimizer` is the
+    optimizer while training. Ctrl-C (SIGINT, in a single process) stops training at the
+    next step boundary and raises TrainingInterrupted, which holds the History so far; every
+    step is all or nothing, so the model holds the weights after the last complete step.
     """
     group = distributed.group(comm)
     error = run = None
@@ -304,6 +342,7 @@ def fit(
             checkpoint_dir,
             resume,
             overwrite,
+            initial_epoch,
         )
     except Exception as raised:
         error = raised
@@ -321,11 +360,15 @@ def fit(
 def _fit_run(group, run):
     """fit after its arguments agree: the starting state, the plan, the epochs; the History."""
     model = run.model
-    first_epoch, seed = _starting_state(group, run)
+    first_epoch, seed, saved_history = _starting_state(group, run)
     n_samples = run.x.shape[0]
     capacity = max(1, math.ceil(min(run.batch_size, n_samples) / group.size))
     step = engine.Step(model, capacity, run.x, optimizer=run.optimizer, reducer=group.reducer)
+    step.input_bound = run.input_bound
     history = History()
+    if saved_history is not None and run.backup is not None:
+        history.epoch = list(saved_history["epoch"])
+        history.history = {key: list(values) for key, values in saved_history["history"].items()}
     callbacks = (run.loggers if group.is_root else []) + run.callbacks + [history]
     params = {
         "epochs": run.epochs,
@@ -335,14 +378,69 @@ def _fit_run(group, run):
         "shuffle": run.shuffle,
         "initial_epoch": first_epoch,
         "ranks": group.size,
+        "verbose": run.verbose,
     }
+    history.params = params
+    history.allreduce_seconds = 0.0
+    model.optimizer = run.optimizer
     for callback in callbacks:
         callback.set_model(model)
         callback.set_params(params)
-    _train_epochs(group, run, step, callbacks, first_epoch, seed)
-    history.params = params
+    position = _Position(first_epoch)
+    with _deferred_interrupts(group.size == 1) as interrupts:
+        try:
+            _train_epochs(group, run, step, callbacks, first_epoch, seed, position, interrupts)
+        except KeyboardInterrupt as error:
+            if group.size > 1:
+                raise
+            history.allreduce_seconds = group.reduce_seconds
+            raise TrainingInterrupted(
+                position.epoch, position.batch, history, run.epochs, params["steps"]
+            ) from (None if isinstance(error, _Interrupt) else error)
     history.allreduce_seconds = group.reduce_seconds
+    if run.backup is not None and run.backup.delete_checkpoint and group.is_root:
+        checkpoints.clear(run.checkpoint_dir)
     return history
+
+
+class _Position:
+    """Where training is: the epoch, and the last complete batch in it (-1: none yet)."""
+
+    def __init__(self, epoch):
+        self.epoch, self.batch = epoch, -1
+
+
+class _Interrupt(KeyboardInterrupt):
+    """The first Ctrl-C, noticed at a step boundary."""
+
+
+@contextlib.contextmanager
+def _deferred_interrupts(enabled):
+    """While training, the first SIGINT sets a flag that the loop reads after each step (a
+    second one raises KeyboardInterrupt at once; every step is all or nothing anyway).
+
+    Only in the main thread, and only where SIGINT has Python's default handler; elsewhere
+    KeyboardInterrupt comes as it would.
+    """
+    requested = [False]
+    if not (
+        enabled
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        yield requested
+        return
+
+    def handler(signum, frame):
+        if requested[0]:
+            raise KeyboardInterrupt
+        requested[0] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Run:
@@ -367,6 +465,7 @@ class _Run:
         checkpoint_dir,
         resume,
         overwrite,
+        initial_epoch,
     ):
         self.model = _checked_model(model)
         x, y = _checked_batch(model, images, labels)
@@ -379,8 +478,23 @@ class _Run:
         )
         self.shuffle = bool(shuffle)
         self.seed = checked_seed(seed)
+        self.verbose = verbose
         self.loggers = [c for c in [progress.logger(verbose)] if c]
         self.callbacks = _checked_callbacks(callbacks)
+        self.initial_epoch = positive_int(initial_epoch, "initial_epoch", minimum=0)
+        # Every input's magnitude is below this: the steps' overflow guard needs it.
+        self.input_bound = engine.max_abs(self.x)
+        backups = [c for c in self.callbacks if isinstance(c, BackupAndRestore)]
+        self.backup = backups[0] if backups else None
+        if self.backup is not None:
+            if checkpoint_dir is not None:
+                raise ValueError(
+                    "Expected checkpoint_dir or a BackupAndRestore callback, not both. "
+                    f"Received: checkpoint_dir={checkpoint_dir!r} and "
+                    f"BackupAndRestore({self.backup.backup_dir!r})"
+                )
+            checkpoint_dir = self.backup.backup_dir
+            resume = checkpoints.has_checkpoint(checkpoint_dir)
         if resume and checkpoint_dir is None:
             raise ValueError(
                 "Expected checkpoint_dir with resume=True. Received: checkpoint_dir=None"
@@ -422,18 +536,20 @@ class _Run:
             "shuffle": self.shuffle,
             "seed": self.seed,
             "resume": self.resume,
+            "initial_epoch": self.initial_epoch,
         }
 
 
 def _starting_state(group, run):
-    """Return (epochs done, seed), the same on every rank, with weights and optimizer state set.
+    """Return (first epoch, seed, saved History or None), the same on every rank, with weights
+    and optimizer state set.
 
     Rank 0 reads the checkpoint when resuming (and draws a seed when none is given) and
     broadcasts it, its weights and its dropout seeds; an error reading it is raised on every
     rank.
     """
     seed = run.seed if run.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
-    state = {"epochs_done": 0, "seed": seed}
+    state = {"epochs_done": run.initial_epoch, "seed": seed, "history": None}
     if run.overwrite and group.is_root:
         checkpoints.clear(run.checkpoint_dir)
     if run.resume and group.is_root:
@@ -452,7 +568,7 @@ def _starting_state(group, run):
     dropouts = [d for d in run.model.dropouts if d is not None]
     for dropout, dropout_seed in zip(dropouts, group.broadcast([d.seed for d in dropouts])):
         dropout.seed = dropout_seed
-    return state["epochs_done"], state["seed"]
+    return state["epochs_done"], state["seed"], state["history"]
 
 
 def _shuffled_orders(n_samples, seed, first_epoch):
@@ -471,39 +587,48 @@ def _shuffled_orders(n_samples, seed, first_epoch):
         epoch += 1
 
 
-def _train_epochs(group, run, step, callbacks, first_epoch, seed):
+def _train_epochs(group, run, step, callbacks, first_epoch, seed, position, interrupts):
     """The epoch loop of every fit: single-process or one rank of many."""
     model = run.model
     orders = _shuffled_orders(run.x.shape[0], seed, first_epoch) if run.shuffle else None
     model.stop_training = False
+    history = callbacks[-1]
     logs = {}
     for callback in callbacks:
         callback.on_train_begin({})
     for epoch in range(first_epoch, run.epochs):
+        position.epoch, position.batch = epoch, -1
         for callback in callbacks:
             callback.on_epoch_begin(epoch, {})
         order = next(orders) if orders is not None else None
         with step.threads():
-            logs = _run_epoch(group, run, step, order, callbacks, epoch)
+            logs = _run_epoch(group, run, step, order, callbacks, position, interrupts)
             if run.validation is not None:
                 logs.update(_validate(group, step, *run.validation))
         group.check_identical(model, f"after epoch {epoch}")
-        if run.checkpoint_dir is not None and group.is_root:
-            checkpoints.save(run.checkpoint_dir, model, run.optimizer, epoch + 1, seed)
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
+        if run.callbacks:
+            step.weights_changed()  # a callback may have written them
+        if run.checkpoint_dir is not None and group.is_root:
+            checkpoints.save(
+                run.checkpoint_dir, model, run.optimizer, epoch + 1, seed, history=history
+            )
         if model.stop_training:
             break
     for callback in callbacks:
         callback.on_train_end(logs)
 
 
-def _run_epoch(group, run, step, order, callbacks, epoch):
+def _run_epoch(group, run, step, order, callbacks, position, interrupts):
     """Train one pass over the data, in `order` if given; return its loss (and accuracy)."""
     x, y, w, batch_size = run.x, run.y, run.sample_weight, run.batch_size
+    epoch, model = position.epoch, run.model
     n_samples = x.shape[0]
-    total_loss, correct = 0.0, 0
+    total_loss, correct, seen = 0.0, 0, 0
     for batch, start in enumerate(range(0, n_samples, batch_size)):
+        for callback in callbacks:
+            callback.on_train_batch_begin(batch, {})
         stop = min(start + batch_size, n_samples)
         lo, hi = group.share(start, stop)
         if order is not None and hi > lo:
@@ -517,7 +642,17 @@ def _run_epoch(group, run, step, order, callbacks, epoch):
             raise distributed.shared(
                 FloatingPointError(f"At epoch {epoch}, batch {batch}: {error}")
             ) from None
-        if not math.isfinite(loss):
+        position.batch = batch
+        total_loss += loss * (stop - start)
+        correct += batch_correct
+        seen += stop - start
+        logs = _logs(model, total_loss, correct, seen)
+        logs["batch_loss"] = loss
+        for callback in callbacks:
+            callback.on_train_batch_end(batch, logs)
+        if run.callbacks:
+            step.weights_changed()  # a callback may have written them
+        if not math.isfinite(loss) and not model.stop_training:
             # The reduced loss is the same on every rank: all raise this together.
             raise distributed.shared(
                 FloatingPointError(
@@ -526,11 +661,11 @@ def _run_epoch(group, run, step, order, callbacks, epoch):
                     f"Inf and try a smaller learning rate."
                 )
             )
-        total_loss += loss * (stop - start)
-        correct += batch_correct
-        for callback in callbacks:
-            callback.on_batch_end(batch, {"loss": loss})
-    return _logs(run.model, total_loss, correct, n_samples)
+        if interrupts[0]:
+            raise _Interrupt
+        if model.stop_training:
+            break
+    return _logs(model, total_loss, correct, seen)
 
 
 def _logs(model, total_loss, correct, n_samples, prefix=""):
