@@ -571,12 +571,17 @@ def test_a_bad_argument_gets_an_error_saying_so(tmp_path, monkeypatch, call, err
     assert os.listdir(tmp_path) == []
 
 
-def test_a_keras_optimizer_is_refused(book):
+def test_a_keras_optimizer_is_translated_or_refused_naming_what_is_supported(book):
     import keras
 
     model, (x, y) = make_model(), make_data(10)
-    with pytest.raises(TypeError, match="Keras"):
-        fit(model, x, y, 1, optimizer=keras.optimizers.SGD(), verbose=0)
+    reference = make_model()
+    reference.set_weights(model.get_weights())
+    fit(model, x, y, 2, 4, optimizer=keras.optimizers.Adam(0.01, beta_1=0.8), verbose=0)
+    fit(reference, x, y, 2, 4, optimizer=Adam(float(np.float32(0.01)), beta_1=0.8), verbose=0)
+    assert_same(model.weights, reference.weights)
+    with pytest.raises(TypeError, match=r"keras\.optimizers\.SGD .* Received: optimizer=RMSprop"):
+        fit(model, x, y, 1, optimizer=keras.optimizers.RMSprop(), verbose=0)
 
 
 # Interrupts: KeyboardInterrupt at any point leaves a usable model

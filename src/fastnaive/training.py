@@ -9,7 +9,7 @@ import weakref
 
 import numpy as np
 
-from fastnaive import checkpoints, distributed, engine, optimizers, progress
+from fastnaive import checkpoints, distributed, engine, keras_optimizers, optimizers, progress
 from fastnaive._validation import as_labels, positive_int
 from fastnaive._validation import path as checked_path
 from fastnaive._validation import seed as checked_seed
@@ -139,10 +139,8 @@ def _checked_optimizer(optimizer, allow_name=False):
         )
     packages = {cls.__module__.split(".")[0] for cls in type(optimizer).__mro__}
     if packages & {"keras", "tensorflow", "tf_keras"}:
-        raise TypeError(
-            f"Expected a fastnaive optimizer such as fastnaive.Adam(); Keras' optimizers "
-            f"update tf.Variables, not NumPy arrays. Received: optimizer={optimizer!r}"
-        )
+        # Keras' SGD and Adam, with their settings, or a TypeError naming what is supported.
+        return keras_optimizers.optimizer_from_keras(optimizer)
     if not callable(getattr(optimizer, "apply_gradients", None)):
         raise TypeError(
             f"Expected optimizer with an apply_gradients method, such as "
