@@ -280,7 +280,7 @@ def model_members(n_in, n_out, **members):
     architecture = fastnaive.NaiveSequential([fastnaive.NaiveDense(1, 1, None)]).architecture()
     architecture["layers"][0].update(input_size=n_in, output_size=n_out)
     stored = {
-        "fastnaive_format.npy": npy_bytes(np.array(fastnaive.models.FORMAT_VERSION)),
+        "fastnaive_format.npy": npy_bytes(np.array(fastnaive.saving.FORMAT_VERSION)),
         "architecture.npy": npy_bytes(np.array(json.dumps(architecture))),
         "b0.npy": npy_bytes(np.zeros(n_out, np.float32))
         if n_out < 2**20

@@ -1,11 +1,18 @@
-"""Tests for fastnaive.datasets: IDX reading, MNIST source search order and validation."""
+"""Tests for fastnaive.datasets: IDX reading, MNIST source search order and validation,
+downloads (from a local HTTP server serving the real files), and telling MNIST from
+Fashion-MNIST."""
 
+import dataclasses
 import gzip
+import hashlib
+import http.server
+import importlib.util
 import os
+import socket
 import struct
 import subprocess
 import sys
-import types
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,26 +32,41 @@ from helpers import (
 )
 
 import fastnaive.datasets
-from fastnaive.datasets import DatasetNotFoundError, mnist
+from fastnaive.datasets import DatasetIdentityError, DatasetNotFoundError, fashion_mnist, mnist
 from fastnaive.datasets._idx import read_idx
+from fastnaive.datasets._resolve import KERAS_URL
 
 REAL_DATA = os.environ.get("FASTNAIVE_DATA")
+DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture
+def unreachable():
+    """A URL where nothing listens: a bound TCP port that refuses every connection."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """Hide the real FASTNAIVE_DATA, Keras cache and TensorFlow from every test."""
+def isolated(monkeypatch, tmp_path, unreachable):
+    """Hide the real FASTNAIVE_DATA, Keras cache, Debian folder, TensorFlow and the network
+    from every test: downloads go to a port that refuses them."""
     monkeypatch.delenv("FASTNAIVE_DATA", raising=False)
     monkeypatch.delenv("KERAS_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setitem(sys.modules, "tensorflow", None)
+    download_from(monkeypatch, unreachable)
+    debian = (("Debian package dataset-fashion-mnist", tmp_path / "debian"),)
+    spec = dataclasses.replace(fashion_mnist._SPEC, system_folders=debian)
+    monkeypatch.setattr(fashion_mnist, "_SPEC", spec)
 
 
-def fake_tensorflow(monkeypatch, load_data):
-    """Install a stand-in `tensorflow` whose keras.datasets.mnist.load_data is `load_data`."""
-    mnist_module = types.SimpleNamespace(load_data=load_data)
-    keras = types.SimpleNamespace(datasets=types.SimpleNamespace(mnist=mnist_module))
-    monkeypatch.setitem(sys.modules, "tensorflow", types.SimpleNamespace(keras=keras))
+def download_from(monkeypatch, url, **changes):
+    """Make both datasets download from `url`, their specs changed as `changes` say."""
+    for module in (mnist, fashion_mnist):
+        spec = dataclasses.replace(module._SPEC, base_url=url, **changes.get(module.__name__, {}))
+        monkeypatch.setattr(module, "_SPEC", spec)
 
 
 # IDX reader
@@ -173,27 +195,52 @@ def test_fastnaive_data_may_name_an_npz_file(tmp_path, monkeypatch):
     assert_loaded(mnist.load_data(), env)
 
 
-@pytest.mark.parametrize("value", ["missing-folder", "empty-folder", ""])
-def test_unusable_fastnaive_data_falls_through_to_keras_home_cache(tmp_path, monkeypatch, value):
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ("missing-folder", "no such file or directory"),
+        ("empty-folder", "a folder holding no .npz or IDX file"),
+        ("notes", "a folder holding no .npz or IDX file"),
+    ],
+)
+def test_a_fastnaive_data_naming_nothing_usable_is_an_error_naming_it(
+    tmp_path, monkeypatch, value, reason
+):
+    """Never a fall-through to the Keras cache or the network."""
     (tmp_path / "empty-folder").mkdir()
-    monkeypatch.setenv("FASTNAIVE_DATA", str(tmp_path / value) if value else "")
+    (tmp_path / "notes" / "sub").mkdir(parents=True)
+    (tmp_path / "notes" / "sub" / "readme.txt").write_text("not data")
+    monkeypatch.setenv("FASTNAIVE_DATA", str(tmp_path / value))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    write_npz(tmp_path / "keras" / "datasets" / "mnist.npz", synthetic(3))
+    for load_data in (mnist.load_data, fashion_mnist.load_data):
+        with pytest.raises(DatasetNotFoundError) as info:
+            load_data()
+        assert f"Received: FASTNAIVE_DATA={str(tmp_path / value)!r} ({reason}" in str(info.value)
+
+
+def test_an_empty_fastnaive_data_is_unset(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTNAIVE_DATA", "")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     cache = synthetic(3)
     write_npz(tmp_path / "keras" / "datasets" / "mnist.npz", cache)
     assert_loaded(mnist.load_data(), cache)
 
 
+def test_a_fastnaive_data_holding_only_the_other_dataset_is_searched_past(tmp_path, monkeypatch):
+    """FASTNAIVE_DATA holds data (MNIST's), just not Fashion-MNIST: the search goes on."""
+    monkeypatch.setenv(
+        "FASTNAIVE_DATA", str(write_npz(tmp_path / "data" / "mnist.npz", synthetic()).parent)
+    )
+    clothes = synthetic(5)
+    write_idx_folder(tmp_path / "home" / ".keras" / "datasets" / "fashion-mnist", clothes, gz=True)
+    assert_loaded(fashion_mnist.load_data(), clothes)
+
+
 def test_keras_cache_defaults_to_home(tmp_path):
     cache = synthetic(3)
     write_npz(tmp_path / "home" / ".keras" / "datasets" / "mnist.npz", cache)
     assert_loaded(mnist.load_data(), cache)
-
-
-def test_tensorflow_download_is_the_last_resort(monkeypatch):
-    data = synthetic(4)
-    train, test = (data["x_train"], data["y_train"]), (data["x_test"], data["y_test"])
-    fake_tensorflow(monkeypatch, lambda: (train, test))
-    assert_loaded(mnist.load_data(), data)
 
 
 def test_corrupt_fastnaive_data_raises_instead_of_falling_through(tmp_path, monkeypatch):
@@ -216,33 +263,32 @@ def test_corrupt_keras_cache_raises_naming_it(tmp_path, monkeypatch):
     assert str(cache) in str(info.value)
 
 
-def test_error_lists_every_place_when_all_fail(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTNAIVE_DATA", str(tmp_path / "nowhere"))
+def test_offline_the_error_lists_every_place_the_failed_url_and_where_to_put_the_file(
+    tmp_path, monkeypatch, unreachable
+):
+    monkeypatch.setenv("FASTNAIVE_DATA", str(write_idx_folder(tmp_path / "data", synthetic())))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     with pytest.raises(DatasetNotFoundError) as info:
-        mnist.load_data()
+        fashion_mnist.load_data()
     message = str(info.value)
     assert isinstance(info.value, FileNotFoundError)
-    assert "path=: not given" in message
-    assert f"FASTNAIVE_DATA={tmp_path / 'nowhere'}: no such file or directory" in message
-    cache = tmp_path / "keras" / "datasets" / "mnist.npz"
+    assert message.startswith("Fashion-MNIST not found. Looked in:\n  - path: not given\n")
+    assert (
+        f"FASTNAIVE_DATA={tmp_path / 'data'} -> {tmp_path / 'data' / 'fashion-mnist'}: no"
+        in message
+    )
+    cache = tmp_path / "keras" / "datasets" / "fashion-mnist"
     assert f"Keras cache {cache}: no such file or directory" in message
-    assert "TensorFlow not installed" in message
-    assert 'pip install "fastnaive[tf]"' in message
-    assert "set FASTNAIVE_DATA" in message
-
-
-def test_error_reports_unset_variable_and_failed_download(tmp_path, monkeypatch):
-    def offline():
-        raise OSError("network unreachable")
-
-    fake_tensorflow(monkeypatch, offline)
+    url = f"{unreachable}train-labels-idx1-ubyte.gz"
+    assert f"download failed: {url}: ConnectionRefusedError" in message
+    names = ", ".join(fashion_mnist.GZ_SHA256)
+    assert f"or, offline, download {names} from {unreachable} elsewhere into {cache}/." in message
+    assert not cache.exists() or not os.listdir(cache)  # nothing half-downloaded is left
+    monkeypatch.delenv("FASTNAIVE_DATA")
     with pytest.raises(DatasetNotFoundError) as info:
         mnist.load_data()
-    message = str(info.value)
-    assert "FASTNAIVE_DATA: not set" in message
-    assert f"Keras cache {tmp_path / 'home' / '.keras' / 'datasets' / 'mnist.npz'}" in message
-    assert "download failed: OSError('network unreachable')" in message
+    target = tmp_path / "keras" / "datasets" / "mnist.npz"
+    assert f"download {unreachable}mnist.npz elsewhere and put it at {target}." in str(info.value)
 
 
 # Explicit path errors
@@ -467,13 +513,241 @@ def test_a_hostile_npz_is_refused_naming_it(tmp_path, members, pattern):
     assert str(file) in str(info.value)
 
 
-def test_an_unreadable_fastnaive_data_is_reported_and_the_search_goes_on(tmp_path, monkeypatch):
+def test_an_unreadable_fastnaive_data_is_an_error_and_locations_report_it(tmp_path, monkeypatch):
     unreadable = str(tmp_path / ("x" * 300))  # a name longer than any file system allows
     monkeypatch.setenv("FASTNAIVE_DATA", unreadable)
-    data = synthetic()
-    write_npz(tmp_path / "home" / ".keras" / "datasets" / "mnist.npz", data)
-    assert_loaded(mnist.load_data(), data)
+    write_npz(tmp_path / "home" / ".keras" / "datasets" / "mnist.npz", synthetic())
+    with pytest.raises(DatasetNotFoundError, match=f"Received: FASTNAIVE_DATA={unreadable!r}"):
+        mnist.load_data()
     places = dict(fastnaive.datasets.locations("mnist"))
+    assert places[f"FASTNAIVE_DATA={unreadable}"].startswith("unusable, an error: ")
     assert places[f"FASTNAIVE_DATA={unreadable}"].endswith(
         ("(OSError: File name too long)", "no such file or directory")
     )
+
+
+# Downloads, from a local HTTP server
+
+# Debian's dataset-fashion-mnist holds the four files Fashion-MNIST publishes with their gzip
+# header's file name and time stripped (strip-nondeterminism): putting them back gives the
+# published bytes, whose MD5s are those Fashion-MNIST's README lists.
+PUBLISHED_FASHION = {
+    # name: (the header's time, the published MD5)
+    "train-images-idx3-ubyte.gz": (1504176606, "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+    "train-labels-idx1-ubyte.gz": (1504176606, "25c81989df183df01b3e8a0aad5dffbe"),
+    "t10k-images-idx3-ubyte.gz": (1504176627, "bef4ecab320f06d8554ea6380940ec79"),
+    "t10k-labels-idx1-ubyte.gz": (1504176627, "bb300cfdad3c16e7a12a480ee83cd310"),
+}
+
+
+@pytest.fixture(scope="module")
+def published_fashion():
+    """{name: bytes} of the four published Fashion-MNIST files, rebuilt from Debian's."""
+    files = {}
+    for name, (mtime, _) in PUBLISHED_FASHION.items():
+        debian = (DEBIAN / name).read_bytes()
+        assert debian[:4] == b"\x1f\x8b\x08\x00", f"{DEBIAN / name}: not a plain gzip header"
+        header = b"\x1f\x8b\x08\x08" + struct.pack("<I", mtime) + b"\x00\x03"
+        files[name] = header + name.removesuffix(".gz").encode() + b"\0" + debian[10:]
+    return files
+
+
+class Server:
+    """An HTTP server on loopback, in a thread, serving `files` {name: bytes}; `requests` lists
+    the paths asked for. A name in `truncated` is served with its full Content-Length but only
+    half its bytes."""
+
+    def __init__(self):
+        self.files, self.requests, self.truncated = {}, [], set()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.lstrip("/")
+                server.requests.append(name)
+                if name not in server.files:
+                    self.send_error(404)
+                    return
+                body = server.files[name]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if name in server.truncated else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/"
+        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A local server that both datasets download from."""
+    serving = Server()
+    download_from(monkeypatch, serving.url)
+    yield serving
+    serving.close()
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_fashion_mnist_hashes_are_those_of_the_published_files(published_fashion):
+    for name, (_, md5) in PUBLISHED_FASHION.items():
+        assert hashlib.md5(published_fashion[name]).hexdigest() == md5, name
+        assert sha256(published_fashion[name]) == fashion_mnist.GZ_SHA256[name], name
+
+
+def test_mnist_hash_is_the_one_keras_checks():
+    """keras.datasets.mnist's own source, read without importing Keras."""
+    keras = importlib.util.find_spec("keras")
+    assert keras is not None, "Keras is part of the test extra (tensorflow-cpu)"
+    source = Path(keras.submodule_search_locations[0], "src", "datasets", "mnist.py").read_text()
+    assert f'"{mnist.NPZ_SHA256}"' in source
+    assert f'"{KERAS_URL}"' in source  # where Keras downloads mnist.npz from, and fastnaive
+
+
+def test_fashion_mnist_downloads_into_the_keras_cache_once(
+    tmp_path, monkeypatch, server, published_fashion
+):
+    server.files.update(published_fashion)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    result = fashion_mnist.load_data()
+    cache = tmp_path / "keras" / "datasets" / "fashion-mnist"
+    assert sorted(os.listdir(cache)) == sorted(PUBLISHED_FASHION)  # nothing else: no partial file
+    for name, data in published_fashion.items():
+        assert (cache / name).read_bytes() == data
+    expected = [read_idx(DEBIAN / f"{name}.gz") for name in IDX_NAMES.values()]
+    assert_loaded(result, dict(zip(IDX_NAMES, expected)))
+    requests = list(server.requests)
+    assert sorted(requests) == sorted(PUBLISHED_FASHION)
+    assert_loaded(fashion_mnist.load_data(), dict(zip(IDX_NAMES, expected)))
+    assert server.requests == requests  # the second load read the cache
+
+
+def test_an_incomplete_keras_cache_downloads_only_what_it_lacks(
+    tmp_path, monkeypatch, server, published_fashion
+):
+    server.files.update(published_fashion)
+    cache = tmp_path / "home" / ".keras" / "datasets" / "fashion-mnist"
+    cache.mkdir(parents=True)
+    kept = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    for name in kept:
+        (cache / name).write_bytes(published_fashion[name])
+    places = dict(fastnaive.datasets.locations("fashion_mnist"))
+    assert places[f"Keras cache {cache}"].startswith("incomplete: no t10k-images-idx3-ubyte")
+    (x_train, _), (x_test, _) = fashion_mnist.load_data()
+    assert sorted(server.requests) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)
+
+
+@pytest.mark.mnist
+def test_mnist_downloads_checked_by_its_hash(tmp_path, monkeypatch, server):
+    """The real mnist.npz of FASTNAIVE_DATA, served: its bytes are not those of Keras' file
+    (the same arrays, compressed anew), so under Keras' hash it is refused and nothing is
+    kept; under its own hash it is the cache's mnist.npz."""
+    real = Path(REAL_DATA, "mnist.npz").read_bytes()
+    server.files["mnist.npz"] = real
+    keras_cache = tmp_path / "home" / ".keras" / "datasets"
+    with pytest.raises(ValueError, match=f"Expected SHA-256 {mnist.NPZ_SHA256} for {server.url}"):
+        mnist.load_data()
+    assert os.listdir(keras_cache) == []
+    own = {"fastnaive.datasets.mnist": {"downloads": (("mnist.npz", sha256(real)),)}}
+    download_from(monkeypatch, server.url, **own)
+    result = mnist.load_data()
+    assert (keras_cache / "mnist.npz").read_bytes() == real and os.listdir(keras_cache) == [
+        "mnist.npz"
+    ]
+    assert_loaded(result, dict(zip(IDX_NAMES, [a for split in result for a in split])))
+    assert fastnaive.datasets.identify(result[0][1], result[1][1]) == "mnist"
+
+
+CORRUPT = {
+    "one-byte-changed": (lambda data: data[:100] + bytes([data[100] ^ 1]) + data[101:], None),
+    "cut-short": (lambda data: data, "truncated"),
+    "missing": (None, None),
+}
+
+
+@pytest.mark.parametrize("change, serving", CORRUPT.values(), ids=CORRUPT.keys())
+def test_a_bad_download_is_refused_and_leaves_nothing(
+    tmp_path, server, published_fashion, change, serving
+):
+    name = "t10k-labels-idx1-ubyte.gz"
+    server.files.update(published_fashion)
+    if change is None:
+        del server.files[name]
+    else:
+        server.files[name] = change(published_fashion[name])
+    if serving == "truncated":
+        server.truncated.add(name)
+    error = ValueError if serving is None and change is not None else DatasetNotFoundError
+    with pytest.raises(error) as info:
+        fashion_mnist.load_data()
+    assert f"{server.url}{name}" in str(info.value)
+    if change is None:
+        assert "HTTP 404" in str(info.value)
+    cache = tmp_path / "home" / ".keras" / "datasets" / "fashion-mnist"
+    assert name not in os.listdir(cache) and not [n for n in os.listdir(cache) if n.startswith(".")]
+
+
+# Telling MNIST from Fashion-MNIST
+
+
+@pytest.fixture(scope="module")
+def debian_fashion():
+    return fashion_mnist.load_data(DEBIAN)
+
+
+def test_identify_knows_the_published_labels(debian_fashion):
+    (_, y_train), (_, y_test) = debian_fashion
+    assert fastnaive.datasets.identify(y_train, y_test) == "fashion_mnist"
+    assert fastnaive.datasets.identify(y_train[:-1], y_test) is None  # a subset
+    assert fastnaive.datasets.identify(y_test, y_train) is None
+    data = synthetic()
+    assert fastnaive.datasets.identify(data["y_train"], data["y_test"]) is None
+
+
+@pytest.mark.mnist
+def test_identify_knows_the_real_mnist():
+    (_, y_train), (_, y_test) = mnist.load_data(REAL_DATA)
+    assert fastnaive.datasets.identify(y_train, y_test) == "mnist"
+
+
+def test_load_tells_the_dataset_a_path_holds(tmp_path):
+    clothes = fastnaive.datasets.load(path=DEBIAN)
+    assert (clothes.name, clothes.title, clothes.place) == (
+        "fashion_mnist",
+        "Fashion-MNIST",
+        "path",
+    )
+    assert clothes.location == str(DEBIAN) and clothes.published
+    assert clothes.train[0].shape == (60000, 28, 28)
+    by_name = fastnaive.datasets.load(
+        path=write_npz(tmp_path / "a" / "fashion_mnist.npz", synthetic())
+    )
+    assert (by_name.name, by_name.published) == ("fashion_mnist", False)
+    folder = write_npz(tmp_path / "b" / "mnist.npz", synthetic()).parent
+    assert fastnaive.datasets.load(path=folder).location == str(folder / "mnist.npz")
+    with pytest.raises(DatasetIdentityError, match="labels are neither's") as info:
+        fastnaive.datasets.load(path=write_idx_folder(tmp_path / "c", synthetic()))
+    assert info.value.choices == ("mnist", "fashion_mnist")
+    write_npz(tmp_path / "b" / "fashion_mnist.npz", synthetic())
+    with pytest.raises(DatasetIdentityError, match="to hold one dataset"):
+        fastnaive.datasets.load(path=folder)
+
+
+def test_load_refuses_the_other_published_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTNAIVE_DATA", str(DEBIAN))  # IDX files: MNIST's place in it
+    with pytest.raises(DatasetIdentityError, match="Expected MNIST from FASTNAIVE_DATA=") as info:
+        fastnaive.datasets.load("mnist")
+    assert "the published Fashion-MNIST, by its labels" in str(info.value)
+    assert info.value.choices == ("fashion_mnist",)

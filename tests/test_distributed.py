@@ -408,21 +408,27 @@ def test_a_bad_option_on_one_rank_ends_every_rank(mnist_file):
 
 
 def test_a_checkpoint_write_failing_mid_training_ends_every_rank(tmp_path, mnist_file):
-    """Rank 0 cannot create the checkpoint folder after the first epoch (a file is in the way
-    of its parent)."""
-    (tmp_path / "file").write_text("not a folder")
+    """Rank 0 cannot write the second epoch's checkpoint: a folder is in the way of its file.
+    (A --checkpoint-dir that cannot be written at all is refused before training.)"""
+    folder = tmp_path / "checkpoints"
     command = [*CLI, *QUICK_TRAIN, "--verbose", "0", "--data", mnist_file]
-    command += ["--checkpoint-dir", tmp_path / "file" / "checkpoints"]
-    result = mpirun_each(command, command)
-    assert_one_error_line(result, "error on rank 0 of 2", "NotADirectoryError")
+    command += ["--checkpoint-dir", folder]
+    first = mpirun_each([*command, "--epochs", "1"], [*command, "--epochs", "1"])
+    assert first.returncode == 0, first.stderr
+    (folder / "model-0002.npz").mkdir()
+    result = mpirun_each([*command, "--resume"], [*command, "--resume"])
+    assert_one_error_line(result, "error on rank 0 of 2", "IsADirectoryError")
 
 
-def test_a_save_failing_after_training_ends_every_rank(tmp_path, mnist_file):
+def test_a_save_that_cannot_be_written_is_refused_on_every_rank_before_training(
+    tmp_path, mnist_file
+):
     (tmp_path / "model.npz").mkdir()
-    command = [*CLI, *QUICK_TRAIN, "--verbose", "0", "--data", mnist_file]
+    command = [*CLI, *QUICK_TRAIN, "--verbose", "2", "--data", mnist_file]
     command += ["--save", tmp_path / "model.npz"]
     result = mpirun_each(command, command)
-    assert_one_error_line(result, "error on rank 0 of 2", "IsADirectoryError")
+    assert_one_error_line(result, "--save", "is a folder, not a file")
+    assert "Epoch 1/2" not in result.stdout
 
 
 def test_a_folder_holding_a_checkpoint_is_refused_on_every_rank(tmp_path, mnist_file):

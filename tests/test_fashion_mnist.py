@@ -1,9 +1,9 @@
 """Tests for fastnaive.datasets.fashion_mnist: search order, sharing FASTNAIVE_DATA, real data."""
 
 import dataclasses
+import socket
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -13,23 +13,35 @@ from helpers import IDX_NAMES, assert_loaded, synthetic, write_idx_folder, write
 from fastnaive.datasets import DatasetNotFoundError, fashion_mnist, mnist
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
-# Where each place keeps the dataset, relative to tmp_path, in search order.
+# Where each place keeps the dataset, relative to tmp_path, in search order. (The download
+# after them is tested in test_datasets, from a local server.)
 PLACES = {
     "path": "given",
     "data-npz": "data/fashion_mnist.npz",
     "data-subfolder": "data/fashion-mnist",
     "keras-cache": "home/.keras/datasets/fashion-mnist",
     "debian": "debian",
-    "download": None,
 }
 
 
+@pytest.fixture
+def unreachable():
+    """A URL where nothing listens: a bound TCP port that refuses every connection."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """Hide the real FASTNAIVE_DATA, Keras cache, Debian folder and TensorFlow from every test."""
+def isolated(monkeypatch, tmp_path, unreachable):
+    """Hide the real FASTNAIVE_DATA, Keras cache, Debian folder, TensorFlow and the network
+    from every test: downloads go to a port that refuses them."""
     monkeypatch.delenv("FASTNAIVE_DATA", raising=False)
     monkeypatch.delenv("KERAS_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(
+        fashion_mnist, "_SPEC", dataclasses.replace(fashion_mnist._SPEC, base_url=unreachable)
+    )
     look_for_debian_files_in(monkeypatch, tmp_path / "debian")
     monkeypatch.setitem(sys.modules, "tensorflow", None)
 
@@ -41,20 +53,10 @@ def look_for_debian_files_in(monkeypatch, folder):
     monkeypatch.setattr(fashion_mnist, "_SPEC", spec)
 
 
-def fake_tensorflow(monkeypatch, data):
-    """Install a stand-in `tensorflow` whose Fashion-MNIST loader returns `data`."""
-    split = (data["x_train"], data["y_train"]), (data["x_test"], data["y_test"])
-    loader = types.SimpleNamespace(load_data=lambda: split)
-    keras = types.SimpleNamespace(datasets=types.SimpleNamespace(fashion_mnist=loader))
-    monkeypatch.setitem(sys.modules, "tensorflow", types.SimpleNamespace(keras=keras))
-
-
 def provide(tmp_path, monkeypatch, place, data):
     """Put `data` at `place`, laid out as that place keeps Fashion-MNIST."""
     where = PLACES[place]
-    if where is None:
-        fake_tensorflow(monkeypatch, data)
-    elif where.endswith(".npz"):
+    if where.endswith(".npz"):
         write_npz(tmp_path / where, data)
     else:
         write_idx_folder(tmp_path / where, data, gz=True)
@@ -97,7 +99,7 @@ def test_incomplete_subfolder_raises_instead_of_falling_through(tmp_path, monkey
     assert str(subfolder) in str(info.value)
 
 
-def test_error_lists_every_place_when_all_fail(tmp_path, monkeypatch):
+def test_error_lists_every_place_when_all_fail(tmp_path, monkeypatch, unreachable):
     data = write_idx_folder(tmp_path / "data", synthetic())
     monkeypatch.setenv("FASTNAIVE_DATA", str(data))
     with pytest.raises(DatasetNotFoundError) as info:
@@ -107,7 +109,7 @@ def test_error_lists_every_place_when_all_fail(tmp_path, monkeypatch):
     assert f"FASTNAIVE_DATA={data} -> {data / 'fashion-mnist'}: no such file" in message
     assert f"Keras cache {tmp_path / 'home' / '.keras' / 'datasets' / 'fashion-mnist'}" in message
     assert f"Debian package dataset-fashion-mnist {tmp_path / 'debian'}: no such" in message
-    assert "TensorFlow not installed" in message
+    assert f"download failed: {unreachable}train-labels-idx1-ubyte.gz: Connection" in message
 
 
 def test_explicit_path_is_read_as_given(tmp_path):

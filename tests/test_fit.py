@@ -214,12 +214,13 @@ def test_verbose_2_prints_a_line_per_epoch(capsys):
 
 def test_verbose_1_shows_a_progress_bar_per_epoch(capsys):
     history = short_fit(make_model(), *make_data(), verbose=1)
-    bars = capsys.readouterr().out.rstrip("\n").split("\n")  # tqdm redraws a bar after "\r"
-    assert len(bars) == 2
-    for epoch, bar in enumerate(bars):
-        final = bar.split("\r")[-1]  # the bar as it stays on screen
-        assert final.startswith(f"Epoch {epoch + 1}/2: 100%")
-        assert f"{N_SAMPLES}.0/{N_SAMPLES}.0" in final and metrics_text(history, epoch) in final
+    # Not a terminal: each epoch's bar is printed once, whole, its metrics on the next line.
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and "\r" not in "".join(lines)
+    for epoch in range(2):
+        bar, metrics = lines[2 * epoch : 2 * epoch + 2]
+        assert bar.startswith(f"Epoch {epoch + 1}/2 100%|") and "| 4/4 [" in bar  # 4 batches
+        assert metrics == metrics_text(history, epoch)
 
 
 def test_verbose_0_prints_nothing(capsys):

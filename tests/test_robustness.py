@@ -673,6 +673,7 @@ def test_an_interrupted_step_leaves_every_weight_before_or_after_it(name, inputs
     interrupted = 0
     for trial in range(40):
         # CPU-time timers tick in milliseconds: steps run until the interrupt lands.
+        before, state = model.get_weights(), optimizer.get_state()
         try:
             with interrupting(float(rng.uniform(1e-4, 4e-3))):
                 for _ in range(1000):

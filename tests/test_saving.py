@@ -17,7 +17,7 @@ from helpers import deflated, model_members, npy_bytes, npy_header, random_model
 
 import fastnaive
 from fastnaive import load_model
-from fastnaive.saving import save_model
+from fastnaive.saving import read_metadata, save_model
 
 # (layer sizes, last activation) of relu MLPs
 ARCHITECTURES = {
@@ -100,6 +100,61 @@ def test_save_rejects_a_non_model(tmp_path):
 def test_loading_a_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         load_model(tmp_path / "missing.npz")
+
+
+# Metadata: what the model was trained on
+
+METADATA = {"dataset": "fashion_mnist", "input_scaling": "x / 255", "epochs": 3, "note": None}
+
+
+def test_metadata_round_trips_beside_an_unchanged_model(tmp_path):
+    model = model_of("784-16-10-softmax")
+    save_model(model, tmp_path / "with.npz", metadata=METADATA)
+    model.save(tmp_path / "without.npz")
+    assert read_metadata(tmp_path / "with.npz") == METADATA
+    assert read_metadata(tmp_path / "without.npz") == {}
+    assert_same_model(load_model(tmp_path / "with.npz"), model)
+    with np.load(tmp_path / "with.npz") as with_, np.load(tmp_path / "without.npz") as without:
+        # The same arrays under the same format version: only the architecture's JSON gains
+        # "metadata", which a reader of version 2 that does not know it leaves alone.
+        assert with_.files == without.files and int(with_["fastnaive_format"]) == 2
+        for key in without.files:
+            if key != "architecture":
+                np.testing.assert_array_equal(with_[key], without[key])
+        architecture = json.loads(str(with_["architecture"]))
+        assert architecture == {**json.loads(str(without["architecture"])), "metadata": METADATA}
+
+
+def test_a_version_1_file_has_no_metadata(tmp_path):
+    model = model_of("5-4-3-linear")
+    arrays = {"fastnaive_format": np.array(1)}
+    layers = [
+        {"input_size": layer.input_size, "output_size": layer.output_size, "activation": None}
+        for layer in model.dense_layers
+    ]
+    layers[0]["activation"] = "relu"
+    arrays["architecture"] = np.array(json.dumps({"dtype": "float32", "layers": layers}))
+    for i, layer in enumerate(model.dense_layers):
+        arrays[f"W{i}"], arrays[f"b{i}"] = layer.W, layer.b
+    np.savez(tmp_path / "v1.npz", **arrays)
+    assert read_metadata(tmp_path / "v1.npz") == {}
+    assert_same_model(load_model(tmp_path / "v1.npz"), model)
+
+
+@pytest.mark.parametrize(
+    "metadata, error",
+    [
+        ({"accuracy": float("nan")}, ValueError),
+        ({"dataset": ["mnist"]}, ValueError),
+        ({1: "mnist"}, ValueError),
+        ([("dataset", "mnist")], TypeError),
+    ],
+    ids=["nan", "list-value", "int-key", "not-a-dict"],
+)
+def test_metadata_that_is_not_plain_json_scalars_is_refused(tmp_path, metadata, error):
+    with pytest.raises(error, match=r"^Expected metadata"):
+        save_model(model_of("5-4-3-linear"), tmp_path / "m.npz", metadata=metadata)
+    assert os.listdir(tmp_path) == []
 
 
 # Files that are not fastnaive models
@@ -212,6 +267,8 @@ BAD_FILES = {
     "W0-integer": with_changes(W0=np.zeros((5, 4), np.int32)),
     "b1-missing": with_changes(b1=None),
     "extra-key": with_changes(W2=np.zeros((3, 3), np.float32)),
+    "metadata-a-list": with_architecture(lambda a: {**a, "metadata": ["mnist"]}),
+    "metadata-nested": with_architecture(lambda a: {**a, "metadata": {"dataset": {"a": 1}}}),
     # Hostile files: refused from their names and headers, before their data is read.
     "W0-header-declaring-2**42-bytes": with_members(
         2**20, 2**20, **{"W0.npy": npy_header((2**20, 2**20), "<f4")}

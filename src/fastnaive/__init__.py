@@ -18,6 +18,7 @@ from fastnaive.models import NaiveSequential
 from fastnaive.optimizers import SGD, Adam
 from fastnaive.saving import load_model
 from fastnaive.training import (
+    TrainingInterrupted,
     evaluate,
     evaluate_loss,
     fit,
@@ -44,6 +45,7 @@ __all__ = [
     "fit",
     "evaluate",
     "evaluate_loss",
+    "TrainingInterrupted",
     "activations",
     "callbacks",
     "datasets",

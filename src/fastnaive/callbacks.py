@@ -53,10 +53,16 @@ HOOKS = (
 
 class Callback:
     """Override any of the hooks. on_train_batch_begin/end call on_batch_begin/end, as
-    Keras' do, so a callback written for either name works."""
+    Keras' do, so a callback written for either name works.
+
+    `writes_weights` says whether a hook may write the model's weights in place while
+    training goes on (fit then measures them again for its overflow guard after each of its
+    hooks): True unless a callback declares otherwise, as fastnaive's own do.
+    """
 
     model = None
     params = None
+    writes_weights = True
 
     def set_model(self, model):
         self.model = model
@@ -109,6 +115,8 @@ class LambdaCallback(Callback):
 
 class History(Callback):
     """Records each epoch's logs: `history["loss"][epoch]`, ...; `fit` returns it."""
+
+    writes_weights = False
 
     def __init__(self):
         self.history = {}
@@ -183,6 +191,8 @@ class EarlyStopping(Callback):
     and no stop, as in Keras.
     """
 
+    writes_weights = False
+
     def __init__(
         self,
         monitor="val_loss",
@@ -247,6 +257,8 @@ class ModelCheckpoint(Callback):
     `initial_value_threshold`). A fastnaive model file always holds the architecture and the
     weights: save_weights_only is accepted and writes the same file.
     """
+
+    writes_weights = False
 
     def __init__(
         self,
@@ -330,6 +342,8 @@ class BackupAndRestore(Callback):
     the folder.
     """
 
+    writes_weights = False
+
     def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
         self.backup_dir = os.fspath(checked_path(backup_dir, "backup_dir"))
         if save_freq != "epoch":
@@ -345,6 +359,8 @@ class CSVLogger(Callback):
 
     append=True continues an existing file (its header kept).
     """
+
+    writes_weights = False
 
     def __init__(self, filename, separator=",", append=False):
         self.filename = os.fspath(checked_path(filename, "filename"))
@@ -396,6 +412,8 @@ class LearningRateScheduler(Callback):
     """Set the learning rate at the start of every epoch to schedule(epoch, lr) (or
     schedule(epoch) for a function of one argument)."""
 
+    writes_weights = False
+
     def __init__(self, schedule, verbose=0):
         if not callable(schedule):
             raise TypeError(f"Expected schedule to be callable. Received: {schedule!r}")
@@ -424,6 +442,8 @@ class LearningRateScheduler(Callback):
 class ReduceLROnPlateau(Callback):
     """Multiply the learning rate by `factor` when `monitor` has not improved by more than
     min_delta for `patience` epochs; then wait `cooldown` epochs; never below min_lr."""
+
+    writes_weights = False
 
     def __init__(
         self,
@@ -477,6 +497,8 @@ class ReduceLROnPlateau(Callback):
 class TerminateOnNaN(Callback):
     """Stop training when a batch's loss is NaN or infinite: fit returns its History (the
     weights are those of the last finite step) instead of raising FloatingPointError."""
+
+    writes_weights = False
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("batch_loss", (logs or {}).get("loss"))

@@ -20,8 +20,8 @@ import re
 
 import numpy as np
 
+from fastnaive import modelfile
 from fastnaive._files import BadArchive, NpzReader, write_npz
-from fastnaive.saving import load_model, save_model
 
 __all__ = ["STATE_FILE", "save", "load", "has_checkpoint", "check_fresh", "clear"]
 
@@ -44,7 +44,7 @@ def save(folder, model, optimizer, epochs_done, seed, history=None):
     `history`, a History, is kept too when given (load returns it)."""
     os.makedirs(folder, exist_ok=True)
     name = f"model-{epochs_done:04d}.npz"
-    save_model(model, os.path.join(folder, name))
+    model.save(os.path.join(folder, name))
     state_path = os.path.join(folder, STATE_FILE)
     previous = _previous_model(state_path)
     optimizer_state = optimizer.get_state()
@@ -85,13 +85,13 @@ def load(folder, model, optimizer):
             f"Expected the checkpoint's optimizer {state['optimizer']}. "
             f"Received: optimizer={optimizer!r}"
         )
-    saved = load_model(os.path.join(folder, _checked_name(path, state["model"])))
-    if [w.shape for w in saved.weights] != [
-        w.shape for w in model.weights
-    ] or saved.dtype != model.dtype:
+    layers, _, weights = modelfile.read(os.path.join(folder, _checked_name(path, state["model"])))
+    dtypes = {layer.dtype for layer in layers if hasattr(layer, "W")}
+    if [w.shape for w in weights] != [w.shape for w in model.weights] or dtypes != {model.dtype}:
         raise ValueError(
-            f"Expected a model shaped like the checkpoint's {saved!r}. Received: {model!r}"
+            f"Expected a model shaped like the checkpoint's {layers!r}. Received: {model!r}"
         )
+    weights = [w.astype(model.dtype, copy=False) for w in weights]
     slots = [
         [state.pop(f"slot{i}_{k}").astype(model.dtype) for k in range(n)]
         for i, n in enumerate(state["slot_counts"])
@@ -99,7 +99,7 @@ def load(folder, model, optimizer):
     return {
         "epochs_done": state["epochs_done"],
         "seed": state["seed"],
-        "weights": saved.weights,
+        "weights": weights,
         "optimizer_state": {"iterations": state["iterations"], "slots": slots},
         "history": _history_from(path, state.get("history"), state["epochs_done"]),
     }

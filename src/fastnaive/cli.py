@@ -6,6 +6,13 @@ and exits 2, as argparse does. Every other failure (missing data, bad option val
 unreadable files, running out of memory) is one line on stderr and exit status 1 (130 for
 an interrupt). With --distributed, a failure on any rank ends every rank: the ranks agree
 on what they load and build before training, and a failure on one rank alone aborts the job.
+
+`train` checks what it will write (each output's folder exists and takes a file, matplotlib
+for --plot) and builds the model before it loads any data, then says which dataset it
+loaded, from where, and its shape and value range. Ctrl-C during training stops at a step
+boundary: one line says where, the model of the last complete step is saved if --save asks
+for it (with the history and plot asked for), and the status is 130. The saved model records
+the dataset and the input scaling it was trained on; `evaluate` refuses another dataset.
 """
 
 import argparse
@@ -14,16 +21,29 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 import fastnaive
-from fastnaive import activations, checkpoints, distributed, initializers, optimizers
+from fastnaive import (
+    activations,
+    checkpoints,
+    datasets,
+    distributed,
+    initializers,
+    optimizers,
+    progress,
+    saving,
+    training,
+)
 from fastnaive._validation import seed as checked_seed
 
-DATASETS = ("mnist", "fashion_mnist")
-VERBOSE = {"book": "book", "0": 0, "1": 1, "2": 2}
+DATASETS = datasets.NAMES
+VERBOSE = {"auto": "auto", "book": "book", "0": 0, "1": 1, "2": 2}
+# How the command line turns uint8 pixels into the model's inputs; saved models record it.
+INPUT_SCALING = "x / 255"
 # Each --loss and the last layer's activation it takes.
 HEADS = {
     "sparse_categorical_crossentropy": "softmax",
@@ -32,6 +52,7 @@ HEADS = {
     "mse": None,
 }
 LOSSES = tuple(HEADS)
+INTERRUPTED = 130
 
 
 class UsageError(Exception):
@@ -53,22 +74,36 @@ def hidden_sizes(text):
     return sizes
 
 
-def add_data_options(parser):
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist", help="default: mnist")
+def add_data_options(parser, default):
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=None,
+        help=f"the dataset (default: {default})",
+    )
     parser.add_argument(
         "--data",
         metavar="PATH",
-        help="an .npz or a folder holding it or the four IDX files (default: "
-        "$FASTNAIVE_DATA, the Keras cache, then a TensorFlow download)",
+        help="an .npz file, or a folder holding mnist.npz, fashion_mnist.npz or the four IDX "
+        "files (default: $FASTNAIVE_DATA, the Keras cache ~/.keras/datasets, Debian's "
+        "/usr/share/datasets, then a download into the Keras cache)",
     )
 
 
 def add_train_options(parser):
-    add_data_options(parser)
-    parser.add_argument("--epochs", type=int, default=10, help="default: 10")
-    parser.add_argument("--batch-size", type=int, default=128, help="default: 128")
+    add_data_options(parser, "the one --data holds, told by its labels; else mnist")
     parser.add_argument(
-        "--lr", type=float, default=None, help="learning rate (default: 1e-3, the book's)"
+        "--epochs", type=int, default=10, metavar="N", help="passes over the data (default: 10)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=128, metavar="N", help="samples per step (default: 128)"
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="learning rate (default: 1e-3, the book's)",
     )
     parser.add_argument(
         "--optimizer",
@@ -80,6 +115,7 @@ def add_train_options(parser):
         "--hidden",
         type=hidden_sizes,
         default=(512,),
+        metavar="SIZES",
         help="hidden layer sizes, e.g. 512 or 256,128 (default: 512)",
     )
     parser.add_argument(
@@ -103,15 +139,34 @@ def add_train_options(parser):
         "(linear head, one-hot labels)",
     )
     parser.add_argument(
-        "--l2", type=float, default=0.0, help="L2 penalty l2 * sum(W**2) on every layer's W"
+        "--l2",
+        type=float,
+        default=0.0,
+        metavar="L",
+        help="L2 penalty l2 * sum(W**2) on every layer's W (default: 0)",
     )
     parser.add_argument(
-        "--dropout", type=float, default=0.0, metavar="RATE", help="Dropout after each hidden layer"
+        "--dropout",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="a Dropout of this rate after each hidden layer (default: 0, none)",
     )
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--seed", type=int, default=None, help="seed for weights and shuffling")
     parser.add_argument(
-        "--threads", type=int, default=None, help="BLAS and OpenMP threads (default: all cores)"
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="the weights' and the computation's dtype (default: float32)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, metavar="N", help="seed for weights and shuffling"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="BLAS and OpenMP threads (default: all cores)",
     )
     parser.add_argument("--shuffle", action="store_true", help="reshuffle the samples every epoch")
     parser.add_argument(
@@ -121,19 +176,29 @@ def add_train_options(parser):
         metavar="FRACTION",
         help="hold out this last fraction of the training set for validation",
     )
-    parser.add_argument("--save", metavar="PATH", help="write the trained model (.npz)")
-    parser.add_argument("--history", metavar="PATH", help="write the history (.json or .csv)")
+    parser.add_argument(
+        "--save",
+        metavar="PATH",
+        help="write the trained model (.npz), with the dataset and input scaling it trained on; "
+        "on Ctrl-C, the model of the last complete step",
+    )
+    parser.add_argument(
+        "--history",
+        metavar="PATH",
+        help="write each epoch's metrics (.json or .csv; epochs numbered from 0, as Keras)",
+    )
     parser.add_argument(
         "--plot",
         metavar="PATH",
-        help="write a PNG of the loss and accuracy curves (needs matplotlib)",
+        help="write a PNG of the loss and accuracy curves, titled with the dataset, model, "
+        "optimizer and test accuracy (needs matplotlib)",
     )
     parser.add_argument(
         "--verbose",
         choices=tuple(VERBOSE),
-        default=None,
-        help="book: the book's lines, 1: a progress bar, 2: a line per epoch, "
-        "0: quiet (default: 1 on a terminal, else 2)",
+        default="auto",
+        help="auto: a progress bar on a terminal, else a line per epoch (the default); "
+        "1: a progress bar; 2: a line per epoch; book: the book's lines; 0: quiet",
     )
     parser.add_argument(
         "--distributed",
@@ -172,20 +237,58 @@ def build_parser():
     add_train_options(commands.add_parser("train", help="train a model and report test accuracy"))
     evaluate = commands.add_parser("evaluate", help="test accuracy of a saved model")
     evaluate.add_argument("model", help="a model file written by train --save")
-    add_data_options(evaluate)
+    add_data_options(evaluate, "the one the model was trained on, else the one --data holds")
     commands.add_parser("info", help="version, BLAS, threads, OpenMP and where data is found")
     return parser
 
 
 def load_dataset(name, path):
-    """Return the dataset with images flattened to float in [0, 1], labels as given."""
-    module = importlib.import_module(f"fastnaive.datasets.{name}")
-    (x_train, y_train), (x_test, y_test) = module.load_data(path)
+    """Return (datasets.Dataset, (x_train, y_train), (x_test, y_test)): `name` (None: the one
+    --data holds) with its images flattened and scaled as INPUT_SCALING says."""
+    try:
+        data = datasets.load(name, path, path_name="--data")
+    except datasets.DatasetIdentityError as error:
+        choices = " or --dataset ".join(error.choices)
+        raise UsageError(f"{error} with --dataset {choices}") from None
 
     def scale(x):
         return x.reshape(len(x), -1).astype(np.float32) / 255
 
-    return (scale(x_train), y_train), (scale(x_test), y_test)
+    (x_train, y_train), (x_test, y_test) = data.train, data.test
+    return data, (scale(x_train), y_train), (scale(x_test), y_test)
+
+
+def describe_data(data):
+    """The lines saying which dataset was loaded, from where, its shape and value range."""
+    where = data.location if data.location in data.place else f"{data.location} ({data.place})"
+    (x_train, _), (x_test, _) = data.train, data.test
+    low, high = int(min(x_train.min(), x_test.min())), int(max(x_train.max(), x_test.max()))
+    published = "as published" if data.published else "not as published"
+    return [
+        f"data: {data.title} from {where}",
+        f"  {len(x_train)} training and {len(x_test)} test images of "
+        f"{x_train.shape[1]}x{x_train.shape[2]}, labels 0-9 {published}",
+        f"  pixels {x_train.dtype} in [{low}, {high}]; inputs {INPUT_SCALING} as float32, "
+        f"in [{low / 255:g}, {high / 255:g}]",
+    ]
+
+
+def describe_model(model):
+    """The model as "784-512-10 (relu, softmax)"."""
+    dense = model.dense_layers
+    sizes = "-".join(str(n) for n in [dense[0].input_size, *(layer.output_size for layer in dense)])
+    names = ", ".join(str(layer.activation or "linear") for layer in dense)
+    dropout = " with dropout" if any(model.dropouts) else ""
+    return f"{sizes} ({names}){dropout}"
+
+
+def describe_optimizer(optimizer):
+    """The optimizer as "SGD (learning rate 0.001, momentum 0.9)"."""
+    settings = [f"learning rate {optimizer.learning_rate:g}"]
+    if getattr(optimizer, "momentum", 0):
+        nesterov = ", nesterov" if optimizer.nesterov else ""
+        settings.append(f"momentum {optimizer.momentum:g}{nesterov}")
+    return f"{type(optimizer).__name__} ({', '.join(settings)})"
 
 
 def build_model(args):
@@ -230,43 +333,53 @@ def targets(model, labels):
 
 
 def write_history(history, path):
-    """Write the per-epoch metrics as JSON ({name: [values]}) or CSV (a row per epoch)."""
+    """Write the per-epoch metrics as JSON ({"epoch": [...], name: [values]}) or CSV (a row per
+    epoch); epochs are numbered as History numbers them, from 0."""
     if path.endswith(".json"):
         with open(path, "w") as f:
             json.dump({"epoch": history.epoch, **history.history}, f, indent=1)
-    elif path.endswith(".csv"):
+    else:
         keys = list(history.history)
         with open(path, "w") as f:
             f.write(",".join(["epoch", *keys]) + "\n")
             for i, epoch in enumerate(history.epoch):
                 f.write(",".join([str(epoch), *(repr(history.history[k][i]) for k in keys)]) + "\n")
-    else:
-        raise UsageError(f"--history expects a path ending in .json or .csv, got {path!r}")
 
 
-def plot_history(history, path):
-    """Write a PNG with the loss and the accuracy per epoch, training and validation."""
-    try:
-        import matplotlib
+def history_figure(history, title):
+    """A matplotlib Figure of the loss and the accuracy per epoch, training and validation,
+    the epochs numbered as in write_history's files."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        raise UsageError('--plot needs matplotlib: pip install "fastnaive[plot]"') from None
-    epochs = [e + 1 for e in history.epoch]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for prefix, label in (("", "training"), ("val_", "validation")):
             if prefix + metric in history.history:
-                ax.plot(epochs, history.history[prefix + metric], marker="o", label=label)
-        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+                values = history.history[prefix + metric]
+                ax.plot(history.epoch, values, marker="o", label=label)
+        ax.set(xlabel="epoch (from 0, as in --history)", ylabel=metric, title=metric)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
+    figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    return figure
+
+
+def plot_history(history, path, title):
+    """Write history_figure as a PNG at `path`, its title also in the PNG's Title field."""
+    import matplotlib.pyplot as plt
+
+    figure = history_figure(history, title)
+    try:
+        figure.savefig(path, dpi=100, metadata={"Title": title})
+    finally:
+        plt.close(figure)
 
 
 def thread_limit(threads):
@@ -281,7 +394,8 @@ def thread_limit(threads):
 
 
 def check_options(args):
-    """Raise UsageError for option values argparse cannot check alone."""
+    """Raise UsageError for option values argparse cannot check alone, and unless every output
+    can be written: each path's folder exists and takes a new file, matplotlib for --plot."""
     if args.history and not args.history.endswith((".json", ".csv")):
         raise UsageError(f"--history expects a path ending in .json or .csv, got {args.history!r}")
     if (args.resume or args.overwrite) and not args.checkpoint_dir:
@@ -291,8 +405,37 @@ def check_options(args):
     checked_seed(args.seed, "--seed")
     for option in ("save", "history", "plot"):
         path = getattr(args, option)
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise UsageError(f"--{option} {path!r} is in a folder that does not exist")
+        if path:
+            if os.path.isdir(path):
+                raise UsageError(f"--{option} {path!r} is a folder, not a file")
+            check_writable(f"--{option} {path!r}", os.path.dirname(os.path.abspath(path)))
+    if args.checkpoint_dir:
+        folder = os.path.abspath(args.checkpoint_dir)
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise UsageError(f"--checkpoint-dir {args.checkpoint_dir!r} is a file, not a folder")
+        where = folder if os.path.isdir(folder) else os.path.dirname(folder)
+        check_writable(f"--checkpoint-dir {args.checkpoint_dir!r}", where)
+    if args.plot:
+        try:
+            importlib.import_module("matplotlib.backends.backend_agg")
+        except ImportError as error:
+            raise UsageError(
+                f'--plot needs matplotlib ({error}): pip install "fastnaive[plot]"'
+            ) from None
+
+
+def check_writable(what, folder):
+    """Raise UsageError naming `what` unless `folder` exists and a new file can be made in it."""
+    if not os.path.isdir(folder):
+        raise UsageError(f"{what} is in a folder that does not exist: {folder}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"{what} is in a folder where no file can be written: {folder} "
+            f"({error.strerror or error})"
+        ) from None
 
 
 def prepare_checkpoints(args, group):
@@ -314,25 +457,32 @@ def prepare_checkpoints(args, group):
         ) from None
 
 
+def say(*lines):
+    """Print `lines` on stdout at once, as the run goes (a pipe too)."""
+    for line in lines:
+        print(line)
+    sys.stdout.flush()
+
+
 def train(args, group):
     """Train as the options say, alone or as one rank of `mpirun ... --distributed`; rank 0
-    reports and writes what --save, --history and --plot ask for."""
-    verbose = (
-        VERBOSE[args.verbose] if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    )
+    reports and writes what --save, --history and --plot ask for. Return the exit status."""
     with contextlib.ExitStack() as stack:
-        # Every rank loads and builds; all stop together, before training, if any failed.
+        # Every rank checks, builds and loads; all stop together, before training, if any failed.
         error = None
         try:
             check_options(args)
             stack.enter_context(thread_limit(args.threads))
-            (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset, args.data)
             model = build_model(args)
             optimizer = optimizers.get(args.optimizer, args.lr)
             prepare_checkpoints(args, group)
+            data, (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset, args.data)
         except Exception as raised:  # reported by every rank's agree below
             error = raised
         group.agree(error, dict)
+        report = Report(args, model, optimizer, data)
+        if group.is_root:
+            report.start()
         start = time.perf_counter()
         try:
             history = fastnaive.fit(
@@ -345,49 +495,105 @@ def train(args, group):
                 shuffle=args.shuffle,
                 seed=args.seed,
                 validation_split=args.validation_split,
-                verbose=verbose if group.is_root else 0,
+                verbose=VERBOSE[args.verbose] if group.is_root else 0,
                 comm=group.comm,
                 checkpoint_dir=args.checkpoint_dir,
                 resume=args.resume,
             )
         except FloatingPointError as raised:  # the reduced loss is every rank's: all raise it
             raise distributed.shared(raised) from None
+        except training.TrainingInterrupted as interrupted:
+            if group.size > 1:  # the ranks stop apart: no model of one step to save
+                raise
+            progress.close_bars()
+            print(f"fastnaive: {interrupted}", file=sys.stderr, flush=True)
+            outcome = f"interrupted in epoch {interrupted.epoch + 1}"
+            report.write(interrupted.history, outcome, interrupted=True)
+            return INTERRUPTED
         seconds = time.perf_counter() - start
         if group.is_root:
             accuracy = fastnaive.evaluate(model, x_test, y_test)
-            _report(args, model, history, seconds, accuracy, verbose, group.size)
+            report.finish(history, seconds, accuracy, group.size)
+    return 0
 
 
-def _report(args, model, history, seconds, accuracy, verbose, ranks):
-    """Print the run's summary and write what --save, --history and --plot ask for."""
-    epochs = len(history.epoch)
-    if verbose == "book":
-        for epoch, loss in zip(history.epoch, history.history["loss"]):
-            print(f"epoch {epoch}: mean loss {loss:.4f}")
-    where = (
-        ""
-        if ranks == 1
-        else (f" on {ranks} ranks ({history.allreduce_seconds:.1f} s in Allreduce)")
-    )
-    print(
-        f"trained {epochs} epochs{where} in {seconds:.1f} s "
-        f"({seconds / max(epochs, 1):.2f} s/epoch); test accuracy: {accuracy:.4f}"
-    )
-    if args.save:
-        model.save(args.save)
-        print(f"model saved to {args.save}")
-    if args.history:
-        write_history(history, args.history)
-    if args.plot:
-        plot_history(history, args.plot)
+class Report:
+    """What rank 0 says about a training run, and writes at its end or at an interrupt:
+    --save (with the dataset and input scaling), --history and --plot."""
+
+    def __init__(self, args, model, optimizer, data):
+        self.args, self.model, self.data = args, model, data
+        self.model_text = describe_model(model)
+        self.optimizer_text = describe_optimizer(optimizer)
+
+    def start(self):
+        model = f"model: {self.model_text}, {self.model.dtype}; {self.optimizer_text}"
+        say(*describe_data(self.data), model)
+
+    def finish(self, history, seconds, accuracy, ranks):
+        epochs = len(history.epoch)
+        where = f" on {ranks} ranks ({history.allreduce_seconds:.1f} s in Allreduce)"
+        say(
+            f"trained {epochs} epoch{'s' * (epochs != 1)}{where if ranks > 1 else ''} in "
+            f"{seconds:.1f} s ({seconds / max(epochs, 1):.2f} s/epoch); "
+            f"test accuracy: {accuracy:.4f}"
+        )
+        self.write(history, f"test accuracy {accuracy:.4f}")
+
+    def write(self, history, outcome, interrupted=False):
+        """Write what --save, --history and --plot ask for; `outcome` ends the plot's title."""
+        args = self.args
+        if args.save:
+            metadata = {"dataset": self.data.name, "input_scaling": INPUT_SCALING}
+            saving.save_model(self.model, args.save, metadata=metadata)
+            state = " (the weights after the last complete step)" if interrupted else ""
+            say(f"model saved to {args.save}{state}")
+        if (args.history or args.plot) and not history.epoch:
+            say("no epoch completed: no --history or --plot written")
+            return
+        if args.history:
+            write_history(history, args.history)
+            say(f"history written to {args.history}")
+        if args.plot:
+            epochs = len(history.epoch)
+            title = (
+                f"{self.data.title}: {self.model_text}, {self.optimizer_text}\n"
+                f"{epochs} epoch{'s' * (epochs != 1)}, {outcome}"
+            )
+            plot_history(history, args.plot, title)
+            say(f"plot written to {args.plot}")
 
 
 def evaluate(args, group):
+    """Print the test loss and accuracy of a saved model, on the dataset it was trained on:
+    another dataset, or inputs it was not trained on, are refused."""
     model = fastnaive.load_model(args.model)
-    _, (x_test, y_test) = load_dataset(args.dataset, args.data)
+    metadata = saving.read_metadata(args.model)
+    trained_on, scaling = metadata.get("dataset"), metadata.get("input_scaling")
+    if scaling not in (None, INPUT_SCALING):
+        raise UsageError(
+            f"{args.model} was trained on inputs scaled as {scaling!r}, which this command "
+            f"line does not make (it scales by {INPUT_SCALING!r})"
+        )
+    if args.dataset and trained_on and args.dataset != trained_on:
+        raise UsageError(
+            f"{args.model} was trained on {trained_on}, not --dataset {args.dataset}: its "
+            f"accuracy there would mean nothing; drop --dataset, or pass --dataset {trained_on}"
+        )
+    name = args.dataset or (trained_on if args.data is None else None)
+    data, _, (x_test, y_test) = load_dataset(name, args.data)
+    if trained_on and data.name != trained_on:
+        raise UsageError(
+            f"{args.model} was trained on {trained_on}, but --data {args.data!r} holds "
+            f"{data.name}: its accuracy there would mean nothing"
+        )
+    say(*describe_data(data))
+    if not trained_on:
+        say(f"note: {args.model} does not record its dataset; evaluating on {data.title}")
     loss, _ = fastnaive.evaluate_loss(model, x_test, targets(model, y_test))
     accuracy = fastnaive.evaluate(model, x_test, y_test)
-    print(f"test loss: {loss:.4f}; test accuracy: {accuracy:.4f}")
+    say(f"test loss: {loss:.4f}; test accuracy: {accuracy:.4f}")
+    return 0
 
 
 def info(args, group):
@@ -396,7 +602,6 @@ def info(args, group):
     from threadpoolctl import threadpool_info
 
     from fastnaive import _kernels
-    from fastnaive.datasets import locations
 
     print(f"fastnaive {fastnaive.__version__}, numpy {np.__version__}")
     print(f"OpenMP: {'compiled in' if _kernels.openmp_enabled() else 'not compiled in'}")
@@ -408,7 +613,7 @@ def info(args, group):
         )
     for name in DATASETS:
         print(f"{name}:")
-        for place, state in locations(name):
+        for place, state in datasets.locations(name):
             print(f"  {place}: {state}")
 
 
@@ -426,14 +631,13 @@ def main(argv=None):
     try:
         if getattr(args, "distributed", False):
             group = distributed.group(distributed.world())
-        COMMANDS[args.command](args, group)
+        return COMMANDS[args.command](args, group) or 0
     except EXPECTED as error:
         return _failed(group, error)
     except BaseException as error:  # SystemExit: on one rank of many, still end the others
         if group.size > 1:
             group.abort(error)
         raise
-    return 0
 
 
 def _failed(group, error):
@@ -443,13 +647,13 @@ def _failed(group, error):
         group.abort(error)
     if group.is_root:
         print(f"fastnaive: {_describe(error)}", file=sys.stderr)
-    return 130 if isinstance(error, KeyboardInterrupt) else 1
+    return INTERRUPTED if isinstance(error, KeyboardInterrupt) else 1
 
 
 def _describe(error):
     message = " ".join(str(error).split())
     if isinstance(error, KeyboardInterrupt):
-        return "interrupted"
+        return message or "interrupted"  # TrainingInterrupted says where
     if isinstance(error, MemoryError):
         return f"error: out of memory{f' ({message})' if message else ''}"
     if isinstance(error, (UsageError, OSError, ValueError, TypeError)) and message:

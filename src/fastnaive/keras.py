@@ -611,6 +611,8 @@ class _KerasCallbacks(Callback):
     CallbackList, with Keras' epoch numbers, keys and running batch means, and the Keras model
     updated first where a callback may read it."""
 
+    writes_weights = False  # the weights are fastnaive's own arrays, read only
+
     def __init__(self, run, callbacks):
         self.run, self.callbacks = run, callbacks
         self.logs = None

@@ -1,25 +1,31 @@
-"""NaiveSequential: the book's stack of layers, applied in order."""
+"""NaiveSequential: the book's stack of layers, with Keras' training methods.
 
-import json
+The book's functions (fastnaive.fit(model, ...), evaluate, one_training_step) take it as
+they are; a Keras user's hands find compile, fit, evaluate, predict and summary on the model
+itself, with Keras' argument names and defaults. The differences, all documented on the
+methods: the optimizer defaults to the book's SGD(1e-3) rather than requiring compile;
+accuracy is logged for every classification loss, whatever `metrics` says; predict computes
+2048 rows at a time unless told otherwise (the outputs are the same).
+"""
 
-import numpy as np
+import numbers
 
-from fastnaive import engine, losses
-from fastnaive._files import write_npz
-from fastnaive._validation import positive_int
-from fastnaive.layers import Dropout, NaiveDense
-from fastnaive.sparse import as_model_inputs
+from fastnaive import losses, optimizers, progress, training
+from fastnaive.network import CHUNK_ROWS, Network
 
-__all__ = ["NaiveSequential", "FORMAT_VERSION"]
+__all__ = ["NaiveSequential"]
 
-# The version of the .npz layout that save writes; fastnaive.load_model reads 1 and 2.
-FORMAT_VERSION = 2
+# The metric names compile accepts: fastnaive logs the loss's accuracy under "accuracy".
+ACCURACY_NAMES = (
+    "accuracy",
+    "acc",
+    "sparse_categorical_accuracy",
+    "categorical_accuracy",
+    "binary_accuracy",
+)
 
-# Rows per forward chunk: keeps a large input's hidden activations small.
-_CHUNK_ROWS = 2048
 
-
-class NaiveSequential:
+class NaiveSequential(Network):
     """outputs = layers[-1](...layers[0](inputs)); probabilities when the last layer is softmax.
 
     `layers` are NaiveDense layers, with at most one Dropout after any but the last.
@@ -28,159 +34,136 @@ class NaiveSequential:
     "binary_crossentropy", "mean_squared_error" or "mse" (fastnaive.losses).
     """
 
-    def __init__(self, layers, loss=None):
-        layers = list(layers)
-        if not layers:
-            raise ValueError("Expected at least one layer. Received: layers=[]")
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, (NaiveDense, Dropout)):
-                raise TypeError(
-                    f"Expected layers of type NaiveDense or Dropout. "
-                    f"Received: layers[{i}] of type {type(layer).__name__}"
-                )
-        for i, layer in enumerate(layers):
-            if isinstance(layer, Dropout) and not (
-                0 < i < len(layers) - 1 and isinstance(layers[i - 1], NaiveDense)
-            ):
+    def compile(self, optimizer="sgd", loss=None, metrics=None):
+        """Set the optimizer (a name in any case, "sgd", "momentum" or "adam", a fastnaive
+        optimizer, or Keras' SGD or Adam, translated) and the loss (a name; None keeps the
+        model's) that fit uses. metrics may name the accuracy (Keras' names for it); it is
+        logged for any classification loss anyway."""
+        if loss is not None:
+            loss = losses.get(loss, self.dense_layers[-1].activation)
+        for metric in [] if metrics is None else list(metrics):
+            if metric not in ACCURACY_NAMES:
                 raise ValueError(
-                    f"Expected a Dropout only right after a NaiveDense that is not the last "
-                    f"layer. Received: Dropout at layers[{i}] of {len(layers)}"
+                    f"Expected metrics among {', '.join(ACCURACY_NAMES)} (fastnaive logs the "
+                    f"loss's accuracy). Received: metrics={metrics!r}"
                 )
-        dense = [layer for layer in layers if isinstance(layer, NaiveDense)]
-        for i, (prev, layer) in enumerate(zip(dense, dense[1:]), start=1):
-            if prev.output_size != layer.input_size:
-                raise ValueError(
-                    f"Expected dense layer {i}'s input_size == dense layer {i - 1}'s "
-                    f"output_size = {prev.output_size}. Received: {layer.input_size}"
-                )
-            if prev.dtype != layer.dtype:
-                raise TypeError(
-                    f"Expected every layer of dtype {dense[0].dtype}. "
-                    f"Received: dense layer {i} of dtype {layer.dtype}"
-                )
-            if prev.activation == "softmax":
-                raise ValueError(
-                    f"Expected softmax only on the last layer. "
-                    f"Received: softmax on dense layer {i - 1} of {len(dense)}"
-                )
-        self.layers = layers
-        # The stack is fixed at construction, as Keras' Sequential is once built.
-        self.dense_layers = dense
-        after = {
-            id(prev): layer for prev, layer in zip(layers, layers[1:]) if isinstance(layer, Dropout)
-        }
-        # For each dense layer, the Dropout applied to its outputs, or None.
-        self.dropouts = [after.get(id(layer)) for layer in dense]
-        self.loss = losses.get(loss, dense[-1].activation)
-        self.stop_training = False
+        self.optimizer = training.checked_optimizer(optimizer)
+        if loss is not None:
+            self.loss = loss
 
-    @property
-    def weights(self):
-        """[W0, b0, W1, b1, ...], the dense layers' live arrays."""
-        return [w for layer in self.dense_layers for w in layer.weights]
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        verbose="auto",
+        callbacks=None,
+        validation_split=0.0,
+        validation_data=None,
+        shuffle=True,
+        class_weight=None,
+        sample_weight=None,
+        initial_epoch=0,
+        steps_per_epoch=None,
+        validation_steps=None,
+        validation_batch_size=None,
+        validation_freq=1,
+        *,
+        seed=None,
+        checkpoint_dir=None,
+        resume=False,
+    ):
+        """Train as Keras' Model.fit does, with its arguments and defaults (batch_size 32,
+        shuffle=True, verbose "auto"); return the History.
 
-    @property
-    def dtype(self):
-        """The dtype of every layer's weights."""
-        return self.dense_layers[0].dtype
-
-    @property
-    def input_size(self):
-        return self.dense_layers[0].input_size
-
-    @property
-    def output_size(self):
-        return self.dense_layers[-1].output_size
-
-    def get_weights(self):
-        """Copies of [W0, b0, W1, b1, ...]."""
-        return [w.copy() for w in self.weights]
-
-    def set_weights(self, weights):
-        """Copy `weights` ([W0, b0, ...], shapes as `self.weights`) into the model's arrays.
-
-        A value that overlaps any of the model's arrays (its own weights, in any order) is
-        copied first, so the result is that of copies whatever the order of the copying.
+        The optimizer is the one compile set, kept from fit to fit with its state; without
+        compile, the book's SGD(1e-3). fastnaive's own: `seed` (the shuffling order),
+        `checkpoint_dir` and `resume` (fastnaive.fit). Arrays only: steps_per_epoch,
+        validation_steps, validation_batch_size and validation_freq take their defaults.
         """
-        weights = list(weights)
-        targets = self.weights
-        if len(weights) != len(targets):
+        for name, value, default in (
+            ("steps_per_epoch", steps_per_epoch, None),
+            ("validation_steps", validation_steps, None),
+            ("validation_batch_size", validation_batch_size, None),
+            ("validation_freq", validation_freq, 1),
+        ):
+            if value != default:
+                raise ValueError(
+                    f"Expected {name}={default!r}: fastnaive trains on whole arrays and "
+                    f"validates after every epoch. Received: {name}={value!r}"
+                )
+        _check_given(x, "x")
+        _check_given(y, "y")
+        if self.optimizer is None:
+            self.optimizer = optimizers.SGD()
+        return training.fit(
+            self,
+            x,
+            y,
+            epochs,
+            32 if batch_size is None else batch_size,
+            optimizer=self.optimizer,
+            sample_weight=sample_weight,
+            class_weight=class_weight,
+            shuffle=shuffle,
+            seed=seed,
+            validation_data=validation_data,
+            validation_split=validation_split,
+            verbose=verbose,
+            callbacks=callbacks,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            initial_epoch=initial_epoch,
+        )
+
+    def evaluate(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        verbose="auto",
+        sample_weight=None,
+        steps=None,
+        callbacks=None,
+        return_dict=False,
+    ):
+        """Return [loss, accuracy] (the loss alone for a regression loss; a dict with
+        return_dict=True) over (x, y), as Keras' Model.evaluate does; the loss includes the
+        L2 penalties. verbose "auto", 1 or 2 prints the result on one line."""
+        if steps is not None or callbacks:
             raise ValueError(
-                f"Expected {len(targets)} arrays, one per weight. Received: {len(weights)} arrays"
+                "Expected steps=None and no callbacks: fastnaive evaluates whole arrays. "
+                f"Received: steps={steps!r}, callbacks={callbacks!r}"
             )
-        checked = []
-        for i, (value, target) in enumerate(zip(weights, targets)):
-            value = np.asarray(value)
-            if value.shape != target.shape:
-                raise ValueError(
-                    f"Expected weights[{i}] of shape {target.shape}. "
-                    f"Received: weights[{i}].shape={value.shape}"
-                )
-            if value.dtype.kind != "f":
-                raise TypeError(
-                    f"Expected weights[{i}] of a float dtype. "
-                    f"Received: weights[{i}].dtype={value.dtype}"
-                )
-            if any(np.may_share_memory(value, t) for t in targets):
-                value = value.copy()
-            checked.append(value)
-        for value, target in zip(checked, targets):
-            np.copyto(target, value, casting="same_kind")
+        _check_given(x, "x")
+        _check_given(y, "y")
+        batch_size = 32 if batch_size is None else batch_size
+        loss, accuracy = training.evaluate_loss(self, x, y, batch_size, sample_weight=sample_weight)
+        logs = {"loss": loss}
+        if accuracy is not None:
+            logs[self.loss.metric] = accuracy
+        if progress.prints(verbose):
+            print(" - ".join(f"{key}: {value:.4f}" for key, value in logs.items()))
+        if return_dict:
+            return logs
+        return list(logs.values()) if len(logs) > 1 else loss
 
-    def architecture(self):
-        """{"dtype", "loss", "layers": [{"type": "dense", "input_size", "output_size",
-        "activation", "l2"} or {"type": "dropout", "rate", "seed"}, ...]}."""
-        specs = []
-        for layer in self.layers:
-            if isinstance(layer, Dropout):
-                specs.append({"type": "dropout", "rate": layer.rate, "seed": layer.seed})
-            else:
-                specs.append(
-                    {
-                        "type": "dense",
-                        "input_size": layer.input_size,
-                        "output_size": layer.output_size,
-                        "activation": layer.activation,
-                        "l2": layer.l2,
-                    }
-                )
-        return {"dtype": str(self.dtype), "loss": self.loss.name, "layers": specs}
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """Return the model's outputs for x (probabilities after a softmax or sigmoid head),
+        as Keras' Model.predict does. batch_size None computes 2048 rows at a time; any
+        batch_size gives the same outputs. verbose is accepted and prints nothing."""
+        if steps is not None or callbacks:
+            raise ValueError(
+                "Expected steps=None and no callbacks: fastnaive predicts whole arrays. "
+                f"Received: steps={steps!r}, callbacks={callbacks!r}"
+            )
+        progress.prints(verbose)  # checked as fit checks it
+        return super().predict(x, CHUNK_ROWS if batch_size is None else batch_size)
 
-    def save(self, path):
-        """Write the model to `path` (.npz) atomically; read it back with fastnaive.load_model.
 
-        The file holds `fastnaive_format` (FORMAT_VERSION), `architecture` (JSON) and the
-        arrays W0, b0, W1, b1, ... of the dense layers.
-        """
-        arrays = {
-            "fastnaive_format": np.array(FORMAT_VERSION),
-            "architecture": np.array(json.dumps(self.architecture())),
-        }
-        for i, layer in enumerate(self.dense_layers):
-            arrays[f"W{i}"], arrays[f"b{i}"] = layer.W, layer.b
-        write_npz(path, arrays)
-
-    def check_weights(self):
-        """Raise if any layer's W or b lost its shape, dtype or layout."""
-        for layer in self.dense_layers:
-            layer.check_weights()
-
-    def __call__(self, inputs):
-        """Return the model's outputs for inputs of shape (n, ...) flattening to input_size."""
-        return self.predict(inputs)
-
-    def predict(self, x, batch_size=_CHUNK_ROWS):
-        """Return the model's outputs for x, computed batch_size rows at a time."""
-        self.check_weights()
-        x = as_model_inputs(x, self.input_size, self.dtype, name="x")
-        chunk = min(positive_int(batch_size, "batch_size"), x.shape[0])
-        out = np.empty((x.shape[0], self.output_size), dtype=self.dtype)
-        step = engine.Step(self, chunk, x, training=False)
-        with step.threads():
-            return step.predict(x, out)
-
-    def __repr__(self):
-        inner = ",\n".join(f"    {layer!r}" for layer in self.layers)
-        default = losses.get(None, self.dense_layers[-1].activation).name
-        loss = f", loss={self.loss.name!r}" if self.loss.name != default else ""
-        return f"NaiveSequential([\n{inner},\n]{loss})"
+def _check_given(value, name):
+    if value is None:
+        raise ValueError(f"Expected {name}, an array. Received: {name}=None")
+    if isinstance(value, numbers.Number):
+        raise TypeError(f"Expected {name}, an array. Received: {name}={value!r}")

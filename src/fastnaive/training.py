@@ -14,7 +14,7 @@ from fastnaive._validation import as_labels, positive_int
 from fastnaive._validation import path as checked_path
 from fastnaive._validation import seed as checked_seed
 from fastnaive.callbacks import BackupAndRestore, Callback, History
-from fastnaive.models import NaiveSequential
+from fastnaive.network import Network
 from fastnaive.optimizers import SGD
 from fastnaive.sparse import as_model_inputs
 
@@ -25,6 +25,7 @@ __all__ = [
     "fit",
     "evaluate",
     "evaluate_loss",
+    "checked_optimizer",
     "TrainingInterrupted",
 ]
 
@@ -45,7 +46,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def _checked_model(model):
-    if not isinstance(model, NaiveSequential):
+    if not isinstance(model, Network):
         raise TypeError(f"Expected model to be a NaiveSequential. Received: {type(model).__name__}")
     model.check_weights()
     weights = model.weights
@@ -127,7 +128,9 @@ def _checked_sample_weight(sample_weight, class_weight, y, model):
 _book_optimizers = weakref.WeakKeyDictionary()
 
 
-def _checked_optimizer(optimizer, allow_name=False):
+def checked_optimizer(optimizer, allow_name=True):
+    """The optimizer to train with: None is the book's SGD(1e-3); a name (any case) makes a
+    new one; Keras' SGD and Adam are translated; anything else needs apply_gradients."""
     if optimizer is None:
         return SGD()
     if isinstance(optimizer, str) and allow_name:
@@ -193,7 +196,7 @@ def one_training_step(model, images_batch, labels_batch, *, optimizer=None):
     if optimizer is None:
         # The book's update_weights: one SGD(1e-3) per model, bound once.
         optimizer = _book_optimizers.setdefault(model, SGD())
-    step.use_optimizer(_checked_optimizer(optimizer))
+    step.use_optimizer(checked_optimizer(optimizer, allow_name=False))
     step.weights_changed()  # the caller may have written them since the last call
     with step.threads():
         loss, _ = step.train(x, y)
@@ -469,7 +472,7 @@ class _Run:
         x, y = _checked_batch(model, images, labels)
         self.epochs = positive_int(epochs, "epochs", minimum=0)
         self.batch_size = positive_int(batch_size, "batch_size")
-        self.optimizer = _checked_optimizer(optimizer, allow_name=True)
+        self.optimizer = checked_optimizer(optimizer)
         weights = _unaliased(model, _checked_sample_weight(sample_weight, class_weight, y, model))
         self.x, self.y, self.sample_weight, self.validation = _split(
             model, x, y, weights, validation_data, validation_split
@@ -479,6 +482,7 @@ class _Run:
         self.verbose = verbose
         self.loggers = [c for c in [progress.logger(verbose)] if c]
         self.callbacks = _checked_callbacks(callbacks)
+        self.writers = any(getattr(c, "writes_weights", True) for c in self.callbacks)
         self.initial_epoch = positive_int(initial_epoch, "initial_epoch", minimum=0)
         # Every input's magnitude is below this: the steps' overflow guard needs it.
         self.input_bound = engine.max_abs(self.x)
@@ -606,7 +610,7 @@ def _train_epochs(group, run, step, callbacks, first_epoch, seed, position, inte
         group.check_identical(model, f"after epoch {epoch}")
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
-        if run.callbacks:
+        if run.writers:
             step.weights_changed()  # a callback may have written them
         if run.checkpoint_dir is not None and group.is_root:
             checkpoints.save(
@@ -648,7 +652,7 @@ def _run_epoch(group, run, step, order, callbacks, position, interrupts):
         logs["batch_loss"] = loss
         for callback in callbacks:
             callback.on_train_batch_end(batch, logs)
-        if run.callbacks:
+        if run.writers:
             step.weights_changed()  # a callback may have written them
         if not math.isfinite(loss) and not model.stop_training:
             # The reduced loss is the same on every rank: all raise this together.

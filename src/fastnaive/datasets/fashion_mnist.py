@@ -14,19 +14,29 @@ from fastnaive.datasets._resolve import DatasetSpec, load
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 SUBFOLDER = "fashion-mnist"
 
-
-def _download():
-    """Return Fashion-MNIST from TensorFlow's Keras loader, which downloads it when not cached."""
-    import tensorflow as tf
-
-    return tf.keras.datasets.fashion_mnist.load_data()
-
+# The SHA-256 of the four files Fashion-MNIST publishes (MD5s 8d4fb7e6..., 25c81989...,
+# bef4ecab..., bb300cfd... in its README), which keras.datasets.fashion_mnist downloads.
+GZ_SHA256 = {
+    "train-labels-idx1-ubyte.gz": (
+        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"
+    ),
+    "train-images-idx3-ubyte.gz": (
+        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+        "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"
+    ),
+}
 
 _SPEC = DatasetSpec(
     "Fashion-MNIST",
     npz_name="fashion_mnist.npz",
     keras_cache=SUBFOLDER,
-    download=_download,
+    downloads=tuple(GZ_SHA256.items()),
+    download_folder=SUBFOLDER,
     data_subfolder=SUBFOLDER,
     system_folders=(("Debian package dataset-fashion-mnist", DEBIAN_FOLDER),),
 )
@@ -50,14 +60,17 @@ def load_data(path=None):
       3. the Keras cache, $KERAS_HOME/datasets/fashion-mnist/ or
          ~/.keras/datasets/fashion-mnist/ (four .gz IDX files);
       4. /usr/share/datasets/fashion-mnist/, from Debian's dataset-fashion-mnist package;
-      5. tf.keras.datasets.fashion_mnist.load_data(), which downloads; needs fastnaive[tf].
+      5. a download of the four .gz files (30 MB) that Keras fetches into that cache,
+         each checked by its SHA-256.
 
     Raises:
       FileNotFoundError: `path` is given but does not exist or holds no Fashion-MNIST source.
       ValueError: a found file is corrupt or does not hold valid Fashion-MNIST
-        arrays; this is raised rather than moving on to the next place.
+        arrays, or a downloaded file is not the expected one; this is raised rather
+        than moving on to the next place.
       TypeError: `path` is neither a str nor an os.PathLike.
-      fastnaive.datasets.DatasetNotFoundError (a FileNotFoundError): no place
-        holds Fashion-MNIST; the message lists each place searched and why it failed.
+      fastnaive.datasets.DatasetNotFoundError (a FileNotFoundError): FASTNAIVE_DATA
+        names nothing usable, or no place holds Fashion-MNIST and the download failed;
+        the message lists each place searched, why it failed, and where to put the files.
     """
     return load(_SPEC, path)

@@ -2,15 +2,12 @@
 
 from fastnaive.datasets._resolve import DatasetSpec, load
 
+# The SHA-256 of the mnist.npz that keras.datasets.mnist downloads (keras/src/datasets/mnist.py).
+NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 
-def _download():
-    """Return MNIST from TensorFlow's Keras loader, which downloads it when it is not cached."""
-    import tensorflow as tf
-
-    return tf.keras.datasets.mnist.load_data()
-
-
-_SPEC = DatasetSpec("MNIST", npz_name="mnist.npz", keras_cache="mnist.npz", download=_download)
+_SPEC = DatasetSpec(
+    "MNIST", npz_name="mnist.npz", keras_cache="mnist.npz", downloads=(("mnist.npz", NPZ_SHA256),)
+)
 
 
 def load_data(path=None):
@@ -27,15 +24,15 @@ def load_data(path=None):
          also named like train-images.idx3-ubyte);
       2. the FASTNAIVE_DATA environment variable, read like `path`;
       3. the Keras cache, $KERAS_HOME/datasets/mnist.npz or ~/.keras/datasets/mnist.npz;
-      4. tf.keras.datasets.mnist.load_data(), which downloads; needs fastnaive[tf].
+      4. a download of Keras' mnist.npz (11 MB) into that cache, checked by its SHA-256.
 
     Raises:
       FileNotFoundError: `path` is given but does not exist or holds no MNIST source.
-      ValueError: a found file is corrupt or does not hold valid MNIST arrays;
-        this is raised rather than moving on to the next place.
+      ValueError: a found file is corrupt or does not hold valid MNIST arrays, or the
+        downloaded file is not the expected one; this is raised rather than moving on.
       TypeError: `path` is neither a str nor an os.PathLike.
-      fastnaive.datasets.DatasetNotFoundError (a FileNotFoundError): no place
-        holds MNIST; the message lists each place searched, why it failed, and
-        how to provide the data.
+      fastnaive.datasets.DatasetNotFoundError (a FileNotFoundError): FASTNAIVE_DATA
+        names nothing usable, or no place holds MNIST and the download failed; the
+        message lists each place searched, why it failed, and where to put the file.
     """
     return load(_SPEC, path)
