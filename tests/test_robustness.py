@@ -772,3 +772,27 @@ def test_a_step_near_the_range_that_stays_finite_goes_on():
     for w, w0, g in zip(model.weights, expected_model.weights, gradients):
         np.testing.assert_allclose(w, w0 - np.float32(1e-3) * g, rtol=1e-6, atol=1e-6)
     assert np.isfinite(model.layers[0].b).all()
+
+
+@pytest.mark.parametrize("inputs", ["dense", "mostly-zero", "csr"])
+def test_fused_sgd_with_l2_shrinks_the_weights_and_not_the_biases(inputs):
+    """The fused update of a layer with L2 equals loss_and_gradients then w -= lr * g, whose
+    L2 term is in dW alone (Keras' kernel_regularizer)."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(3)
+    layers = [NaiveDense(30, 8, "relu", l2=0.5, seed=1), NaiveDense(8, 4, "softmax", l2=0.25)]
+    model = NaiveSequential(layers)
+    for layer in model.dense_layers:
+        layer.b[:] = rng.normal(size=layer.b.shape)
+    x = rng.normal(size=(16, 30)).astype(np.float32)
+    if inputs != "dense":
+        x[rng.random(x.shape) < 0.8] = 0
+    if inputs == "csr":
+        x = scipy.sparse.csr_matrix(x)
+    y = rng.integers(0, 4, 16)
+    _, gradients = loss_and_gradients(model, x, y)
+    expected = [w - np.float32(0.1) * g for w, g in zip(model.get_weights(), gradients)]
+    one_training_step(model, x, y, optimizer=SGD(0.1))
+    for actual, wanted in zip(model.weights, expected, strict=True):
+        np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-6)

@@ -296,7 +296,8 @@ class Step:
         add_penalty_gradients adds them) and None is returned; otherwise nothing is written
         to the weights, and the list of kernel calls that update each layer in place,
         W := W + gemm_scale * (dW + 2 l2 W) inside the weight-gradient GEMM, is returned, to
-        be committed together once every input gradient has used the old weights.
+        be committed together once every input gradient has used the old weights (the L2
+        term shrinks W, not b).
         """
         n = x.shape[0]
         calls = None if gemm_scale is None else []
@@ -322,9 +323,15 @@ class Step:
                 function(*arguments)
                 if self.layer_ready is not None:
                     self.layer_ready(self.flat, self.bounds[2 * i], self.bounds[2 * i + 2])
+            elif layer.l2:
+                # L2 weighs W alone: the bias's step goes through its gradient buffer (zeroed
+                # here, so beta scales nothing there) and is added after, as an SGD step.
+                beta, db = 1.0 + 2 * gemm_scale * layer.l2, self.gradients[2 * i + 1]
+                db.fill(0)
+                calls.append(self.param_grad_call(i, x, delta, gemm_scale, beta, layer.W, db))
+                calls.append((_kernels.axpy_checked, (db, layer.b, 1.0)))
             else:
-                beta = 1.0 + 2 * gemm_scale * layer.l2
-                calls.append(self.param_grad_call(i, x, delta, gemm_scale, beta, layer.W, layer.b))
+                calls.append(self.param_grad_call(i, x, delta, gemm_scale, 1.0, layer.W, layer.b))
         return calls
 
     def param_grad_call(self, i, x, delta, alpha, beta, dW, db):
