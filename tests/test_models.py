@@ -134,3 +134,15 @@ def test_summary_and_html_show_layers_shapes_and_parameter_counts():
     assert model.count_params() == 407_050
     html = model._repr_html_()
     assert html.startswith("<div><b>NaiveSequential</b>") and "401,920" in html
+
+
+def test_the_readme_shows_what_summary_prints():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    model = NaiveSequential(
+        [NaiveDense(784, 512, "relu"), fastnaive.Dropout(0.2), NaiveDense(512, 10, "softmax")]
+    )
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert "```\n" + "\n".join(lines) + "\n```" in readme
