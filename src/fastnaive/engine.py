@@ -418,7 +418,7 @@ class Step:
         self.add_penalty_gradients()
         gradient_bound = _kernels.max_abs_checked(self.flat[:-2])
         change, state = update.change_bound(gradient_bound)
-        bound = max(self.current_weight_bound() + change, state, gradient_bound)
+        bound = _largest(self.current_weight_bound() + change, state, gradient_bound)
         if update.atomic:
             self.commit([*update.calls(), count], bound, update)
         else:
@@ -447,8 +447,8 @@ class Step:
                 inputs = max_abs(x)
             deltas = _kernels.max_abs_rows_checked(self.deltas[i][:n])
             sums = n * deltas * max(inputs, 1.0)  # of X.T @ delta and of delta's columns
-            beta = abs(1.0 + 2 * scale * layer.l2)
-            bound = max(bound, sums, beta * weights + abs(scale) * sums)
+            beta = abs(1.0 + 2 * scale * layer.l2) if layer.l2 else 1.0
+            bound = _largest(bound, sums, beta * weights + abs(scale) * sums)
         return bound
 
     def commit(self, calls, bound, update):
@@ -518,6 +518,11 @@ def step_for(model, x):
         _cached_steps[model] = step
     step.use_inputs(x)
     return step
+
+
+def _largest(*bounds):
+    """The largest of `bounds`, inf if any is NaN (an overflow on the way: 0 * inf)."""
+    return math.inf if any(b != b for b in bounds) else max(bounds)
 
 
 def _views(flat, arrays):
