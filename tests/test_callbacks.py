@@ -362,15 +362,22 @@ def test_ctrl_c_stops_at_a_step_boundary_with_one_line_and_the_history(tmp_path)
     script.write_text(INTERRUPTED.format(tests=os.path.dirname(__file__)))
     base = str(tmp_path / "weights")
     process = subprocess.Popen(
-        [sys.executable, str(script), base], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), base],
+        stdout=subprocess.PIPE,
+        text=True,
+        # A shell's background job inherits SIGINT ignored; the test wants Python's default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    for line in process.stdout:
-        if line.strip() == "ready":
-            time.sleep(0.05)
-            process.send_signal(signal.SIGINT)
-            break
-    out = process.stdout.read().strip().split("\n")[-1]
-    assert process.wait(timeout=60) == 130
+    try:
+        for line in process.stdout:
+            if line.strip() == "ready":
+                time.sleep(0.05)
+                process.send_signal(signal.SIGINT)
+                break
+        out = process.communicate(timeout=120)[0].strip().split("\n")[-1]
+    finally:
+        process.kill()
+    assert process.returncode == 130
     report = json.loads(out)
     steps = 2000 // 8
     assert report["message"] == (

@@ -400,6 +400,8 @@ def test_ctrl_c_saves_the_model_and_exits_130(tmp_path, data, env):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # A shell's background job inherits SIGINT ignored; the test wants Python's default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = []
