@@ -4,6 +4,8 @@ Keras is imported inside the functions, so importing this module does not import
 TensorFlow or Keras.
 """
 
+import sys
+
 import numpy as np
 
 from fastnaive.optimizers import SGD, Adam
@@ -81,9 +83,10 @@ def optimizer_from_keras(keras_optimizer):
 def optimizer_settings(keras_optimizer):
     """(fastnaive class, its keyword arguments) for a Keras SGD or Adam, after checking every
     setting; learning_rate is a float, or the built-in schedule (a new object) it follows."""
-    import keras
-
-    makers = {keras.optimizers.SGD: SGD, keras.optimizers.Adam: Adam}
+    # A caller holding a Keras optimizer has imported Keras: anything else is refused without
+    # importing it (a long import that an interrupt could leave half done).
+    keras = sys.modules.get("keras")
+    makers = {} if keras is None else {keras.optimizers.SGD: SGD, keras.optimizers.Adam: Adam}
     kind = type(keras_optimizer)
     if kind not in makers:
         raise TypeError(
