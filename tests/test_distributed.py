@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,11 @@ FAULT_TIMEOUT = 30
 ATOL = {"float32": 1e-5, "float64": 1e-12}
 
 
-def mpirun(n_ranks, tmp_path, *args, timeout=TIMEOUT):
+def mpirun(n_ranks, tmp_path, *args, timeout=TIMEOUT, env=None):
     """Run the script on n_ranks ranks over tmp_path's data and init; return the process."""
     launcher = shutil.which("mpirun")
     assert launcher, "Expected mpirun on PATH (apt-get install openmpi-bin). Received: none"
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     command = [
         launcher,
         "--allow-run-as-root",
@@ -145,6 +146,28 @@ def test_matches_single_process_fit(
     assert_close(weights, reference(tmp_path, x, y, 2, optimizer, shuffle, 7), dtype)
 
 
+@pytest.mark.parametrize("dtype, optimizer", [("float32", "adam"), ("float64", "momentum")])
+def test_overlapped_reductions_give_the_bits_of_reductions_after_the_backward_pass(
+    problem, tmp_path, dtype, optimizer
+):
+    """FASTNAIVE_OVERLAP=1 reduces each layer's gradients as the backward pass produces them;
+    the sums are added in rank order either way, so 3 ranks reach the same bits, including
+    the last batch of 1 sample that leaves two ranks with nothing to compute."""
+    x, y = problem(897, dtype)
+    runs = {}
+    for overlap in ("0", "1"):
+        args = ["--epochs", 2, "--optimizer", optimizer, "--shuffle", "--seed", 7]
+        result = mpirun(3, tmp_path, *args, env={"FASTNAIVE_OVERLAP": overlap})
+        assert result.returncode == 0, result.stderr
+        runs[overlap] = fastnaive.load_model(tmp_path / "out.npz").weights
+        # fit closes its group: the reducer's helper thread is gone with it.
+        left = json.loads((tmp_path / "out.json").read_text())["threads_after_fit"]
+        assert left == ["MainThread"]
+    for after, overlapped in zip(runs["0"], runs["1"], strict=True):
+        assert np.array_equal(after.view(np.uint8), overlapped.view(np.uint8))
+    assert_close(runs["1"], reference(tmp_path, x, y, 2, optimizer, True, 7), dtype)
+
+
 def test_validation_gives_the_history_of_single_process_fit(problem, tmp_path):
     """The same loop runs both: the same History keys, params and (to rounding) values."""
     x, y = problem(1000, "float32")
@@ -215,6 +238,69 @@ def test_a_killed_rank_ends_the_job(problem, tmp_path):
     problem(1000, "float32")
     result = mpirun(2, tmp_path, "--fail", "kill", timeout=20)
     assert result.returncode != 0
+
+
+def test_a_rank_that_hangs_ends_the_job_after_the_step_deadline(problem, tmp_path):
+    """Rank 1 stops in a callback; rank 0 gives up waiting for its gradients after
+    FASTNAIVE_STEP_TIMEOUT seconds and prints the job's one line, naming rank 1."""
+    problem(1000, "float32")
+    start = time.monotonic()
+    result = mpirun(
+        2, tmp_path, "--fail", "hang", timeout=FAULT_TIMEOUT, env={"FASTNAIVE_STEP_TIMEOUT": "2"}
+    )
+    assert 2 < time.monotonic() - start < FAULT_TIMEOUT
+    assert_one_error_line(
+        result, "error on rank 0 of 2: TimeoutError: no gradients from rank 1 ", "in 2 s"
+    )
+
+
+@pytest.mark.parametrize(
+    "variable, values, message",
+    [
+        (
+            "FASTNAIVE_STEP_TIMEOUT",
+            ("soon", "soon"),
+            "Expected FASTNAIVE_STEP_TIMEOUT to be a number of seconds >= 0 (0: no deadline). "
+            "Received: FASTNAIVE_STEP_TIMEOUT='soon'",
+        ),
+        (
+            "FASTNAIVE_STEP_TIMEOUT",
+            ("30", "nan"),
+            "Expected valid arguments on every rank. Received: on rank 1, ValueError: "
+            "Expected FASTNAIVE_STEP_TIMEOUT to be a number of seconds >= 0",
+        ),
+        (
+            "FASTNAIVE_STEP_TIMEOUT",
+            ("30", "45"),
+            "Expected the same step_timeout on every rank. Received: step_timeout=45.0 on "
+            "rank 1, step_timeout=30.0 on rank 0",
+        ),
+        (
+            "FASTNAIVE_OVERLAP",
+            ("1", "yes"),
+            "Expected valid arguments on every rank. Received: on rank 1, ValueError: "
+            "Expected FASTNAIVE_OVERLAP to be 1",
+        ),
+        (
+            "FASTNAIVE_OVERLAP",
+            ("1", "0"),
+            "Expected the same overlap on every rank. Received: overlap=False on rank 1",
+        ),
+    ],
+    ids=["bad-timeout", "bad-timeout-on-one-rank", "other-timeouts", "bad-overlap", "mixed"],
+)
+def test_the_reducer_settings_are_checked_and_agreed_before_training(
+    problem, tmp_path, variable, values, message
+):
+    """Read from the environment on every rank: a bad or differing value raises the same
+    error on every rank, before any training."""
+    problem(1000, "float32")
+    command = [sys.executable, SCRIPT, "--data", tmp_path / "data.npz"]
+    command += ["--init", tmp_path / "init.npz", "--out", tmp_path / "out.npz"]
+    result = mpirun_each(*(["env", f"{variable}={value}", *command] for value in values))
+    assert result.returncode != 0
+    assert result.stderr.count(message) == 2, result.stderr
+    assert not (tmp_path / "out.npz").exists()
 
 
 @pytest.mark.parametrize(

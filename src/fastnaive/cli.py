@@ -532,7 +532,7 @@ class Report:
 
     def finish(self, history, seconds, accuracy, ranks):
         epochs = len(history.epoch)
-        where = f" on {ranks} ranks ({history.allreduce_seconds:.1f} s in Allreduce)"
+        where = f" on {ranks} ranks ({history.allreduce_seconds:.1f} s waiting for reductions)"
         say(
             f"trained {epochs} epoch{'s' * (epochs != 1)}{where if ranks > 1 else ''} in "
             f"{seconds:.1f} s ({seconds / max(epochs, 1):.2f} s/epoch); "

@@ -6,7 +6,7 @@ batch it will see, the inputs and the optimizer. Everything that can be decided 
 decided there, and nowhere else:
 - buffers: each layer's outputs and deltas, dropout's outputs, GELU's pre-activations,
   the batch gather buffers, and one flat buffer [dW0, db0, ..., loss sum, hits] whose views
-  are the gradients, so that a gradient reducer (MPI's Allreduce) sends one message per step;
+  are the gradients, so that a gradient reducer (fastnaive.distributed) sums one buffer per step;
 - kernels: each layer's activation code (a head the loss absorbs stays logits in training)
   and the loss's kernel; the first layer runs on the inputs' nonzeros (fastnaive._sparse)
   when they are mostly zeros (MNIST: 81%), which is exact and, there, 2.5-3x faster than the
@@ -314,8 +314,6 @@ class Step:
                 _activations.activation_backward_checked(
                     self.codes[i], self.outputs[i][:n], pre, delta
                 )
-            if i > 0:
-                _kernels.dense_input_grad_checked(delta, layer.W, self.deltas[i - 1][:n])
             if gemm_scale is None:
                 function, arguments = self.param_grad_call(
                     i, x, delta, 1.0, 0.0, self.gradients[2 * i], self.gradients[2 * i + 1]
@@ -332,6 +330,11 @@ class Step:
                 calls.append((_kernels.axpy_checked, (db, layer.b, 1.0)))
             else:
                 calls.append(self.param_grad_call(i, x, delta, gemm_scale, 1.0, layer.W, layer.b))
+            # After the weight gradient: a reducer told of this layer's gradients works on them
+            # during the input gradient, half of the layer's backward pass. (The fused update's
+            # calls run later, once every input gradient has used the old weights.)
+            if i > 0:
+                _kernels.dense_input_grad_checked(delta, layer.W, self.deltas[i - 1][:n])
         return calls
 
     def param_grad_call(self, i, x, delta, alpha, beta, dW, db):

@@ -349,13 +349,17 @@ def fit(
         error = raised
     group.agree(error, lambda: run.description())
     try:
-        return _fit_run(group, run)
+        history = _fit_run(group, run)
     except BaseException as raised:
         # An error every rank raises together (is_shared) ends the job by itself; any other
         # must not leave the other ranks waiting in a collective.
-        if not distributed.is_shared(raised):
+        if distributed.is_shared(raised):
+            group.close()  # every rank raises it, at the same point
+        else:
             group.abort(raised)
         raise
+    group.close()
+    return history
 
 
 def _fit_run(group, run):

@@ -2,16 +2,20 @@
 
 Ranks other than 0 start from different random weights, so the run checks the
 initial broadcast. Rank 0 writes the final weights to --out and the History (its
-params and per-epoch metrics) beside it as JSON. --fail makes rank 1 raise, die or be
-interrupted (KeyboardInterrupt) at its third batch, or raise when fit hands the callbacks
-the model (before training); --mismatch gives rank 1 another batch size or a label out of
-range.
+params, per-epoch metrics, seconds spent waiting for reductions and the threads left
+after fit) beside it as JSON.
+--fail makes rank 1 raise, die, hang or be interrupted (KeyboardInterrupt) at its third
+batch, or raise when fit hands the callbacks the model (before training); --mismatch gives
+rank 1 another batch size or a label out of range; --pause makes every rank sleep that long
+after each batch (a long run to break into).
 """
 
 import argparse
 import json
 import os
 import signal
+import threading
+import time
 
 import numpy as np
 
@@ -33,7 +37,8 @@ def parse():
     parser.add_argument("--checkpoint-dir")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--validation-split", type=float, default=0.0)
-    parser.add_argument("--fail", choices=("raise", "kill", "interrupt", "set-model"))
+    parser.add_argument("--fail", choices=("raise", "kill", "hang", "interrupt", "set-model"))
+    parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--mismatch", choices=("batch-size", "labels"))
     return parser.parse_args()
 
@@ -59,6 +64,8 @@ class Failure(LambdaCallback):
             raise KeyboardInterrupt("injected interrupt")
         if self.kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.kind == "hang":
+            time.sleep(3600)
 
 
 def main():
@@ -82,6 +89,8 @@ def main():
         y = y.copy()
         y[0] = 10
     callbacks = [Failure(args.fail)] if args.fail and rank == 1 else []
+    if args.pause:
+        callbacks.append(LambdaCallback(on_batch_end=lambda batch, logs: time.sleep(args.pause)))
     history = fastnaive.fit(
         model,
         x,
@@ -101,7 +110,15 @@ def main():
     if rank == 0:
         model.save(args.out)
         with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-            json.dump({"params": history.params, "history": history.history}, f)
+            json.dump(
+                {
+                    "params": history.params,
+                    "history": history.history,
+                    "allreduce_seconds": history.allreduce_seconds,
+                    "threads_after_fit": sorted(t.name for t in threading.enumerate()),
+                },
+                f,
+            )
 
 
 if __name__ == "__main__":
