@@ -298,17 +298,25 @@ class Bed:
         self.multihost("down", self.name)
 
 
+def bucket_bytes(bits_per_second):
+    """The bytes of the bed's token buckets at that rate (.ci/multihost's shape): 1 ms of
+    traffic, and at least one 64 KiB packet."""
+    return max(bits_per_second / 8 * 1e-3, 65536 + 1514)
+
+
 def interpolated(compute, batch):
     """compute(batch), interpolated linearly between the measured local batches."""
     batches = sorted(compute)
     return float(np.interp(batch, batches, [compute[b] for b in batches]))
 
 
-def epoch_seconds(compute, allreduce, hosts, global_batch, samples, contention=1.0):
-    """The cost model: steps * (compute(global batch / hosts) * contention + allreduce)."""
+def epoch_seconds(compute, link, n_bytes, hosts, global_batch, samples, contention=1.0, bed=False):
+    """The cost model: steps * (compute(global batch / hosts) * contention + allreduce), the
+    reduction's on `link` (None: no reduction) after that much computation."""
     steps = -(-samples // global_batch)
-    local = -(-global_batch // hosts)
-    return steps * (interpolated(compute, local) * contention + allreduce)
+    local = interpolated(compute, -(-global_batch // hosts)) * contention
+    allreduce = 0.0 if link is None else link.allreduce(n_bytes, hosts, bed, after=local)
+    return steps * (local + allreduce)
 
 
 class Link:
@@ -322,9 +330,16 @@ class Link:
     slope fitted to the others. The model's overhead and bandwidth are the 2 hosts' (one
     core each): the 4 hosts of the bed share 2 cores, so their latency is mostly waiting
     for a core.
+
+    The bed's links are token buckets (tc's tbf) of `bucket` bytes each way: a message
+    passes at memory speed as far as the bucket holds tokens, which refill at the link's
+    rate while the ranks compute. On the bed (bed=True) a reduction after `after` seconds
+    of computation so sends min(bucket, after * rate) of its bytes at no cost. A real link
+    has no such bucket (bucket 0, the projections).
     """
 
-    def __init__(self, measured):
+    def __init__(self, measured, rate, bucket):
+        self.rate, self.bucket = rate, bucket
         self.round_trip = measured[2]["round_trip"]
         self.latency, self.bandwidth = {}, {}
         for hosts, found in measured.items():
@@ -336,17 +351,19 @@ class Link:
             self.bandwidth[hosts] = 1 / slope
         self.overhead = max((self.latency[2] - self.round_trip) / 2, 0.0)
 
-    def allreduce(self, n_bytes, hosts, measured=False):
-        """Seconds of one reduction; measured=True: with the bed's latency and bandwidth for
-        exactly this many hosts."""
+    def allreduce(self, n_bytes, hosts, bed=False, after=0.0):
+        """Seconds of one reduction; bed=True: on the bed, with its latency and bandwidth for
+        exactly this many hosts and its bucket refilled during `after` seconds."""
         if hosts == 1:
             return 0.0
-        if measured:
+        sent = 2 * (hosts - 1) / hosts * n_bytes  # each way, by each host
+        if bed:
             latency, bandwidth = self.latency[hosts], self.bandwidth[hosts]
+            sent = max(0.0, sent - min(self.bucket, after * self.rate / 8))
         else:
             latency = self.round_trip + 2 * (hosts - 1) * self.overhead
             bandwidth = self.bandwidth[2]
-        return 2 * (hosts - 1) / hosts * n_bytes * 8 / bandwidth + latency
+        return sent * 8 / bandwidth + latency
 
 
 def bed_report(args, compute):
@@ -373,12 +390,22 @@ def bed_report(args, compute):
                 )
     finally:
         bed.close()
-    links = {name: Link(found) for name, found in measured.items()}
+    links = {
+        name: Link(found, bits, bucket_bytes(bits))
+        for (name, _, bits), found in zip(LINKS, measured.values(), strict=True)
+    }
     print(
         f"## On the test bed: {max(BED_HOSTS)} hosts in network namespaces sharing this "
         f"machine's {CORES} cores, TCP, each host's link shaped both ways\n"
     )
     links_table(links)
+    # The epoch loop's own cost per step (batching, callbacks, the Python between kernels),
+    # which the steps timed alone lack: from the 1-host epoch, which runs a rank's step.
+    steps = -(-samples // workloads.BATCH_SIZE)
+    alone = interpolated(compute["book"], workloads.BATCH_SIZE)
+    loop = max(0.0, epochs[1]["epoch"] / steps - alone)
+    print(f"\nThe epoch loop's own cost, from the 1-host epoch: {loop * 1e6:.0f} us per step.")
+    compute = {name: {b: t + loop for b, t in times.items()} for name, times in compute.items()}
     book_table(epochs, links, compute["book"], samples)
     wide_table(args, wide, links, compute["wide"])
     projection_report(links, compute["book"])
@@ -419,23 +446,19 @@ def book_table(epochs, links, compute, samples):
     print(
         f"\nThe book's workload, {samples} images (an epoch of {-(-samples // batch)} steps of "
         f"{batch}, {n_bytes:,} bytes reduced per step), s/epoch: measured with the reduction "
-        f"after the backward pass and overlapped, against the cost model (the bed's latency "
-        f"and bandwidth for that many hosts; compute on one core, times hosts / {CORES} beyond "
-        f"{CORES} hosts, which share the cores):\n"
+        f"after the backward pass and overlapped, against the cost model (the bed's latency, "
+        f"bandwidth and token buckets for that many hosts; compute on one core plus the loop's "
+        f"cost, times hosts / {CORES} beyond {CORES} hosts, which share the cores; the 1-host "
+        f"row gives the loop's cost, so its error is 0):\n"
     )
     single = epochs[1]["epoch"]
-    predicted = epoch_seconds(compute, 0.0, 1, batch, samples)
+    predicted = epoch_seconds(compute, None, n_bytes, 1, batch, samples)
     rows = [("any", 1, f"{single:.2f}", "-", f"{predicted:.2f}", f"{predicted / single - 1:+.0%}")]
     for name, link in links.items():
         for hosts in BED_HOSTS[1:]:
             after, overlapped = epochs[name, hosts, False], epochs[name, hosts, True]
             predicted = epoch_seconds(
-                compute,
-                link.allreduce(n_bytes, hosts, measured=True),
-                hosts,
-                batch,
-                samples,
-                max(1.0, hosts / CORES),
+                compute, link, n_bytes, hosts, batch, samples, max(1.0, hosts / CORES), bed=True
             )
             rows.append(
                 (
@@ -465,7 +488,7 @@ def wide_table(args, wide, links, compute):
     rows = []
     for name, link in links.items():
         after, overlapped = wide[name, False], wide[name, True]
-        predicted = epoch_seconds(compute, link.allreduce(n_bytes, 2, measured=True), 2, 128, 128)
+        predicted = epoch_seconds(compute, link, n_bytes, 2, 128, 128, bed=True)
         rows.append(
             (
                 name,
@@ -505,7 +528,7 @@ def projection_report(links, compute):
             (
                 name,
                 *(
-                    f"{epoch_seconds(compute, link.allreduce(n_bytes, n), n, batch, samples):.2f}"
+                    f"{epoch_seconds(compute, link, n_bytes, n, batch, samples):.2f}"
                     for n in PROJECTED_HOSTS
                 ),
             )
@@ -522,8 +545,8 @@ def projection_report(links, compute):
             even = [
                 b
                 for b in GLOBAL_BATCHES
-                if epoch_seconds(compute, link.allreduce(n_bytes, hosts), hosts, b, samples)
-                < epoch_seconds(compute, 0.0, 1, b, samples)
+                if epoch_seconds(compute, link, n_bytes, hosts, b, samples)
+                < epoch_seconds(compute, None, n_bytes, 1, b, samples)
             ]
             cells.append(str(even[0]) if even else f"> {GLOBAL_BATCHES[-1]}")
         rows.append(cells)
