@@ -415,12 +415,6 @@ def main(argv=None):
             results[name, n_threads] = timed_epochs(epoch, start, n_threads, args.repeats)
     print()
     print(table(results))
-    engine_threads = getattr(fastnaive.engine, "SPARSE_THREADS", None)
-    if engine_threads is not None:
-        print(
-            f"\n{FASTNAIVE_FIT} runs the first layer's kernels on engine.SPARSE_THREADS = "
-            f"{engine_threads} thread(s) at any thread limit; {KERNELS} on the limit's."
-        )
 
 
 def table(results):

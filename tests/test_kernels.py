@@ -31,6 +31,10 @@ DENSE_SHAPES = {
     "n96-512x10": (96, 512, 10),
     "b128-784x512": (128, 784, 512),
     "b128-512x10": (128, 512, 10),
+    # Cut into blocks (fastnaive._blas.tile_grid) on a machine of 2 or more processors: by
+    # columns, and by rows where there are too few columns (dW of 2048 x 10, Z of 512 x 10).
+    "b256-784x512-blocks": (256, 784, 512),
+    "b512-2048x10-blocks": (512, 2048, 10),
 }
 # (n_samples, n_columns): logits, probabilities, hidden activations.
 MATRIX_SHAPES = {
@@ -121,6 +125,40 @@ def test_dense_param_grad(dense, rng, alpha, beta):
     expected_dW, expected_db = reference.dense_param_grad(X, delta)
     assert_close(dW, alpha * expected_dW + beta * W)
     assert_close(db, alpha * expected_db + beta * b)
+
+
+@pytest.mark.parametrize("shape", [(256, 784, 512), (512, 2048, 10)], ids=["columns", "rows"])
+def test_the_gemm_kernels_give_the_same_bits_at_any_thread_count(dtype, rng, shape):
+    """Their blocks depend on the shapes alone: each element comes from the same BLAS call
+    whichever thread runs it."""
+    n, k, m = shape
+    X, W, b = normal(rng, (n, k), dtype), normal(rng, (k, m), dtype, k**-0.5), normal(rng, m, dtype)
+    delta = normal(rng, (n, m), dtype, 1 / n)
+    results = []
+    for threads in (1, 2, 3):
+        Z, dX = np.empty((n, m), dtype), np.empty((n, k), dtype)
+        dW, db = W.copy(), b.copy()
+        _kernels.dense_forward_checked(X, W, b, 1, Z, threads)
+        _kernels.dense_input_grad_checked(delta, W, dX, threads)
+        _kernels.dense_param_grad_checked(X, delta, -0.1, 1.0, dW, db, threads)
+        results.append([Z, dX, dW, db])
+    for other in results[1:]:
+        for got, expected in zip(other, results[0], strict=True):
+            np.testing.assert_array_equal(got, expected)
+    assert_close(results[0][0], reference.dense_forward(X, W, b, True))
+    expected_dW, expected_db = reference.dense_param_grad(X, delta)
+    assert_close(results[0][2], W - 0.1 * expected_dW)
+    assert_close(results[0][3], b - 0.1 * expected_db)
+
+
+def test_gemms_are_cut_by_shape_into_blocks_for_the_machines_processors():
+    processors = _kernels.processors()
+    most = 1 << (processors - 1).bit_length()  # a power of 2, at least the processors
+    assert _blas.tile_grid_checked(128, 512, 10) == (1, 1)  # too small to cut
+    rows, cols = _blas.tile_grid_checked(2048, 2048, 2048)
+    assert rows * cols == most and cols == min(most, 2048 // 128)
+    rows, cols = _blas.tile_grid_checked(2048, 10, 2048)  # too few columns: rows are cut
+    assert (rows, cols) == (most, 1)
 
 
 def test_softmax(matrix_shape, dtype, rng):

@@ -2,8 +2,9 @@
 # A row-major (m, n) array is the column-major (n, m) array of its transpose, so
 # C = op(A) @ op(B) is computed as C.T = op(B).T @ op(A).T: B and A are passed
 # swapped, with each array's row length as its leading dimension. Every GEMM of
-# the package goes through SciPy's BLAS (scipy.linalg.cython_blas), one library
-# and one thread pool. Its functions are looked up on first use rather than
+# the package goes through SciPy's BLAS (scipy.linalg.cython_blas), one library;
+# training runs it on one thread (engine.Step.threads), one call per block of
+# C (gemm_block, tile_grid) on the kernels' own OpenMP threads: one thread pool. Its functions are looked up on first use rather than
 # cimported, because cimporting imports all of scipy.linalg with the package,
 # which would triple the time `import fastnaive` takes: every def wrapper that
 # reaches BLAS calls load_blas() first.
@@ -15,6 +16,27 @@ ctypedef void (*dgemm_t)(char*, char*, int*, int*, int*, double*, double*, int*,
                          double*, double*, int*) noexcept nogil
 ctypedef void (*saxpy_t)(int*, float*, float*, int*, float*, int*) noexcept nogil
 ctypedef void (*daxpy_t)(int*, double*, double*, int*, double*, int*) noexcept nogil
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int fastnaive_processors(void) { return omp_get_num_procs(); }
+    #else
+    static int fastnaive_processors(void) { return 1; }
+    #endif
+    """
+    int fastnaive_processors() nogil
+
+cdef enum:
+    # A GEMM is cut into blocks of at least TILE_MIN_PRODUCTS multiply-adds (a BLAS call's
+    # own cost is then a few percent of it) and, in the dimension cut, TILE_MIN_WIDTH rows or
+    # columns, as many as the machine has processors (rounded up to a power of 2).
+    TILE_MIN_PRODUCTS = 1 << 22
+    TILE_MIN_WIDTH = 128
+
+# The most blocks a GEMM is cut into: the processors this process may use, once.
+cdef Py_ssize_t max_tiles = 0
 
 cdef sgemm_t sgemm = NULL
 cdef dgemm_t dgemm = NULL
@@ -29,9 +51,12 @@ cdef void* _function(dict capi, str name) except NULL:
 
 cdef int load_blas() except -1:
     """Resolve SciPy's BLAS functions, once."""
-    global sgemm, dgemm, saxpy, daxpy
+    global sgemm, dgemm, saxpy, daxpy, max_tiles
     if sgemm != NULL:
         return 0
+    max_tiles = 1
+    while max_tiles < fastnaive_processors():
+        max_tiles *= 2
     from scipy.linalg import cython_blas
     capi = cython_blas.__pyx_capi__
     dgemm = <dgemm_t>_function(capi, "dgemm")
@@ -62,6 +87,49 @@ cdef void gemm(bint trans_a, bint trans_b, floating alpha, const floating[:, ::1
               <double*>&A[0, 0], &lda, &beta, &C[0, 0], &ldc)
 
 
+cdef void gemm_block(bint trans_a, bint trans_b, floating alpha, const floating[:, ::1] A,
+                     const floating[:, ::1] B, floating beta, floating[:, ::1] C,
+                     Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """C[i0:i1, j0:j1] := alpha * (op(A) @ op(B))[i0:i1, j0:j1] + beta * C[i0:i1, j0:j1]"""
+    cdef int m = <int>(i1 - i0)
+    cdef int n = <int>(j1 - j0)
+    cdef int k = <int>(A.shape[0] if trans_a else A.shape[1])
+    cdef int lda = <int>A.shape[1]
+    cdef int ldb = <int>B.shape[1]
+    cdef int ldc = <int>C.shape[1]
+    cdef char* ta = b"T" if trans_a else b"N"
+    cdef char* tb = b"T" if trans_b else b"N"
+    # op(A)'s rows i0.. are A's rows, or A's columns when transposed; op(B)'s columns j0.. are
+    # B's columns, or B's rows when transposed.
+    cdef const floating* a = &A[0, i0] if trans_a else &A[i0, 0]
+    cdef const floating* b = &B[j0, 0] if trans_b else &B[0, j0]
+    if m <= 0 or n <= 0:
+        return
+    if floating is float:
+        sgemm(tb, ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta,
+              &C[i0, j0], &ldc)
+    else:
+        dgemm(tb, ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta,
+              &C[i0, j0], &ldc)
+
+
+cdef Py_ssize_t tile_grid(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                          Py_ssize_t* row_tiles, Py_ssize_t* col_tiles) noexcept nogil:
+    """Cut an (m, n) = (m, k) @ (k, n) product into row_tiles x col_tiles blocks of C; return
+    their number. The cut depends on the shape and the machine alone, never on the number of
+    threads, so that every element is computed by the same BLAS call, and comes out the same
+    bits, at any thread count. A block does at least TILE_MIN_PRODUCTS multiply-adds;
+    columns are cut first, in blocks of at least TILE_MIN_WIDTH, then rows."""
+    cdef Py_ssize_t tiles = 1, cols, rows
+    cdef double products = <double>m * n * k
+    while tiles < max_tiles and products >= 2.0 * tiles * TILE_MIN_PRODUCTS:
+        tiles *= 2
+    cols = min(tiles, max(1, n // TILE_MIN_WIDTH))
+    rows = min(tiles // cols, max(1, m // TILE_MIN_WIDTH))
+    row_tiles[0], col_tiles[0] = rows, cols
+    return rows * cols
+
+
 cdef void axpy(floating alpha, const floating* x, floating* y, int n) noexcept nogil:
     """y := alpha * x + y"""
     cdef int one = 1
@@ -74,6 +142,16 @@ cdef void axpy(floating alpha, const floating* x, floating* y, int n) noexcept n
 def load():
     """Load SciPy's BLAS (and so its thread pool) now rather than at the first product."""
     load_blas()
+
+
+def tile_grid_checked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k):
+    """(row blocks, column blocks) of C in an (m, k) @ (k, n) product (the dense kernels')."""
+    cdef Py_ssize_t rows, cols
+    if m < 0 or n < 0 or k < 0:
+        raise ValueError(f"Expected m, n, k >= 0. Received: m={m}, n={n}, k={k}")
+    load_blas()
+    tile_grid(m, n, k, &rows, &cols)
+    return rows, cols
 
 
 def gemm_checked(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C,

@@ -2,12 +2,13 @@ from cython cimport floating
 
 cdef void dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
                         const floating[::1] b, int activation,
-                        floating[:, ::1] Z_out) noexcept nogil
+                        floating[:, ::1] Z_out, int n_threads) noexcept nogil
 cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
-                           floating[:, ::1] dX_out) noexcept nogil
+                           floating[:, ::1] dX_out, int n_threads) noexcept nogil
 cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
                            floating alpha, floating beta,
-                           floating[:, ::1] dW_out, floating[::1] db_out) noexcept nogil
+                           floating[:, ::1] dW_out, floating[::1] db_out,
+                           int n_threads) noexcept nogil
 cdef void bias_grad(const floating[:, ::1] delta, floating alpha, floating beta,
                     floating[::1] db_out, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
 cdef void softmax(const floating[:, ::1] logits, floating[:, ::1] out) noexcept nogil

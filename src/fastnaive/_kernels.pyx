@@ -3,9 +3,12 @@
 # any number of rows. Kernels run without the GIL, never allocate and never
 # raise: shapes are checked by the `def` wrappers at the bottom, which are the
 # only way in from Python, and row indices out of range turn the affected row
-# into NaN instead of reading out of bounds. GEMMs go through fastnaive._blas;
-# the rest are epilogues fused around them (bias as the GEMM's starting value
-# with beta = 1, the activation in place on its output: fastnaive._activations).
+# into NaN instead of reading out of bounds. GEMMs go through fastnaive._blas,
+# cut into blocks by their shapes (tile_grid), one single-threaded BLAS call per
+# block on the threads of one OpenMP loop; the rest are epilogues fused around
+# each block (bias as the GEMM's starting value with beta = 1, the activation in
+# place on its output: fastnaive._activations). Nothing is cut by the number of
+# threads, so every result has the same bits at any thread count.
 # The losses are in fastnaive._losses.
 from cython cimport floating
 from cython.parallel cimport prange
@@ -13,7 +16,7 @@ from libc.math cimport exp, sqrt, sqrtf, NAN
 from libc.string cimport memcpy
 
 from fastnaive._activations cimport activate
-from fastnaive._blas cimport axpy, gemm, load_blas
+from fastnaive._blas cimport axpy, gemm_block, load_blas, tile_grid
 
 cdef extern from *:
     """
@@ -25,40 +28,88 @@ cdef extern from *:
     """
     const int FASTNAIVE_OPENMP
 
-# Below this many elements a parallel region costs more than it saves.
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int fastnaive_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int fastnaive_max_threads(void) { return 1; }
+    #endif
+    """
+    int fastnaive_max_threads() nogil
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    static int fastnaive_processors(void) { return omp_get_num_procs(); }
+    #else
+    static int fastnaive_processors(void) { return 1; }
+    #endif
+    """
+    int fastnaive_processors() nogil
+
+# Below this many elements a parallel region costs more than it saves: a copy, or an
+# optimizer's update (about ten operations an element).
 cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 18
+cdef Py_ssize_t PARALLEL_MIN_UPDATE = 1 << 16
 cdef enum:
     # Columns of a bias gradient summed at a time (the sums live on the stack).
     BIAS_BLOCK = 256
+    # An optimizer's update runs in chunks of this many elements, one thread each.
+    UPDATE_CHUNK = 1 << 13
     # The largest activation code (fastnaive._activations).
     MAX_ACTIVATION = 7
 
 
 cdef void dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
                         const floating[::1] b, int activation,
-                        floating[:, ::1] Z_out) noexcept nogil:
+                        floating[:, ::1] Z_out, int n_threads) noexcept nogil:
     """Z := act(X @ W + b), act the activation of code `activation` (fastnaive._activations)"""
-    cdef Py_ssize_t i, j
-    for i in range(Z_out.shape[0]):
-        for j in range(Z_out.shape[1]):
-            Z_out[i, j] = b[j]
-    gemm(False, False, <floating>1, X, W, <floating>1, Z_out)
-    if Z_out.shape[0] > 0:
-        activate(activation, &Z_out[0, 0], &Z_out[0, 0], Z_out.shape[0] * Z_out.shape[1])
+    cdef Py_ssize_t rows, cols, tile, i, j, i0, i1, j0, j1
+    cdef Py_ssize_t m = Z_out.shape[0], n = Z_out.shape[1]
+    cdef Py_ssize_t tiles = tile_grid(m, n, X.shape[1], &rows, &cols)
+    for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1,
+                       use_threads_if=n_threads > 1 and tiles > 1):
+        i0, i1 = m * (tile // cols) // rows, m * (tile // cols + 1) // rows
+        j0, j1 = n * (tile % cols) // cols, n * (tile % cols + 1) // cols
+        for i in range(i0, i1):
+            for j in range(j0, j1):
+                Z_out[i, j] = b[j]
+        gemm_block(False, False, <floating>1, X, W, <floating>1, Z_out, i0, i1, j0, j1)
+        if j1 > j0:
+            for i in range(i0, i1):
+                activate(activation, &Z_out[i, j0], &Z_out[i, j0], j1 - j0)
 
 
 cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
-                           floating[:, ::1] dX_out) noexcept nogil:
+                           floating[:, ::1] dX_out, int n_threads) noexcept nogil:
     """dX := delta @ W.T"""
-    gemm(False, True, <floating>1, delta, W, <floating>0, dX_out)
+    cdef Py_ssize_t rows, cols, tile, i0, i1, j0, j1
+    cdef Py_ssize_t m = dX_out.shape[0], n = dX_out.shape[1]
+    cdef Py_ssize_t tiles = tile_grid(m, n, delta.shape[1], &rows, &cols)
+    for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1,
+                       use_threads_if=n_threads > 1 and tiles > 1):
+        i0, i1 = m * (tile // cols) // rows, m * (tile // cols + 1) // rows
+        j0, j1 = n * (tile % cols) // cols, n * (tile % cols + 1) // cols
+        gemm_block(False, True, <floating>1, delta, W, <floating>0, dX_out, i0, i1, j0, j1)
 
 
 cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
                            floating alpha, floating beta,
-                           floating[:, ::1] dW_out, floating[::1] db_out) noexcept nogil:
+                           floating[:, ::1] dW_out, floating[::1] db_out,
+                           int n_threads) noexcept nogil:
     """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db"""
-    gemm(True, False, alpha, X, delta, beta, dW_out)
-    bias_grad(delta, alpha, beta, db_out, 0, db_out.shape[0])
+    cdef Py_ssize_t rows, cols, tile, i0, i1, j0, j1
+    cdef Py_ssize_t m = dW_out.shape[0], n = dW_out.shape[1]
+    cdef Py_ssize_t tiles = tile_grid(m, n, X.shape[0], &rows, &cols)
+    for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1,
+                       use_threads_if=n_threads > 1 and tiles > 1):
+        i0, i1 = m * (tile // cols) // rows, m * (tile // cols + 1) // rows
+        j0, j1 = n * (tile % cols) // cols, n * (tile % cols + 1) // cols
+        gemm_block(True, False, alpha, X, delta, beta, dW_out, i0, i1, j0, j1)
+        if i0 == 0:  # the first row of blocks owns the bias's columns
+            bias_grad(delta, alpha, beta, db_out, j0, j1)
 
 
 cdef void bias_grad(const floating[:, ::1] delta, floating alpha, floating beta,
@@ -112,9 +163,23 @@ cdef void gather_rows(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
                 out[i, j] = NAN
 
 
+cdef inline Py_ssize_t update_chunks(Py_ssize_t n) noexcept nogil:
+    return (n + UPDATE_CHUNK - 1) // UPDATE_CHUNK
+
+
 cdef void momentum_update(floating* w, const floating* g, floating* velocity, Py_ssize_t n,
                           floating learning_rate, floating momentum, bint nesterov) noexcept nogil:
     """v := momentum * v - lr * g;  w := w + (momentum * v - lr * g if nesterov else v)"""
+    cdef Py_ssize_t c, i0
+    # Element by element: the same bits whichever thread updates which chunk.
+    for c in prange(update_chunks(n), schedule="static", use_threads_if=n >= PARALLEL_MIN_UPDATE):
+        i0 = c * UPDATE_CHUNK
+        momentum_range(w + i0, g + i0, velocity + i0, min(UPDATE_CHUNK, n - i0), learning_rate,
+                       momentum, nesterov)
+
+
+cdef void momentum_range(floating* w, const floating* g, floating* velocity, Py_ssize_t n,
+                         floating learning_rate, floating momentum, bint nesterov) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
         velocity[i] = momentum * velocity[i] - learning_rate * g[i]
@@ -128,6 +193,16 @@ cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, 
                       floating alpha, floating one_minus_beta_1, floating one_minus_beta_2,
                       floating epsilon) noexcept nogil:
     """m += (1 - b1) (g - m);  v += (1 - b2) (g^2 - v);  w -= alpha * m / (sqrt(v) + eps)"""
+    cdef Py_ssize_t c, i0
+    for c in prange(update_chunks(n), schedule="static", use_threads_if=n >= PARALLEL_MIN_UPDATE):
+        i0 = c * UPDATE_CHUNK
+        adam_range(w + i0, g + i0, m + i0, v + i0, min(UPDATE_CHUNK, n - i0), alpha,
+                   one_minus_beta_1, one_minus_beta_2, epsilon)
+
+
+cdef void adam_range(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
+                     floating alpha, floating one_minus_beta_1, floating one_minus_beta_2,
+                     floating epsilon) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
         m[i] += (g[i] - m[i]) * one_minus_beta_1
@@ -158,13 +233,24 @@ def openmp_enabled():
     return bool(FASTNAIVE_OPENMP)
 
 
+def processors():
+    """The processors this process may run on (OpenMP's count; 1 without OpenMP)."""
+    return fastnaive_processors()
+
+
+def max_threads():
+    """The threads a parallel loop of the kernels may use: OpenMP's limit, which
+    OMP_NUM_THREADS and threadpoolctl's threadpool_limits set (1 without OpenMP)."""
+    return fastnaive_max_threads()
+
+
 def _shape_error(str expected, **arrays):
     received = ", ".join(f"{name}.shape={tuple(a.shape)}" for name, a in arrays.items())
     return ValueError(f"Expected {expected}. Received: {received}")
 
 
 def dense_forward_checked(const floating[:, ::1] X, const floating[:, ::1] W, const floating[::1] b,
-                          int activation, floating[:, ::1] Z_out):
+                          int activation, floating[:, ::1] Z_out, int n_threads=1):
     """Z_out := act(X @ W + b), act of code `activation` (0 linear, 1 relu, ...; see fastnaive._activations)"""
     if not (X.shape[1] == W.shape[0] > 0 and b.shape[0] == W.shape[1]
             and Z_out.shape[0] == X.shape[0] and Z_out.shape[1] == W.shape[1]):
@@ -175,11 +261,11 @@ def dense_forward_checked(const floating[:, ::1] X, const floating[:, ::1] W, co
                          f"Received: activation={activation}")
     load_blas()
     with nogil:
-        dense_forward(X, W, b, activation, Z_out)
+        dense_forward(X, W, b, activation, Z_out, max(n_threads, 1))
 
 
 def dense_input_grad_checked(const floating[:, ::1] delta, const floating[:, ::1] W,
-                             floating[:, ::1] dX_out):
+                             floating[:, ::1] dX_out, int n_threads=1):
     """dX_out := delta @ W.T"""
     if not (delta.shape[1] == W.shape[1] > 0 and dX_out.shape[0] == delta.shape[0]
             and dX_out.shape[1] == W.shape[0]):
@@ -187,12 +273,12 @@ def dense_input_grad_checked(const floating[:, ::1] delta, const floating[:, ::1
                            delta=delta, W=W, dX_out=dX_out)
     load_blas()
     with nogil:
-        dense_input_grad(delta, W, dX_out)
+        dense_input_grad(delta, W, dX_out, max(n_threads, 1))
 
 
 def dense_param_grad_checked(const floating[:, ::1] X, const floating[:, ::1] delta,
                              floating alpha, floating beta, floating[:, ::1] dW_out,
-                             floating[::1] db_out):
+                             floating[::1] db_out, int n_threads=1):
     """dW_out := alpha * X.T @ delta + beta * dW_out;  db_out := alpha * sum_rows(delta) + beta * db_out"""
     if not (X.shape[0] == delta.shape[0] > 0 and dW_out.shape[0] == X.shape[1]
             and dW_out.shape[1] == delta.shape[1] and db_out.shape[0] == delta.shape[1]):
@@ -200,7 +286,7 @@ def dense_param_grad_checked(const floating[:, ::1] X, const floating[:, ::1] de
                            X=X, delta=delta, dW_out=dW_out, db_out=db_out)
     load_blas()
     with nogil:
-        dense_param_grad(X, delta, alpha, beta, dW_out, db_out)
+        dense_param_grad(X, delta, alpha, beta, dW_out, db_out, max(n_threads, 1))
 
 
 def softmax_checked(const floating[:, ::1] logits, floating[:, ::1] out):

@@ -166,7 +166,7 @@ def add_train_options(parser):
         type=int,
         default=None,
         metavar="N",
-        help="BLAS and OpenMP threads (default: all cores)",
+        help="threads to train with, one pool (default: OMP_NUM_THREADS, else all cores)",
     )
     parser.add_argument("--shuffle", action="store_true", help="reshuffle the samples every epoch")
     parser.add_argument(

@@ -34,8 +34,8 @@ only slices its preallocated arrays and calls the kernels, so a step in steady s
 allocates nothing.
 """
 
-import contextlib
 import math
+import operator
 import weakref
 
 import numpy as np
@@ -50,8 +50,6 @@ __all__ = ["Step", "step_for", "is_sparse", "max_abs"]
 # Above this share of nonzeros the dense GEMMs win (measured: sparse is 1.2x faster at 0.5,
 # 1.07x at 0.7, 8% slower on dense inputs).
 SPARSE_MAX_DENSITY = 0.5
-# The first layer's sparse products run on the calling thread (see Step.threads).
-SPARSE_THREADS = 1
 _blas_controller = None
 # Per-batch entry points keep one Step per model, replaced when the model or batch outgrows it.
 _cached_steps = weakref.WeakKeyDictionary()
@@ -126,6 +124,7 @@ class Step:
             # Layer i's gradients [dW_i, db_i] are flat[bounds[2 i]:bounds[2 i + 2]].
             self.bounds = np.cumsum([0] + [w.size for w in model.weights]).tolist()
         self.layer_ready = getattr(reducer, "layer_ready", None)
+        self.n_threads = 1  # set by threads()
         self.n_features = model.input_size
         self.batch_inputs = self.batch_targets = self.batch_weights = None
         # The first layer's kernels: GEMMs, on the nonzeros of dense inputs (sparse_input), or
@@ -189,25 +188,27 @@ class Step:
         """The optimizer's Update, bound again if a layer's W or b was replaced by a new array
         (the optimizer's state follows the weight's position, not the array)."""
         weights = self.model.weights
-        if any(a is not b for a, b in zip(weights, self.bound_weights)):
+        if any(map(operator.is_not, weights, self.bound_weights)):
             self.bound_weights = weights
             self.update = Update(self.update.optimizer, self.gradients, weights)
             self.weight_bound = None
         return self.update
 
     def threads(self):
-        """The thread policy of a call: on sparse inputs BLAS runs on one thread, since the
-        first layer's products run on the calling thread.
+        """The thread policy of a call, as a context: one thread pool, OpenMP's.
 
-        OpenMP and OpenBLAS threads each spin a while after their work and chase each other
-        on a small machine. Measured on 2 cores, an MNIST epoch of fit takes 0.40 s this way;
-        with two OpenMP threads 0.27 s at best when they are bound to cores
-        (OMP_PROC_BIND=true), but 0.52-0.55 s in about half the runs, and 6-7 s when both
-        pools have two threads.
+        The kernels' parallel loops use `n_threads`, OpenMP's limit when the call starts
+        (OMP_NUM_THREADS, threadpoolctl's threadpool_limits), and BLAS runs on one thread
+        inside them: each GEMM is cut into blocks (fastnaive._blas.tile_grid), each block one
+        single-threaded BLAS call on one of the pool's threads. The blocks depend on the
+        shapes alone, so the results are the same bits at any number of threads.
+
+        Two pools would fight: OpenMP and OpenBLAS threads each spin a while after their work
+        and chase each other on a small machine (measured on 2 cores: an MNIST epoch took
+        6-7 s with two threads in each pool, against 0.4 s with one pool).
         """
-        if not (self.sparse_input or self.csr_input):
-            return contextlib.nullcontext()
-        return _blas_pools().limit(limits=1)
+        self.n_threads = _kernels.max_threads()
+        return _blas_pools()
 
     def gather(self, x, y, rows, sample_weight=None):
         """Return (x[rows], y[rows], sample_weight[rows] or None) in this Step's buffers."""
@@ -250,22 +251,22 @@ class Step:
             fused = _activations.LINEAR if pre is not None else code
             if i == 0 and self.csr_input:
                 target = z if pre is None else pre
-                x.forward(layer.W, layer.b, target, SPARSE_THREADS)
+                x.forward(layer.W, layer.b, target, self.n_threads)
                 if fused != _activations.LINEAR:
                     _activations.activate_checked(fused, target, target)
             elif i == 0 and self.sparse_input:
                 groups = _sparse.rows_of(self.row_groups, n)
-                _sparse.group_rows_checked(a, *groups, SPARSE_THREADS)
+                _sparse.group_rows_checked(a, *groups, self.n_threads)
                 relu = fused == _activations.RELU
                 target = z if pre is None else pre
                 _sparse.sparse_forward_checked(
-                    *groups, layer.W, layer.b, relu, target, SPARSE_THREADS
+                    *groups, layer.W, layer.b, relu, target, self.n_threads
                 )
                 if not relu and fused != _activations.LINEAR:
                     _activations.activate_checked(fused, target, target)
             else:
                 _kernels.dense_forward_checked(
-                    a, layer.W, layer.b, fused, z if pre is None else pre
+                    a, layer.W, layer.b, fused, z if pre is None else pre, self.n_threads
                 )
             if pre is not None:
                 _activations.activate_checked(code, pre, z)
@@ -334,20 +335,23 @@ class Step:
             # during the input gradient, half of the layer's backward pass. (The fused update's
             # calls run later, once every input gradient has used the old weights.)
             if i > 0:
-                _kernels.dense_input_grad_checked(delta, layer.W, self.deltas[i - 1][:n])
+                _kernels.dense_input_grad_checked(
+                    delta, layer.W, self.deltas[i - 1][:n], self.n_threads
+                )
         return calls
 
     def param_grad_call(self, i, x, delta, alpha, beta, dW, db):
         """The kernel call (function, arguments) of layer i's
         dW := alpha X_i.T @ delta + beta dW;  db := alpha sum_rows(delta) + beta db"""
         if i == 0 and self.csr_input:
-            return x.param_grad_call(delta, alpha, beta, dW, db, SPARSE_THREADS)
+            return x.param_grad_call(delta, alpha, beta, dW, db, self.n_threads)
         if i == 0 and self.sparse_input:
-            _sparse.group_columns_checked(x, *self.column_groups, SPARSE_THREADS)
-            arguments = (*self.column_groups, delta, alpha, beta, dW, db, SPARSE_THREADS)
+            _sparse.group_columns_checked(x, *self.column_groups, self.n_threads)
+            arguments = (*self.column_groups, delta, alpha, beta, dW, db, self.n_threads)
             return _sparse.sparse_param_grad_checked, arguments
         inputs = x if i == 0 else self.layer_input(i, delta.shape[0])
-        return _kernels.dense_param_grad_checked, (inputs, delta, alpha, beta, dW, db)
+        arguments = (inputs, delta, alpha, beta, dW, db, self.n_threads)
+        return _kernels.dense_param_grad_checked, arguments
 
     def layer_input(self, i, n):
         """The first n rows of layer i's input (i >= 1): the previous output, after dropout."""
@@ -524,8 +528,10 @@ def step_for(model, x):
 
 
 def _largest(*bounds):
-    """The largest of `bounds`, inf if any is NaN (an overflow on the way: 0 * inf)."""
-    return math.inf if any(b != b for b in bounds) else max(bounds)
+    """The largest of `bounds` (each >= 0 or NaN), inf if any is NaN (an overflow on the way:
+    0 * inf)."""
+    total = sum(bounds)  # NaN if any is
+    return max(bounds) if total == total else math.inf
 
 
 def _views(flat, arrays):
@@ -538,11 +544,63 @@ def _views(flat, arrays):
 
 
 def _blas_pools():
-    """threadpoolctl's handle on the loaded BLAS libraries, SciPy's among them."""
+    """A reusable context that runs the loaded BLAS libraries (SciPy's among them) on one
+    thread and restores their thread counts after."""
     global _blas_controller
     if _blas_controller is None:
         from threadpoolctl import ThreadpoolController
 
         _blas.load()
-        _blas_controller = ThreadpoolController().select(user_api="blas")
+        _blas_controller = _OneBlasThread(ThreadpoolController().select(user_api="blas"))
     return _blas_controller
+
+
+# OpenBLAS's thread-count functions, under the names its builds export (SciPy's and NumPy's
+# wheels prefix them, the 64-bit-integer builds add a suffix).
+_OPENBLAS_PREFIXES = ("", "scipy_")
+_OPENBLAS_SUFFIXES = ("", "64_")
+
+
+class _OneBlasThread:
+    """BLAS on one thread for a call: OpenBLAS's own get/set functions, called through
+    ctypes (a few microseconds, where threadpoolctl's limit takes about 60, too much for
+    the per-batch entry points); threadpoolctl's limit for any other BLAS."""
+
+    def __init__(self, controller):
+        import ctypes
+
+        self.functions, others = [], []
+        for library in controller.lib_controllers:
+            found = None
+            if library.internal_api == "openblas":
+                handle = ctypes.CDLL(library.filepath)
+                for prefix in _OPENBLAS_PREFIXES:
+                    for suffix in _OPENBLAS_SUFFIXES:
+                        get = getattr(handle, f"{prefix}openblas_get_num_threads{suffix}", None)
+                        put = getattr(handle, f"{prefix}openblas_set_num_threads{suffix}", None)
+                        if found is None and get is not None and put is not None:
+                            get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
+                            found = (get, put)
+            if found is None:
+                others.append(library)
+            else:
+                self.functions.append(found)
+        self.others = controller if others else None
+        # A stack, for contexts nested or entered by several Python threads: whatever the
+        # order they end in, the last one restores the counts the first one found.
+        self.saved = []
+
+    def __enter__(self):
+        counts = [get() for get, _ in self.functions]
+        for _, put in self.functions:
+            put(1)
+        others = self.others.limit(limits=1) if self.others is not None else None
+        self.saved.append((counts, others))
+        return self
+
+    def __exit__(self, *error):
+        counts, others = self.saved.pop()
+        if others is not None:
+            others.restore_original_limits()
+        for (_, put), count in zip(self.functions, counts):
+            put(count)
