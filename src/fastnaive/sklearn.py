@@ -854,9 +854,9 @@ _PARAMETERS = """
         The precision of the weights and of training. float32 inputs always train in
         float32, as scikit-learn keeps them.
     n_threads : int, default=None
-        Limit on BLAS and OpenMP threads while fitting and predicting; None leaves them as
-        they are (all cores). With narrow layers and small batches, 1 is often faster: the
-        GEMMs are too small to share, and idle BLAS threads spin.
+        The threads fitting and predicting use (one pool, with the same results at any
+        count); None leaves OpenMP's limit as it is (all cores). With narrow layers and
+        small batches, 1 is often faster: the steps are too short to share.
 
     Sample weights must be >= 0 (scikit-learn also takes negative ones). A batch whose
     weights sum to zero only decays the weights by the L2 term (scikit-learn divides by
