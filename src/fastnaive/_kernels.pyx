@@ -62,17 +62,34 @@ cdef enum:
     MAX_ACTIVATION = 7
 
 
+cdef struct Block:
+    Py_ssize_t i0, i1, j0, j1
+
+
+cdef inline Block tile_block(Py_ssize_t tile, Py_ssize_t m, Py_ssize_t n, Py_ssize_t rows,
+                             Py_ssize_t cols) noexcept nogil:
+    """Block `tile` of an (m, n) matrix cut into rows x cols blocks (tile_grid): its rows
+    [i0, i1) and columns [j0, j1), in row-major order of the blocks."""
+    cdef Block block
+    cdef Py_ssize_t r = tile // cols, c = tile % cols
+    block.i0, block.i1 = m * r // rows, m * (r + 1) // rows
+    block.j0, block.j1 = n * c // cols, n * (c + 1) // cols
+    return block
+
+
 cdef void dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
                         const floating[::1] b, int activation,
                         floating[:, ::1] Z_out, int n_threads) noexcept nogil:
     """Z := act(X @ W + b), act the activation of code `activation` (fastnaive._activations)"""
     cdef Py_ssize_t rows, cols, tile, i, j, i0, i1, j0, j1
+    cdef Block block
     cdef Py_ssize_t m = Z_out.shape[0], n = Z_out.shape[1]
     cdef Py_ssize_t tiles = tile_grid(m, n, X.shape[1], &rows, &cols)
     for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1,
                        use_threads_if=n_threads > 1 and tiles > 1):
-        i0, i1 = m * (tile // cols) // rows, m * (tile // cols + 1) // rows
-        j0, j1 = n * (tile % cols) // cols, n * (tile % cols + 1) // cols
+        # Assigned in the loop, so private to each thread (prange).
+        block = tile_block(tile, m, n, rows, cols)
+        i0, i1, j0, j1 = block.i0, block.i1, block.j0, block.j1
         for i in range(i0, i1):
             for j in range(j0, j1):
                 Z_out[i, j] = b[j]
@@ -86,12 +103,14 @@ cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] 
                            floating[:, ::1] dX_out, int n_threads) noexcept nogil:
     """dX := delta @ W.T"""
     cdef Py_ssize_t rows, cols, tile, i0, i1, j0, j1
+    cdef Block block
     cdef Py_ssize_t m = dX_out.shape[0], n = dX_out.shape[1]
     cdef Py_ssize_t tiles = tile_grid(m, n, delta.shape[1], &rows, &cols)
     for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1,
                        use_threads_if=n_threads > 1 and tiles > 1):
-        i0, i1 = m * (tile // cols) // rows, m * (tile // cols + 1) // rows
-        j0, j1 = n * (tile % cols) // cols, n * (tile % cols + 1) // cols
+        # Assigned in the loop, so private to each thread (prange).
+        block = tile_block(tile, m, n, rows, cols)
+        i0, i1, j0, j1 = block.i0, block.i1, block.j0, block.j1
         gemm_block(False, True, <floating>1, delta, W, <floating>0, dX_out, i0, i1, j0, j1)
 
 
@@ -101,12 +120,14 @@ cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delt
                            int n_threads) noexcept nogil:
     """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db"""
     cdef Py_ssize_t rows, cols, tile, i0, i1, j0, j1
+    cdef Block block
     cdef Py_ssize_t m = dW_out.shape[0], n = dW_out.shape[1]
     cdef Py_ssize_t tiles = tile_grid(m, n, X.shape[0], &rows, &cols)
     for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1,
                        use_threads_if=n_threads > 1 and tiles > 1):
-        i0, i1 = m * (tile // cols) // rows, m * (tile // cols + 1) // rows
-        j0, j1 = n * (tile % cols) // cols, n * (tile % cols + 1) // cols
+        # Assigned in the loop, so private to each thread (prange).
+        block = tile_block(tile, m, n, rows, cols)
+        i0, i1, j0, j1 = block.i0, block.i1, block.j0, block.j1
         gemm_block(True, False, alpha, X, delta, beta, dW_out, i0, i1, j0, j1)
         if i0 == 0:  # the first row of blocks owns the bias's columns
             bias_grad(delta, alpha, beta, db_out, j0, j1)

@@ -35,7 +35,6 @@ allocates nothing.
 """
 
 import math
-import operator
 import weakref
 
 import numpy as np
@@ -188,7 +187,7 @@ class Step:
         """The optimizer's Update, bound again if a layer's W or b was replaced by a new array
         (the optimizer's state follows the weight's position, not the array)."""
         weights = self.model.weights
-        if any(map(operator.is_not, weights, self.bound_weights)):
+        if any(a is not b for a, b in zip(weights, self.bound_weights)):
             self.bound_weights = weights
             self.update = Update(self.update.optimizer, self.gradients, weights)
             self.weight_bound = None
@@ -528,10 +527,8 @@ def step_for(model, x):
 
 
 def _largest(*bounds):
-    """The largest of `bounds` (each >= 0 or NaN), inf if any is NaN (an overflow on the way:
-    0 * inf)."""
-    total = sum(bounds)  # NaN if any is
-    return max(bounds) if total == total else math.inf
+    """The largest of `bounds`, inf if any is NaN (an overflow on the way: 0 * inf)."""
+    return math.inf if any(b != b for b in bounds) else max(bounds)
 
 
 def _views(flat, arrays):
