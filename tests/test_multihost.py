@@ -211,20 +211,23 @@ def fastnaive_lines(stderr):
     return [line for line in stderr.splitlines() if line.startswith("fastnaive:")]
 
 
-def test_an_allreduce_runs_across_two_namespaces_over_tcp(bed):
+def test_an_allreduce_runs_across_two_namespaces_over_tcp(bed, tmp_path):
     """mpirun in the first namespace starts a rank in each host through the agent; each rank
     sits in its own network namespace, at its host's address, and their Allreduce adds up."""
     two = bed(2)
+    # Each rank writes its own file: the ranks' standard outputs reach mpirun's as one
+    # stream, where two lines printed at the same moment can come out interleaved.
     probe = (
-        "import os, subprocess; import numpy as np; from mpi4py import MPI\n"
+        "import os, subprocess, sys; import numpy as np; from mpi4py import MPI\n"
         "c = MPI.COMM_WORLD; a = np.array([c.rank + 1.0]); c.Allreduce(MPI.IN_PLACE, a)\n"
         "address = subprocess.check_output(['ip', '-4', '-o', 'addr', 'show', 'eth0'], "
         "text=True).split()[3].split('/')[0]\n"
-        "print(c.rank, a[0], address, os.readlink('/proc/self/ns/net'), flush=True)"
+        "line = f\"{c.rank} {a[0]} {address} {os.readlink('/proc/self/ns/net')}\"\n"
+        "open(os.path.join(sys.argv[1], f'rank{c.rank}'), 'w').write(line)"
     )
-    result = two.run(2, sys.executable, "-c", probe, timeout=60)
+    result = two.run(2, sys.executable, "-c", probe, str(tmp_path), timeout=60)
     assert result.returncode == 0, result.stderr
-    lines = sorted(line.split() for line in result.stdout.splitlines())
+    lines = [(tmp_path / f"rank{rank}").read_text().split() for rank in range(2)]
     assert [(rank, total, address) for rank, total, address, _ in lines] == [
         ("0", "3.0", two.address(1)),
         ("1", "3.0", two.address(2)),
