@@ -453,6 +453,29 @@ def test_max_abs_is_the_largest_magnitude_and_inf_for_any_nan_or_inf(dtype, n):
             assert _kernels.max_abs_checked(b) == np.inf
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(0, 5), (1, 1), (3, 7), (130, 784), (700, 784)])
+def test_scan_counts_the_nonzeros_and_finds_the_largest_magnitude_at_any_thread_count(
+    dtype, shape
+):
+    """The first layer's kernel choice and the inputs' bound: NumPy's count_nonzero (-0 is
+    zero, NaN is not) and max |x|, inf for NaN or inf, the same at 1, 2 and 3 threads, over
+    arrays below and above the size that runs in parallel."""
+    rng = np.random.default_rng(shape[0])
+    a = rng.normal(size=shape) * 10.0 ** rng.integers(-30, 30, shape)
+    a[rng.random(shape) < 0.6] = 0
+    a = a.astype(dtype)
+    if a.size:
+        a.flat[rng.integers(a.size)] = -0.0
+    expected = (np.count_nonzero(a), float(np.abs(a).max()) if a.size else 0.0)
+    for threads in (1, 2, 3):
+        assert _kernels.scan_rows_checked(a, threads) == expected
+    if a.size:
+        a.flat[rng.integers(a.size)] = np.nan
+        nonzeros, peak = _kernels.scan_rows_checked(a, 2)
+        assert (nonzeros, peak) == (np.count_nonzero(a), np.inf)
+
+
 def test_run_calls_runs_each_kernel_in_order():
     w = np.zeros(4, np.float32)
     calls = [

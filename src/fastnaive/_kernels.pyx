@@ -60,6 +60,8 @@ cdef enum:
     UPDATE_CHUNK = 1 << 13
     # The largest activation code (fastnaive._activations).
     MAX_ACTIVATION = 7
+    # Parts of an array scanned at a time (scan), enough to balance any thread count.
+    SCAN_CHUNKS = 64
 
 
 cdef struct Block:
@@ -237,6 +239,8 @@ cdef void adam_range(floating* w, const floating* g, floating* m, floating* v, P
 cdef extern from "max_abs.h" nogil:
     double fastnaive_max_abs_f(const float* a, Py_ssize_t n)
     double fastnaive_max_abs_d(const double* a, Py_ssize_t n)
+    double fastnaive_scan_f(const float* a, Py_ssize_t n, Py_ssize_t* nonzeros)
+    double fastnaive_scan_d(const double* a, Py_ssize_t n, Py_ssize_t* nonzeros)
 
 
 cdef double max_abs(const floating* a, Py_ssize_t n) noexcept nogil:
@@ -245,6 +249,28 @@ cdef double max_abs(const floating* a, Py_ssize_t n) noexcept nogil:
         return fastnaive_max_abs_f(a, n)
     else:
         return fastnaive_max_abs_d(a, n)
+
+
+cdef double scan(const floating* a, Py_ssize_t n, Py_ssize_t* nonzeros,
+                 int n_threads) noexcept nogil:
+    """max_i |a_i| (inf when any a_i is NaN or infinite), *nonzeros := the count of a_i != 0;
+    in SCAN_CHUNKS parts on the threads (a maximum and a count: the same at any count)"""
+    cdef double peaks[SCAN_CHUNKS]
+    cdef Py_ssize_t counts[SCAN_CHUNKS]
+    cdef Py_ssize_t c, i0, i1, chunks = SCAN_CHUNKS if n >= PARALLEL_MIN_ELEMENTS else 1
+    cdef double peak = 0
+    for c in prange(chunks, num_threads=n_threads, schedule="static",
+                    use_threads_if=n_threads > 1 and chunks > 1):
+        i0, i1 = n * c // chunks, n * (c + 1) // chunks
+        if floating is float:
+            peaks[c] = fastnaive_scan_f(a + i0, i1 - i0, &counts[c])
+        else:
+            peaks[c] = fastnaive_scan_d(a + i0, i1 - i0, &counts[c])
+    nonzeros[0] = 0
+    for c in range(chunks):
+        nonzeros[0] += counts[c]
+        peak = max(peak, peaks[c])
+    return peak
 
 
 # ---- Python wrappers: check shapes, then run the kernel without the GIL. ----
@@ -387,6 +413,18 @@ def max_abs_rows_checked(const floating[:, ::1] a):
         with nogil:
             result = max_abs(&a[0, 0], a.shape[0] * a.shape[1])
     return result
+
+
+def scan_rows_checked(const floating[:, ::1] a, n_threads=None):
+    """(the number of nonzero a_ij, max_ij |a_ij|) in one pass; the maximum is inf when any
+    a_ij is NaN or infinite, and NaN counts as nonzero; n_threads None: OpenMP's default"""
+    cdef Py_ssize_t nonzeros = 0
+    cdef double result = 0.0
+    cdef int threads = fastnaive_max_threads() if n_threads is None else max(1, int(n_threads))
+    if a.shape[0] and a.shape[1]:
+        with nogil:
+            result = scan(&a[0, 0], a.shape[0] * a.shape[1], &nonzeros, threads)
+    return nonzeros, result
 
 
 def copy_checked(const floating[::1] src, floating[::1] dst):

@@ -44,7 +44,7 @@ from fastnaive._memory import aligned_empty
 from fastnaive.optimizers import Update
 from fastnaive.sparse import CsrBatch
 
-__all__ = ["Step", "step_for", "is_sparse", "max_abs"]
+__all__ = ["Step", "step_for", "scan", "max_abs"]
 
 # Above this share of nonzeros the dense GEMMs win (measured: sparse is 1.2x faster at 0.5,
 # 1.07x at 0.7, 8% slower on dense inputs).
@@ -61,9 +61,10 @@ def max_abs(x):
     return _kernels.max_abs_rows_checked(x)
 
 
-def is_sparse(x):
-    """True when x is zero enough for the first layer to run on its nonzeros."""
-    return np.count_nonzero(x) <= SPARSE_MAX_DENSITY * x.size
+def scan(x):
+    """(x's number of nonzeros, max |x_ij|, inf for NaN or inf) for an array x, in one pass on
+    the threads OpenMP allows."""
+    return _kernels.scan_rows_checked(x)
 
 
 def _signature(model):
@@ -136,7 +137,7 @@ class Step:
         self.counter = np.zeros(1, np.int64)
         # The overflow guard (commit): the largest magnitude a step may leave, an upper
         # bound of max |w| over the weights (None: to be measured), and of max |x| over the
-        # inputs (None: measured per batch).
+        # inputs given to use_inputs (None: measured per batch).
         self.limit = float(np.finfo(dtype).max) / 16
         self.weight_bound = self.input_bound = None
         if x is not None:
@@ -162,12 +163,16 @@ class Step:
         return n_samples <= self.capacity and self.signature == _signature(model)
 
     def use_inputs(self, x):
-        """Choose the first layer's kernels for inputs like x: on their nonzeros, or GEMMs."""
+        """Choose the first layer's kernels for inputs like x, on their nonzeros or GEMMs, and
+        bound their magnitude for the steps on x (the overflow guard: fused_bound)."""
         self.csr_input = isinstance(x, CsrBatch)
         if self.csr_input:
             self.sparse_input = False
+            self.input_bound = x.max_abs()
             return
-        sparse = is_sparse(x) and (self.capacity + 3) * self.n_features < 2**31  # int32 indices
+        nonzeros, self.input_bound = scan(x)
+        sparse = nonzeros <= SPARSE_MAX_DENSITY * x.size
+        sparse = sparse and (self.capacity + 3) * self.n_features < 2**31  # int32 indices
         if sparse and self.row_groups is None:
             dtype = self.outputs[0].dtype
             self.row_groups = _sparse.group_buffers(self.capacity, self.n_features, dtype)

@@ -1,4 +1,5 @@
-/* max |a_i| over an array, for the step's overflow bounds (fastnaive._kernels.max_abs).
+/* max |a_i| over an array, for the step's overflow bounds (fastnaive._kernels.max_abs),
+ * and with it the number of nonzero a_i, for the first layer's kernel choice (scan).
  *
  * The absolute value of a float, read as the integer of its bits with the sign bit
  * cleared, orders like the float itself, and NaN and infinity are the integers from the
@@ -47,5 +48,37 @@ FASTNAIVE_CLONES static double fastnaive_max_abs_d(const double *a, ptrdiff_t n)
     memcpy(&result, &m, sizeof result);
     return result;
 }
+
+/* The same over a_0..a_n-1, with *nonzeros := the number of a_i that are not +-0 (NaN
+ * counts): the nonzero magnitudes are the nonzero integers. Counted in lanes of the bits'
+ * width, a block at a time, so that the count vectorises with the maximum. Defined for
+ * element type T read as integer type I, with MAGNITUDE the mask without the sign bit and
+ * EXPONENT the bits of infinity. */
+#define FASTNAIVE_SCAN_BLOCK ((ptrdiff_t)1 << 20)
+#define FASTNAIVE_SCAN_DEFINE(T, I, SUFFIX, MAGNITUDE, EXPONENT)                              \
+FASTNAIVE_CLONES static double fastnaive_scan_##SUFFIX(const T *a, ptrdiff_t n,              \
+                                                       ptrdiff_t *nonzeros) {                 \
+    I bits, m = 0;                                                                          \
+    ptrdiff_t count = 0;                                                                    \
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += FASTNAIVE_SCAN_BLOCK) {                            \
+        const ptrdiff_t i1 = n - i0 < FASTNAIVE_SCAN_BLOCK ? n : i0 + FASTNAIVE_SCAN_BLOCK; \
+        I block = 0;                                                                        \
+        for (ptrdiff_t i = i0; i < i1; i++) {                                               \
+            memcpy(&bits, a + i, sizeof bits);                                              \
+            bits &= MAGNITUDE;                                                              \
+            m = bits > m ? bits : m;                                                        \
+            block += bits != 0;                                                             \
+        }                                                                                   \
+        count += block;                                                                     \
+    }                                                                                       \
+    *nonzeros = count;                                                                      \
+    if (m >= EXPONENT) return INFINITY;                                                     \
+    T result;                                                                               \
+    memcpy(&result, &m, sizeof result);                                                     \
+    return result;                                                                          \
+}
+
+FASTNAIVE_SCAN_DEFINE(float, int32_t, f, 0x7fffffff, 0x7f800000)
+FASTNAIVE_SCAN_DEFINE(double, int64_t, d, INT64_MAX, INT64_C(0x7ff0000000000000))
 
 #endif

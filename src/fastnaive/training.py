@@ -369,7 +369,6 @@ def _fit_run(group, run):
     n_samples = run.x.shape[0]
     capacity = max(1, math.ceil(min(run.batch_size, n_samples) / group.size))
     step = engine.Step(model, capacity, run.x, optimizer=run.optimizer, reducer=group.reducer)
-    step.input_bound = run.input_bound
     history = History()
     if saved_history is not None and run.backup is not None:
         history.epoch = list(saved_history["epoch"])
@@ -488,8 +487,6 @@ class _Run:
         self.callbacks = _checked_callbacks(callbacks)
         self.writers = any(getattr(c, "writes_weights", True) for c in self.callbacks)
         self.initial_epoch = positive_int(initial_epoch, "initial_epoch", minimum=0)
-        # Every input's magnitude is below this: the steps' overflow guard needs it.
-        self.input_bound = engine.max_abs(self.x)
         backups = [c for c in self.callbacks if isinstance(c, BackupAndRestore)]
         self.backup = backups[0] if backups else None
         if self.backup is not None:
