@@ -455,9 +455,7 @@ def test_max_abs_is_the_largest_magnitude_and_inf_for_any_nan_or_inf(dtype, n):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [(0, 5), (1, 1), (3, 7), (130, 784), (700, 784)])
-def test_scan_counts_the_nonzeros_and_finds_the_largest_magnitude_at_any_thread_count(
-    dtype, shape
-):
+def test_scan_counts_the_nonzeros_and_finds_the_largest_magnitude_at_any_thread_count(dtype, shape):
     """The first layer's kernel choice and the inputs' bound: NumPy's count_nonzero (-0 is
     zero, NaN is not) and max |x|, inf for NaN or inf, the same at 1, 2 and 3 threads, over
     arrays below and above the size that runs in parallel."""

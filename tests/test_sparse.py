@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fastnaive import _kernels, _sparse
+import fastnaive
+from fastnaive import _kernels, _sparse, engine
 
 # (n_samples, n_features, n_units): groups of four rows or columns with one to three lines
 # short (n = 1, 5, 7; k = 5, 13), whole and partial tiles of columns (m = 1, 3, 70, 200, 512),
@@ -385,3 +386,17 @@ def test_mnist_batch_matches_the_dense_kernels(mnist, rng):
     _kernels.dense_param_grad_checked(X, delta, -1e-3, 1.0, W_dense, b_dense)
     for sparse, dense in zip(param_grad(X, delta, -1e-3, 1.0, W, b), (W_dense, b_dense)):
         assert_close(sparse, dense)
+
+
+def test_the_first_layer_runs_on_the_nonzeros_below_its_instruction_sets_measured_density(
+    instruction_set,
+):
+    """A Step chooses the products on the nonzeros at up to SPARSE_MAX_DENSITY of the
+    instruction set they run on (measured per set: benchmarks/crossover.py), and the dense
+    GEMMs above it."""
+    limit = engine.SPARSE_MAX_DENSITY[instruction_set]
+    model = fastnaive.NaiveSequential([fastnaive.NaiveDense(100, 8, "relu", seed=0)])
+    for density, expected in ((limit - 0.02, True), (limit + 0.02, False)):
+        x = np.zeros((50, 100), np.float32)
+        x.flat[: round(density * x.size)] = 1.0
+        assert engine.Step(model, 50, x).sparse_input is expected, (instruction_set, density)

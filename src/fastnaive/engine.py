@@ -46,9 +46,13 @@ from fastnaive.sparse import CsrBatch
 
 __all__ = ["Step", "step_for", "scan", "max_abs"]
 
-# Above this share of nonzeros the dense GEMMs win (measured: sparse is 1.2x faster at 0.5,
-# 1.07x at 0.7, 8% slower on dense inputs).
-SPARSE_MAX_DENSITY = 0.5
+# Above this share of nonzeros the dense GEMMs win, by the instruction set the sparse kernels
+# run on (fastnaive._sparse.instruction_set(); the BLAS's kernels are as wide). Measured by
+# benchmarks/crossover.py, the book's first layer on Fashion-MNIST thinned or filled, at 1 and
+# 2 threads (sparse / dense time, 1 thread; 2 threads): AVX-512 0.88, 0.93 at 50% and 1.06,
+# 1.06 at 60%; AVX2 0.90, 1.02 at 40% and 1.06, 1.20 at 50%; SSE 0.94, 0.84 at 50% and 1.13,
+# 1.08 at 60%.
+SPARSE_MAX_DENSITY = {"avx512": 0.55, "avx2": 0.4, "baseline": 0.55}
 _blas_controller = None
 # Per-batch entry points keep one Step per model, replaced when the model or batch outgrows it.
 _cached_steps = weakref.WeakKeyDictionary()
@@ -171,7 +175,7 @@ class Step:
             self.input_bound = x.max_abs()
             return
         nonzeros, self.input_bound = scan(x)
-        sparse = nonzeros <= SPARSE_MAX_DENSITY * x.size
+        sparse = nonzeros <= SPARSE_MAX_DENSITY[_sparse.instruction_set()] * x.size
         sparse = sparse and (self.capacity + 3) * self.n_features < 2**31  # int32 indices
         if sparse and self.row_groups is None:
             dtype = self.outputs[0].dtype
