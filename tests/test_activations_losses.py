@@ -413,3 +413,45 @@ def test_bad_targets_are_refused(loss, targets):
     model = make_model("relu", loss, "float32")
     with pytest.raises((ValueError, TypeError), match=EXPECTED_RECEIVED):
         fastnaive.fit(model, np.zeros((4, 6)), targets, 1, verbose=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_loss_gradients_flush_subnormal_elements_to_zero_and_keep_the_rest(dtype):
+    """A saturated softmax (or sigmoid) gives probabilities below the smallest normal number:
+    their gradient elements are stored as 0, every normal element as before, NaN as NaN."""
+    tiny = np.finfo(dtype).tiny
+    n, k = 64, 10
+    rng = np.random.default_rng(0)
+    spread = 2 * -np.log(tiny)  # logits far enough apart for exp to reach subnormals
+    logits = (rng.uniform(0, spread, (n, k))).astype(dtype)
+    logits[0, 0] = np.nan
+    labels = rng.integers(0, k, n)
+    onehot = np.eye(k, dtype=dtype)[labels]
+    # The gradient in float64 (longdouble for float64 inputs) from NumPy, flushed by hand.
+    wide = np.longdouble if dtype == "float64" else np.float64
+    z = logits.astype(wide)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    cases = {
+        "sparse softmax": (_losses.sparse_softmax_crossentropy_checked, labels, (p - onehot) / n),
+        "softmax": (_losses.softmax_crossentropy_checked, onehot, (p - onehot) / n),
+        "sigmoid": (
+            _losses.sigmoid_binary_crossentropy_checked,
+            onehot,
+            (1 / (1 + np.exp(-z)) - onehot) / (n * k),
+        ),
+    }
+    for name, (loss, targets, expected) in cases.items():
+        grad = np.empty((n, k), dtype)
+        loss(logits, targets, grad)
+        subnormal = np.abs(expected) < tiny
+        assert subnormal[1:].any(), name  # the case is there
+        assert not np.any((grad != 0) & (np.abs(grad) < tiny)), name
+        assert np.all(grad[subnormal & ~np.isnan(expected)] == 0), name
+        normal = ~subnormal & ~np.isnan(expected)
+        # p - 1 for the label cancels: absolute rounding at the scale of 1 / n.
+        atol = 4 * np.finfo(dtype).eps / n
+        np.testing.assert_allclose(
+            grad[normal], expected[normal].astype(dtype), rtol=1e-5, atol=atol, err_msg=name
+        )
+        assert np.isnan(grad[0, 0]), name
