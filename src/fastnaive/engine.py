@@ -139,6 +139,7 @@ class Step:
         # The step number that dropout masks are drawn for, in an array so that a step's
         # kernels count it (commit).
         self.counter = np.zeros(1, np.int64)
+        self.count_call = (_kernels.increment, (self.counter,))
         # The overflow guard (commit): the largest magnitude a step may leave, an upper
         # bound of max |w| over the weights (None: to be measured), and of max |x| over the
         # inputs given to use_inputs (None: measured per batch).
@@ -195,11 +196,14 @@ class Step:
     def current_update(self):
         """The optimizer's Update, bound again if a layer's W or b was replaced by a new array
         (the optimizer's state follows the weight's position, not the array)."""
-        weights = self.model.weights
-        if any(a is not b for a, b in zip(weights, self.bound_weights)):
-            self.bound_weights = weights
-            self.update = Update(self.update.optimizer, self.gradients, weights)
-            self.weight_bound = None
+        bound = self.bound_weights
+        for i, layer in enumerate(self.layers):
+            if layer.W is not bound[2 * i] or layer.b is not bound[2 * i + 1]:
+                weights = self.model.weights
+                self.bound_weights = weights
+                self.update = Update(self.update.optimizer, self.gradients, weights)
+                self.weight_bound = None
+                break
         return self.update
 
     def threads(self):
@@ -296,6 +300,8 @@ class Step:
 
     def penalty(self):
         """The L2 penalty sum_l l2_l * sum(W_l**2) of the current weights."""
+        if not self.penalised:
+            return 0.0
         return sum(layer.l2 * _losses.sum_squares_checked(layer.W) for layer in self.penalised)
 
     def backward(self, x, gemm_scale=None, first_row=0):
@@ -404,7 +410,7 @@ class Step:
             self.forward(x, training=True, first_row=first_row)
             correct = self.count_hits(self.outputs[-1][:n], y)
             loss = self.loss_gradient(y, sample_weight, 1.0 / n_global)
-        count = (_kernels.increment, (self.counter,))
+        count = self.count_call
         if self.reducer is None:
             loss += penalty
             if not math.isfinite(loss):
@@ -452,6 +458,7 @@ class Step:
         GEMM's sums) can reach in any layer, from the largest inputs and deltas."""
         n = x.shape[0]
         weights = self.current_weight_bound()
+        step = abs(scale)
         bound = 0.0
         for i, layer in enumerate(self.layers):
             if i:
@@ -461,9 +468,12 @@ class Step:
             else:
                 inputs = max_abs(x)
             deltas = _kernels.max_abs_rows_checked(self.deltas[i][:n])
-            sums = n * deltas * max(inputs, 1.0)  # of X.T @ delta and of delta's columns
+            sums = n * deltas * (inputs if inputs > 1.0 else 1.0)  # X.T @ delta, delta's columns
             beta = abs(1.0 + 2 * scale * layer.l2) if layer.l2 else 1.0
-            bound = _largest(bound, sums, beta * weights + abs(scale) * sums)
+            reached = beta * weights + step * sums
+            if reached != reached:  # NaN: an overflow on the way (0 * inf)
+                return math.inf
+            bound = max(bound, sums, reached)
         return bound
 
     def commit(self, calls, bound, update):
