@@ -6,7 +6,7 @@ epoch, peer / fastnaive, GFLOP/s and the share of the machine's large-GEMM rate.
 Run from the repository root, FASTNAIVE_DATA naming a folder holding mnist.npz:
 
     python benchmarks/matrix.py [--quick] [--threads 1 2] [--workloads NAME ...]
-                                [--peers NAME ...] [--repeats N] [--json PATH]
+                                [--peers NAME ...] [--repeats N] [--json PATH] [--isa avx2]
 
 Each thread count runs in its own process, confined to that many CPUs (its affinity) and
 with every library told the same count (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS,
@@ -36,6 +36,12 @@ NumPy's matmul and SciPy's BLAS (the one fastnaive calls) on GEMM_SIZE^3 matrice
 in the same process at the same thread count (sgemm; dgemm for float64); the floor is the
 epoch's GEMM FLOP at that rate. "CPU / wall" is the process's CPU time over the epoch's
 wall time: the cores a peer really kept busy.
+
+--isa avx2 holds every library to AVX2 on a CPU with AVX-512, for a stand-in of an AVX2-only
+machine (the same vector widths, not the same cores): fastnaive's sparse kernels through
+fastnaive._sparse.select_instruction_set, and the peers through their own switches
+(AVX2_ENVIRONMENT: OpenBLAS's core type for SciPy's and NumPy's GEMMs, MKL's and oneDNN's
+instruction caps and ATen's for PyTorch, XLA's for JAX, NumPy's dispatch).
 
 --quick trains two batches and a short third per workload (the warm-up's batches), every
 peer, one round, small GEMMs: it checks the command and the losses in about two minutes
@@ -175,6 +181,16 @@ THREAD_VARIABLES = (
     "TF_NUM_INTEROP_THREADS",
 )
 ONE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+# Each library's switch to AVX2 kernels (--isa avx2), set before it loads.
+AVX2_ENVIRONMENT = {
+    "OPENBLAS_CORETYPE": "Haswell",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL "
+    "AVX512_ICL AVX512_SPR",
+}
+AVX2_XLA_FLAGS = "--xla_cpu_max_isa=AVX2"
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16")
 DISTRIBUTIONS = [
     ("fastnaive", "fastnaive"),
@@ -225,6 +241,12 @@ def parse_args(argv=None):
         help=f"timed rounds, median reported (default {REPEATS}, {QUICK_REPEATS} with --quick)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--isa",
+        choices=["native", "avx2"],
+        default="native",
+        help="avx2: every library held to AVX2 kernels (a stand-in for an AVX2-only CPU)",
+    )
     parser.add_argument("--worker", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats is None:
@@ -408,6 +430,10 @@ def run_workload(workload, peer_classes, images, args):
 def worker(args):
     """Run the workloads at one thread count; write the record to the --worker path."""
     n_threads = args.threads[0]
+    if args.isa == "avx2":
+        from fastnaive import _sparse
+
+        _sparse.select_instruction_set("avx2")
     peer_classes = [peers.BY_NAME[name] for name in args.peers]
     limits = peers.configure_threads(n_threads, peer_classes)  # noqa: F841  (kept in force)
     log(f"{n_threads} thread(s): libraries loaded")
@@ -444,13 +470,18 @@ def worker(args):
 # -- the parent: one worker per thread count, then the tables -------------------------------
 
 
-def worker_environment(n_threads):
+def worker_environment(n_threads, isa="native"):
     env = dict(os.environ)
     env.update({name: str(n_threads) for name in THREAD_VARIABLES})
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["JAX_PLATFORMS"] = "cpu"
+    xla_flags = [env.get("XLA_FLAGS", "")]
     if n_threads == 1:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA_FLAGS).strip()
+        xla_flags.append(ONE_THREAD_XLA_FLAGS)
+    if isa == "avx2":
+        env.update(AVX2_ENVIRONMENT)
+        xla_flags.append(AVX2_XLA_FLAGS)
+    env["XLA_FLAGS"] = " ".join(flag for flag in xla_flags if flag)
     return env
 
 
@@ -462,10 +493,10 @@ def run_worker(n_threads, args):
         command = [sys.executable, os.path.abspath(__file__), "--worker", path]
         command += ["--threads", str(n_threads), "--repeats", str(args.repeats)]
         command += ["--workloads", *args.workloads, "--peers", *args.peers]
-        command += ["--quick"] if args.quick else []
+        command += ["--isa", args.isa] + (["--quick"] if args.quick else [])
         subprocess.run(
             command,
-            env=worker_environment(n_threads),
+            env=worker_environment(n_threads, args.isa),
             preexec_fn=lambda: os.sched_setaffinity(0, cpus),
             check=True,
         )
@@ -504,6 +535,15 @@ def header(args, skipped, load_start):
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         "Load average at start (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*load_start),
         "Command: python benchmarks/matrix.py " + " ".join(sys.argv[1:]),
+        *(
+            [
+                "Instruction sets: every library held to AVX2 (--isa avx2): "
+                + ", ".join(f"{k}={v}" for k, v in AVX2_ENVIRONMENT.items())
+                + f", XLA_FLAGS={AVX2_XLA_FLAGS}, fastnaive's sparse kernels on avx2"
+            ]
+            if args.isa == "avx2"
+            else []
+        ),
         "",
         f"Seconds per epoch: median of {args.repeats} interleaved round(s) after a warm-up "
         "(the first two batches and the last). Losses: cross-entropy on the epoch's first "
