@@ -2,9 +2,10 @@
 Markdown tables: the book's first layer (784 -> 512 relu, its forward pass and fused SGD
 update, batches of 128) on Fashion-MNIST batches thinned or filled to 10%..100% nonzero, the
 sparse path (grouping included) against the dense GEMMs, at 1 and 2 threads, in the engine's
-configuration (one OpenMP pool, BLAS on one thread inside it), for each instruction set the
-CPU runs: AVX-512 where it has it, AVX2 and the x86-64 baseline (SSE), with the BLAS's
-kernels held to the same width (OPENBLAS_CORETYPE), each in a fresh process.
+configuration (one OpenMP pool, BLAS on one thread inside it: benchmarks/sparse.py's Layer),
+for each instruction set the CPU runs: AVX-512 where it has it, AVX2 and the x86-64
+baseline (SSE), with the BLAS's kernels held to the same width (OPENBLAS_CORETYPE), each in
+a fresh process.
 
 Run from the repository root (Fashion-MNIST from Debian's dataset-fashion-mnist):
 
@@ -25,10 +26,10 @@ import time
 
 import numpy as np
 import workloads
+from sparse import Layer
 from threadpoolctl import threadpool_limits
 
-from fastnaive import _blas, _kernels, _sparse, engine
-from fastnaive._memory import aligned_empty
+from fastnaive import _blas, _sparse, engine
 from fastnaive.datasets import fashion_mnist
 
 DENSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
@@ -72,40 +73,10 @@ def at_density(x, density, seed=0):
     return x
 
 
-class Layer:
-    def __init__(self, n_threads, seed=0):
-        rng = np.random.default_rng(seed)
-        k, m, n = workloads.N_FEATURES, workloads.HIDDEN, workloads.BATCH_SIZE
-        self.n_threads = n_threads
-        self.W = aligned_empty((k, m), np.float32)
-        self.W[:] = rng.uniform(-0.05, 0.05, (k, m))
-        self.b = np.zeros(m, np.float32)
-        self.delta = aligned_empty((n, m), np.float32)
-        self.delta[:] = 1e-2 * rng.standard_normal((n, m))
-        self.Z = np.empty((n, m), np.float32)
-        self.rows = _sparse.group_buffers(n, k, np.float32)
-        self.columns = _sparse.group_buffers(k, n, np.float32)
-        self.alpha = np.float32(-workloads.LEARNING_RATE)
-
-    def dense(self, X):
-        t = self.n_threads
-        _kernels.dense_forward_checked(X, self.W, self.b, 1, self.Z, t)
-        _kernels.dense_param_grad_checked(X, self.delta, self.alpha, 1.0, self.W, self.b, t)
-
-    def sparse(self, X):
-        t = self.n_threads
-        _sparse.group_rows_checked(X, *self.rows, t)
-        _sparse.sparse_forward_checked(*self.rows, self.W, self.b, True, self.Z, t)
-        _sparse.group_columns_checked(X, *self.columns, t)
-        _sparse.sparse_param_grad_checked(
-            *self.columns, self.delta, self.alpha, 1.0, self.W, self.b, t
-        )
-
-
-def seconds(step, batches):
+def seconds(step, batches, n_threads):
     start = time.perf_counter()
     for X in batches:
-        step(X)
+        step(X, n_threads)
     return time.perf_counter() - start
 
 
@@ -124,13 +95,13 @@ def worker(args):
         actual = np.count_nonzero(data) / data.size
         cells, dense_wins = [f"{actual:.0%}"], True
         for n_threads in THREADS:
-            layer = Layer(n_threads)
+            layer = Layer()
             best = {"sparse": np.inf, "dense": np.inf}
             for _ in range(args.repeats):
                 for path in best:
                     step = getattr(layer, path)
-                    step(batches[0])
-                    best[path] = min(best[path], seconds(step, batches))
+                    step(batches[0], n_threads)
+                    best[path] = min(best[path], seconds(step, batches, n_threads))
             ratio = best["sparse"] / best["dense"]
             dense_wins = dense_wins and ratio > 1
             per_batch = {path: t / len(batches) * 1e6 for path, t in best.items()}
@@ -163,9 +134,9 @@ def main(argv=None):
         f"{QUICK_BATCHES if args.quick else BATCHES} batches of {workloads.BATCH_SIZE}.\n",
         flush=True,
     )
-    flags = open("/proc/cpuinfo").read()
-    for isa in ("avx512", "avx2", "baseline"):
-        if isa == "avx512" and "avx512f" not in flags or args.only not in (None, isa):
+    sets = _sparse.INSTRUCTION_SETS  # narrowest first; the CPU runs those up to its widest
+    for isa in reversed(sets[: sets.index(_sparse.instruction_set()) + 1]):
+        if args.only not in (None, isa):
             continue
         command = [sys.executable, __file__, "--worker", isa, "--repeats", str(args.repeats)]
         command += ["--quick"] if args.quick else []

@@ -6,10 +6,11 @@ Run from the repository root, FASTNAIVE_DATA naming a folder holding mnist.npz:
 
     python benchmarks/sparse.py [--quick] [--repeats N]
 
-Dense is fastnaive._kernels (dense_forward_checked; dense_param_grad_checked with
-alpha = -lr, beta = 1) on SciPy's OpenBLAS sgemm, its threads set through threadpoolctl.
-Sparse is fastnaive._sparse: the batch grouped by rows and by columns (timed with it), then
-both products, on n_threads OpenMP threads. The paths alternate, with a pause between them
+Both run as the engine runs them: one OpenMP pool of n_threads, BLAS on one thread inside
+it. Dense is fastnaive._kernels (dense_forward_checked; dense_param_grad_checked with
+alpha = -lr, beta = 1), each GEMM cut into blocks of single-threaded sgemm calls (SciPy's
+OpenBLAS). Sparse is fastnaive._sparse: the batch grouped by rows and by columns (timed
+with it), then both products. The paths alternate, with a pause between them
 so that the previous one's spinning thread pool is idle; times are the best of --repeats
 epochs (default 3). Effective GFLOP/s divide the dense FLOP (4 n k m per batch) by each
 path's time, so the sparse path's figure is what dense GEMM would need to match it. The
@@ -77,10 +78,12 @@ class Layer:
         self.alpha = np.float32(-workloads.LEARNING_RATE)
 
     def dense(self, X, n_threads):
-        """Forward and fused update through sgemm (its threads set by the caller)."""
+        """Forward and fused update through sgemm blocks on n_threads (BLAS on one thread)."""
         n = X.shape[0]
-        _kernels.dense_forward_checked(X, self.W, self.b, True, self.Z[:n])
-        _kernels.dense_param_grad_checked(X, self.delta[:n], self.alpha, 1.0, self.W, self.b)
+        _kernels.dense_forward_checked(X, self.W, self.b, True, self.Z[:n], n_threads)
+        _kernels.dense_param_grad_checked(
+            X, self.delta[:n], self.alpha, 1.0, self.W, self.b, n_threads
+        )
 
     def grouped_rows(self, X, n_threads):
         starts, index, quads = self.rows
@@ -124,7 +127,7 @@ def epoch_table(layers, batches, repeats):
     seconds = {}
     for _ in range(repeats):
         for n_threads in THREADS:
-            with workloads.blas_threads(n_threads):
+            with workloads.blas_threads(1):
                 for path, (layer, method) in layers.items():
                     step = getattr(layer, method)
                     elapsed = best_of(lambda s=step, t=n_threads: run(s, batches, t), 1)
@@ -191,16 +194,16 @@ def component_table(layer, batches, repeats):
     }
     dense = {
         "dense forward": lambda X, t: _kernels.dense_forward_checked(
-            X, layer.W, layer.b, True, layer.Z
+            X, layer.W, layer.b, True, layer.Z, t
         ),
         "dense update": lambda X, t: _kernels.dense_param_grad_checked(
-            X, layer.delta, layer.alpha, 1.0, layer.W, layer.b
+            X, layer.delta, layer.alpha, 1.0, layer.W, layer.b, t
         ),
     }
     table = []
     for n_threads in THREADS:
         best = {}
-        with workloads.blas_threads(n_threads):
+        with workloads.blas_threads(1):
             for _ in range(repeats):
                 for calls in (sparse, dense):
                     workloads.settle()

@@ -9,8 +9,9 @@ decided there, and nowhere else:
   are the gradients, so that a gradient reducer (fastnaive.distributed) sums one buffer per step;
 - kernels: each layer's activation code (a head the loss absorbs stays logits in training)
   and the loss's kernel; the first layer runs on the inputs' nonzeros (fastnaive._sparse)
-  when they are mostly zeros (MNIST: 81%), which is exact and, there, 2.5-3x faster than the
-  dense GEMMs, and on a scipy.sparse matrix's nonzeros (fastnaive._csr, fastnaive.sparse);
+  when they are zero enough (SPARSE_MAX_DENSITY; MNIST is 81% zeros), which is exact and,
+  there, 1.7-2.1x faster than the dense GEMMs (benchmarks/sparse.py), and on a scipy.sparse
+  matrix's nonzeros (fastnaive._csr, fastnaive.sparse);
 - threads: `threads()` is the thread policy of a call;
 - the update: the optimizer's Update, bound once. When the optimizer declares a
   `gemm_scale` and no reducer is plugged in, the update runs inside each weight-gradient
@@ -44,7 +45,7 @@ from fastnaive._memory import aligned_empty
 from fastnaive.optimizers import Update
 from fastnaive.sparse import CsrBatch
 
-__all__ = ["Step", "step_for", "scan", "max_abs"]
+__all__ = ["Step", "step_for"]
 
 # Above this share of nonzeros the dense GEMMs win, by the instruction set the sparse kernels
 # run on (fastnaive._sparse.instruction_set(); the BLAS's kernels are as wide). Measured by
@@ -56,19 +57,6 @@ SPARSE_MAX_DENSITY = {"avx512": 0.55, "avx2": 0.4, "baseline": 0.55}
 _blas_controller = None
 # Per-batch entry points keep one Step per model, replaced when the model or batch outgrows it.
 _cached_steps = weakref.WeakKeyDictionary()
-
-
-def max_abs(x):
-    """max |x_ij| over model inputs: an array, or a CsrBatch (over its whole matrix)."""
-    if isinstance(x, CsrBatch):
-        return x.max_abs()
-    return _kernels.max_abs_rows_checked(x)
-
-
-def scan(x):
-    """(x's number of nonzeros, max |x_ij|, inf for NaN or inf) for an array x, in one pass on
-    the threads OpenMP allows."""
-    return _kernels.scan_rows_checked(x)
 
 
 def _signature(model):
@@ -142,7 +130,7 @@ class Step:
         self.count_call = (_kernels.increment, (self.counter,))
         # The overflow guard (commit): the largest magnitude a step may leave, an upper
         # bound of max |w| over the weights (None: to be measured), and of max |x| over the
-        # inputs given to use_inputs (None: measured per batch).
+        # inputs given to use_inputs, which every caller of train runs first.
         self.limit = float(np.finfo(dtype).max) / 16
         self.weight_bound = self.input_bound = None
         if x is not None:
@@ -175,7 +163,7 @@ class Step:
             self.sparse_input = False
             self.input_bound = x.max_abs()
             return
-        nonzeros, self.input_bound = scan(x)
+        nonzeros, self.input_bound = _kernels.scan_rows_checked(x)
         sparse = nonzeros <= SPARSE_MAX_DENSITY[_sparse.instruction_set()] * x.size
         sparse = sparse and (self.capacity + 3) * self.n_features < 2**31  # int32 indices
         if sparse and self.row_groups is None:
@@ -458,19 +446,17 @@ class Step:
         GEMM's sums) can reach in any layer, from the largest inputs and deltas."""
         n = x.shape[0]
         weights = self.current_weight_bound()
-        step = abs(scale)
+        rate = abs(scale)
         bound = 0.0
         for i, layer in enumerate(self.layers):
             if i:
                 inputs = _kernels.max_abs_rows_checked(self.layer_input(i, n))
-            elif self.input_bound is not None:
-                inputs = self.input_bound
             else:
-                inputs = max_abs(x)
+                inputs = self.input_bound  # use_inputs measured it
             deltas = _kernels.max_abs_rows_checked(self.deltas[i][:n])
             sums = n * deltas * (inputs if inputs > 1.0 else 1.0)  # X.T @ delta, delta's columns
             beta = abs(1.0 + 2 * scale * layer.l2) if layer.l2 else 1.0
-            reached = beta * weights + step * sums
+            reached = beta * weights + rate * sums
             if reached != reached:  # NaN: an overflow on the way (0 * inf)
                 return math.inf
             bound = max(bound, sums, reached)
