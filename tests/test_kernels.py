@@ -155,10 +155,15 @@ def test_gemms_are_cut_by_shape_into_blocks_for_the_machines_processors():
     processors = _kernels.processors()
     most = 1 << (processors - 1).bit_length()  # a power of 2, at least the processors
     assert _blas.tile_grid_checked(128, 512, 10) == (1, 1)  # too small to cut
+    assert _blas.tile_grid_checked(128, 64, 64) == (1, 1)  # 512k multiply-adds
     rows, cols = _blas.tile_grid_checked(2048, 2048, 2048)
-    assert rows * cols == most and cols == min(most, 2048 // 128)
+    assert rows * cols == most and cols == min(most, 2048 // 64)
     rows, cols = _blas.tile_grid_checked(2048, 10, 2048)  # too few columns: rows are cut
     assert (rows, cols) == (most, 1)
+    # A hidden layer of 256 -> 128 units on a batch of 128 (4M multiply-adds): two column
+    # blocks of 64 where there are two processors or more, then its rows in two.
+    rows, cols = _blas.tile_grid_checked(128, 128, 256)
+    assert cols == min(most, 2) and rows * cols == min(most, 4)
 
 
 def test_softmax(matrix_shape, dtype, rng):
