@@ -32,9 +32,11 @@ DENSE_SHAPES = {
     "b128-784x512": (128, 784, 512),
     "b128-512x10": (128, 512, 10),
     # Cut into blocks (fastnaive._blas.tile_grid) on a machine of 2 or more processors: by
-    # columns, and by rows where there are too few columns (dW of 2048 x 10, Z of 512 x 10).
+    # columns, and by rows where there are too few columns (dW of 2048 x 10, Z of 512 x 10);
+    # a deep model's 256 -> 128 layer in two column blocks of 64.
     "b256-784x512-blocks": (256, 784, 512),
     "b512-2048x10-blocks": (512, 2048, 10),
+    "b128-256x128-blocks": (128, 256, 128),
 }
 # (n_samples, n_columns): logits, probabilities, hidden activations.
 MATRIX_SHAPES = {
@@ -127,7 +129,11 @@ def test_dense_param_grad(dense, rng, alpha, beta):
     assert_close(db, alpha * expected_db + beta * b)
 
 
-@pytest.mark.parametrize("shape", [(256, 784, 512), (512, 2048, 10)], ids=["columns", "rows"])
+@pytest.mark.parametrize(
+    "shape",
+    [(256, 784, 512), (512, 2048, 10), (128, 256, 128)],
+    ids=["columns", "rows", "hidden-256x128"],
+)
 def test_the_gemm_kernels_give_the_same_bits_at_any_thread_count(dtype, rng, shape):
     """Their blocks depend on the shapes alone: each element comes from the same BLAS call
     whichever thread runs it."""
