@@ -33,7 +33,7 @@ cdef enum:
     # own cost is then a few percent of it) and, in the dimension cut, TILE_MIN_WIDTH rows or
     # columns, as many as the machine has processors (rounded up to a power of 2). At 1M and
     # 64 a 256 x 128 hidden layer on a batch of 128 (4M) runs on two threads; at 4M and 128
-    # it ran on one (benchmarks: 2-thread deep-MLP epochs 10-25% shorter on Zen 4).
+    # it ran on one (BENCHMARKS.md: 2-thread deep-MLP epochs 9-29% shorter on Zen 4).
     TILE_MIN_PRODUCTS = 1 << 20
     TILE_MIN_WIDTH = 64
 

@@ -12,7 +12,7 @@
 # The losses are in fastnaive._losses.
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, sqrt, sqrtf, NAN
+from libc.math cimport exp, NAN
 from libc.string cimport memcpy
 
 from fastnaive._activations cimport activate
@@ -203,13 +203,10 @@ cdef void momentum_update(floating* w, const floating* g, floating* velocity, Py
 
 cdef void momentum_range(floating* w, const floating* g, floating* velocity, Py_ssize_t n,
                          floating learning_rate, floating momentum, bint nesterov) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        velocity[i] = momentum * velocity[i] - learning_rate * g[i]
-        if nesterov:
-            w[i] += momentum * velocity[i] - learning_rate * g[i]
-        else:
-            w[i] += velocity[i]
+    if floating is float:
+        momentum_range_f(w, g, velocity, n, learning_rate, momentum, nesterov)
+    else:
+        momentum_range_d(w, g, velocity, n, learning_rate, momentum, nesterov)
 
 
 cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
@@ -226,14 +223,25 @@ cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, 
 cdef void adam_range(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
                      floating alpha, floating one_minus_beta_1, floating one_minus_beta_2,
                      floating epsilon) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        m[i] += (g[i] - m[i]) * one_minus_beta_1
-        v[i] += (g[i] * g[i] - v[i]) * one_minus_beta_2
-        if floating is float:
-            w[i] -= m[i] * alpha / (sqrtf(v[i]) + epsilon)
-        else:
-            w[i] -= m[i] * alpha / (sqrt(v[i]) + epsilon)
+    if floating is float:
+        adam_range_f(w, g, m, v, n, alpha, one_minus_beta_1, one_minus_beta_2, epsilon)
+    else:
+        adam_range_d(w, g, m, v, n, alpha, one_minus_beta_1, one_minus_beta_2, epsilon)
+
+
+cdef extern from "updates.h" nogil:
+    void momentum_range_f "fastnaive_momentum_range_f"(
+        float* w, const float* g, float* velocity, Py_ssize_t n, float learning_rate,
+        float momentum, int nesterov)
+    void momentum_range_d "fastnaive_momentum_range_d"(
+        double* w, const double* g, double* velocity, Py_ssize_t n, double learning_rate,
+        double momentum, int nesterov)
+    void adam_range_f "fastnaive_adam_range_f"(
+        float* w, const float* g, float* m, float* v, Py_ssize_t n, float alpha,
+        float one_minus_beta_1, float one_minus_beta_2, float epsilon)
+    void adam_range_d "fastnaive_adam_range_d"(
+        double* w, const double* g, double* m, double* v, Py_ssize_t n, double alpha,
+        double one_minus_beta_1, double one_minus_beta_2, double epsilon)
 
 
 cdef extern from "max_abs.h" nogil:
