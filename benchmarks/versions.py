@@ -9,6 +9,11 @@ table gives the median and best over the rounds. For example, against the previo
     git worktree add /tmp/before v0.1.0 && (cd /tmp/before && python setup.py build_ext --inplace)
     python benchmarks/versions.py /tmp/before installed [--rounds 5] [--threads N]
 
+--layers and --optimizer time fit on another MLP instead (relu hidden layers, a softmax
+head, weights seeded, learning rate 1e-3), e.g. the matrix's deep model with Adam:
+
+    python benchmarks/versions.py /tmp/before installed --layers 784 256 128 10 --optimizer adam
+
 Run from the repository root, FASTNAIVE_DATA naming a folder holding mnist.npz.
 """
 
@@ -22,17 +27,38 @@ from pathlib import Path
 
 import workloads
 
+BOOK_LAYERS = [784, 512, 10]
 WORKER = """
 import json, sys, time
 sys.path.insert(0, {benchmarks!r})
 import fastnaive, workloads
 x, y = workloads.mnist_train()
+layers, optimizer = {layers!r}, {optimizer!r}
+
+
+def model():
+    if layers == {book!r}:
+        return workloads.book_model()
+    last = len(layers) - 2
+    return fastnaive.NaiveSequential([
+        fastnaive.NaiveDense(n_in, n_out, "softmax" if i == last else "relu", seed=i)
+        for i, (n_in, n_out) in enumerate(zip(layers, layers[1:]))
+    ])
+
+
+def fit_epoch(model, x, y):
+    fastnaive.fit(model, x, y, 1, workloads.BATCH_SIZE, optimizer=optimizer, verbose=0)
+
+
+epochs = [("fit", fit_epoch)]
+if layers == {book!r} and optimizer == "sgd":
+    epochs.append(("book loop", workloads.one_training_step_epoch))
 timings = {{}}
-for name, epoch in (("fit", workloads.fit_epoch), ("book loop", workloads.one_training_step_epoch)):
-    model = workloads.book_model()
-    epoch(model, x, y)
+for name, epoch in epochs:
+    trained = model()
+    epoch(trained, x, y)
     start = time.perf_counter()
-    epoch(model, x, y)
+    epoch(trained, x, y)
     timings[name] = time.perf_counter() - start
 print(json.dumps({{"file": fastnaive.__file__, **timings}}))
 """
@@ -43,17 +69,32 @@ def parse_args(argv=None):
     parser.add_argument("builds", nargs=2, help='source trees, or "installed"')
     parser.add_argument("--rounds", type=int, default=5, help="default 5")
     parser.add_argument("--threads", type=int, default=None, help="BLAS and OpenMP threads")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=BOOK_LAYERS,
+        metavar="N",
+        help="the MLP's layer sizes (default: the book's, 784 512 10)",
+    )
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd")
+    args = parser.parse_args(argv)
+    if len(args.layers) < 2 or args.layers[0] != 784 or args.layers[-1] != 10:
+        parser.error("expected --layers 784 ... 10 (MNIST's pixels in, its 10 classes out)")
+    return args
 
 
-def run(build, threads):
+def run(build, threads, layers, optimizer):
     """One fresh process of `build`: its epoch seconds, as the worker's JSON."""
     env = dict(os.environ)
     if build != "installed":
         env["PYTHONPATH"] = str(Path(build).resolve() / "src")
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = str(threads)
-    code = WORKER.format(benchmarks=str(Path(__file__).resolve().parent))
+    benchmarks = str(Path(__file__).resolve().parent)
+    code = WORKER.format(
+        benchmarks=benchmarks, layers=layers, optimizer=optimizer, book=BOOK_LAYERS
+    )
     output = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env, cwd="/"
     ).stdout
@@ -65,12 +106,16 @@ def main(argv=None):
     results = {build: [] for build in args.builds}
     for _ in range(args.rounds):
         for build in args.builds:
-            results[build].append(run(build, args.threads))
+            results[build].append(run(build, args.threads, args.layers, args.optimizer))
     threads = args.threads or "default"
-    print(f"{workloads.cpu_description()}; threads: {threads}; {args.rounds} rounds, interleaved\n")
+    model = "-".join(map(str, args.layers))
+    print(
+        f"{workloads.cpu_description()}; threads: {threads}; {model}, {args.optimizer}; "
+        f"{args.rounds} rounds, interleaved\n"
+    )
     rows = []
     for build, runs in results.items():
-        for name in ("fit", "book loop"):
+        for name in [name for name in ("fit", "book loop") if name in runs[0]]:
             seconds = [r[name] for r in runs]
             rows.append(
                 (
