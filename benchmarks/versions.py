@@ -10,7 +10,8 @@ table gives the median and best over the rounds. For example, against the previo
     python benchmarks/versions.py /tmp/before installed [--rounds 5] [--threads N]
 
 --layers and --optimizer time fit on another MLP instead (relu hidden layers, a softmax
-head, weights seeded, learning rate 1e-3), e.g. the matrix's deep model with Adam:
+head, seeded Glorot-uniform weights as matrix.py's, learning rate 1e-3, batch 128), e.g.
+the matrix's deep model with Adam:
 
     python benchmarks/versions.py /tmp/before installed --layers 784 256 128 10 --optimizer adam
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import workloads
 
-BOOK_LAYERS = [784, 512, 10]
+BOOK_LAYERS = [workloads.N_FEATURES, workloads.HIDDEN, workloads.N_CLASSES]
 WORKER = """
 import json, sys, time
 sys.path.insert(0, {benchmarks!r})
@@ -41,7 +42,9 @@ def model():
         return workloads.book_model()
     last = len(layers) - 2
     return fastnaive.NaiveSequential([
-        fastnaive.NaiveDense(n_in, n_out, "softmax" if i == last else "relu", seed=i)
+        fastnaive.NaiveDense(
+            n_in, n_out, "softmax" if i == last else "relu", seed=i, initializer="glorot_uniform"
+        )
         for i, (n_in, n_out) in enumerate(zip(layers, layers[1:]))
     ])
 
@@ -79,8 +82,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd")
     args = parser.parse_args(argv)
-    if len(args.layers) < 2 or args.layers[0] != 784 or args.layers[-1] != 10:
-        parser.error("expected --layers 784 ... 10 (MNIST's pixels in, its 10 classes out)")
+    n_in, n_out = workloads.N_FEATURES, workloads.N_CLASSES
+    if len(args.layers) < 2 or args.layers[0] != n_in or args.layers[-1] != n_out:
+        parser.error(f"expected --layers {n_in} ... {n_out} (MNIST's pixels in, its classes out)")
     return args
 
 

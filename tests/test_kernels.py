@@ -495,3 +495,40 @@ def test_run_calls_runs_each_kernel_in_order():
     _kernels.run_calls([*calls, (_kernels.increment, (counter,))])
     np.testing.assert_array_equal(w, np.full(4, 7.0, np.float32))
     assert counter[0] == 1
+
+
+# Long enough for the vector loops, their tails and the parallel chunks (8192 elements each).
+UPDATE_LENGTH = 9 * 8192 + 5
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])
+def test_momentum_kernel_rounds_each_operation_as_numpy_does(dtype, nesterov):
+    """The element steps are compiled per instruction set with no fused multiply-adds
+    (updates.h): the clone this CPU runs must give the bits of NumPy's element-wise
+    operations, in every chunk a thread takes. (The clones differ in vector width alone; a
+    contracted multiply-add in any of them changes the bits, and this test then fails on
+    the CPUs that run it.)"""
+    rng = np.random.default_rng(5)
+    w, g, velocity = (rng.standard_normal(UPDATE_LENGTH).astype(dtype) for _ in range(3))
+    lr, momentum = np.dtype(dtype).type(0.01), np.dtype(dtype).type(0.9)
+    expected_velocity = momentum * velocity - lr * g
+    step = momentum * expected_velocity - lr * g if nesterov else expected_velocity
+    expected_w = w + step
+    _kernels.momentum_update_checked(w, g, velocity, lr, momentum, nesterov)
+    np.testing.assert_array_equal(velocity, expected_velocity)
+    np.testing.assert_array_equal(w, expected_w)
+
+
+def test_adam_kernel_rounds_each_operation_as_numpy_does(dtype):
+    rng = np.random.default_rng(6)
+    w, g, m = (rng.standard_normal(UPDATE_LENGTH).astype(dtype) for _ in range(3))
+    v = rng.random(UPDATE_LENGTH).astype(dtype)
+    cast = np.dtype(dtype).type
+    alpha, decay_1, decay_2, epsilon = cast(1e-3), cast(0.1), cast(1e-3), cast(1e-7)
+    expected_m = m + (g - m) * decay_1
+    expected_v = v + (g * g - v) * decay_2
+    expected_w = w - expected_m * alpha / (np.sqrt(expected_v) + epsilon)
+    _kernels.adam_update_checked(w, g, m, v, alpha, decay_1, decay_2, epsilon)
+    np.testing.assert_array_equal(m, expected_m)
+    np.testing.assert_array_equal(v, expected_v)
+    np.testing.assert_array_equal(w, expected_w)

@@ -25,7 +25,7 @@ from helpers import (
     make_model,
 )
 
-from fastnaive import SGD, Adam, BatchGenerator, _kernels, fit, one_training_step, optimizers
+from fastnaive import SGD, Adam, BatchGenerator, fit, one_training_step, optimizers
 
 RTOL = {"float32": 1e-5, "float64": 1e-12}
 STEPS = 8
@@ -229,37 +229,3 @@ def test_state_follows_a_weight_array_replaced_during_fit(make):
     fit(expected, x, y, 2, 16, optimizer=make(), verbose=0)
     for got, wanted in zip(model.weights, expected.weights, strict=True):
         np.testing.assert_array_equal(got, wanted)
-
-
-# Long enough for the vector loops, their tails and the parallel chunks (8192 elements each).
-UPDATE_LENGTH = 9 * 8192 + 5
-
-
-@pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])
-def test_momentum_kernel_rounds_each_operation_as_numpy_does(dtype, nesterov):
-    """The kernel is compiled for several instruction sets with no fused multiply-adds: each
-    clone gives the bits of NumPy's element-wise operations, on any CPU and thread count."""
-    rng = np.random.default_rng(5)
-    w, g, velocity = (rng.standard_normal(UPDATE_LENGTH).astype(dtype) for _ in range(3))
-    lr, momentum = np.dtype(dtype).type(0.01), np.dtype(dtype).type(0.9)
-    expected_velocity = momentum * velocity - lr * g
-    step = momentum * expected_velocity - lr * g if nesterov else expected_velocity
-    expected_w = w + step
-    _kernels.momentum_update_checked(w, g, velocity, lr, momentum, nesterov)
-    np.testing.assert_array_equal(velocity, expected_velocity)
-    np.testing.assert_array_equal(w, expected_w)
-
-
-def test_adam_kernel_rounds_each_operation_as_numpy_does(dtype):
-    rng = np.random.default_rng(6)
-    w, g, m = (rng.standard_normal(UPDATE_LENGTH).astype(dtype) for _ in range(3))
-    v = rng.random(UPDATE_LENGTH).astype(dtype)
-    cast = np.dtype(dtype).type
-    alpha, decay_1, decay_2, epsilon = cast(1e-3), cast(0.1), cast(1e-3), cast(1e-7)
-    expected_m = m + (g - m) * decay_1
-    expected_v = v + (g * g - v) * decay_2
-    expected_w = w - expected_m * alpha / (np.sqrt(expected_v) + epsilon)
-    _kernels.adam_update_checked(w, g, m, v, alpha, decay_1, decay_2, epsilon)
-    np.testing.assert_array_equal(m, expected_m)
-    np.testing.assert_array_equal(v, expected_v)
-    np.testing.assert_array_equal(w, expected_w)

@@ -2,10 +2,10 @@
  * them on chunks of the flat weights, one chunk per thread at a time).
  *
  * Each is compiled for AVX-512, AVX2 and the baseline, and the loader picks the best one the
- * CPU runs: Adam's square root and division bound it, and on Zen 4 the AVX2 loop takes half
- * the time of the baseline's SSE2 one (BENCHMARKS.md). Contraction into fused
- * multiply-adds is off, so every clone rounds each operation as the C expression says and
- * the weights are the same bits on every CPU.
+ * CPU runs: Adam's square root and division bound it, and on Zen 4 the AVX2 loop, alone and
+ * hot in cache, takes half the time of the baseline's SSE2 one (BENCHMARKS.md).
+ * Contraction into fused multiply-adds is off, so every clone rounds each operation as the
+ * C expression says and the weights are the same bits on every CPU.
  */
 #ifndef FASTNAIVE_UPDATES_H
 #define FASTNAIVE_UPDATES_H
