@@ -77,7 +77,15 @@ setup(
     ext_modules=cythonize(
         [
             extension(name)
-            for name in ("_blas", "_activations", "_kernels", "_losses", "_sparse", "_csr")
+            for name in (
+                "_blas",
+                "_activations",
+                "_kernels",
+                "_losses",
+                "_sparse",
+                "_csr",
+                "_program",
+            )
         ],
         compiler_directives=directives,
     ),

@@ -14,17 +14,6 @@ from cython cimport floating
 from libc.math cimport M_SQRT1_2, erf, erff, exp, expf, tanh, tanhf
 from libc.stdint cimport uint32_t, uint64_t
 
-cdef enum:
-    # The codes, as fastnaive.activations.CODES names them.
-    LINEAR_CODE = 0
-    RELU_CODE = 1
-    TANH_CODE = 2
-    SIGMOID_CODE = 3
-    GELU_CODE = 4
-    GELU_TANH_CODE = 5
-    LEAKY_RELU_CODE = 6
-    ELU_CODE = 7
-
 LINEAR, RELU, TANH, SIGMOID, GELU, GELU_TANH, LEAKY_RELU, ELU = range(8)
 # The codes whose backward pass reads the pre-activation Z rather than the output A.
 NEEDS_PRE_ACTIVATION = (GELU, GELU_TANH)

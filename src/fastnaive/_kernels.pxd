@@ -19,3 +19,4 @@ cdef void momentum_update(floating* w, const floating* g, floating* velocity, Py
 cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
                       floating alpha, floating one_minus_beta_1, floating one_minus_beta_2,
                       floating epsilon) noexcept nogil
+cdef double max_abs(const floating* a, Py_ssize_t n) noexcept nogil

@@ -23,8 +23,6 @@ import numpy as np
 from fastnaive._kernels cimport bias_grad
 
 cdef extern from "sparse_kernels.h" nogil:
-    const int GROUP "FASTNAIVE_GROUP"
-    const int PATTERNS "FASTNAIVE_PATTERNS"
     void grouped_product_f "fastnaive_grouped_product_f"(
         Py_ssize_t n_groups, const int* starts, const int* index, const float* quads,
         const float* B, Py_ssize_t ldb, const float* bias, float alpha, float beta, int relu,

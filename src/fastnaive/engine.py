@@ -40,7 +40,7 @@ import weakref
 
 import numpy as np
 
-from fastnaive import _activations, _blas, _kernels, _losses, _sparse
+from fastnaive import _activations, _blas, _kernels, _losses, _program, _sparse
 from fastnaive._memory import aligned_empty
 from fastnaive.optimizers import Update
 from fastnaive.sparse import CsrBatch
@@ -124,6 +124,7 @@ class Step:
         self.sparse_input = self.csr_input = False
         self.row_groups = self.column_groups = self.batch_rows = None
         self.update = self.bound_weights = None
+        self.program = None  # built by compiled()
         # The step number that dropout masks are drawn for, in an array so that a step's
         # kernels count it (commit).
         self.counter = np.zeros(1, np.int64)
@@ -234,6 +235,37 @@ class Step:
             np.take(sample_weight, rows, out=weights)
         return batch, self.batch_targets[:n], weights
 
+    def compiled(self):
+        """The Program (fastnaive._program) of this Step's layers, for its first layer's
+        current kernels and the layers' current W and b arrays (built again when either
+        changed). forward, backward and fused_bound run `program`: each call that uses them
+        (train, compute_gradients, loss_and_correct, predict) calls this first, once."""
+        program = self.program
+        first = (
+            _program.FIRST_EXTERNAL
+            if self.csr_input
+            else _program.FIRST_SPARSE
+            if self.sparse_input
+            else _program.FIRST_DENSE
+        )
+        if program is None or program.first != first or not program.uses(self.layers):
+            padding = [None] * (len(self.layers) - len(self.deltas))
+            program = self.program = _program.Program(
+                self.layers,
+                self.dropouts,
+                self.codes,
+                self.head_codes,
+                self.outputs,
+                padding + self.deltas,
+                self.dropped,
+                self.pre,
+                self.gradients,
+                first,
+                self.row_groups,
+                self.column_groups,
+            )
+        return program
+
     def forward(self, x, out=None, training=False, head=False, first_row=0):
         """Fill the layers' outputs for the rows of x; return the last one's.
 
@@ -242,43 +274,19 @@ class Step:
         absorbs it (softmax excepted: see predict). With `out`, the last layer writes there.
         """
         n = x.shape[0]
-        a = x
+        program = self.program
         last = len(self.layers) - 1
-        codes = self.head_codes if head else self.codes
-        for i, (layer, code) in enumerate(zip(self.layers, codes)):
-            z = out if i == last and out is not None else self.outputs[i][:n]
-            pre = self.pre[i][:n] if training and self.pre[i] is not None else None
-            fused = _activations.LINEAR if pre is not None else code
-            if i == 0 and self.csr_input:
-                target = z if pre is None else pre
-                x.forward(layer.W, layer.b, target, self.n_threads)
-                if fused != _activations.LINEAR:
-                    _activations.activate_checked(fused, target, target)
-            elif i == 0 and self.sparse_input:
-                groups = _sparse.rows_of(self.row_groups, n)
-                _sparse.group_rows_checked(a, *groups, self.n_threads)
-                relu = fused == _activations.RELU
-                target = z if pre is None else pre
-                _sparse.sparse_forward_checked(
-                    *groups, layer.W, layer.b, relu, target, self.n_threads
-                )
-                if not relu and fused != _activations.LINEAR:
-                    _activations.activate_checked(fused, target, target)
-            else:
-                _kernels.dense_forward_checked(
-                    a, layer.W, layer.b, fused, z if pre is None else pre, self.n_threads
-                )
-            if pre is not None:
-                _activations.activate_checked(code, pre, z)
-            dropout = self.dropouts[i]
-            if training and dropout is not None:
-                a = self.dropped[i][:n]
-                _activations.dropout_checked(
-                    z, a, dropout.rate, dropout.seed, self.iteration, first_row
-                )
-            else:
-                a = z
-        return a
+        if self.csr_input:
+            # The first layer's product on the matrix's nonzeros; the Program runs the rest.
+            pre = self.pre[0] if training else None
+            z = out if last == 0 and out is not None else self.outputs[0][:n]
+            layer = self.layers[0]
+            x.forward(layer.W, layer.b, z if pre is None else pre[:n], self.n_threads)
+            x = None
+        program.forward(x, n, training, head, first_row, self.iteration, out, self.n_threads)
+        if training and self.dropped[last] is not None:
+            return self.dropped[last][:n]
+        return out if out is not None else self.outputs[last][:n]
 
     def loss_gradient(self, y, sample_weight=None, scale=None):
         """Return scale * sum_i w_i loss_i of the last outputs (scale None: 1 / n), its
@@ -300,65 +308,54 @@ class Step:
         to the weights, and the list of kernel calls that update each layer in place,
         W := W + gemm_scale * (dW + 2 l2 W) inside the weight-gradient GEMM, is returned, to
         be committed together once every input gradient has used the old weights (the L2
-        term shrinks W, not b).
+        term shrinks W, not b). A reducer's layer_ready is told of each layer's gradients
+        as soon as they are final, before that layer's input gradient.
         """
         n = x.shape[0]
-        calls = None if gemm_scale is None else []
-        for i in reversed(range(len(self.layers))):
-            layer = self.layers[i]
-            delta = self.deltas[i][:n]
-            dropout = self.dropouts[i]
-            if dropout is not None:
-                _activations.dropout_checked(
-                    delta, delta, dropout.rate, dropout.seed, self.iteration, first_row
-                )
-            if self.codes[i] != _activations.LINEAR:
-                pre = self.pre[i][:n] if self.pre[i] is not None else self.outputs[i][:n]
-                _activations.activation_backward_checked(
-                    self.codes[i], self.outputs[i][:n], pre, delta
-                )
-            if gemm_scale is None:
-                function, arguments = self.param_grad_call(
-                    i, x, delta, 1.0, 0.0, self.gradients[2 * i], self.gradients[2 * i + 1]
+        program = self.program
+        gradients = gemm_scale is None
+        inputs = None if self.csr_input else x
+        ready = self.layer_ready if gradients else None
+        bounds = self.bounds if gradients else None
+        program.backward(
+            inputs,
+            n,
+            gradients,
+            first_row,
+            self.iteration,
+            ready,
+            self.flat,
+            bounds,
+            self.n_threads,
+        )
+        layer = self.layers[0]
+        if gradients:
+            if self.csr_input:
+                dW, db = self.gradients[0], self.gradients[1]
+                function, arguments = x.param_grad_call(
+                    self.deltas[0][:n], 1.0, 0.0, dW, db, self.n_threads
                 )
                 function(*arguments)
-                if self.layer_ready is not None:
-                    self.layer_ready(self.flat, self.bounds[2 * i], self.bounds[2 * i + 2])
-            elif layer.l2:
+                if ready is not None:
+                    ready(self.flat, self.bounds[0], self.bounds[2])
+            return None
+        calls = [(program.apply, (inputs, n, gemm_scale, self.n_threads))]
+        if self.csr_input:
+            delta = self.deltas[0][:n]
+            if layer.l2:
                 # L2 weighs W alone: the bias's step goes through its gradient buffer (zeroed
                 # here, so beta scales nothing there) and is added after, as an SGD step.
-                beta, db = 1.0 + 2 * gemm_scale * layer.l2, self.gradients[2 * i + 1]
+                beta, db = 1.0 + 2 * gemm_scale * layer.l2, self.gradients[1]
                 db.fill(0)
-                calls.append(self.param_grad_call(i, x, delta, gemm_scale, beta, layer.W, db))
+                calls.append(
+                    x.param_grad_call(delta, gemm_scale, beta, layer.W, db, self.n_threads)
+                )
                 calls.append((_kernels.axpy_checked, (db, layer.b, 1.0)))
             else:
-                calls.append(self.param_grad_call(i, x, delta, gemm_scale, 1.0, layer.W, layer.b))
-            # After the weight gradient: a reducer told of this layer's gradients works on them
-            # during the input gradient, half of the layer's backward pass. (The fused update's
-            # calls run later, once every input gradient has used the old weights.)
-            if i > 0:
-                _kernels.dense_input_grad_checked(
-                    delta, layer.W, self.deltas[i - 1][:n], self.n_threads
+                calls.append(
+                    x.param_grad_call(delta, gemm_scale, 1.0, layer.W, layer.b, self.n_threads)
                 )
         return calls
-
-    def param_grad_call(self, i, x, delta, alpha, beta, dW, db):
-        """The kernel call (function, arguments) of layer i's
-        dW := alpha X_i.T @ delta + beta dW;  db := alpha sum_rows(delta) + beta db"""
-        if i == 0 and self.csr_input:
-            return x.param_grad_call(delta, alpha, beta, dW, db, self.n_threads)
-        if i == 0 and self.sparse_input:
-            _sparse.group_columns_checked(x, *self.column_groups, self.n_threads)
-            arguments = (*self.column_groups, delta, alpha, beta, dW, db, self.n_threads)
-            return _sparse.sparse_param_grad_checked, arguments
-        inputs = x if i == 0 else self.layer_input(i, delta.shape[0])
-        arguments = (inputs, delta, alpha, beta, dW, db, self.n_threads)
-        return _kernels.dense_param_grad_checked, arguments
-
-    def layer_input(self, i, n):
-        """The first n rows of layer i's input (i >= 1): the previous output, after dropout."""
-        previous = self.dropped[i - 1] if self.dropped[i - 1] is not None else self.outputs[i - 1]
-        return previous[:n]
 
     def add_penalty_gradients(self):
         """gradients dW_l += 2 l2_l W_l: the L2 penalty's part, added once per step."""
@@ -373,6 +370,7 @@ class Step:
 
         The forward pass is the training one: dropout on, for this Step's current step.
         """
+        self.compiled()
         self.forward(x, training=True)
         loss = self.loss_gradient(y, sample_weight) + self.penalty()
         self.backward(x)
@@ -392,6 +390,7 @@ class Step:
         n = x.shape[0]
         n_global = n if n_global is None else n_global
         update = self.current_update()
+        self.compiled()
         loss, correct = 0.0, 0
         penalty = self.penalty()
         if n:
@@ -444,23 +443,10 @@ class Step:
     def fused_bound(self, x, scale):
         """The largest magnitude the fused update W := beta W + scale X.T @ delta (and its
         GEMM's sums) can reach in any layer, from the largest inputs and deltas."""
-        n = x.shape[0]
-        weights = self.current_weight_bound()
-        rate = abs(scale)
-        bound = 0.0
-        for i, layer in enumerate(self.layers):
-            if i:
-                inputs = _kernels.max_abs_rows_checked(self.layer_input(i, n))
-            else:
-                inputs = self.input_bound  # use_inputs measured it
-            deltas = _kernels.max_abs_rows_checked(self.deltas[i][:n])
-            sums = n * deltas * (inputs if inputs > 1.0 else 1.0)  # X.T @ delta, delta's columns
-            beta = abs(1.0 + 2 * scale * layer.l2) if layer.l2 else 1.0
-            reached = beta * weights + rate * sums
-            if reached != reached:  # NaN: an overflow on the way (0 * inf)
-                return math.inf
-            bound = max(bound, sums, reached)
-        return bound
+        inputs = None if self.csr_input else x
+        return self.program.fused_bound(
+            inputs, x.shape[0], scale, self.current_weight_bound(), self.input_bound
+        )
 
     def commit(self, calls, bound, update):
         """Run the step's writes, `calls`, as one sequence (fastnaive._kernels.run_calls).
@@ -502,6 +488,7 @@ class Step:
         """Return the summed loss (sum_i w_i loss_i, without the penalty) and accuracy's hits
         over (x, y), evaluated without dropout."""
         total_loss, correct = 0.0, 0
+        self.compiled()
         for start in range(0, x.shape[0], self.capacity):
             stop = min(start + self.capacity, x.shape[0])
             outputs = self.forward(x[start:stop])
@@ -512,6 +499,7 @@ class Step:
 
     def predict(self, x, out):
         """out := the model's outputs for x (probabilities after a softmax or sigmoid head)."""
+        self.compiled()
         for start in range(0, x.shape[0], self.capacity):
             stop = min(start + self.capacity, x.shape[0])
             self.forward(x[start:stop], out[start:stop], head=True)

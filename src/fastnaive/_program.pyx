@@ -1,0 +1,414 @@
+# Design: a Step's sweeps over its layers (fastnaive.engine), each one call from Python. A
+# kernel's checked `def` wrapper costs 1-2 us a call (argument parsing, a buffer acquired
+# per array, the dtype's dispatch) against under 1 us of arithmetic on a small layer, and a
+# step calls a dozen kernels or more. A Program is built once per Step from the Step's
+# buffers and the model's layers, checks them then, and holds them as memoryviews of this
+# module (taking one back costs a type check, not a buffer acquisition); a call checks only
+# what arrives with it (the batch x, its row count n, an output buffer) and slices the held
+# views to n rows. Every decision stays with the Step: which kernels the first layer runs
+# (FIRST_DENSE, FIRST_SPARSE, or FIRST_EXTERNAL, where the caller computes the first layer's
+# products, as for a scipy.sparse batch), the activation codes, dropout, which layers are
+# penalised. The lists the grouping kernels write are in range by construction, so they
+# reach the sparse products unchecked. The GIL is released around each kernel.
+from cython cimport floating
+
+from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
+                                     activation_backward, dropout)
+from fastnaive._blas cimport axpy, load_blas
+from fastnaive._kernels cimport dense_forward, dense_input_grad, dense_param_grad, max_abs
+from fastnaive._sparse cimport GROUP, PATTERNS, group_lines, sparse_forward, sparse_param_grad
+
+# How the first layer multiplies its inputs: GEMMs, the sparse kernels on the inputs'
+# nonzeros, or the caller (who then also runs its activation's product and gradient).
+FIRST_DENSE, FIRST_SPARSE, FIRST_EXTERNAL = 0, 1, 2
+
+
+cdef object held_view(object array, bint double):
+    """array as a C-contiguous memoryview of this module, of its dtype and 1 or 2 dimensions
+    (None stays None)"""
+    cdef float[::1] f1
+    cdef double[::1] d1
+    cdef float[:, ::1] f2
+    cdef double[:, ::1] d2
+    if array is None:
+        return None
+    if array.ndim == 1 and double:
+        d1 = array
+        return d1
+    if array.ndim == 1:
+        f1 = array
+        return f1
+    if double:
+        d2 = array
+        return d2
+    f2 = array
+    return f2
+
+
+cdef object index_view(object array):
+    cdef int[::1] i = array
+    return i
+
+
+cdef inline Py_ssize_t n_groups(Py_ssize_t n_lines) noexcept nogil:
+    return (n_lines + GROUP - 1) // GROUP
+
+
+cdef inline void activate_rows(int code, const floating[:, ::1] Z,
+                               floating[:, ::1] A_out) noexcept nogil:
+    """A := act_code(Z), row-contiguous arrays of the same shape"""
+    if Z.shape[0] and Z.shape[1]:
+        activate(code, &Z[0, 0], &A_out[0, 0], Z.shape[0] * Z.shape[1])
+
+
+cdef class Program:
+    """The forward pass, backward pass and fused update of a Step's layers, compiled.
+
+    layers: the model's dense layers (W, b and l2 read from them); dropouts: each layer's
+    Dropout or None; codes / head_codes: each layer's activation code in training and with
+    the head applied; outputs, deltas, dropped, pre: the Step's buffers per layer (None where
+    absent), `capacity` rows each; gradients: [dW0, db0, ...] or None; first: FIRST_*;
+    row_groups / column_groups: the sparse kernels' buffers (fastnaive._sparse.group_buffers)
+    for FIRST_SPARSE.
+    """
+
+    cdef readonly Py_ssize_t capacity, n_layers, n_features
+    cdef readonly int first
+    cdef bint is_double, trains
+    cdef list layers, dropouts, arrays, weights, biases, outputs, deltas, dropped, pre, grads
+    cdef int[::1] codes, head_codes
+    cdef object row_starts, row_index, row_quads, column_starts, column_index, column_quads
+
+    def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
+                 gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None):
+        import numpy as np
+
+        self.n_layers = len(layers)
+        self.is_double = outputs[0].dtype == np.float64
+        self.capacity = outputs[0].shape[0]
+        self.n_features = layers[0].W.shape[0]
+        self.first = first
+        if first not in (FIRST_DENSE, FIRST_SPARSE, FIRST_EXTERNAL):
+            raise ValueError(f"Expected first in (0, 1, 2). Received: first={first!r}")
+        if not (len(dropouts) == len(codes) == len(head_codes) == len(outputs) == len(deltas)
+                == len(dropped) == len(pre) == self.n_layers):
+            raise ValueError("Expected one entry per layer in every list. Received: "
+                             f"{self.n_layers} layers, {len(deltas)} deltas")
+        self.layers, self.dropouts = list(layers), list(dropouts)
+        self.codes = np.asarray(codes, np.intc)
+        self.head_codes = np.asarray(head_codes, np.intc)
+        self.arrays = [a for layer in layers for a in (layer.W, layer.b)]
+        self.weights = [held_view(layer.W, self.is_double) for layer in layers]
+        self.biases = [held_view(layer.b, self.is_double) for layer in layers]
+        self.outputs = [held_view(a, self.is_double) for a in outputs]
+        self.deltas = [held_view(a, self.is_double) for a in deltas]
+        self.trains = gradients is not None and all(d is not None for d in deltas)
+        self.dropped = [held_view(a, self.is_double) for a in dropped]
+        self.pre = [held_view(a, self.is_double) for a in pre]
+        self.grads = None
+        if gradients is not None:
+            self.grads = [held_view(g, self.is_double) for g in gradients]
+        k = self.n_features
+        for i, layer in enumerate(layers):
+            m = layer.W.shape[1]
+            shapes = [(layer.W.shape[0], k), (layer.b.shape[0], m),
+                      (outputs[i].shape, (self.capacity, m))]
+            for a in (deltas[i], dropped[i], pre[i]):
+                if a is not None:
+                    shapes.append((a.shape, (self.capacity, m)))
+            if gradients is not None:
+                shapes += [(gradients[2 * i].shape, layer.W.shape),
+                           (gradients[2 * i + 1].shape, layer.b.shape)]
+            if not 0 <= codes[i] <= ELU_CODE or not 0 <= head_codes[i] <= ELU_CODE:
+                raise ValueError(f"Expected activation codes in [0, {ELU_CODE}]. Received: "
+                                 f"codes[{i}]={codes[i]}, head_codes[{i}]={head_codes[i]}")
+            for received, expected in shapes:
+                if received != expected:
+                    raise ValueError(f"Expected layer {i}'s buffers to agree with W "
+                                     f"{layer.W.shape} and {self.capacity} rows. Received: "
+                                     f"{received} for {expected}")
+            k = m
+        if first == FIRST_SPARSE:
+            self.row_starts, self.row_index, self.row_quads = (
+                index_view(row_groups[0]), index_view(row_groups[1]),
+                held_view(row_groups[2], self.is_double))
+            if gradients is not None:
+                self.column_starts, self.column_index, self.column_quads = (
+                    index_view(column_groups[0]), index_view(column_groups[1]),
+                    held_view(column_groups[2], self.is_double))
+            n_features = self.n_features
+            rows_fit = (len(row_groups[0]) == PATTERNS * n_groups(self.capacity)
+                        and min(len(row_groups[1]), len(row_groups[2]))
+                        >= n_groups(self.capacity) * n_features)
+            columns_fit = gradients is None or (
+                len(column_groups[0]) == PATTERNS * n_groups(n_features)
+                and min(len(column_groups[1]), len(column_groups[2]))
+                >= n_groups(n_features) * self.capacity)
+            if not (rows_fit and columns_fit):
+                raise ValueError("Expected row_groups and column_groups from group_buffers("
+                                 f"{self.capacity}, {n_features}) and group_buffers("
+                                 f"{n_features}, {self.capacity}). Received: other sizes")
+        load_blas()
+
+    def uses(self, list layers):
+        """True when `layers` hold the W and b arrays this Program was built on."""
+        cdef Py_ssize_t i
+        if len(layers) != self.n_layers:
+            return False
+        for i in range(self.n_layers):
+            if layers[i].W is not self.arrays[2 * i] or layers[i].b is not self.arrays[2 * i + 1]:
+                return False
+        return True
+
+    cdef int check(self, x, Py_ssize_t n, Py_ssize_t first_row, bint training) except -1:
+        if training and not self.trains:
+            raise ValueError("Expected a Program with every layer's deltas and gradients. "
+                             "Received: one built without them")
+        if not 0 <= n <= self.capacity:
+            raise ValueError(f"Expected n in [0, {self.capacity}]. Received: n={n}")
+        if first_row < 0:
+            raise ValueError(f"Expected first_row >= 0. Received: first_row={first_row}")
+        if self.first != FIRST_EXTERNAL and (x is None or x.shape[0] != n
+                                             or x.shape[1] != self.n_features):
+            raise ValueError(f"Expected x of shape ({n}, {self.n_features}). Received: "
+                             f"x.shape={None if x is None else x.shape}")
+        return 0
+
+    def forward(self, x, Py_ssize_t n, bint training=False, bint head=False,
+                Py_ssize_t first_row=0, long long iteration=0, out=None, int n_threads=1):
+        """Fill the layers' outputs for the n rows of x (forward of fastnaive.engine.Step);
+        with FIRST_EXTERNAL, x is unused and the first layer's product is already in its
+        output (its pre-activation where it has one)."""
+        self.check(x, n, first_row, False)
+        m = self.outputs[self.n_layers - 1].shape[1]
+        if out is not None and (out.shape[0] != n or out.shape[1] != m):
+            raise ValueError(f"Expected out of shape ({n}, {m}). Received: out.shape={out.shape}")
+        if self.first == FIRST_EXTERNAL:
+            x = None
+        if self.is_double:
+            forward_sweep[double](self, x, n, training, head, first_row, iteration, out,
+                                  out is not None, max(n_threads, 1))
+        else:
+            forward_sweep[float](self, x, n, training, head, first_row, iteration, out,
+                                 out is not None, max(n_threads, 1))
+
+    def backward(self, x, Py_ssize_t n, bint gradients, Py_ssize_t first_row=0,
+                 long long iteration=0, layer_ready=None, flat=None, bounds=None,
+                 int n_threads=1):
+        """Back-propagate deltas[-1] from the last layer to the first (backward of
+        fastnaive.engine.Step): each layer's deltas, and with `gradients` its weight
+        gradients (the first layer's only if it is not FIRST_EXTERNAL), after which
+        layer_ready(flat, bounds[2 i], bounds[2 i + 2]) is called if given."""
+        self.check(x, n, first_row, True)
+        if self.first == FIRST_EXTERNAL:
+            x = None
+        if self.is_double:
+            backward_sweep[double](self, x, n, gradients, first_row, iteration, layer_ready,
+                                   flat, bounds, max(n_threads, 1))
+        else:
+            backward_sweep[float](self, x, n, gradients, first_row, iteration, layer_ready,
+                                  flat, bounds, max(n_threads, 1))
+
+    def fused_bound(self, x, Py_ssize_t n, double scale, double weight_bound,
+                    double input_bound):
+        """The largest magnitude apply(x, n, scale) can leave in a weight or reach in its
+        GEMM's sums, from the largest inputs and deltas (Step.fused_bound)."""
+        self.check(x, n, 0, True)
+        l2 = [float(layer.l2) for layer in self.layers]
+        if self.is_double:
+            return bound_sweep[double](self, None, n, scale, weight_bound, input_bound, l2)
+        return bound_sweep[float](self, None, n, scale, weight_bound, input_bound, l2)
+
+    def apply(self, x, Py_ssize_t n, double scale, int n_threads=1):
+        """W := (1 + 2 scale l2) W + scale X.T @ delta, b := b + scale sum_rows(delta) in
+        every layer (the first one's only if it is not FIRST_EXTERNAL), from the last layer
+        to the first; a penalised layer's bias step goes through its gradient buffer."""
+        self.check(x, n, 0, True)
+        l2 = [float(layer.l2) for layer in self.layers]
+        if self.first == FIRST_EXTERNAL:
+            x = None
+        if self.is_double:
+            apply_sweep[double](self, x, n, scale, l2, max(n_threads, 1))
+        else:
+            apply_sweep[float](self, x, n, scale, l2, max(n_threads, 1))
+
+
+cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint training,
+                       bint head, Py_ssize_t first_row, long long iteration,
+                       floating[:, ::1] out, bint has_out, int n_threads) except -1:
+    cdef const floating[:, ::1] a = x
+    cdef const floating[:, ::1] W
+    cdef const floating[::1] b
+    cdef floating[:, ::1] z, target, dropped, quads
+    cdef int[::1] starts, index
+    cdef Py_ssize_t i, last = p.n_layers - 1
+    cdef int code, fused
+    cdef bint has_pre, relu
+    cdef double rate
+    cdef unsigned long long seed
+    if n == 0:
+        return 0
+    for i in range(p.n_layers):
+        code = p.head_codes[i] if head else p.codes[i]
+        if i == last and has_out:
+            z = out
+        else:
+            z = p.outputs[i]
+            z = z[:n]
+        has_pre = training and p.pre[i] is not None
+        if has_pre:
+            target = p.pre[i]
+            target = target[:n]
+        else:
+            target = z
+        fused = LINEAR_CODE if has_pre else code
+        W, b = p.weights[i], p.biases[i]
+        if i == 0 and p.first == FIRST_EXTERNAL:
+            if fused != LINEAR_CODE:
+                with nogil:
+                    activate_rows(fused, target, target)
+        elif i == 0 and p.first == FIRST_SPARSE:
+            starts, index, quads = p.row_starts, p.row_index, p.row_quads
+            starts = starts[:PATTERNS * n_groups(n)]
+            relu = fused == RELU_CODE
+            with nogil:
+                group_lines(x, True, starts, index, quads, n_threads)
+                sparse_forward(starts, index, quads, W, b, relu, target, n_threads)
+                if not relu and fused != LINEAR_CODE:
+                    activate_rows(fused, target, target)
+        else:
+            with nogil:
+                dense_forward(a, W, b, fused, target, n_threads)
+        if has_pre:
+            with nogil:
+                activate_rows(code, target, z)
+        if training and p.dropped[i] is not None:
+            dropped = p.dropped[i]
+            dropped = dropped[:n]
+            rate, seed = p.dropouts[i].rate, p.dropouts[i].seed
+            with nogil:
+                dropout(z, dropped, rate, seed, iteration, first_row)
+            a = dropped
+        else:
+            a = z
+    return 0
+
+
+cdef inline const floating[:, ::1] layer_input(Program p, Py_ssize_t i, Py_ssize_t n,
+                                               const floating[:, ::1] x):
+    """The first n rows of layer i's input: x, or the previous output after dropout."""
+    cdef const floating[:, ::1] a
+    if i == 0:
+        return x
+    a = p.dropped[i - 1] if p.dropped[i - 1] is not None else p.outputs[i - 1]
+    return a[:n]
+
+
+cdef int param_grad(Program p, Py_ssize_t i, const floating[:, ::1] x,
+                    const floating[:, ::1] delta, floating alpha, floating beta,
+                    floating[:, ::1] dW, floating[::1] db, int n_threads) except -1:
+    """dW := alpha X_i.T @ delta + beta dW;  db := alpha sum_rows(delta) + beta db"""
+    cdef floating[:, ::1] quads
+    cdef int[::1] starts, index
+    cdef const floating[:, ::1] inputs
+    if i == 0 and p.first == FIRST_SPARSE:
+        starts, index, quads = p.column_starts, p.column_index, p.column_quads
+        with nogil:
+            group_lines(x, False, starts, index, quads, n_threads)
+            sparse_param_grad(starts, index, quads, delta, alpha, beta, dW, db, n_threads)
+    else:
+        inputs = layer_input(p, i, delta.shape[0], x)
+        with nogil:
+            dense_param_grad(inputs, delta, alpha, beta, dW, db, n_threads)
+    return 0
+
+
+cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint gradients,
+                        Py_ssize_t first_row, long long iteration, object layer_ready,
+                        object flat, object bounds, int n_threads) except -1:
+    cdef floating[:, ::1] delta, outputs, pre, dW, previous
+    cdef floating[::1] db
+    cdef const floating[:, ::1] W
+    cdef Py_ssize_t i
+    cdef int code
+    cdef double rate
+    cdef unsigned long long seed
+    for i in reversed(range(p.n_layers)):
+        delta = p.deltas[i]
+        delta = delta[:n]
+        if p.dropped[i] is not None:
+            rate, seed = p.dropouts[i].rate, p.dropouts[i].seed
+            with nogil:
+                dropout(delta, delta, rate, seed, iteration, first_row)
+        code = p.codes[i]
+        if code != LINEAR_CODE and n:
+            outputs = p.outputs[i]
+            outputs = outputs[:n]
+            pre = outputs
+            if p.pre[i] is not None:
+                pre = p.pre[i]
+                pre = pre[:n]
+            with nogil:
+                activation_backward(code, &outputs[0, 0], &pre[0, 0], &delta[0, 0],
+                                    n * delta.shape[1])
+        if gradients and not (i == 0 and p.first == FIRST_EXTERNAL):
+            dW, db = p.grads[2 * i], p.grads[2 * i + 1]
+            param_grad(p, i, x, delta, 1, 0, dW, db, n_threads)
+            if layer_ready is not None:
+                layer_ready(flat, bounds[2 * i], bounds[2 * i + 2])
+        if i > 0:
+            W = p.weights[i]
+            previous = p.deltas[i - 1]
+            previous = previous[:n]
+            with nogil:
+                dense_input_grad(delta, W, previous, n_threads)
+    return 0
+
+
+cdef double bound_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, double scale,
+                        double weight_bound, double input_bound, list l2) except? -1:
+    cdef const floating[:, ::1] inputs, delta
+    cdef Py_ssize_t i
+    cdef double largest_input, largest_delta, sums, beta, reached, bound = 0
+    cdef double rate = abs(scale)
+    for i in range(p.n_layers):
+        largest_input = input_bound
+        if i:
+            inputs = layer_input(p, i, n, x)
+            largest_input = max_abs(&inputs[0, 0], n * inputs.shape[1]) if n else 0
+        delta = p.deltas[i]
+        largest_delta = max_abs(&delta[0, 0], n * delta.shape[1]) if n else 0
+        # X.T @ delta sums n products per element, each at most |x| |delta|
+        sums = n * largest_delta * (largest_input if largest_input > 1.0 else 1.0)
+        beta = abs(1.0 + 2 * scale * l2[i]) if l2[i] else 1.0
+        reached = beta * weight_bound + rate * sums
+        if reached != reached:  # NaN: an overflow on the way (0 * inf)
+            return float("inf")
+        bound = max(bound, sums, reached)
+    return bound
+
+
+cdef int apply_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, double scale,
+                     list l2, int n_threads) except -1:
+    cdef floating[:, ::1] delta, W, dW
+    cdef floating[::1] b, db
+    cdef Py_ssize_t i
+    cdef floating beta
+    for i in reversed(range(p.n_layers)):
+        if i == 0 and p.first == FIRST_EXTERNAL:
+            continue
+        delta = p.deltas[i]
+        delta = delta[:n]
+        W, b = p.weights[i], p.biases[i]
+        if l2[i]:
+            # L2 weighs W alone: the bias's step goes through its gradient buffer (zeroed, so
+            # beta scales nothing there) and is added after, as an SGD step.
+            beta = <floating>(1.0 + 2 * scale * l2[i])
+            db = p.grads[2 * i + 1]
+            db[:] = 0
+            param_grad(p, i, x, delta, <floating>scale, beta, W, db, n_threads)
+            with nogil:
+                axpy(<floating>1, &db[0], &b[0], <int>b.shape[0])
+        else:
+            param_grad(p, i, x, delta, <floating>scale, 1, W, b, n_threads)
+    return 0

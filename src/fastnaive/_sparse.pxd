@@ -1,0 +1,17 @@
+from cython cimport floating
+
+cdef extern from "sparse_kernels.h" nogil:
+    const int GROUP "FASTNAIVE_GROUP"
+    const int PATTERNS "FASTNAIVE_PATTERNS"
+
+cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
+                            int[::1] index_out, floating[:, ::1] quads_out,
+                            int n_threads) noexcept nogil
+cdef void sparse_forward(const int[::1] starts, const int[::1] index,
+                         const floating[:, ::1] quads, const floating[:, ::1] W,
+                         const floating[::1] b, bint relu, floating[:, ::1] Z_out,
+                         int n_threads) noexcept nogil
+cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
+                            const floating[:, ::1] quads, const floating[:, ::1] delta,
+                            floating alpha, floating beta, floating[:, ::1] dW_out,
+                            floating[::1] db_out, int n_threads) noexcept nogil

@@ -1,0 +1,222 @@
+"""fastnaive._program: a Step's sweeps compiled, against NumPy (fastnaive.reference), its
+checks at the boundary, and a Step's Program following weight arrays replaced mid-fit."""
+
+import numpy as np
+import pytest
+from helpers import EXPECTED_RECEIVED, assert_close
+
+import fastnaive
+from fastnaive import _activations, _program, _sparse, reference
+from fastnaive.callbacks import LambdaCallback
+
+N_SAMPLES, N_FEATURES, N_HIDDEN, N_CLASSES = 13, 22, 9, 4
+FIRST = {"dense": _program.FIRST_DENSE, "sparse": _program.FIRST_SPARSE}
+
+
+def two_layers(dtype, l2=0.0):
+    return [
+        fastnaive.NaiveDense(N_FEATURES, N_HIDDEN, "relu", dtype=dtype, seed=0, l2=l2),
+        fastnaive.NaiveDense(N_HIDDEN, N_CLASSES, "softmax", dtype=dtype, seed=1),
+    ]
+
+
+def program_for(layers, dtype, first, capacity=N_SAMPLES):
+    """A Program of `layers` with the buffers a training Step gives it; and those buffers."""
+    sizes = [layer.output_size for layer in layers]
+    outputs = [np.empty((capacity, m), dtype) for m in sizes]
+    deltas = [np.empty((capacity, m), dtype) for m in sizes]
+    gradients = [np.empty_like(w) for layer in layers for w in (layer.W, layer.b)]
+    codes = [_activations.RELU, _activations.LINEAR]
+    groups = columns = None
+    if first == _program.FIRST_SPARSE:
+        groups = _sparse.group_buffers(capacity, N_FEATURES, dtype)
+        columns = _sparse.group_buffers(N_FEATURES, capacity, dtype)
+    program = _program.Program(
+        layers,
+        [None, None],
+        codes,
+        codes,
+        outputs,
+        deltas,
+        [None, None],
+        [None, None],
+        gradients,
+        first,
+        groups,
+        columns,
+    )
+    return program, outputs, deltas, gradients
+
+
+def sparse_inputs(rng, dtype, n=N_SAMPLES):
+    x = rng.uniform(0, 1, (n, N_FEATURES)).astype(dtype)
+    x[rng.uniform(size=x.shape) < 0.7] = 0
+    return x
+
+
+@pytest.mark.parametrize("first", FIRST.values(), ids=FIRST.keys())
+def test_sweeps_match_numpy(first, dtype, rng):
+    """forward, backward and the fused update give NumPy's outputs, deltas and gradients."""
+    layers = two_layers(dtype)
+    program, outputs, deltas, gradients = program_for(layers, dtype, first)
+    n = N_SAMPLES - 2  # fewer rows than the capacity
+    x = sparse_inputs(rng, dtype, n)
+    program.forward(x, n, training=True)
+    hidden = reference.dense_forward(x, layers[0].W, layers[0].b, True)
+    logits = reference.dense_forward(hidden, layers[1].W, layers[1].b, False)
+    assert_close(outputs[0][:n], hidden)
+    assert_close(outputs[1][:n], logits)
+
+    top = rng.standard_normal((n, N_CLASSES)).astype(dtype)
+    deltas[1][:n] = top
+    program.backward(x, n, True)
+    delta_hidden = reference.relu_backward(hidden, reference.dense_input_grad(top, layers[1].W))
+    assert_close(deltas[0][:n], delta_hidden)
+    for got, wanted in zip(
+        gradients,
+        [*reference.dense_param_grad(x, delta_hidden), *reference.dense_param_grad(hidden, top)],
+        strict=True,
+    ):
+        assert_close(got, wanted)
+
+    before = [w.copy() for layer in layers for w in (layer.W, layer.b)]
+    program.apply(x, n, -0.5)
+    for after, start, gradient in zip(
+        [w for layer in layers for w in (layer.W, layer.b)], before, gradients, strict=True
+    ):
+        assert_close(after, start - 0.5 * gradient)
+
+
+def test_penalised_update_matches_numpy(dtype, rng):
+    """apply on a layer with L2: W := (1 + 2 s l2) W + s dW, b := b + s db."""
+    layers = two_layers(dtype, l2=0.1)
+    program, outputs, deltas, gradients = program_for(layers, dtype, _program.FIRST_DENSE)
+    x = sparse_inputs(rng, dtype)
+    program.forward(x, N_SAMPLES, training=True)
+    deltas[1][:] = rng.standard_normal((N_SAMPLES, N_CLASSES))
+    program.backward(x, N_SAMPLES, True)
+    dW, db = gradients[0].copy(), gradients[1].copy()
+    W, b = layers[0].W.copy(), layers[0].b.copy()
+    program.apply(x, N_SAMPLES, -0.25)
+    assert_close(layers[0].W, (1 - 2 * 0.25 * 0.1) * W - 0.25 * dW)
+    assert_close(layers[0].b, b - 0.25 * db)
+
+
+def test_fused_bound_bounds_the_update(dtype, rng):
+    """fused_bound is at least the largest |w| apply leaves."""
+    layers = two_layers(dtype)
+    program, outputs, deltas, gradients = program_for(layers, dtype, _program.FIRST_DENSE)
+    x = sparse_inputs(rng, dtype)
+    program.forward(x, N_SAMPLES, training=True)
+    deltas[1][:] = rng.standard_normal((N_SAMPLES, N_CLASSES))
+    program.backward(x, N_SAMPLES, False)
+    weights = max(np.abs(w).max() for layer in layers for w in (layer.W, layer.b))
+    bound = program.fused_bound(x, N_SAMPLES, -3.0, float(weights), float(np.abs(x).max()))
+    program.apply(x, N_SAMPLES, -3.0)
+    assert max(np.abs(w).max() for layer in layers for w in (layer.W, layer.b)) <= bound
+
+
+BAD_CALLS = {
+    "more rows than the capacity": lambda p, x: p.forward(x, N_SAMPLES + 1),
+    "x of other rows than n": lambda p, x: p.forward(x[:3], 4),
+    "x of other features": lambda p, x: p.backward(x[:, :-1], N_SAMPLES, True),
+    "no x": lambda p, x: p.apply(None, N_SAMPLES, 1.0),
+    "negative first row": lambda p, x: p.forward(x, N_SAMPLES, first_row=-1),
+    "out of another shape": lambda p, x: p.forward(x, N_SAMPLES, out=np.empty((N_SAMPLES, 3))),
+}
+
+
+@pytest.mark.parametrize("call", BAD_CALLS.values(), ids=BAD_CALLS.keys())
+def test_bad_calls_raise(call, rng):
+    program = program_for(two_layers("float32"), "float32", _program.FIRST_SPARSE)[0]
+    with pytest.raises(ValueError, match=EXPECTED_RECEIVED):
+        call(program, sparse_inputs(rng, "float32"))
+
+
+def test_training_sweeps_need_training_buffers(rng):
+    layers = two_layers("float32")
+    codes = [_activations.RELU, _activations.LINEAR]
+    outputs = [np.empty((5, N_HIDDEN), "float32"), np.empty((5, N_CLASSES), "float32")]
+    deltas = [None, np.empty((5, N_CLASSES), "float32")]
+    program = _program.Program(
+        layers, [None] * 2, codes, codes, outputs, deltas, [None] * 2, [None] * 2
+    )
+    x = sparse_inputs(rng, "float32", 5)
+    program.forward(x, 5)
+    assert_close(outputs[1], reference.forward(fastnaive.NaiveSequential(layers), x)[1])
+    for call in (
+        lambda: program.backward(x, 5, False),
+        lambda: program.fused_bound(x, 5, 1.0, 1.0, 1.0),
+        lambda: program.apply(x, 5, 1.0),
+    ):
+        with pytest.raises(ValueError, match=EXPECTED_RECEIVED):
+            call()
+
+
+def test_bad_buffers_raise():
+    layers = two_layers("float32")
+    codes = [_activations.RELU, _activations.LINEAR]
+    outputs = [np.empty((5, N_HIDDEN), "float32"), np.empty((5, N_CLASSES + 1), "float32")]
+    with pytest.raises(ValueError, match=EXPECTED_RECEIVED):
+        _program.Program(
+            layers, [None, None], codes, codes, outputs, [None, None], [None] * 2, [None] * 2
+        )
+    outputs[1] = np.empty((5, N_CLASSES), "float32")
+    with pytest.raises(ValueError, match=EXPECTED_RECEIVED):
+        _program.Program(
+            layers, [None, None], codes, [0, 99], outputs, [None] * 2, [None] * 2, [None] * 2
+        )
+    with pytest.raises(ValueError, match=EXPECTED_RECEIVED):
+        _program.Program(
+            layers,
+            [None, None],
+            codes,
+            codes,
+            outputs,
+            [None] * 2,
+            [None] * 2,
+            [None] * 2,
+            first=_program.FIRST_SPARSE,
+            row_groups=_sparse.group_buffers(2, N_FEATURES, "float32"),
+        )
+
+
+def test_weights_replaced_during_fused_fit_are_the_ones_trained(rng):
+    """A callback may assign layer.W a new array: with the update fused into the GEMMs (SGD),
+    the step writes that array, exactly as if nothing had been replaced."""
+
+    def replace(batch, logs):
+        layer = model.layers[batch % 2]
+        layer.W = layer.W.copy()
+
+    x = sparse_inputs(rng, "float32", 64)
+    y = rng.integers(0, N_CLASSES, 64)
+    model, expected = (
+        fastnaive.NaiveSequential(two_layers("float32")),
+        fastnaive.NaiveSequential(two_layers("float32")),
+    )
+    callbacks = [LambdaCallback(on_batch_end=replace)]
+    optimizer = fastnaive.optimizers.SGD(0.1)
+    fastnaive.fit(model, x, y, 2, 16, optimizer=optimizer, verbose=0, callbacks=callbacks)
+    fastnaive.fit(expected, x, y, 2, 16, optimizer=fastnaive.optimizers.SGD(0.1), verbose=0)
+    for got, wanted in zip(model.weights, expected.weights, strict=True):
+        np.testing.assert_array_equal(got, wanted)
+
+
+def test_weights_replaced_between_training_steps_are_the_ones_trained(rng):
+    """The per-batch API keeps a Step per model: a W assigned between calls is the one the
+    next step reads and writes."""
+    x = sparse_inputs(rng, "float32", 16)
+    y = rng.integers(0, N_CLASSES, 16)
+    model, expected = (
+        fastnaive.NaiveSequential(two_layers("float32")),
+        fastnaive.NaiveSequential(two_layers("float32")),
+    )
+    for net in (model, expected):
+        fastnaive.one_training_step(net, x, y)
+    model.layers[0].W = model.layers[0].W * 0.5
+    expected.layers[0].W[...] *= 0.5
+    for net in (model, expected):
+        fastnaive.one_training_step(net, x, y)
+    for got, wanted in zip(model.weights, expected.weights, strict=True):
+        np.testing.assert_array_equal(got, wanted)
