@@ -182,8 +182,9 @@ class Optimizer:
 
     def step_calls(self, pairs):
         """The kernel calls of one step on `pairs` (for _kernels.run_calls), counting it."""
+        step = {}  # what the step's calls share, computed once (Adam's step size per dtype)
         calls = [
-            self._update_call(position, gradient, flat_weight, weight)
+            self._update_call(position, gradient, flat_weight, weight, step)
             for position, (gradient, flat_weight, weight) in enumerate(pairs)
         ]
         calls.append(self.count_call())
@@ -198,8 +199,9 @@ class Optimizer:
         moves by more than b and no state value exceeds s. The state's bounds advance."""
         raise NotImplementedError
 
-    def _update_call(self, position, gradient, flat_weight, weight):
-        """(kernel, arguments): the step of the weight at `position`."""
+    def _update_call(self, position, gradient, flat_weight, weight, step):
+        """(kernel, arguments): the step of the weight at `position`; `step` is a dict the
+        calls of one step share."""
         raise NotImplementedError
 
 
@@ -219,7 +221,7 @@ class SGD(Optimizer):
     def gemm_scale(self):
         return -self.learning_rate if self.momentum == 0 else None
 
-    def _update_call(self, position, gradient, flat_weight, weight):
+    def _update_call(self, position, gradient, flat_weight, weight, step):
         if self.momentum == 0:
             return _kernels.axpy_checked, (gradient, flat_weight, -self.learning_rate)
         (velocity,) = self._slot(position, weight)
@@ -266,10 +268,12 @@ class Adam(Optimizer):
         root = np.sqrt(dtype(1) - beta_2_power)
         return float(dtype(self.learning_rate) * root / (dtype(1) - beta_1_power))
 
-    def _update_call(self, position, gradient, flat_weight, weight):
+    def _update_call(self, position, gradient, flat_weight, weight, step):
         m, v = self._slot(position, weight)
+        if weight.dtype not in step:
+            step[weight.dtype] = self._alpha(weight.dtype)
         decay = (1 - self.beta_1, 1 - self.beta_2)  # in double, rounded once as Keras does
-        arguments = (flat_weight, gradient, m, v, self._alpha(weight.dtype), *decay)
+        arguments = (flat_weight, gradient, m, v, step[weight.dtype], *decay)
         return _kernels.adam_update_checked, (*arguments, self.epsilon)
 
     def change_bound(self, gradient_bound):
