@@ -30,6 +30,9 @@ decided there, and nowhere else:
   `layer_ready(flat, lo, hi)` is told, during the backward pass and from the last layer to
   the first, as soon as a layer's gradients flat[lo:hi] are final, so that it can start
   reducing them while earlier layers are still being computed (reduce then completes).
+- the layer loops: forward, backward, the fused update and its bound run as compiled loops
+  over the layers (fastnaive._program.Program, built from this plan by `compiled`), one call
+  from Python each rather than one per kernel.
 Callers validate and convert inputs first (fastnaive._validation, fastnaive.sparse); a Step
 only slices its preallocated arrays and calls the kernels, so a step in steady state
 allocates nothing.
