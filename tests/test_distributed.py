@@ -254,6 +254,40 @@ def test_a_rank_that_hangs_ends_the_job_after_the_step_deadline(problem, tmp_pat
     )
 
 
+class _Request:
+    def __init__(self, done):
+        self.done = done
+
+    def Test(self):  # noqa: N802 (mpi4py's name)
+        return self.done
+
+
+@pytest.mark.parametrize(
+    "stage, named",
+    [
+        ("gather", "rank 2"),  # rank 2's copy of my part has not come
+        ("owners", "rank 1"),  # rank 1 has not taken my copy of its part
+        ("spread-in", "rank 1"),  # rank 1's sum of its part has not come
+        ("spread-out", "rank 1, 2"),  # ranks 1 and 2 have not taken my sum
+        ("done", "the other ranks"),  # finished since the last poll
+    ],
+)
+def test_a_late_step_names_the_ranks_its_sums_wait_for(stage, named):
+    """Rank 0 of 3 waits at each stage of a rank-ordered sum: the deadline's message names
+    the ranks it waits for there, or "the other ranks" if none is left."""
+    total = object.__new__(distributed._RankOrderedSum)
+    total.peers = total.owners = [1, 2]
+    total.summed = stage not in ("gather",)
+    total.receiving = stage not in ("gather", "owners")
+    total.gather_in = [_Request(True), _Request(stage != "gather")]
+    total.gather_out = [_Request(stage != "owners"), _Request(True)]
+    total.spread_in = [_Request(stage != "spread-in"), _Request(True)]
+    total.spread_out = [_Request(stage != "spread-out")] * 2
+    reducer = object.__new__(distributed._Reducer)
+    reducer.active, reducer.steps = [total], 36
+    assert reducer._missing() == f"no gradients from {named} for training step 36"
+
+
 @pytest.mark.parametrize(
     "variable, values, message",
     [

@@ -469,8 +469,8 @@ class _Reducer:
         waits = [total.waiting_for() for total in self.active]
         ranks = {rank for gather, _ in waits for rank in gather}
         ranks = ranks or {rank for _, spread in waits for rank in spread}
-        who = ", ".join(map(str, sorted(ranks))) or "the other ranks"
-        return f"no gradients from rank {who} for training step {self.steps}"
+        who = f"rank {', '.join(map(str, sorted(ranks)))}" if ranks else "the other ranks"
+        return f"no gradients from {who} for training step {self.steps}"
 
     def _help(self):
         """The helper thread: while the backward pass computes, poll the started sums, sleeping
@@ -552,12 +552,14 @@ class _RankOrderedSum:
             np.add(total, mine if q == rank else copies[q], out=mine if q == size - 1 else total)
 
     def waiting_for(self):
-        """(ranks whose copies of my part have not arrived, ranks whose sums have not)."""
+        """(ranks whose copies of my part have not arrived, ranks whose sums have not, or
+        which have not taken my sum)."""
         if not self.summed:
             return [q for q, r in zip(self.peers, self.gather_in) if not r.Test()], []
         if not self.receiving:  # the spread waits for these owners to take my copies
             return [], [p for p, r in zip(self.owners, self.gather_out) if not r.Test()]
-        return [], [p for p, r in zip(self.owners, self.spread_in) if not r.Test()]
+        late = [p for p, r in zip(self.owners, self.spread_in) if not r.Test()]
+        return [], late + [q for q, r in zip(self.peers, self.spread_out) if not r.Test()]
 
     def free(self):
         for request in self.gather_in + self.gather_out + self.spread_out + self.spread_in:
