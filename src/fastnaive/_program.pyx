@@ -12,6 +12,8 @@
 # reach the sparse products unchecked. The GIL is released around each kernel.
 from cython cimport floating
 
+import numpy as np
+
 from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
                                      activation_backward, dropout)
 from fastnaive._blas cimport axpy, load_blas
@@ -23,7 +25,7 @@ from fastnaive._sparse cimport GROUP, PATTERNS, group_lines, sparse_forward, spa
 FIRST_DENSE, FIRST_SPARSE, FIRST_EXTERNAL = 0, 1, 2
 
 
-cdef object held_view(object array, bint double):
+cdef object held_view(object array, bint is_double):
     """array as a C-contiguous memoryview of this module, of its dtype and 1 or 2 dimensions
     (None stays None)"""
     cdef float[::1] f1
@@ -32,13 +34,13 @@ cdef object held_view(object array, bint double):
     cdef double[:, ::1] d2
     if array is None:
         return None
-    if array.ndim == 1 and double:
+    if array.ndim == 1 and is_double:
         d1 = array
         return d1
     if array.ndim == 1:
         f1 = array
         return f1
-    if double:
+    if is_double:
         d2 = array
         return d2
     f2 = array
@@ -81,8 +83,6 @@ cdef class Program:
 
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
                  gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None):
-        import numpy as np
-
         self.n_layers = len(layers)
         self.is_double = outputs[0].dtype == np.float64
         self.capacity = outputs[0].shape[0]
