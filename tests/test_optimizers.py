@@ -191,6 +191,28 @@ def test_set_state_continues_where_get_state_stopped(dtype, make):
         np.testing.assert_array_equal(weight, expected)
 
 
+@pytest.mark.parametrize("restored", [False, True], ids=["new", "set_state"])
+def test_state_arrays_start_apart_from_their_weight_within_a_page(dtype, restored):
+    """Adam's m and v start 1 and 2 KiB after their weight within a 4 KiB page, new or
+    given by set_state, whatever offset the weight has: at one offset, loads of one wait on
+    stores to another (4K aliasing)."""
+    from fastnaive import _memory
+
+    weights = [_memory.zeros_at(5000, dtype, offset) for offset in (0, 16, 3072, 4032)]
+    gradients = [np.ones_like(w) for w in weights]
+    optimizer = Adam()
+    if restored:
+        optimizer.set_state({"iterations": 0, "slots": [[np.zeros(5000, dtype)] * 2] * 4})
+    optimizer.apply_gradients(zip(gradients, weights))
+    for weight, slot in zip(weights, optimizer._slots):
+        start = _memory.page_offset(weight)
+        assert [_memory.page_offset(a) for a in slot] == [
+            (start + 1024) % 4096,
+            (start + 2048) % 4096,
+        ]
+        assert slot[1].dtype == weight.dtype and np.all(slot[1] > 0)
+
+
 BAD_STATES = {
     "not-a-dict": [1, 2],
     "negative-iterations": {"iterations": -1, "slots": []},

@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from fastnaive import _kernels
+from fastnaive import _kernels, _memory
 from fastnaive._validation import learning_rate as checked_learning_rate
 
 __all__ = ["Optimizer", "SGD", "Adam", "Update", "get", "checked_pairs"]
@@ -93,6 +93,7 @@ class Optimizer:
         # The step count lives in an array, so that the step's kernels count it (run_calls).
         self._count = np.zeros(1, np.int64)
         self._slots = []
+        self._unplaced = set()  # positions whose state arrays set_state gave
         # Upper bounds of |state| per slot kind, advanced by change_bound.
         self._slot_bounds = [0.0] * 2
 
@@ -123,9 +124,19 @@ class Optimizer:
         while len(self._slots) <= position:
             self._slots.append(None)
         slot = self._slots[position]
-        if slot is None or slot[0].shape != (weight.size,) or slot[0].dtype != weight.dtype:
-            slot = [np.zeros(weight.size, weight.dtype) for _ in range(self.n_slots)]
-            self._slots[position] = slot
+        fits = slot is not None and (slot[0].shape, slot[0].dtype) == ((weight.size,), weight.dtype)
+        if not fits or position in self._unplaced:
+            # Each state array starts (k + 1) KiB after its weight within a page (4K aliasing).
+            start = _memory.page_offset(weight)
+            placed = [
+                _memory.zeros_at(weight.size, weight.dtype, start + 1024 * (k + 1))
+                for k in range(self.n_slots)
+            ]
+            if fits:
+                for new, old in zip(placed, slot):
+                    new[...] = old
+            slot = self._slots[position] = placed
+            self._unplaced.discard(position)
         return slot
 
     def get_state(self):
@@ -169,6 +180,7 @@ class Optimizer:
             checked.append(slot or None)
         self.iterations = int(iterations)
         self._slots = checked
+        self._unplaced = set(range(len(checked)))
         self._slot_bounds = [
             max((_max_abs(slot[k]) for slot in checked if slot), default=0.0)
             if k < self.n_slots
