@@ -1,11 +1,12 @@
-"""Shared fixtures: the dtypes, a seeded generator, the real MNIST, and the book's TensorFlow
-code as the oracle. The plain helpers are in helpers.py."""
+"""Shared fixtures: the dtypes, a seeded generator, the kernels' instruction set, the real
+MNIST, and the book's TensorFlow code as the oracle. The plain helpers are in helpers.py."""
 
 import numpy as np
 import pytest
 from helpers import DTYPES
 
 import fastnaive
+from fastnaive import _sparse
 
 
 @pytest.fixture(params=DTYPES)
@@ -16,6 +17,15 @@ def dtype(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(params=_sparse.INSTRUCTION_SETS)
+def instruction_set(request):
+    """Run the test on one version of the kernels compiled per instruction set (the sparse and
+    the narrow products): the widest the CPU runs up to the param (on a CPU without AVX-512
+    its param tests the AVX2 version again, rather than skipping)."""
+    yield _sparse.select_instruction_set(request.param)
+    _sparse.select_instruction_set()
 
 
 @pytest.fixture(scope="session")

@@ -26,14 +26,6 @@ SHAPES = {
 DENSITIES = {"zeros": 0.0, "sparse": 0.05, "mnist": 0.19, "dense": 1.0, "rows": None}
 
 
-@pytest.fixture(params=_sparse.INSTRUCTION_SETS)
-def instruction_set(request):
-    """Run the test on one version of the products: the widest the CPU runs up to the param
-    (on a CPU without AVX-512 its param tests the AVX2 version again, rather than skipping)."""
-    yield _sparse.select_instruction_set(request.param)
-    _sparse.select_instruction_set()
-
-
 @pytest.fixture(params=SHAPES.values(), ids=SHAPES.keys())
 def shape(request):
     return request.param

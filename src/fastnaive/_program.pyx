@@ -18,7 +18,9 @@ from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
                                      activation_backward, dropout)
 from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport dense_forward, dense_input_grad, dense_param_grad, max_abs
-from fastnaive._sparse cimport GROUP, PATTERNS, group_lines, sparse_forward, sparse_param_grad
+from fastnaive._sparse cimport (GROUP, NARROW_MAX, PATTERNS, group_lines, narrow_forward,
+                                narrow_input_grad, narrow_param_grad, sparse_forward,
+                                sparse_param_grad)
 
 # How the first layer multiplies its inputs: GEMMs, the sparse kernels on the inputs'
 # nonzeros, or the caller (who then also runs its activation's product and gradient).
@@ -71,18 +73,20 @@ cdef class Program:
     the head applied; outputs, deltas, dropped, pre: the Step's buffers per layer (None where
     absent), `capacity` rows each; gradients: [dW0, db0, ...] or None; first: FIRST_*;
     row_groups / column_groups: the sparse kernels' buffers (fastnaive._sparse.group_buffers)
-    for FIRST_SPARSE.
+    for FIRST_SPARSE; narrow: per layer, True where its products run on the narrow kernels
+    (fastnaive._sparse.narrow_*, at most NARROW_MAX outputs) rather than the BLAS.
     """
 
     cdef readonly Py_ssize_t capacity, n_layers, n_features
     cdef readonly int first
     cdef bint is_double, trains
     cdef list layers, dropouts, arrays, weights, biases, outputs, deltas, dropped, pre, grads
-    cdef int[::1] codes, head_codes
+    cdef int[::1] codes, head_codes, narrow
     cdef object row_starts, row_index, row_quads, column_starts, column_index, column_quads
 
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
-                 gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None):
+                 gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None,
+                 narrow=None):
         self.n_layers = len(layers)
         self.is_double = outputs[0].dtype == np.float64
         self.capacity = outputs[0].shape[0]
@@ -97,6 +101,11 @@ cdef class Program:
         self.layers, self.dropouts = list(layers), list(dropouts)
         self.codes = np.asarray(codes, np.intc)
         self.head_codes = np.asarray(head_codes, np.intc)
+        self.narrow = np.asarray(narrow if narrow is not None else [False] * self.n_layers,
+                                 np.intc)
+        if self.narrow.shape[0] != self.n_layers:
+            raise ValueError(f"Expected one narrow flag per layer. Received: {self.narrow.shape[0]} "
+                             f"for {self.n_layers} layers")
         self.arrays = [a for layer in layers for a in (layer.W, layer.b)]
         self.weights = [held_view(layer.W, self.is_double) for layer in layers]
         self.biases = [held_view(layer.b, self.is_double) for layer in layers]
@@ -119,6 +128,9 @@ cdef class Program:
             if gradients is not None:
                 shapes += [(gradients[2 * i].shape, layer.W.shape),
                            (gradients[2 * i + 1].shape, layer.b.shape)]
+            if self.narrow[i] and m > NARROW_MAX:
+                raise ValueError(f"Expected narrow layers of at most {NARROW_MAX} outputs. "
+                                 f"Received: layer {i} of {m}")
             if not 0 <= codes[i] <= ELU_CODE or not 0 <= head_codes[i] <= ELU_CODE:
                 raise ValueError(f"Expected activation codes in [0, {ELU_CODE}]. Received: "
                                  f"codes[{i}]={codes[i]}, head_codes[{i}]={head_codes[i]}")
@@ -276,6 +288,9 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
                 sparse_forward(starts, index, quads, W, b, relu, target, n_threads)
                 if not relu and fused != LINEAR_CODE:
                     activate_rows(fused, target, target)
+        elif p.narrow[i]:
+            with nogil:
+                narrow_forward(a, W, b, fused, target, n_threads)
         else:
             with nogil:
                 dense_forward(a, W, b, fused, target, n_threads)
@@ -316,6 +331,10 @@ cdef int param_grad(Program p, Py_ssize_t i, const floating[:, ::1] x,
         with nogil:
             group_lines(x, False, starts, index, quads, n_threads)
             sparse_param_grad(starts, index, quads, delta, alpha, beta, dW, db, n_threads)
+    elif p.narrow[i]:
+        inputs = layer_input(p, i, delta.shape[0], x)
+        with nogil:
+            narrow_param_grad(inputs, delta, alpha, beta, dW, db, n_threads)
     else:
         inputs = layer_input(p, i, delta.shape[0], x)
         with nogil:
@@ -360,8 +379,12 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
             W = p.weights[i]
             previous = p.deltas[i - 1]
             previous = previous[:n]
-            with nogil:
-                dense_input_grad(delta, W, previous, n_threads)
+            if p.narrow[i]:
+                with nogil:
+                    narrow_input_grad(delta, W, previous, n_threads)
+            else:
+                with nogil:
+                    dense_input_grad(delta, W, previous, n_threads)
     return 0
 
 

@@ -3,6 +3,7 @@ from cython cimport floating
 cdef extern from "sparse_kernels.h" nogil:
     const int GROUP "FASTNAIVE_GROUP"
     const int PATTERNS "FASTNAIVE_PATTERNS"
+    const int NARROW_MAX "FASTNAIVE_NARROW_MAX"
 
 cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
                             int[::1] index_out, floating[:, ::1] quads_out,
@@ -13,5 +14,13 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
                          int n_threads) noexcept nogil
 cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                             const floating[:, ::1] quads, const floating[:, ::1] delta,
+                            floating alpha, floating beta, floating[:, ::1] dW_out,
+                            floating[::1] db_out, int n_threads) noexcept nogil
+cdef void narrow_forward(const floating[:, ::1] X, const floating[:, ::1] W,
+                         const floating[::1] b, int activation, floating[:, ::1] Z_out,
+                         int n_threads) noexcept nogil
+cdef void narrow_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
+                            floating[:, ::1] dX_out, int n_threads) noexcept nogil
+cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
                             floating alpha, floating beta, floating[:, ::1] dW_out,
                             floating[::1] db_out, int n_threads) noexcept nogil

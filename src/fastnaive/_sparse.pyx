@@ -16,10 +16,16 @@
 # threads. W and delta are best 64-byte aligned (NumPy promises 16): products on misaligned
 # rows are 25-30% slower. Index buffers are user input, so the `def` wrappers check them
 # before any kernel reads through them.
+# The narrow products (narrow_forward, narrow_input_grad, narrow_param_grad) are the dense
+# products of a layer of at most NARROW_MAX outputs, a classifier's head, without the BLAS
+# (narrow_kernels.h): compiled per instruction set like the sparse ones and chosen with them
+# by select_instruction_set, cut among threads into blocks of rows (forward) or of W's rows
+# (the gradients) that depend on the shapes alone.
 from cython cimport floating
 from cython.parallel cimport prange
 import numpy as np
 
+from fastnaive._activations cimport ELU_CODE, activate
 from fastnaive._kernels cimport bias_grad
 
 cdef extern from "sparse_kernels.h" nogil:
@@ -38,6 +44,24 @@ cdef extern from "sparse_kernels.h" nogil:
                                            Py_ssize_t k, Py_ssize_t g, int* starts, int* index,
                                            double* quads)
     int select_isa "fastnaive_sparse_select_isa"(int widest)
+    void narrow_forward_f "fastnaive_narrow_forward_f"(
+        const float* X, Py_ssize_t ldx, Py_ssize_t k, const float* W, Py_ssize_t m,
+        const float* b, float* Z, Py_ssize_t i0, Py_ssize_t i1)
+    void narrow_forward_d "fastnaive_narrow_forward_d"(
+        const double* X, Py_ssize_t ldx, Py_ssize_t k, const double* W, Py_ssize_t m,
+        const double* b, double* Z, Py_ssize_t i0, Py_ssize_t i1)
+    void narrow_input_f "fastnaive_narrow_input_f"(
+        const float* delta, Py_ssize_t n, Py_ssize_t m, const float* W, float* dX,
+        Py_ssize_t ldo, Py_ssize_t c0, Py_ssize_t c1)
+    void narrow_input_d "fastnaive_narrow_input_d"(
+        const double* delta, Py_ssize_t n, Py_ssize_t m, const double* W, double* dX,
+        Py_ssize_t ldo, Py_ssize_t c0, Py_ssize_t c1)
+    void narrow_param_f "fastnaive_narrow_param_f"(
+        const float* X, Py_ssize_t ldx, const float* delta, Py_ssize_t n, Py_ssize_t m,
+        float alpha, float beta, float* dW, Py_ssize_t c0, Py_ssize_t c1)
+    void narrow_param_d "fastnaive_narrow_param_d"(
+        const double* X, Py_ssize_t ldx, const double* delta, Py_ssize_t n, Py_ssize_t m,
+        double alpha, double beta, double* dW, Py_ssize_t c0, Py_ssize_t c1)
     int max_threads "fastnaive_sparse_max_threads"()
 
 # Columns of W per block: 128 floats or 64 doubles, a whole number of tiles on every ISA.
@@ -45,7 +69,11 @@ cdef Py_ssize_t BLOCK_BYTES = 512
 # Below this many multiply-adds, or quads to sort, a parallel region costs more than it saves.
 cdef Py_ssize_t PARALLEL_MIN_PRODUCTS = 1 << 18
 cdef Py_ssize_t PARALLEL_MIN_QUADS = 1 << 13
+# Rows of X @ W per block of the narrow forward product.
+cdef Py_ssize_t NARROW_ROWS = 32
 INSTRUCTION_SETS = ("baseline", "avx2", "avx512")
+# The widest layer the narrow products serve (narrow_kernels.h).
+NARROW_WIDTH = NARROW_MAX
 cdef int _isa = select_isa(2)
 
 
@@ -139,6 +167,78 @@ cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                               &delta[0, 0], m, NULL, alpha, beta, False, &dW_out[0, 0], m, k,
                               j0, j1)
         bias_grad(delta, alpha, beta, db_out, j0, j1)
+
+
+cdef inline bint narrow_in_parallel(Py_ssize_t n, Py_ssize_t m, Py_ssize_t k,
+                                    Py_ssize_t n_blocks, int n_threads) noexcept nogil:
+    """True when a narrow product of n x k x m multiply-adds in n_blocks blocks is worth a
+    parallel region"""
+    return n_threads > 1 and n_blocks > 1 and n * m * k >= PARALLEL_MIN_PRODUCTS
+
+
+cdef void narrow_forward(const floating[:, ::1] X, const floating[:, ::1] W,
+                         const floating[::1] b, int activation, floating[:, ::1] Z_out,
+                         int n_threads) noexcept nogil:
+    """Z := act(X @ W + b), act of code `activation`, for W of at most NARROW_MAX columns"""
+    cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1], k = X.shape[1]
+    cdef Py_ssize_t n_blocks = (n + NARROW_ROWS - 1) // NARROW_ROWS
+    cdef Py_ssize_t block, i0, i1
+    if n == 0 or m == 0:
+        return
+    for block in prange(n_blocks, num_threads=n_threads, schedule="static",
+                        use_threads_if=narrow_in_parallel(n, m, k, n_blocks, n_threads)):
+        i0 = block * NARROW_ROWS
+        i1 = min(i0 + NARROW_ROWS, n)
+        if floating is float:
+            narrow_forward_f(&X[0, 0], k, k, &W[0, 0], m, &b[0], &Z_out[0, 0], i0, i1)
+        else:
+            narrow_forward_d(&X[0, 0], k, k, &W[0, 0], m, &b[0], &Z_out[0, 0], i0, i1)
+        activate(activation, &Z_out[i0, 0], &Z_out[i0, 0], (i1 - i0) * m)
+
+
+cdef void narrow_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
+                            floating[:, ::1] dX_out, int n_threads) noexcept nogil:
+    """dX := delta @ W.T, for W of at most NARROW_MAX columns"""
+    cdef Py_ssize_t n = dX_out.shape[0], k = dX_out.shape[1], m = W.shape[1]
+    cdef Py_ssize_t width = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t block, c0, c1, n_blocks = (k + width - 1) // width
+    if n == 0 or k == 0:
+        return
+    for block in prange(n_blocks, num_threads=n_threads, schedule="static",
+                        use_threads_if=narrow_in_parallel(n, m, k, n_blocks, n_threads)):
+        c0 = block * width
+        c1 = min(c0 + width, k)
+        if floating is float:
+            narrow_input_f(&delta[0, 0], n, m, &W[0, 0], &dX_out[0, 0], k, c0, c1)
+        else:
+            narrow_input_d(&delta[0, 0], n, m, &W[0, 0], &dX_out[0, 0], k, c0, c1)
+
+
+cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
+                            floating alpha, floating beta, floating[:, ::1] dW_out,
+                            floating[::1] db_out, int n_threads) noexcept nogil:
+    """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db, for
+    delta of at most NARROW_MAX columns"""
+    cdef Py_ssize_t n = X.shape[0], k = dW_out.shape[0], m = dW_out.shape[1]
+    cdef Py_ssize_t width = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t block, c0, c1, n_blocks = (k + width - 1) // width
+    if m == 0:
+        return
+    if k == 0:
+        bias_grad(delta, alpha, beta, db_out, 0, m)
+        return
+    for block in prange(n_blocks, num_threads=n_threads, schedule="static",
+                        use_threads_if=narrow_in_parallel(n, m, k, n_blocks, n_threads)):
+        c0 = block * width
+        c1 = min(c0 + width, k)
+        if floating is float:
+            narrow_param_f(&X[0, 0] if n else NULL, k, &delta[0, 0] if n else NULL, n, m,
+                           alpha, beta, &dW_out[0, 0], c0, c1)
+        else:
+            narrow_param_d(&X[0, 0] if n else NULL, k, &delta[0, 0] if n else NULL, n, m,
+                           alpha, beta, &dW_out[0, 0], c0, c1)
+        if block == 0:  # the first block owns the bias
+            bias_grad(delta, alpha, beta, db_out, 0, m)
 
 
 cdef bint lists_in_range(const int[::1] starts, Py_ssize_t capacity, const int[::1] index,
@@ -256,6 +356,50 @@ def group_columns_checked(const floating[:, ::1] X, int[::1] starts_out, int[::1
                           floating[:, ::1] quads_out, n_threads=None):
     """starts_out, index_out, quads_out := X in groups of 4 columns, for sparse_param_grad_checked; return X's number of nonzeros"""
     return _group_checked(X, starts_out, index_out, quads_out, False, n_threads)
+
+
+def narrow_forward_checked(const floating[:, ::1] X, const floating[:, ::1] W,
+                           const floating[::1] b, int activation, floating[:, ::1] Z_out,
+                           n_threads=None):
+    """Z_out := act(X @ W + b), act of code `activation`, W of at most NARROW_WIDTH columns"""
+    if not (X.shape[1] == W.shape[0] and 0 < W.shape[1] <= NARROW_MAX
+            and b.shape[0] == W.shape[1] and Z_out.shape[0] == X.shape[0]
+            and Z_out.shape[1] == W.shape[1]):
+        raise _shape_error(f"X (n, k), W (k, m), b (m,) and Z_out (n, m) with 1 <= m <= "
+                           f"{NARROW_MAX}", X=X, W=W, b=b, Z_out=Z_out)
+    if not 0 <= activation <= ELU_CODE:
+        raise ValueError(f"Expected an activation code in [0, {ELU_CODE}]. "
+                         f"Received: activation={activation}")
+    cdef int threads = _n_threads(n_threads)
+    with nogil:
+        narrow_forward(X, W, b, activation, Z_out, threads)
+
+
+def narrow_input_grad_checked(const floating[:, ::1] delta, const floating[:, ::1] W,
+                              floating[:, ::1] dX_out, n_threads=None):
+    """dX_out := delta @ W.T, W of at most NARROW_WIDTH columns"""
+    if not (delta.shape[1] == W.shape[1] and 0 < W.shape[1] <= NARROW_MAX
+            and dX_out.shape[0] == delta.shape[0] and dX_out.shape[1] == W.shape[0]):
+        raise _shape_error(f"delta (n, m), W (k, m) and dX_out (n, k) with 1 <= m <= "
+                           f"{NARROW_MAX}", delta=delta, W=W, dX_out=dX_out)
+    cdef int threads = _n_threads(n_threads)
+    with nogil:
+        narrow_input_grad(delta, W, dX_out, threads)
+
+
+def narrow_param_grad_checked(const floating[:, ::1] X, const floating[:, ::1] delta,
+                              floating alpha, floating beta, floating[:, ::1] dW_out,
+                              floating[::1] db_out, n_threads=None):
+    """dW_out := alpha * X.T @ delta + beta * dW_out;  db_out := alpha * sum_rows(delta) + beta * db_out, delta of at most NARROW_WIDTH columns"""
+    if not (X.shape[0] == delta.shape[0] and dW_out.shape[0] == X.shape[1]
+            and dW_out.shape[1] == delta.shape[1] and 0 < delta.shape[1] <= NARROW_MAX
+            and db_out.shape[0] == delta.shape[1]):
+        raise _shape_error(f"X (n, k), delta (n, m), dW_out (k, m) and db_out (m,) with "
+                           f"1 <= m <= {NARROW_MAX}", X=X, delta=delta, dW_out=dW_out,
+                           db_out=db_out)
+    cdef int threads = _n_threads(n_threads)
+    with nogil:
+        narrow_param_grad(X, delta, alpha, beta, dW_out, db_out, threads)
 
 
 def sparse_forward_checked(const int[::1] starts, const int[::1] index,

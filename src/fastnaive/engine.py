@@ -11,7 +11,9 @@ decided there, and nowhere else:
   and the loss's kernel; the first layer runs on the inputs' nonzeros (fastnaive._sparse)
   when they are zero enough (SPARSE_MAX_DENSITY; MNIST is 81% zeros), which is exact and,
   there, 1.7-2.1x faster than the dense GEMMs (benchmarks/sparse.py), and on a scipy.sparse
-  matrix's nonzeros (fastnaive._csr, fastnaive.sparse);
+  matrix's nonzeros (fastnaive._csr, fastnaive.sparse); a layer of at most NARROW_MAX_WIDTH
+  outputs (a classifier's head) runs its products on the narrow kernels of
+  fastnaive._sparse rather than the BLAS, where they are faster (`narrow_layers`);
 - threads: `threads()` is the thread policy of a call;
 - the update: the optimizer's Update, bound once. When the optimizer declares a
   `gemm_scale` and no reducer is plugged in, the update runs inside each weight-gradient
@@ -57,6 +59,11 @@ __all__ = ["Step", "step_for"]
 # 1.06 at 60%; AVX2 0.90, 1.02 at 40% and 1.06, 1.20 at 50%; SSE 0.94, 0.84 at 50% and 1.13,
 # 1.08 at 60%.
 SPARSE_MAX_DENSITY = {"avx512": 0.55, "avx2": 0.4, "baseline": 0.55}
+# The instruction sets on which the narrow kernels beat the BLAS on a layer of up to
+# NARROW_MAX_WIDTH outputs (benchmarks/narrow.py: the book's second layer, 128 x 512 x 10, on
+# Zen 4).
+NARROW_INSTRUCTION_SETS = ("avx512", "avx2")
+NARROW_MAX_WIDTH = _sparse.NARROW_WIDTH
 _blas_controller = None
 # Per-batch entry points keep one Step per model, replaced when the model or batch outgrows it.
 _cached_steps = weakref.WeakKeyDictionary()
@@ -128,6 +135,7 @@ class Step:
         self.row_groups = self.column_groups = self.batch_rows = None
         self.update = self.bound_weights = None
         self.program = None  # built by compiled()
+        self.narrow = narrow_layers(self.layers)
         # The step number that dropout masks are drawn for, in an array so that a step's
         # kernels count it (commit).
         self.counter = np.zeros(1, np.int64)
@@ -266,6 +274,7 @@ class Step:
                 first,
                 self.row_groups,
                 self.column_groups,
+                self.narrow,
             )
         return program
 
@@ -520,6 +529,13 @@ def step_for(model, x):
         _cached_steps[model] = step
     step.use_inputs(x)
     return step
+
+
+def narrow_layers(layers):
+    """Per layer, True where its products run on the narrow kernels: at most NARROW_MAX_WIDTH
+    outputs, on an instruction set where they beat the BLAS."""
+    fast = _sparse.instruction_set() in NARROW_INSTRUCTION_SETS
+    return [fast and layer.output_size <= NARROW_MAX_WIDTH for layer in layers]
 
 
 def _largest(*bounds):

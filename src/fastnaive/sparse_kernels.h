@@ -28,6 +28,7 @@
 #define FASTNAIVE_SPARSE_KERNELS_H
 
 #include <stddef.h>
+#include "narrow_kernels.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -361,9 +362,9 @@ static fastnaive_grouped_product_f_t fastnaive_grouped_product_f =
 static fastnaive_grouped_product_d_t fastnaive_grouped_product_d =
     fastnaive_grouped_product_d_baseline;
 
-/* Points the products at the widest instruction set that this CPU runs and that is at most
- * widest (2: AVX-512, 1: AVX2 with FMA, 0: baseline; lower caps test the other versions).
- * Returns the level chosen. */
+/* Points the products, and the narrow ones (narrow_kernels.h), at the widest instruction set
+ * that this CPU runs and that is at most widest (2: AVX-512, 1: AVX2 with FMA, 0: baseline;
+ * lower caps test the other versions). Returns the level chosen. */
 static int fastnaive_sparse_select_isa(int widest)
 {
     int level = 0;
@@ -376,18 +377,21 @@ static int fastnaive_sparse_select_isa(int widest)
     if (level == 2) {
         fastnaive_grouped_product_f = fastnaive_grouped_product_f_avx512;
         fastnaive_grouped_product_d = fastnaive_grouped_product_d_avx512;
+        fastnaive_narrow_select(level);
         return level;
     }
     if (level == 1) {
         fastnaive_grouped_product_f = fastnaive_grouped_product_f_avx2;
         fastnaive_grouped_product_d = fastnaive_grouped_product_d_avx2;
+        fastnaive_narrow_select(level);
         return level;
     }
 #endif
     (void)widest;
     fastnaive_grouped_product_f = fastnaive_grouped_product_f_baseline;
     fastnaive_grouped_product_d = fastnaive_grouped_product_d_baseline;
-    return level;
+    fastnaive_narrow_select(0);
+    return 0;
 }
 
 /* OpenMP's default team size (what threadpoolctl's "openmp" limit sets), 1 without OpenMP. */
