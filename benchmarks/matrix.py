@@ -41,7 +41,10 @@ wall time: the cores a peer really kept busy.
 machine (the same vector widths, not the same cores): fastnaive's sparse kernels through
 fastnaive._sparse.select_instruction_set, and the peers through their own switches
 (AVX2_ENVIRONMENT: OpenBLAS's core type for SciPy's and NumPy's GEMMs, MKL's and oneDNN's
-instruction caps and ATen's for PyTorch, XLA's for JAX, NumPy's dispatch).
+instruction caps and ATen's for PyTorch, XLA's for JAX, NumPy's dispatch). Without it,
+those variables are dropped from the workers' environment where it sets them (a machine
+that pins OPENBLAS_CORETYPE=Haswell, say), so that every library runs the kernels its own
+detection picks; the header names what was dropped.
 
 --quick trains two batches and a short third per workload (the warm-up's batches), every
 peer, one round, small GEMMs: it checks the command and the losses in about two minutes
@@ -470,8 +473,16 @@ def worker(args):
 # -- the parent: one worker per thread count, then the tables -------------------------------
 
 
+def pinned_instruction_sets():
+    """The variables of AVX2_ENVIRONMENT set in this environment, {name: value}: a native run
+    drops them, so that every library takes the kernels its own detection picks."""
+    return {name: os.environ[name] for name in AVX2_ENVIRONMENT if name in os.environ}
+
+
 def worker_environment(n_threads, isa="native"):
     env = dict(os.environ)
+    for name in pinned_instruction_sets():
+        del env[name]
     env.update({name: str(n_threads) for name in THREAD_VARIABLES})
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["JAX_PLATFORMS"] = "cpu"
@@ -542,6 +553,11 @@ def header(args, skipped, load_start):
                 + f", XLA_FLAGS={AVX2_XLA_FLAGS}, fastnaive's sparse kernels on avx2"
             ]
             if args.isa == "avx2"
+            else [
+                "Instruction sets: each library's own detection; dropped from the environment: "
+                + ", ".join(f"{k}={v}" for k, v in pinned_instruction_sets().items())
+            ]
+            if pinned_instruction_sets()
             else []
         ),
         "",

@@ -20,7 +20,7 @@ import timeit
 
 import numpy as np
 import workloads
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from fastnaive import _blas, _kernels, _sparse
 
@@ -69,8 +69,12 @@ def main(argv=None):
     number = 10 if args.quick else NUMBER
     widest = _sparse.select_instruction_set()
     isas = _sparse.INSTRUCTION_SETS[: _sparse.INSTRUCTION_SETS.index(widest) + 1][::-1]
-    print(f"CPU: {workloads.cpu_description()}\n")
     _blas.load()
+    cores = sorted(
+        {f"{pool['internal_api']} {pool.get('architecture')}" for pool in threadpool_info()}
+        - {"openmp None"}
+    )
+    print(f"CPU: {workloads.cpu_description()}; BLAS: {', '.join(cores)}\n")
     try:
         with threadpool_limits(limits=1, user_api="blas"):
             for isa in isas:
