@@ -104,8 +104,8 @@ cdef class Program:
         self.narrow = np.asarray(narrow if narrow is not None else [False] * self.n_layers,
                                  np.intc)
         if self.narrow.shape[0] != self.n_layers:
-            raise ValueError(f"Expected one narrow flag per layer. Received: {self.narrow.shape[0]} "
-                             f"for {self.n_layers} layers")
+            raise ValueError(f"Expected one narrow flag per layer. Received: "
+                             f"{self.narrow.shape[0]} for {self.n_layers} layers")
         self.arrays = [a for layer in layers for a in (layer.W, layer.b)]
         self.weights = [held_view(layer.W, self.is_double) for layer in layers]
         self.biases = [held_view(layer.b, self.is_double) for layer in layers]

@@ -189,10 +189,13 @@ cdef void narrow_forward(const floating[:, ::1] X, const floating[:, ::1] W,
                         use_threads_if=narrow_in_parallel(n, m, k, n_blocks, n_threads)):
         i0 = block * NARROW_ROWS
         i1 = min(i0 + NARROW_ROWS, n)
+        # With k = 0, X and W have no first element: the kernel reads neither.
         if floating is float:
-            narrow_forward_f(&X[0, 0], k, k, &W[0, 0], m, &b[0], &Z_out[0, 0], i0, i1)
+            narrow_forward_f(&X[0, 0] if k else NULL, k, k, &W[0, 0] if k else NULL, m, &b[0],
+                             &Z_out[0, 0], i0, i1)
         else:
-            narrow_forward_d(&X[0, 0], k, k, &W[0, 0], m, &b[0], &Z_out[0, 0], i0, i1)
+            narrow_forward_d(&X[0, 0] if k else NULL, k, k, &W[0, 0] if k else NULL, m, &b[0],
+                             &Z_out[0, 0], i0, i1)
         activate(activation, &Z_out[i0, 0], &Z_out[i0, 0], (i1 - i0) * m)
 
 

@@ -60,8 +60,9 @@ __all__ = ["Step", "step_for"]
 # 1.08 at 60%.
 SPARSE_MAX_DENSITY = {"avx512": 0.55, "avx2": 0.4, "baseline": 0.55}
 # The instruction sets on which the narrow kernels beat the BLAS on a layer of up to
-# NARROW_MAX_WIDTH outputs (benchmarks/narrow.py: the book's second layer, 128 x 512 x 10, on
-# Zen 4).
+# NARROW_MAX_WIDTH outputs (benchmarks/narrow.py, the book's second layer, 128 x 512 x 10, on
+# Zen 5: against OpenBLAS's AVX2 kernels 1.2-2.6x on one thread; against its AVX-512 ones
+# level on one and 1.2-2.1x on two; the baseline's SSE2 versions 1.5-3x slower than it).
 NARROW_INSTRUCTION_SETS = ("avx512", "avx2")
 NARROW_MAX_WIDTH = _sparse.NARROW_WIDTH
 _blas_controller = None
