@@ -3,9 +3,9 @@
  * delta @ W.T and its weight gradient X.T @ delta, where W is (k, m) and delta (n, m).
  *
  * A BLAS packs both operands on every call and its kernels are tiled for wide matrices: with
- * m = 10 the three products of the book's second layer (n = 128, k = 512) take 14-19 us each
- * in SciPy's OpenBLAS on Zen 4, and it gains little when cut in two for two threads (the
- * packing is paid per block). Here the long dimension k runs along the vectors and the m
+ * m = 10 the three products of the book's second layer (n = 128, k = 512) take 11-16 us each
+ * in SciPy's OpenBLAS on Zen 5 (its AVX-512 kernels; 16-28 with its AVX2 ones), and it gains
+ * little when cut in two for two threads (the packing is paid per block). Here the long dimension k runs along the vectors and the m
  * columns are loop-unrolled: X @ W as dot products of X's rows with W's columns (W taken a
  * tile at a time, transposed on the stack), delta @ W.T and X.T @ delta as sums over m or n
  * of broadcast multiply-adds into register tiles. The accumulators of a tile stay in
@@ -43,14 +43,14 @@
  * - fastnaive_narrow_forward_SUFFIX: Z[i, j] := sum_c X[i, c] W[c, j] + b[j] for the rows i in
  *   [i0, i1), as dot products, ROWS rows and up to JBMAX columns of W at a time;
  * - fastnaive_narrow_input_SUFFIX: dX[i, c] := sum_j delta[i, j] W[c, j] for the columns c in
- *   [c0, c1) and every row, NV vectors of columns and ROWS rows at a time;
+ *   [c0, c1) and every row, NV vectors of columns and IROWS rows at a time;
  * - fastnaive_narrow_param_SUFFIX: dW[c, j] := alpha sum_i X[i, c] delta[i, j] + beta dW[c, j]
- *   (beta = 0 overwrites: dW may hold NaN) for the rows c in [c0, c1) of dW, NV vectors of c
- *   and up to 4 columns j at a time.
+ *   (beta = 0 overwrites: dW may hold NaN) for the rows c in [c0, c1) of dW, PNV vectors of c
+ *   and up to PJB columns j at a time.
  * Row-major arrays; X is (n, k) with rows ldx apart, W (k, m), delta (n, m), Z (n, m), dX
- * (n, k) with rows ldo apart, dW (k, m). Columns past the last whole vector take a scalar path
- * that adds in the same order. */
-#define FASTNAIVE_NARROW_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, ROWS, JBMAX, IROWS, PNV, PJB)            \
+ * (n, k) with rows ldo apart, dW (k, m). The columns past the last whole vector or tile take
+ * a scalar path; which path an element takes depends on the shapes alone. */
+#define FASTNAIVE_NARROW_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, ROWS, JBMAX, IROWS, PNV, PJB) \
 typedef T fastnaive_nvec_##SUFFIX                                                                 \
     __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias));                         \
                                                                                                   \
