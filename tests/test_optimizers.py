@@ -24,7 +24,9 @@ from helpers import (
     make_data,
     make_model,
 )
+from threadpoolctl import threadpool_limits
 
+import fastnaive
 from fastnaive import SGD, Adam, BatchGenerator, fit, one_training_step, optimizers
 
 RTOL = {"float32": 1e-5, "float64": 1e-12}
@@ -46,8 +48,9 @@ OPTIMIZER_PAIRS = {
     ),
     "adam": (lambda: Adam(**ADAM), lambda: keras.optimizers.Adam(**ADAM)),
 }
-# Optimizers that fit applies to the gradients instead of fusing into the GEMMs.
-UNFUSED = {
+# Optimizers with state: fit applies their element rule in the weight-gradient kernels, to
+# each block of the gradients as it is produced (SGD runs inside the GEMMs themselves).
+STATEFUL = {
     "momentum": lambda: SGD(0.05, momentum=0.9),
     "nesterov": lambda: SGD(0.05, momentum=0.9, nesterov=True),
     "adam": lambda: Adam(0.01),
@@ -147,7 +150,7 @@ def test_get_makes_a_new_optimizer(args, kind, settings):
     assert {name: getattr(optimizer, name) for name in settings} == settings
 
 
-@pytest.mark.parametrize("make", UNFUSED.values(), ids=UNFUSED.keys())
+@pytest.mark.parametrize("make", STATEFUL.values(), ids=STATEFUL.keys())
 def test_fit_matches_a_loop_of_training_steps(dtype, make):
     """fit in the book's order (shuffle=False ignores the seed) = one_training_step per batch."""
     model, expected, (x, y) = make_model(dtype), make_model(dtype), make_data(dtype=dtype)
@@ -159,8 +162,97 @@ def test_fit_matches_a_loop_of_training_steps(dtype, make):
     assert_same_weights(model, expected)
 
 
+class Unfused:
+    """An optimizer whose steps run as a caller's apply_gradients would run them: after the
+    gradients, over the whole of them (fit's path for any object with apply_gradients)."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def apply_gradients(self, grads_and_vars):
+        self.optimizer.apply_gradients(grads_and_vars)
+
+
+def mnist_model(dtype, l2=0.0):
+    """784-256-128-10 on MNIST: the first layer on the inputs' nonzeros or GEMMs, the hidden
+    one's gradient in two GEMM blocks, the head on the narrow kernels."""
+    sizes, activations = (784, 256, 128, 10), ("relu", "relu", "softmax")
+    return fastnaive.NaiveSequential(
+        [
+            fastnaive.NaiveDense(
+                n_in, n_out, activation, dtype=dtype, seed=i, l2=l2, initializer="glorot_uniform"
+            )
+            for i, (n_in, n_out, activation) in enumerate(zip(sizes, sizes[1:], activations))
+        ]
+    )
+
+
+@pytest.mark.parametrize("inputs", ["nonzeros", "dense"])
+@pytest.mark.parametrize("make", STATEFUL.values(), ids=STATEFUL.keys())
+def test_rules_in_the_gradient_kernels_give_the_optimizers_steps_to_the_bit(
+    dtype, inputs, make, mnist
+):
+    """Momentum, Nesterov and Adam applied by the weight-gradient kernels to each block as
+    they produce it (the sparse first layer's column blocks or the GEMMs' blocks, the hidden
+    layer's GEMM blocks, the narrow head's row blocks), on two threads, give the same bits
+    as the optimizer's own kernels run over the whole gradients after them: the gradient
+    kernels and the element steps are the same, only the order of the blocks differs."""
+    (images, labels), _ = mnist
+    x = images[:1024].astype(dtype) + (0.01 if inputs == "dense" else 0)
+    fused, unfused = mnist_model(dtype), mnist_model(dtype)
+    with threadpool_limits(limits=2):
+        fit(fused, x, labels[:1024], 2, 128, optimizer=make(), seed=0, verbose=0)
+        fit(unfused, x, labels[:1024], 2, 128, optimizer=Unfused(make()), seed=0, verbose=0)
+    moved = [np.max(np.abs(w - w0)) for w, w0 in zip(fused.weights, mnist_model(dtype).weights)]
+    assert min(moved) > 0
+    for actual, expected in zip(fused.weights, unfused.weights, strict=True):
+        np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.parametrize("make", STATEFUL.values(), ids=STATEFUL.keys())
+def test_rules_in_the_gradient_kernels_add_the_l2_gradient(dtype, make, mnist):
+    """With L2 the rule adds 2 l2 W to each block of W's gradient before its step (b's none):
+    the steps of the optimizer on the whole gradients, to rounding (the unfused path adds
+    the penalty's gradient by BLAS axpy, whose fused multiply-add rounds once)."""
+    (images, labels), _ = mnist
+    x = images[:512].astype(dtype)
+    fused, unfused, plain = (mnist_model(dtype, l2) for l2 in (1e-2, 1e-2, 0.0))
+    fit(fused, x, labels[:512], 1, 128, optimizer=make(), seed=0, verbose=0)
+    fit(unfused, x, labels[:512], 1, 128, optimizer=Unfused(make()), seed=0, verbose=0)
+    fit(plain, x, labels[:512], 1, 128, optimizer=make(), seed=0, verbose=0)
+    initial = mnist_model(dtype).weights
+    rtol = RTOL[dtype] * 10
+    for actual, expected, w0 in zip(fused.weights, unfused.weights, initial):
+        assert_scaled_close(actual - w0, expected - w0, rtol)
+    # The penalty moved W away from where the unpenalised steps took it.
+    assert np.max(np.abs(fused.weights[0] - plain.weights[0])) > 100 * rtol * np.max(
+        np.abs(plain.weights[0] - initial[0])
+    )
+
+
+def test_an_element_rule_counts_its_steps_and_keeps_its_state(mnist):
+    """The fused steps count the optimizer's iterations and leave its state where its own
+    kernels would: get_state after fit equals get_state after the unfused fit."""
+    (images, labels), _ = mnist
+    fused, unfused = Adam(1e-3), Adam(1e-3)
+    fit(mnist_model("float32"), images[:640], labels[:640], 1, 128, optimizer=fused, verbose=0)
+    fit(
+        mnist_model("float32"),
+        images[:640],
+        labels[:640],
+        1,
+        128,
+        optimizer=Unfused(unfused),
+        verbose=0,
+    )
+    assert fused.iterations == unfused.iterations == 5
+    for slot, expected in zip(fused.get_state()["slots"], unfused.get_state()["slots"]):
+        for actual, wanted in zip(slot, expected, strict=True):
+            np.testing.assert_array_equal(actual, wanted)
+
+
 @pytest.mark.parametrize(
-    "make", [lambda: SGD(0.1), *UNFUSED.values()], ids=["sgd-fused", *UNFUSED.keys()]
+    "make", [lambda: SGD(0.1), *STATEFUL.values()], ids=["sgd", *STATEFUL.keys()]
 )
 def test_fit_counts_iterations(make):
     optimizer = make()
@@ -227,7 +319,7 @@ def test_bad_state_raises(state):
         Adam().set_state(state)
 
 
-@pytest.mark.parametrize("make", UNFUSED.values(), ids=UNFUSED.keys())
+@pytest.mark.parametrize("make", STATEFUL.values(), ids=STATEFUL.keys())
 def test_state_follows_a_weight_array_replaced_during_fit(make):
     """A callback may assign layer.W a new array: the optimizer then updates that array,
     with the state the old one had, exactly as if nothing had been replaced."""

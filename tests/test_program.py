@@ -6,7 +6,7 @@ import pytest
 from helpers import EXPECTED_RECEIVED, assert_close
 
 import fastnaive
-from fastnaive import _activations, _program, _sparse, reference
+from fastnaive import _activations, _kernels, _program, _sparse, reference
 from fastnaive.callbacks import LambdaCallback
 
 N_SAMPLES, N_FEATURES, N_HIDDEN, N_CLASSES = 13, 22, 9, 4
@@ -87,14 +87,21 @@ def test_sweeps_match_numpy(first, dtype, rng):
         assert_close(after, start - 0.5 * gradient)
 
 
-def test_penalised_update_matches_numpy(dtype, rng):
-    """apply on a layer with L2: W := (1 + 2 s l2) W + s dW, b := b + s db."""
-    layers = two_layers(dtype, l2=0.1)
-    program, outputs, deltas, gradients = program_for(layers, dtype, _program.FIRST_DENSE)
+def backpropagated(dtype, rng, l2=0.0, first=_program.FIRST_DENSE, gradients=False):
+    """A Program of two_layers after a training forward pass on sparse inputs x and a
+    backward pass of random top deltas; (layers, program, outputs, deltas, gradients, x)."""
+    layers = two_layers(dtype, l2=l2)
+    program, outputs, deltas, grads = program_for(layers, dtype, first)
     x = sparse_inputs(rng, dtype)
     program.forward(x, N_SAMPLES, training=True)
     deltas[1][:] = rng.standard_normal((N_SAMPLES, N_CLASSES))
-    program.backward(x, N_SAMPLES, True)
+    program.backward(x, N_SAMPLES, gradients)
+    return layers, program, outputs, deltas, grads, x
+
+
+def test_penalised_update_matches_numpy(dtype, rng):
+    """apply on a layer with L2: W := (1 + 2 s l2) W + s dW, b := b + s db."""
+    layers, program, _, _, gradients, x = backpropagated(dtype, rng, l2=0.1, gradients=True)
     dW, db = gradients[0].copy(), gradients[1].copy()
     W, b = layers[0].W.copy(), layers[0].b.copy()
     program.apply(x, N_SAMPLES, -0.25)
@@ -104,18 +111,70 @@ def test_penalised_update_matches_numpy(dtype, rng):
 
 def test_fused_bound_bounds_the_update(dtype, rng):
     """fused_bound is at least the largest |w| apply leaves."""
-    layers = two_layers(dtype)
-    program, outputs, deltas, gradients = program_for(layers, dtype, _program.FIRST_DENSE)
-    x = sparse_inputs(rng, dtype)
-    program.forward(x, N_SAMPLES, training=True)
-    deltas[1][:] = rng.standard_normal((N_SAMPLES, N_CLASSES))
-    program.backward(x, N_SAMPLES, False)
+    layers, program, _, _, _, x = backpropagated(dtype, rng)
     weights = max(np.abs(w).max() for layer in layers for w in (layer.W, layer.b))
     bound = program.fused_bound(x, N_SAMPLES, -3.0, float(weights), float(np.abs(x).max()))
     program.apply(x, N_SAMPLES, -3.0)
     assert max(np.abs(w).max() for layer in layers for w in (layer.W, layer.b)) <= bound
 
 
+def zero_state(layers, per_array, dtype="float32"):
+    return [
+        [np.zeros(w.size, dtype) for _ in range(per_array)]
+        for layer in layers
+        for w in (layer.W, layer.b)
+    ]
+
+
+def test_element_rules_match_numpy(dtype, rng):
+    """apply_rule: each layer's gradients X.T @ delta + 2 l2 W and sum_rows(delta) in the
+    gradient buffers, and Adam's or Nesterov momentum's step on every weight and its state."""
+    for kind, per_array in ((_kernels.ADAM_RULE, 2), (_kernels.NESTEROV_RULE, 1)):
+        layers, program, outputs, deltas, gradients, x = backpropagated(
+            dtype, rng, l2=0.1, first=_program.FIRST_SPARSE
+        )
+        hidden = outputs[0].copy()
+        expected = [
+            *reference.dense_param_grad(x, deltas[0]),
+            *reference.dense_param_grad(hidden, deltas[1]),
+        ]
+        expected[0] = expected[0] + 2 * 0.1 * layers[0].W
+        state = zero_state(layers, per_array, dtype)
+        for entry in state:
+            for a in entry:
+                a[:] = rng.uniform(0.5, 1, a.shape)
+        before = [w.copy() for layer in layers for w in (layer.W, layer.b)]
+        slots = [[a.copy() for a in entry] for entry in state]
+        rule = (kind, 0.25, 0.5, 0.01, 0.1, 0.001, 1e-3)
+        program.apply_rule(x, N_SAMPLES, rule, state)
+        after = [w for layer in layers for w in (layer.W, layer.b)]
+        for got, wanted in zip(gradients, expected, strict=True):
+            assert_close(got, wanted)
+        for w, w0, g, s0, s1 in zip(after, before, expected, slots, state, strict=True):
+            g = g.reshape(-1)
+            if kind == _kernels.ADAM_RULE:
+                m = s0[0] + (g - s0[0]) * 0.1
+                v = s0[1] + (g * g - s0[1]) * 0.001
+                assert_close(s1[0], m)
+                assert_close(s1[1], v)
+                assert_close(w.reshape(-1), w0.reshape(-1) - m * 0.01 / (np.sqrt(v) + 1e-3))
+            else:
+                velocity = 0.5 * s0[0] - 0.25 * g
+                assert_close(s1[0], velocity)
+                assert_close(w.reshape(-1), w0.reshape(-1) + 0.5 * velocity - 0.25 * g)
+
+
+def test_gradient_bound_bounds_the_gradients(dtype, rng):
+    """gradient_bound is at least the largest |g| apply_rule feeds its rule (with L2)."""
+    layers, program, _, _, gradients, x = backpropagated(dtype, rng, l2=0.5)
+    weights = max(np.abs(w).max() for layer in layers for w in (layer.W, layer.b))
+    bound = program.gradient_bound(x, N_SAMPLES, float(weights), float(np.abs(x).max()))
+    rule = (_kernels.MOMENTUM_RULE, 0.1, 0.9, 0.0, 0.0, 0.0, 0.0)
+    program.apply_rule(x, N_SAMPLES, rule, zero_state(layers, 1, dtype))
+    assert max(np.abs(g).max() for g in gradients) <= bound
+
+
+ADAM = (_kernels.ADAM_RULE, 0.0, 0.0, 0.01, 0.1, 0.001, 1e-7)
 BAD_CALLS = {
     "more rows than the capacity": lambda p, x: p.forward(x, N_SAMPLES + 1),
     "x of other rows than n": lambda p, x: p.forward(x[:3], 4),
@@ -123,6 +182,21 @@ BAD_CALLS = {
     "no x": lambda p, x: p.apply(None, N_SAMPLES, 1.0),
     "negative first row": lambda p, x: p.forward(x, N_SAMPLES, first_row=-1),
     "out of another shape": lambda p, x: p.forward(x, N_SAMPLES, out=np.empty((N_SAMPLES, 3))),
+    "a rule of no kind": lambda p, x: p.apply_rule(
+        x, N_SAMPLES, (0, *ADAM[1:]), zero_state(two_layers("float32"), 2)
+    ),
+    "a rule too short": lambda p, x: p.apply_rule(
+        x, N_SAMPLES, ADAM[:-1], zero_state(two_layers("float32"), 2)
+    ),
+    "one state array for Adam": lambda p, x: p.apply_rule(
+        x, N_SAMPLES, ADAM, zero_state(two_layers("float32"), 1)
+    ),
+    "state of another dtype": lambda p, x: p.apply_rule(
+        x, N_SAMPLES, ADAM, zero_state(two_layers("float32"), 2, "float64")
+    ),
+    "state of one layer": lambda p, x: p.apply_rule(
+        x, N_SAMPLES, ADAM, zero_state(two_layers("float32")[:1], 2)
+    ),
 }
 
 

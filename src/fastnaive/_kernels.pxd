@@ -1,5 +1,23 @@
 from cython cimport floating
 
+cdef enum:
+    # The element steps a Rule applies (an optimizer's step from its gradient).
+    RULE_MOMENTUM = 1
+    RULE_NESTEROV = 2
+    RULE_ADAM = 3
+
+cdef struct Rule:
+    # An optimizer's step, applied by a weight-gradient kernel to each block of the gradient
+    # as it produces it (rule_step). kind: RULE_*; the settings its step reads; penalty:
+    # 2 l2, W's gradient gains penalty * W first (b's none); arrays[0], arrays[1]: W and b,
+    # of the kernel's dtype; state[2 a], state[2 a + 1]: array a's state arrays (velocity
+    # and NULL; Adam's m and v), laid out as it.
+    int kind
+    double learning_rate, momentum, alpha, one_minus_beta_1, one_minus_beta_2, epsilon
+    double penalty
+    void* arrays[2]
+    void* state[4]
+
 cdef void dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
                         const floating[::1] b, int activation,
                         floating[:, ::1] Z_out, int n_threads) noexcept nogil
@@ -8,7 +26,7 @@ cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] 
 cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
                            floating alpha, floating beta,
                            floating[:, ::1] dW_out, floating[::1] db_out,
-                           int n_threads) noexcept nogil
+                           int n_threads, const Rule* rule) noexcept nogil
 cdef void bias_grad(const floating[:, ::1] delta, floating alpha, floating beta,
                     floating[::1] db_out, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
 cdef void softmax(const floating[:, ::1] logits, floating[:, ::1] out) noexcept nogil
@@ -19,4 +37,6 @@ cdef void momentum_update(floating* w, const floating* g, floating* velocity, Py
 cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
                       floating alpha, floating one_minus_beta_1, floating one_minus_beta_2,
                       floating epsilon) noexcept nogil
+cdef void rule_step(const Rule* rule, int array, floating* g, Py_ssize_t start,
+                    Py_ssize_t n) noexcept nogil
 cdef double max_abs(const floating* a, Py_ssize_t n) noexcept nogil

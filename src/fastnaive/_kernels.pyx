@@ -119,9 +119,10 @@ cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] 
 cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
                            floating alpha, floating beta,
                            floating[:, ::1] dW_out, floating[::1] db_out,
-                           int n_threads) noexcept nogil:
-    """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db"""
-    cdef Py_ssize_t rows, cols, tile, i0, i1, j0, j1
+                           int n_threads, const Rule* rule) noexcept nogil:
+    """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db;
+    then, unless rule is NULL, its step on each block of dW and db, in the block's thread"""
+    cdef Py_ssize_t rows, cols, tile, i, i0, i1, j0, j1
     cdef Block block
     cdef Py_ssize_t m = dW_out.shape[0], n = dW_out.shape[1]
     cdef Py_ssize_t tiles = tile_grid(m, n, X.shape[0], &rows, &cols)
@@ -131,8 +132,13 @@ cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delt
         block = tile_block(tile, m, n, rows, cols)
         i0, i1, j0, j1 = block.i0, block.i1, block.j0, block.j1
         gemm_block(True, False, alpha, X, delta, beta, dW_out, i0, i1, j0, j1)
+        if rule != NULL and j1 > j0:
+            for i in range(i0, i1):
+                rule_step(rule, 0, &dW_out[i, j0], i * n + j0, j1 - j0)
         if i0 == 0:  # the first row of blocks owns the bias's columns
             bias_grad(delta, alpha, beta, db_out, j0, j1)
+            if rule != NULL and j1 > j0:
+                rule_step(rule, 1, &db_out[j0], j0, j1 - j0)
 
 
 cdef void bias_grad(const floating[:, ::1] delta, floating alpha, floating beta,
@@ -229,7 +235,31 @@ cdef void adam_range(floating* w, const floating* g, floating* m, floating* v, P
         adam_range_d(w, g, m, v, n, alpha, one_minus_beta_1, one_minus_beta_2, epsilon)
 
 
+cdef void rule_step(const Rule* rule, int array, floating* g, Py_ssize_t start,
+                    Py_ssize_t n) noexcept nogil:
+    """rule's step on elements [start, start + n) of its array `array` (0: W, 1: b) and their
+    state, from their gradient g[0:n]; W's gradient gains the penalty's part first"""
+    cdef floating* w = <floating*>rule.arrays[array] + start
+    cdef floating* first = <floating*>rule.state[2 * array]
+    cdef floating* second = <floating*>rule.state[2 * array + 1]
+    if array == 0 and rule.penalty != 0:
+        if floating is float:
+            add_scaled_f(g, w, n, <float>rule.penalty)
+        else:
+            add_scaled_d(g, w, n, rule.penalty)
+    if rule.kind == RULE_ADAM:
+        adam_range(w, g, first + start, second + start, n, <floating>rule.alpha,
+                   <floating>rule.one_minus_beta_1, <floating>rule.one_minus_beta_2,
+                   <floating>rule.epsilon)
+    else:
+        momentum_range(w, g, first + start, n, <floating>rule.learning_rate,
+                       <floating>rule.momentum, rule.kind == RULE_NESTEROV)
+
+
 cdef extern from "updates.h" nogil:
+    void add_scaled_f "fastnaive_add_scaled_f"(float* g, const float* w, Py_ssize_t n, float a)
+    void add_scaled_d "fastnaive_add_scaled_d"(double* g, const double* w, Py_ssize_t n,
+                                               double a)
     void momentum_range_f "fastnaive_momentum_range_f"(
         float* w, const float* g, float* velocity, Py_ssize_t n, float learning_rate,
         float momentum, int nesterov)
@@ -282,6 +312,9 @@ cdef double scan(const floating* a, Py_ssize_t n, Py_ssize_t* nonzeros,
 
 
 # ---- Python wrappers: check shapes, then run the kernel without the GIL. ----
+
+# The kinds of Rule (an optimizer's element rule, fastnaive.optimizers.Optimizer.element_rule).
+MOMENTUM_RULE, NESTEROV_RULE, ADAM_RULE = RULE_MOMENTUM, RULE_NESTEROV, RULE_ADAM
 
 def openmp_enabled():
     """True when the kernels were compiled with OpenMP."""
@@ -341,7 +374,7 @@ def dense_param_grad_checked(const floating[:, ::1] X, const floating[:, ::1] de
                            X=X, delta=delta, dW_out=dW_out, db_out=db_out)
     load_blas()
     with nogil:
-        dense_param_grad(X, delta, alpha, beta, dW_out, db_out, max(n_threads, 1))
+        dense_param_grad(X, delta, alpha, beta, dW_out, db_out, max(n_threads, 1), NULL)
 
 
 def softmax_checked(const floating[:, ::1] logits, floating[:, ::1] out):

@@ -17,7 +17,8 @@ import numpy as np
 from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
                                      activation_backward, dropout)
 from fastnaive._blas cimport axpy, load_blas
-from fastnaive._kernels cimport dense_forward, dense_input_grad, dense_param_grad, max_abs
+from fastnaive._kernels cimport (RULE_ADAM, RULE_MOMENTUM, RULE_NESTEROV, Rule, dense_forward,
+                                 dense_input_grad, dense_param_grad, max_abs)
 from fastnaive._sparse cimport (GROUP, NARROW_MAX, PATTERNS, group_lines, narrow_forward,
                                 narrow_input_grad, narrow_param_grad, sparse_forward,
                                 sparse_param_grad)
@@ -83,6 +84,7 @@ cdef class Program:
     cdef list layers, dropouts, arrays, weights, biases, outputs, deltas, dropped, pre, grads
     cdef int[::1] codes, head_codes, narrow
     cdef object row_starts, row_index, row_quads, column_starts, column_index, column_quads
+    cdef list state_arrays, state_views
 
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
                  gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None,
@@ -228,8 +230,18 @@ cdef class Program:
         self.check(x, n, 0, True)
         l2 = [float(layer.l2) for layer in self.layers]
         if self.is_double:
-            return bound_sweep[double](self, None, n, scale, weight_bound, input_bound, l2)
-        return bound_sweep[float](self, None, n, scale, weight_bound, input_bound, l2)
+            return bound_sweep[double](self, None, n, scale, weight_bound, input_bound, l2,
+                                       False)
+        return bound_sweep[float](self, None, n, scale, weight_bound, input_bound, l2, False)
+
+    def gradient_bound(self, x, Py_ssize_t n, double weight_bound, double input_bound):
+        """An upper bound of |g| over every layer's weight gradient X.T @ delta + 2 l2 W and
+        bias gradient, from the largest inputs and deltas (what apply_rule feeds its rule)."""
+        self.check(x, n, 0, True)
+        l2 = [float(layer.l2) for layer in self.layers]
+        if self.is_double:
+            return bound_sweep[double](self, None, n, 0, weight_bound, input_bound, l2, True)
+        return bound_sweep[float](self, None, n, 0, weight_bound, input_bound, l2, True)
 
     def apply(self, x, Py_ssize_t n, double scale, int n_threads=1):
         """W := (1 + 2 scale l2) W + scale X.T @ delta, b := b + scale sum_rows(delta) in
@@ -243,6 +255,61 @@ cdef class Program:
             apply_sweep[double](self, x, n, scale, l2, max(n_threads, 1))
         else:
             apply_sweep[float](self, x, n, scale, l2, max(n_threads, 1))
+
+    def apply_rule(self, x, Py_ssize_t n, tuple rule, list state, int n_threads=1):
+        """An optimizer's step on every layer, fused into the weight-gradient kernels: each
+        block of a layer's gradients X.T @ delta + 2 l2 W and sum_rows(delta), written to
+        the gradient buffers, is stepped by `rule` in the thread that produced it, while it
+        is in cache. rule: (kind, learning_rate, momentum, alpha, 1 - beta_1, 1 - beta_2,
+        epsilon), kind one of fastnaive._kernels' *_RULE (Optimizer.element_rule); state:
+        per weight array [W0, b0, W1, ...], its state arrays (one for momentum, two for Adam),
+        flat, of its size and dtype. Not for FIRST_EXTERNAL (the caller's first layer)."""
+        cdef Rule r
+        self.check(x, n, 0, True)
+        if self.first == FIRST_EXTERNAL:
+            raise ValueError("Expected a Program that computes its first layer's products. "
+                             "Received: first=FIRST_EXTERNAL")
+        if len(rule) != 7 or rule[0] not in (RULE_MOMENTUM, RULE_NESTEROV, RULE_ADAM):
+            raise ValueError(f"Expected rule = (kind, learning_rate, momentum, alpha, "
+                             f"1 - beta_1, 1 - beta_2, epsilon), kind in (1, 2, 3). "
+                             f"Received: rule={rule!r}")
+        self.bind_state(state, 2 if rule[0] == RULE_ADAM else 1)
+        (r.kind, r.learning_rate, r.momentum, r.alpha, r.one_minus_beta_1,
+         r.one_minus_beta_2, r.epsilon) = rule
+        l2 = [float(layer.l2) for layer in self.layers]
+        if self.is_double:
+            rule_sweep[double](self, x, n, r, l2, max(n_threads, 1))
+        else:
+            rule_sweep[float](self, x, n, r, l2, max(n_threads, 1))
+
+    cdef int bind_state(self, list state, Py_ssize_t per_array) except -1:
+        """Hold views of `state` (apply_rule's), checked, unless they are of the same arrays."""
+        cdef Py_ssize_t i, j
+        arrays = [a for arrays in state for a in arrays]
+        held = self.state_arrays
+        if (held is not None and len(held) == len(arrays)
+                and all(a is b for a, b in zip(held, arrays))
+                and len(state) == 2 * self.n_layers
+                and all(len(entry) == per_array for entry in state)):
+            return 0
+        if len(state) != 2 * self.n_layers or any(len(entry) != per_array for entry in state):
+            raise ValueError(f"Expected {per_array} state array(s) for each of the "
+                             f"{2 * self.n_layers} weight arrays. Received: "
+                             f"{[len(entry) for entry in state]}")
+        dtype = np.float64 if self.is_double else np.float32
+        views = []
+        for i, entry in enumerate(state):
+            size = self.arrays[i].size
+            for j, a in enumerate(entry):
+                if not (isinstance(a, np.ndarray) and a.dtype == dtype and a.ndim == 1
+                        and a.shape[0] == size):
+                    raise ValueError(f"Expected state[{i}][{j}] as a flat {np.dtype(dtype)} "
+                                     f"array of {size} elements. Received: "
+                                     f"{getattr(a, 'dtype', type(a).__name__)} of shape "
+                                     f"{getattr(a, 'shape', None)}")
+                views.append(held_view(a, self.is_double))
+        self.state_arrays, self.state_views = arrays, views
+        return 0
 
 
 cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint training,
@@ -321,8 +388,10 @@ cdef inline const floating[:, ::1] layer_input(Program p, Py_ssize_t i, Py_ssize
 
 cdef int param_grad(Program p, Py_ssize_t i, const floating[:, ::1] x,
                     const floating[:, ::1] delta, floating alpha, floating beta,
-                    floating[:, ::1] dW, floating[::1] db, int n_threads) except -1:
-    """dW := alpha X_i.T @ delta + beta dW;  db := alpha sum_rows(delta) + beta db"""
+                    floating[:, ::1] dW, floating[::1] db, int n_threads,
+                    const Rule* rule=NULL) except -1:
+    """dW := alpha X_i.T @ delta + beta dW;  db := alpha sum_rows(delta) + beta db; then
+    rule's step on each block, unless it is NULL"""
     cdef floating[:, ::1] quads
     cdef int[::1] starts, index
     cdef const floating[:, ::1] inputs
@@ -330,15 +399,16 @@ cdef int param_grad(Program p, Py_ssize_t i, const floating[:, ::1] x,
         starts, index, quads = p.column_starts, p.column_index, p.column_quads
         with nogil:
             group_lines(x, False, starts, index, quads, n_threads)
-            sparse_param_grad(starts, index, quads, delta, alpha, beta, dW, db, n_threads)
+            sparse_param_grad(starts, index, quads, delta, alpha, beta, dW, db, n_threads,
+                              rule)
     elif p.narrow[i]:
         inputs = layer_input(p, i, delta.shape[0], x)
         with nogil:
-            narrow_param_grad(inputs, delta, alpha, beta, dW, db, n_threads)
+            narrow_param_grad(inputs, delta, alpha, beta, dW, db, n_threads, rule)
     else:
         inputs = layer_input(p, i, delta.shape[0], x)
         with nogil:
-            dense_param_grad(inputs, delta, alpha, beta, dW, db, n_threads)
+            dense_param_grad(inputs, delta, alpha, beta, dW, db, n_threads, rule)
     return 0
 
 
@@ -389,7 +459,9 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
 
 
 cdef double bound_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, double scale,
-                        double weight_bound, double input_bound, list l2) except? -1:
+                        double weight_bound, double input_bound, list l2,
+                        bint gradients) except? -1:
+    """fused_bound's (gradients False) or gradient_bound's (True) bound"""
     cdef const floating[:, ::1] inputs, delta
     cdef Py_ssize_t i
     cdef double largest_input, largest_delta, sums, beta, reached, bound = 0
@@ -403,8 +475,11 @@ cdef double bound_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, doubl
         largest_delta = max_abs(&delta[0, 0], n * delta.shape[1]) if n else 0
         # X.T @ delta sums n products per element, each at most |x| |delta|
         sums = n * largest_delta * (largest_input if largest_input > 1.0 else 1.0)
-        beta = abs(1.0 + 2 * scale * l2[i]) if l2[i] else 1.0
-        reached = beta * weight_bound + rate * sums
+        if gradients:
+            reached = sums + abs(2 * l2[i]) * weight_bound
+        else:
+            beta = abs(1.0 + 2 * scale * l2[i]) if l2[i] else 1.0
+            reached = beta * weight_bound + rate * sums
         if reached != reached:  # NaN: an overflow on the way (0 * inf)
             return float("inf")
         bound = max(bound, sums, reached)
@@ -434,4 +509,26 @@ cdef int apply_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, double s
                 axpy(<floating>1, &db[0], &b[0], <int>b.shape[0])
         else:
             param_grad(p, i, x, delta, <floating>scale, 1, W, b, n_threads)
+    return 0
+
+
+cdef int rule_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, Rule rule, list l2,
+                    int n_threads) except -1:
+    cdef floating[:, ::1] delta, W, dW
+    cdef floating[::1] b, db, s
+    cdef Py_ssize_t i, a, j, per_array = 2 if rule.kind == RULE_ADAM else 1
+    for i in reversed(range(p.n_layers)):
+        delta = p.deltas[i]
+        delta = delta[:n]
+        W, b = p.weights[i], p.biases[i]
+        rule.penalty = 2 * l2[i]
+        rule.arrays[0], rule.arrays[1] = &W[0, 0], &b[0]
+        for a in range(2):
+            for j in range(2):
+                rule.state[2 * a + j] = NULL
+                if j < per_array:
+                    s = p.state_views[(2 * i + a) * per_array + j]
+                    rule.state[2 * a + j] = &s[0]
+        dW, db = p.grads[2 * i], p.grads[2 * i + 1]
+        param_grad(p, i, x, delta, 1, 0, dW, db, n_threads, &rule)
     return 0

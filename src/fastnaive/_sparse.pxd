@@ -1,5 +1,7 @@
 from cython cimport floating
 
+from fastnaive._kernels cimport Rule
+
 cdef extern from "sparse_kernels.h" nogil:
     const int GROUP "FASTNAIVE_GROUP"
     const int PATTERNS "FASTNAIVE_PATTERNS"
@@ -15,7 +17,8 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
 cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                             const floating[:, ::1] quads, const floating[:, ::1] delta,
                             floating alpha, floating beta, floating[:, ::1] dW_out,
-                            floating[::1] db_out, int n_threads) noexcept nogil
+                            floating[::1] db_out, int n_threads,
+                            const Rule* rule) noexcept nogil
 cdef void narrow_forward(const floating[:, ::1] X, const floating[:, ::1] W,
                          const floating[::1] b, int activation, floating[:, ::1] Z_out,
                          int n_threads) noexcept nogil
@@ -23,4 +26,5 @@ cdef void narrow_input_grad(const floating[:, ::1] delta, const floating[:, ::1]
                             floating[:, ::1] dX_out, int n_threads) noexcept nogil
 cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
                             floating alpha, floating beta, floating[:, ::1] dW_out,
-                            floating[::1] db_out, int n_threads) noexcept nogil
+                            floating[::1] db_out, int n_threads,
+                            const Rule* rule) noexcept nogil

@@ -26,7 +26,7 @@ from cython.parallel cimport prange
 import numpy as np
 
 from fastnaive._activations cimport ELU_CODE, activate
-from fastnaive._kernels cimport bias_grad
+from fastnaive._kernels cimport Rule, bias_grad, rule_step
 
 cdef extern from "sparse_kernels.h" nogil:
     void grouped_product_f "fastnaive_grouped_product_f"(
@@ -141,13 +141,15 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
 cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                             const floating[:, ::1] quads, const floating[:, ::1] delta,
                             floating alpha, floating beta, floating[:, ::1] dW_out,
-                            floating[::1] db_out, int n_threads) noexcept nogil:
-    """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db, X given by group_columns"""
+                            floating[::1] db_out, int n_threads,
+                            const Rule* rule) noexcept nogil:
+    """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db, X
+    given by group_columns; then, unless rule is NULL, its step on each block of columns"""
     cdef Py_ssize_t k = dW_out.shape[0]
     cdef Py_ssize_t m = dW_out.shape[1]
     cdef Py_ssize_t n_groups = starts.shape[0] // PATTERNS
     cdef Py_ssize_t width = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t n_blocks, block, j0, j1
+    cdef Py_ssize_t n_blocks, block, i, j0, j1
     cdef bint parallel
     if m == 0:
         return
@@ -167,6 +169,10 @@ cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                               &delta[0, 0], m, NULL, alpha, beta, False, &dW_out[0, 0], m, k,
                               j0, j1)
         bias_grad(delta, alpha, beta, db_out, j0, j1)
+        if rule != NULL:
+            for i in range(k):
+                rule_step(rule, 0, &dW_out[i, j0], i * m + j0, j1 - j0)
+            rule_step(rule, 1, &db_out[j0], j0, j1 - j0)
 
 
 cdef inline bint narrow_in_parallel(Py_ssize_t n, Py_ssize_t m, Py_ssize_t k,
@@ -219,9 +225,11 @@ cdef void narrow_input_grad(const floating[:, ::1] delta, const floating[:, ::1]
 
 cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
                             floating alpha, floating beta, floating[:, ::1] dW_out,
-                            floating[::1] db_out, int n_threads) noexcept nogil:
+                            floating[::1] db_out, int n_threads,
+                            const Rule* rule) noexcept nogil:
     """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db, for
-    delta of at most NARROW_MAX columns"""
+    delta of at most NARROW_MAX columns; then, unless rule is NULL, its step on each block
+    of rows and on db"""
     cdef Py_ssize_t n = X.shape[0], k = dW_out.shape[0], m = dW_out.shape[1]
     cdef Py_ssize_t width = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t block, c0, c1, n_blocks = (k + width - 1) // width
@@ -229,6 +237,8 @@ cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] del
         return
     if k == 0:
         bias_grad(delta, alpha, beta, db_out, 0, m)
+        if rule != NULL:
+            rule_step(rule, 1, &db_out[0], 0, m)
         return
     for block in prange(n_blocks, num_threads=n_threads, schedule="static",
                         use_threads_if=narrow_in_parallel(n, m, k, n_blocks, n_threads)):
@@ -240,8 +250,12 @@ cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] del
         else:
             narrow_param_d(&X[0, 0] if n else NULL, k, &delta[0, 0] if n else NULL, n, m,
                            alpha, beta, &dW_out[0, 0], c0, c1)
+        if rule != NULL:
+            rule_step(rule, 0, &dW_out[c0, 0], c0 * m, (c1 - c0) * m)
         if block == 0:  # the first block owns the bias
             bias_grad(delta, alpha, beta, db_out, 0, m)
+            if rule != NULL:
+                rule_step(rule, 1, &db_out[0], 0, m)
 
 
 cdef bint lists_in_range(const int[::1] starts, Py_ssize_t capacity, const int[::1] index,
@@ -402,7 +416,7 @@ def narrow_param_grad_checked(const floating[:, ::1] X, const floating[:, ::1] d
                            db_out=db_out)
     cdef int threads = _n_threads(n_threads)
     with nogil:
-        narrow_param_grad(X, delta, alpha, beta, dW_out, db_out, threads)
+        narrow_param_grad(X, delta, alpha, beta, dW_out, db_out, threads, NULL)
 
 
 def sparse_forward_checked(const int[::1] starts, const int[::1] index,
@@ -437,4 +451,5 @@ def sparse_param_grad_checked(const int[::1] starts, const int[::1] index,
     _check_lists(starts, index, min(index.shape[0], quads.shape[0]), delta.shape[0])
     cdef int threads = _n_threads(n_threads)
     with nogil:
-        sparse_param_grad(starts, index, quads, delta, alpha, beta, dW_out, db_out, threads)
+        sparse_param_grad(starts, index, quads, delta, alpha, beta, dW_out, db_out, threads,
+                          NULL)

@@ -15,10 +15,13 @@ decided there, and nowhere else:
   outputs (a classifier's head) runs its products on the narrow kernels of
   fastnaive._sparse rather than the BLAS, where they are faster (`narrow_layers`);
 - threads: `threads()` is the thread policy of a call;
-- the update: the optimizer's Update, bound once. When the optimizer declares a
-  `gemm_scale` and no reducer is plugged in, the update runs inside each weight-gradient
-  GEMM (W := (1 + 2 s l2) W + s * X.T @ delta, after every input gradient has used the old
-  W); otherwise the L2 terms are added to the gradients once, after any reduction;
+- the update: the optimizer's Update, bound once. When no reducer is plugged in, it runs
+  inside the weight-gradient kernels, after every input gradient has used the old W: an
+  optimizer that declares a `gemm_scale` inside each GEMM (W := (1 + 2 s l2) W + s * X.T @
+  delta), one that declares an element rule (momentum, Nesterov, Adam) on each block of the
+  gradient X.T @ delta + 2 l2 W as the kernel produces it, in its thread and while it is in
+  cache (Program.apply_rule); otherwise the L2 terms are added to the gradients once, after
+  any reduction, and the optimizer's kernels run over them;
 - all or nothing: every write of a step to the weights, the optimizer's state and the step
   counters is one sequence of kernel calls (`commit`, fastnaive._kernels.run_calls), with no
   Python code between them, so an exception a signal handler raises (KeyboardInterrupt)
@@ -313,20 +316,23 @@ class Step:
             return 0.0
         return sum(layer.l2 * _losses.sum_squares_checked(layer.W) for layer in self.penalised)
 
-    def backward(self, x, gemm_scale=None, first_row=0):
+    def backward(self, x, gemm_scale=None, first_row=0, rule=None):
         """Back-propagate deltas[-1] through the layers.
 
-        With gemm_scale None the weight gradients go to `gradients` (without the L2 terms:
-        add_penalty_gradients adds them) and None is returned; otherwise nothing is written
-        to the weights, and the list of kernel calls that update each layer in place,
-        W := W + gemm_scale * (dW + 2 l2 W) inside the weight-gradient GEMM, is returned, to
-        be committed together once every input gradient has used the old weights (the L2
-        term shrinks W, not b). A reducer's layer_ready is told of each layer's gradients
-        as soon as they are final, before that layer's input gradient.
+        With gemm_scale and rule None the weight gradients go to `gradients` (without the L2
+        terms: add_penalty_gradients adds them) and None is returned; otherwise nothing is
+        written to the weights, and the list of kernel calls that update each layer in
+        place is returned, to be committed together once every input gradient has used the
+        old weights: W := W + gemm_scale * (dW + 2 l2 W) inside the weight-gradient GEMM (the
+        L2 term shrinks W, not b), or `rule` (Update.rule: an element rule and its state
+        arrays) applied to each block of dW + 2 l2 W and db as it is produced
+        (Program.apply_rule; not for a scipy.sparse batch). A reducer's layer_ready is told
+        of each layer's gradients as soon as they are final, before that layer's input
+        gradient.
         """
         n = x.shape[0]
         program = self.program
-        gradients = gemm_scale is None
+        gradients = gemm_scale is None and rule is None
         inputs = None if self.csr_input else x
         ready = self.layer_ready if gradients else None
         bounds = self.bounds if gradients else None
@@ -352,6 +358,8 @@ class Step:
                 if ready is not None:
                     ready(self.flat, self.bounds[0], self.bounds[2])
             return None
+        if rule is not None:
+            return [(program.apply_rule, (inputs, n, *rule, self.n_threads))]
         calls = [(program.apply, (inputs, n, gemm_scale, self.n_threads))]
         if self.csr_input:
             delta = self.deltas[0][:n]
@@ -421,6 +429,12 @@ class Step:
                 bound = self.fused_bound(x, scale)
                 self.commit([*calls, *update.fused_calls(), count], bound, update)
                 return loss, correct
+            rule = None if self.csr_input else update.rule(self.outputs[0].dtype)
+            if rule is not None:
+                calls = self.backward(x, first_row=first_row, rule=rule)
+                bound = self.rule_bound(x, update)
+                self.commit([*calls, *update.fused_calls(), count], bound, update)
+                return loss, correct
             self.backward(x, first_row=first_row)
         else:
             if n:
@@ -460,6 +474,18 @@ class Step:
         return self.program.fused_bound(
             inputs, x.shape[0], scale, self.current_weight_bound(), self.input_bound
         )
+
+    def rule_bound(self, x, update):
+        """The largest magnitude an element rule's step (Program.apply_rule) can leave in the
+        weights, the optimizer's state or the gradients, from the largest inputs and deltas;
+        the optimizer's state bounds advance (Update.change_bound)."""
+        inputs = None if self.csr_input else x
+        weight_bound = self.current_weight_bound()
+        gradient_bound = self.program.gradient_bound(
+            inputs, x.shape[0], weight_bound, self.input_bound
+        )
+        change, state = update.change_bound(gradient_bound)
+        return _largest(weight_bound + change, state, gradient_bound)
 
     def commit(self, calls, bound, update):
         """Run the step's writes, `calls`, as one sequence (fastnaive._kernels.run_calls).

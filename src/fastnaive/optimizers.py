@@ -81,8 +81,9 @@ class Optimizer:
     A subclass defines `_update_call` (the kernel call of one weight's step from its
     gradient) and `change_bound` (how far a step can move a weight), and may declare
     `gemm_scale`: the s for which its step is exactly w := w + s * g, so that the step can
-    run inside the GEMM that produces g (fastnaive.engine.Step does that; no caller asks
-    which optimizer it holds).
+    run inside the GEMM that produces g, or `element_rule`: its step as an element rule of
+    fastnaive._kernels, which the weight-gradient kernels apply to each block of g as they
+    produce it (fastnaive.engine.Step does either; no caller asks which optimizer it holds).
     """
 
     #: The number of state arrays kept per weight (momentum 1, Adam 2).
@@ -118,6 +119,16 @@ class Optimizer:
     def gemm_scale(self):
         """s when this optimizer's step is w := w + s * g; None when it needs more than g."""
         return None
+
+    def element_rule(self, dtype):
+        """The next step as (kind, learning_rate, momentum, alpha, 1 - beta_1, 1 - beta_2,
+        epsilon) for weights of `dtype` (fastnaive._program.Program.apply_rule), kind one of
+        fastnaive._kernels' *_RULE; None when it has none (then gemm_scale or the calls)."""
+        return None
+
+    def state_arrays(self, weights):
+        """The state arrays of each of `weights` (by position), flat, zeros at first."""
+        return [self._slot(position, weight) for position, weight in enumerate(weights)]
 
     def _slot(self, position, weight):
         """The state arrays of the weight at `position`, zeros at its first update."""
@@ -233,6 +244,12 @@ class SGD(Optimizer):
     def gemm_scale(self):
         return -self.learning_rate if self.momentum == 0 else None
 
+    def element_rule(self, dtype):
+        if self.momentum == 0:
+            return None
+        kind = _kernels.NESTEROV_RULE if self.nesterov else _kernels.MOMENTUM_RULE
+        return kind, self.learning_rate, self.momentum, 0.0, 0.0, 0.0, 0.0
+
     def _update_call(self, position, gradient, flat_weight, weight, step):
         if self.momentum == 0:
             return _kernels.axpy_checked, (gradient, flat_weight, -self.learning_rate)
@@ -280,6 +297,10 @@ class Adam(Optimizer):
         root = np.sqrt(dtype(1) - beta_2_power)
         return float(dtype(self.learning_rate) * root / (dtype(1) - beta_1_power))
 
+    def element_rule(self, dtype):
+        decay = (1 - self.beta_1, 1 - self.beta_2)  # in double, rounded once as Keras does
+        return _kernels.ADAM_RULE, 0.0, 0.0, self._alpha(dtype), *decay, self.epsilon
+
     def _update_call(self, position, gradient, flat_weight, weight, step):
         m, v = self._slot(position, weight)
         if weight.dtype not in step:
@@ -323,7 +344,9 @@ class Update:
 
     `gemm_scale` is read at every step (a callback may change the learning rate): when it is
     not None, the caller may fold the step into the GEMMs that produce the gradients, adding
-    `fused_calls()` to theirs; otherwise it runs `calls()`, the step's kernels. Both are
+    `fused_calls()` to theirs; when `rule(dtype)` is not None, the caller may apply it in
+    the weight-gradient kernels, as they produce each block of the gradients, adding
+    `fused_calls()` too; otherwise it runs `calls()`, the step's kernels. Both are
     lists for fastnaive._kernels.run_calls, which runs a step's writes with no Python code
     between them. Any other object with apply_gradients is accepted (`atomic` is then False):
     calling the Update passes it the pairs as Keras would.
@@ -342,6 +365,16 @@ class Update:
     def calls(self):
         """The kernel calls of one step from the gradient arrays (atomic optimizers)."""
         return self.optimizer.step_calls(self.pairs)
+
+    def rule(self, dtype):
+        """(element rule, state arrays per weight) of the next step for weights of `dtype`
+        (atomic optimizers with an element_rule), or None."""
+        if not self.atomic:
+            return None
+        rule = self.optimizer.element_rule(dtype)
+        if rule is None:
+            return None
+        return rule, self.optimizer.state_arrays(self.weights)
 
     def fused_calls(self):
         """The kernel call that counts a step the GEMMs applied with gemm_scale."""

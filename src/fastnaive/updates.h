@@ -1,5 +1,6 @@
 /* The optimizers' element steps (fastnaive._kernels.momentum_update and adam_update run
- * them on chunks of the flat weights, one chunk per thread at a time).
+ * them on chunks of the flat weights, one chunk per thread at a time; rule_step on each
+ * block of a weight gradient as a kernel produces it).
  *
  * Each is compiled for AVX-512, AVX2 and the baseline, and the loader picks the best one the
  * CPU runs: Adam's square root and division bound it, and on Zen 4 the AVX2 loop, alone and
@@ -60,6 +61,19 @@ FASTNAIVE_UPDATE_CLONES static void fastnaive_adam_range_##SUFFIX(              
     }                                                                                          \
 }
 
+/* g := g + a * w, two roundings (an L2 penalty's part of a gradient) */
+#define FASTNAIVE_ADD_SCALED_DEFINE(T, SUFFIX)                                                 \
+FASTNAIVE_UPDATE_CLONES static void fastnaive_add_scaled_##SUFFIX(                             \
+    T *g, const T *w, ptrdiff_t n, T a)                                                        \
+{                                                                                              \
+    FASTNAIVE_NO_CONTRACT                                                                      \
+    ptrdiff_t i;                                                                               \
+    for (i = 0; i < n; i++)                                                                    \
+        g[i] += a * w[i];                                                                      \
+}
+
+FASTNAIVE_ADD_SCALED_DEFINE(float, f)
+FASTNAIVE_ADD_SCALED_DEFINE(double, d)
 FASTNAIVE_MOMENTUM_DEFINE(float, f)
 FASTNAIVE_MOMENTUM_DEFINE(double, d)
 FASTNAIVE_ADAM_DEFINE(float, f, sqrtf)
