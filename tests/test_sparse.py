@@ -74,6 +74,9 @@ def rebuild(starts, index, quads, n_lines, n_positions):
                 quads[entries] != 0,
                 np.resize([pattern >> r & 1 for r in range(4)], quads[entries].shape).astype(bool),
             )
+            # The sublists by position mod 4, each in the order of the positions.
+            positions = index[entries].tolist()
+            assert positions == sorted(positions, key=lambda j: (j % 4, j))
             for r in lines:
                 out[4 * g + r, index[entries]] = quads[entries, r]
     return out
@@ -86,6 +89,17 @@ def test_group_rows_holds_every_nonzero_once(shape, density, dtype, rng):
 
 def test_group_columns_holds_every_nonzero_once(shape, density, dtype, rng):
     X = sparse_matrix(rng, shape[:2], dtype, density)
+    np.testing.assert_array_equal(rebuild(*by_columns(X), X.shape[1], X.shape[0]), X.T)
+
+
+# Groups of more positions than the builder keeps on the stack (1024) are read twice instead.
+LONG_GROUPS = {"rows-of-1100": (9, 1100), "columns-of-1100": (1100, 9)}
+
+
+@pytest.mark.parametrize("shape", LONG_GROUPS.values(), ids=LONG_GROUPS.keys())
+def test_long_groups_hold_every_nonzero_once(shape, density, dtype, rng):
+    X = sparse_matrix(rng, shape, dtype, density)
+    np.testing.assert_array_equal(rebuild(*by_rows(X), *X.shape), X)
     np.testing.assert_array_equal(rebuild(*by_columns(X), X.shape[1], X.shape[0]), X.T)
 
 

@@ -32,18 +32,43 @@ cdef inline double sample_weight(const floating* w, Py_ssize_t i) noexcept nogil
     return 1.0 if w == NULL else <double>w[i]
 
 
+cdef enum:
+    # Rows of up to this many classes keep their exponentials on the stack (row_exps), so
+    # that each is computed once for the loss and the gradient.
+    KEPT_EXPS = 64
+
+
+cdef inline double row_max(const floating[:, ::1] z, Py_ssize_t i) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double z_max = z[i, 0]
+    for j in range(1, z.shape[1]):
+        if z[i, j] > z_max:
+            z_max = z[i, j]
+    return z_max
+
+
 cdef inline double row_logsumexp(const floating[:, ::1] z, Py_ssize_t i,
                                  double* z_max_out) noexcept nogil:
     """log(sum_j exp(z_ij - max_j z_ij)); the maximum goes to z_max_out"""
     cdef Py_ssize_t j
-    cdef double z_max = z[i, 0], total = 0
-    for j in range(1, z.shape[1]):
-        if z[i, j] > z_max:
-            z_max = z[i, j]
+    cdef double z_max = row_max(z, i), total = 0
     for j in range(z.shape[1]):
         total += exp(z[i, j] - z_max)
     z_max_out[0] = z_max
     return log(total)
+
+
+cdef inline double row_exps(const floating[:, ::1] z, Py_ssize_t i, double* z_max_out,
+                            double* exps_out) noexcept nogil:
+    """exps_out[j] := exp(z_ij - max_j z_ij) (at most KEPT_EXPS columns); return their sum,
+    the maximum going to z_max_out"""
+    cdef Py_ssize_t j
+    cdef double z_max = row_max(z, i), total = 0
+    for j in range(z.shape[1]):
+        exps_out[j] = exp(z[i, j] - z_max)
+        total += exps_out[j]
+    z_max_out[0] = z_max
+    return total
 
 
 cdef double sparse_softmax_crossentropy(const floating[:, ::1] logits,
@@ -52,7 +77,8 @@ cdef double sparse_softmax_crossentropy(const floating[:, ::1] logits,
     """Return scale * sum_i w_i (logsumexp(z_i) - z_i[y_i]); grad := scale w_i (softmax(z_i) - onehot(y_i))"""
     cdef Py_ssize_t i, j, y
     cdef Py_ssize_t n_classes = logits.shape[1]
-    cdef double z_max, lse, weight, loss = 0
+    cdef double z_max, lse, total, weight, loss = 0
+    cdef double exps[KEPT_EXPS]
     for i in range(logits.shape[0]):
         y = labels[i]
         if y < 0 or y >= n_classes:
@@ -60,10 +86,16 @@ cdef double sparse_softmax_crossentropy(const floating[:, ::1] logits,
                 grad_out[i, j] = NAN
             loss += NAN
             continue
-        lse = row_logsumexp(logits, i, &z_max)
         weight = sample_weight(w, i) * scale
-        for j in range(n_classes):
-            store(&grad_out[i, j], exp(logits[i, j] - z_max - lse) * weight)
+        if n_classes <= KEPT_EXPS:
+            total = row_exps(logits, i, &z_max, exps)
+            lse = log(total)
+            for j in range(n_classes):
+                store(&grad_out[i, j], exps[j] / total * weight)
+        else:
+            lse = row_logsumexp(logits, i, &z_max)
+            for j in range(n_classes):
+                store(&grad_out[i, j], exp(logits[i, j] - z_max - lse) * weight)
         grad_out[i, y] -= <floating>weight
         loss += (lse + z_max - logits[i, y]) * sample_weight(w, i)
     return loss * scale

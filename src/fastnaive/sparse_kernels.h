@@ -28,6 +28,7 @@
 #define FASTNAIVE_SPARSE_KERNELS_H
 
 #include <stddef.h>
+#include <string.h>
 #include "narrow_kernels.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -198,24 +199,50 @@ FASTNAIVE_GROUPED_DEFINE(double, d_avx2, FASTNAIVE_AVX2, 32, 2)
 FASTNAIVE_GROUPED_DEFINE(float, f_baseline, , 16, 2)
 FASTNAIVE_GROUPED_DEFINE(double, d_baseline, , 16, 2)
 
-/* ---- Builders: X (n, k), row-major, into the layout above, one group at a time, in two
- * passes over its positions, four at a time (a block): the first counts the quads of each
- * pattern, the second writes each quad at its pattern's cursor. Each of the four quads of a
- * block has its own counters and cursors (the list of a pattern is four sublists, by
+/* ---- Builders: X (n, k), row-major, into the layout above, one group at a time. A pass
+ * over its positions, four at a time (a block), counts the quads of each pattern and keeps
+ * the nonzero quads, their positions and patterns on the stack (up to FASTNAIVE_KEEP_MAX
+ * positions; the lines of a longer group are read again instead, by a second pass that
+ * writes); then each kept quad is written at its pattern's cursor. Each of the four quads of
+ * a block has its own counters and cursors (the list of a pattern is four sublists, by
  * position mod 4), so that a run of one pattern is not a chain of increments of one counter
- * in memory; blocks of sixteen zeros, most of an MNIST image's border, are skipped. ---- */
+ * in memory; blocks of sixteen zeros, most of an MNIST image's border, are skipped. Either
+ * way each sublist holds its quads in the order of their positions. ---- */
+
+/* The positions of a group whose nonzero quads the builder keeps on the stack (16 KiB of
+ * float quads, 32 KiB of double ones, and their positions and patterns). */
+#define FASTNAIVE_KEEP_MAX 1024
+/* What a pass over a group does with each nonzero quad: counts it, writes it at its
+ * pattern's cursor, or counts and keeps it. */
+#define FASTNAIVE_COUNT 0
+#define FASTNAIVE_WRITE 1
+#define FASTNAIVE_KEEP 2
+
+/* The nonzero quads of a group, kept by a FASTNAIVE_KEEP pass: n of them, in the order of
+ * their positions (a pass writes every quad at entry n and counts it in n if nonzero). */
+#define FASTNAIVE_KEPT_DEFINE(T, SUFFIX)                                                       \
+typedef struct {                                                                               \
+    ptrdiff_t n;                                                                               \
+    int position[FASTNAIVE_KEEP_MAX];                                                          \
+    int pattern[FASTNAIVE_KEEP_MAX];                                                           \
+    T quad[FASTNAIVE_KEEP_MAX][FASTNAIVE_GROUP];                                               \
+} fastnaive_kept_##SUFFIX;
+
+FASTNAIVE_KEPT_DEFINE(float, f)
+FASTNAIVE_KEPT_DEFINE(double, d)
+
 
 static const int fastnaive_popcount[FASTNAIVE_PATTERNS] = {0, 1, 1, 2, 1, 2, 2, 3,
                                                           1, 2, 2, 3, 2, 3, 3, 4};
 
-/* Counting (write = 0) or writing (write = 1) pass over a group of four float lines by
+/* A pass (mode FASTNAIVE_COUNT, _WRITE or _KEEP) over a group of four float lines by
  * SSE2: by rows, a 4 x 4 block of X transposed gives four quads at once; by columns, a quad
  * is four neighbouring floats of a row. cmpneq is true for NaN, like != in C. Returns 0
  * (for the generic pass to run instead) without SSE2. */
-FASTNAIVE_INLINE int fastnaive_fast_pass_f(int write, int by_rows, const float *first,
+FASTNAIVE_INLINE int fastnaive_fast_pass_f(int mode, int by_rows, const float *first,
                                            ptrdiff_t k, ptrdiff_t n_positions,
                                            int counts[4][FASTNAIVE_PATTERNS], int *index,
-                                           float *quads)
+                                           float *quads, fastnaive_kept_f *kept)
 {
 #if defined(__SSE2__)
     const __m128 zero = _mm_setzero_ps();
@@ -242,7 +269,14 @@ FASTNAIVE_INLINE int fastnaive_fast_pass_f(int write, int by_rows, const float *
             _MM_TRANSPOSE4_PS(block[0], block[1], block[2], block[3]);
         for (c = 0; c < width; c++) {
             const int pattern = _mm_movemask_ps(_mm_cmpneq_ps(block[c], zero));
-            if (!write) {
+            if (mode == FASTNAIVE_KEEP) {
+                /* Written whatever the pattern and kept if nonzero: no branch on the data. */
+                counts[c][pattern]++;
+                kept->position[kept->n] = (int)(j + c);
+                kept->pattern[kept->n] = pattern;
+                _mm_storeu_ps(kept->quad[kept->n], block[c]);
+                kept->n += pattern != 0;
+            } else if (mode == FASTNAIVE_COUNT) {
                 counts[c][pattern]++;
             } else {
                 const int q = counts[c][pattern]++;
@@ -253,19 +287,19 @@ FASTNAIVE_INLINE int fastnaive_fast_pass_f(int write, int by_rows, const float *
     }
     return 1;
 #else
-    (void)write; (void)by_rows; (void)first; (void)k; (void)n_positions; (void)counts;
-    (void)index; (void)quads;
+    (void)mode; (void)by_rows; (void)first; (void)k; (void)n_positions; (void)counts;
+    (void)index; (void)quads; (void)kept;
     return 0;
 #endif
 }
 
-FASTNAIVE_INLINE int fastnaive_fast_pass_d(int write, int by_rows, const double *first,
+FASTNAIVE_INLINE int fastnaive_fast_pass_d(int mode, int by_rows, const double *first,
                                            ptrdiff_t k, ptrdiff_t n_positions,
                                            int counts[4][FASTNAIVE_PATTERNS], int *index,
-                                           double *quads)
+                                           double *quads, fastnaive_kept_d *kept)
 {
-    (void)write; (void)by_rows; (void)first; (void)k; (void)n_positions; (void)counts;
-    (void)index; (void)quads;
+    (void)mode; (void)by_rows; (void)first; (void)k; (void)n_positions; (void)counts;
+    (void)index; (void)quads; (void)kept;
     return 0;
 }
 
@@ -276,15 +310,15 @@ FASTNAIVE_INLINE int fastnaive_fast_pass_d(int write, int by_rows, const double 
 #define FASTNAIVE_BUILD_DEFINE(T, SUFFIX)                                                      \
 /* The generic pass, from scalars: lines < 4 (the last group) or no fast pass. */              \
 FASTNAIVE_INLINE void fastnaive_group_pass_##SUFFIX(                                           \
-    int write, int by_rows, const T *first, ptrdiff_t k, int lines, ptrdiff_t n_positions,     \
-    int counts[4][FASTNAIVE_PATTERNS], int *index, T *quads)                                   \
+    int mode, int by_rows, const T *first, ptrdiff_t k, int lines, ptrdiff_t n_positions,      \
+    int counts[4][FASTNAIVE_PATTERNS], int *index, T *quads, fastnaive_kept_##SUFFIX *kept)    \
 {                                                                                              \
     const ptrdiff_t line_stride = by_rows ? k : 1, position_stride = by_rows ? 1 : k;          \
     ptrdiff_t j;                                                                               \
     int c, r;                                                                                  \
     if (lines == FASTNAIVE_GROUP                                                               \
-        && fastnaive_fast_pass_##SUFFIX(write, by_rows, first, k, n_positions, counts, index,  \
-                                        quads))                                                \
+        && fastnaive_fast_pass_##SUFFIX(mode, by_rows, first, k, n_positions, counts, index,   \
+                                        quads, kept))                                          \
         return;                                                                                \
     for (j = 0; j < n_positions; j += 4) {                                                     \
         const int width = n_positions - j < 4 ? (int)(n_positions - j) : 4;                    \
@@ -302,7 +336,14 @@ FASTNAIVE_INLINE void fastnaive_group_pass_##SUFFIX(                            
         if (!any)                                                                              \
             continue;                                                                          \
         for (c = 0; c < width; c++) {                                                          \
-            if (!write) {                                                                      \
+            if (mode == FASTNAIVE_KEEP) {                                                      \
+                counts[c][pattern[c]]++;                                                       \
+                kept->position[kept->n] = (int)(j + c);                                        \
+                kept->pattern[kept->n] = pattern[c];                                           \
+                for (r = 0; r < FASTNAIVE_GROUP; r++)                                          \
+                    kept->quad[kept->n][r] = v[c][r];                                          \
+                kept->n += pattern[c] != 0;                                                    \
+            } else if (mode == FASTNAIVE_COUNT) {                                              \
                 counts[c][pattern[c]]++;                                                       \
             } else {                                                                           \
                 const int q = counts[c][pattern[c]]++;                                         \
@@ -322,10 +363,13 @@ static ptrdiff_t fastnaive_group_##SUFFIX(int by_rows, const T *X, ptrdiff_t n, 
                       ? (int)(n_lines - FASTNAIVE_GROUP * g) : FASTNAIVE_GROUP;                \
     const T *first = X + FASTNAIVE_GROUP * g * (by_rows ? k : 1);                              \
     int counts[4][FASTNAIVE_PATTERNS] = {{0}};                                                 \
-    ptrdiff_t cursor = g * n_positions, nnz = 0;                                               \
+    ptrdiff_t cursor = g * n_positions, nnz = 0, e;                                            \
     int c, s;                                                                                  \
-    fastnaive_group_pass_##SUFFIX(0, by_rows, first, k, lines, n_positions, counts, index,     \
-                                  quads);                                                      \
+    const int keep = n_positions <= FASTNAIVE_KEEP_MAX;                                        \
+    fastnaive_kept_##SUFFIX kept;                                                              \
+    kept.n = 0;                                                                                \
+    fastnaive_group_pass_##SUFFIX(keep ? FASTNAIVE_KEEP : FASTNAIVE_COUNT, by_rows, first, k,  \
+                                  lines, n_positions, counts, index, quads, &kept);            \
     /* Counts to cursors: the sublists of pattern 1, then those of 2, ..., 15, then 0. */      \
     starts += FASTNAIVE_PATTERNS * g;                                                          \
     starts[0] = (int)cursor;                                                                   \
@@ -340,8 +384,16 @@ static ptrdiff_t fastnaive_group_##SUFFIX(int by_rows, const T *X, ptrdiff_t n, 
         if (s < FASTNAIVE_PATTERNS)                                                            \
             starts[s] = (int)cursor;                                                           \
     }                                                                                          \
-    fastnaive_group_pass_##SUFFIX(1, by_rows, first, k, lines, n_positions, counts, index,     \
-                                  quads);                                                      \
+    if (!keep) {                                                                               \
+        fastnaive_group_pass_##SUFFIX(FASTNAIVE_WRITE, by_rows, first, k, lines, n_positions,  \
+                                      counts, index, quads, &kept);                            \
+        return nnz;                                                                            \
+    }                                                                                          \
+    for (e = 0; e < kept.n; e++) {                                                             \
+        const int q = counts[kept.position[e] & 3][kept.pattern[e]]++;                         \
+        index[q] = kept.position[e];                                                           \
+        memcpy(quads + FASTNAIVE_GROUP * (ptrdiff_t)q, kept.quad[e], sizeof kept.quad[e]);     \
+    }                                                                                          \
     return nnz;                                                                                \
 }
 
