@@ -209,6 +209,29 @@ def test_rules_in_the_gradient_kernels_give_the_optimizers_steps_to_the_bit(
         np.testing.assert_array_equal(actual, expected)
 
 
+def test_rules_in_the_gradient_kernels_read_dropout_and_gelu_layers(dtype, mnist):
+    """Adam's fused step takes each layer's input after dropout and GELU's derivative from
+    its pre-activations, as the gradients the unfused step reads do: the same bits."""
+    (images, labels), _ = mnist
+    x = images[:512].astype(dtype)
+
+    def model():
+        return fastnaive.NaiveSequential(
+            [
+                fastnaive.NaiveDense(784, 64, "gelu", dtype=dtype, seed=0),
+                fastnaive.Dropout(0.3, seed=5),
+                fastnaive.NaiveDense(64, 32, "tanh", dtype=dtype, seed=1),
+                fastnaive.NaiveDense(32, 10, "softmax", dtype=dtype, seed=2),
+            ]
+        )
+
+    fused, unfused = model(), model()
+    fit(fused, x, labels[:512], 2, 128, optimizer=Adam(1e-2), seed=0, verbose=0)
+    fit(unfused, x, labels[:512], 2, 128, optimizer=Unfused(Adam(1e-2)), seed=0, verbose=0)
+    for actual, expected in zip(fused.weights, unfused.weights, strict=True):
+        np.testing.assert_array_equal(actual, expected)
+
+
 @pytest.mark.parametrize("make", STATEFUL.values(), ids=STATEFUL.keys())
 def test_rules_in_the_gradient_kernels_add_the_l2_gradient(dtype, make, mnist):
     """With L2 the rule adds 2 l2 W to each block of W's gradient before its step (b's none):

@@ -3,7 +3,7 @@ checks at the boundary, and a Step's Program following weight arrays replaced mi
 
 import numpy as np
 import pytest
-from helpers import EXPECTED_RECEIVED, assert_close
+from helpers import EXPECTED_RECEIVED, assert_close, read_only
 
 import fastnaive
 from fastnaive import _activations, _kernels, _program, _sparse, reference
@@ -193,6 +193,12 @@ BAD_CALLS = {
     ),
     "state of another dtype": lambda p, x: p.apply_rule(
         x, N_SAMPLES, ADAM, zero_state(two_layers("float32"), 2, "float64")
+    ),
+    "read-only state": lambda p, x: p.apply_rule(
+        x,
+        N_SAMPLES,
+        ADAM,
+        [[read_only(a) for a in e] for e in zero_state(two_layers("float32"), 2)],
     ),
     "state of one layer": lambda p, x: p.apply_rule(
         x, N_SAMPLES, ADAM, zero_state(two_layers("float32")[:1], 2)

@@ -302,11 +302,14 @@ cdef class Program:
             size = self.arrays[i].size
             for j, a in enumerate(entry):
                 if not (isinstance(a, np.ndarray) and a.dtype == dtype and a.ndim == 1
-                        and a.shape[0] == size):
-                    raise ValueError(f"Expected state[{i}][{j}] as a flat {np.dtype(dtype)} "
-                                     f"array of {size} elements. Received: "
-                                     f"{getattr(a, 'dtype', type(a).__name__)} of shape "
-                                     f"{getattr(a, 'shape', None)}")
+                        and a.shape[0] == size and a.flags.c_contiguous
+                        and a.flags.writeable):
+                    received = (f"{a.dtype} of shape {a.shape}, c_contiguous="
+                                f"{a.flags.c_contiguous}, writeable={a.flags.writeable}"
+                                if isinstance(a, np.ndarray) else type(a).__name__)
+                    raise ValueError(f"Expected state[{i}][{j}] as a flat, writeable, "
+                                     f"C-contiguous {np.dtype(dtype)} array of {size} "
+                                     f"elements. Received: {received}")
                 views.append(held_view(a, self.is_double))
         self.state_arrays, self.state_views = arrays, views
         return 0

@@ -284,18 +284,26 @@ class Adam(Optimizer):
         self.beta_1 = _fraction(beta_1, "beta_1")
         self.beta_2 = _fraction(beta_2, "beta_2")
         self.epsilon = checked_learning_rate(epsilon, "epsilon")
+        self._alphas = {}  # per dtype: (what the step size depends on, the step size)
 
     n_slots = 2
 
     def _alpha(self, dtype=np.float64):
         """The step size of the next step with Keras 3's bias correction, computed as Keras
-        computes it: in the weights' dtype, from the betas as float32 numbers."""
+        computes it: in the weights' dtype, from the betas as float32 numbers (once a step
+        per dtype: the step and its overflow bound both ask)."""
         dtype = np.dtype(dtype).type
-        t = dtype(self.iterations + 1)
+        key = (self.iterations, self.learning_rate, self.beta_1, self.beta_2)
+        known = self._alphas.get(dtype)
+        if known is not None and known[0] == key:
+            return known[1]
+        t = dtype(key[0] + 1)
         beta_1_power = dtype(np.float32(self.beta_1)) ** t
         beta_2_power = dtype(np.float32(self.beta_2)) ** t
         root = np.sqrt(dtype(1) - beta_2_power)
-        return float(dtype(self.learning_rate) * root / (dtype(1) - beta_1_power))
+        alpha = float(dtype(self.learning_rate) * root / (dtype(1) - beta_1_power))
+        self._alphas[dtype] = (key, alpha)
+        return alpha
 
     def element_rule(self, dtype):
         decay = (1 - self.beta_1, 1 - self.beta_2)  # in double, rounded once as Keras does
@@ -377,7 +385,8 @@ class Update:
         return rule, self.optimizer.state_arrays(self.weights)
 
     def fused_calls(self):
-        """The kernel call that counts a step the GEMMs applied with gemm_scale."""
+        """The kernel call that counts a step the gradient kernels applied (gemm_scale or
+        rule)."""
         return [self.optimizer.count_call()]
 
     def change_bound(self, gradient_bound):
