@@ -163,6 +163,45 @@ def test_loss_kernels_match_numpy_with_their_gradients(name, weighted, dtype, rn
     assert_scaled_close(grad, numeric / (2 * h) / 32, 1e-6 if dtype == "float64" else 1e-5)
 
 
+@pytest.mark.parametrize("name", ["sparse_categorical_crossentropy", "categorical_crossentropy"])
+@pytest.mark.parametrize(
+    "n, k",
+    [(1, 2), (300, 10), (3, 2048), (2, 2049), (5, 683)],
+    ids=["1x2", "blocks-of-rows", "one-row-a-block", "wider-than-a-block", "uneven-blocks"],
+)
+def test_softmax_cross_entropies_match_numpy_across_blocks_of_rows(name, n, k, dtype, rng):
+    """The softmaxes exponentiate blocks of whole rows at once (2048 elements) and wider rows
+    one by one: the loss and the gradient (softmax - targets, scaled) agree with NumPy's
+    float64 ones on every row, with logits spread over 1500 (exp below the range: 0)."""
+    z = rng.normal(0, 3, (n, k))
+    z[:, 0] -= 1500  # a term whose exponential is below the range of doubles
+    z = z.astype(dtype)
+    t = random_targets(name, n, k, dtype, rng)
+    grad = np.full_like(z, np.nan)
+    loss = LOSS_KERNELS[name](z, t, grad, None, 1 / 7)
+    rtol = 1e-12 if dtype == "float64" else 1e-6
+    assert loss == pytest.approx(numpy_loss(name, z, t, None).sum() / 7, rel=rtol)
+    z64 = z.astype(np.float64)
+    softmax = np.exp(z64 - z64.max(1, keepdims=True))
+    softmax /= softmax.sum(1, keepdims=True)
+    onehot = np.eye(k)[t] if name == "sparse_categorical_crossentropy" else t
+    expected = (softmax * onehot.sum(1, keepdims=True) - onehot) / 7
+    assert_scaled_close(grad, expected, 1e-14 if dtype == "float64" else 1e-6)
+    np.testing.assert_array_equal(grad[:, 0], (-onehot[:, 0].astype(float) * (1 / 7)).astype(dtype))
+
+
+@pytest.mark.parametrize("name", ["sparse_categorical_crossentropy", "categorical_crossentropy"])
+def test_softmax_cross_entropies_keep_a_nan_logit_in_its_row(name, dtype):
+    """A NaN logit makes its row's loss and gradient NaN, and only its row's gradient."""
+    z = np.zeros((4, 3), dtype)
+    z[1, 2] = np.nan
+    t = random_targets(name, 4, 3, dtype, np.random.default_rng(0))
+    grad = np.empty_like(z)
+    assert np.isnan(LOSS_KERNELS[name](z, t, grad, None, 1.0))
+    assert np.isnan(grad[1]).all()
+    assert np.isfinite(np.delete(grad, 1, axis=0)).all()
+
+
 def test_cross_entropies_from_extreme_logits_are_finite():
     z = np.array([[1000.0, -1000.0], [-1000.0, 1000.0]])
     grad = np.empty_like(z)

@@ -242,11 +242,12 @@ cdef void rule_step(const Rule* rule, int array, floating* g, Py_ssize_t start,
     cdef floating* w = <floating*>rule.arrays[array] + start
     cdef floating* first = <floating*>rule.state[2 * array]
     cdef floating* second = <floating*>rule.state[2 * array + 1]
+    cdef Py_ssize_t done = 0
     if array == 0 and rule.penalty != 0:
-        if floating is float:
-            add_scaled_f(g, w, n, <float>rule.penalty)
-        else:
-            add_scaled_d(g, w, n, rule.penalty)
+        # the unfused path's axpy_checked, on this block (BLAS sizes are 32-bit)
+        while done < n:
+            axpy(<floating>rule.penalty, w + done, g + done, <int>min(n - done, 1 << 30))
+            done += 1 << 30
     if rule.kind == RULE_ADAM:
         adam_range(w, g, first + start, second + start, n, <floating>rule.alpha,
                    <floating>rule.one_minus_beta_1, <floating>rule.one_minus_beta_2,
@@ -257,9 +258,6 @@ cdef void rule_step(const Rule* rule, int array, floating* g, Py_ssize_t start,
 
 
 cdef extern from "updates.h" nogil:
-    void add_scaled_f "fastnaive_add_scaled_f"(float* g, const float* w, Py_ssize_t n, float a)
-    void add_scaled_d "fastnaive_add_scaled_d"(double* g, const double* w, Py_ssize_t n,
-                                               double a)
     void momentum_range_f "fastnaive_momentum_range_f"(
         float* w, const float* g, float* velocity, Py_ssize_t n, float learning_rate,
         float momentum, int nesterov)

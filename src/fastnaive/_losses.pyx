@@ -33,9 +33,10 @@ cdef inline double sample_weight(const floating* w, Py_ssize_t i) noexcept nogil
 
 
 cdef enum:
-    # Rows of up to this many classes keep their exponentials on the stack (row_exps), so
-    # that each is computed once for the loss and the gradient.
-    KEPT_EXPS = 64
+    # The softmaxes exponentiate the shifted logits of as many whole rows as this many
+    # elements hold in one vectorised pass on the stack (block_exps), each once for the
+    # loss and the gradient; rows wider than that take libm's exp, twice per element.
+    EXPS_BLOCK = 2048
 
 
 cdef inline double row_max(const floating[:, ::1] z, Py_ssize_t i) noexcept nogil:
@@ -48,26 +49,42 @@ cdef inline double row_max(const floating[:, ::1] z, Py_ssize_t i) noexcept nogi
 
 
 cdef inline double row_logsumexp(const floating[:, ::1] z, Py_ssize_t i,
-                                 double* z_max_out) noexcept nogil:
-    """log(sum_j exp(z_ij - max_j z_ij)); the maximum goes to z_max_out"""
+                                 double z_max) noexcept nogil:
+    """log(sum_j exp(z_ij - z_max)), z_max being the row's maximum"""
     cdef Py_ssize_t j
-    cdef double z_max = row_max(z, i), total = 0
+    cdef double total = 0
     for j in range(z.shape[1]):
         total += exp(z[i, j] - z_max)
-    z_max_out[0] = z_max
     return log(total)
 
 
-cdef inline double row_exps(const floating[:, ::1] z, Py_ssize_t i, double* z_max_out,
-                            double* exps_out) noexcept nogil:
-    """exps_out[j] := exp(z_ij - max_j z_ij) (at most KEPT_EXPS columns); return their sum,
-    the maximum going to z_max_out"""
+cdef extern from "exps.h" nogil:
+    void exps_in_place "fastnaive_exps_in_place"(double* a, Py_ssize_t n)
+
+
+cdef Py_ssize_t block_exps(const floating[:, ::1] z, Py_ssize_t i0, double* maxima,
+                           double* exps) noexcept nogil:
+    """maxima[r] := max_j z[i0 + r, j] and, for rows of at most EXPS_BLOCK elements,
+    exps[r * c + j] := exp(z[i0 + r, j] - maxima[r]) (c: z's columns), for the rows r from
+    i0 that EXPS_BLOCK elements hold (one, for wider rows); return that number of rows"""
+    cdef Py_ssize_t r, j, c = z.shape[1]
+    cdef Py_ssize_t rows = min(max(EXPS_BLOCK // c, 1), z.shape[0] - i0)
+    cdef double z_max
+    for r in range(rows):
+        z_max = maxima[r] = row_max(z, i0 + r)
+        if c <= EXPS_BLOCK:
+            for j in range(c):
+                exps[r * c + j] = z[i0 + r, j] - z_max
+    if c <= EXPS_BLOCK:
+        exps_in_place(exps, rows * c)
+    return rows
+
+
+cdef inline double row_sum(const double* a, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
-    cdef double z_max = row_max(z, i), total = 0
-    for j in range(z.shape[1]):
-        exps_out[j] = exp(z[i, j] - z_max)
-        total += exps_out[j]
-    z_max_out[0] = z_max
+    cdef double total = 0
+    for j in range(n):
+        total += a[j]
     return total
 
 
@@ -75,29 +92,37 @@ cdef double sparse_softmax_crossentropy(const floating[:, ::1] logits,
                                         const Py_ssize_t[::1] labels, const floating* w,
                                         double scale, floating[:, ::1] grad_out) noexcept nogil:
     """Return scale * sum_i w_i (logsumexp(z_i) - z_i[y_i]); grad := scale w_i (softmax(z_i) - onehot(y_i))"""
-    cdef Py_ssize_t i, j, y
-    cdef Py_ssize_t n_classes = logits.shape[1]
+    cdef Py_ssize_t i, j, r, y, rows, i0 = 0
+    cdef Py_ssize_t c = logits.shape[1]
     cdef double z_max, lse, total, weight, loss = 0
-    cdef double exps[KEPT_EXPS]
-    for i in range(logits.shape[0]):
-        y = labels[i]
-        if y < 0 or y >= n_classes:
-            for j in range(n_classes):
-                grad_out[i, j] = NAN
-            loss += NAN
-            continue
-        weight = sample_weight(w, i) * scale
-        if n_classes <= KEPT_EXPS:
-            total = row_exps(logits, i, &z_max, exps)
-            lse = log(total)
-            for j in range(n_classes):
-                store(&grad_out[i, j], exps[j] / total * weight)
-        else:
-            lse = row_logsumexp(logits, i, &z_max)
-            for j in range(n_classes):
-                store(&grad_out[i, j], exp(logits[i, j] - z_max - lse) * weight)
-        grad_out[i, y] -= <floating>weight
-        loss += (lse + z_max - logits[i, y]) * sample_weight(w, i)
+    cdef double maxima[EXPS_BLOCK]
+    cdef double exps[EXPS_BLOCK]
+    cdef const double* e
+    while i0 < logits.shape[0]:
+        rows = block_exps(logits, i0, maxima, exps)
+        for r in range(rows):
+            i = i0 + r
+            y = labels[i]
+            if y < 0 or y >= c:
+                for j in range(c):
+                    grad_out[i, j] = NAN
+                loss += NAN
+                continue
+            weight = sample_weight(w, i) * scale
+            z_max = maxima[r]
+            if c <= EXPS_BLOCK:
+                e = exps + r * c
+                total = row_sum(e, c)
+                lse = log(total)
+                for j in range(c):
+                    store(&grad_out[i, j], e[j] / total * weight)
+            else:
+                lse = row_logsumexp(logits, i, z_max)
+                for j in range(c):
+                    store(&grad_out[i, j], exp(logits[i, j] - z_max - lse) * weight)
+            grad_out[i, y] -= <floating>weight
+            loss += (lse + z_max - logits[i, y]) * sample_weight(w, i)
+        i0 += rows
     return loss * scale
 
 
@@ -105,19 +130,37 @@ cdef double softmax_crossentropy(const floating[:, ::1] logits, const floating[:
                                  const floating* w, double scale,
                                  floating[:, ::1] grad_out) noexcept nogil:
     """Return scale * sum_i w_i sum_j -t_ij log softmax(z_i)_j; grad := scale w_i (softmax(z_i) sum_j t_ij - t_i)"""
-    cdef Py_ssize_t i, j
-    cdef double z_max, lse, weight, t_sum, row_loss, loss = 0
-    for i in range(logits.shape[0]):
-        lse = row_logsumexp(logits, i, &z_max)
-        weight = sample_weight(w, i) * scale
-        t_sum = row_loss = 0
-        for j in range(logits.shape[1]):
-            t_sum += targets[i, j]
-            row_loss += targets[i, j] * (lse + z_max - logits[i, j])
-        for j in range(logits.shape[1]):
-            store(&grad_out[i, j], (exp(logits[i, j] - z_max - lse) * t_sum - targets[i, j])
-                  * weight)
-        loss += row_loss * sample_weight(w, i)
+    cdef Py_ssize_t i, j, r, rows, i0 = 0
+    cdef Py_ssize_t c = logits.shape[1]
+    cdef double z_max, lse, total, weight, t_sum, row_loss, loss = 0
+    cdef double maxima[EXPS_BLOCK]
+    cdef double exps[EXPS_BLOCK]
+    cdef const double* e
+    while i0 < logits.shape[0]:
+        rows = block_exps(logits, i0, maxima, exps)
+        for r in range(rows):
+            i = i0 + r
+            z_max = maxima[r]
+            e = exps + r * c
+            if c <= EXPS_BLOCK:
+                total = row_sum(e, c)
+                lse = log(total)
+            else:
+                lse = row_logsumexp(logits, i, z_max)
+            weight = sample_weight(w, i) * scale
+            t_sum = row_loss = 0
+            for j in range(c):
+                t_sum += targets[i, j]
+                row_loss += targets[i, j] * (lse + z_max - logits[i, j])
+            if c <= EXPS_BLOCK:
+                for j in range(c):
+                    store(&grad_out[i, j], (e[j] / total * t_sum - targets[i, j]) * weight)
+            else:
+                for j in range(c):
+                    store(&grad_out[i, j],
+                          (exp(logits[i, j] - z_max - lse) * t_sum - targets[i, j]) * weight)
+            loss += row_loss * sample_weight(w, i)
+        i0 += rows
     return loss * scale
 
 

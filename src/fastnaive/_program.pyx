@@ -285,17 +285,15 @@ cdef class Program:
     cdef int bind_state(self, list state, Py_ssize_t per_array) except -1:
         """Hold views of `state` (apply_rule's), checked, unless they are of the same arrays."""
         cdef Py_ssize_t i, j
-        arrays = [a for arrays in state for a in arrays]
-        held = self.state_arrays
-        if (held is not None and len(held) == len(arrays)
-                and all(a is b for a, b in zip(held, arrays))
-                and len(state) == 2 * self.n_layers
-                and all(len(entry) == per_array for entry in state)):
-            return 0
         if len(state) != 2 * self.n_layers or any(len(entry) != per_array for entry in state):
             raise ValueError(f"Expected {per_array} state array(s) for each of the "
                              f"{2 * self.n_layers} weight arrays. Received: "
                              f"{[len(entry) for entry in state]}")
+        arrays = [a for arrays in state for a in arrays]
+        held = self.state_arrays
+        if (held is not None and len(held) == len(arrays)
+                and all(a is b for a, b in zip(held, arrays))):
+            return 0
         dtype = np.float64 if self.is_double else np.float32
         views = []
         for i, entry in enumerate(state):

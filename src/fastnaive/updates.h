@@ -61,19 +61,6 @@ FASTNAIVE_UPDATE_CLONES static void fastnaive_adam_range_##SUFFIX(              
     }                                                                                          \
 }
 
-/* g := g + a * w, two roundings (an L2 penalty's part of a gradient) */
-#define FASTNAIVE_ADD_SCALED_DEFINE(T, SUFFIX)                                                 \
-FASTNAIVE_UPDATE_CLONES static void fastnaive_add_scaled_##SUFFIX(                             \
-    T *g, const T *w, ptrdiff_t n, T a)                                                        \
-{                                                                                              \
-    FASTNAIVE_NO_CONTRACT                                                                      \
-    ptrdiff_t i;                                                                               \
-    for (i = 0; i < n; i++)                                                                    \
-        g[i] += a * w[i];                                                                      \
-}
-
-FASTNAIVE_ADD_SCALED_DEFINE(float, f)
-FASTNAIVE_ADD_SCALED_DEFINE(double, d)
 FASTNAIVE_MOMENTUM_DEFINE(float, f)
 FASTNAIVE_MOMENTUM_DEFINE(double, d)
 FASTNAIVE_ADAM_DEFINE(float, f, sqrtf)
