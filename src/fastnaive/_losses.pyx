@@ -34,7 +34,7 @@ cdef inline double sample_weight(const floating* w, Py_ssize_t i) noexcept nogil
 
 cdef enum:
     # The softmaxes exponentiate the shifted logits of as many whole rows as this many
-    # elements hold in one vectorised pass on the stack (block_exps), each once for the
+    # elements hold in one vectorised pass on the stack (row_exps), each once for the
     # loss and the gradient; rows wider than that take libm's exp, twice per element.
     EXPS_BLOCK = 2048
 
@@ -62,22 +62,33 @@ cdef extern from "exps.h" nogil:
     void exps_in_place "fastnaive_exps_in_place"(double* a, Py_ssize_t n)
 
 
-cdef Py_ssize_t block_exps(const floating[:, ::1] z, Py_ssize_t i0, double* maxima,
-                           double* exps) noexcept nogil:
-    """maxima[r] := max_j z[i0 + r, j] and, for rows of at most EXPS_BLOCK elements,
-    exps[r * c + j] := exp(z[i0 + r, j] - maxima[r]) (c: z's columns), for the rows r from
-    i0 that EXPS_BLOCK elements hold (one, for wider rows); return that number of rows"""
+cdef struct ExpBlock:
+    # The rows first... first + rows - 1 of a batch: their maxima and, for rows of at most
+    # EXPS_BLOCK elements, exps[r * c + j] = exp(z[first + r, j] - maxima[r]).
+    Py_ssize_t first, rows
+    double maxima[EXPS_BLOCK]
+    double exps[EXPS_BLOCK]
+
+
+cdef const double* row_exps(ExpBlock* block, const floating[:, ::1] z, Py_ssize_t i,
+                            double* z_max) noexcept nogil:
+    """Row i's exp(z[i, j] - max_j z[i, j]) (NULL for rows wider than EXPS_BLOCK, whose
+    exponentials the caller computes), its maximum to z_max; when i is past the block, the
+    block from row i on: as many whole rows as EXPS_BLOCK elements hold (at least one), the
+    exponentials in one vectorised pass (exps.h). Rows are asked for in increasing order."""
     cdef Py_ssize_t r, j, c = z.shape[1]
-    cdef Py_ssize_t rows = min(max(EXPS_BLOCK // c, 1), z.shape[0] - i0)
-    cdef double z_max
-    for r in range(rows):
-        z_max = maxima[r] = row_max(z, i0 + r)
+    if not block.first <= i < block.first + block.rows:
+        block.first = i
+        block.rows = min(max(EXPS_BLOCK // c, 1), z.shape[0] - i)
+        for r in range(block.rows):
+            block.maxima[r] = row_max(z, i + r)
+            if c <= EXPS_BLOCK:
+                for j in range(c):
+                    block.exps[r * c + j] = z[i + r, j] - block.maxima[r]
         if c <= EXPS_BLOCK:
-            for j in range(c):
-                exps[r * c + j] = z[i0 + r, j] - z_max
-    if c <= EXPS_BLOCK:
-        exps_in_place(exps, rows * c)
-    return rows
+            exps_in_place(block.exps, block.rows * c)
+    z_max[0] = block.maxima[i - block.first]
+    return block.exps + (i - block.first) * c if c <= EXPS_BLOCK else NULL
 
 
 cdef inline double row_sum(const double* a, Py_ssize_t n) noexcept nogil:
@@ -92,37 +103,32 @@ cdef double sparse_softmax_crossentropy(const floating[:, ::1] logits,
                                         const Py_ssize_t[::1] labels, const floating* w,
                                         double scale, floating[:, ::1] grad_out) noexcept nogil:
     """Return scale * sum_i w_i (logsumexp(z_i) - z_i[y_i]); grad := scale w_i (softmax(z_i) - onehot(y_i))"""
-    cdef Py_ssize_t i, j, r, y, rows, i0 = 0
+    cdef Py_ssize_t i, j, y
     cdef Py_ssize_t c = logits.shape[1]
     cdef double z_max, lse, total, weight, loss = 0
-    cdef double maxima[EXPS_BLOCK]
-    cdef double exps[EXPS_BLOCK]
+    cdef ExpBlock block
     cdef const double* e
-    while i0 < logits.shape[0]:
-        rows = block_exps(logits, i0, maxima, exps)
-        for r in range(rows):
-            i = i0 + r
-            y = labels[i]
-            if y < 0 or y >= c:
-                for j in range(c):
-                    grad_out[i, j] = NAN
-                loss += NAN
-                continue
-            weight = sample_weight(w, i) * scale
-            z_max = maxima[r]
-            if c <= EXPS_BLOCK:
-                e = exps + r * c
-                total = row_sum(e, c)
-                lse = log(total)
-                for j in range(c):
-                    store(&grad_out[i, j], e[j] / total * weight)
-            else:
-                lse = row_logsumexp(logits, i, z_max)
-                for j in range(c):
-                    store(&grad_out[i, j], exp(logits[i, j] - z_max - lse) * weight)
-            grad_out[i, y] -= <floating>weight
-            loss += (lse + z_max - logits[i, y]) * sample_weight(w, i)
-        i0 += rows
+    block.first = block.rows = 0
+    for i in range(logits.shape[0]):
+        y = labels[i]
+        if y < 0 or y >= c:
+            for j in range(c):
+                grad_out[i, j] = NAN
+            loss += NAN
+            continue
+        weight = sample_weight(w, i) * scale
+        e = row_exps(&block, logits, i, &z_max)
+        if e != NULL:
+            total = row_sum(e, c)
+            lse = log(total)
+            for j in range(c):
+                store(&grad_out[i, j], e[j] / total * weight)
+        else:
+            lse = row_logsumexp(logits, i, z_max)
+            for j in range(c):
+                store(&grad_out[i, j], exp(logits[i, j] - z_max - lse) * weight)
+        grad_out[i, y] -= <floating>weight
+        loss += (lse + z_max - logits[i, y]) * sample_weight(w, i)
     return loss * scale
 
 
@@ -130,37 +136,31 @@ cdef double softmax_crossentropy(const floating[:, ::1] logits, const floating[:
                                  const floating* w, double scale,
                                  floating[:, ::1] grad_out) noexcept nogil:
     """Return scale * sum_i w_i sum_j -t_ij log softmax(z_i)_j; grad := scale w_i (softmax(z_i) sum_j t_ij - t_i)"""
-    cdef Py_ssize_t i, j, r, rows, i0 = 0
+    cdef Py_ssize_t i, j
     cdef Py_ssize_t c = logits.shape[1]
-    cdef double z_max, lse, total, weight, t_sum, row_loss, loss = 0
-    cdef double maxima[EXPS_BLOCK]
-    cdef double exps[EXPS_BLOCK]
+    cdef double z_max, lse, total = 0, weight, t_sum, row_loss, loss = 0
+    cdef ExpBlock block
     cdef const double* e
-    while i0 < logits.shape[0]:
-        rows = block_exps(logits, i0, maxima, exps)
-        for r in range(rows):
-            i = i0 + r
-            z_max = maxima[r]
-            e = exps + r * c
-            if c <= EXPS_BLOCK:
-                total = row_sum(e, c)
-                lse = log(total)
+    block.first = block.rows = 0
+    for i in range(logits.shape[0]):
+        e = row_exps(&block, logits, i, &z_max)
+        if e != NULL:
+            total = row_sum(e, c)
+            lse = log(total)
+        else:
+            lse = row_logsumexp(logits, i, z_max)
+        weight = sample_weight(w, i) * scale
+        t_sum = row_loss = 0
+        for j in range(c):
+            t_sum += targets[i, j]
+            row_loss += targets[i, j] * (lse + z_max - logits[i, j])
+        for j in range(c):
+            if e != NULL:
+                store(&grad_out[i, j], (e[j] / total * t_sum - targets[i, j]) * weight)
             else:
-                lse = row_logsumexp(logits, i, z_max)
-            weight = sample_weight(w, i) * scale
-            t_sum = row_loss = 0
-            for j in range(c):
-                t_sum += targets[i, j]
-                row_loss += targets[i, j] * (lse + z_max - logits[i, j])
-            if c <= EXPS_BLOCK:
-                for j in range(c):
-                    store(&grad_out[i, j], (e[j] / total * t_sum - targets[i, j]) * weight)
-            else:
-                for j in range(c):
-                    store(&grad_out[i, j],
-                          (exp(logits[i, j] - z_max - lse) * t_sum - targets[i, j]) * weight)
-            loss += row_loss * sample_weight(w, i)
-        i0 += rows
+                store(&grad_out[i, j],
+                      (exp(logits[i, j] - z_max - lse) * t_sum - targets[i, j]) * weight)
+        loss += row_loss * sample_weight(w, i)
     return loss * scale
 
 
