@@ -35,9 +35,9 @@ def forward(X, W, b, code=_activations.LINEAR, n_threads=1):
     return Z
 
 
-def input_grad(delta, W, n_threads=1):
+def input_grad(delta, W, n_threads=1, relu_of=None):
     dX = np.full((delta.shape[0], W.shape[0]), np.nan, delta.dtype)
-    _sparse.narrow_input_grad_checked(delta, W, dX, n_threads)
+    _sparse.narrow_input_grad_checked(delta, W, dX, n_threads, relu_of)
     return dX
 
 
@@ -79,6 +79,24 @@ def test_narrow_input_grad(shape, dtype, instruction_set, rng):
     assert_close(input_grad(delta, W), delta.astype(np.float64) @ W.T.astype(np.float64))
 
 
+def test_narrow_input_grad_applies_relus_derivative_as_its_kernel(
+    shape, dtype, instruction_set, rng
+):
+    """With relu_of, ReLU's outputs of the layer below, the input gradient is zero where they
+    are not positive (NaN included) and elsewhere the same bits as without: what the
+    product then activation_backward give, in the vectors' tiles and the scalar tails."""
+    n, k, m = shape
+    delta, W = normal(rng, (n, m), dtype), normal(rng, (k, m), dtype)
+    relu_of = np.maximum(normal(rng, (n, k), dtype), 0)
+    relu_of.flat[:: max(1, relu_of.size // 5)] = np.nan
+    expected = input_grad(delta, W)
+    _activations.activation_backward_checked(_activations.RELU, relu_of, relu_of, expected)
+    dX = input_grad(delta, W, relu_of=relu_of)
+    np.testing.assert_array_equal(dX, expected)
+    off = ~(relu_of > 0)
+    assert off.any() and (dX[off] == 0).all()
+
+
 def test_narrow_param_grad(shape, dtype, instruction_set, rng):
     n, k, m = shape
     X, delta = normal(rng, (n, k), dtype), normal(rng, (n, m), dtype)
@@ -110,6 +128,10 @@ def test_narrow_products_are_the_same_bits_at_any_thread_count(n_threads, dtype,
     delta = normal(rng, (200, 10), dtype)
     np.testing.assert_array_equal(forward(X, W, b, n_threads=n_threads), forward(X, W, b))
     np.testing.assert_array_equal(input_grad(delta, W, n_threads), input_grad(delta, W))
+    relu_of = np.maximum(normal(rng, (200, 1100), dtype), 0)
+    np.testing.assert_array_equal(
+        input_grad(delta, W, n_threads, relu_of), input_grad(delta, W, relu_of=relu_of)
+    )
     for got, want in zip(
         param_grad(X, delta, 0.5, 1.0, W, b, n_threads), param_grad(X, delta, 0.5, 1.0, W, b)
     ):

@@ -87,6 +87,23 @@ def test_sweeps_match_numpy(first, dtype, rng):
         assert_close(after, start - 0.5 * gradient)
 
 
+@pytest.mark.parametrize("given", ["another array", "fewer rows"])
+def test_a_sparse_first_layer_groups_the_columns_of_the_x_it_is_given(given, dtype, rng):
+    """A training forward groups x's columns for the weight gradient as well; a backward
+    pass given another array, or fewer of x's rows, groups those: X.T @ delta of its X."""
+    layers = two_layers(dtype)
+    program, _, deltas, gradients = program_for(layers, dtype, _program.FIRST_SPARSE)
+    x = sparse_inputs(rng, dtype)
+    program.forward(x, N_SAMPLES, training=True)
+    inputs = sparse_inputs(rng, dtype) if given == "another array" else x[: N_SAMPLES - 3]
+    n = inputs.shape[0]
+    deltas[1][:n] = rng.standard_normal((n, N_CLASSES))
+    program.backward(inputs, n, True)
+    dW, db = reference.dense_param_grad(inputs, deltas[0][:n])
+    assert_close(gradients[0], dW)
+    assert_close(gradients[1], db)
+
+
 def backpropagated(dtype, rng, l2=0.0, first=_program.FIRST_DENSE, gradients=False):
     """A Program of two_layers after a training forward pass on sparse inputs x and a
     backward pass of random top deltas; (layers, program, outputs, deltas, gradients, x)."""

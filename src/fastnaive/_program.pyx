@@ -19,7 +19,8 @@ from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
 from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport (RULE_ADAM, RULE_MOMENTUM, RULE_NESTEROV, Rule, dense_forward,
                                  dense_input_grad, dense_param_grad, max_abs)
-from fastnaive._sparse cimport (GROUP, NARROW_MAX, PATTERNS, group_lines, narrow_forward,
+from fastnaive._sparse cimport (GROUP, NARROW_MAX, PATTERNS, group_lines,
+                                group_rows_and_columns, narrow_forward,
                                 narrow_input_grad, narrow_param_grad, sparse_forward,
                                 sparse_param_grad)
 
@@ -85,6 +86,10 @@ cdef class Program:
     cdef int[::1] codes, head_codes, narrow
     cdef object row_starts, row_index, row_quads, column_starts, column_index, column_quads
     cdef list state_arrays, state_views
+    # The input whose column groups the last training forward made with its row groups
+    # (its first element's address and its rows; NULL: none), for param_grad to use.
+    cdef const void* columns_of
+    cdef Py_ssize_t columns_rows
 
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
                  gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None,
@@ -192,7 +197,9 @@ cdef class Program:
                 Py_ssize_t first_row=0, long long iteration=0, out=None, int n_threads=1):
         """Fill the layers' outputs for the n rows of x (forward of fastnaive.engine.Step);
         with FIRST_EXTERNAL, x is unused and the first layer's product is already in its
-        output (its pre-activation where it has one)."""
+        output (its pre-activation where it has one). A training forward of FIRST_SPARSE
+        groups x's columns for the weight gradient as well: the backward passes that follow
+        on the same array x use those groups, so x must not change in between."""
         self.check(x, n, first_row, False)
         m = self.outputs[self.n_layers - 1].shape[1]
         if out is not None and (out.shape[0] != n or out.shape[1] != m):
@@ -319,8 +326,8 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
     cdef const floating[:, ::1] a = x
     cdef const floating[:, ::1] W
     cdef const floating[::1] b
-    cdef floating[:, ::1] z, target, dropped, quads
-    cdef int[::1] starts, index
+    cdef floating[:, ::1] z, target, dropped, quads, column_quads
+    cdef int[::1] starts, index, column_starts, column_index
     cdef Py_ssize_t i, last = p.n_layers - 1
     cdef int code, fused
     cdef bint has_pre, relu
@@ -351,8 +358,19 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
             starts, index, quads = p.row_starts, p.row_index, p.row_quads
             starts = starts[:PATTERNS * n_groups(n)]
             relu = fused == RELU_CODE
+            p.columns_of = NULL
+            if training and p.trains:
+                # The backward pass's column groups too, in the same parallel loop.
+                column_starts, column_index = p.column_starts, p.column_index
+                column_quads = p.column_quads
+                with nogil:
+                    group_rows_and_columns(x, starts, index, quads, column_starts,
+                                           column_index, column_quads, n_threads)
+                p.columns_of, p.columns_rows = &x[0, 0], x.shape[0]
+            else:
+                with nogil:
+                    group_lines(x, True, starts, index, quads, n_threads)
             with nogil:
-                group_lines(x, True, starts, index, quads, n_threads)
                 sparse_forward(starts, index, quads, W, b, relu, target, n_threads)
                 if not relu and fused != LINEAR_CODE:
                     activate_rows(fused, target, target)
@@ -398,8 +416,10 @@ cdef int param_grad(Program p, Py_ssize_t i, const floating[:, ::1] x,
     cdef const floating[:, ::1] inputs
     if i == 0 and p.first == FIRST_SPARSE:
         starts, index, quads = p.column_starts, p.column_index, p.column_quads
+        if not (x.shape[0] and p.columns_of == &x[0, 0] and p.columns_rows == x.shape[0]):
+            with nogil:
+                group_lines(x, False, starts, index, quads, n_threads)
         with nogil:
-            group_lines(x, False, starts, index, quads, n_threads)
             sparse_param_grad(starts, index, quads, delta, alpha, beta, dW, db, n_threads,
                               rule)
     elif p.narrow[i]:
@@ -419,10 +439,15 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
     cdef floating[:, ::1] delta, outputs, pre, dW, previous
     cdef floating[::1] db
     cdef const floating[:, ::1] W
+    cdef const floating* relu_of
     cdef Py_ssize_t i
     cdef int code
     cdef double rate
     cdef unsigned long long seed
+    # Whether the layer's delta has its ReLU's derivative already: the narrow input
+    # gradient of the layer above applies it as it stores each block, where no dropout
+    # comes between.
+    cdef bint applied = False
     for i in reversed(range(p.n_layers)):
         delta = p.deltas[i]
         delta = delta[:n]
@@ -431,7 +456,7 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
             with nogil:
                 dropout(delta, delta, rate, seed, iteration, first_row)
         code = p.codes[i]
-        if code != LINEAR_CODE and n:
+        if code != LINEAR_CODE and n and not applied:
             outputs = p.outputs[i]
             outputs = outputs[:n]
             pre = outputs
@@ -446,13 +471,19 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
             param_grad(p, i, x, delta, 1, 0, dW, db, n_threads)
             if layer_ready is not None:
                 layer_ready(flat, bounds[2 * i], bounds[2 * i + 2])
+        applied = False
         if i > 0:
             W = p.weights[i]
             previous = p.deltas[i - 1]
             previous = previous[:n]
             if p.narrow[i]:
+                relu_of = NULL
+                if n and p.codes[i - 1] == RELU_CODE and p.dropped[i - 1] is None:
+                    outputs = p.outputs[i - 1]
+                    relu_of = &outputs[0, 0]
+                    applied = True
                 with nogil:
-                    narrow_input_grad(delta, W, previous, n_threads)
+                    narrow_input_grad(delta, W, previous, n_threads, relu_of)
             else:
                 with nogil:
                     dense_input_grad(delta, W, previous, n_threads)

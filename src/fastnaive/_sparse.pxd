@@ -7,6 +7,11 @@ cdef extern from "sparse_kernels.h" nogil:
     const int PATTERNS "FASTNAIVE_PATTERNS"
     const int NARROW_MAX "FASTNAIVE_NARROW_MAX"
 
+cdef Py_ssize_t group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_out,
+                                      int[::1] row_index_out, floating[:, ::1] row_quads_out,
+                                      int[::1] column_starts_out, int[::1] column_index_out,
+                                      floating[:, ::1] column_quads_out,
+                                      int n_threads) noexcept nogil
 cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
                             int[::1] index_out, floating[:, ::1] quads_out,
                             int n_threads) noexcept nogil
@@ -23,7 +28,8 @@ cdef void narrow_forward(const floating[:, ::1] X, const floating[:, ::1] W,
                          const floating[::1] b, int activation, floating[:, ::1] Z_out,
                          int n_threads) noexcept nogil
 cdef void narrow_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
-                            floating[:, ::1] dX_out, int n_threads) noexcept nogil
+                            floating[:, ::1] dX_out, int n_threads,
+                            const floating* relu_of) noexcept nogil
 cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
                             floating alpha, floating beta, floating[:, ::1] dW_out,
                             floating[::1] db_out, int n_threads,

@@ -52,10 +52,10 @@ cdef extern from "sparse_kernels.h" nogil:
         const double* b, double* Z, Py_ssize_t i0, Py_ssize_t i1)
     void narrow_input_f "fastnaive_narrow_input_f"(
         const float* delta, Py_ssize_t n, Py_ssize_t m, const float* W, float* dX,
-        Py_ssize_t ldo, Py_ssize_t c0, Py_ssize_t c1)
+        Py_ssize_t ldo, Py_ssize_t c0, Py_ssize_t c1, const float* relu_of)
     void narrow_input_d "fastnaive_narrow_input_d"(
         const double* delta, Py_ssize_t n, Py_ssize_t m, const double* W, double* dX,
-        Py_ssize_t ldo, Py_ssize_t c0, Py_ssize_t c1)
+        Py_ssize_t ldo, Py_ssize_t c0, Py_ssize_t c1, const double* relu_of)
     void narrow_param_f "fastnaive_narrow_param_f"(
         const float* X, Py_ssize_t ldx, const float* delta, Py_ssize_t n, Py_ssize_t m,
         float alpha, float beta, float* dW, Py_ssize_t c0, Py_ssize_t c1)
@@ -87,6 +87,18 @@ cdef inline const floating* first_quad(const floating[:, ::1] a) noexcept nogil:
     return &a[0, 0] if a.shape[0] > 0 else NULL
 
 
+cdef inline Py_ssize_t group(const floating[:, ::1] X, bint by_rows, Py_ssize_t g,
+                             int[::1] starts_out, int[::1] index_out,
+                             floating[:, ::1] quads_out) noexcept nogil:
+    """Group g of X's rows (by_rows) or columns into the buffers; return its nonzeros"""
+    if floating is float:
+        return group_f(by_rows, &X[0, 0], X.shape[0], X.shape[1], g, &starts_out[0],
+                       &index_out[0], &quads_out[0, 0])
+    else:
+        return group_d(by_rows, &X[0, 0], X.shape[0], X.shape[1], g, &starts_out[0],
+                       &index_out[0], &quads_out[0, 0])
+
+
 cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
                             int[::1] index_out, floating[:, ::1] quads_out,
                             int n_threads) noexcept nogil:
@@ -100,12 +112,34 @@ cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] sta
     # Each group writes only its own part of the buffers.
     for g in prange(n_groups, num_threads=n_threads, schedule="static",
                     use_threads_if=n_threads > 1 and n * k >= PARALLEL_MIN_QUADS * GROUP):
-        if floating is float:
-            nnz += group_f(by_rows, &X[0, 0], n, k, g, &starts_out[0], &index_out[0],
-                           &quads_out[0, 0])
+        nnz += group(X, by_rows, g, starts_out, index_out, quads_out)
+    return nnz
+
+
+cdef Py_ssize_t group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_out,
+                                      int[::1] row_index_out, floating[:, ::1] row_quads_out,
+                                      int[::1] column_starts_out, int[::1] column_index_out,
+                                      floating[:, ::1] column_quads_out,
+                                      int n_threads) noexcept nogil:
+    """group_lines(X, True, row_*) and group_lines(X, False, column_*) in one parallel loop:
+    one region instead of two, its groups dealt to the threads as they finish (the two
+    kinds differ in cost, the rows' with their nonzeros), X read by both while in cache;
+    return X's nonzeros"""
+    cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
+    cdef Py_ssize_t n_rows = row_starts_out.shape[0] // PATTERNS
+    cdef Py_ssize_t n_columns = column_starts_out.shape[0] // PATTERNS
+    cdef Py_ssize_t g, nnz = 0
+    if n == 0 or k == 0:
+        row_starts_out[:] = 0
+        column_starts_out[:] = 0
+        return 0
+    # Each group writes only its own part of its buffers.
+    for g in prange(n_rows + n_columns, num_threads=n_threads, schedule="dynamic",
+                    use_threads_if=n_threads > 1 and n * k >= PARALLEL_MIN_QUADS * GROUP):
+        if g < n_rows:
+            nnz += group(X, True, g, row_starts_out, row_index_out, row_quads_out)
         else:
-            nnz += group_d(by_rows, &X[0, 0], n, k, g, &starts_out[0], &index_out[0],
-                           &quads_out[0, 0])
+            group(X, False, g - n_rows, column_starts_out, column_index_out, column_quads_out)
     return nnz
 
 
@@ -206,8 +240,11 @@ cdef void narrow_forward(const floating[:, ::1] X, const floating[:, ::1] W,
 
 
 cdef void narrow_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
-                            floating[:, ::1] dX_out, int n_threads) noexcept nogil:
-    """dX := delta @ W.T, for W of at most NARROW_MAX columns"""
+                            floating[:, ::1] dX_out, int n_threads,
+                            const floating* relu_of) noexcept nogil:
+    """dX := delta @ W.T, for W of at most NARROW_MAX columns; unless relu_of is NULL, times
+    ReLU's derivative where relu_of, ReLU's outputs (n rows as dX's), was computed:
+    dX := where(relu_of > 0, dX, 0), as each block is stored"""
     cdef Py_ssize_t n = dX_out.shape[0], k = dX_out.shape[1], m = W.shape[1]
     cdef Py_ssize_t width = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t block, c0, c1, n_blocks = (k + width - 1) // width
@@ -218,9 +255,9 @@ cdef void narrow_input_grad(const floating[:, ::1] delta, const floating[:, ::1]
         c0 = block * width
         c1 = min(c0 + width, k)
         if floating is float:
-            narrow_input_f(&delta[0, 0], n, m, &W[0, 0], &dX_out[0, 0], k, c0, c1)
+            narrow_input_f(&delta[0, 0], n, m, &W[0, 0], &dX_out[0, 0], k, c0, c1, relu_of)
         else:
-            narrow_input_d(&delta[0, 0], n, m, &W[0, 0], &dX_out[0, 0], k, c0, c1)
+            narrow_input_d(&delta[0, 0], n, m, &W[0, 0], &dX_out[0, 0], k, c0, c1, relu_of)
 
 
 cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
@@ -393,15 +430,25 @@ def narrow_forward_checked(const floating[:, ::1] X, const floating[:, ::1] W,
 
 
 def narrow_input_grad_checked(const floating[:, ::1] delta, const floating[:, ::1] W,
-                              floating[:, ::1] dX_out, n_threads=None):
-    """dX_out := delta @ W.T, W of at most NARROW_WIDTH columns"""
+                              floating[:, ::1] dX_out, n_threads=None,
+                              const floating[:, ::1] relu_of=None):
+    """dX_out := delta @ W.T, W of at most NARROW_WIDTH columns; with relu_of (ReLU's outputs,
+    of dX_out's shape), dX_out := where(relu_of > 0, delta @ W.T, 0)"""
     if not (delta.shape[1] == W.shape[1] and 0 < W.shape[1] <= NARROW_MAX
-            and dX_out.shape[0] == delta.shape[0] and dX_out.shape[1] == W.shape[0]):
-        raise _shape_error(f"delta (n, m), W (k, m) and dX_out (n, k) with 1 <= m <= "
-                           f"{NARROW_MAX}", delta=delta, W=W, dX_out=dX_out)
+            and dX_out.shape[0] == delta.shape[0] and dX_out.shape[1] == W.shape[0]
+            and (relu_of is None or (relu_of.shape[0] == dX_out.shape[0]
+                                     and relu_of.shape[1] == dX_out.shape[1]))):
+        arrays = {"delta": delta, "W": W, "dX_out": dX_out}
+        if relu_of is not None:
+            arrays["relu_of"] = relu_of
+        raise _shape_error(f"delta (n, m), W (k, m), dX_out (n, k) with 1 <= m <= "
+                           f"{NARROW_MAX} and relu_of None or (n, k)", **arrays)
     cdef int threads = _n_threads(n_threads)
+    cdef const floating* relu = NULL
+    if relu_of is not None and relu_of.shape[0] and relu_of.shape[1]:
+        relu = &relu_of[0, 0]
     with nogil:
-        narrow_input_grad(delta, W, dX_out, threads)
+        narrow_input_grad(delta, W, dX_out, threads, relu)
 
 
 def narrow_param_grad_checked(const floating[:, ::1] X, const floating[:, ::1] delta,

@@ -43,7 +43,10 @@
  * - fastnaive_narrow_forward_SUFFIX: Z[i, j] := sum_c X[i, c] W[c, j] + b[j] for the rows i in
  *   [i0, i1), as dot products, ROWS rows and up to JBMAX columns of W at a time;
  * - fastnaive_narrow_input_SUFFIX: dX[i, c] := sum_j delta[i, j] W[c, j] for the columns c in
- *   [c0, c1) and every row, NV vectors of columns and IROWS rows at a time;
+ *   [c0, c1) and every row, NV vectors of columns and IROWS rows at a time; with relu_of
+ *   (the previous layer's ReLU outputs, rows ldo apart, or NULL), 0 where relu_of[i, c] is
+ *   not > 0, as its derivative takes it (fastnaive._activations.activation_backward),
+ *   applied as the tile is stored;
  * - fastnaive_narrow_param_SUFFIX: dW[c, j] := alpha sum_i X[i, c] delta[i, j] + beta dW[c, j]
  *   (beta = 0 overwrites: dW may hold NaN) for the rows c in [c0, c1) of dW, PNV vectors of c
  *   and up to PJB columns j at a time.
@@ -164,9 +167,10 @@ static TARGET void fastnaive_narrow_forward_##SUFFIX(                           
 /* Rows [i, i + R) of dX, columns [c, c + NV vectors). */                                       \
 FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_input_tile_##SUFFIX(                         \
     int R, const T *delta, ptrdiff_t m, T wt[FASTNAIVE_NARROW_MAX][NV * VBYTES / sizeof(T)],  \
-    T *dX, ptrdiff_t ldo, ptrdiff_t i, ptrdiff_t c)                                               \
+    T *dX, ptrdiff_t ldo, ptrdiff_t i, ptrdiff_t c, const T *relu_of)                             \
 {                                                                                                 \
     typedef fastnaive_nvec_##SUFFIX V;                                                            \
+    typedef __typeof__((V){0} > (V){0}) M; /* the lanes' masks, integers of T's width */         \
     V acc[IROWS][NV];                                                                             \
     ptrdiff_t j;                                                                                  \
     int r, q;                                                                                     \
@@ -183,6 +187,12 @@ FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_input_tile_##SUFFIX(       
                 acc[r][q] += d * w[q];                                                            \
         }                                                                                         \
     }                                                                                             \
+    if (relu_of)                                                                                  \
+        for (r = 0; r < R; r++)                                                                   \
+            for (q = 0; q < NV; q++) {                                                            \
+                const M on = ((const V *)(relu_of + (i + r) * ldo + c))[q] > (V){0};              \
+                acc[r][q] = (V)((M)acc[r][q] & on);                                               \
+            }                                                                                     \
     for (r = 0; r < R; r++)                                                                       \
         for (q = 0; q < NV; q++)                                                                  \
             ((V *)(dX + (i + r) * ldo + c))[q] = acc[r][q];                                       \
@@ -190,7 +200,7 @@ FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_input_tile_##SUFFIX(       
                                                                                                   \
 static TARGET void fastnaive_narrow_input_##SUFFIX(                                               \
     const T *delta, ptrdiff_t n, ptrdiff_t m, const T *W, T *dX, ptrdiff_t ldo, ptrdiff_t c0,     \
-    ptrdiff_t c1)                                                                                 \
+    ptrdiff_t c1, const T *relu_of)                                                               \
 {                                                                                                 \
     enum { CT = NV * VBYTES / sizeof(T) };                                                        \
     T wt[FASTNAIVE_NARROW_MAX][CT] __attribute__((aligned(64)));                                  \
@@ -202,9 +212,10 @@ static TARGET void fastnaive_narrow_input_##SUFFIX(                             
                 wt[j][t] = W[(c + t) * m + j];                                                    \
         if (width == CT) {                                                                        \
             for (i = 0; i + IROWS <= n; i += IROWS)                                               \
-                fastnaive_narrow_input_tile_##SUFFIX(IROWS, delta, m, wt, dX, ldo, i, c);         \
+                fastnaive_narrow_input_tile_##SUFFIX(IROWS, delta, m, wt, dX, ldo, i, c,          \
+                                                     relu_of);                                    \
             for (; i < n; i++)                                                                    \
-                fastnaive_narrow_input_tile_##SUFFIX(1, delta, m, wt, dX, ldo, i, c);             \
+                fastnaive_narrow_input_tile_##SUFFIX(1, delta, m, wt, dX, ldo, i, c, relu_of);    \
             continue;                                                                             \
         }                                                                                         \
         for (i = 0; i < n; i++)                                                                   \
@@ -212,7 +223,7 @@ static TARGET void fastnaive_narrow_input_##SUFFIX(                             
                 T s = 0;                                                                          \
                 for (j = 0; j < m; j++)                                                           \
                     s += delta[i * m + j] * wt[j][t];                                             \
-                dX[i * ldo + c + t] = s;                                                          \
+                dX[i * ldo + c + t] = relu_of && !(relu_of[i * ldo + c + t] > 0) ? 0 : s;         \
             }                                                                                     \
     }                                                                                             \
 }                                                                                                 \
@@ -292,9 +303,11 @@ typedef void (*fastnaive_narrow_forward_d_t)(const double *, ptrdiff_t, ptrdiff_
                                              ptrdiff_t, const double *, double *, ptrdiff_t,
                                              ptrdiff_t);
 typedef void (*fastnaive_narrow_input_f_t)(const float *, ptrdiff_t, ptrdiff_t, const float *,
-                                           float *, ptrdiff_t, ptrdiff_t, ptrdiff_t);
+                                           float *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                           const float *);
 typedef void (*fastnaive_narrow_input_d_t)(const double *, ptrdiff_t, ptrdiff_t, const double *,
-                                           double *, ptrdiff_t, ptrdiff_t, ptrdiff_t);
+                                           double *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                           const double *);
 typedef void (*fastnaive_narrow_param_f_t)(const float *, ptrdiff_t, const float *, ptrdiff_t,
                                            ptrdiff_t, float, float, float *, ptrdiff_t, ptrdiff_t);
 typedef void (*fastnaive_narrow_param_d_t)(const double *, ptrdiff_t, const double *, ptrdiff_t,
