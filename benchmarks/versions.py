@@ -4,7 +4,11 @@ Each build is a source tree whose extensions were built in place (`python setup.
 build_ext --inplace`), or "installed" for the fastnaive that Python imports. Every round
 runs one fresh process per build, alternating, each timing one epoch of fastnaive.fit and
 one of the book's loop (BatchGenerator and one_training_step) after a warm-up epoch; the
-table gives the median and best over the rounds. For example, against the previous release:
+table gives the median and best over the rounds. "Fastest steps" is, for fit, the sum over
+the epoch's batches of each batch's fastest step over every round and timed epoch (the
+time between one batch's end and the next's, from a callback): what a step costs when no
+neighbour interferes, the steadiest figure on a shared machine; `--epochs N` times N epochs
+a round. For example, against the previous release:
 
     git worktree add /tmp/before v0.1.0 && (cd /tmp/before && python setup.py build_ext --inplace)
     python benchmarks/versions.py /tmp/before installed [--rounds 5] [--threads N]
@@ -32,7 +36,7 @@ BOOK_LAYERS = [workloads.N_FEATURES, workloads.HIDDEN, workloads.N_CLASSES]
 WORKER = """
 import json, sys, time
 sys.path.insert(0, {benchmarks!r})
-import fastnaive, workloads
+import fastnaive, fastnaive.callbacks, workloads
 x, y = workloads.mnist_train()
 layers, optimizer = {layers!r}, {optimizer!r}
 
@@ -49,21 +53,44 @@ def model():
     ])
 
 
-def fit_epoch(model, x, y):
-    fastnaive.fit(model, x, y, 1, workloads.BATCH_SIZE, optimizer=optimizer, verbose=0)
+# The seconds between one batch's end and the next's, per batch (the first: none).
+class StepClock(fastnaive.callbacks.Callback):
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self.last = [], None
+
+    def on_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if self.last is not None:
+            self.steps.append(now - self.last)
+        self.last = now
+
+
+def fit_epoch(model, x, y, clock=None):
+    fastnaive.fit(
+        model, x, y, 1, workloads.BATCH_SIZE, optimizer=optimizer, verbose=0,
+        callbacks=[] if clock is None else [clock],
+    )
 
 
 epochs = [("fit", fit_epoch)]
 if layers == {book!r} and optimizer == "sgd":
     epochs.append(("book loop", workloads.one_training_step_epoch))
-timings = {{}}
+timings, steps = {{}}, []
 for name, epoch in epochs:
     trained = model()
     epoch(trained, x, y)
-    start = time.perf_counter()
-    epoch(trained, x, y)
-    timings[name] = time.perf_counter() - start
-print(json.dumps({{"file": fastnaive.__file__, **timings}}))
+    seconds = []
+    for _ in range({epochs}):
+        clock = StepClock() if name == "fit" else None
+        start = time.perf_counter()
+        epoch(trained, x, y, clock) if clock else epoch(trained, x, y)
+        seconds.append(time.perf_counter() - start)
+        if clock:
+            steps.append(clock.steps)
+    timings[name] = seconds
+print(json.dumps({{"file": fastnaive.__file__, "steps": steps, **timings}}))
 """
 
 
@@ -81,6 +108,7 @@ def parse_args(argv=None):
         help="the MLP's layer sizes (default: the book's, 784 512 10)",
     )
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd")
+    parser.add_argument("--epochs", type=int, default=1, help="timed epochs a round, default 1")
     args = parser.parse_args(argv)
     n_in, n_out = workloads.N_FEATURES, workloads.N_CLASSES
     if len(args.layers) < 2 or args.layers[0] != n_in or args.layers[-1] != n_out:
@@ -88,8 +116,9 @@ def parse_args(argv=None):
     return args
 
 
-def run(build, threads, layers, optimizer):
-    """One fresh process of `build`: its epoch seconds, as the worker's JSON."""
+def run(build, threads, layers, optimizer, epochs=1):
+    """One fresh process of `build`: its epochs' seconds and fit's step seconds, as the
+    worker's JSON."""
     env = dict(os.environ)
     if build != "installed":
         env["PYTHONPATH"] = str(Path(build).resolve() / "src")
@@ -97,7 +126,7 @@ def run(build, threads, layers, optimizer):
         env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = str(threads)
     benchmarks = str(Path(__file__).resolve().parent)
     code = WORKER.format(
-        benchmarks=benchmarks, layers=layers, optimizer=optimizer, book=BOOK_LAYERS
+        benchmarks=benchmarks, layers=layers, optimizer=optimizer, book=BOOK_LAYERS, epochs=epochs
     )
     output = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env, cwd="/"
@@ -110,17 +139,21 @@ def main(argv=None):
     results = {build: [] for build in args.builds}
     for _ in range(args.rounds):
         for build in args.builds:
-            results[build].append(run(build, args.threads, args.layers, args.optimizer))
+            results[build].append(
+                run(build, args.threads, args.layers, args.optimizer, args.epochs)
+            )
     threads = args.threads or "default"
     model = "-".join(map(str, args.layers))
     print(
         f"{workloads.cpu_description()}; threads: {threads}; {model}, {args.optimizer}; "
-        f"{args.rounds} rounds, interleaved\n"
+        f"{args.rounds} rounds of {args.epochs} timed epoch(s), interleaved\n"
     )
     rows = []
     for build, runs in results.items():
         for name in [name for name in ("fit", "book loop") if name in runs[0]]:
-            seconds = [r[name] for r in runs]
+            seconds = [s for r in runs for s in r[name]]
+            steps = [epoch for r in runs for epoch in r["steps"]] if name == "fit" else []
+            fastest = f"{sum(map(min, zip(*steps))):.3f}" if steps else ""
             rows.append(
                 (
                     build,
@@ -128,11 +161,11 @@ def main(argv=None):
                     name,
                     f"{statistics.median(seconds):.3f}",
                     f"{min(seconds):.3f}",
+                    fastest,
                 )
             )
-    print(
-        workloads.markdown_table(("build", "imported from", "epoch of", "median s", "best s"), rows)
-    )
+    header = ("build", "imported from", "epoch of", "median s", "best s", "fastest steps s")
+    print(workloads.markdown_table(header, rows))
 
 
 if __name__ == "__main__":
