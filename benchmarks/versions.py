@@ -36,7 +36,7 @@ BOOK_LAYERS = [workloads.N_FEATURES, workloads.HIDDEN, workloads.N_CLASSES]
 WORKER = """
 import json, sys, time
 sys.path.insert(0, {benchmarks!r})
-import fastnaive, fastnaive.callbacks, workloads
+import fastnaive, workloads
 x, y = workloads.mnist_train()
 layers, optimizer = {layers!r}, {optimizer!r}
 
@@ -51,20 +51,6 @@ def model():
         )
         for i, (n_in, n_out) in enumerate(zip(layers, layers[1:]))
     ])
-
-
-# The seconds between one batch's end and the next's, per batch (the first: none).
-class StepClock(fastnaive.callbacks.Callback):
-
-    def __init__(self):
-        super().__init__()
-        self.steps, self.last = [], None
-
-    def on_batch_end(self, batch, logs=None):
-        now = time.perf_counter()
-        if self.last is not None:
-            self.steps.append(now - self.last)
-        self.last = now
 
 
 def fit_epoch(model, x, y, clock=None):
@@ -83,7 +69,7 @@ for name, epoch in epochs:
     epoch(trained, x, y)
     seconds = []
     for _ in range({epochs}):
-        clock = StepClock() if name == "fit" else None
+        clock = workloads.StepClock() if name == "fit" else None
         start = time.perf_counter()
         epoch(trained, x, y, clock) if clock else epoch(trained, x, y)
         seconds.append(time.perf_counter() - start)
@@ -153,7 +139,7 @@ def main(argv=None):
         for name in [name for name in ("fit", "book loop") if name in runs[0]]:
             seconds = [s for r in runs for s in r[name]]
             steps = [epoch for r in runs for epoch in r["steps"]] if name == "fit" else []
-            fastest = f"{sum(map(min, zip(*steps))):.3f}" if steps else ""
+            fastest = f"{workloads.fastest_steps(steps):.3f}" if steps else ""
             rows.append(
                 (
                     build,

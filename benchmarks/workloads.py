@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_limits
 
 import fastnaive
 from fastnaive import reference
+from fastnaive.callbacks import Callback
 from fastnaive.datasets import mnist
 
 N_TRAIN = 60000
@@ -76,6 +77,28 @@ def best_seconds(function, repeats):
         function()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+class StepClock(Callback):
+    """A fit callback: `steps`, the seconds between one batch's end and the next's (from the
+    second batch on)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self.last = [], None
+
+    def on_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if self.last is not None:
+            self.steps.append(now - self.last)
+        self.last = now
+
+
+def fastest_steps(epochs):
+    """The sum over an epoch's batches of each one's fastest step over `epochs` (StepClock's
+    steps of each): what a step costs when no neighbour interferes, the steadiest figure on
+    a shared machine."""
+    return sum(map(min, zip(*epochs)))
 
 
 def settle():
