@@ -7,11 +7,10 @@ cdef extern from "sparse_kernels.h" nogil:
     const int PATTERNS "FASTNAIVE_PATTERNS"
     const int NARROW_MAX "FASTNAIVE_NARROW_MAX"
 
-cdef Py_ssize_t group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_out,
-                                      int[::1] row_index_out, floating[:, ::1] row_quads_out,
-                                      int[::1] column_starts_out, int[::1] column_index_out,
-                                      floating[:, ::1] column_quads_out,
-                                      int n_threads) noexcept nogil
+cdef void group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_out,
+                                 int[::1] row_index_out, floating[:, ::1] row_quads_out,
+                                 int[::1] column_starts_out, int[::1] column_index_out,
+                                 floating[:, ::1] column_quads_out, int n_threads) noexcept nogil
 cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
                             int[::1] index_out, floating[:, ::1] quads_out,
                             int n_threads) noexcept nogil

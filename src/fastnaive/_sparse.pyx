@@ -116,31 +116,28 @@ cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] sta
     return nnz
 
 
-cdef Py_ssize_t group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_out,
-                                      int[::1] row_index_out, floating[:, ::1] row_quads_out,
-                                      int[::1] column_starts_out, int[::1] column_index_out,
-                                      floating[:, ::1] column_quads_out,
-                                      int n_threads) noexcept nogil:
+cdef void group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_out,
+                                 int[::1] row_index_out, floating[:, ::1] row_quads_out,
+                                 int[::1] column_starts_out, int[::1] column_index_out,
+                                 floating[:, ::1] column_quads_out, int n_threads) noexcept nogil:
     """group_lines(X, True, row_*) and group_lines(X, False, column_*) in one parallel loop:
     one region instead of two, its groups dealt to the threads as they finish (the two
-    kinds differ in cost, the rows' with their nonzeros), X read by both while in cache;
-    return X's nonzeros"""
+    kinds differ in cost, the rows' with their nonzeros), X read by both while in cache"""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
     cdef Py_ssize_t n_rows = row_starts_out.shape[0] // PATTERNS
     cdef Py_ssize_t n_columns = column_starts_out.shape[0] // PATTERNS
-    cdef Py_ssize_t g, nnz = 0
+    cdef Py_ssize_t g
     if n == 0 or k == 0:
         row_starts_out[:] = 0
         column_starts_out[:] = 0
-        return 0
+        return
     # Each group writes only its own part of its buffers.
     for g in prange(n_rows + n_columns, num_threads=n_threads, schedule="dynamic",
                     use_threads_if=n_threads > 1 and n * k >= PARALLEL_MIN_QUADS * GROUP):
         if g < n_rows:
-            nnz += group(X, True, g, row_starts_out, row_index_out, row_quads_out)
+            group(X, True, g, row_starts_out, row_index_out, row_quads_out)
         else:
             group(X, False, g - n_rows, column_starts_out, column_index_out, column_quads_out)
-    return nnz
 
 
 cdef void sparse_forward(const int[::1] starts, const int[::1] index,
