@@ -83,6 +83,8 @@ class StepClock(Callback):
     """A fit callback: `steps`, the seconds between one batch's end and the next's (from the
     second batch on)."""
 
+    writes_weights = False  # it reads the clock only: fit need not measure the weights again
+
     def __init__(self):
         super().__init__()
         self.steps, self.last = [], None

@@ -27,6 +27,7 @@ from fastnaive.callbacks import (
     ModelCheckpoint,
     ReduceLROnPlateau,
     TerminateOnNaN,
+    writes_between_batches,
 )
 
 BATCH = 16  # make_data()'s 50 samples: batches of 16, 16, 16 and 2
@@ -88,6 +89,64 @@ def test_stop_training_set_after_a_batch_ends_the_epoch_there():
     assert history.epoch == [0]
     short_fit(reference, x[: 2 * BATCH], y[: 2 * BATCH], epochs=1)
     assert_same_weights(model.weights, reference.weights)
+
+
+class EpochNotes(Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+
+class BatchNotes(Callback):
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+
+class ReadOnlyBatchNotes(BatchNotes):
+    writes_weights = False
+
+
+class Duck:
+    """A callback by its hooks alone, not a Callback."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+
+@pytest.mark.parametrize(
+    "callback, expected",
+    [
+        (Callback(), False),
+        (EpochNotes(), False),
+        (LambdaCallback(on_epoch_end=lambda epoch, logs: None), False),
+        (BatchNotes(), True),
+        (ReadOnlyBatchNotes(), False),
+        (LambdaCallback(on_train_batch_begin=lambda batch, logs: None), True),
+        (LambdaCallback(on_batch_end=lambda batch, logs: None), True),
+        (Duck(), True),
+        (EarlyStopping(), False),
+    ],
+    ids=lambda value: type(value).__name__ if not isinstance(value, bool) else str(value),
+)
+def test_writes_between_batches_unless_no_batch_hook_or_declared_read_only(callback, expected):
+    assert writes_between_batches(callback) is expected
+
+
+@pytest.mark.parametrize(
+    "callback, per_epoch",
+    [(EpochNotes(), 1), (BatchNotes(), 5), (ReadOnlyBatchNotes(), 0)],  # 4 batches an epoch
+    ids=["epoch hook", "batch hook", "read-only"],
+)
+def test_fit_measures_the_weights_again_after_the_hooks_that_may_write_them(
+    monkeypatch, callback, per_epoch
+):
+    """The overflow guard's bound of the weights is measured again after each hook that may
+    have written them: a callback with no batch hook costs no measure per batch."""
+    from fastnaive import engine
+
+    calls = []
+    monkeypatch.setattr(engine.Step, "weights_changed", lambda self: calls.append(1))
+    short_fit(make_model(), *make_data(), epochs=3, callbacks=[callback])
+    assert len(calls) == 3 * per_epoch
 
 
 def test_fit_gives_callbacks_the_optimizer_on_the_model():

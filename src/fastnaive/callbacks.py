@@ -56,8 +56,10 @@ class Callback:
     Keras' do, so a callback written for either name works.
 
     `writes_weights` says whether a hook may write the model's weights in place while
-    training goes on (fit then measures them again for its overflow guard after each of its
-    hooks): True unless a callback declares otherwise, as fastnaive's own do.
+    training goes on: True unless a callback declares otherwise, as fastnaive's own do. fit
+    then measures them again for its overflow guard after each epoch's hooks, and after each
+    batch's if the callback has a batch hook of its own (writes_between_batches); that
+    measure reads every weight, so a callback that only reads declares False.
     """
 
     model = None
@@ -93,6 +95,22 @@ class Callback:
 
     def on_batch_end(self, batch, logs=None):
         pass
+
+
+BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
+
+
+def writes_between_batches(callback):
+    """Whether `callback` may write the model's weights between two batches of an epoch: it
+    does not declare writes_weights False and one of its batch hooks is not Callback's no-op
+    (a callback of another kind counts as one that may)."""
+    if not getattr(callback, "writes_weights", True):
+        return False
+    for name in BATCH_HOOKS:
+        hook = getattr(callback, name, None)
+        if getattr(hook, "__func__", hook) is not getattr(Callback, name):
+            return True
+    return False
 
 
 class LambdaCallback(Callback):

@@ -13,7 +13,7 @@ from fastnaive import checkpoints, distributed, engine, keras_optimizers, optimi
 from fastnaive._validation import as_labels, positive_int
 from fastnaive._validation import path as checked_path
 from fastnaive._validation import seed as checked_seed
-from fastnaive.callbacks import BackupAndRestore, Callback, History
+from fastnaive.callbacks import BackupAndRestore, Callback, History, writes_between_batches
 from fastnaive.network import Network
 from fastnaive.optimizers import SGD
 from fastnaive.sparse import as_model_inputs
@@ -485,7 +485,10 @@ class _Run:
         self.verbose = verbose
         self.loggers = [c for c in [progress.logger(verbose)] if c]
         self.callbacks = _checked_callbacks(callbacks)
+        # Whose hooks may write the weights in place: then fit measures them again for the
+        # overflow guard, after each epoch's hooks, and after each batch's if a batch hook may.
         self.writers = any(getattr(c, "writes_weights", True) for c in self.callbacks)
+        self.batch_writers = any(map(writes_between_batches, self.callbacks))
         self.initial_epoch = positive_int(initial_epoch, "initial_epoch", minimum=0)
         backups = [c for c in self.callbacks if isinstance(c, BackupAndRestore)]
         self.backup = backups[0] if backups else None
@@ -653,7 +656,7 @@ def _run_epoch(group, run, step, order, callbacks, position, interrupts):
         logs["batch_loss"] = loss
         for callback in callbacks:
             callback.on_train_batch_end(batch, logs)
-        if run.writers:
+        if run.batch_writers:
             step.weights_changed()  # a callback may have written them
         if not math.isfinite(loss) and not model.stop_training:
             # The reduced loss is the same on every rank: all raise this together.
