@@ -209,6 +209,36 @@ def test_rules_in_the_gradient_kernels_give_the_optimizers_steps_to_the_bit(
         np.testing.assert_array_equal(actual, expected)
 
 
+@pytest.mark.parametrize("n_threads", [2, 3])
+@pytest.mark.parametrize("make", [STATEFUL["adam"], STATEFUL["momentum"]], ids=["adam", "momentum"])
+def test_rules_on_a_wide_first_layer_give_the_optimizers_steps_to_the_bit(
+    dtype, make, n_threads, mnist
+):
+    """A first layer of 1100 units on MNIST's nonzeros: its update is cut into chunks of rows
+    and slabs of columns (3 in float32, 5 in float64, the last one ragged), each stepped by
+    the thread that made it; the bits are those of the optimizer's own kernels after the
+    gradients."""
+    (images, labels), _ = mnist
+    x = images[:512].astype(dtype)
+
+    def wide():
+        return fastnaive.NaiveSequential(
+            [
+                fastnaive.NaiveDense(784, 1100, "relu", dtype=dtype, seed=0),
+                fastnaive.NaiveDense(1100, 10, "softmax", dtype=dtype, seed=1),
+            ]
+        )
+
+    fused, unfused = wide(), wide()
+    with threadpool_limits(limits=n_threads):
+        fit(fused, x, labels[:512], 1, 128, optimizer=make(), verbose=0)
+        fit(unfused, x, labels[:512], 1, 128, optimizer=Unfused(make()), verbose=0)
+    moved = [np.max(np.abs(w - w0)) for w, w0 in zip(fused.weights, wide().weights)]
+    assert min(moved) > 0
+    for actual, expected in zip(fused.weights, unfused.weights, strict=True):
+        np.testing.assert_array_equal(actual, expected)
+
+
 def test_rules_in_the_gradient_kernels_read_dropout_and_gelu_layers(dtype, mnist):
     """Adam's fused step takes each layer's input after dropout and GELU's derivative from
     its pre-activations, as the gradients the unfused step reads do: the same bits."""

@@ -143,11 +143,17 @@ def test_products_match_the_dense_kernels(dtype, rng):
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
-def test_results_do_not_depend_on_the_threads(dtype, rng, n_threads):
-    """Threads own disjoint column blocks, so every sum is made in the same order."""
-    X = sparse_matrix(rng, (128, 784), dtype, 0.19)
-    W, b = normal(rng, (784, 512), dtype), normal(rng, 512, dtype)
-    delta = normal(rng, (128, 512), dtype)
+@pytest.mark.parametrize(
+    "n, m",
+    [(128, 512), (160, 1100)],  # the update's columns in one slab; in 3 (float32) or 5 (float64)
+    ids=["book", "wide"],
+)
+def test_results_do_not_depend_on_the_threads(dtype, rng, n_threads, n, m):
+    """Threads own disjoint parts of the outputs (column blocks of X @ W, chunks of rows in
+    slabs of columns of the update), so every sum is made in the same order."""
+    X = sparse_matrix(rng, (n, 784), dtype, 0.19)
+    W, b = normal(rng, (784, m), dtype), normal(rng, m, dtype)
+    delta = normal(rng, (n, m), dtype)
     assert np.array_equal(forward(X, W, b, True, n_threads), forward(X, W, b, True, 1))
     for layout in (by_rows, by_columns):
         one, many = layout(X, 1), layout(X, n_threads)

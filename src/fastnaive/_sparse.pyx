@@ -9,11 +9,15 @@
 # are nonzero there; the quads are sorted by which lines are nonzero, so that no FMA
 # multiplies by zero (see sparse_kernels.h). Both layouts go into caller-provided buffers
 # (group_buffers), so no kernel allocates. The inner loops are C, compiled for AVX-512, AVX2
-# and baseline x86-64 and chosen at import. The columns of W are cut into blocks of
-# BLOCK_BYTES, whose slab of W (784 rows: 400 KB) stays in L2 while the whole batch passes;
-# OpenMP threads take disjoint blocks, the same in both products, so no atomics are needed,
-# each core keeps its part of W in its own L2, and results do not depend on the number of
-# threads. W and delta are best 64-byte aligned (NumPy promises 16): products on misaligned
+# and baseline x86-64 and chosen at import. In X @ W the columns of W are cut into blocks of
+# BLOCK_BYTES, whose slab of W (784 rows: 400 KB) stays in L2 while the whole batch passes.
+# In X.T @ delta, W's update (and the optimizer's state) is cut into chunks of whole rows,
+# each a stretch of memory that no other thread's chunk shares a cache line with: taking
+# W's columns there, as X @ W does, made the threads' optimizer steps interleave every
+# 512 bytes along each row, and Adam's step then ran at half speed on two threads. OpenMP
+# threads take disjoint parts, so no atomics are needed, and every output element is one
+# kernel call's, so results do not depend on the number of threads. W and delta are best
+# 64-byte aligned (NumPy promises 16): products on misaligned
 # rows are 25-30% slower. Index buffers are user input, so the `def` wrappers check them
 # before any kernel reads through them.
 # The narrow products (narrow_forward, narrow_input_grad, narrow_param_grad) are the dense
@@ -71,6 +75,12 @@ cdef Py_ssize_t PARALLEL_MIN_PRODUCTS = 1 << 18
 cdef Py_ssize_t PARALLEL_MIN_QUADS = 1 << 13
 # Rows of X @ W per block of the narrow forward product.
 cdef Py_ssize_t NARROW_ROWS = 32
+# The weight gradient's parts: at most MAX_CHUNKS chunks of rows, and columns in slabs whose
+# part of delta (batch rows x slab) fits SLAB_BYTES, so that it stays in L2 while the chunk's
+# groups pass (a book batch's whole delta: 256 KB).
+cdef enum:
+    MAX_CHUNKS = 64
+cdef Py_ssize_t SLAB_BYTES = 1 << 18
 INSTRUCTION_SETS = ("baseline", "avx2", "avx512")
 # The widest layer the narrow products serve (narrow_kernels.h).
 NARROW_WIDTH = NARROW_MAX
@@ -175,35 +185,74 @@ cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                             floating[::1] db_out, int n_threads,
                             const Rule* rule) noexcept nogil:
     """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db, X
-    given by group_columns; then, unless rule is NULL, its step on each block of columns"""
+    given by group_columns; then, unless rule is NULL, its step on each part of dW and db.
+
+    dW is cut into chunks of rows (whole column groups, each chunk with an equal share of the
+    quads) and, where delta is wide, slabs of columns whose part of delta fits SLAB_BYTES;
+    the threads take the parts as they finish, a slab at a time. Each element is computed
+    by one kernel call over its group, so the bits do not depend on the number of threads;
+    a thread's part of W and of the optimizer's state is one stretch of memory (per row of
+    a slab), which no other thread's part shares a cache line with."""
     cdef Py_ssize_t k = dW_out.shape[0]
     cdef Py_ssize_t m = dW_out.shape[1]
     cdef Py_ssize_t n_groups = starts.shape[0] // PATTERNS
-    cdef Py_ssize_t width = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t n_blocks, block, i, j0, j1
+    cdef Py_ssize_t block = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t bounds[MAX_CHUNKS + 1]
+    cdef Py_ssize_t n_chunks, chunk, item, n_items, g, g0, g1, r, r0, r1, j0, j1
+    cdef Py_ssize_t width, n_slabs, slab, total = 0, done = 0
     cdef bint parallel
-    if m == 0:
-        return
-    n_blocks = (m + width - 1) // width
-    parallel = (n_threads > 1 and n_blocks > 1
+    # Columns per slab: delta's slab of them fits SLAB_BYTES, a whole number of blocks.
+    width = SLAB_BYTES // (max(delta.shape[0], 1) * <Py_ssize_t>sizeof(floating))
+    width = max(block, width // block * block)
+    n_slabs = (m + width - 1) // width
+    n_chunks = min(MAX_CHUNKS, max(1, n_groups), 4 * n_threads)
+    for g in range(n_groups):
+        total += starts[g * PATTERNS + PATTERNS - 1] - starts[g * PATTERNS]
+    # Chunk c: the column groups before which c / n_chunks of the quads lie.
+    bounds[0] = 0
+    chunk = 1
+    for g in range(n_groups):
+        done += starts[g * PATTERNS + PATTERNS - 1] - starts[g * PATTERNS]
+        while chunk < n_chunks and done * n_chunks >= chunk * total:
+            bounds[chunk] = g + 1
+            chunk += 1
+    while chunk <= n_chunks:
+        bounds[chunk] = n_groups
+        chunk += 1
+    n_items = n_chunks * n_slabs
+    parallel = (n_threads > 1 and n_groups > 0
                 and starts[n_groups * PATTERNS - 1] * m >= PARALLEL_MIN_PRODUCTS)
-    for block in prange(n_blocks, num_threads=n_threads, schedule="static",
-                        use_threads_if=parallel):
-        j0 = block * width
+    for item in prange(n_items + 1, num_threads=n_threads, schedule="dynamic",
+                       use_threads_if=parallel):
+        if item == n_items:
+            bias_grad(delta, alpha, beta, db_out, 0, m)
+            if rule != NULL:
+                rule_step(rule, 1, &db_out[0], 0, m)
+            continue
+        slab = item // n_chunks
+        chunk = item % n_chunks
+        g0 = bounds[chunk]
+        g1 = bounds[chunk + 1]
+        r0 = GROUP * g0
+        r1 = min(GROUP * g1, k)
+        j0 = slab * width
         j1 = min(j0 + width, m)
+        if r1 <= r0:
+            continue
         if floating is float:
-            grouped_product_f(n_groups, &starts[0], first_index(index), first_quad(quads),
-                              &delta[0, 0], m, NULL, alpha, beta, False, &dW_out[0, 0], m, k,
-                              j0, j1)
+            grouped_product_f(g1 - g0, &starts[g0 * PATTERNS], first_index(index),
+                              first_quad(quads), &delta[0, 0], m, NULL, alpha, beta, False,
+                              &dW_out[r0, 0], m, k - r0, j0, j1)
         else:
-            grouped_product_d(n_groups, &starts[0], first_index(index), first_quad(quads),
-                              &delta[0, 0], m, NULL, alpha, beta, False, &dW_out[0, 0], m, k,
-                              j0, j1)
-        bias_grad(delta, alpha, beta, db_out, j0, j1)
+            grouped_product_d(g1 - g0, &starts[g0 * PATTERNS], first_index(index),
+                              first_quad(quads), &delta[0, 0], m, NULL, alpha, beta, False,
+                              &dW_out[r0, 0], m, k - r0, j0, j1)
         if rule != NULL:
-            for i in range(k):
-                rule_step(rule, 0, &dW_out[i, j0], i * m + j0, j1 - j0)
-            rule_step(rule, 1, &db_out[j0], j0, j1 - j0)
+            if n_slabs == 1:
+                rule_step(rule, 0, &dW_out[r0, 0], r0 * m, (r1 - r0) * m)
+            else:
+                for r in range(r0, r1):
+                    rule_step(rule, 0, &dW_out[r, j0], r * m + j0, j1 - j0)
 
 
 cdef inline bint narrow_in_parallel(Py_ssize_t n, Py_ssize_t m, Py_ssize_t k,
