@@ -15,11 +15,14 @@ so that the previous one's spinning thread pool is idle; times are the best of -
 epochs (default 3). Effective GFLOP/s divide the dense FLOP (4 n k m per batch) by each
 path's time, so the sparse path's figure is what dense GEMM would need to match it. The
 component table times each call within its path's step, over the first COMPONENT_BATCHES
-batches. --quick runs 20 batches once, to check the script. Nothing here fails on timing.
+batches; the width table times the sparse forward alone with W1 of 64 to 2048 columns, per
+quad and 64-byte line of W1's row it reads. --quick runs 20 batches once, to check the
+script. Nothing here fails on timing.
 """
 
 import argparse
 import time
+from functools import partial
 
 import numpy as np
 import workloads
@@ -30,6 +33,7 @@ THREADS = (1, 2)
 EPOCH_BATCHES = -(-workloads.N_TRAIN // workloads.BATCH_SIZE)  # 469: 468 of 128 and one of 96
 COMPONENT_BATCHES = 64
 QUICK_BATCHES = 20
+WIDTHS = (64, 128, 256, 512, 1024, 2048)  # W1's columns for the width table
 
 
 def parse_args(argv=None):
@@ -226,6 +230,43 @@ def component_table(layer, batches, repeats):
     )
 
 
+def forward_all(grouped, W, b, Z):
+    for starts, index, values in grouped:
+        _sparse.sparse_forward_checked(starts, index, values, W, b, True, Z, 1)
+
+
+def width_table(batches, repeats, widths=WIDTHS):
+    """The sparse forward alone, one thread, with W1 of each width: what a quad costs per
+    64-byte line of W1's row that it reads, as W1's footprint grows past L2."""
+    rng = np.random.default_rng(1)
+    k, n = workloads.N_FEATURES, workloads.BATCH_SIZE
+    grouped, quads = [], 0
+    for X in (X for X in batches if len(X) == n):
+        starts, index, values = _sparse.group_buffers(n, k, np.float32)
+        _sparse.group_rows_checked(X, starts, index, values, n_threads=1)
+        ends = starts.reshape(-1, 16)[:, 15] - k * np.arange(len(starts) // 16)
+        quads += int(ends.sum())
+        grouped.append((starts, index, values))
+    table = []
+    for m in widths:
+        W = aligned((k, m), np.float32)
+        W[:] = rng.uniform(-0.05, 0.05, (k, m))
+        b, Z = np.zeros(m, np.float32), np.empty((n, m), np.float32)
+        best = best_of(partial(forward_all, grouped, W, b, Z), repeats)
+        lines = quads * m * 4 / 64
+        table.append(
+            (
+                m,
+                f"{W.nbytes / 1024:.0f}",
+                f"{best / len(grouped) * 1e6:.0f}",
+                f"{best / lines * 1e9:.2f}",
+            )
+        )
+    return workloads.markdown_table(
+        ["W1 columns", "W1 KB", "µs per batch", "ns per quad and 64-byte line of W1"], table
+    )
+
+
 def main(argv=None):
     args = parse_args(argv)
     x, _ = workloads.mnist_train()
@@ -253,7 +294,13 @@ def main(argv=None):
     print(
         f"## Each call, µs per batch of {workloads.BATCH_SIZE} (first "
         f"{len(component_batches)} batches)\n\n"
-        f"{component_table(layer, component_batches, args.repeats)}"
+        f"{component_table(layer, component_batches, args.repeats)}\n"
+    )
+    widths = WIDTHS[:2] if args.quick else WIDTHS
+    print(
+        f"## The sparse forward alone by W1's width, one thread (first "
+        f"{len(component_batches)} batches; the µs include the wrapper's check of the lists)\n\n"
+        f"{width_table(component_batches, args.repeats, widths)}"
     )
 
 

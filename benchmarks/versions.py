@@ -13,9 +13,10 @@ a round. For example, against the previous release:
     git worktree add /tmp/before v0.1.0 && (cd /tmp/before && python setup.py build_ext --inplace)
     python benchmarks/versions.py /tmp/before installed [--rounds 5] [--threads N]
 
---layers and --optimizer time fit on another MLP instead (relu hidden layers, a softmax
-head, seeded Glorot-uniform weights as matrix.py's, learning rate 1e-3, batch 128), e.g.
-the matrix's deep model with Adam:
+--epoch-callback gives fit a user callback with an epoch hook only (as a logger or a
+checkpoint has), besides the step clock. --layers and --optimizer time fit on another MLP
+instead (relu hidden layers, a softmax head, seeded Glorot-uniform weights as matrix.py's,
+learning rate 1e-3, batch 128), e.g. the matrix's deep model with Adam:
 
     python benchmarks/versions.py /tmp/before installed --layers 784 256 128 10 --optimizer adam
 
@@ -41,6 +42,15 @@ x, y = workloads.mnist_train()
 layers, optimizer = {layers!r}, {optimizer!r}
 
 
+class EpochNotes(fastnaive.callbacks.Callback):
+    # a user's callback with an epoch hook only, as a logger or a checkpoint has
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs = logs
+
+
+user_callbacks = [EpochNotes()] if {epoch_callback!r} else []
+
+
 def model():
     if layers == {book!r}:
         return workloads.book_model()
@@ -56,7 +66,7 @@ def model():
 def fit_epoch(model, x, y, clock=None):
     fastnaive.fit(
         model, x, y, 1, workloads.BATCH_SIZE, optimizer=optimizer, verbose=0,
-        callbacks=[] if clock is None else [clock],
+        callbacks=user_callbacks + ([] if clock is None else [clock]),
     )
 
 
@@ -95,6 +105,11 @@ def parse_args(argv=None):
     )
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd")
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs a round, default 1")
+    parser.add_argument(
+        "--epoch-callback",
+        action="store_true",
+        help="fit also runs a user callback with only an epoch hook (a logger's, a checkpoint's)",
+    )
     args = parser.parse_args(argv)
     n_in, n_out = workloads.N_FEATURES, workloads.N_CLASSES
     if len(args.layers) < 2 or args.layers[0] != n_in or args.layers[-1] != n_out:
@@ -102,18 +117,16 @@ def parse_args(argv=None):
     return args
 
 
-def run(build, threads, layers, optimizer, epochs=1):
-    """One fresh process of `build`: its epochs' seconds and fit's step seconds, as the
-    worker's JSON."""
+def run(build, args):
+    """One fresh process of `build` with the settings `args` (parse_args'): its epochs'
+    seconds and fit's step seconds, as the worker's JSON."""
     env = dict(os.environ)
     if build != "installed":
         env["PYTHONPATH"] = str(Path(build).resolve() / "src")
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = str(threads)
+    if args.threads is not None:
+        env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = str(args.threads)
     benchmarks = str(Path(__file__).resolve().parent)
-    code = WORKER.format(
-        benchmarks=benchmarks, layers=layers, optimizer=optimizer, book=BOOK_LAYERS, epochs=epochs
-    )
+    code = WORKER.format(benchmarks=benchmarks, book=BOOK_LAYERS, **vars(args))
     output = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env, cwd="/"
     ).stdout
@@ -125,14 +138,13 @@ def main(argv=None):
     results = {build: [] for build in args.builds}
     for _ in range(args.rounds):
         for build in args.builds:
-            results[build].append(
-                run(build, args.threads, args.layers, args.optimizer, args.epochs)
-            )
+            results[build].append(run(build, args))
     threads = args.threads or "default"
     model = "-".join(map(str, args.layers))
     print(
         f"{workloads.cpu_description()}; threads: {threads}; {model}, {args.optimizer}; "
-        f"{args.rounds} rounds of {args.epochs} timed epoch(s), interleaved\n"
+        f"{args.rounds} rounds of {args.epochs} timed epoch(s), interleaved"
+        f"{'; fit with an epoch-only user callback' if args.epoch_callback else ''}\n"
     )
     rows = []
     for build, runs in results.items():
