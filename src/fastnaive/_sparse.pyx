@@ -201,6 +201,8 @@ cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
     cdef Py_ssize_t n_chunks, chunk, item, n_items, g, g0, g1, r, r0, r1, j0, j1
     cdef Py_ssize_t width, n_slabs, slab, total = 0, done = 0
     cdef bint parallel
+    if m == 0:
+        return
     # Columns per slab: delta's slab of them fits SLAB_BYTES, a whole number of blocks.
     width = SLAB_BYTES // (max(delta.shape[0], 1) * <Py_ssize_t>sizeof(floating))
     width = max(block, width // block * block)
