@@ -207,7 +207,9 @@ FASTNAIVE_GROUPED_DEFINE(double, d_baseline, , 16, 2)
  * a block has its own counters and cursors (the list of a pattern is four sublists, by
  * position mod 4), so that a run of one pattern is not a chain of increments of one counter
  * in memory; blocks of sixteen zeros, most of an MNIST image's border, are skipped. Either
- * way each sublist holds its quads in the order of their positions. ---- */
+ * way each sublist holds its quads in the order of their positions. On AVX-512, a float
+ * group of four lines is built by a pass of its own (fastnaive_group_slots_f, below): the
+ * same layout, sixteen positions at a time. ---- */
 
 /* The positions of a group whose nonzero quads the builder keeps on the stack (16 KiB of
  * float quads, 32 KiB of double ones, and their positions and patterns). */
@@ -308,6 +310,187 @@ FASTNAIVE_INLINE int fastnaive_fast_pass_d(int mode, int by_rows, const double *
     return 0;
 }
 
+/* Whether the float builder may take its AVX-512 pass (fastnaive_sparse_select_isa). */
+static int fastnaive_group_avx512 = 0;
+
+#if FASTNAIVE_X86_DISPATCH
+#include <immintrin.h>
+#define FASTNAIVE_AVX512_BUILD __attribute__((target("avx512f,avx2,fma,bmi2"), noinline))
+
+/* A group's nonzero quads as the AVX-512 pass finds them, sixteen positions at a time: their
+ * positions and keys (4 pattern + position mod 4: the sublist) in the order of the positions,
+ * and every quad of the group, zero or not, at a slot of its position (the 64-byte stores of
+ * whole vectors; the lists have a vector's slack). */
+typedef struct {
+    ptrdiff_t n;
+    int position[FASTNAIVE_KEEP_MAX + 16];
+    int key[FASTNAIVE_KEEP_MAX + 16];
+    float quad[FASTNAIVE_KEEP_MAX][FASTNAIVE_GROUP];
+} fastnaive_slots_f;
+
+/* The keys and positions of the nonzero quads among sixteen (pattern: a lane per position),
+ * appended to d. */
+FASTNAIVE_INLINE __attribute__((target("avx512f"))) void fastnaive_slots_append(
+    fastnaive_slots_f *d, __m512i pattern, ptrdiff_t j)
+{
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __mmask16 nonzero = _mm512_test_epi32_mask(pattern, pattern);
+    const __m512i key = _mm512_or_si512(_mm512_slli_epi32(pattern, 2),
+                                        _mm512_and_si512(iota, _mm512_set1_epi32(3)));
+    /* Compressed in registers and stored whole: a compressing store to memory is
+     * microcoded on AMD's cores. */
+    _mm512_storeu_si512(d->key + d->n, _mm512_maskz_compress_epi32(nonzero, key));
+    _mm512_storeu_si512(d->position + d->n,
+                        _mm512_maskz_compress_epi32(
+                            nonzero, _mm512_add_epi32(iota, _mm512_set1_epi32((int)j))));
+    d->n += __builtin_popcount(nonzero);
+}
+
+/* Four rows of k floats from first (k <= FASTNAIVE_KEEP_MAX): a 4 x 16 block per sixteen
+ * positions, transposed into quads by unpacking, position 16 b + 4 l + c at slot 16 b + 4 c
+ * + l. The next group's rows are prefetched, as the SSE2 pass does. */
+FASTNAIVE_AVX512_BUILD static void fastnaive_slot_rows_f(const float *first, ptrdiff_t k,
+                                                         fastnaive_slots_f *d)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    ptrdiff_t j;
+    int c;
+    d->n = 0;
+    for (j = 0; j < k; j += 16) {
+        const __mmask16 live = k - j >= 16 ? (__mmask16)0xFFFF
+                                           : (__mmask16)((1u << (k - j)) - 1);
+        __m512 r[4];
+        __mmask16 m[4];
+        for (c = 0; c < 4; c++) {
+            __builtin_prefetch(first + (c + FASTNAIVE_GROUP) * k + j);
+            r[c] = _mm512_maskz_loadu_ps(live, first + c * k + j);
+            /* Unordered not-equal: NaN counts as nonzero, zeros of either sign do not. */
+            m[c] = _mm512_cmp_ps_mask(r[c], zero, _CMP_NEQ_UQ);
+        }
+        if (!(m[0] | m[1] | m[2] | m[3]))
+            continue;
+        fastnaive_slots_append(
+            d,
+            _mm512_or_si512(
+                _mm512_or_si512(_mm512_maskz_set1_epi32(m[0], 1), _mm512_maskz_set1_epi32(m[1], 2)),
+                _mm512_or_si512(_mm512_maskz_set1_epi32(m[2], 4), _mm512_maskz_set1_epi32(m[3], 8))),
+            j);
+        {
+            const __m512d a = _mm512_castps_pd(_mm512_unpacklo_ps(r[0], r[1]));
+            const __m512d b = _mm512_castps_pd(_mm512_unpackhi_ps(r[0], r[1]));
+            const __m512d e = _mm512_castps_pd(_mm512_unpacklo_ps(r[2], r[3]));
+            const __m512d f = _mm512_castps_pd(_mm512_unpackhi_ps(r[2], r[3]));
+            float *slot = d->quad[j];
+            _mm512_storeu_ps(slot, _mm512_castpd_ps(_mm512_unpacklo_pd(a, e)));
+            _mm512_storeu_ps(slot + 16, _mm512_castpd_ps(_mm512_unpackhi_pd(a, e)));
+            _mm512_storeu_ps(slot + 32, _mm512_castpd_ps(_mm512_unpacklo_pd(b, f)));
+            _mm512_storeu_ps(slot + 48, _mm512_castpd_ps(_mm512_unpackhi_pd(b, f)));
+        }
+    }
+}
+
+/* Four columns from first of n rows k floats apart (n <= FASTNAIVE_KEEP_MAX): a quad per row,
+ * four to a vector, position j at slot j; the sixteen patterns' nibbles spread to bytes by
+ * pdep, then to lanes. */
+FASTNAIVE_AVX512_BUILD static void fastnaive_slot_columns_f(const float *first, ptrdiff_t k,
+                                                            ptrdiff_t n, fastnaive_slots_f *d)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    const unsigned long long nibbles = 0x0F0F0F0F0F0F0F0FULL;
+    ptrdiff_t j;
+    int i, r;
+    d->n = 0;
+    for (j = 0; j < n; j += 16) {
+        unsigned long long masks = 0;
+        for (i = 0; i < 4; i++) {
+            const float *row = first + (j + 4 * i) * k;
+            __m512 v;
+            if (n - j >= 4 * i + 4) {
+                v = _mm512_castps128_ps512(_mm_loadu_ps(row));
+                v = _mm512_insertf32x4(v, _mm_loadu_ps(row + k), 1);
+                v = _mm512_insertf32x4(v, _mm_loadu_ps(row + 2 * k), 2);
+                v = _mm512_insertf32x4(v, _mm_loadu_ps(row + 3 * k), 3);
+            } else {
+                float tail[4 * FASTNAIVE_GROUP] = {0};
+                for (r = 0; r < 4 && 4 * i + r < n - j; r++)
+                    memcpy(tail + FASTNAIVE_GROUP * r, row + r * k, sizeof(float) * FASTNAIVE_GROUP);
+                v = _mm512_loadu_ps(tail);
+            }
+            masks |= (unsigned long long)_mm512_cmp_ps_mask(v, zero, _CMP_NEQ_UQ) << (16 * i);
+            _mm512_storeu_ps(d->quad[j + 4 * i], v);
+        }
+        if (!masks)
+            continue;
+        fastnaive_slots_append(
+            d,
+            _mm512_cvtepu8_epi32(_mm_set_epi64x((long long)_pdep_u64(masks >> 32, nibbles),
+                                                (long long)_pdep_u64(masks & 0xFFFFFFFFULL, nibbles))),
+            j);
+    }
+}
+
+/* fastnaive_group_f for a group of four lines of at most FASTNAIVE_KEEP_MAX positions: the
+ * same layout, from the slots. */
+static ptrdiff_t fastnaive_group_slots_f(int by_rows, const float *X, ptrdiff_t n, ptrdiff_t k,
+                                         ptrdiff_t g, int *starts, int *index, float *quads)
+{
+    const ptrdiff_t n_positions = by_rows ? k : n;
+    const float *first = X + FASTNAIVE_GROUP * g * (by_rows ? k : 1);
+    fastnaive_slots_f d;
+    int counts[4 * FASTNAIVE_PATTERNS] = {0};
+    ptrdiff_t cursor = g * n_positions, nnz = 0, e;
+    int s, c;
+    if (by_rows)
+        fastnaive_slot_rows_f(first, k, &d);
+    else
+        fastnaive_slot_columns_f(first, k, n_positions, &d);
+    for (e = 0; e < d.n; e++)
+        counts[d.key[e]]++;
+    /* Counts to cursors: the sublists of pattern 1, then those of 2, ..., 15. */
+    starts += FASTNAIVE_PATTERNS * g;
+    starts[0] = (int)cursor;
+    for (s = 1; s < FASTNAIVE_PATTERNS; s++) {
+        for (c = 0; c < 4; c++) {
+            const int count = counts[4 * s + c];
+            counts[4 * s + c] = (int)cursor;
+            cursor += count;
+            nnz += (ptrdiff_t)count * fastnaive_popcount[s];
+        }
+        starts[s] = (int)cursor;
+    }
+    for (e = 0; e < d.n; e++) {
+        const int p = d.position[e];
+        const int q = counts[d.key[e]]++;
+        const int slot = by_rows ? ((p & ~15) | ((p & 3) << 2) | ((p >> 2) & 3)) : p;
+        index[q] = p;
+        memcpy(quads + FASTNAIVE_GROUP * (ptrdiff_t)q, d.quad[slot], sizeof d.quad[slot]);
+    }
+    return nnz;
+}
+#endif
+
+/* The AVX-512 builder's result for a float group of four lines that the builder keeps (-1:
+ * not taken, where it is not selected or compiled). */
+FASTNAIVE_INLINE ptrdiff_t fastnaive_fast_group_f(int by_rows, const float *X, ptrdiff_t n,
+                                                  ptrdiff_t k, ptrdiff_t g, int *starts,
+                                                  int *index, float *quads)
+{
+#if FASTNAIVE_X86_DISPATCH
+    if (fastnaive_group_avx512)
+        return fastnaive_group_slots_f(by_rows, X, n, k, g, starts, index, quads);
+#endif
+    (void)by_rows; (void)X; (void)n; (void)k; (void)g; (void)starts; (void)index; (void)quads;
+    return -1;
+}
+
+FASTNAIVE_INLINE ptrdiff_t fastnaive_fast_group_d(int by_rows, const double *X, ptrdiff_t n,
+                                                  ptrdiff_t k, ptrdiff_t g, int *starts,
+                                                  int *index, double *quads)
+{
+    (void)by_rows; (void)X; (void)n; (void)k; (void)g; (void)starts; (void)index; (void)quads;
+    return -1;
+}
+
 /* fastnaive_group_SUFFIX: the quads of group g of X into the layout above, by_rows for X @ B
  * (groups of four rows, index = column) or not for X.T @ B (groups of four columns, index =
  * row). Groups are independent: each writes only its own entries. Returns the number of
@@ -372,6 +555,12 @@ static ptrdiff_t fastnaive_group_##SUFFIX(int by_rows, const T *X, ptrdiff_t n, 
     int c, s;                                                                                  \
     const int keep = n_positions <= FASTNAIVE_KEEP_MAX;                                        \
     fastnaive_kept_##SUFFIX kept;                                                              \
+    if (lines == FASTNAIVE_GROUP && keep) {                                                    \
+        const ptrdiff_t done = fastnaive_fast_group_##SUFFIX(by_rows, X, n, k, g, starts, index, \
+                                                             quads);                           \
+        if (done >= 0)                                                                         \
+            return done;                                                                       \
+    }                                                                                          \
     kept.n = 0;                                                                                \
     fastnaive_group_pass_##SUFFIX(keep ? FASTNAIVE_KEEP : FASTNAIVE_COUNT, by_rows, first, k,  \
                                   lines, n_positions, counts, index, quads, &kept);            \
@@ -431,6 +620,7 @@ static int fastnaive_sparse_select_isa(int widest)
         level = __builtin_cpu_supports("avx512f") ? 2 : 1;
     if (level > widest)
         level = widest;
+    fastnaive_group_avx512 = level == 2;
     if (level == 2) {
         fastnaive_grouped_product_f = fastnaive_grouped_product_f_avx512;
         fastnaive_grouped_product_d = fastnaive_grouped_product_d_avx512;
