@@ -170,12 +170,15 @@ def test_products_match_the_dense_kernels(dtype, rng):
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 @pytest.mark.parametrize(
     "n, m",
-    [(128, 512), (160, 1100)],  # the update's columns in one slab; in 3 (float32) or 5 (float64)
-    ids=["book", "wide"],
+    # The update's columns in one slab; in 3 (float32) or 5 (float64); X @ W's blocks narrowed
+    # for the threads to 512 or 256 bytes, the last of them ending in a partial tile.
+    [(128, 512), (160, 1100), (128, 136)],
+    ids=["book", "wide", "narrow"],
 )
 def test_results_do_not_depend_on_the_threads(dtype, rng, n_threads, n, m):
-    """Threads own disjoint parts of the outputs (column blocks of X @ W, chunks of rows in
-    slabs of columns of the update), so every sum is made in the same order."""
+    """Threads own disjoint parts of the outputs (column blocks of X @ W, whole tiles wide,
+    chunks of rows in slabs of columns of the update), so every sum is made in the same
+    order."""
     X = sparse_matrix(rng, (n, 784), dtype, 0.19)
     W, b = normal(rng, (784, m), dtype), normal(rng, m, dtype)
     delta = normal(rng, (n, m), dtype)

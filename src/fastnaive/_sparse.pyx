@@ -10,7 +10,9 @@
 # multiplies by zero (see sparse_kernels.h). Both layouts go into caller-provided buffers
 # (group_buffers), so no kernel allocates. The inner loops are C, compiled for AVX-512, AVX2
 # and baseline x86-64 and chosen at import. In X @ W the columns of W are cut into blocks of
-# BLOCK_BYTES, whose slab of W (784 rows: 400 KB) stays in L2 while the whole batch passes.
+# FORWARD_BYTES, whose slab of W (784 rows: 800 KB) stays in L2 while the whole batch passes
+# (each block reads the batch's quads once), halved down to MIN_BLOCK_BYTES until every
+# thread has a block.
 # In X.T @ delta, W's update (and the optimizer's state) is cut into chunks of whole rows,
 # each a stretch of memory that no other thread's chunk shares a cache line with: taking
 # W's columns there, as X @ W does, made the threads' optimizer steps interleave every
@@ -68,8 +70,15 @@ cdef extern from "sparse_kernels.h" nogil:
         double alpha, double beta, double* dW, Py_ssize_t c0, Py_ssize_t c1)
     int max_threads "fastnaive_sparse_max_threads"()
 
-# Columns of W per block: 128 floats or 64 doubles, a whole number of tiles on every ISA.
+# Elements per block of the weight gradient's slabs of columns and of the narrow products'
+# parts: 128 floats or 64 doubles, a whole number of tiles on every ISA.
 cdef Py_ssize_t BLOCK_BYTES = 512
+# Columns of W per block of X @ W: 1 KB of each row, or down to 256 bytes (the widest tile,
+# AVX-512's four vectors) where the layer is too narrow for a block per thread. Blocks are
+# whole tiles, so every output element is the same tile's sum at any block width. A book
+# batch's X @ W on one Zen 5 core: 207-209 us in 1 KB blocks, 215-216 in 512-byte ones.
+cdef Py_ssize_t FORWARD_BYTES = 1024
+cdef Py_ssize_t MIN_BLOCK_BYTES = 256
 # Below this many multiply-adds, or quads to sort, a parallel region costs more than it saves.
 cdef Py_ssize_t PARALLEL_MIN_PRODUCTS = 1 << 18
 cdef Py_ssize_t PARALLEL_MIN_QUADS = 1 << 13
@@ -158,15 +167,18 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
     cdef Py_ssize_t n = Z_out.shape[0]
     cdef Py_ssize_t m = Z_out.shape[1]
     cdef Py_ssize_t n_groups = starts.shape[0] // PATTERNS
-    cdef Py_ssize_t width = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t width = FORWARD_BYTES // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t narrowest = MIN_BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t n_blocks, block, j0, j1
     cdef bint parallel
     if n == 0 or m == 0:
         return
-    n_blocks = (m + width - 1) // width
     # The quads before the last list's end bound the multiply-adds per column from above.
-    parallel = (n_threads > 1 and n_blocks > 1
-                and starts[n_groups * PATTERNS - 1] * m >= PARALLEL_MIN_PRODUCTS)
+    parallel = n_threads > 1 and starts[n_groups * PATTERNS - 1] * m >= PARALLEL_MIN_PRODUCTS
+    while parallel and width > narrowest and (m + width - 1) // width < n_threads:
+        width //= 2
+    n_blocks = (m + width - 1) // width
+    parallel = parallel and n_blocks > 1
     for block in prange(n_blocks, num_threads=n_threads, schedule="static",
                         use_threads_if=parallel):
         j0 = block * width
