@@ -116,16 +116,23 @@ cdef void gemm_block(bint trans_a, bint trans_b, floating alpha, const floating[
 
 
 cdef Py_ssize_t tile_grid(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                          Py_ssize_t* row_tiles, Py_ssize_t* col_tiles) noexcept nogil:
+                          Py_ssize_t* row_tiles, Py_ssize_t* col_tiles,
+                          bint rows_first=False) noexcept nogil:
     """Cut an (m, n) = (m, k) @ (k, n) product into row_tiles x col_tiles blocks of C; return
     their number. The cut depends on the shape and the machine alone, never on the number of
     threads, so that every element is computed by the same BLAS call, and comes out the same
     bits, at any thread count. A block does at least TILE_MIN_PRODUCTS multiply-adds;
-    columns are cut first, in blocks of at least TILE_MIN_WIDTH, then rows."""
+    columns are cut first, in blocks of at least TILE_MIN_WIDTH, then rows; or rows first,
+    so that each block of a row-major C is one stretch of memory where the rows suffice."""
     cdef Py_ssize_t tiles = 1, cols, rows
     cdef double products = <double>m * n * k
     while tiles < max_tiles and products >= 2.0 * tiles * TILE_MIN_PRODUCTS:
         tiles *= 2
+    if rows_first:
+        rows = min(tiles, max(1, m // TILE_MIN_WIDTH))
+        cols = min(tiles // rows, max(1, n // TILE_MIN_WIDTH))
+        row_tiles[0], col_tiles[0] = rows, cols
+        return rows * cols
     cols = min(tiles, max(1, n // TILE_MIN_WIDTH))
     rows = min(tiles // cols, max(1, m // TILE_MIN_WIDTH))
     row_tiles[0], col_tiles[0] = rows, cols

@@ -125,7 +125,10 @@ cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delt
     cdef Py_ssize_t rows, cols, tile, i, i0, i1, j0, j1
     cdef Block block
     cdef Py_ssize_t m = dW_out.shape[0], n = dW_out.shape[1]
-    cdef Py_ssize_t tiles = tile_grid(m, n, X.shape[0], &rows, &cols)
+    # Blocks of whole rows where they suffice: a thread's part of W and of the optimizer's
+    # state is then one stretch of memory, not runs of columns along every row. (The same
+    # cut with a rule or without: the BLAS's bits depend on the block's shape.)
+    cdef Py_ssize_t tiles = tile_grid(m, n, X.shape[0], &rows, &cols, True)
     for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1,
                        use_threads_if=n_threads > 1 and tiles > 1):
         # Assigned in the loop, so private to each thread (prange).
