@@ -103,14 +103,17 @@ def written(starts, index, quads):
 def test_group_layouts_are_the_same_on_every_instruction_set(mnist, shape, rng):
     # MNIST's pixels (float32: AVX-512 builds the groups of four lines by its own pass),
     # sixteen-position blocks cut short, a NaN and negative zeros.
-    X = np.array(mnist[0][0][rng.choice(60000, shape[0])][:, : shape[1]])
+    images = mnist[0][0]
+    X = np.array(images[rng.choice(len(images), shape[0])][:, : shape[1]])
     X[rng.random(X.shape) < 0.05] = -0.0
     X[shape[0] // 2, shape[1] // 3] = np.nan
     layouts = {}
-    for isa in _sparse.INSTRUCTION_SETS:
-        _sparse.select_instruction_set(isa)
-        layouts[isa] = [written(*by_rows(X)), written(*by_columns(X))]
-    _sparse.select_instruction_set()
+    try:
+        for isa in _sparse.INSTRUCTION_SETS:
+            _sparse.select_instruction_set(isa)
+            layouts[isa] = [written(*by_rows(X)), written(*by_columns(X))]
+    finally:
+        _sparse.select_instruction_set()
     for isa, layout in layouts.items():
         for got, expected in zip(layout, layouts["baseline"]):
             for a, b in zip(got, expected):

@@ -310,6 +310,29 @@ FASTNAIVE_INLINE int fastnaive_fast_pass_d(int mode, int by_rows, const double *
     return 0;
 }
 
+/* A group's counts of quads per sublist (counts[position mod 4][pattern]) to the sublists'
+ * cursors, from `cursor`, the group's first entry: the sublists of pattern 1, then those of
+ * 2, ..., 15, then 0; the group's 16 starts set. Returns the nonzeros the quads counted hold. */
+static ptrdiff_t fastnaive_cursors(int counts[4][FASTNAIVE_PATTERNS], ptrdiff_t cursor,
+                                   int *starts)
+{
+    ptrdiff_t nnz = 0;
+    int c, s;
+    starts[0] = (int)cursor;
+    for (s = 1; s <= FASTNAIVE_PATTERNS; s++) {
+        const int pattern = s % FASTNAIVE_PATTERNS;
+        for (c = 0; c < 4; c++) {
+            const int count = counts[c][pattern];
+            counts[c][pattern] = (int)cursor;
+            cursor += count;
+            nnz += (ptrdiff_t)count * fastnaive_popcount[pattern];
+        }
+        if (s < FASTNAIVE_PATTERNS)
+            starts[s] = (int)cursor;
+    }
+    return nnz;
+}
+
 /* Whether the float builder may take its AVX-512 pass (fastnaive_sparse_select_isa). */
 static int fastnaive_group_avx512 = 0;
 
@@ -318,7 +341,8 @@ static int fastnaive_group_avx512 = 0;
 #define FASTNAIVE_AVX512_BUILD __attribute__((target("avx512f,avx2,fma,bmi2"), noinline))
 
 /* A group's nonzero quads as the AVX-512 pass finds them, sixteen positions at a time: their
- * positions and keys (4 pattern + position mod 4: the sublist) in the order of the positions,
+ * positions and keys (16 (position mod 4) + pattern: the sublist, an index of counts[4][16])
+ * in the order of the positions,
  * and every quad of the group, zero or not, at a slot of its position (the 64-byte stores of
  * whole vectors; the lists have a vector's slack). */
 typedef struct {
@@ -335,8 +359,8 @@ FASTNAIVE_INLINE __attribute__((target("avx512f"))) void fastnaive_slots_append(
 {
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __mmask16 nonzero = _mm512_test_epi32_mask(pattern, pattern);
-    const __m512i key = _mm512_or_si512(_mm512_slli_epi32(pattern, 2),
-                                        _mm512_and_si512(iota, _mm512_set1_epi32(3)));
+    const __m512i key = _mm512_or_si512(
+        pattern, _mm512_slli_epi32(_mm512_and_si512(iota, _mm512_set1_epi32(3)), 4));
     /* Compressed in registers and stored whole: a compressing store to memory is
      * microcoded on AMD's cores. */
     _mm512_storeu_si512(d->key + d->n, _mm512_maskz_compress_epi32(nonzero, key));
@@ -437,30 +461,18 @@ static ptrdiff_t fastnaive_group_slots_f(int by_rows, const float *X, ptrdiff_t 
     const ptrdiff_t n_positions = by_rows ? k : n;
     const float *first = X + FASTNAIVE_GROUP * g * (by_rows ? k : 1);
     fastnaive_slots_f d;
-    int counts[4 * FASTNAIVE_PATTERNS] = {0};
-    ptrdiff_t cursor = g * n_positions, nnz = 0, e;
-    int s, c;
+    int counts[4][FASTNAIVE_PATTERNS] = {{0}};
+    ptrdiff_t nnz, e;
     if (by_rows)
         fastnaive_slot_rows_f(first, k, &d);
     else
         fastnaive_slot_columns_f(first, k, n_positions, &d);
     for (e = 0; e < d.n; e++)
-        counts[d.key[e]]++;
-    /* Counts to cursors: the sublists of pattern 1, then those of 2, ..., 15. */
-    starts += FASTNAIVE_PATTERNS * g;
-    starts[0] = (int)cursor;
-    for (s = 1; s < FASTNAIVE_PATTERNS; s++) {
-        for (c = 0; c < 4; c++) {
-            const int count = counts[4 * s + c];
-            counts[4 * s + c] = (int)cursor;
-            cursor += count;
-            nnz += (ptrdiff_t)count * fastnaive_popcount[s];
-        }
-        starts[s] = (int)cursor;
-    }
+        counts[d.key[e] >> 4][d.key[e] & 15]++;
+    nnz = fastnaive_cursors(counts, g * n_positions, starts + FASTNAIVE_PATTERNS * g);
     for (e = 0; e < d.n; e++) {
         const int p = d.position[e];
-        const int q = counts[d.key[e]]++;
+        const int q = counts[d.key[e] >> 4][d.key[e] & 15]++;
         const int slot = by_rows ? ((p & ~15) | ((p & 3) << 2) | ((p >> 2) & 3)) : p;
         index[q] = p;
         memcpy(quads + FASTNAIVE_GROUP * (ptrdiff_t)q, d.quad[slot], sizeof d.quad[slot]);
@@ -551,8 +563,7 @@ static ptrdiff_t fastnaive_group_##SUFFIX(int by_rows, const T *X, ptrdiff_t n, 
                       ? (int)(n_lines - FASTNAIVE_GROUP * g) : FASTNAIVE_GROUP;                \
     const T *first = X + FASTNAIVE_GROUP * g * (by_rows ? k : 1);                              \
     int counts[4][FASTNAIVE_PATTERNS] = {{0}};                                                 \
-    ptrdiff_t cursor = g * n_positions, nnz = 0, e;                                            \
-    int c, s;                                                                                  \
+    ptrdiff_t nnz, e;                                                                          \
     const int keep = n_positions <= FASTNAIVE_KEEP_MAX;                                        \
     fastnaive_kept_##SUFFIX kept;                                                              \
     if (lines == FASTNAIVE_GROUP && keep) {                                                    \
@@ -564,20 +575,7 @@ static ptrdiff_t fastnaive_group_##SUFFIX(int by_rows, const T *X, ptrdiff_t n, 
     kept.n = 0;                                                                                \
     fastnaive_group_pass_##SUFFIX(keep ? FASTNAIVE_KEEP : FASTNAIVE_COUNT, by_rows, first, k,  \
                                   lines, n_positions, counts, index, quads, &kept);            \
-    /* Counts to cursors: the sublists of pattern 1, then those of 2, ..., 15, then 0. */      \
-    starts += FASTNAIVE_PATTERNS * g;                                                          \
-    starts[0] = (int)cursor;                                                                   \
-    for (s = 1; s <= FASTNAIVE_PATTERNS; s++) {                                                \
-        const int pattern = s % FASTNAIVE_PATTERNS;                                            \
-        for (c = 0; c < 4; c++) {                                                              \
-            const int count = counts[c][pattern];                                              \
-            counts[c][pattern] = (int)cursor;                                                  \
-            cursor += count;                                                                   \
-            nnz += (ptrdiff_t)count * fastnaive_popcount[pattern];                             \
-        }                                                                                      \
-        if (s < FASTNAIVE_PATTERNS)                                                            \
-            starts[s] = (int)cursor;                                                           \
-    }                                                                                          \
+    nnz = fastnaive_cursors(counts, g * n_positions, starts + FASTNAIVE_PATTERNS * g);         \
     if (!keep) {                                                                               \
         fastnaive_group_pass_##SUFFIX(FASTNAIVE_WRITE, by_rows, first, k, lines, n_positions,  \
                                       counts, index, quads, &kept);                            \
