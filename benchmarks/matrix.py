@@ -35,7 +35,12 @@ gradient, and the input gradient for every layer but the first. The GEMM rate is
 NumPy's matmul and SciPy's BLAS (the one fastnaive calls) on GEMM_SIZE^3 matrices, measured
 in the same process at the same thread count (sgemm; dgemm for float64); the floor is the
 epoch's GEMM FLOP at that rate. "CPU / wall" is the process's CPU time over the epoch's
-wall time: the cores a peer really kept busy.
+wall time: the cores a peer really kept busy. With two CPUs or more, "core round trip" is the
+time a cache line took to go from the worker's first CPU to its second and back, measured
+just before each timed round (workloads.core_round_trip): on a virtual machine the host
+may place the two virtual CPUs near each other (about 75 ns on Zen 5) or far apart (about
+320 ns) and move them between rounds, and a two-thread epoch that hands data between its
+threads at every step runs at the speed of that placement.
 
 --isa avx2 holds every library to AVX2 on a CPU with AVX-512, for a stand-in of an AVX2-only
 machine (the same vector widths, not the same cores): fastnaive's sparse kernels through
@@ -388,7 +393,7 @@ def run_workload(workload, peer_classes, images, args):
     }
     built = {}
     for cls in peer_classes:
-        entry = record["peers"][cls.name] = {"seconds": [], "cpu_seconds": []}
+        entry = record["peers"][cls.name] = {"seconds": [], "cpu_seconds": [], "round_trips": []}
         try:
             built[cls.name] = peer = cls(workload, initial, x, y)
             peer.epoch(warm_up_batches(len(bounds)))
@@ -413,6 +418,7 @@ def run_workload(workload, peer_classes, images, args):
             gc.collect()
             if not args.quick:
                 workloads.settle()
+            round_trip = workloads.core_round_trip()
             try:
                 seconds, cpu = timed_epoch(peer)
             except Exception:
@@ -421,7 +427,11 @@ def run_workload(workload, peer_classes, images, args):
                 continue
             entry["seconds"].append(seconds)
             entry["cpu_seconds"].append(cpu)
-            log(f"  {workload.name} round {round_ + 1}: {name} {seconds:.3f} s")
+            trip = ""
+            if round_trip is not None:
+                entry["round_trips"].append(round_trip)
+                trip = f" (core round trip {round_trip:.0f} ns)"
+            log(f"  {workload.name} round {round_ + 1}: {name} {seconds:.3f} s{trip}")
     for name, peer in built.items():
         entry = record["peers"][name]
         if "error" not in entry:
@@ -622,7 +632,7 @@ def workload_table(workload, record, rates, quick):
     rows, failures, fastest = [], [], None
     for name, entry in entries.items():
         if "error" in entry:
-            rows.append((name, "failed: " + entry["error"], "", "", "", "", "", "", ""))
+            rows.append((name, "failed: " + entry["error"], "", "", "", "", "", "", "", ""))
             failures.append(f"{workload.name}: {name} failed: {entry['error']}")
             continue
         cells = []
@@ -638,6 +648,7 @@ def workload_table(workload, record, rates, quick):
         cpu = statistics.median(c / s for c, s in zip(entry["cpu_seconds"], entry["seconds"]))
         if name != REFERENCE and (fastest is None or seconds < fastest[1]):
             fastest = (name, seconds)
+        trips = entry.get("round_trips")
         rows.append(
             (
                 name,
@@ -647,6 +658,7 @@ def workload_table(workload, record, rates, quick):
                 f"{record['gemm_flop'] / seconds / 1e9:.1f}",
                 f"{record['gemm_flop'] / seconds / rate:.2f}",
                 f"{cpu:.2f}",
+                f"{min(trips):.0f}-{max(trips):.0f}" if trips else "",
                 *cells,
             )
         )
@@ -671,6 +683,7 @@ def workload_table(workload, record, rates, quick):
                 "GFLOP/s",
                 "of GEMM rate",
                 "CPU / wall",
+                "core round trip, ns",
                 "loss after the warm-up (vs fastnaive)",
                 "loss after the epoch (vs fastnaive)",
             ],

@@ -8,7 +8,12 @@ table gives the median and best over the rounds. "Fastest steps" is, for fit, th
 the epoch's batches of each batch's fastest step over every round and timed epoch (the
 time between one batch's end and the next's, from a callback): what a step costs when no
 neighbour interferes, the steadiest figure on a shared machine; `--epochs N` times N epochs
-a round. For example, against the previous release:
+a round. Before each timed fit epoch a cache line's round trip between the process's first
+two CPUs is measured (workloads.core_round_trip): the last columns split fit's epochs into
+those whose round trip was below --near-ns (CPUs near each other) and the rest (far apart:
+on a virtual machine the host moves its virtual CPUs, and a two-thread step that hands data
+between its threads slows down with the distance). For example,
+against the previous release:
 
     git worktree add /tmp/before v0.1.0 && (cd /tmp/before && python setup.py build_ext --inplace)
     python benchmarks/versions.py /tmp/before installed [--rounds 5] [--threads N]
@@ -33,6 +38,9 @@ from pathlib import Path
 
 import workloads
 
+# A round trip below this many nanoseconds counts as two CPUs near each other: Zen 5 virtual
+# CPUs measured 75 ns on one chiplet and 320-620 ns on two (BENCHMARKS.md).
+NEAR_NS = 150
 BOOK_LAYERS = [workloads.N_FEATURES, workloads.HIDDEN, workloads.N_CLASSES]
 WORKER = """
 import json, sys, time
@@ -73,20 +81,22 @@ def fit_epoch(model, x, y, clock=None):
 epochs = [("fit", fit_epoch)]
 if layers == {book!r} and optimizer == "sgd":
     epochs.append(("book loop", workloads.one_training_step_epoch))
-timings, steps = {{}}, []
+timings, steps, trips = {{}}, [], []
 for name, epoch in epochs:
     trained = model()
     epoch(trained, x, y)
     seconds = []
     for _ in range({epochs}):
         clock = workloads.StepClock() if name == "fit" else None
+        if clock:
+            trips.append(workloads.core_round_trip())
         start = time.perf_counter()
         epoch(trained, x, y, clock) if clock else epoch(trained, x, y)
         seconds.append(time.perf_counter() - start)
         if clock:
             steps.append(clock.steps)
     timings[name] = seconds
-print(json.dumps({{"file": fastnaive.__file__, "steps": steps, **timings}}))
+print(json.dumps({{"file": fastnaive.__file__, "steps": steps, "trips": trips, **timings}}))
 """
 
 
@@ -105,6 +115,12 @@ def parse_args(argv=None):
     )
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd")
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs a round, default 1")
+    parser.add_argument(
+        "--near-ns",
+        type=float,
+        default=NEAR_NS,
+        help=f"round trips below this are CPUs near each other (default {NEAR_NS:g})",
+    )
     parser.add_argument(
         "--epoch-callback",
         action="store_true",
@@ -146,12 +162,22 @@ def main(argv=None):
         f"{args.rounds} rounds of {args.epochs} timed epoch(s), interleaved"
         f"{'; fit with an epoch-only user callback' if args.epoch_callback else ''}\n"
     )
+    trips = [t for runs in results.values() for r in runs for t in r["trips"] if t]
+    near = args.near_ns
     rows = []
     for build, runs in results.items():
         for name in [name for name in ("fit", "book loop") if name in runs[0]]:
             seconds = [s for r in runs for s in r[name]]
             steps = [epoch for r in runs for epoch in r["steps"]] if name == "fit" else []
             fastest = f"{workloads.fastest_steps(steps):.3f}" if steps else ""
+            placed = ["", ""]
+            if name == "fit" and trips:
+                fit = [(s, t) for r in runs for s, t in zip(r["fit"], r["trips"]) if t]
+                for i, group in enumerate(
+                    [[s for s, t in fit if t < near], [s for s, t in fit if t >= near]]
+                ):
+                    if group:
+                        placed[i] = f"{statistics.median(group):.3f} ({len(group)})"
             rows.append(
                 (
                     build,
@@ -160,10 +186,25 @@ def main(argv=None):
                     f"{statistics.median(seconds):.3f}",
                     f"{min(seconds):.3f}",
                     fastest,
+                    *placed,
                 )
             )
-    header = ("build", "imported from", "epoch of", "median s", "best s", "fastest steps s")
+    header = (
+        "build",
+        "imported from",
+        "epoch of",
+        "median s",
+        "best s",
+        "fastest steps s",
+        "fit median s, CPUs near (epochs)",
+        "far",
+    )
     print(workloads.markdown_table(header, rows))
+    if trips:
+        print(
+            f"\nCore round trip before each fit epoch (workloads.core_round_trip): "
+            f"{min(trips):.0f}-{max(trips):.0f} ns; near: below {near:g} ns"
+        )
 
 
 if __name__ == "__main__":

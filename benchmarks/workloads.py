@@ -5,7 +5,14 @@ The pytest benchmarks, compare.py, scaling.py and allocations.py import it from 
 folder; the TensorFlow side is in book_tf.py.
 """
 
+import ctypes
+import os
+import shutil
+import subprocess
+import sysconfig
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -25,6 +32,8 @@ LEARNING_RATE = 1e-3
 # while after each call; on two cores two spinning pools slow each other down. A pause this
 # long lets the previous phase's pool go idle before the next phase is timed.
 SETTLE_SECONDS = 0.5
+# Round trips per core_round_trip measurement: about 2 ms near, 8 ms far (Zen 5, a VM).
+ROUND_TRIPS = 20000
 
 
 def mnist_train(n_samples=N_TRAIN):
@@ -106,6 +115,44 @@ def fastest_steps(epochs):
 def settle():
     """Wait for the BLAS thread pools of the previous phase to go idle."""
     time.sleep(SETTLE_SECONDS)
+
+
+_round_trip = []  # [the compiled round_trip.c's function, or None], once per process
+
+
+def core_round_trip(trips=ROUND_TRIPS):
+    """Mean nanoseconds for a cache line to go from this process's first CPU to its second
+    and back (round_trip.c); None with fewer than two CPUs or without a C compiler.
+
+    On a shared machine the figure changes as the host moves the virtual CPUs: steps that
+    hand data between threads are as slow as it is high (BENCHMARKS.md).
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    if not _round_trip:
+        _round_trip.append(_compile_round_trip())
+    function = _round_trip[0]
+    if function is None:
+        return None
+    nanoseconds = function(cpus[0], cpus[1], trips)
+    return nanoseconds if nanoseconds > 0 else None
+
+
+def _compile_round_trip():
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return None
+    folder = tempfile.mkdtemp(prefix="round_trip")
+    library = os.path.join(folder, "round_trip.so")
+    source = Path(__file__).with_name("round_trip.c")
+    command = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", library, str(source)]
+    if subprocess.run(command, capture_output=True).returncode != 0:
+        return None
+    function = ctypes.CDLL(library).fastnaive_bench_round_trip
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    function.restype = ctypes.c_double
+    return function
 
 
 def blas_threads(n_threads):
