@@ -38,8 +38,8 @@ epoch's GEMM FLOP at that rate. "CPU / wall" is the process's CPU time over the 
 wall time: the cores a peer really kept busy. With two CPUs or more, "core round trip" is the
 time a cache line took to go from the worker's first CPU to its second and back, measured
 just before each timed round (workloads.core_round_trip): on a virtual machine the host
-may place the two virtual CPUs near each other (about 75 ns on Zen 5) or far apart (about
-320 ns) and move them between rounds, and a two-thread epoch that hands data between its
+may place the two virtual CPUs near each other (about 75 ns on Zen 5) or far apart (300-660
+ns) and move them between rounds, and a two-thread epoch that hands data between its
 threads at every step runs at the speed of that placement.
 
 --isa avx2 holds every library to AVX2 on a CPU with AVX-512, for a stand-in of an AVX2-only

@@ -2,7 +2,7 @@
  * (workloads.core_round_trip compiles and loads this file).
  *
  * On a virtual machine the host may place two virtual CPUs on cores of one chiplet (a round
- * trip of ~100 ns on Zen 5) or of two (~370 ns), and move them while a benchmark runs: a
+ * trip of about 75 ns on Zen 5) or of two (300-660 ns), and move them while a benchmark runs: a
  * step that hands data from one thread to the other pays that price for every cache line,
  * so the figure tells which placement a timed round ran on.
  */

@@ -12,8 +12,8 @@ a round. Before each timed fit epoch a cache line's round trip between the proce
 two CPUs is measured (workloads.core_round_trip): the last columns split fit's epochs into
 those whose round trip was below --near-ns (CPUs near each other) and the rest (far apart:
 on a virtual machine the host moves its virtual CPUs, and a two-thread step that hands data
-between its threads slows down with the distance). For example,
-against the previous release:
+between its threads slows down with the distance). For example, against the previous
+release:
 
     git worktree add /tmp/before v0.1.0 && (cd /tmp/before && python setup.py build_ext --inplace)
     python benchmarks/versions.py /tmp/before installed [--rounds 5] [--threads N]
@@ -39,7 +39,7 @@ from pathlib import Path
 import workloads
 
 # A round trip below this many nanoseconds counts as two CPUs near each other: Zen 5 virtual
-# CPUs measured 75 ns on one chiplet and 320-620 ns on two (BENCHMARKS.md).
+# CPUs measured about 75 ns on one chiplet and 300-660 ns on two (BENCHMARKS.md).
 NEAR_NS = 150
 BOOK_LAYERS = [workloads.N_FEATURES, workloads.HIDDEN, workloads.N_CLASSES]
 WORKER = """

@@ -143,13 +143,14 @@ def _compile_round_trip():
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         return None
-    folder = tempfile.mkdtemp(prefix="round_trip")
-    library = os.path.join(folder, "round_trip.so")
     source = Path(__file__).with_name("round_trip.c")
-    command = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", library, str(source)]
-    if subprocess.run(command, capture_output=True).returncode != 0:
-        return None
-    function = ctypes.CDLL(library).fastnaive_bench_round_trip
+    with tempfile.TemporaryDirectory(prefix="round_trip") as folder:
+        library = os.path.join(folder, "round_trip.so")
+        command = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", library, str(source)]
+        if subprocess.run(command, capture_output=True).returncode != 0:
+            return None
+        # Loaded (mapped) before its file goes with the folder.
+        function = ctypes.CDLL(library).fastnaive_bench_round_trip
     function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long]
     function.restype = ctypes.c_double
     return function
