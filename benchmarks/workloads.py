@@ -117,43 +117,51 @@ def settle():
     time.sleep(SETTLE_SECONDS)
 
 
-_round_trip = []  # [the compiled round_trip.c's function, or None], once per process
+_placement = []  # [placement.c compiled and loaded, or None], once per process
+
+
+def placement_library():
+    """benchmarks/placement.c compiled with the C compiler Python was built with and loaded
+    (ctypes), or None without a compiler."""
+    if not _placement:
+        _placement.append(_compile_placement())
+    return _placement[0]
 
 
 def core_round_trip(trips=ROUND_TRIPS):
     """Mean nanoseconds for a cache line to go from this process's first CPU to its second
-    and back (round_trip.c); None with fewer than two CPUs or without a C compiler.
+    and back (placement.c); None with fewer than two CPUs or without a C compiler.
 
     On a shared machine the figure changes as the host moves the virtual CPUs: steps that
     hand data between threads are as slow as it is high (BENCHMARKS.md).
     """
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
+    library = placement_library()
+    if len(cpus) < 2 or library is None:
         return None
-    if not _round_trip:
-        _round_trip.append(_compile_round_trip())
-    function = _round_trip[0]
-    if function is None:
-        return None
-    nanoseconds = function(cpus[0], cpus[1], trips)
+    nanoseconds = library.fastnaive_bench_round_trip(cpus[0], cpus[1], trips)
     return nanoseconds if nanoseconds > 0 else None
 
 
-def _compile_round_trip():
+def _compile_placement():
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         return None
-    source = Path(__file__).with_name("round_trip.c")
-    with tempfile.TemporaryDirectory(prefix="round_trip") as folder:
-        library = os.path.join(folder, "round_trip.so")
-        command = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", library, str(source)]
+    source = Path(__file__).with_name("placement.c")
+    with tempfile.TemporaryDirectory(prefix="placement") as folder:
+        path = os.path.join(folder, "placement.so")
+        command = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", path, str(source)]
         if subprocess.run(command, capture_output=True).returncode != 0:
             return None
         # Loaded (mapped) before its file goes with the folder.
-        function = ctypes.CDLL(library).fastnaive_bench_round_trip
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    function.restype = ctypes.c_double
-    return function
+        library = ctypes.CDLL(path)
+    library.fastnaive_bench_round_trip.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    library.fastnaive_bench_round_trip.restype = ctypes.c_double
+    sweeps = library.fastnaive_bench_sweeps
+    sweeps.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_char]
+    sweeps.argtypes += [ctypes.c_char, ctypes.c_long]
+    sweeps.restype = ctypes.c_double
+    return library
 
 
 def blas_threads(n_threads):
