@@ -21,14 +21,15 @@ import workloads
 
 SPLITS = ("RR", "CR", "AR", "RC", "CC")
 ROWS, COLS = 784, 512
-NEAR_NS = 150
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=12, help="default 12")
     parser.add_argument("--iterations", type=int, default=2000, help="a split's, default 2000")
-    parser.add_argument("--near-ns", type=float, default=NEAR_NS, help="default 150")
+    parser.add_argument(
+        "--near-ns", type=float, default=workloads.NEAR_NS, help=f"default {workloads.NEAR_NS:g}"
+    )
     parser.add_argument("--quick", action="store_true", help="one round of 20 iterations")
     args = parser.parse_args(argv)
     if args.quick:
@@ -47,6 +48,8 @@ def main(argv=None):
     trips = []
     for _ in range(args.rounds):
         trip = workloads.core_round_trip()
+        if trip is None:
+            sys.exit(f"placement.py: CPUs {cpus[0]} and {cpus[1]} could not be used")
         trips.append(trip)
         kind = "near" if trip < args.near_ns else "far"
         for split in SPLITS:

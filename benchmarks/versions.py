@@ -38,9 +38,6 @@ from pathlib import Path
 
 import workloads
 
-# A round trip below this many nanoseconds counts as two CPUs near each other: Zen 5 virtual
-# CPUs measured about 75 ns on one chiplet and 300-660 ns on two (BENCHMARKS.md).
-NEAR_NS = 150
 BOOK_LAYERS = [workloads.N_FEATURES, workloads.HIDDEN, workloads.N_CLASSES]
 WORKER = """
 import json, sys, time
@@ -118,8 +115,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--near-ns",
         type=float,
-        default=NEAR_NS,
-        help=f"round trips below this are CPUs near each other (default {NEAR_NS:g})",
+        default=workloads.NEAR_NS,
+        help=f"round trips below this are CPUs near each other (default {workloads.NEAR_NS:g})",
     )
     parser.add_argument(
         "--epoch-callback",
@@ -163,7 +160,6 @@ def main(argv=None):
         f"{'; fit with an epoch-only user callback' if args.epoch_callback else ''}\n"
     )
     trips = [t for runs in results.values() for r in runs for t in r["trips"] if t]
-    near = args.near_ns
     rows = []
     for build, runs in results.items():
         for name in [name for name in ("fit", "book loop") if name in runs[0]]:
@@ -173,11 +169,11 @@ def main(argv=None):
             placed = ["", ""]
             if name == "fit" and trips:
                 fit = [(s, t) for r in runs for s, t in zip(r["fit"], r["trips"]) if t]
-                for i, group in enumerate(
-                    [[s for s, t in fit if t < near], [s for s, t in fit if t >= near]]
-                ):
-                    if group:
-                        placed[i] = f"{statistics.median(group):.3f} ({len(group)})"
+                near = [s for s, t in fit if t < args.near_ns]
+                far = [s for s, t in fit if t >= args.near_ns]
+                placed = [
+                    f"{statistics.median(g):.3f} ({len(g)})" if g else "" for g in [near, far]
+                ]
             rows.append(
                 (
                     build,
@@ -203,7 +199,7 @@ def main(argv=None):
     if trips:
         print(
             f"\nCore round trip before each fit epoch (workloads.core_round_trip): "
-            f"{min(trips):.0f}-{max(trips):.0f} ns; near: below {near:g} ns"
+            f"{min(trips):.0f}-{max(trips):.0f} ns; near: below {args.near_ns:g} ns"
         )
 
 

@@ -6,6 +6,7 @@ folder; the TensorFlow side is in book_tf.py.
 """
 
 import ctypes
+import functools
 import os
 import shutil
 import subprocess
@@ -34,6 +35,9 @@ LEARNING_RATE = 1e-3
 SETTLE_SECONDS = 0.5
 # Round trips per core_round_trip measurement: about 2 ms near, 8 ms far (Zen 5, a VM).
 ROUND_TRIPS = 20000
+# A round trip below this many nanoseconds counts as two CPUs near each other: Zen 5 virtual
+# CPUs measured about 75 ns on one chiplet and 300-660 ns on two (BENCHMARKS.md).
+NEAR_NS = 150
 
 
 def mnist_train(n_samples=N_TRAIN):
@@ -117,15 +121,29 @@ def settle():
     time.sleep(SETTLE_SECONDS)
 
 
-_placement = []  # [placement.c compiled and loaded, or None], once per process
-
-
+@functools.cache
 def placement_library():
     """benchmarks/placement.c compiled with the C compiler Python was built with and loaded
-    (ctypes), or None without a compiler."""
-    if not _placement:
-        _placement.append(_compile_placement())
-    return _placement[0]
+    (ctypes), once per process; None without a compiler."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return None
+    source = Path(__file__).with_name("placement.c")
+    with tempfile.TemporaryDirectory(prefix="placement") as folder:
+        path = os.path.join(folder, "placement.so")
+        command = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", path, str(source)]
+        if subprocess.run(command, capture_output=True).returncode != 0:
+            return None
+        # Loaded (mapped) before its file goes with the folder.
+        library = ctypes.CDLL(path)
+    library.fastnaive_bench_round_trip.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    library.fastnaive_bench_round_trip.restype = ctypes.c_double
+    library.fastnaive_bench_sweeps.argtypes = [
+        *(ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long),
+        *(ctypes.c_char, ctypes.c_char, ctypes.c_long),
+    ]
+    library.fastnaive_bench_sweeps.restype = ctypes.c_double
+    return library
 
 
 def core_round_trip(trips=ROUND_TRIPS):
@@ -141,27 +159,6 @@ def core_round_trip(trips=ROUND_TRIPS):
         return None
     nanoseconds = library.fastnaive_bench_round_trip(cpus[0], cpus[1], trips)
     return nanoseconds if nanoseconds > 0 else None
-
-
-def _compile_placement():
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(compiler) is None:
-        return None
-    source = Path(__file__).with_name("placement.c")
-    with tempfile.TemporaryDirectory(prefix="placement") as folder:
-        path = os.path.join(folder, "placement.so")
-        command = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", path, str(source)]
-        if subprocess.run(command, capture_output=True).returncode != 0:
-            return None
-        # Loaded (mapped) before its file goes with the folder.
-        library = ctypes.CDLL(path)
-    library.fastnaive_bench_round_trip.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    library.fastnaive_bench_round_trip.restype = ctypes.c_double
-    sweeps = library.fastnaive_bench_sweeps
-    sweeps.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_char]
-    sweeps.argtypes += [ctypes.c_char, ctypes.c_long]
-    sweeps.restype = ctypes.c_double
-    return library
 
 
 def blas_threads(n_threads):
