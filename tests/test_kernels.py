@@ -240,6 +240,19 @@ def test_gather_rows_out_of_range_rows_give_nan_rows(dtype, rng):
     np.testing.assert_array_equal(np.isnan(out).all(axis=1), [False, True, True, False, True])
 
 
+def test_gather_rows_out_of_range_among_a_batch(dtype, rng):
+    """A batch on the parallel path, whose rows are asked for ahead of their copy: a row out
+    of range, ahead or copied, is neither read nor asked for, and gives a NaN row."""
+    src = normal(rng, (300, 784), dtype)
+    rows = rng.integers(0, 300, 128)
+    bad = [1, 5, 6, 64, 127]
+    rows[bad] = [-1, 300, 2**62, -(2**62), 301]
+    out = np.zeros((128, 784), dtype)
+    _kernels.gather_rows_checked(src, rows, out)
+    np.testing.assert_array_equal(out, reference.gather_rows(src, rows))
+    assert np.flatnonzero(np.isnan(out).all(axis=1)).tolist() == bad
+
+
 @pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
 @pytest.mark.parametrize("trans_b", [False, True], ids=["B", "B.T"])
 @pytest.mark.parametrize("alpha, beta", SCALES.values(), ids=SCALES.keys())

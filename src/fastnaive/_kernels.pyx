@@ -20,6 +20,19 @@ from fastnaive._blas cimport axpy, gemm_block, load_blas, tile_grid
 
 cdef extern from *:
     """
+    /* Asks for the cache lines of bytes [p, p + size) (a row that a later copy reads). */
+    static inline void fastnaive_prefetch_bytes(const void *p, size_t size)
+    {
+        const char *c = (const char *)p;
+        size_t done;
+        for (done = 0; done < size; done += 64)
+            __builtin_prefetch(c + done);
+    }
+    """
+    void prefetch_bytes "fastnaive_prefetch_bytes"(const void* p, size_t size) noexcept nogil
+
+cdef extern from *:
+    """
     #ifdef _OPENMP
     #define FASTNAIVE_OPENMP 1
     #else
@@ -52,6 +65,11 @@ cdef extern from *:
 # Below this many elements a parallel region costs more than it saves: a copy, or an
 # optimizer's update (about ten operations an element).
 cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 18
+# The gather: rows asked for GATHER_AHEAD rows before they are copied, and both threads
+# copying from GATHER_MIN_ELEMENTS on. A book batch (128 random MNIST rows) on Zen 5: 28 us
+# serial without the prefetch, 22.5 us with it, 13.7 us on two threads.
+cdef Py_ssize_t GATHER_AHEAD = 4
+cdef Py_ssize_t GATHER_MIN_ELEMENTS = 1 << 16
 cdef Py_ssize_t PARALLEL_MIN_UPDATE = 1 << 16
 cdef enum:
     # Columns of a bias gradient summed at a time (the sums live on the stack).
@@ -185,8 +203,12 @@ cdef void gather_rows(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
     """out[i] := src[rows[i]]"""
     cdef Py_ssize_t i, j, r
     cdef Py_ssize_t n_cols = out.shape[1]
-    cdef bint parallel = rows.shape[0] * n_cols >= PARALLEL_MIN_ELEMENTS
+    cdef bint parallel = rows.shape[0] * n_cols >= GATHER_MIN_ELEMENTS
     for i in prange(rows.shape[0], schedule="static", use_threads_if=parallel):
+        if i + GATHER_AHEAD < rows.shape[0]:
+            r = rows[i + GATHER_AHEAD]
+            if 0 <= r < src.shape[0]:
+                prefetch_bytes(&src[r, 0], n_cols * sizeof(floating))
         r = rows[i]
         if 0 <= r < src.shape[0]:
             memcpy(&out[i, 0], &src[r, 0], n_cols * sizeof(floating))
