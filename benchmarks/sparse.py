@@ -77,8 +77,8 @@ class Layer:
         self.delta = aligned((batch_size, m), np.float32, misalignment)
         self.delta[:] = 1e-2 * rng.standard_normal((batch_size, m))
         self.Z = np.empty((batch_size, m), np.float32)
-        self.rows = _sparse.group_buffers(batch_size, k, np.float32)
-        self.columns = _sparse.group_buffers(k, batch_size, np.float32)
+        self.rows = _sparse.group_buffers(batch_size, k, np.float32, by_rows=True)
+        self.columns = _sparse.group_buffers(k, batch_size, np.float32, by_rows=False)
         self.alpha = np.float32(-workloads.LEARNING_RATE)
 
     def dense(self, X, n_threads):
@@ -90,8 +90,7 @@ class Layer:
         )
 
     def grouped_rows(self, X, n_threads):
-        starts, index, quads = self.rows
-        rows = (starts[: 16 * -(-X.shape[0] // 4)], index, quads)
+        rows = _sparse.rows_of(self.rows, X.shape[0], X.shape[1])
         _sparse.group_rows_checked(X, *rows, n_threads=n_threads)
         return rows
 
@@ -242,10 +241,10 @@ def width_table(batches, repeats, widths=WIDTHS):
     k, n = workloads.N_FEATURES, workloads.BATCH_SIZE
     grouped, quads = [], 0
     for X in (X for X in batches if len(X) == n):
-        starts, index, values = _sparse.group_buffers(n, k, np.float32)
+        starts, index, values = _sparse.group_buffers(n, k, np.float32, by_rows=True)
         _sparse.group_rows_checked(X, starts, index, values, n_threads=1)
-        ends = starts.reshape(-1, 16)[:, 15] - k * np.arange(len(starts) // 16)
-        quads += int(ends.sum())
+        lists = starts.reshape(-1, 16)
+        quads += int((lists[:, 15] - lists[:, 0]).sum())
         grouped.append((starts, index, values))
     table = []
     for m in widths:

@@ -133,14 +133,14 @@ SCALES = {
 
 def by_rows(X, n_threads=None):
     """X grouped by rows, for sparse_forward_checked."""
-    buffers = _sparse.group_buffers(X.shape[0], X.shape[1], X.dtype)
+    buffers = _sparse.group_buffers(X.shape[0], X.shape[1], X.dtype, by_rows=True)
     assert _sparse.group_rows_checked(X, *buffers, n_threads=n_threads) == np.count_nonzero(X)
     return buffers
 
 
 def by_columns(X, n_threads=None):
     """X grouped by columns, for sparse_param_grad_checked."""
-    buffers = _sparse.group_buffers(X.shape[1], X.shape[0], X.dtype)
+    buffers = _sparse.group_buffers(X.shape[1], X.shape[0], X.dtype, by_rows=False)
     assert _sparse.group_columns_checked(X, *buffers, n_threads=n_threads) == np.count_nonzero(X)
     return buffers
 

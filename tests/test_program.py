@@ -29,8 +29,8 @@ def program_for(layers, dtype, first, capacity=N_SAMPLES):
     codes = [_activations.RELU, _activations.LINEAR]
     groups = columns = None
     if first == _program.FIRST_SPARSE:
-        groups = _sparse.group_buffers(capacity, N_FEATURES, dtype)
-        columns = _sparse.group_buffers(N_FEATURES, capacity, dtype)
+        groups = _sparse.group_buffers(capacity, N_FEATURES, dtype, by_rows=True)
+        columns = _sparse.group_buffers(N_FEATURES, capacity, dtype, by_rows=False)
     program = _program.Program(
         layers,
         [None, None],
@@ -274,7 +274,7 @@ def test_bad_buffers_raise():
             [None] * 2,
             [None] * 2,
             first=_program.FIRST_SPARSE,
-            row_groups=_sparse.group_buffers(2, N_FEATURES, "float32"),
+            row_groups=_sparse.group_buffers(2, N_FEATURES, "float32", by_rows=True),
         )
 
 

@@ -82,9 +82,35 @@ def rebuild(starts, index, quads, n_lines, n_positions):
     return out
 
 
+def part_lists(starts, index, quads, n_samples, n_features):
+    """Row groups cut into each part's lists: (starts, index, quads, first feature, width)."""
+    bounds = _sparse.part_bounds(n_features)
+    stride = -(-n_samples // 4)
+    return [
+        (
+            starts[16 * stride * part : 16 * stride * (part + 1)],
+            index[stride * f0 : stride * f1],
+            quads[stride * f0 : stride * f1],
+            f0,
+            f1 - f0,
+        )
+        for part, (f0, f1) in enumerate(zip(bounds, bounds[1:]))
+    ]
+
+
+def rebuild_rows(groups, n_samples, n_features):
+    """The (n_samples, n_features) matrix that row groups hold, each part from its lists."""
+    return np.hstack(
+        [
+            rebuild(starts, index, quads, n_samples, width)
+            for starts, index, quads, _, width in part_lists(*groups, n_samples, n_features)
+        ]
+    )
+
+
 def test_group_rows_holds_every_nonzero_once(shape, density, dtype, instruction_set, rng):
     X = sparse_matrix(rng, shape[:2], dtype, density)
-    np.testing.assert_array_equal(rebuild(*by_rows(X), *X.shape), X)
+    np.testing.assert_array_equal(rebuild_rows(by_rows(X), *X.shape), X)
 
 
 def test_group_columns_holds_every_nonzero_once(shape, density, dtype, instruction_set, rng):
@@ -111,7 +137,8 @@ def test_group_layouts_are_the_same_on_every_instruction_set(mnist, shape, rng):
     try:
         for isa in _sparse.INSTRUCTION_SETS:
             _sparse.select_instruction_set(isa)
-            layouts[isa] = [written(*by_rows(X)), written(*by_columns(X))]
+            rows = part_lists(*by_rows(X), *X.shape)
+            layouts[isa] = [written(*part[:3]) for part in rows] + [written(*by_columns(X))]
     finally:
         _sparse.select_instruction_set()
     for isa, layout in layouts.items():
@@ -127,7 +154,7 @@ LONG_GROUPS = {"rows-of-1100": (9, 1100), "columns-of-1100": (1100, 9)}
 @pytest.mark.parametrize("shape", LONG_GROUPS.values(), ids=LONG_GROUPS.keys())
 def test_long_groups_hold_every_nonzero_once(shape, density, dtype, rng):
     X = sparse_matrix(rng, shape, dtype, density)
-    np.testing.assert_array_equal(rebuild(*by_rows(X), *X.shape), X)
+    np.testing.assert_array_equal(rebuild_rows(by_rows(X), *X.shape), X)
     np.testing.assert_array_equal(rebuild(*by_columns(X), X.shape[1], X.shape[0]), X.T)
 
 
@@ -173,26 +200,29 @@ def test_products_match_the_dense_kernels(dtype, rng):
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 @pytest.mark.parametrize(
     "n, m",
-    # The update's columns in one slab; in 3 (float32) or 5 (float64); X @ W's blocks narrowed
-    # for the threads to 512 or 256 bytes, the last of them ending in a partial tile.
+    # The update's columns in one slab; in 3 (float32) or 5 (float64); a part of X @ W's
+    # features shared by two of three threads, split at 256 bytes, the last block ending in
+    # a partial tile.
     [(128, 512), (160, 1100), (128, 136)],
     ids=["book", "wide", "narrow"],
 )
 def test_results_do_not_depend_on_the_threads(dtype, rng, n_threads, n, m):
-    """Threads own disjoint parts of the outputs (column blocks of X @ W, whole tiles wide,
-    chunks of rows in slabs of columns of the update), so every sum is made in the same
-    order."""
+    """Threads own disjoint parts of the outputs (X @ W's parts of the features, fixed by
+    the shape, and column blocks of them, whole tiles wide; chunks of rows in slabs of
+    columns of the update), so every sum is made in the same order."""
     X = sparse_matrix(rng, (n, 784), dtype, 0.19)
     W, b = normal(rng, (784, m), dtype), normal(rng, m, dtype)
     delta = normal(rng, (n, m), dtype)
     assert np.array_equal(forward(X, W, b, True, n_threads), forward(X, W, b, True, 1))
-    for layout in (by_rows, by_columns):
-        one, many = layout(X, 1), layout(X, n_threads)
-        assert np.array_equal(one[0], many[0])
-        for g in range(0, len(one[0]), 16):
-            listed = slice(one[0][g], one[0][g + 15])
-            assert np.array_equal(one[1][listed], many[1][listed])
-            assert np.array_equal(one[2][listed], many[2][listed])
+    row_lists = [part_lists(*by_rows(X, threads), *X.shape) for threads in (1, n_threads)]
+    column_lists = [[(*by_columns(X, threads),)] for threads in (1, n_threads)]
+    for one_parts, many_parts in (row_lists, column_lists):
+        for one, many in zip(one_parts, many_parts, strict=True):
+            assert np.array_equal(one[0], many[0])
+            for g in range(0, len(one[0]), 16):
+                listed = slice(one[0][g], one[0][g + 15])
+                assert np.array_equal(one[1][listed], many[1][listed])
+                assert np.array_equal(one[2][listed], many[2][listed])
     for one, many in zip(
         param_grad(X, delta, -0.1, 1.0, W, b, 1), param_grad(X, delta, -0.1, 1.0, W, b, n_threads)
     ):
@@ -261,7 +291,7 @@ def test_read_only_inputs_are_accepted(dtype, rng):
     dW, db = np.empty((9, 4), dtype), np.empty(4, dtype)
     _sparse.sparse_param_grad_checked(*columns, delta, 1.0, 0.0, dW, db)
     assert_close(dW, X.T.astype(np.float64) @ delta)
-    _sparse.group_rows_checked(X, *_sparse.group_buffers(6, 9, dtype))
+    _sparse.group_rows_checked(X, *_sparse.group_buffers(6, 9, dtype, by_rows=True))
 
 
 def test_select_instruction_set():
@@ -277,8 +307,9 @@ def i32(*shape):
     return np.zeros(shape, np.intc)
 
 
-ROWS_7x13 = _sparse.group_buffers(7, 13, np.float32)  # starts (32,), index (26,), quads (26, 4)
-COLUMNS_7x13 = _sparse.group_buffers(13, 7, np.float32)  # starts (64,), index (28,), quads (28, 4)
+# starts (32,), index (26,), quads (26, 4); starts (64,), index (28,), quads (28, 4)
+ROWS_7x13 = _sparse.group_buffers(7, 13, np.float32, by_rows=True)
+COLUMNS_7x13 = _sparse.group_buffers(13, 7, np.float32, by_rows=False)
 # (wrapper, *arguments), one shape disagreeing with the others.
 SHAPE_MISMATCHES = {
     "group_rows-starts": (_sparse.group_rows_checked, f32(7, 13), i32(16), *ROWS_7x13[1:]),
@@ -314,6 +345,16 @@ SHAPE_MISMATCHES = {
         f32(4),
         True,
         f32(9, 4),
+    ),
+    "forward-partial": (
+        _sparse.sparse_forward_checked,
+        *ROWS_7x13,
+        f32(13, 4),
+        f32(4),
+        True,
+        f32(7, 4),
+        None,
+        f32(7, 3),
     ),
     "forward-no-features": (
         _sparse.sparse_forward_checked,
@@ -392,6 +433,23 @@ def test_shape_mismatch_raises(call):
 def test_lists_out_of_range_raise(grouped):
     with pytest.raises(ValueError, match=r"^Expected starts .+\. Received: starts in "):
         _sparse.sparse_forward_checked(*grouped, f32(13, 4), f32(4), True, f32(7, 4))
+
+
+def test_each_parts_lists_are_checked_against_its_features():
+    """X @ W over 160 features sums two parts of 80, each part's lists indexing its own rows
+    of W: an index valid for W but past its part's 80 rows must be refused."""
+    assert _sparse.part_bounds(160) == [0, 80, 160]
+    assert _sparse.part_bounds(13) == [0, 13]
+    starts, index, quads = by_rows(np.ones((7, 160), np.float32))
+    W, b = np.ones((160, 4), np.float32), np.zeros(4, np.float32)
+    Z = np.empty((7, 4), np.float32)
+    _sparse.sparse_forward_checked(starts, index, quads, W, b, False, Z)
+    np.testing.assert_array_equal(Z, 160)
+    # Part 1's entries start after part 0's: 2 groups of 80 positions each.
+    assert starts[32] == 0 and index[160] == 0
+    index[160] = 80
+    with pytest.raises(ValueError, match=r"^Expected starts .+ index in \[0, 80\)"):
+        _sparse.sparse_forward_checked(starts, index, quads, W, b, False, Z)
 
 
 @st.composite

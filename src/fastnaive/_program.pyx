@@ -19,7 +19,7 @@ from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
 from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport (RULE_ADAM, RULE_MOMENTUM, RULE_NESTEROV, Rule, dense_forward,
                                  dense_input_grad, dense_param_grad, max_abs)
-from fastnaive._sparse cimport (GROUP, NARROW_MAX, PATTERNS, group_lines,
+from fastnaive._sparse cimport (GROUP, NARROW_MAX, PATTERNS, feature_parts, group_lines,
                                 group_rows_and_columns, narrow_forward,
                                 narrow_input_grad, narrow_param_grad, sparse_forward,
                                 sparse_param_grad)
@@ -85,6 +85,8 @@ cdef class Program:
     cdef list layers, dropouts, arrays, weights, biases, outputs, deltas, dropped, pre, grads
     cdef int[::1] codes, head_codes, narrow
     cdef object row_starts, row_index, row_quads, column_starts, column_index, column_quads
+    # FIRST_SPARSE: the sums of X @ W over the second part of the features (sparse_forward).
+    cdef object partial
     cdef list state_arrays, state_views
     # The input whose column groups the last training forward made with its row groups
     # (its first element's address and its rows; NULL: none), for param_grad to use.
@@ -156,7 +158,12 @@ cdef class Program:
                     index_view(column_groups[0]), index_view(column_groups[1]),
                     held_view(column_groups[2], self.is_double))
             n_features = self.n_features
-            rows_fit = (len(row_groups[0]) == PATTERNS * n_groups(self.capacity)
+            m = layers[0].W.shape[1]
+            self.partial = held_view(
+                np.empty((self.capacity, m) if feature_parts(n_features) > 1 else (0, m),
+                         outputs[0].dtype), self.is_double)
+            rows_fit = (len(row_groups[0])
+                        == PATTERNS * feature_parts(n_features) * n_groups(self.capacity)
                         and min(len(row_groups[1]), len(row_groups[2]))
                         >= n_groups(self.capacity) * n_features)
             columns_fit = gradients is None or (
@@ -165,8 +172,9 @@ cdef class Program:
                 >= n_groups(n_features) * self.capacity)
             if not (rows_fit and columns_fit):
                 raise ValueError("Expected row_groups and column_groups from group_buffers("
-                                 f"{self.capacity}, {n_features}) and group_buffers("
-                                 f"{n_features}, {self.capacity}). Received: other sizes")
+                                 f"{self.capacity}, {n_features}, dtype, by_rows=True) and "
+                                 f"group_buffers({n_features}, {self.capacity}, dtype, "
+                                 "by_rows=False). Received: other sizes")
         load_blas()
 
     def uses(self, list layers):
@@ -326,7 +334,7 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
     cdef const floating[:, ::1] a = x
     cdef const floating[:, ::1] W
     cdef const floating[::1] b
-    cdef floating[:, ::1] z, target, dropped, quads, column_quads
+    cdef floating[:, ::1] z, target, dropped, quads, column_quads, partial
     cdef int[::1] starts, index, column_starts, column_index
     cdef Py_ssize_t i, last = p.n_layers - 1
     cdef int code, fused
@@ -356,7 +364,12 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
                     activate_rows(fused, target, target)
         elif i == 0 and p.first == FIRST_SPARSE:
             starts, index, quads = p.row_starts, p.row_index, p.row_quads
-            starts = starts[:PATTERNS * n_groups(n)]
+            # With one part, partial is empty and unused.
+            partial = p.partial
+            if partial.shape[0]:
+                partial = partial[:n]
+            else:
+                partial = target
             relu = fused == RELU_CODE
             p.columns_of = NULL
             if training and p.trains:
@@ -371,7 +384,7 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
                 with nogil:
                     group_lines(x, True, starts, index, quads, n_threads)
             with nogil:
-                sparse_forward(starts, index, quads, W, b, relu, target, n_threads)
+                sparse_forward(starts, index, quads, W, b, relu, target, partial, n_threads)
                 if not relu and fused != LINEAR_CODE:
                     activate_rows(fused, target, target)
         elif p.narrow[i]:

@@ -10,16 +10,23 @@
 # multiplies by zero (see sparse_kernels.h). Both layouts go into caller-provided buffers
 # (group_buffers), so no kernel allocates. The inner loops are C, compiled for AVX-512, AVX2
 # and baseline x86-64 and chosen at import. In X @ W the columns of W are cut into blocks of
-# FORWARD_BYTES, whose slab of W (784 rows: 800 KB) stays in L2 while the whole batch passes
-# (each block reads the batch's quads once), halved down to MIN_BLOCK_BYTES until every
-# thread has a block.
-# In X.T @ delta, W's update (and the optimizer's state) is cut into chunks of whole rows,
-# each a stretch of memory that no other thread's chunk shares a cache line with: taking
-# W's columns there, as X @ W does, made the threads' optimizer steps interleave every
+# FORWARD_BYTES, whose slab of W stays in L2 while the whole batch passes (each block reads
+# the batch's quads once).
+# The threads split W by rows, the features, in every pass: X @ W is summed over two parts of
+# the features (feature_parts: fixed by the shape, whatever the number of threads), each
+# part's row groups made, its products summed and its rows of W updated by the same thread
+# (on more threads than parts, a team of them splits the part's columns and rows), and the
+# two partial sums added after. Splitting X @ W by W's columns instead, while the update
+# splits W's rows, moved W between the cores every step: on a 2-vCPU KVM guest whose vCPUs
+# sat on two chiplets, a two-thread book step took twice as long as on one chiplet, and
+# longer than one thread (BENCHMARKS.md); any column split of a row-major W did, even with
+# no element shared. In X.T @ delta, W's update (and the optimizer's state) is cut into
+# chunks of whole rows, each a stretch of memory that no other thread's chunk shares a cache
+# line with: taking W's columns there made the threads' optimizer steps interleave every
 # 512 bytes along each row, and Adam's step then ran at half speed on two threads. OpenMP
 # threads take disjoint parts, so no atomics are needed, and every output element is one
-# kernel call's, so results do not depend on the number of threads. W and delta are best
-# 64-byte aligned (NumPy promises 16): products on misaligned
+# kernel call's (or two parts' sums added), so results do not depend on the number of
+# threads. W and delta are best 64-byte aligned (NumPy promises 16): products on misaligned
 # rows are 25-30% slower. Index buffers are user input, so the `def` wrappers check them
 # before any kernel reads through them.
 # The narrow products (narrow_forward, narrow_input_grad, narrow_param_grad) are the dense
@@ -44,11 +51,15 @@ cdef extern from "sparse_kernels.h" nogil:
         const double* B, Py_ssize_t ldb, const double* bias, double alpha, double beta,
         int relu, double* out, Py_ssize_t ldo, Py_ssize_t n_out, Py_ssize_t j0, Py_ssize_t j1)
     Py_ssize_t group_f "fastnaive_group_f"(bint by_rows, const float* X, Py_ssize_t n,
-                                           Py_ssize_t k, Py_ssize_t g, int* starts, int* index,
-                                           float* quads)
+                                           Py_ssize_t k, Py_ssize_t ldx, Py_ssize_t g,
+                                           int* starts, int* index, float* quads)
     Py_ssize_t group_d "fastnaive_group_d"(bint by_rows, const double* X, Py_ssize_t n,
-                                           Py_ssize_t k, Py_ssize_t g, int* starts, int* index,
-                                           double* quads)
+                                           Py_ssize_t k, Py_ssize_t ldx, Py_ssize_t g,
+                                           int* starts, int* index, double* quads)
+    void add_parts_f "fastnaive_add_parts_f"(float* out, const float* part, Py_ssize_t count,
+                                             int relu)
+    void add_parts_d "fastnaive_add_parts_d"(double* out, const double* part,
+                                             Py_ssize_t count, int relu)
     int select_isa "fastnaive_sparse_select_isa"(int widest)
     void narrow_forward_f "fastnaive_narrow_forward_f"(
         const float* X, Py_ssize_t ldx, Py_ssize_t k, const float* W, Py_ssize_t m,
@@ -73,22 +84,26 @@ cdef extern from "sparse_kernels.h" nogil:
 # Elements per block of the weight gradient's slabs of columns and of the narrow products'
 # parts: 128 floats or 64 doubles, a whole number of tiles on every ISA.
 cdef Py_ssize_t BLOCK_BYTES = 512
-# Columns of W per block of X @ W: 1 KB of each row, or down to 256 bytes (the widest tile,
-# AVX-512's four vectors) where the layer is too narrow for a block per thread. Blocks are
-# whole tiles, so every output element is the same tile's sum at any block width. A book
-# batch's X @ W on one Zen 5 core: 207-209 us in 1 KB blocks, 215-216 in 512-byte ones.
+# Columns of W per block of X @ W: 1 KB of each row; threads that share a part of the
+# features split its columns in units of 256 bytes (the widest tile, AVX-512's four
+# vectors). Blocks are whole tiles, so every output element is the same tile's sum at any
+# block width. A book batch's X @ W on one Zen 5 core: 207-209 us in 1 KB blocks, 215-216 in
+# 512-byte ones.
 cdef Py_ssize_t FORWARD_BYTES = 1024
 cdef Py_ssize_t MIN_BLOCK_BYTES = 256
+# X @ W over the first layer's features is summed in MAX_PARTS parts of them (W's rows), at
+# least PART_MIN_FEATURES each, or in one part; see feature_parts.
+cdef enum:
+    MAX_PARTS = 2
+cdef Py_ssize_t PART_MIN_FEATURES = 64
 # Below this many multiply-adds, or quads to sort, a parallel region costs more than it saves.
 cdef Py_ssize_t PARALLEL_MIN_PRODUCTS = 1 << 18
 cdef Py_ssize_t PARALLEL_MIN_QUADS = 1 << 13
 # Rows of X @ W per block of the narrow forward product.
 cdef Py_ssize_t NARROW_ROWS = 32
-# The weight gradient's parts: at most MAX_CHUNKS chunks of rows, and columns in slabs whose
-# part of delta (batch rows x slab) fits SLAB_BYTES, so that it stays in L2 while the chunk's
-# groups pass (a book batch's whole delta: 256 KB).
-cdef enum:
-    MAX_CHUNKS = 64
+# The weight gradient's columns, in slabs whose part of delta (batch rows x slab) fits
+# SLAB_BYTES, so that it stays in L2 while a thread's groups pass (a book batch's whole
+# delta: 256 KB).
 cdef Py_ssize_t SLAB_BYTES = 1 << 18
 INSTRUCTION_SETS = ("baseline", "avx2", "avx512")
 # The widest layer the narrow products serve (narrow_kernels.h).
@@ -106,32 +121,111 @@ cdef inline const floating* first_quad(const floating[:, ::1] a) noexcept nogil:
     return &a[0, 0] if a.shape[0] > 0 else NULL
 
 
-cdef inline Py_ssize_t group(const floating[:, ::1] X, bint by_rows, Py_ssize_t g,
-                             int[::1] starts_out, int[::1] index_out,
-                             floating[:, ::1] quads_out) noexcept nogil:
-    """Group g of X's rows (by_rows) or columns into the buffers; return its nonzeros"""
-    if floating is float:
-        return group_f(by_rows, &X[0, 0], X.shape[0], X.shape[1], g, &starts_out[0],
-                       &index_out[0], &quads_out[0, 0])
+cdef inline Py_ssize_t n_groups(Py_ssize_t n_lines) noexcept nogil:
+    return (n_lines + GROUP - 1) // GROUP
+
+
+cdef Py_ssize_t feature_parts(Py_ssize_t k) noexcept nogil:
+    """The parts that X @ W sums over, of k features: fixed by k, so that the bits do not
+    depend on the number of threads"""
+    return MAX_PARTS if k >= MAX_PARTS * PART_MIN_FEATURES else 1
+
+
+cdef inline Py_ssize_t part_start(Py_ssize_t k, Py_ssize_t parts,
+                                  Py_ssize_t part) noexcept nogil:
+    """The first feature of `part` of `parts` (k for part = parts): equal parts, cut at
+    multiples of 16 features (64 bytes of a float row of X)"""
+    if part >= parts:
+        return k
+    return (k * part // parts + 8) // 16 * 16
+
+
+cdef struct Share:
+    # A slot's parts [part0, part1), and its rank in the team of `team` slots that share
+    # them (team 1: the parts are the slot's alone).
+    Py_ssize_t part0, part1, rank, team
+
+
+cdef inline Share share_of(Py_ssize_t slot, Py_ssize_t slots, Py_ssize_t parts) noexcept nogil:
+    """The parts that slot `slot` of `slots` works on: whole parts where there are no more
+    slots than parts, else one part, shared by a team of slots"""
+    cdef Share s
+    cdef Py_ssize_t first
+    s.part0 = slot * parts // slots
+    if slots <= parts:
+        s.part1 = (slot + 1) * parts // slots
+        s.rank, s.team = 0, 1
     else:
-        return group_d(by_rows, &X[0, 0], X.shape[0], X.shape[1], g, &starts_out[0],
-                       &index_out[0], &quads_out[0, 0])
+        s.part1 = s.part0 + 1
+        first = (s.part0 * slots + parts - 1) // parts
+        s.rank = slot - first
+        s.team = (s.part1 * slots + parts - 1) // parts - first
+    return s
+
+
+cdef inline Py_ssize_t group(const floating* X, bint by_rows, Py_ssize_t n, Py_ssize_t k,
+                             Py_ssize_t ldx, Py_ssize_t g, int* starts, int* index,
+                             floating* quads) noexcept nogil:
+    """Group g of X's (n, k, rows ldx apart) rows (by_rows) or columns into the buffers;
+    return its nonzeros"""
+    if floating is float:
+        return group_f(by_rows, X, n, k, ldx, g, starts, index, quads)
+    else:
+        return group_d(by_rows, X, n, k, ldx, g, starts, index, quads)
+
+
+cdef Py_ssize_t group_share(const floating[:, ::1] X, Share share, Py_ssize_t parts,
+                            bint rows, int[::1] row_starts, int[::1] row_index,
+                            floating[:, ::1] row_quads, bint columns, int[::1] column_starts,
+                            int[::1] column_index,
+                            floating[:, ::1] column_quads) noexcept nogil:
+    """A share's groups, of each of its parts: (rows) the rank's share of the groups of four
+    rows over the part's features, and (columns) of the groups of four of its features;
+    return their nonzeros"""
+    cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
+    cdef Py_ssize_t n_rows = n_groups(n), part, f0, f1, g, g0, count, stride, base
+    cdef Py_ssize_t nnz = 0
+    for part in range(share.part0, share.part1):
+        f0 = part_start(k, parts, part)
+        f1 = part_start(k, parts, part + 1)
+        if rows:
+            # The part's lists: its starts after the other parts', its entries after theirs.
+            stride = row_starts.shape[0] // (PATTERNS * parts)
+            base = stride * f0
+            for g in range(share.rank * n_rows // share.team,
+                           (share.rank + 1) * n_rows // share.team):
+                nnz += group(&X[0, f0], True, n, f1 - f0, k, g,
+                             &row_starts[0] + PATTERNS * stride * part, &row_index[0] + base,
+                             &row_quads[0, 0] + GROUP * base)
+        if columns:
+            g0 = f0 // GROUP
+            count = n_groups(f1) - g0
+            for g in range(g0 + share.rank * count // share.team,
+                           g0 + (share.rank + 1) * count // share.team):
+                nnz += group(&X[0, 0], False, n, k, k, g, &column_starts[0],
+                             &column_index[0], &column_quads[0, 0])
+    return nnz
+
+
+cdef inline Py_ssize_t grouping_slots(Py_ssize_t n, Py_ssize_t k, int n_threads) noexcept nogil:
+    return n_threads if n_threads > 1 and n * k >= PARALLEL_MIN_QUADS * GROUP else 1
 
 
 cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
                             int[::1] index_out, floating[:, ::1] quads_out,
                             int n_threads) noexcept nogil:
-    """starts, index, quads := X's rows (by_rows) or columns in groups of 4, quads sorted by pattern; return X's nonzeros"""
+    """starts, index, quads := X's rows (by_rows: over each part of the features, see
+    group_buffers) or columns in groups of 4, quads sorted by pattern; return X's nonzeros"""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
-    cdef Py_ssize_t n_groups = starts_out.shape[0] // PATTERNS
-    cdef Py_ssize_t g, nnz = 0
+    cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
+    cdef Py_ssize_t slot, nnz = 0
     if n == 0 or k == 0:
         starts_out[:] = 0
         return 0
-    # Each group writes only its own part of the buffers.
-    for g in prange(n_groups, num_threads=n_threads, schedule="static",
-                    use_threads_if=n_threads > 1 and n * k >= PARALLEL_MIN_QUADS * GROUP):
-        nnz += group(X, by_rows, g, starts_out, index_out, quads_out)
+    # Each slot takes the groups of its parts, as the products that read them do.
+    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
+        nnz += group_share(X, share_of(slot, slots, parts), parts, by_rows, starts_out,
+                           index_out, quads_out, not by_rows, starts_out, index_out, quads_out)
     return nnz
 
 
@@ -139,56 +233,159 @@ cdef void group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_o
                                  int[::1] row_index_out, floating[:, ::1] row_quads_out,
                                  int[::1] column_starts_out, int[::1] column_index_out,
                                  floating[:, ::1] column_quads_out, int n_threads) noexcept nogil:
-    """group_lines(X, True, row_*) and group_lines(X, False, column_*) in one parallel loop:
-    one region instead of two, its groups dealt to the threads as they finish (the two
-    kinds differ in cost, the rows' with their nonzeros), X read by both while in cache"""
+    """group_lines(X, True, row_*) and group_lines(X, False, column_*) in one parallel loop,
+    X read by both while in cache: each slot groups the rows and the columns of its parts"""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
-    cdef Py_ssize_t n_rows = row_starts_out.shape[0] // PATTERNS
-    cdef Py_ssize_t n_columns = column_starts_out.shape[0] // PATTERNS
-    cdef Py_ssize_t g
+    cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
+    cdef Py_ssize_t slot
     if n == 0 or k == 0:
         row_starts_out[:] = 0
         column_starts_out[:] = 0
         return
-    # Each group writes only its own part of its buffers.
-    for g in prange(n_rows + n_columns, num_threads=n_threads, schedule="dynamic",
-                    use_threads_if=n_threads > 1 and n * k >= PARALLEL_MIN_QUADS * GROUP):
-        if g < n_rows:
-            group(X, True, g, row_starts_out, row_index_out, row_quads_out)
-        else:
-            group(X, False, g - n_rows, column_starts_out, column_index_out, column_quads_out)
+    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
+        group_share(X, share_of(slot, slots, parts), parts, True, row_starts_out,
+                    row_index_out, row_quads_out, True, column_starts_out, column_index_out,
+                    column_quads_out)
+
+
+cdef inline void product(Py_ssize_t n_groups_, const int* starts, const int* index,
+                         const floating* quads, const floating* B, Py_ssize_t ldb,
+                         const floating* bias, floating alpha, floating beta, bint relu,
+                         floating* out, Py_ssize_t ldo, Py_ssize_t n_out, Py_ssize_t j0,
+                         Py_ssize_t j1) noexcept nogil:
+    if floating is float:
+        grouped_product_f(n_groups_, starts, index, quads, B, ldb, bias, alpha, beta, relu,
+                          out, ldo, n_out, j0, j1)
+    else:
+        grouped_product_d(n_groups_, starts, index, quads, B, ldb, bias, alpha, beta, relu,
+                          out, ldo, n_out, j0, j1)
+
+
+cdef void forward_share(const int[::1] starts, const int[::1] index,
+                        const floating[:, ::1] quads, const floating[:, ::1] W,
+                        const floating[::1] b, bint relu, floating[:, ::1] Z_out,
+                        floating[:, ::1] partial, Share share, Py_ssize_t parts) noexcept nogil:
+    """A share's products: of each of its parts, the rank's share of W's columns, in blocks
+    of FORWARD_BYTES; part 0 into Z_out with the bias, part 1 into partial, or, where the
+    share holds every part, added to Z_out by the product (z = sums + Z_out, the bits of
+    sparse_forward's addition), relu applied after the last part"""
+    cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1], k = W.shape[0]
+    cdef Py_ssize_t width = FORWARD_BYTES // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t unit = MIN_BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t units = (m + unit - 1) // unit
+    cdef Py_ssize_t stride = starts.shape[0] // (PATTERNS * parts)
+    cdef Py_ssize_t part, f0, base, j0, j1, last
+    cdef bint whole = share.part0 == 0 and share.part1 == parts
+    cdef floating* out
+    # The rank's columns: whole tiles, so every output element is one tile's sum, whoever
+    # computes it.
+    j0 = min(share.rank * units // share.team * unit, m)
+    last = min((share.rank + 1) * units // share.team * unit, m)
+    for part in range(share.part0, share.part1):
+        f0 = part_start(k, parts, part)
+        base = stride * f0
+        out = &Z_out[0, 0] if part == 0 or whole else &partial[0, 0]
+        j1 = j0
+        while j1 < last:
+            product(n_groups(n), &starts[0] + PATTERNS * stride * part, &index[0] + base,
+                    &quads[0, 0] + GROUP * base, &W[f0, 0], m,
+                    &b[0] if part == 0 else NULL, 1, 1 if part and whole else 0,
+                    relu and whole and part == parts - 1, out, m, n, j1,
+                    min(j1 + width, last))
+            j1 = min(j1 + width, last)
 
 
 cdef void sparse_forward(const int[::1] starts, const int[::1] index,
                          const floating[:, ::1] quads, const floating[:, ::1] W,
                          const floating[::1] b, bint relu, floating[:, ::1] Z_out,
-                         int n_threads) noexcept nogil:
-    """Z := act(X @ W + b), X given by group_rows, act = relu if relu else identity"""
-    cdef Py_ssize_t n = Z_out.shape[0]
-    cdef Py_ssize_t m = Z_out.shape[1]
-    cdef Py_ssize_t n_groups = starts.shape[0] // PATTERNS
-    cdef Py_ssize_t width = FORWARD_BYTES // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t narrowest = MIN_BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t n_blocks, block, j0, j1
-    cdef bint parallel
+                         floating[:, ::1] partial, int n_threads) noexcept nogil:
+    """Z := act(X @ W + b), X given by group_lines(X, True, ...), act = relu if relu else
+    identity. X @ W is summed over each part of the features (feature_parts), part 0's sums
+    with the bias into Z, part 1's into partial (n rows of Z's width, or more), then added
+    (Z + partial: the same bits whoever computed the parts); on one thread, part 1's
+    product adds its sums to Z itself, to the same bits."""
+    cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1]
+    cdef Py_ssize_t parts = feature_parts(W.shape[0])
+    cdef Py_ssize_t stride = starts.shape[0] // (PATTERNS * parts)
+    cdef Py_ssize_t slots = 1, slot, part, i0, i1, products = 0
     if n == 0 or m == 0:
         return
-    # The quads before the last list's end bound the multiply-adds per column from above.
-    parallel = n_threads > 1 and starts[n_groups * PATTERNS - 1] * m >= PARALLEL_MIN_PRODUCTS
-    while parallel and width > narrowest and (m + width - 1) // width < n_threads:
-        width //= 2
-    n_blocks = (m + width - 1) // width
-    parallel = parallel and n_blocks > 1
-    for block in prange(n_blocks, num_threads=n_threads, schedule="static",
-                        use_threads_if=parallel):
-        j0 = block * width
-        j1 = min(j0 + width, m)
-        if floating is float:
-            grouped_product_f(n_groups, &starts[0], first_index(index), first_quad(quads),
-                              &W[0, 0], m, &b[0], 1, 0, relu, &Z_out[0, 0], m, n, j0, j1)
-        else:
-            grouped_product_d(n_groups, &starts[0], first_index(index), first_quad(quads),
-                              &W[0, 0], m, &b[0], 1, 0, relu, &Z_out[0, 0], m, n, j0, j1)
+    # The quads before each part's last list's end bound the multiply-adds per column.
+    for part in range(parts):
+        products += starts[PATTERNS * (stride * part + n_groups(n)) - 1]
+    if n_threads > 1 and products * m >= PARALLEL_MIN_PRODUCTS:
+        slots = n_threads
+    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
+        forward_share(starts, index, quads, W, b, relu, Z_out, partial,
+                      share_of(slot, slots, parts), parts)
+    if parts == 1 or slots == 1:
+        return  # one slot held every part: its products added them
+    # The sums added by rows: the threads' rows of Z as the layer above's blocks of rows.
+    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
+        i0 = slot * n // slots
+        i1 = (slot + 1) * n // slots
+        if i1 > i0:
+            if floating is float:
+                add_parts_f(&Z_out[i0, 0], &partial[i0, 0], (i1 - i0) * m, relu)
+            else:
+                add_parts_d(&Z_out[i0, 0], &partial[i0, 0], (i1 - i0) * m, relu)
+
+
+cdef Py_ssize_t quads_of(const int[::1] starts, Py_ssize_t g) noexcept nogil:
+    return starts[g * PATTERNS + PATTERNS - 1] - starts[g * PATTERNS]
+
+
+cdef Py_ssize_t balanced_cut(const int[::1] starts, Py_ssize_t g0, Py_ssize_t g1,
+                             Py_ssize_t total, Py_ssize_t num, Py_ssize_t den) noexcept nogil:
+    """The first group g of [g0, g1) before which num / den of the groups' `total` quads lie
+    (g1 for num = den)"""
+    cdef Py_ssize_t g, done = 0
+    if num >= den:
+        return g1
+    for g in range(g0, g1):
+        if done * den >= num * total:
+            return g
+        done += quads_of(starts, g)
+    return g1
+
+
+cdef void param_grad_share(const int[::1] starts, const int[::1] index,
+                           const floating[:, ::1] quads, const floating[:, ::1] delta,
+                           floating alpha, floating beta, floating[:, ::1] dW_out,
+                           Share share, Py_ssize_t parts, const Rule* rule) noexcept nogil:
+    """A share's rows of dW (and their rule steps): of each of its parts, the rank's share of
+    the part's column groups (an equal share of their quads), in slabs of columns whose part
+    of delta fits SLAB_BYTES"""
+    cdef Py_ssize_t k = dW_out.shape[0], m = dW_out.shape[1]
+    cdef Py_ssize_t block = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t part, c0, c1, g, g0, g1, r, r0, r1, j0, j1, width, total
+    width = SLAB_BYTES // (max(delta.shape[0], 1) * <Py_ssize_t>sizeof(floating))
+    width = max(block, width // block * block)
+    for part in range(share.part0, share.part1):
+        c0 = part_start(k, parts, part) // GROUP
+        c1 = n_groups(part_start(k, parts, part + 1))
+        total = 0
+        for g in range(c0, c1):
+            total += quads_of(starts, g)
+        g0 = balanced_cut(starts, c0, c1, total, share.rank, share.team)
+        g1 = balanced_cut(starts, c0, c1, total, share.rank + 1, share.team)
+        r0 = GROUP * g0
+        r1 = min(GROUP * g1, k)
+        if r1 <= r0:
+            continue
+        j0 = 0
+        while j0 < m:
+            j1 = min(j0 + width, m)
+            product(g1 - g0, &starts[g0 * PATTERNS], first_index(index), first_quad(quads),
+                    &delta[0, 0], m, NULL, alpha, beta, False, &dW_out[r0, 0], m, k - r0,
+                    j0, j1)
+            if rule != NULL:
+                if j0 == 0 and j1 == m:
+                    rule_step(rule, 0, &dW_out[r0, 0], r0 * m, (r1 - r0) * m)
+                else:
+                    for r in range(r0, r1):
+                        rule_step(rule, 0, &dW_out[r, j0], r * m + j0, j1 - j0)
+            j0 = j1
 
 
 cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
@@ -197,76 +394,32 @@ cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                             floating[::1] db_out, int n_threads,
                             const Rule* rule) noexcept nogil:
     """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db, X
-    given by group_columns; then, unless rule is NULL, its step on each part of dW and db.
+    given by group_lines(X, False, ...); then, unless rule is NULL, its step on each part of
+    dW and db.
 
-    dW is cut into chunks of rows (whole column groups, each chunk with an equal share of the
-    quads) and, where delta is wide, slabs of columns whose part of delta fits SLAB_BYTES;
-    the threads take the parts as they finish, a slab at a time. Each element is computed
-    by one kernel call over its group, so the bits do not depend on the number of threads;
-    a thread's part of W and of the optimizer's state is one stretch of memory (per row of
-    a slab), which no other thread's part shares a cache line with."""
-    cdef Py_ssize_t k = dW_out.shape[0]
-    cdef Py_ssize_t m = dW_out.shape[1]
-    cdef Py_ssize_t n_groups = starts.shape[0] // PATTERNS
-    cdef Py_ssize_t block = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t bounds[MAX_CHUNKS + 1]
-    cdef Py_ssize_t n_chunks, chunk, item, n_items, g, g0, g1, r, r0, r1, j0, j1
-    cdef Py_ssize_t width, n_slabs, slab, total = 0, done = 0
-    cdef bint parallel
+    Each slot takes the rows of dW of its parts of the features (feature_parts), those whose
+    rows of W its forward products read and whose column groups it made, and a share of db's
+    columns. Each element is computed by one kernel call over its group, so the bits do not
+    depend on the number of threads; a thread's part of W and of the optimizer's state is
+    one stretch of memory (per row of a slab), which no other thread's part shares a cache
+    line with."""
+    cdef Py_ssize_t k = dW_out.shape[0], m = dW_out.shape[1]
+    cdef Py_ssize_t parts = feature_parts(k), n_groups_ = starts.shape[0] // PATTERNS
+    cdef Py_ssize_t slots = 1, slot, j0, j1
     if m == 0:
         return
-    # Columns per slab: delta's slab of them fits SLAB_BYTES, a whole number of blocks.
-    width = SLAB_BYTES // (max(delta.shape[0], 1) * <Py_ssize_t>sizeof(floating))
-    width = max(block, width // block * block)
-    n_slabs = (m + width - 1) // width
-    n_chunks = min(MAX_CHUNKS, max(1, n_groups), 4 * n_threads)
-    for g in range(n_groups):
-        total += starts[g * PATTERNS + PATTERNS - 1] - starts[g * PATTERNS]
-    # Chunk c: the column groups before which c / n_chunks of the quads lie.
-    bounds[0] = 0
-    chunk = 1
-    for g in range(n_groups):
-        done += starts[g * PATTERNS + PATTERNS - 1] - starts[g * PATTERNS]
-        while chunk < n_chunks and done * n_chunks >= chunk * total:
-            bounds[chunk] = g + 1
-            chunk += 1
-    while chunk <= n_chunks:
-        bounds[chunk] = n_groups
-        chunk += 1
-    n_items = n_chunks * n_slabs
-    parallel = (n_threads > 1 and n_groups > 0
-                and starts[n_groups * PATTERNS - 1] * m >= PARALLEL_MIN_PRODUCTS)
-    for item in prange(n_items + 1, num_threads=n_threads, schedule="dynamic",
-                       use_threads_if=parallel):
-        if item == n_items:
-            bias_grad(delta, alpha, beta, db_out, 0, m)
+    if (n_threads > 1 and n_groups_ > 0
+            and starts[n_groups_ * PATTERNS - 1] * m >= PARALLEL_MIN_PRODUCTS):
+        slots = n_threads
+    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
+        param_grad_share(starts, index, quads, delta, alpha, beta, dW_out,
+                         share_of(slot, slots, parts), parts, rule)
+        j0 = slot * m // slots
+        j1 = (slot + 1) * m // slots
+        if j1 > j0:
+            bias_grad(delta, alpha, beta, db_out, j0, j1)
             if rule != NULL:
-                rule_step(rule, 1, &db_out[0], 0, m)
-            continue
-        slab = item // n_chunks
-        chunk = item % n_chunks
-        g0 = bounds[chunk]
-        g1 = bounds[chunk + 1]
-        r0 = GROUP * g0
-        r1 = min(GROUP * g1, k)
-        j0 = slab * width
-        j1 = min(j0 + width, m)
-        if r1 <= r0:
-            continue
-        if floating is float:
-            grouped_product_f(g1 - g0, &starts[g0 * PATTERNS], first_index(index),
-                              first_quad(quads), &delta[0, 0], m, NULL, alpha, beta, False,
-                              &dW_out[r0, 0], m, k - r0, j0, j1)
-        else:
-            grouped_product_d(g1 - g0, &starts[g0 * PATTERNS], first_index(index),
-                              first_quad(quads), &delta[0, 0], m, NULL, alpha, beta, False,
-                              &dW_out[r0, 0], m, k - r0, j0, j1)
-        if rule != NULL:
-            if n_slabs == 1:
-                rule_step(rule, 0, &dW_out[r0, 0], r0 * m, (r1 - r0) * m)
-            else:
-                for r in range(r0, r1):
-                    rule_step(rule, 0, &dW_out[r, j0], r * m + j0, j1 - j0)
+                rule_step(rule, 1, &db_out[j0], j0, j1 - j0)
 
 
 cdef inline bint narrow_in_parallel(Py_ssize_t n, Py_ssize_t m, Py_ssize_t k,
@@ -424,37 +577,63 @@ def instruction_set():
     return INSTRUCTION_SETS[_isa]
 
 
-def group_buffers(Py_ssize_t n_lines, Py_ssize_t n_positions, dtype):
-    """Return empty (starts, index, quads) for group_rows_checked (n_lines = n_samples,
-    n_positions = n_features) or group_columns_checked (n_lines = n_features, n_positions =
-    n_samples): starts (16 * ceil(n_lines / 4),), index (c,) and quads (c, 4), with
-    c = ceil(n_lines / 4) * n_positions."""
+def group_buffers(Py_ssize_t n_lines, Py_ssize_t n_positions, dtype, *, bint by_rows):
+    """Return empty (starts, index, quads) for group_rows_checked (by_rows, n_lines =
+    n_samples, n_positions = n_features) or group_columns_checked (n_lines = n_features,
+    n_positions = n_samples): starts (16 * p * ceil(n_lines / 4),), index (c,) and quads
+    (c, 4), with c = ceil(n_lines / 4) * n_positions; p is 1 for columns and for rows the
+    number of parts of the features that X @ W sums over (feature_parts), each part's lists
+    after the previous part's."""
+    cdef Py_ssize_t parts = feature_parts(n_positions) if by_rows else 1
     capacity = _n_groups(n_lines) * n_positions
-    return (np.empty(PATTERNS * _n_groups(n_lines), np.intc), np.empty(capacity, np.intc),
-            np.empty((capacity, GROUP), dtype))
+    return (np.empty(PATTERNS * parts * _n_groups(n_lines), np.intc),
+            np.empty(capacity, np.intc), np.empty((capacity, GROUP), dtype))
 
 
-def rows_of(groups, Py_ssize_t n_samples):
-    """(starts, index, quads) from group_buffers(capacity, ...), cut for a batch of n_samples rows."""
+def part_bounds(Py_ssize_t n_features):
+    """The parts of the features that X @ W sums over (in the row groups' layout): their
+    first features, then n_features."""
+    cdef Py_ssize_t parts = feature_parts(n_features)
+    return [part_start(n_features, parts, part) for part in range(parts + 1)]
+
+
+def rows_of(groups, Py_ssize_t n_samples, Py_ssize_t n_features):
+    """(starts, index, quads) from group_buffers(capacity, n_features, dtype, by_rows=True),
+    cut for group_rows_checked on a batch of n_samples rows."""
     starts, index, quads = groups
-    return starts[:PATTERNS * _n_groups(n_samples)], index, quads
+    return starts[:PATTERNS * feature_parts(n_features) * _n_groups(n_samples)], index, quads
+
+
+def _check_row_groups(const int[::1] starts, const int[::1] index, Py_ssize_t n_samples,
+                      Py_ssize_t n_features):
+    """Check row groups of group_buffers(n_samples, n_features, by_rows=True), index and
+    quads of at least ceil(n_samples / 4) * n_features entries: each part's lists within its
+    entries and its positions."""
+    cdef Py_ssize_t parts = feature_parts(n_features), stride = _n_groups(n_samples)
+    cdef Py_ssize_t part, f0, f1
+    for part in range(parts):
+        f0 = part_start(n_features, parts, part)
+        f1 = part_start(n_features, parts, part + 1)
+        _check_lists(starts[PATTERNS * stride * part:PATTERNS * stride * (part + 1)],
+                     index[stride * f0:stride * f1], stride * (f1 - f0), f1 - f0)
 
 
 def _group_checked(const floating[:, ::1] X, int[::1] starts_out, int[::1] index_out,
                    floating[:, ::1] quads_out, bint by_rows, n_threads):
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
-    cdef Py_ssize_t n_groups = _n_groups(n if by_rows else k)
-    cdef Py_ssize_t capacity = n_groups * (k if by_rows else n)
+    cdef Py_ssize_t n_lines = n if by_rows else k, n_positions = k if by_rows else n
+    cdef Py_ssize_t parts = feature_parts(k) if by_rows else 1
+    cdef Py_ssize_t capacity = _n_groups(n_lines) * n_positions
     cdef Py_ssize_t nnz
     cdef int threads = _n_threads(n_threads)
-    if not (starts_out.shape[0] == PATTERNS * n_groups and index_out.shape[0] >= capacity
-            and quads_out.shape[0] >= capacity and quads_out.shape[1] == GROUP
-            and capacity < 2**31):
+    if not (starts_out.shape[0] == PATTERNS * parts * _n_groups(n_lines)
+            and index_out.shape[0] >= capacity and quads_out.shape[0] >= capacity
+            and quads_out.shape[1] == GROUP and capacity < 2**31):
         raise _shape_error(
-            f"X (n, k), starts_out ({PATTERNS * n_groups},), index_out ({capacity},) and "
-            f"quads_out ({capacity}, {GROUP}) or longer, as from group_buffers("
-            f"{n if by_rows else k}, {k if by_rows else n}, dtype)", X=X, starts_out=starts_out,
-            index_out=index_out, quads_out=quads_out)
+            f"X (n, k), starts_out ({PATTERNS * parts * _n_groups(n_lines)},), index_out "
+            f"({capacity},) and quads_out ({capacity}, {GROUP}) or longer, as from "
+            f"group_buffers({n_lines}, {n_positions}, dtype, by_rows={bool(by_rows)})", X=X,
+            starts_out=starts_out, index_out=index_out, quads_out=quads_out)
     with nogil:
         nnz = group_lines(X, by_rows, starts_out, index_out, quads_out, threads)
     return nnz
@@ -529,18 +708,33 @@ def narrow_param_grad_checked(const floating[:, ::1] X, const floating[:, ::1] d
 def sparse_forward_checked(const int[::1] starts, const int[::1] index,
                            const floating[:, ::1] quads, const floating[:, ::1] W,
                            const floating[::1] b, bint relu, floating[:, ::1] Z_out,
-                           n_threads=None):
-    """Z_out := act(X @ W + b), X given by group_rows_checked; n_threads None: OpenMP's default"""
-    if not (W.shape[0] > 0 and b.shape[0] == W.shape[1] and Z_out.shape[1] == W.shape[1]
-            and starts.shape[0] == PATTERNS * _n_groups(Z_out.shape[0])
-            and quads.shape[1] == GROUP):
-        raise _shape_error(f"starts ({PATTERNS} * ceil(n / {GROUP}),), quads (c, {GROUP}), "
-                           "W (k, m), b (m,) and Z_out (n, m) with k >= 1", starts=starts,
-                           quads=quads, W=W, b=b, Z_out=Z_out)
-    _check_lists(starts, index, min(index.shape[0], quads.shape[0]), W.shape[0])
+                           n_threads=None, floating[:, ::1] partial_out=None):
+    """Z_out := act(X @ W + b), X given by group_rows_checked; n_threads None: OpenMP's
+    default. partial_out: Z_out's shape, for the sums of the second part of the features
+    (allocated if None; unused with one part)."""
+    cdef Py_ssize_t n = Z_out.shape[0], k = W.shape[0]
+    cdef Py_ssize_t parts = feature_parts(k), capacity = _n_groups(n) * k
+    if not (k > 0 and b.shape[0] == W.shape[1] and Z_out.shape[1] == W.shape[1]
+            and starts.shape[0] == PATTERNS * parts * _n_groups(n)
+            and quads.shape[1] == GROUP and min(index.shape[0], quads.shape[0]) >= capacity
+            and (partial_out is None or (partial_out.shape[0] == n
+                                         and partial_out.shape[1] == Z_out.shape[1]))):
+        arrays = {"starts": starts, "index": index, "quads": quads, "W": W, "b": b,
+                  "Z_out": Z_out}
+        if partial_out is not None:
+            arrays["partial_out"] = partial_out
+        raise _shape_error(f"starts ({PATTERNS * parts} * ceil(n / {GROUP}),), index (c,) and "
+                           f"quads (c, {GROUP}) with c >= ceil(n / {GROUP}) * k, W (k, m), "
+                           "b (m,), Z_out (n, m) and partial_out None or (n, m), with k >= 1",
+                           **arrays)
+    _check_row_groups(starts, index, n, k)
+    if partial_out is None and parts > 1:
+        partial_out = np.empty_like(Z_out)
+    elif partial_out is None:
+        partial_out = Z_out  # unused with one part
     cdef int threads = _n_threads(n_threads)
     with nogil:
-        sparse_forward(starts, index, quads, W, b, relu, Z_out, threads)
+        sparse_forward(starts, index, quads, W, b, relu, Z_out, partial_out, threads)
 
 
 def sparse_param_grad_checked(const int[::1] starts, const int[::1] index,

@@ -184,9 +184,13 @@ class Step:
         sparse = sparse and (self.capacity + 3) * self.n_features < 2**31  # int32 indices
         if sparse and self.row_groups is None:
             dtype = self.outputs[0].dtype
-            self.row_groups = _sparse.group_buffers(self.capacity, self.n_features, dtype)
+            self.row_groups = _sparse.group_buffers(
+                self.capacity, self.n_features, dtype, by_rows=True
+            )
             if self.training:
-                self.column_groups = _sparse.group_buffers(self.n_features, self.capacity, dtype)
+                self.column_groups = _sparse.group_buffers(
+                    self.n_features, self.capacity, dtype, by_rows=False
+                )
         self.sparse_input = sparse
 
     def use_optimizer(self, optimizer):

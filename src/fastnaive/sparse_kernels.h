@@ -242,7 +242,7 @@ static const int fastnaive_popcount[FASTNAIVE_PATTERNS] = {0, 1, 1, 2, 1, 2, 2, 
  * is four neighbouring floats of a row. cmpneq is true for NaN, like != in C. Returns 0
  * (for the generic pass to run instead) without SSE2. */
 FASTNAIVE_INLINE int fastnaive_fast_pass_f(int mode, int by_rows, const float *first,
-                                           ptrdiff_t k, ptrdiff_t n_positions,
+                                           ptrdiff_t ldx, ptrdiff_t n_positions,
                                            int counts[4][FASTNAIVE_PATTERNS], int *index,
                                            float *quads, fastnaive_kept_f *kept)
 {
@@ -259,14 +259,14 @@ FASTNAIVE_INLINE int fastnaive_fast_pass_f(int mode, int by_rows, const float *f
              * pass over a batch's rows reads them from memory. */
             if ((j & 15) == 0)
                 for (c = 0; c < 4; c++)
-                    __builtin_prefetch(x + (c + FASTNAIVE_GROUP) * k);
+                    __builtin_prefetch(x + (c + FASTNAIVE_GROUP) * ldx);
             for (c = 0; c < 4; c++)
-                block[c] = width == 4 ? _mm_loadu_ps(x + c * k)
-                           : _mm_setr_ps(x[c * k], width > 1 ? x[c * k + 1] : 0,
-                                         width > 2 ? x[c * k + 2] : 0, 0);
+                block[c] = width == 4 ? _mm_loadu_ps(x + c * ldx)
+                           : _mm_setr_ps(x[c * ldx], width > 1 ? x[c * ldx + 1] : 0,
+                                         width > 2 ? x[c * ldx + 2] : 0, 0);
         } else {
             for (c = 0; c < 4; c++)
-                block[c] = c < width ? _mm_loadu_ps(first + (j + c) * k) : zero;
+                block[c] = c < width ? _mm_loadu_ps(first + (j + c) * ldx) : zero;
         }
         /* The OR of nonzero floats is nonzero, of zeros of either sign +-0. */
         if (_mm_movemask_ps(_mm_cmpneq_ps(_mm_or_ps(_mm_or_ps(block[0], block[1]),
@@ -294,18 +294,18 @@ FASTNAIVE_INLINE int fastnaive_fast_pass_f(int mode, int by_rows, const float *f
     }
     return 1;
 #else
-    (void)mode; (void)by_rows; (void)first; (void)k; (void)n_positions; (void)counts;
+    (void)mode; (void)by_rows; (void)first; (void)ldx; (void)n_positions; (void)counts;
     (void)index; (void)quads; (void)kept;
     return 0;
 #endif
 }
 
 FASTNAIVE_INLINE int fastnaive_fast_pass_d(int mode, int by_rows, const double *first,
-                                           ptrdiff_t k, ptrdiff_t n_positions,
+                                           ptrdiff_t ldx, ptrdiff_t n_positions,
                                            int counts[4][FASTNAIVE_PATTERNS], int *index,
                                            double *quads, fastnaive_kept_d *kept)
 {
-    (void)mode; (void)by_rows; (void)first; (void)k; (void)n_positions; (void)counts;
+    (void)mode; (void)by_rows; (void)first; (void)ldx; (void)n_positions; (void)counts;
     (void)index; (void)quads; (void)kept;
     return 0;
 }
@@ -370,11 +370,11 @@ FASTNAIVE_INLINE __attribute__((target("avx512f"))) void fastnaive_slots_append(
     d->n += __builtin_popcount(nonzero);
 }
 
-/* Four rows of k floats from first (k <= FASTNAIVE_KEEP_MAX): a 4 x 16 block per sixteen
- * positions, transposed into quads by unpacking, position 16 b + 4 l + c at slot 16 b + 4 c
- * + l. The next group's rows are prefetched, as the SSE2 pass does. */
+/* Four rows of k floats from first, ldx floats apart (k <= FASTNAIVE_KEEP_MAX): a 4 x 16
+ * block per sixteen positions, transposed into quads by unpacking, position 16 b + 4 l + c
+ * at slot 16 b + 4 c + l. The next group's rows are prefetched, as the SSE2 pass does. */
 FASTNAIVE_AVX512_BUILD static void fastnaive_slot_rows_f(const float *first, ptrdiff_t k,
-                                                         fastnaive_slots_f *d)
+                                                         ptrdiff_t ldx, fastnaive_slots_f *d)
 {
     const __m512 zero = _mm512_setzero_ps();
     ptrdiff_t j;
@@ -386,8 +386,8 @@ FASTNAIVE_AVX512_BUILD static void fastnaive_slot_rows_f(const float *first, ptr
         __m512 r[4];
         __mmask16 m[4];
         for (c = 0; c < 4; c++) {
-            __builtin_prefetch(first + (c + FASTNAIVE_GROUP) * k + j);
-            r[c] = _mm512_maskz_loadu_ps(live, first + c * k + j);
+            __builtin_prefetch(first + (c + FASTNAIVE_GROUP) * ldx + j);
+            r[c] = _mm512_maskz_loadu_ps(live, first + c * ldx + j);
             /* Unordered not-equal: NaN counts as nonzero, zeros of either sign do not. */
             m[c] = _mm512_cmp_ps_mask(r[c], zero, _CMP_NEQ_UQ);
         }
@@ -456,17 +456,18 @@ FASTNAIVE_AVX512_BUILD static void fastnaive_slot_columns_f(const float *first, 
 /* fastnaive_group_f for a group of four lines of at most FASTNAIVE_KEEP_MAX positions: the
  * same layout, from the slots. */
 static ptrdiff_t fastnaive_group_slots_f(int by_rows, const float *X, ptrdiff_t n, ptrdiff_t k,
-                                         ptrdiff_t g, int *starts, int *index, float *quads)
+                                         ptrdiff_t ldx, ptrdiff_t g, int *starts, int *index,
+                                         float *quads)
 {
     const ptrdiff_t n_positions = by_rows ? k : n;
-    const float *first = X + FASTNAIVE_GROUP * g * (by_rows ? k : 1);
+    const float *first = X + FASTNAIVE_GROUP * g * (by_rows ? ldx : 1);
     fastnaive_slots_f d;
     int counts[4][FASTNAIVE_PATTERNS] = {{0}};
     ptrdiff_t nnz, e;
     if (by_rows)
-        fastnaive_slot_rows_f(first, k, &d);
+        fastnaive_slot_rows_f(first, k, ldx, &d);
     else
-        fastnaive_slot_columns_f(first, k, n_positions, &d);
+        fastnaive_slot_columns_f(first, ldx, n_positions, &d);
     for (e = 0; e < d.n; e++)
         counts[d.key[e] >> 4][d.key[e] & 15]++;
     nnz = fastnaive_cursors(counts, g * n_positions, starts + FASTNAIVE_PATTERNS * g);
@@ -484,40 +485,43 @@ static ptrdiff_t fastnaive_group_slots_f(int by_rows, const float *X, ptrdiff_t 
 /* The AVX-512 builder's result for a float group of four lines that the builder keeps (-1:
  * not taken, where it is not selected or compiled). */
 FASTNAIVE_INLINE ptrdiff_t fastnaive_fast_group_f(int by_rows, const float *X, ptrdiff_t n,
-                                                  ptrdiff_t k, ptrdiff_t g, int *starts,
-                                                  int *index, float *quads)
+                                                  ptrdiff_t k, ptrdiff_t ldx, ptrdiff_t g,
+                                                  int *starts, int *index, float *quads)
 {
 #if FASTNAIVE_X86_DISPATCH
     if (fastnaive_group_avx512)
-        return fastnaive_group_slots_f(by_rows, X, n, k, g, starts, index, quads);
+        return fastnaive_group_slots_f(by_rows, X, n, k, ldx, g, starts, index, quads);
 #endif
-    (void)by_rows; (void)X; (void)n; (void)k; (void)g; (void)starts; (void)index; (void)quads;
+    (void)by_rows; (void)X; (void)n; (void)k; (void)ldx; (void)g; (void)starts; (void)index;
+    (void)quads;
     return -1;
 }
 
 FASTNAIVE_INLINE ptrdiff_t fastnaive_fast_group_d(int by_rows, const double *X, ptrdiff_t n,
-                                                  ptrdiff_t k, ptrdiff_t g, int *starts,
-                                                  int *index, double *quads)
+                                                  ptrdiff_t k, ptrdiff_t ldx, ptrdiff_t g,
+                                                  int *starts, int *index, double *quads)
 {
-    (void)by_rows; (void)X; (void)n; (void)k; (void)g; (void)starts; (void)index; (void)quads;
+    (void)by_rows; (void)X; (void)n; (void)k; (void)ldx; (void)g; (void)starts; (void)index;
+    (void)quads;
     return -1;
 }
 
-/* fastnaive_group_SUFFIX: the quads of group g of X into the layout above, by_rows for X @ B
- * (groups of four rows, index = column) or not for X.T @ B (groups of four columns, index =
- * row). Groups are independent: each writes only its own entries. Returns the number of
- * nonzeros of the group's lines. */
+/* fastnaive_group_SUFFIX: the quads of group g of X (n, k), its rows ldx >= k elements
+ * apart, into the layout above, by_rows for X @ B (groups of four rows, index = column) or
+ * not for X.T @ B (groups of four columns, index = row). X may be a block of columns of a
+ * wider matrix (a part of the features, by rows). Groups are independent: each writes only
+ * its own entries. Returns the number of nonzeros of the group's lines. */
 #define FASTNAIVE_BUILD_DEFINE(T, SUFFIX)                                                      \
 /* The generic pass, from scalars: lines < 4 (the last group) or no fast pass. */              \
 FASTNAIVE_INLINE void fastnaive_group_pass_##SUFFIX(                                           \
-    int mode, int by_rows, const T *first, ptrdiff_t k, int lines, ptrdiff_t n_positions,      \
+    int mode, int by_rows, const T *first, ptrdiff_t ldx, int lines, ptrdiff_t n_positions,    \
     int counts[4][FASTNAIVE_PATTERNS], int *index, T *quads, fastnaive_kept_##SUFFIX *kept)    \
 {                                                                                              \
-    const ptrdiff_t line_stride = by_rows ? k : 1, position_stride = by_rows ? 1 : k;          \
+    const ptrdiff_t line_stride = by_rows ? ldx : 1, position_stride = by_rows ? 1 : ldx;      \
     ptrdiff_t j;                                                                               \
     int c, r;                                                                                  \
     if (lines == FASTNAIVE_GROUP                                                               \
-        && fastnaive_fast_pass_##SUFFIX(mode, by_rows, first, k, n_positions, counts, index,   \
+        && fastnaive_fast_pass_##SUFFIX(mode, by_rows, first, ldx, n_positions, counts, index, \
                                         quads, kept))                                          \
         return;                                                                                \
     for (j = 0; j < n_positions; j += 4) {                                                     \
@@ -556,28 +560,29 @@ FASTNAIVE_INLINE void fastnaive_group_pass_##SUFFIX(                            
 }                                                                                              \
                                                                                                \
 static ptrdiff_t fastnaive_group_##SUFFIX(int by_rows, const T *X, ptrdiff_t n, ptrdiff_t k,   \
-                                          ptrdiff_t g, int *starts, int *index, T *quads)      \
+                                          ptrdiff_t ldx, ptrdiff_t g, int *starts, int *index, \
+                                          T *quads)                                            \
 {                                                                                              \
     const ptrdiff_t n_lines = by_rows ? n : k, n_positions = by_rows ? k : n;                  \
     const int lines = n_lines - FASTNAIVE_GROUP * g < FASTNAIVE_GROUP                          \
                       ? (int)(n_lines - FASTNAIVE_GROUP * g) : FASTNAIVE_GROUP;                \
-    const T *first = X + FASTNAIVE_GROUP * g * (by_rows ? k : 1);                              \
+    const T *first = X + FASTNAIVE_GROUP * g * (by_rows ? ldx : 1);                            \
     int counts[4][FASTNAIVE_PATTERNS] = {{0}};                                                 \
     ptrdiff_t nnz, e;                                                                          \
     const int keep = n_positions <= FASTNAIVE_KEEP_MAX;                                        \
     fastnaive_kept_##SUFFIX kept;                                                              \
     if (lines == FASTNAIVE_GROUP && keep) {                                                    \
-        const ptrdiff_t done = fastnaive_fast_group_##SUFFIX(by_rows, X, n, k, g, starts, index, \
-                                                             quads);                           \
+        const ptrdiff_t done = fastnaive_fast_group_##SUFFIX(by_rows, X, n, k, ldx, g, starts, \
+                                                             index, quads);                    \
         if (done >= 0)                                                                         \
             return done;                                                                       \
     }                                                                                          \
     kept.n = 0;                                                                                \
-    fastnaive_group_pass_##SUFFIX(keep ? FASTNAIVE_KEEP : FASTNAIVE_COUNT, by_rows, first, k,  \
+    fastnaive_group_pass_##SUFFIX(keep ? FASTNAIVE_KEEP : FASTNAIVE_COUNT, by_rows, first, ldx,\
                                   lines, n_positions, counts, index, quads, &kept);            \
     nnz = fastnaive_cursors(counts, g * n_positions, starts + FASTNAIVE_PATTERNS * g);         \
     if (!keep) {                                                                               \
-        fastnaive_group_pass_##SUFFIX(FASTNAIVE_WRITE, by_rows, first, k, lines, n_positions,  \
+        fastnaive_group_pass_##SUFFIX(FASTNAIVE_WRITE, by_rows, first, ldx, lines, n_positions,\
                                       counts, index, quads, &kept);                            \
         return nnz;                                                                            \
     }                                                                                          \
@@ -591,6 +596,26 @@ static ptrdiff_t fastnaive_group_##SUFFIX(int by_rows, const T *X, ptrdiff_t n, 
 
 FASTNAIVE_BUILD_DEFINE(float, f)
 FASTNAIVE_BUILD_DEFINE(double, d)
+
+/* fastnaive_add_parts_SUFFIX: out[e] := act(out[e] + part[e]) for e < count, act = relu
+ * (z < 0 ? 0 : z, NaN staying NaN) if relu else identity: a product's partial sums over two
+ * parts of its positions, added. */
+#define FASTNAIVE_ADD_DEFINE(T, SUFFIX)                                                        \
+static void fastnaive_add_parts_##SUFFIX(T *out, const T *part, ptrdiff_t count, int relu)     \
+{                                                                                              \
+    ptrdiff_t e;                                                                               \
+    if (relu)                                                                                  \
+        for (e = 0; e < count; e++) {                                                          \
+            const T z = out[e] + part[e];                                                      \
+            out[e] = z < 0 ? 0 : z;                                                            \
+        }                                                                                      \
+    else                                                                                       \
+        for (e = 0; e < count; e++)                                                            \
+            out[e] += part[e];                                                                 \
+}
+
+FASTNAIVE_ADD_DEFINE(float, f)
+FASTNAIVE_ADD_DEFINE(double, d)
 
 typedef void (*fastnaive_grouped_product_f_t)(ptrdiff_t, const int *, const int *, const float *,
                                               const float *, ptrdiff_t, const float *, float, float,
