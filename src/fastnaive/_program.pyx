@@ -19,10 +19,9 @@ from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
 from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport (RULE_ADAM, RULE_MOMENTUM, RULE_NESTEROV, Rule, dense_forward,
                                  dense_input_grad, dense_param_grad, max_abs)
-from fastnaive._sparse cimport (GROUP, NARROW_MAX, PATTERNS, feature_parts, group_lines,
-                                group_rows_and_columns, narrow_forward,
-                                narrow_input_grad, narrow_param_grad, sparse_forward,
-                                sparse_param_grad)
+from fastnaive._sparse cimport (GROUP, NARROW_MAX, PATTERNS, feature_parts,
+                                group_and_forward, group_lines, narrow_forward,
+                                narrow_input_grad, narrow_param_grad, sparse_param_grad)
 
 # How the first layer multiplies its inputs: GEMMs, the sparse kernels on the inputs'
 # nonzeros, or the caller (who then also runs its activation's product and gradient).
@@ -338,7 +337,7 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
     cdef int[::1] starts, index, column_starts, column_index
     cdef Py_ssize_t i, last = p.n_layers - 1
     cdef int code, fused
-    cdef bint has_pre, relu
+    cdef bint has_pre, relu, columns
     cdef double rate
     cdef unsigned long long seed
     if n == 0:
@@ -372,21 +371,21 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
                 partial = target
             relu = fused == RELU_CODE
             p.columns_of = NULL
-            if training and p.trains:
+            columns = training and p.trains
+            if columns:
                 # The backward pass's column groups too, in the same parallel loop.
                 column_starts, column_index = p.column_starts, p.column_index
                 column_quads = p.column_quads
-                with nogil:
-                    group_rows_and_columns(x, starts, index, quads, column_starts,
-                                           column_index, column_quads, n_threads)
-                p.columns_of, p.columns_rows = &x[0, 0], x.shape[0]
             else:
-                with nogil:
-                    group_lines(x, True, starts, index, quads, n_threads)
+                column_starts, column_index, column_quads = starts, index, quads  # unused
             with nogil:
-                sparse_forward(starts, index, quads, W, b, relu, target, partial, n_threads)
+                group_and_forward(x, starts, index, quads, columns, column_starts,
+                                  column_index, column_quads, W, b, relu, target, partial,
+                                  n_threads)
                 if not relu and fused != LINEAR_CODE:
                     activate_rows(fused, target, target)
+            if columns:
+                p.columns_of, p.columns_rows = &x[0, 0], x.shape[0]
         elif p.narrow[i]:
             with nogil:
                 narrow_forward(a, W, b, fused, target, n_threads)

@@ -15,6 +15,12 @@ cdef void group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_o
 cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
                             int[::1] index_out, floating[:, ::1] quads_out,
                             int n_threads) noexcept nogil
+cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
+                            int[::1] row_index_out, floating[:, ::1] row_quads_out,
+                            bint columns, int[::1] column_starts_out, int[::1] column_index_out,
+                            floating[:, ::1] column_quads_out, const floating[:, ::1] W,
+                            const floating[::1] b, bint relu, floating[:, ::1] Z_out,
+                            floating[:, ::1] partial, int n_threads) noexcept nogil
 cdef void sparse_forward(const int[::1] starts, const int[::1] index,
                          const floating[:, ::1] quads, const floating[:, ::1] W,
                          const floating[::1] b, bint relu, floating[:, ::1] Z_out,

@@ -318,9 +318,15 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
     for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
         forward_share(starts, index, quads, W, b, relu, Z_out, partial,
                       share_of(slot, slots, parts), parts)
-    if parts == 1 or slots == 1:
-        return  # one slot held every part: its products added them
-    # The sums added by rows: the threads' rows of Z as the layer above's blocks of rows.
+    if parts > 1 and slots > 1:
+        add_partial_sums(Z_out, partial, relu, slots)
+
+
+cdef void add_partial_sums(floating[:, ::1] Z_out, const floating[:, ::1] partial, bint relu,
+                           Py_ssize_t slots) noexcept nogil:
+    """Z := act(Z + partial) by rows on `slots` threads: each thread's rows of Z as the layer
+    above's blocks of rows"""
+    cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1], slot, i0, i1
     for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
         i0 = slot * n // slots
         i1 = (slot + 1) * n // slots
@@ -329,6 +335,39 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
                 add_parts_f(&Z_out[i0, 0], &partial[i0, 0], (i1 - i0) * m, relu)
             else:
                 add_parts_d(&Z_out[i0, 0], &partial[i0, 0], (i1 - i0) * m, relu)
+
+
+cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
+                            int[::1] row_index_out, floating[:, ::1] row_quads_out,
+                            bint columns, int[::1] column_starts_out, int[::1] column_index_out,
+                            floating[:, ::1] column_quads_out, const floating[:, ::1] W,
+                            const floating[::1] b, bint relu, floating[:, ::1] Z_out,
+                            floating[:, ::1] partial, int n_threads) noexcept nogil:
+    """group_lines(X, True, row_*) (and, if columns, group_lines(X, False, column_*)), then
+    sparse_forward on the row groups. Where each thread holds whole parts, it groups and
+    multiplies them in one parallel region: its products read only the groups it made."""
+    cdef Py_ssize_t n = X.shape[0], k = X.shape[1], m = Z_out.shape[1]
+    cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
+    cdef Py_ssize_t slot
+    cdef Share share
+    if n == 0 or k == 0 or m == 0 or slots > parts:
+        if columns:
+            group_rows_and_columns(X, row_starts_out, row_index_out, row_quads_out,
+                                   column_starts_out, column_index_out, column_quads_out,
+                                   n_threads)
+        else:
+            group_lines(X, True, row_starts_out, row_index_out, row_quads_out, n_threads)
+        sparse_forward(row_starts_out, row_index_out, row_quads_out, W, b, relu, Z_out,
+                       partial, n_threads)
+        return
+    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
+        share = share_of(slot, slots, parts)
+        group_share(X, share, parts, True, row_starts_out, row_index_out, row_quads_out,
+                    columns, column_starts_out, column_index_out, column_quads_out)
+        forward_share(row_starts_out, row_index_out, row_quads_out, W, b, relu, Z_out, partial,
+                      share, parts)
+    if parts > 1 and slots > 1:
+        add_partial_sums(Z_out, partial, relu, slots)
 
 
 cdef Py_ssize_t quads_of(const int[::1] starts, Py_ssize_t g) noexcept nogil:
