@@ -18,9 +18,9 @@
 # (on more threads than parts, a team of them splits the part's columns and rows), and the
 # two partial sums added after. Splitting X @ W by W's columns instead, while the update
 # splits W's rows, moved W between the cores every step: on a 2-vCPU KVM guest whose vCPUs
-# sat on two chiplets, a two-thread book step took twice as long as on one chiplet, and
-# longer than one thread (BENCHMARKS.md); any column split of a row-major W did, even with
-# no element shared. In X.T @ delta, W's update (and the optimizer's state) is cut into
+# sat on two chiplets, a two-thread book epoch took twice as long as on one chiplet (0.23-0.25
+# s against 0.115), longer than one thread; split by rows, 0.16-0.17 s (BENCHMARKS.md). Any
+# column split of a row-major W did, even with no element shared. In X.T @ delta, W's update (and the optimizer's state) is cut into
 # chunks of whole rows, each a stretch of memory that no other thread's chunk shares a cache
 # line with: taking W's columns there made the threads' optimizer steps interleave every
 # 512 bytes along each row, and Adam's step then ran at half speed on two threads. OpenMP
