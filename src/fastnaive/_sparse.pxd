@@ -8,10 +8,6 @@ cdef extern from "sparse_kernels.h" nogil:
     const int NARROW_MAX "FASTNAIVE_NARROW_MAX"
 
 cdef Py_ssize_t feature_parts(Py_ssize_t k) noexcept nogil
-cdef void group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_out,
-                                 int[::1] row_index_out, floating[:, ::1] row_quads_out,
-                                 int[::1] column_starts_out, int[::1] column_index_out,
-                                 floating[:, ::1] column_quads_out, int n_threads) noexcept nogil
 cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
                             int[::1] index_out, floating[:, ::1] quads_out,
                             int n_threads) noexcept nogil
@@ -21,10 +17,6 @@ cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                             floating[:, ::1] column_quads_out, const floating[:, ::1] W,
                             const floating[::1] b, bint relu, floating[:, ::1] Z_out,
                             floating[:, ::1] partial, int n_threads) noexcept nogil
-cdef void sparse_forward(const int[::1] starts, const int[::1] index,
-                         const floating[:, ::1] quads, const floating[:, ::1] W,
-                         const floating[::1] b, bint relu, floating[:, ::1] Z_out,
-                         floating[:, ::1] partial, int n_threads) noexcept nogil
 cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                             const floating[:, ::1] quads, const floating[:, ::1] delta,
                             floating alpha, floating beta, floating[:, ::1] dW_out,
