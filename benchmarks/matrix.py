@@ -91,6 +91,7 @@ class Workload:
     initializer: str  # a fastnaive.initializers name
     dtype: str = "float32"
     shift: float = 0.0  # added to every input pixel
+    noise: float = 0.0  # U[0, noise) added to every input pixel (seeded)
     epoch_rtol: float | None = 1e-4
 
     @property
@@ -151,6 +152,13 @@ WORKLOADS = {
             name="dense",
             description="the book's on MNIST + 0.01 (every input nonzero)",
             shift=0.01,
+        ),
+        replace(
+            BOOK,
+            name="noise",
+            description="the book's on MNIST + U[0, 0.01) noise (every input nonzero, no "
+            "common value)",
+            noise=0.01,
         ),
         replace(
             BOOK,
@@ -302,6 +310,9 @@ def workload_data(workload, images, quick):
     inputs = x[:n].astype(workload.dtype)
     if workload.shift:
         inputs += workload.shift
+    if workload.noise:
+        noise = np.random.default_rng(SEED).random(inputs.shape) * workload.noise
+        inputs += noise.astype(workload.dtype)
     return np.ascontiguousarray(inputs), labels[:n].astype(np.intp)
 
 

@@ -21,7 +21,7 @@ from helpers import make_data, make_model, random_model
 from threadpoolctl import threadpool_limits
 
 import fastnaive
-from fastnaive import _kernels
+from fastnaive import _kernels, engine
 
 
 def train(seed, dtype="float32", optimizer="sgd", threads=None):
@@ -67,20 +67,26 @@ def test_thread_counts_give_the_same_gradients_to_the_bit(dtype):
     assert_identical(grads_2, grads_1)
 
 
-@pytest.mark.parametrize("inputs", ["dense", "mostly zeros", "csr"])
+@pytest.mark.parametrize("inputs", ["dense", "mostly zeros", "mostly offsets", "csr"])
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 def test_weights_are_the_same_bits_at_1_2_and_3_threads(dtype, inputs, optimizer):
     """Shapes big enough to cut every GEMM into blocks (in rows and columns) and to run the
     sparse kernels in parallel; SGD runs fused into the weight-gradient GEMM, momentum and
     Adam on each block of the gradients as the kernels produce it (after them for the
-    scipy.sparse batch)."""
+    scipy.sparse batch). Inputs mostly at one value per feature run the sparse kernels on
+    their distances from those values."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((600, 300)).astype(dtype)
     if inputs != "dense":
         x[rng.random(x.shape) < 0.8] = 0  # the first layer runs on the nonzeros
+    if inputs == "mostly offsets":
+        x += rng.uniform(-1, 1, 300).astype(dtype)  # on the distances from these
     if inputs == "csr":
         x = scipy.sparse.csr_matrix(x)
     y = rng.integers(0, 10, 600)
+    if inputs != "csr":
+        step = engine.Step(random_model([300, 10], "softmax", dtype, seed=0), 128, x)
+        assert (step.offsets is not None) == (inputs == "mostly offsets")
     results = []
     for threads in (1, 2, 3):
         model = random_model([300, 256, 256, 10], "softmax", dtype, seed=0)

@@ -198,11 +198,20 @@ cdef void softmax(const floating[:, ::1] logits, floating[:, ::1] out) noexcept 
             out[i, j] = <floating>(exp(logits[i, j] - z_max) / total)
 
 
+cdef inline void shift_row(const floating* src, const floating* offsets, floating* out,
+                           Py_ssize_t n) noexcept nogil:
+    """out[j] := src[j] - offsets[j] for j < n"""
+    cdef Py_ssize_t j
+    for j in range(n):
+        out[j] = src[j] - offsets[j]
+
+
 cdef void gather_rows(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
-                      floating[:, ::1] out) noexcept nogil:
-    """out[i] := src[rows[i]]"""
+                      floating[:, ::1] out, const floating[::1] offsets) noexcept nogil:
+    """out[i] := src[rows[i]], minus offsets (one per column) unless offsets is empty"""
     cdef Py_ssize_t i, j, r
     cdef Py_ssize_t n_cols = out.shape[1]
+    cdef bint shifted = offsets.shape[0] > 0
     cdef bint parallel = rows.shape[0] * n_cols >= GATHER_MIN_ELEMENTS
     for i in prange(rows.shape[0], schedule="static", use_threads_if=parallel):
         if i + GATHER_AHEAD < rows.shape[0]:
@@ -210,7 +219,9 @@ cdef void gather_rows(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
             if 0 <= r < src.shape[0]:
                 prefetch_bytes(&src[r, 0], n_cols * sizeof(floating))
         r = rows[i]
-        if 0 <= r < src.shape[0]:
+        if 0 <= r < src.shape[0] and shifted:
+            shift_row(&src[r, 0], &offsets[0], &out[i, 0], n_cols)
+        elif 0 <= r < src.shape[0]:
             memcpy(&out[i, 0], &src[r, 0], n_cols * sizeof(floating))
         else:
             for j in range(n_cols):
@@ -302,6 +313,10 @@ cdef extern from "max_abs.h" nogil:
     double fastnaive_max_abs_d(const double* a, Py_ssize_t n)
     double fastnaive_scan_f(const float* a, Py_ssize_t n, Py_ssize_t* nonzeros)
     double fastnaive_scan_d(const double* a, Py_ssize_t n, Py_ssize_t* nonzeros)
+    double fastnaive_scan_from_f(const float* a, const float* c, Py_ssize_t rows,
+                                 Py_ssize_t k, Py_ssize_t* nonzeros)
+    double fastnaive_scan_from_d(const double* a, const double* c, Py_ssize_t rows,
+                                 Py_ssize_t k, Py_ssize_t* nonzeros)
 
 
 cdef double max_abs(const floating* a, Py_ssize_t n) noexcept nogil:
@@ -310,6 +325,30 @@ cdef double max_abs(const floating* a, Py_ssize_t n) noexcept nogil:
         return fastnaive_max_abs_f(a, n)
     else:
         return fastnaive_max_abs_d(a, n)
+
+
+cdef double scan_from(const floating[:, ::1] a, const floating[::1] offsets,
+                      Py_ssize_t* nonzeros, int n_threads) noexcept nogil:
+    """scan of the differences a[i, j] - offsets[j], by chunks of rows"""
+    cdef double peaks[SCAN_CHUNKS]
+    cdef Py_ssize_t counts[SCAN_CHUNKS]
+    cdef Py_ssize_t n = a.shape[0], k = a.shape[1]
+    cdef Py_ssize_t c, i0, i1, chunks = SCAN_CHUNKS if n * k >= PARALLEL_MIN_ELEMENTS else 1
+    cdef double peak = 0
+    for c in prange(chunks, num_threads=n_threads, schedule="static",
+                    use_threads_if=n_threads > 1 and chunks > 1):
+        i0, i1 = n * c // chunks, n * (c + 1) // chunks
+        counts[c], peaks[c] = 0, 0
+        if i1 > i0:
+            if floating is float:
+                peaks[c] = fastnaive_scan_from_f(&a[i0, 0], &offsets[0], i1 - i0, k, &counts[c])
+            else:
+                peaks[c] = fastnaive_scan_from_d(&a[i0, 0], &offsets[0], i1 - i0, k, &counts[c])
+    nonzeros[0] = 0
+    for c in range(chunks):
+        nonzeros[0] += counts[c]
+        peak = max(peak, peaks[c])
+    return peak
 
 
 cdef double scan(const floating* a, Py_ssize_t n, Py_ssize_t* nonzeros,
@@ -409,12 +448,85 @@ def softmax_checked(const floating[:, ::1] logits, floating[:, ::1] out):
 
 
 def gather_rows_checked(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
-                        floating[:, ::1] out):
-    """out[i] := src[rows[i]]"""
-    if not (out.shape[0] == rows.shape[0] and out.shape[1] == src.shape[1]):
-        raise _shape_error("src (n, k), rows (m,) and out (m, k)", src=src, rows=rows, out=out)
+                        floating[:, ::1] out, const floating[::1] offsets=None):
+    """out[i] := src[rows[i]] (minus offsets, one per column, if given)"""
+    if not (out.shape[0] == rows.shape[0] and out.shape[1] == src.shape[1]
+            and (offsets is None or offsets.shape[0] == src.shape[1])):
+        arrays = {"src": src, "rows": rows, "out": out}
+        if offsets is not None:
+            arrays["offsets"] = offsets
+        raise _shape_error("src (n, k), rows (m,), out (m, k) and offsets None or (k,)",
+                           **arrays)
+    if rows.shape[0] == 0:
+        return
+    if offsets is None:
+        offsets = out[0, :0]
     with nogil:
-        gather_rows(src, rows, out)
+        gather_rows(src, rows, out, offsets)
+
+
+def shift_rows_checked(const floating[:, ::1] src, const floating[::1] offsets,
+                       floating[:, ::1] out):
+    """out[i, j] := src[i, j] - offsets[j]"""
+    cdef Py_ssize_t i
+    if not (out.shape[0] == src.shape[0] and out.shape[1] == src.shape[1] == offsets.shape[0]):
+        raise _shape_error("src (n, k), offsets (k,) and out (n, k)", src=src, offsets=offsets,
+                           out=out)
+    if out.shape[1] == 0:
+        return
+    with nogil:
+        for i in range(out.shape[0]):
+            shift_row(&src[i, 0], &offsets[0], &out[i, 0], out.shape[1])
+
+
+# Rows of a matrix that common_values_checked compares, evenly spaced.
+cdef enum:
+    SAMPLE_ROWS = 32
+    SAMPLE_COLUMNS = 256
+COMMON_SAMPLES = SAMPLE_ROWS
+
+
+def common_values_checked(const floating[:, ::1] a, floating[::1] out):
+    """out[j] := the finite value of column j found most often (at least twice) among
+    COMMON_SAMPLES rows of a, evenly spaced (the first sampled of those tied), and 0 where
+    none is; return how many are nonzero. A cheap guess at each column's most common value."""
+    cdef Py_ssize_t n = a.shape[0], k = a.shape[1], samples = min(n, SAMPLE_ROWS)
+    cdef Py_ssize_t j, j0, width, s, t, best, nonzero = 0
+    cdef Py_ssize_t picked[SAMPLE_ROWS]
+    # counts[s][j]: how many samples equal sample s in column j0 + j
+    cdef unsigned char counts[SAMPLE_ROWS][SAMPLE_COLUMNS]
+    cdef const floating* first
+    cdef const floating* second
+    cdef unsigned char same
+    cdef floating value
+    if out.shape[0] != k:
+        raise _shape_error("a (n, k) and out (k,)", a=a, out=out)
+    for s in range(samples):
+        picked[s] = s * (n - 1) // (samples - 1) if samples > 1 else 0
+    with nogil:
+        j0 = 0
+        while j0 < k:
+            width = min(<Py_ssize_t>SAMPLE_COLUMNS, k - j0)
+            for s in range(samples):
+                for j in range(width):
+                    counts[s][j] = 1
+            for s in range(samples):
+                first = &a[picked[s], j0]
+                for t in range(s + 1, samples):
+                    second = &a[picked[t], j0]
+                    for j in range(width):
+                        same = first[j] == second[j]
+                        counts[s][j] += same
+                        counts[t][j] += same
+            for j in range(width):
+                out[j0 + j], best = 0, 1
+                for s in range(samples):
+                    value = a[picked[s], j0 + j]
+                    if counts[s][j] > best and value - value == 0:  # finite
+                        out[j0 + j], best = value, counts[s][j]
+                nonzero += out[j0 + j] != 0
+            j0 += width
+    return nonzero
 
 
 # BLAS sizes are 32-bit ints: axpy_checked updates longer vectors this many elements at a time.
@@ -479,13 +591,20 @@ def max_abs_rows_checked(const floating[:, ::1] a):
     return result
 
 
-def scan_rows_checked(const floating[:, ::1] a, n_threads=None):
+def scan_rows_checked(const floating[:, ::1] a, n_threads=None,
+                      const floating[::1] offsets=None):
     """(the number of nonzero a_ij, max_ij |a_ij|) in one pass; the maximum is inf when any
-    a_ij is NaN or infinite, and NaN counts as nonzero; n_threads None: OpenMP's default"""
+    a_ij is NaN or infinite, and NaN counts as nonzero; n_threads None: OpenMP's default.
+    With offsets (one per column), the same of a_ij - offsets_j."""
     cdef Py_ssize_t nonzeros = 0
     cdef double result = 0.0
     cdef int threads = fastnaive_max_threads() if n_threads is None else max(1, int(n_threads))
-    if a.shape[0] and a.shape[1]:
+    if offsets is not None and offsets.shape[0] != a.shape[1]:
+        raise _shape_error("a (n, k) and offsets (k,)", a=a, offsets=offsets)
+    if offsets is not None and a.shape[0] and a.shape[1]:
+        with nogil:
+            result = scan_from(a, offsets, &nonzeros, threads)
+    elif a.shape[0] and a.shape[1]:
         with nogil:
             result = scan(&a[0, 0], a.shape[0] * a.shape[1], &nonzeros, threads)
     return nonzeros, result

@@ -74,7 +74,8 @@ cdef class Program:
     the head applied; outputs, deltas, dropped, pre: the Step's buffers per layer (None where
     absent), `capacity` rows each; gradients: [dW0, db0, ...] or None; first: FIRST_*;
     row_groups / column_groups: the sparse kernels' buffers (fastnaive._sparse.group_buffers)
-    for FIRST_SPARSE; narrow: per layer, True where its products run on the narrow kernels
+    for FIRST_SPARSE; offsets: None, or for FIRST_SPARSE the first layer's per-feature
+    offsets (n_features,), read at each call: x then holds the inputs minus them; narrow: per layer, True where its products run on the narrow kernels
     (fastnaive._sparse.narrow_*, at most NARROW_MAX outputs) rather than the BLAS.
     """
 
@@ -84,8 +85,11 @@ cdef class Program:
     cdef list layers, dropouts, arrays, weights, biases, outputs, deltas, dropped, pre, grads
     cdef int[::1] codes, head_codes, narrow
     cdef object row_starts, row_index, row_quads, column_starts, column_index, column_quads
-    # FIRST_SPARSE: the sums of X @ W over the second part of the features (sparse_forward).
-    cdef object partial
+    # FIRST_SPARSE: the sums of X @ W over the second part of the features (sparse_forward);
+    # with offsets (held: shifted), the inputs' distances from them are what x holds, each
+    # part's offsets @ W, and delta's column sums (the weight gradient's offset term).
+    cdef object partial, offsets, offset_sums, delta_sums
+    cdef readonly bint shifted
     cdef list state_arrays, state_views
     # The input whose column groups the last training forward made with its row groups
     # (its first element's address and its rows; NULL: none), for param_grad to use.
@@ -94,7 +98,7 @@ cdef class Program:
 
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
                  gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None,
-                 narrow=None):
+                 narrow=None, offsets=None):
         self.n_layers = len(layers)
         self.is_double = outputs[0].dtype == np.float64
         self.capacity = outputs[0].shape[0]
@@ -174,6 +178,18 @@ cdef class Program:
                                  f"{self.capacity}, {n_features}, dtype, by_rows=True) and "
                                  f"group_buffers({n_features}, {self.capacity}, dtype, "
                                  "by_rows=False). Received: other sizes")
+            if offsets is not None and offsets.shape != (n_features,):
+                raise ValueError(f"Expected offsets of shape ({n_features},). Received: "
+                                 f"{offsets.shape}")
+            self.shifted = offsets is not None
+            self.offsets = held_view(offsets if self.shifted else np.empty(0, outputs[0].dtype),
+                                     self.is_double)
+            self.offset_sums = held_view(np.empty((feature_parts(n_features), m),
+                                                  outputs[0].dtype), self.is_double)
+            self.delta_sums = held_view(np.empty(m, outputs[0].dtype), self.is_double)
+        elif offsets is not None:
+            raise ValueError("Expected offsets only with first=FIRST_SPARSE. Received: "
+                             f"first={first}")
         load_blas()
 
     def uses(self, list layers):
@@ -333,7 +349,8 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
     cdef const floating[:, ::1] a = x
     cdef const floating[:, ::1] W
     cdef const floating[::1] b
-    cdef floating[:, ::1] z, target, dropped, quads, column_quads, partial
+    cdef floating[:, ::1] z, target, dropped, quads, column_quads, partial, offset_sums
+    cdef const floating[::1] offsets
     cdef int[::1] starts, index, column_starts, column_index
     cdef Py_ssize_t i, last = p.n_layers - 1
     cdef int code, fused
@@ -378,10 +395,11 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
                 column_quads = p.column_quads
             else:
                 column_starts, column_index, column_quads = starts, index, quads  # unused
+            offsets, offset_sums = p.offsets, p.offset_sums
             with nogil:
                 group_and_forward(x, starts, index, quads, columns, column_starts,
-                                  column_index, column_quads, W, b, relu, target, partial,
-                                  n_threads)
+                                  column_index, column_quads, W, b, offsets, offset_sums, relu,
+                                  target, partial, n_threads)
                 if not relu and fused != LINEAR_CODE:
                     activate_rows(fused, target, target)
             if columns:
@@ -426,14 +444,17 @@ cdef int param_grad(Program p, Py_ssize_t i, const floating[:, ::1] x,
     cdef floating[:, ::1] quads
     cdef int[::1] starts, index
     cdef const floating[:, ::1] inputs
+    cdef const floating[::1] offsets
+    cdef floating[::1] delta_sums
     if i == 0 and p.first == FIRST_SPARSE:
         starts, index, quads = p.column_starts, p.column_index, p.column_quads
+        offsets, delta_sums = p.offsets, p.delta_sums
         if not (x.shape[0] and p.columns_of == &x[0, 0] and p.columns_rows == x.shape[0]):
             with nogil:
                 group_lines(x, False, starts, index, quads, n_threads)
         with nogil:
-            sparse_param_grad(starts, index, quads, delta, alpha, beta, dW, db, n_threads,
-                              rule)
+            sparse_param_grad(starts, index, quads, delta, alpha, beta, dW, db, offsets,
+                              delta_sums, n_threads, rule)
     elif p.narrow[i]:
         inputs = layer_input(p, i, delta.shape[0], x)
         with nogil:

@@ -29,6 +29,11 @@
 # threads. W and delta are best 64-byte aligned (NumPy promises 16): products on misaligned
 # rows are 25-30% slower. Index buffers are user input, so the `def` wrappers check them
 # before any kernel reads through them.
+# Inputs that sit mostly at one value per feature other than 0 (standardised or shifted
+# images) come as their distances from those values, the offsets c (fastnaive.engine picks
+# them): X @ W adds c @ W (each part's rows of it, computed by the part's thread before its
+# products, as their bias) and X.T @ delta adds outer(c, sum_rows(delta)) (the grouped
+# product's bias, scaled per row of dW by c), both exact.
 # The narrow products (narrow_forward, narrow_input_grad, narrow_param_grad) are the dense
 # products of a layer of at most NARROW_MAX outputs, a classifier's head, without the BLAS
 # (narrow_kernels.h): compiled per instruction set like the sparse ones and chosen with them
@@ -44,18 +49,26 @@ from fastnaive._kernels cimport Rule, bias_grad, rule_step
 cdef extern from "sparse_kernels.h" nogil:
     void grouped_product_f "fastnaive_grouped_product_f"(
         Py_ssize_t n_groups, const int* starts, const int* index, const float* quads,
-        const float* B, Py_ssize_t ldb, const float* bias, float alpha, float beta, int relu,
-        float* out, Py_ssize_t ldo, Py_ssize_t n_out, Py_ssize_t j0, Py_ssize_t j1)
+        const float* B, Py_ssize_t ldb, const float* bias, const float* scales, float alpha,
+        float beta, int relu, float* out, Py_ssize_t ldo, Py_ssize_t n_out, Py_ssize_t j0,
+        Py_ssize_t j1)
     void grouped_product_d "fastnaive_grouped_product_d"(
         Py_ssize_t n_groups, const int* starts, const int* index, const double* quads,
-        const double* B, Py_ssize_t ldb, const double* bias, double alpha, double beta,
-        int relu, double* out, Py_ssize_t ldo, Py_ssize_t n_out, Py_ssize_t j0, Py_ssize_t j1)
+        const double* B, Py_ssize_t ldb, const double* bias, const double* scales,
+        double alpha, double beta, int relu, double* out, Py_ssize_t ldo, Py_ssize_t n_out,
+        Py_ssize_t j0, Py_ssize_t j1)
     Py_ssize_t group_f "fastnaive_group_f"(bint by_rows, const float* X, Py_ssize_t n,
                                            Py_ssize_t k, Py_ssize_t ldx, Py_ssize_t g,
                                            int* starts, int* index, float* quads)
     Py_ssize_t group_d "fastnaive_group_d"(bint by_rows, const double* X, Py_ssize_t n,
                                            Py_ssize_t k, Py_ssize_t ldx, Py_ssize_t g,
                                            int* starts, int* index, double* quads)
+    void offset_sums_f "fastnaive_offset_sums_f"(
+        const float* c, const float* W, Py_ssize_t ldw, Py_ssize_t rows, const float* init,
+        float* u, Py_ssize_t j0, Py_ssize_t j1)
+    void offset_sums_d "fastnaive_offset_sums_d"(
+        const double* c, const double* W, Py_ssize_t ldw, Py_ssize_t rows, const double* init,
+        double* u, Py_ssize_t j0, Py_ssize_t j1)
     void add_parts_f "fastnaive_add_parts_f"(float* out, const float* part, Py_ssize_t count,
                                              int relu)
     void add_parts_d "fastnaive_add_parts_d"(double* out, const double* part,
@@ -250,25 +263,28 @@ cdef void group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_o
 
 cdef inline void product(Py_ssize_t n_groups_, const int* starts, const int* index,
                          const floating* quads, const floating* B, Py_ssize_t ldb,
-                         const floating* bias, floating alpha, floating beta, bint relu,
-                         floating* out, Py_ssize_t ldo, Py_ssize_t n_out, Py_ssize_t j0,
-                         Py_ssize_t j1) noexcept nogil:
+                         const floating* bias, const floating* scales, floating alpha,
+                         floating beta, bint relu, floating* out, Py_ssize_t ldo,
+                         Py_ssize_t n_out, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
     if floating is float:
-        grouped_product_f(n_groups_, starts, index, quads, B, ldb, bias, alpha, beta, relu,
-                          out, ldo, n_out, j0, j1)
+        grouped_product_f(n_groups_, starts, index, quads, B, ldb, bias, scales, alpha, beta,
+                          relu, out, ldo, n_out, j0, j1)
     else:
-        grouped_product_d(n_groups_, starts, index, quads, B, ldb, bias, alpha, beta, relu,
-                          out, ldo, n_out, j0, j1)
+        grouped_product_d(n_groups_, starts, index, quads, B, ldb, bias, scales, alpha, beta,
+                          relu, out, ldo, n_out, j0, j1)
 
 
 cdef void forward_share(const int[::1] starts, const int[::1] index,
                         const floating[:, ::1] quads, const floating[:, ::1] W,
-                        const floating[::1] b, bint relu, floating[:, ::1] Z_out,
+                        const floating[::1] b, const floating[::1] offsets,
+                        floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
                         floating[:, ::1] partial, Share share, Py_ssize_t parts) noexcept nogil:
     """A share's products: of each of its parts, the rank's share of W's columns, in blocks
     of FORWARD_BYTES; part 0 into Z_out with the bias, part 1 into partial, or, where the
     share holds every part, added to Z_out by the product (z = sums + Z_out, the bits of
-    sparse_forward's addition), relu applied after the last part"""
+    sparse_forward's addition), relu applied after the last part. With offsets (k,), each
+    part's bias is offset_sums[part] := (b if part 0) + offsets[part's rows] @ W[part's rows],
+    the share's columns of it computed first."""
     cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1], k = W.shape[0]
     cdef Py_ssize_t width = FORWARD_BYTES // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t unit = MIN_BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
@@ -276,7 +292,9 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
     cdef Py_ssize_t stride = starts.shape[0] // (PATTERNS * parts)
     cdef Py_ssize_t part, f0, base, j0, j1, last
     cdef bint whole = share.part0 == 0 and share.part1 == parts
+    cdef bint shifted = offsets.shape[0] > 0
     cdef floating* out
+    cdef const floating* bias
     # The rank's columns: whole tiles, so every output element is one tile's sum, whoever
     # computes it.
     j0 = min(share.rank * units // share.team * unit, m)
@@ -285,25 +303,36 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
         f0 = part_start(k, parts, part)
         base = stride * f0
         out = &Z_out[0, 0] if part == 0 or whole else &partial[0, 0]
+        bias = &b[0] if part == 0 else NULL
+        if shifted and j0 < last:
+            if floating is float:
+                offset_sums_f(&offsets[f0], &W[f0, 0], m, part_start(k, parts, part + 1) - f0,
+                              bias, &offset_sums[part, 0], j0, last)
+            else:
+                offset_sums_d(&offsets[f0], &W[f0, 0], m, part_start(k, parts, part + 1) - f0,
+                              bias, &offset_sums[part, 0], j0, last)
+            bias = &offset_sums[part, 0]
         j1 = j0
         while j1 < last:
             product(n_groups(n), &starts[0] + PATTERNS * stride * part, &index[0] + base,
-                    &quads[0, 0] + GROUP * base, &W[f0, 0], m,
-                    &b[0] if part == 0 else NULL, 1, 1 if part and whole else 0,
-                    relu and whole and part == parts - 1, out, m, n, j1,
-                    min(j1 + width, last))
+                    &quads[0, 0] + GROUP * base, &W[f0, 0], m, bias, NULL, 1,
+                    1 if part and whole else 0, relu and whole and part == parts - 1, out, m,
+                    n, j1, min(j1 + width, last))
             j1 = min(j1 + width, last)
 
 
 cdef void sparse_forward(const int[::1] starts, const int[::1] index,
                          const floating[:, ::1] quads, const floating[:, ::1] W,
-                         const floating[::1] b, bint relu, floating[:, ::1] Z_out,
+                         const floating[::1] b, const floating[::1] offsets,
+                         floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
                          floating[:, ::1] partial, int n_threads) noexcept nogil:
     """Z := act(X @ W + b), X given by group_lines(X, True, ...), act = relu if relu else
     identity. X @ W is summed over each part of the features (feature_parts), part 0's sums
     with the bias into Z, part 1's into partial (n rows of Z's width, or more), then added
     (Z + partial: the same bits whoever computed the parts); on one thread, part 1's
-    product adds its sums to Z itself, to the same bits."""
+    product adds its sums to Z itself, to the same bits. With offsets (k,; empty: none), X
+    holds the inputs' distances from them and Z := act(X @ W + b + offsets @ W), each part's
+    share of offsets @ W in offset_sums (parts, m)."""
     cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1]
     cdef Py_ssize_t parts = feature_parts(W.shape[0])
     cdef Py_ssize_t stride = starts.shape[0] // (PATTERNS * parts)
@@ -316,7 +345,7 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
     if n_threads > 1 and products * m >= PARALLEL_MIN_PRODUCTS:
         slots = n_threads
     for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
-        forward_share(starts, index, quads, W, b, relu, Z_out, partial,
+        forward_share(starts, index, quads, W, b, offsets, offset_sums, relu, Z_out, partial,
                       share_of(slot, slots, parts), parts)
     if parts > 1 and slots > 1:
         add_partial_sums(Z_out, partial, relu, slots)
@@ -341,10 +370,11 @@ cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                             int[::1] row_index_out, floating[:, ::1] row_quads_out,
                             bint columns, int[::1] column_starts_out, int[::1] column_index_out,
                             floating[:, ::1] column_quads_out, const floating[:, ::1] W,
-                            const floating[::1] b, bint relu, floating[:, ::1] Z_out,
+                            const floating[::1] b, const floating[::1] offsets,
+                            floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
                             floating[:, ::1] partial, int n_threads) noexcept nogil:
     """group_lines(X, True, row_*) (and, if columns, group_lines(X, False, column_*)), then
-    sparse_forward on the row groups. Where each thread holds whole parts, it groups and
+    sparse_forward on the row groups (with offsets, see there). Where each thread holds whole parts, it groups and
     multiplies them in one parallel region: its products read only the groups it made."""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1], m = Z_out.shape[1]
     cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
@@ -357,15 +387,15 @@ cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                                    n_threads)
         else:
             group_lines(X, True, row_starts_out, row_index_out, row_quads_out, n_threads)
-        sparse_forward(row_starts_out, row_index_out, row_quads_out, W, b, relu, Z_out,
-                       partial, n_threads)
+        sparse_forward(row_starts_out, row_index_out, row_quads_out, W, b, offsets,
+                       offset_sums, relu, Z_out, partial, n_threads)
         return
     for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
         share = share_of(slot, slots, parts)
         group_share(X, share, parts, True, row_starts_out, row_index_out, row_quads_out,
                     columns, column_starts_out, column_index_out, column_quads_out)
-        forward_share(row_starts_out, row_index_out, row_quads_out, W, b, relu, Z_out, partial,
-                      share, parts)
+        forward_share(row_starts_out, row_index_out, row_quads_out, W, b, offsets, offset_sums,
+                      relu, Z_out, partial, share, parts)
     if parts > 1 and slots > 1:
         add_partial_sums(Z_out, partial, relu, slots)
 
@@ -391,13 +421,16 @@ cdef Py_ssize_t balanced_cut(const int[::1] starts, Py_ssize_t g0, Py_ssize_t g1
 cdef void param_grad_share(const int[::1] starts, const int[::1] index,
                            const floating[:, ::1] quads, const floating[:, ::1] delta,
                            floating alpha, floating beta, floating[:, ::1] dW_out,
+                           const floating[::1] offsets, const floating[::1] delta_sums,
                            Share share, Py_ssize_t parts, const Rule* rule) noexcept nogil:
     """A share's rows of dW (and their rule steps): of each of its parts, the rank's share of
     the part's column groups (an equal share of their quads), in slabs of columns whose part
-    of delta fits SLAB_BYTES"""
+    of delta fits SLAB_BYTES; with offsets, row r gains offsets[r] * delta_sums (alpha *
+    sum_rows(delta)) in the product, before the rule's step"""
     cdef Py_ssize_t k = dW_out.shape[0], m = dW_out.shape[1]
     cdef Py_ssize_t block = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t part, c0, c1, g, g0, g1, r, r0, r1, j0, j1, width, total
+    cdef bint shifted = offsets.shape[0] > 0
     width = SLAB_BYTES // (max(delta.shape[0], 1) * <Py_ssize_t>sizeof(floating))
     width = max(block, width // block * block)
     for part in range(share.part0, share.part1):
@@ -415,9 +448,11 @@ cdef void param_grad_share(const int[::1] starts, const int[::1] index,
         j0 = 0
         while j0 < m:
             j1 = min(j0 + width, m)
+            # With offsets, the rows' terms offsets[r] * delta_sums as the product's bias.
             product(g1 - g0, &starts[g0 * PATTERNS], first_index(index), first_quad(quads),
-                    &delta[0, 0], m, NULL, alpha, beta, False, &dW_out[r0, 0], m, k - r0,
-                    j0, j1)
+                    &delta[0, 0], m, &delta_sums[0] if shifted else NULL,
+                    &offsets[r0] if shifted else NULL, alpha, beta, False, &dW_out[r0, 0], m,
+                    k - r0, j0, j1)
             if rule != NULL:
                 if j0 == 0 and j1 == m:
                     rule_step(rule, 0, &dW_out[r0, 0], r0 * m, (r1 - r0) * m)
@@ -430,11 +465,14 @@ cdef void param_grad_share(const int[::1] starts, const int[::1] index,
 cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                             const floating[:, ::1] quads, const floating[:, ::1] delta,
                             floating alpha, floating beta, floating[:, ::1] dW_out,
-                            floating[::1] db_out, int n_threads,
+                            floating[::1] db_out, const floating[::1] offsets,
+                            floating[::1] delta_sums, int n_threads,
                             const Rule* rule) noexcept nogil:
     """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db, X
     given by group_lines(X, False, ...); then, unless rule is NULL, its step on each part of
-    dW and db.
+    dW and db. With offsets (k,; empty: none), X holds the inputs' distances from them and
+    dW gains alpha * outer(offsets, sum_rows(delta)), alpha * sum_rows(delta) computed into
+    delta_sums (m,) first.
 
     Each slot takes the rows of dW of its parts of the features (feature_parts), those whose
     rows of W its forward products read and whose column groups it made, and a share of db's
@@ -450,8 +488,15 @@ cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
     if (n_threads > 1 and n_groups_ > 0
             and starts[n_groups_ * PATTERNS - 1] * m >= PARALLEL_MIN_PRODUCTS):
         slots = n_threads
+    if offsets.shape[0]:
+        for slot in prange(slots, num_threads=slots, schedule="static",
+                           use_threads_if=slots > 1):
+            j0 = slot * m // slots
+            j1 = (slot + 1) * m // slots
+            if j1 > j0:
+                bias_grad(delta, alpha, 0, delta_sums, j0, j1)
     for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
-        param_grad_share(starts, index, quads, delta, alpha, beta, dW_out,
+        param_grad_share(starts, index, quads, delta, alpha, beta, dW_out, offsets, delta_sums,
                          share_of(slot, slots, parts), parts, rule)
         j0 = slot * m // slots
         j1 = (slot + 1) * m // slots
@@ -747,49 +792,69 @@ def narrow_param_grad_checked(const floating[:, ::1] X, const floating[:, ::1] d
 def sparse_forward_checked(const int[::1] starts, const int[::1] index,
                            const floating[:, ::1] quads, const floating[:, ::1] W,
                            const floating[::1] b, bint relu, floating[:, ::1] Z_out,
-                           n_threads=None, floating[:, ::1] partial_out=None):
+                           n_threads=None, floating[:, ::1] partial_out=None,
+                           const floating[::1] offsets=None):
     """Z_out := act(X @ W + b), X given by group_rows_checked; n_threads None: OpenMP's
     default. partial_out: Z_out's shape, for the sums of the second part of the features
-    (allocated if None; unused with one part)."""
+    (allocated if None; unused with one part). offsets (k,): X holds the inputs' distances
+    from them, Z_out := act(X @ W + b + offsets @ W)."""
     cdef Py_ssize_t n = Z_out.shape[0], k = W.shape[0]
     cdef Py_ssize_t parts = feature_parts(k), capacity = _n_groups(n) * k
     if not (k > 0 and b.shape[0] == W.shape[1] and Z_out.shape[1] == W.shape[1]
             and starts.shape[0] == PATTERNS * parts * _n_groups(n)
             and quads.shape[1] == GROUP and min(index.shape[0], quads.shape[0]) >= capacity
             and (partial_out is None or (partial_out.shape[0] == n
-                                         and partial_out.shape[1] == Z_out.shape[1]))):
+                                         and partial_out.shape[1] == Z_out.shape[1]))
+            and (offsets is None or offsets.shape[0] == k)):
         arrays = {"starts": starts, "index": index, "quads": quads, "W": W, "b": b,
                   "Z_out": Z_out}
         if partial_out is not None:
             arrays["partial_out"] = partial_out
+        if offsets is not None:
+            arrays["offsets"] = offsets
         raise _shape_error(f"starts ({PATTERNS * parts} * ceil(n / {GROUP}),), index (c,) and "
                            f"quads (c, {GROUP}) with c >= ceil(n / {GROUP}) * k, W (k, m), "
-                           "b (m,), Z_out (n, m) and partial_out None or (n, m), with k >= 1",
-                           **arrays)
+                           "b (m,), Z_out (n, m), partial_out None or (n, m) and offsets None "
+                           "or (k,), with k >= 1", **arrays)
     _check_row_groups(starts, index, n, k)
     if partial_out is None and parts > 1:
         partial_out = np.empty_like(Z_out)
     elif partial_out is None:
         partial_out = Z_out  # unused with one part
+    dtype = np.float64 if floating is double else np.float32
+    if offsets is None:
+        offsets = np.empty(0, dtype)
+    cdef floating[:, ::1] offset_sums = np.empty((parts, W.shape[1]), dtype)
     cdef int threads = _n_threads(n_threads)
     with nogil:
-        sparse_forward(starts, index, quads, W, b, relu, Z_out, partial_out, threads)
+        sparse_forward(starts, index, quads, W, b, offsets, offset_sums, relu, Z_out,
+                       partial_out, threads)
 
 
 def sparse_param_grad_checked(const int[::1] starts, const int[::1] index,
                               const floating[:, ::1] quads, const floating[:, ::1] delta,
                               floating alpha, floating beta, floating[:, ::1] dW_out,
-                              floating[::1] db_out, n_threads=None):
-    """dW_out := alpha * X.T @ delta + beta * dW_out;  db_out := alpha * sum_rows(delta) + beta * db_out, X given by group_columns_checked"""
+                              floating[::1] db_out, n_threads=None,
+                              const floating[::1] offsets=None):
+    """dW_out := alpha * X.T @ delta + beta * dW_out;  db_out := alpha * sum_rows(delta) + beta * db_out, X given by group_columns_checked; offsets (k,): X holds the inputs' distances from them, dW_out gains alpha * outer(offsets, sum_rows(delta))"""
     if not (delta.shape[0] > 0 and dW_out.shape[0] > 0 and dW_out.shape[1] == delta.shape[1]
             and db_out.shape[0] == delta.shape[1]
             and starts.shape[0] == PATTERNS * _n_groups(dW_out.shape[0])
-            and quads.shape[1] == GROUP):
+            and quads.shape[1] == GROUP
+            and (offsets is None or offsets.shape[0] == dW_out.shape[0])):
+        arrays = {"starts": starts, "quads": quads, "delta": delta, "dW_out": dW_out,
+                  "db_out": db_out}
+        if offsets is not None:
+            arrays["offsets"] = offsets
         raise _shape_error(f"starts ({PATTERNS} * ceil(k / {GROUP}),), quads (c, {GROUP}), "
-                           "delta (n, m), dW_out (k, m) and db_out (m,) with n, k >= 1",
-                           starts=starts, quads=quads, delta=delta, dW_out=dW_out, db_out=db_out)
+                           "delta (n, m), dW_out (k, m), db_out (m,) and offsets None or (k,) "
+                           "with n, k >= 1", **arrays)
     _check_lists(starts, index, min(index.shape[0], quads.shape[0]), delta.shape[0])
+    dtype = np.float64 if floating is double else np.float32
+    if offsets is None:
+        offsets = np.empty(0, dtype)
+    cdef floating[::1] delta_sums = np.empty(delta.shape[1], dtype)
     cdef int threads = _n_threads(n_threads)
     with nogil:
-        sparse_param_grad(starts, index, quads, delta, alpha, beta, dW_out, db_out, threads,
-                          NULL)
+        sparse_param_grad(starts, index, quads, delta, alpha, beta, dW_out, db_out, offsets,
+                          delta_sums, threads, NULL)

@@ -10,10 +10,13 @@ decided there, and nowhere else:
 - kernels: each layer's activation code (a head the loss absorbs stays logits in training)
   and the loss's kernel; the first layer runs on the inputs' nonzeros (fastnaive._sparse)
   when they are zero enough (SPARSE_MAX_DENSITY; MNIST is 81% zeros), which is exact and,
-  there, 1.7-2.1x faster than the dense GEMMs (benchmarks/sparse.py), and on a scipy.sparse
-  matrix's nonzeros (fastnaive._csr, fastnaive.sparse); a layer of at most NARROW_MAX_WIDTH
-  outputs (a classifier's head) runs its products on the narrow kernels of
-  fastnaive._sparse rather than the BLAS, where they are faster (`narrow_layers`);
+  there, 1.7-2.1x faster than the dense GEMMs (benchmarks/sparse.py); else, where each
+  feature has one most common value (standardised or shifted images: the background), on
+  the inputs' distances from those offsets c when they are zero enough, with X @ W =
+  (X - c) @ W + c @ W and X.T @ delta = (X - c).T @ delta + outer(c, sum_rows(delta)), both
+  exact; and on a scipy.sparse matrix's nonzeros (fastnaive._csr, fastnaive.sparse); a layer
+  of at most NARROW_MAX_WIDTH outputs (a classifier's head) runs its products on the narrow
+  kernels of fastnaive._sparse rather than the BLAS, where they are faster (`narrow_layers`);
 - threads: `threads()` is the thread policy of a call;
 - the update: the optimizer's Update, bound once. When no reducer is plugged in, it runs
   inside the weight-gradient kernels, after every input gradient has used the old W: an
@@ -137,6 +140,9 @@ class Step:
         # on a scipy.sparse matrix's (csr_input).
         self.sparse_input = self.csr_input = False
         self.row_groups = self.column_groups = self.batch_rows = None
+        # The first layer's offsets when it runs on the inputs' distances from them (else
+        # None), their buffer, and the batch known to hold those distances already.
+        self.offsets = self.offset_values = self.shifted_batch = None
         self.update = self.bound_weights = None
         self.program = None  # built by compiled()
         self.narrow = narrow_layers(self.layers)
@@ -172,15 +178,30 @@ class Step:
         return n_samples <= self.capacity and self.signature == _signature(model)
 
     def use_inputs(self, x):
-        """Choose the first layer's kernels for inputs like x, on their nonzeros or GEMMs, and
-        bound their magnitude for the steps on x (the overflow guard: fused_bound)."""
+        """Choose the first layer's kernels for inputs like x: on their nonzeros, on their
+        distances from each feature's most common value where only those are zero enough,
+        or GEMMs; and bound their magnitude for the steps on x (the overflow guard:
+        fused_bound)."""
         self.csr_input = isinstance(x, CsrBatch)
+        self.offsets = self.shifted_batch = None
         if self.csr_input:
             self.sparse_input = False
             self.input_bound = x.max_abs()
             return
         nonzeros, self.input_bound = _kernels.scan_rows_checked(x)
-        sparse = nonzeros <= SPARSE_MAX_DENSITY[_sparse.instruction_set()] * x.size
+        limit = SPARSE_MAX_DENSITY[_sparse.instruction_set()] * x.size
+        if nonzeros > limit and x.shape[0] > 1:
+            values = self.offset_values
+            if values is None:
+                values = self.offset_values = np.empty(self.n_features, x.dtype)
+            if _kernels.common_values_checked(x, values):
+                distances, bound = _kernels.scan_rows_checked(x, offsets=values)
+                if distances <= limit:
+                    # The kernels' inputs are within bound of 0; the gradient's offset term
+                    # adds |c| to the bound of each product of X.T @ delta.
+                    nonzeros, self.offsets = distances, values
+                    self.input_bound = bound + _kernels.max_abs_checked(values)
+        sparse = nonzeros <= limit
         sparse = sparse and (self.capacity + 3) * self.n_features < 2**31  # int32 indices
         if sparse and self.row_groups is None:
             dtype = self.outputs[0].dtype
@@ -192,6 +213,8 @@ class Step:
                     self.n_features, self.capacity, dtype, by_rows=False
                 )
         self.sparse_input = sparse
+        if not sparse:
+            self.offsets = None
 
     def use_optimizer(self, optimizer):
         """Bind `optimizer` to the gradient buffers and the model's weights (checked once)."""
@@ -241,10 +264,9 @@ class Step:
             np.take(x.rows, rows, out=self.batch_rows[:n])
             batch = CsrBatch(x.inputs, self.batch_rows[:n])
         else:
-            if self.batch_inputs is None:
-                self.batch_inputs = np.empty((self.capacity, self.n_features), x.dtype)
-            _kernels.gather_rows_checked(x, rows, self.batch_inputs[:n])
-            batch = self.batch_inputs[:n]
+            batch = self.batch_buffer(x.dtype)[:n]
+            _kernels.gather_rows_checked(x, rows, batch, self.offsets)
+            self.shifted_batch = batch if self.offsets is not None else None
         np.take(y, rows, axis=0, out=self.batch_targets[:n])
         weights = None
         if sample_weight is not None:
@@ -253,6 +275,24 @@ class Step:
             weights = self.batch_weights[:n]
             np.take(sample_weight, rows, out=weights)
         return batch, self.batch_targets[:n], weights
+
+    def batch_buffer(self, dtype):
+        """The buffer of gathered (or shifted) batches, `capacity` rows of inputs."""
+        if self.batch_inputs is None:
+            self.batch_inputs = np.empty((self.capacity, self.n_features), dtype)
+        return self.batch_inputs
+
+    def layer_inputs(self, x):
+        """x as the first layer's kernels take it: x itself or, where they run on the
+        inputs' distances from offsets, x - offsets in the batch buffer (a batch that gather
+        made holds them already). train, compute_gradients, loss_and_correct and predict
+        call it once per batch; forward and backward take what it returns."""
+        if self.offsets is None or x is self.shifted_batch:
+            return x
+        out = self.batch_buffer(x.dtype)[: x.shape[0]]
+        _kernels.shift_rows_checked(x, self.offsets, out)
+        self.shifted_batch = out
+        return out
 
     def compiled(self):
         """The Program (fastnaive._program) of this Step's layers, for its first layer's
@@ -267,7 +307,12 @@ class Step:
             if self.sparse_input
             else _program.FIRST_DENSE
         )
-        if program is None or program.first != first or not program.uses(self.layers):
+        if (
+            program is None
+            or program.first != first
+            or program.shifted != (self.offsets is not None)
+            or not program.uses(self.layers)
+        ):
             padding = [None] * (len(self.layers) - len(self.deltas))
             program = self.program = _program.Program(
                 self.layers,
@@ -283,11 +328,13 @@ class Step:
                 self.row_groups,
                 self.column_groups,
                 self.narrow,
+                self.offsets,
             )
         return program
 
     def forward(self, x, out=None, training=False, head=False, first_row=0):
-        """Fill the layers' outputs for the rows of x; return the last one's.
+        """Fill the layers' outputs for the rows of x (as layer_inputs returns them); return
+        the last one's.
 
         training: dropout on, for the rows first_row... of the global batch, and GELU's
         pre-activations kept; head: the last layer's activation applied even where the loss
@@ -396,6 +443,7 @@ class Step:
         The forward pass is the training one: dropout on, for this Step's current step.
         """
         self.compiled()
+        x = self.layer_inputs(x)
         self.forward(x, training=True)
         loss = self.loss_gradient(y, sample_weight) + self.penalty()
         self.backward(x)
@@ -416,6 +464,7 @@ class Step:
         n_global = n if n_global is None else n_global
         update = self.current_update()
         self.compiled()
+        x = self.layer_inputs(x)
         loss, correct = 0.0, 0
         penalty = self.penalty()
         if n:
@@ -534,7 +583,7 @@ class Step:
         self.compiled()
         for start in range(0, x.shape[0], self.capacity):
             stop = min(start + self.capacity, x.shape[0])
-            outputs = self.forward(x[start:stop])
+            outputs = self.forward(self.layer_inputs(x[start:stop]))
             correct += self.count_hits(outputs, y[start:stop])
             weights = None if sample_weight is None else sample_weight[start:stop]
             total_loss += self.loss_gradient(y[start:stop], weights, 1.0)
@@ -545,7 +594,7 @@ class Step:
         self.compiled()
         for start in range(0, x.shape[0], self.capacity):
             stop = min(start + self.capacity, x.shape[0])
-            self.forward(x[start:stop], out[start:stop], head=True)
+            self.forward(self.layer_inputs(x[start:stop]), out[start:stop], head=True)
         if self.layers[-1].activation == "softmax":
             _kernels.softmax_checked(out, out)
         return out

@@ -1,5 +1,6 @@
 /* max |a_i| over an array, for the step's overflow bounds (fastnaive._kernels.max_abs),
- * and with it the number of nonzero a_i, for the first layer's kernel choice (scan).
+ * and with it the number of nonzero a_i (or of nonzero a_ij - c_j), for the first layer's
+ * kernel choice (scan).
  *
  * The absolute value of a float, read as the integer of its bits with the sign bit
  * cleared, orders like the float itself, and NaN and infinity are the integers from the
@@ -51,10 +52,27 @@ FASTNAIVE_CLONES static double fastnaive_max_abs_d(const double *a, ptrdiff_t n)
 
 /* The same over a_0..a_n-1, with *nonzeros := the number of a_i that are not +-0 (NaN
  * counts): the nonzero magnitudes are the nonzero integers. Counted in lanes of the bits'
- * width, a block at a time, so that the count vectorises with the maximum. Defined for
+ * width, a block at a time, so that the count vectorises with the maximum. And
+ * fastnaive_scan_from_SUFFIX, the same over the differences a[i, j] - c[j] of `rows` rows
+ * of k elements (row-major): a's values as distances from per-column offsets c. Defined for
  * element type T read as integer type I, with MAGNITUDE the mask without the sign bit and
  * EXPONENT the bits of infinity. */
 #define FASTNAIVE_SCAN_BLOCK ((ptrdiff_t)1 << 20)
+/* Counts value (of type T) into block and its magnitude into m. */
+#define FASTNAIVE_SCAN_ONE(T, MAGNITUDE, value)                                             \
+    do {                                                                                    \
+        const T scanned = (value);                                                          \
+        memcpy(&bits, &scanned, sizeof bits);                                               \
+        bits &= MAGNITUDE;                                                                  \
+        m = bits > m ? bits : m;                                                            \
+        block += bits != 0;                                                                 \
+    } while (0)
+/* The maximum m's value, inf if it is not finite. */
+#define FASTNAIVE_SCAN_RESULT(T, EXPONENT)                                                  \
+    if (m >= EXPONENT) return INFINITY;                                                     \
+    T result;                                                                               \
+    memcpy(&result, &m, sizeof result);                                                     \
+    return result;
 #define FASTNAIVE_SCAN_DEFINE(T, I, SUFFIX, MAGNITUDE, EXPONENT)                              \
 FASTNAIVE_CLONES static double fastnaive_scan_##SUFFIX(const T *a, ptrdiff_t n,              \
                                                        ptrdiff_t *nonzeros) {                 \
@@ -63,19 +81,27 @@ FASTNAIVE_CLONES static double fastnaive_scan_##SUFFIX(const T *a, ptrdiff_t n, 
     for (ptrdiff_t i0 = 0; i0 < n; i0 += FASTNAIVE_SCAN_BLOCK) {                            \
         const ptrdiff_t i1 = n - i0 < FASTNAIVE_SCAN_BLOCK ? n : i0 + FASTNAIVE_SCAN_BLOCK; \
         I block = 0;                                                                        \
-        for (ptrdiff_t i = i0; i < i1; i++) {                                               \
-            memcpy(&bits, a + i, sizeof bits);                                              \
-            bits &= MAGNITUDE;                                                              \
-            m = bits > m ? bits : m;                                                        \
-            block += bits != 0;                                                             \
-        }                                                                                   \
+        for (ptrdiff_t i = i0; i < i1; i++)                                                 \
+            FASTNAIVE_SCAN_ONE(T, MAGNITUDE, a[i]);                                         \
         count += block;                                                                     \
     }                                                                                       \
     *nonzeros = count;                                                                      \
-    if (m >= EXPONENT) return INFINITY;                                                     \
-    T result;                                                                               \
-    memcpy(&result, &m, sizeof result);                                                     \
-    return result;                                                                          \
+    FASTNAIVE_SCAN_RESULT(T, EXPONENT)                                                      \
+}                                                                                           \
+                                                                                            \
+FASTNAIVE_CLONES static double fastnaive_scan_from_##SUFFIX(const T *a, const T *c,          \
+                                                            ptrdiff_t rows, ptrdiff_t k,      \
+                                                            ptrdiff_t *nonzeros) {            \
+    I bits, m = 0;                                                                          \
+    ptrdiff_t count = 0;                                                                    \
+    for (ptrdiff_t r = 0; r < rows; r++) {                                                  \
+        I block = 0;                                                                        \
+        for (ptrdiff_t j = 0; j < k; j++)                                                   \
+            FASTNAIVE_SCAN_ONE(T, MAGNITUDE, a[r * k + j] - c[j]);                          \
+        count += block;                                                                     \
+    }                                                                                       \
+    *nonzeros = count;                                                                      \
+    FASTNAIVE_SCAN_RESULT(T, EXPONENT)                                                      \
 }
 
 FASTNAIVE_SCAN_DEFINE(float, int32_t, f, 0x7fffffff, 0x7f800000)

@@ -60,9 +60,11 @@
  * fastnaive_grouped_product_SUFFIX: for every group g < n_groups, line r < 4 with
  * 4 g + r < n_out, and column j in [j0, j1):
  *   out[4 g + r, j] := act(alpha * sum_{quads of g with bit r} quad[r] * B[index, j]
- *                          + (bias ? bias[j] : 0) + (beta != 0 ? beta * out[4 g + r, j] : 0))
- * act = relu (z < 0 ? 0 : z, NaN staying NaN) if relu else identity. beta = 0 overwrites,
- * so out may hold NaN. Columns past the last whole tile take a scalar path. */
+ *                          + (bias ? s * bias[j] : 0) + (beta != 0 ? beta * out[4 g + r, j] : 0))
+ * with s = scales[4 g + r] if scales (a line whose scale is 0 gains nothing, not even from a
+ * NaN bias), else 1 (and no multiplication). act = relu (z < 0 ? 0 : z, NaN staying NaN) if
+ * relu else identity. beta = 0 overwrites, so out may hold NaN. Columns past the last whole
+ * tile take a scalar path. */
 #define FASTNAIVE_GROUPED_DEFINE(T, SUFFIX, TARGET, VBYTES, NV)                                   \
 typedef T fastnaive_vec_##SUFFIX                                                                  \
     __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias));                          \
@@ -107,7 +109,7 @@ FASTNAIVE_INLINE TARGET void fastnaive_list_tail_##SUFFIX(                      
                                                                                                   \
 static TARGET void fastnaive_grouped_product_##SUFFIX(                                            \
     ptrdiff_t n_groups, const int *starts, const int *index, const T *quads,                      \
-    const T *B, ptrdiff_t ldb, const T *bias, T alpha, T beta, int relu,                          \
+    const T *B, ptrdiff_t ldb, const T *bias, const T *scales, T alpha, T beta, int relu,         \
     T *out, ptrdiff_t ldo, ptrdiff_t n_out, ptrdiff_t j0, ptrdiff_t j1)                           \
 {                                                                                                 \
     typedef fastnaive_vec_##SUFFIX V;                                                             \
@@ -150,9 +152,12 @@ static TARGET void fastnaive_grouped_product_##SUFFIX(                          
             }                                                                                     \
             for (r = 0; r < lines; r++) {                                                         \
                 V *dst = (V *)(out + (first + r) * ldo + j);                                      \
+                const T scale = scales ? scales[first + r] : 1;                                   \
                 for (q = 0; q < NV; q++) {                                                        \
                     V z = alpha * acc[r][q];                                                      \
-                    if (bias)                                                                     \
+                    if (bias && scales && scale != 0)                                             \
+                        z += scale * ((const V *)(bias + j))[q];                                  \
+                    else if (bias && !scales)                                                     \
                         z += ((const V *)(bias + j))[q];                                          \
                     if (beta != 0)                                                                \
                         z += beta * dst[q];                                                       \
@@ -171,9 +176,12 @@ static TARGET void fastnaive_grouped_product_##SUFFIX(                          
                                              width, acc);                                         \
             for (r = 0; r < lines; r++) {                                                         \
                 T *dst = out + (first + r) * ldo + j;                                             \
+                const T scale = scales ? scales[first + r] : 1;                                   \
                 for (c = 0; c < width; c++) {                                                     \
                     T z = alpha * acc[r][c];                                                      \
-                    if (bias)                                                                     \
+                    if (bias && scales && scale != 0)                                             \
+                        z += scale * bias[j + c];                                                 \
+                    else if (bias && !scales)                                                     \
                         z += bias[j + c];                                                         \
                     if (beta != 0)                                                                \
                         z += beta * dst[c];                                                       \
@@ -198,6 +206,45 @@ FASTNAIVE_GROUPED_DEFINE(double, d_avx2, FASTNAIVE_AVX2, 32, 2)
 #endif
 FASTNAIVE_GROUPED_DEFINE(float, f_baseline, , 16, 2)
 FASTNAIVE_GROUPED_DEFINE(double, d_baseline, , 16, 2)
+
+/* ---- Offsets: the first layer's inputs taken as their distances from a per-feature value c
+ * (the most common one), so that X @ W = (X - 1 c^T) @ W + 1 (c^T W) and X^T @ delta =
+ * (X - 1 c^T)^T @ delta + c sum_rows(delta) run on the nonzeros of X - 1 c^T (the second
+ * term as the grouped product's bias, scaled per line by c).
+ *
+ * fastnaive_offset_sums_SUFFIX: u[j] := (init ? init[j] : 0) + sum_{r < rows} c[r] W[r, j],
+ * rows whose c is 0 skipped, as zeros are by the products; each element one sum over the
+ * rows in order, the same bits for any column range [j0, j1) cut at whole vectors. */
+#define FASTNAIVE_OFFSET_DEFINE(T, SUFFIX, TARGET, VBYTES)                                     \
+static TARGET void fastnaive_offset_sums_##SUFFIX(const T *c, const T *W, ptrdiff_t ldw,       \
+                                                  ptrdiff_t rows, const T *init, T *u,         \
+                                                  ptrdiff_t j0, ptrdiff_t j1)                  \
+{                                                                                              \
+    typedef fastnaive_vec_##SUFFIX V;                                                          \
+    enum { LANES = VBYTES / sizeof(T) };                                                       \
+    ptrdiff_t r, j;                                                                            \
+    for (j = j0; j < j1; j++)                                                                  \
+        u[j] = init ? init[j] : 0;                                                             \
+    for (r = 0; r < rows; r++) {                                                               \
+        const T cr = c[r];                                                                     \
+        const T *w = W + r * ldw;                                                              \
+        if (cr == 0)                                                                           \
+            continue;                                                                          \
+        for (j = j0; j + LANES <= j1; j += LANES)                                              \
+            *(V *)(u + j) += cr * *(const V *)(w + j);                                         \
+        for (; j < j1; j++)                                                                    \
+            u[j] += cr * w[j];                                                                 \
+    }                                                                                          \
+}
+
+#if FASTNAIVE_X86_DISPATCH
+FASTNAIVE_OFFSET_DEFINE(float, f_avx512, FASTNAIVE_AVX512, 64)
+FASTNAIVE_OFFSET_DEFINE(double, d_avx512, FASTNAIVE_AVX512, 64)
+FASTNAIVE_OFFSET_DEFINE(float, f_avx2, FASTNAIVE_AVX2, 32)
+FASTNAIVE_OFFSET_DEFINE(double, d_avx2, FASTNAIVE_AVX2, 32)
+#endif
+FASTNAIVE_OFFSET_DEFINE(float, f_baseline, , 16)
+FASTNAIVE_OFFSET_DEFINE(double, d_baseline, , 16)
 
 /* ---- Builders: X (n, k), row-major, into the layout above, one group at a time. A pass
  * over its positions, four at a time (a block), counts the quads of each pattern and keeps
@@ -618,18 +665,25 @@ FASTNAIVE_ADD_DEFINE(float, f)
 FASTNAIVE_ADD_DEFINE(double, d)
 
 typedef void (*fastnaive_grouped_product_f_t)(ptrdiff_t, const int *, const int *, const float *,
-                                              const float *, ptrdiff_t, const float *, float, float,
-                                              int, float *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                                              ptrdiff_t);
+                                              const float *, ptrdiff_t, const float *,
+                                              const float *, float, float, int, float *, ptrdiff_t,
+                                              ptrdiff_t, ptrdiff_t, ptrdiff_t);
 typedef void (*fastnaive_grouped_product_d_t)(ptrdiff_t, const int *, const int *, const double *,
-                                              const double *, ptrdiff_t, const double *, double,
-                                              double, int, double *, ptrdiff_t, ptrdiff_t,
-                                              ptrdiff_t, ptrdiff_t);
+                                              const double *, ptrdiff_t, const double *,
+                                              const double *, double, double, int, double *,
+                                              ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t);
 
 static fastnaive_grouped_product_f_t fastnaive_grouped_product_f =
     fastnaive_grouped_product_f_baseline;
 static fastnaive_grouped_product_d_t fastnaive_grouped_product_d =
     fastnaive_grouped_product_d_baseline;
+
+typedef void (*fastnaive_offset_sums_f_t)(const float *, const float *, ptrdiff_t, ptrdiff_t,
+                                          const float *, float *, ptrdiff_t, ptrdiff_t);
+typedef void (*fastnaive_offset_sums_d_t)(const double *, const double *, ptrdiff_t, ptrdiff_t,
+                                          const double *, double *, ptrdiff_t, ptrdiff_t);
+static fastnaive_offset_sums_f_t fastnaive_offset_sums_f = fastnaive_offset_sums_f_baseline;
+static fastnaive_offset_sums_d_t fastnaive_offset_sums_d = fastnaive_offset_sums_d_baseline;
 
 /* Points the products, and the narrow ones (narrow_kernels.h), at the widest instruction set
  * that this CPU runs and that is at most widest (2: AVX-512, 1: AVX2 with FMA, 0: baseline;
@@ -647,12 +701,16 @@ static int fastnaive_sparse_select_isa(int widest)
     if (level == 2) {
         fastnaive_grouped_product_f = fastnaive_grouped_product_f_avx512;
         fastnaive_grouped_product_d = fastnaive_grouped_product_d_avx512;
+        fastnaive_offset_sums_f = fastnaive_offset_sums_f_avx512;
+        fastnaive_offset_sums_d = fastnaive_offset_sums_d_avx512;
         fastnaive_narrow_select(level);
         return level;
     }
     if (level == 1) {
         fastnaive_grouped_product_f = fastnaive_grouped_product_f_avx2;
         fastnaive_grouped_product_d = fastnaive_grouped_product_d_avx2;
+        fastnaive_offset_sums_f = fastnaive_offset_sums_f_avx2;
+        fastnaive_offset_sums_d = fastnaive_offset_sums_d_avx2;
         fastnaive_narrow_select(level);
         return level;
     }
@@ -660,6 +718,8 @@ static int fastnaive_sparse_select_isa(int widest)
     (void)widest;
     fastnaive_grouped_product_f = fastnaive_grouped_product_f_baseline;
     fastnaive_grouped_product_d = fastnaive_grouped_product_d_baseline;
+    fastnaive_offset_sums_f = fastnaive_offset_sums_f_baseline;
+    fastnaive_offset_sums_d = fastnaive_offset_sums_d_baseline;
     fastnaive_narrow_select(0);
     return 0;
 }
