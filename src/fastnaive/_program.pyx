@@ -19,9 +19,9 @@ from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
 from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport (RULE_ADAM, RULE_MOMENTUM, RULE_NESTEROV, Rule, dense_forward,
                                  dense_input_grad, dense_param_grad, max_abs)
-from fastnaive._sparse cimport (GROUP, NARROW_MAX, PATTERNS, feature_parts,
-                                group_and_forward, group_lines, narrow_forward,
-                                narrow_input_grad, narrow_param_grad, sparse_param_grad)
+from fastnaive._sparse cimport (NARROW_MAX, feature_parts, group_and_forward, group_lines,
+                                n_groups, narrow_forward, narrow_input_grad,
+                                narrow_param_grad, sparse_param_grad, starts_length)
 
 # How the first layer multiplies its inputs: GEMMs, the sparse kernels on the inputs'
 # nonzeros, or the caller (who then also runs its activation's product and gradient).
@@ -53,10 +53,6 @@ cdef object held_view(object array, bint is_double):
 cdef object index_view(object array):
     cdef int[::1] i = array
     return i
-
-
-cdef inline Py_ssize_t n_groups(Py_ssize_t n_lines) noexcept nogil:
-    return (n_lines + GROUP - 1) // GROUP
 
 
 cdef inline void activate_rows(int code, const floating[:, ::1] Z,
@@ -165,12 +161,11 @@ cdef class Program:
             self.partial = held_view(
                 np.empty((self.capacity, m) if feature_parts(n_features) > 1 else (0, m),
                          outputs[0].dtype), self.is_double)
-            rows_fit = (len(row_groups[0])
-                        == PATTERNS * feature_parts(n_features) * n_groups(self.capacity)
+            rows_fit = (len(row_groups[0]) == starts_length(self.capacity, n_features, True)
                         and min(len(row_groups[1]), len(row_groups[2]))
                         >= n_groups(self.capacity) * n_features)
             columns_fit = gradients is None or (
-                len(column_groups[0]) == PATTERNS * n_groups(n_features)
+                len(column_groups[0]) == starts_length(n_features, self.capacity, False)
                 and min(len(column_groups[1]), len(column_groups[2]))
                 >= n_groups(n_features) * self.capacity)
             if not (rows_fit and columns_fit):

@@ -7,7 +7,13 @@ cdef extern from "sparse_kernels.h" nogil:
     const int PATTERNS "FASTNAIVE_PATTERNS"
     const int NARROW_MAX "FASTNAIVE_NARROW_MAX"
 
+cdef inline Py_ssize_t n_groups(Py_ssize_t n_lines) noexcept nogil:
+    """The groups of GROUP lines that n_lines make"""
+    return (n_lines + GROUP - 1) // GROUP
+
 cdef Py_ssize_t feature_parts(Py_ssize_t k) noexcept nogil
+cdef Py_ssize_t starts_length(Py_ssize_t n_lines, Py_ssize_t n_positions,
+                              bint by_rows) noexcept nogil
 cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
                             int[::1] index_out, floating[:, ::1] quads_out,
                             int n_threads) noexcept nogil

@@ -134,14 +134,17 @@ cdef inline const floating* first_quad(const floating[:, ::1] a) noexcept nogil:
     return &a[0, 0] if a.shape[0] > 0 else NULL
 
 
-cdef inline Py_ssize_t n_groups(Py_ssize_t n_lines) noexcept nogil:
-    return (n_lines + GROUP - 1) // GROUP
-
-
 cdef Py_ssize_t feature_parts(Py_ssize_t k) noexcept nogil:
     """The parts that X @ W sums over, of k features: fixed by k, so that the bits do not
     depend on the number of threads"""
     return MAX_PARTS if k >= MAX_PARTS * PART_MIN_FEATURES else 1
+
+
+cdef Py_ssize_t starts_length(Py_ssize_t n_lines, Py_ssize_t n_positions,
+                              bint by_rows) noexcept nogil:
+    """The length of a layout's starts (group_buffers): PATTERNS per group of lines, and for
+    rows per part of the features"""
+    return PATTERNS * (feature_parts(n_positions) if by_rows else 1) * n_groups(n_lines)
 
 
 cdef inline Py_ssize_t part_start(Py_ssize_t k, Py_ssize_t parts,
@@ -618,10 +621,6 @@ def _shape_error(str expected, **arrays):
     return ValueError(f"Expected {expected}. Received: {received}")
 
 
-def _n_groups(Py_ssize_t n_lines):
-    return (n_lines + GROUP - 1) // GROUP
-
-
 def _check_lists(const int[::1] starts, const int[::1] index, Py_ssize_t capacity,
                  Py_ssize_t n_index):
     cdef bint valid
@@ -668,9 +667,8 @@ def group_buffers(Py_ssize_t n_lines, Py_ssize_t n_positions, dtype, *, bint by_
     (c, 4), with c = ceil(n_lines / 4) * n_positions; p is 1 for columns and for rows the
     number of parts of the features that X @ W sums over (feature_parts), each part's lists
     after the previous part's."""
-    cdef Py_ssize_t parts = feature_parts(n_positions) if by_rows else 1
-    capacity = _n_groups(n_lines) * n_positions
-    return (np.empty(PATTERNS * parts * _n_groups(n_lines), np.intc),
+    capacity = n_groups(n_lines) * n_positions
+    return (np.empty(starts_length(n_lines, n_positions, by_rows), np.intc),
             np.empty(capacity, np.intc), np.empty((capacity, GROUP), dtype))
 
 
@@ -685,7 +683,7 @@ def rows_of(groups, Py_ssize_t n_samples, Py_ssize_t n_features):
     """(starts, index, quads) from group_buffers(capacity, n_features, dtype, by_rows=True),
     cut for group_rows_checked on a batch of n_samples rows."""
     starts, index, quads = groups
-    return starts[:PATTERNS * feature_parts(n_features) * _n_groups(n_samples)], index, quads
+    return starts[:starts_length(n_samples, n_features, True)], index, quads
 
 
 def _check_row_groups(const int[::1] starts, const int[::1] index, Py_ssize_t n_samples,
@@ -693,7 +691,7 @@ def _check_row_groups(const int[::1] starts, const int[::1] index, Py_ssize_t n_
     """Check row groups of group_buffers(n_samples, n_features, by_rows=True), index and
     quads of at least ceil(n_samples / 4) * n_features entries: each part's lists within its
     entries and its positions."""
-    cdef Py_ssize_t parts = feature_parts(n_features), stride = _n_groups(n_samples)
+    cdef Py_ssize_t parts = feature_parts(n_features), stride = n_groups(n_samples)
     cdef Py_ssize_t part, f0, f1
     for part in range(parts):
         f0 = part_start(n_features, parts, part)
@@ -706,15 +704,15 @@ def _group_checked(const floating[:, ::1] X, int[::1] starts_out, int[::1] index
                    floating[:, ::1] quads_out, bint by_rows, n_threads):
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
     cdef Py_ssize_t n_lines = n if by_rows else k, n_positions = k if by_rows else n
-    cdef Py_ssize_t parts = feature_parts(k) if by_rows else 1
-    cdef Py_ssize_t capacity = _n_groups(n_lines) * n_positions
+    cdef Py_ssize_t length = starts_length(n_lines, n_positions, by_rows)
+    cdef Py_ssize_t capacity = n_groups(n_lines) * n_positions
     cdef Py_ssize_t nnz
     cdef int threads = _n_threads(n_threads)
-    if not (starts_out.shape[0] == PATTERNS * parts * _n_groups(n_lines)
+    if not (starts_out.shape[0] == length
             and index_out.shape[0] >= capacity and quads_out.shape[0] >= capacity
             and quads_out.shape[1] == GROUP and capacity < 2**31):
         raise _shape_error(
-            f"X (n, k), starts_out ({PATTERNS * parts * _n_groups(n_lines)},), index_out "
+            f"X (n, k), starts_out ({length},), index_out "
             f"({capacity},) and quads_out ({capacity}, {GROUP}) or longer, as from "
             f"group_buffers({n_lines}, {n_positions}, dtype, by_rows={bool(by_rows)})", X=X,
             starts_out=starts_out, index_out=index_out, quads_out=quads_out)
@@ -799,9 +797,9 @@ def sparse_forward_checked(const int[::1] starts, const int[::1] index,
     (allocated if None; unused with one part). offsets (k,): X holds the inputs' distances
     from them, Z_out := act(X @ W + b + offsets @ W)."""
     cdef Py_ssize_t n = Z_out.shape[0], k = W.shape[0]
-    cdef Py_ssize_t parts = feature_parts(k), capacity = _n_groups(n) * k
+    cdef Py_ssize_t parts = feature_parts(k), capacity = n_groups(n) * k
     if not (k > 0 and b.shape[0] == W.shape[1] and Z_out.shape[1] == W.shape[1]
-            and starts.shape[0] == PATTERNS * parts * _n_groups(n)
+            and starts.shape[0] == starts_length(n, k, True)
             and quads.shape[1] == GROUP and min(index.shape[0], quads.shape[0]) >= capacity
             and (partial_out is None or (partial_out.shape[0] == n
                                          and partial_out.shape[1] == Z_out.shape[1]))
@@ -839,7 +837,7 @@ def sparse_param_grad_checked(const int[::1] starts, const int[::1] index,
     """dW_out := alpha * X.T @ delta + beta * dW_out;  db_out := alpha * sum_rows(delta) + beta * db_out, X given by group_columns_checked; offsets (k,): X holds the inputs' distances from them, dW_out gains alpha * outer(offsets, sum_rows(delta))"""
     if not (delta.shape[0] > 0 and dW_out.shape[0] > 0 and dW_out.shape[1] == delta.shape[1]
             and db_out.shape[0] == delta.shape[1]
-            and starts.shape[0] == PATTERNS * _n_groups(dW_out.shape[0])
+            and starts.shape[0] == starts_length(dW_out.shape[0], delta.shape[0], False)
             and quads.shape[1] == GROUP
             and (offsets is None or offsets.shape[0] == dW_out.shape[0])):
         arrays = {"starts": starts, "quads": quads, "delta": delta, "dW_out": dW_out,
