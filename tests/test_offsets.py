@@ -289,3 +289,27 @@ def test_a_program_checks_its_offsets(shifted_mnist):
     step.offsets, step.sparse_input = np.zeros(784, np.float32), False
     with pytest.raises(ValueError, match=r"^Expected offsets only with first=FIRST_SPARSE\. "):
         step.compiled()
+
+
+def test_gelu_dropout_and_l2_on_the_distances_match_the_gemms(shifted_mnist, on_gemms):
+    """The offset term enters the first layer's pre-activation (GELU keeps it for its
+    derivative) and, with L2, the fused update W := (1 + 2 lr l2) W - lr dW."""
+    _, x, y = shifted_mnist
+    x, y = x[:512], y[:512]
+    results = []
+    for use_gemms in (False, True):
+        if use_gemms:
+            on_gemms()
+        model = fastnaive.NaiveSequential(
+            [
+                fastnaive.NaiveDense(784, 64, "gelu", seed=0, l2=1e-3),
+                fastnaive.Dropout(0.2, seed=3),
+                fastnaive.NaiveDense(64, 10, "softmax", seed=1),
+            ]
+        )
+        assert (engine.Step(model, 128, x).offsets is None) == use_gemms
+        for optimizer in ("sgd", "adam"):
+            fastnaive.fit(model, x, y, 1, 128, optimizer=optimizer, shuffle=True, seed=0, verbose=0)
+        results.append(model.get_weights())
+    for ours, gemms in zip(*results, strict=True):
+        np.testing.assert_allclose(ours, gemms, rtol=1e-4, atol=1e-5)
