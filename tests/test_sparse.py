@@ -492,16 +492,86 @@ def test_mnist_batch_matches_the_dense_kernels(mnist, rng):
 def test_the_first_layer_runs_on_the_nonzeros_below_its_instruction_sets_measured_density(
     instruction_set,
 ):
-    """A Step chooses the products on the nonzeros at up to SPARSE_MAX_DENSITY of the
-    instruction set they run on (measured per set: benchmarks/crossover.py), and the dense
-    GEMMs above it."""
+    """A Step that does not train (and a per-batch one) chooses the products on the nonzeros
+    at up to SPARSE_MAX_DENSITY of the instruction set they run on (measured per set:
+    benchmarks/crossover.py), and the dense GEMMs above it."""
     limit = engine.SPARSE_MAX_DENSITY[instruction_set]
     model = fastnaive.NaiveSequential([fastnaive.NaiveDense(100, 8, "relu", seed=0)])
     for density, expected in ((limit - 0.02, True), (limit + 0.02, False)):
-        x = np.zeros((50, 100), np.float32)
-        count = round(density * x.size)
-        # No value but 0 repeats in a column: no offset makes the inputs sparser.
-        x.flat[:count] = 1.0 + np.arange(count) / count
-        step = engine.Step(model, 50, x)
+        x = inputs_of_density(density)
+        step = engine.Step(model, 50, x, training=False)
         assert step.sparse_input is expected, (instruction_set, density)
         assert step.offsets is None
+        assert engine.step_for(model, x).sparse_input is expected
+
+
+def inputs_of_density(density, shape=(50, 100)):
+    """float32 inputs with that share nonzero, no value but 0 repeating in a column (so
+    that no offset makes them sparser)."""
+    x = np.zeros(shape, np.float32)
+    count = round(density * x.size)
+    x.flat[:count] = 1.0 + np.arange(count) / count
+    return x
+
+
+@pytest.mark.parametrize(
+    "times, below, above",
+    # (sparse s, dense s): clearly faster either way, and within the margin (the limit's)
+    [((1.0, 2.0), True, True), ((2.0, 1.0), False, False), ((1.0, 0.95), True, False)],
+    ids=["sparse-faster", "dense-faster", "level"],
+)
+def test_near_the_limit_a_training_step_takes_the_kernels_measured_faster(
+    instruction_set, monkeypatch, times, below, above
+):
+    """Within MEASURED_BAND of the limit a training Step times both and leaves the limit's
+    choice where the other kernels are faster by MEASURED_MARGIN (once per process and
+    shape: later Steps reuse the choice); outside the band the limit decides, untimed."""
+    limit = engine.SPARSE_MAX_DENSITY[instruction_set]
+    calls = []
+
+    def timed(x, layer, offsets, narrow):
+        calls.append(x.shape)
+        return times
+
+    monkeypatch.setattr(engine, "_measured_choices", {})
+    monkeypatch.setattr(engine, "_first_layer_times", timed)
+    model = fastnaive.NaiveSequential([fastnaive.NaiveDense(100, 8, "relu", seed=0)])
+    for density, expected in ((limit - 0.1, below), (limit + 0.1, above)):
+        assert engine.Step(model, 50, inputs_of_density(density)).sparse_input is expected
+    assert calls == [(50, 100), (50, 100)]
+    engine.Step(model, 50, inputs_of_density(limit + 0.1))
+    assert len(calls) == 2  # measured once for that density
+    for density, expected in ((limit - engine.MEASURED_BAND - 0.05, True), (0.99, False)):
+        assert engine.Step(model, 50, inputs_of_density(density)).sparse_input is expected
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["gemm", "narrow"])
+def test_the_measurement_times_both_kernels_on_one_thread(fashion_like, narrow, monkeypatch):
+    """The timing runs both kernels for real (with offsets too) and its choice is kept."""
+    x, offsets = fashion_like
+    width = 8 if narrow else 256
+    layer = fastnaive.NaiveDense(x.shape[1], width, "relu", seed=0)
+    runs = []
+    for name in ("sparse_forward_checked", "sparse_param_grad_checked"):
+        original = getattr(_sparse, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            runs.append((_name, args[7] if _name == "sparse_forward_checked" else args[8]))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(_sparse, name, spy)
+    for chosen in (None, offsets):
+        batch = x if chosen is None else (x - chosen).astype(np.float32)
+        sparse, dense = engine._first_layer_times(batch, layer, chosen, narrow)
+        assert 0 < sparse < 1 and 0 < dense < 1
+    assert len(runs) == 2 * 2 * (1 + engine.MEASURE_ROUNDS)
+    assert {threads for _, threads in runs} == {1}
+
+
+@pytest.fixture
+def fashion_like(rng):
+    """128 x 784 inputs about half nonzero, and per-feature offsets."""
+    x = rng.random((128, 784)).astype(np.float32)
+    x[rng.random(x.shape) < 0.5] = 0
+    return x, rng.random(784).astype(np.float32)

@@ -71,8 +71,9 @@ cdef class Program:
     absent), `capacity` rows each; gradients: [dW0, db0, ...] or None; first: FIRST_*;
     row_groups / column_groups: the sparse kernels' buffers (fastnaive._sparse.group_buffers)
     for FIRST_SPARSE; offsets: None, or for FIRST_SPARSE the first layer's per-feature
-    offsets (n_features,), read at each call: x then holds the inputs minus them; narrow: per layer, True where its products run on the narrow kernels
-    (fastnaive._sparse.narrow_*, at most NARROW_MAX outputs) rather than the BLAS.
+    offsets (n_features,), read at each call: x then holds the inputs minus them; narrow:
+    per layer, True where its products run on the narrow kernels (fastnaive._sparse.narrow_*,
+    at most NARROW_MAX outputs) rather than the BLAS.
     """
 
     cdef readonly Py_ssize_t capacity, n_layers, n_features

@@ -377,8 +377,9 @@ cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                             floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
                             floating[:, ::1] partial, int n_threads) noexcept nogil:
     """group_lines(X, True, row_*) (and, if columns, group_lines(X, False, column_*)), then
-    sparse_forward on the row groups (with offsets, see there). Where each thread holds whole parts, it groups and
-    multiplies them in one parallel region: its products read only the groups it made."""
+    sparse_forward on the row groups (with offsets, see there). Where each thread holds whole
+    parts, it groups and multiplies them in one parallel region: its products read only the
+    groups it made."""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1], m = Z_out.shape[1]
     cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
     cdef Py_ssize_t slot

@@ -14,9 +14,11 @@ decided there, and nowhere else:
   feature has one most common value (standardised or shifted images: the background), on
   the inputs' distances from those offsets c when they are zero enough, with X @ W =
   (X - c) @ W + c @ W and X.T @ delta = (X - c).T @ delta + outer(c, sum_rows(delta)), both
-  exact; and on a scipy.sparse matrix's nonzeros (fastnaive._csr, fastnaive.sparse); a layer
-  of at most NARROW_MAX_WIDTH outputs (a classifier's head) runs its products on the narrow
-  kernels of fastnaive._sparse rather than the BLAS, where they are faster (`narrow_layers`);
+  exact (near the density limit, a training Step times both kernels on a batch of its
+  inputs and takes the faster: MEASURED_BAND); and on a scipy.sparse matrix's nonzeros
+  (fastnaive._csr, fastnaive.sparse); a layer of at most NARROW_MAX_WIDTH outputs (a
+  classifier's head) runs its products on the narrow kernels of fastnaive._sparse rather
+  than the BLAS, where they are faster (`narrow_layers`);
 - threads: `threads()` is the thread policy of a call;
 - the update: the optimizer's Update, bound once. When no reducer is plugged in, it runs
   inside the weight-gradient kernels, after every input gradient has used the old W: an
@@ -47,6 +49,7 @@ allocates nothing.
 """
 
 import math
+import time
 import weakref
 
 import numpy as np
@@ -65,6 +68,17 @@ __all__ = ["Step", "step_for"]
 # 1.06 at 60%; AVX2 0.90, 1.02 at 40% and 1.06, 1.20 at 50%; SSE 0.94, 0.84 at 50% and 1.13,
 # 1.08 at 60%.
 SPARSE_MAX_DENSITY = {"avx512": 0.55, "avx2": 0.4, "baseline": 0.55}
+# Within MEASURED_BAND of that limit (Fashion-MNIST's 49.8% on every instruction set), a
+# training Step times both kernels of its first layer, forward and weight gradient, on a
+# batch of its inputs (best of MEASURE_ROUNDS), and leaves the limit's choice for the other
+# kernels where those are faster by MEASURED_MARGIN or more (so that timing noise near the
+# crossover does not make two runs differ): once per process for each instruction set,
+# dtype, shape and density (to the hundredth), on one thread, so that the choice, and so
+# the bits, are the same at any number of threads.
+MEASURED_BAND = 0.15
+MEASURED_MARGIN = 0.1
+MEASURE_ROUNDS = 3
+_measured_choices = {}
 # The instruction sets on which the narrow kernels beat the BLAS on a layer of up to
 # NARROW_MAX_WIDTH outputs (benchmarks/narrow.py, the book's second layer, 128 x 512 x 10, on
 # Zen 5: against OpenBLAS's AVX2 kernels 1.2-2.6x on one thread; against its AVX-512 ones
@@ -156,7 +170,7 @@ class Step:
         self.limit = float(np.finfo(dtype).max) / 16
         self.weight_bound = self.input_bound = None
         if x is not None:
-            self.use_inputs(x)
+            self.use_inputs(x, measure=training)
         if optimizer is not None:
             self.use_optimizer(optimizer)
 
@@ -177,11 +191,11 @@ class Step:
         """True when this Step serves `model` for a batch of n_samples."""
         return n_samples <= self.capacity and self.signature == _signature(model)
 
-    def use_inputs(self, x):
+    def use_inputs(self, x, measure=False):
         """Choose the first layer's kernels for inputs like x: on their nonzeros, on their
         distances from each feature's most common value where only those are zero enough,
-        or GEMMs; and bound their magnitude for the steps on x (the overflow guard:
-        fused_bound)."""
+        or GEMMs (with measure, near the density limit: the faster of the two, timed); and
+        bound their magnitude for the steps on x (the overflow guard: fused_bound)."""
         self.csr_input = isinstance(x, CsrBatch)
         self.offsets = self.shifted_batch = None
         if self.csr_input:
@@ -201,7 +215,11 @@ class Step:
                     # adds |c| to the bound of each product of X.T @ delta.
                     nonzeros, self.offsets = distances, values
                     self.input_bound = bound + _kernels.max_abs_checked(values)
-        sparse = nonzeros <= limit
+        share = nonzeros / max(x.size, 1)
+        if measure and abs(share - SPARSE_MAX_DENSITY[_sparse.instruction_set()]) <= MEASURED_BAND:
+            sparse = self.measured_sparse(x, share)
+        else:
+            sparse = nonzeros <= limit
         sparse = sparse and (self.capacity + 3) * self.n_features < 2**31  # int32 indices
         if sparse and self.row_groups is None:
             dtype = self.outputs[0].dtype
@@ -215,6 +233,31 @@ class Step:
         self.sparse_input = sparse
         if not sparse:
             self.offsets = None
+
+    def measured_sparse(self, x, share):
+        """Whether the first layer runs the sparse kernels on x (share of it nonzero, or away
+        from the offsets): the density limit's choice unless the other kernels ran a batch
+        of x faster by MEASURED_MARGIN, measured once per process and shape."""
+        layer = self.layers[0]
+        key = (
+            _sparse.instruction_set(),
+            x.dtype.str,
+            self.n_features,
+            layer.output_size,
+            self.capacity,
+            self.offsets is not None,
+            round(share, 2),
+        )
+        if key not in _measured_choices:
+            rows = np.linspace(0, x.shape[0] - 1, min(self.capacity, x.shape[0])).astype(np.intp)
+            batch = np.empty((rows.shape[0], self.n_features), x.dtype)
+            _kernels.gather_rows_checked(x, rows, batch, self.offsets)
+            sparse, dense = _first_layer_times(batch, layer, self.offsets, self.narrow[0])
+            if share <= SPARSE_MAX_DENSITY[_sparse.instruction_set()]:
+                _measured_choices[key] = not dense < (1 - MEASURED_MARGIN) * sparse
+            else:
+                _measured_choices[key] = sparse < (1 - MEASURED_MARGIN) * dense
+        return _measured_choices[key]
 
     def use_optimizer(self, optimizer):
         """Bind `optimizer` to the gradient buffers and the model's weights (checked once)."""
@@ -609,6 +652,47 @@ def step_for(model, x):
         _cached_steps[model] = step
     step.use_inputs(x)
     return step
+
+
+def _first_layer_times(x, layer, offsets, narrow):
+    """Seconds that the sparse kernels (grouping, X @ W and the weight gradient) and the
+    GEMMs (narrow: the narrow kernels) take to run `layer` on the batch x (the inputs'
+    distances from offsets, if given), each on one thread, best of MEASURE_ROUNDS after a
+    first run."""
+    n, k = x.shape
+    m, dtype = layer.output_size, x.dtype
+    W, b = layer.W, layer.b
+    z, partial = np.empty((n, m), dtype), np.empty((n, m), dtype)
+    dW, db = np.empty_like(W), np.empty_like(b)
+    delta = np.full((n, m), 1e-3, dtype)
+    rows = _sparse.group_buffers(n, k, dtype, by_rows=True)
+    columns = _sparse.group_buffers(k, n, dtype, by_rows=False)
+
+    def sparse():
+        _sparse.group_rows_checked(x, *rows, n_threads=1)
+        _sparse.group_columns_checked(x, *columns, n_threads=1)
+        _sparse.sparse_forward_checked(*rows, W, b, True, z, 1, partial, offsets)
+        _sparse.sparse_param_grad_checked(*columns, delta, 1.0, 0.0, dW, db, 1, offsets)
+
+    def dense():
+        if narrow:
+            _sparse.narrow_forward_checked(x, W, b, _activations.RELU, z, 1)
+            _sparse.narrow_param_grad_checked(x, delta, 1.0, 0.0, dW, db, 1)
+        else:
+            _kernels.dense_forward_checked(x, W, b, _activations.RELU, z, 1)
+            _kernels.dense_param_grad_checked(x, delta, 1.0, 0.0, dW, db, 1)
+
+    with _blas_pools():
+        times = []
+        for run in (sparse, dense):
+            run()
+            best = math.inf
+            for _ in range(MEASURE_ROUNDS):
+                start = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - start)
+            times.append(best)
+    return tuple(times)
 
 
 def narrow_layers(layers):
