@@ -480,7 +480,7 @@ def shift_rows_checked(const floating[:, ::1] src, const floating[::1] offsets,
 
 
 # Rows of a matrix that common_values_checked compares, evenly spaced: one in 16, at least
-# 8 and at most 32 (a book batch of 128: 8, 3 us; all of MNIST: 32, 0.13 ms). Guessed from 8
+# 8 and at most 32 (a book batch of 128: 8, 5.6 us; all of MNIST: 32, 0.06-0.13 ms). From 8
 # rows, 42-61 of MNIST + 0.01's 784 pixels got an ink value; from 32, 0-1; within a batch of
 # 128, from 8, 20.
 cdef enum:
