@@ -107,10 +107,12 @@ FASTNAIVE_INLINE TARGET void fastnaive_list_tail_##SUFFIX(                      
             }                                                                                     \
 }                                                                                                 \
                                                                                                   \
-static TARGET void fastnaive_grouped_product_##SUFFIX(                                            \
+/* The product, compiled apart for scaled (scales given) and not, so that the plain one's     \
+ * epilogue has no test of scales. */                                                             \
+FASTNAIVE_INLINE TARGET void fastnaive_grouped_body_##SUFFIX(                                     \
     ptrdiff_t n_groups, const int *starts, const int *index, const T *quads,                      \
     const T *B, ptrdiff_t ldb, const T *bias, const T *scales, T alpha, T beta, int relu,         \
-    T *out, ptrdiff_t ldo, ptrdiff_t n_out, ptrdiff_t j0, ptrdiff_t j1)                           \
+    T *out, ptrdiff_t ldo, ptrdiff_t n_out, ptrdiff_t j0, ptrdiff_t j1, const int scaled)         \
 {                                                                                                 \
     typedef fastnaive_vec_##SUFFIX V;                                                             \
     enum { LANES = VBYTES / sizeof(T), TILE = NV * LANES };                                       \
@@ -152,12 +154,13 @@ static TARGET void fastnaive_grouped_product_##SUFFIX(                          
             }                                                                                     \
             for (r = 0; r < lines; r++) {                                                         \
                 V *dst = (V *)(out + (first + r) * ldo + j);                                      \
-                const T scale = scales ? scales[first + r] : 1;                                   \
+                const T scale = scaled ? scales[first + r] : 1;                                   \
                 for (q = 0; q < NV; q++) {                                                        \
                     V z = alpha * acc[r][q];                                                      \
-                    if (bias && scales && scale != 0)                                             \
-                        z += scale * ((const V *)(bias + j))[q];                                  \
-                    else if (bias && !scales)                                                     \
+                    if (scaled) {                                                                 \
+                        if (bias && scale != 0)                                                   \
+                            z += scale * ((const V *)(bias + j))[q];                              \
+                    } else if (bias)                                                              \
                         z += ((const V *)(bias + j))[q];                                          \
                     if (beta != 0)                                                                \
                         z += beta * dst[q];                                                       \
@@ -176,12 +179,13 @@ static TARGET void fastnaive_grouped_product_##SUFFIX(                          
                                              width, acc);                                         \
             for (r = 0; r < lines; r++) {                                                         \
                 T *dst = out + (first + r) * ldo + j;                                             \
-                const T scale = scales ? scales[first + r] : 1;                                   \
+                const T scale = scaled ? scales[first + r] : 1;                                   \
                 for (c = 0; c < width; c++) {                                                     \
                     T z = alpha * acc[r][c];                                                      \
-                    if (bias && scales && scale != 0)                                             \
-                        z += scale * bias[j + c];                                                 \
-                    else if (bias && !scales)                                                     \
+                    if (scaled) {                                                                 \
+                        if (bias && scale != 0)                                                   \
+                            z += scale * bias[j + c];                                             \
+                    } else if (bias)                                                              \
                         z += bias[j + c];                                                         \
                     if (beta != 0)                                                                \
                         z += beta * dst[c];                                                       \
@@ -196,6 +200,19 @@ static TARGET void fastnaive_grouped_product_##SUFFIX(                          
                     dst[c] = dst[c] < 0 ? 0 : dst[c];                                             \
             }                                                                                     \
     }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+static TARGET void fastnaive_grouped_product_##SUFFIX(                                            \
+    ptrdiff_t n_groups, const int *starts, const int *index, const T *quads,                      \
+    const T *B, ptrdiff_t ldb, const T *bias, const T *scales, T alpha, T beta, int relu,         \
+    T *out, ptrdiff_t ldo, ptrdiff_t n_out, ptrdiff_t j0, ptrdiff_t j1)                           \
+{                                                                                                 \
+    if (scales)                                                                                   \
+        fastnaive_grouped_body_##SUFFIX(n_groups, starts, index, quads, B, ldb, bias, scales,     \
+                                        alpha, beta, relu, out, ldo, n_out, j0, j1, 1);           \
+    else                                                                                          \
+        fastnaive_grouped_body_##SUFFIX(n_groups, starts, index, quads, B, ldb, bias, NULL,       \
+                                        alpha, beta, relu, out, ldo, n_out, j0, j1, 0);           \
 }
 
 #if FASTNAIVE_X86_DISPATCH
