@@ -1,12 +1,13 @@
-"""Where a training step's time goes, as a Markdown table: fit's epochs on the book's model,
-each phase of its steps timed (the public methods of fastnaive.engine.Step that Step.train
-runs: forward, the loss and its gradient, backward, the overflow bound, commit with the fused
-update; gather where fit shuffles), at 1 and 2 threads, the thread counts alternating epoch
-by epoch in one process.
+"""Where a training step's time goes, as a Markdown table: fit's epochs on the book's model
+(or --layers, --optimizer), each phase of its steps timed (the public methods of
+fastnaive.engine.Step that Step.train runs: forward, the loss and its gradient, backward,
+the overflow bound, commit with the fused update; gather where fit shuffles), at 1 and 2
+threads, the thread counts alternating epoch by epoch in one process.
 
 Run from the repository root, with FASTNAIVE_DATA naming a folder holding mnist.npz:
 
     python benchmarks/phases.py [--quick] [--epochs N] [--dataset mnist|fashion] [--shuffle]
+        [--layers 784 256 128 10] [--optimizer adam]
 
 Per phase: the median and the mean over the steps of the timed epochs, in microseconds (a
 phase's mean above its median is its slow tail), and 1-thread / 2-thread, the phase's own
@@ -27,7 +28,17 @@ import fastnaive
 from fastnaive import engine
 from fastnaive.datasets import fashion_mnist
 
-PHASES = ("gather", "forward", "loss_gradient", "backward", "fused_bound", "commit", "train")
+PHASES = (
+    "gather",
+    "forward",
+    "loss_gradient",
+    "backward",
+    "fused_bound",
+    "rule_bound",
+    "commit",
+    "train",
+)
+BOOK_LAYERS = [workloads.N_FEATURES, workloads.HIDDEN, workloads.N_CLASSES]
 THREADS = (1, 2)
 QUICK_SAMPLES = 2048
 
@@ -38,7 +49,38 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=4, help="timed epochs per thread count")
     parser.add_argument("--dataset", choices=("mnist", "fashion"), default="mnist")
     parser.add_argument("--shuffle", action="store_true", help="fit shuffles (gathers batches)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=BOOK_LAYERS,
+        metavar="N",
+        help="another MLP: relu hidden layers, a softmax head, Glorot-uniform weights",
+    )
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    args = parser.parse_args(argv)
+    if len(args.layers) < 2 or args.layers[0] != workloads.N_FEATURES:
+        parser.error(f"expected --layers {workloads.N_FEATURES} ... (the images' pixels in)")
+    return args
+
+
+def build_model(layers):
+    """The book's model for its layers, else relu layers and a softmax head, Glorot-uniform."""
+    if layers == BOOK_LAYERS:
+        return workloads.book_model()
+    last = len(layers) - 2
+    return fastnaive.NaiveSequential(
+        [
+            fastnaive.NaiveDense(
+                n_in,
+                n_out,
+                "softmax" if i == last else "relu",
+                seed=i,
+                initializer="glorot_uniform",
+            )
+            for i, (n_in, n_out) in enumerate(zip(layers, layers[1:]))
+        ]
+    )
 
 
 def load(dataset, n_samples):
@@ -73,7 +115,7 @@ def main(argv=None):
     epochs = 1 if args.quick else args.epochs
     x, y = load(args.dataset, n_samples)
     threads = [t for t in THREADS if t <= len(os.sched_getaffinity(0))]
-    models = {t: workloads.book_model() for t in threads}
+    models = {t: build_model(args.layers) for t in threads}
     times = {t: collections.defaultdict(list) for t in threads}
     epoch_seconds = {t: [] for t in threads}
     train_seconds = {t: [] for t in threads}  # per epoch, the sum of its train calls
@@ -94,6 +136,7 @@ def main(argv=None):
                         y,
                         epochs=1,
                         batch_size=workloads.BATCH_SIZE,
+                        optimizer=args.optimizer,
                         shuffle=args.shuffle,
                         seed=epoch,
                         verbose=0,
@@ -110,7 +153,8 @@ def main(argv=None):
 
     steps = -(-n_samples // workloads.BATCH_SIZE)
     print(
-        f"# A step's phases: the book's model on {args.dataset}, batch 128, fit "
+        f"# A step's phases: {'-'.join(map(str, args.layers))}, {args.optimizer}, on "
+        f"{args.dataset}, batch 128, fit "
         f"{'shuffled' if args.shuffle else 'in order'}\n"
     )
     print(
