@@ -38,7 +38,6 @@ PHASES = (
     "commit",
     "train",
 )
-BOOK_LAYERS = [workloads.N_FEATURES, workloads.HIDDEN, workloads.N_CLASSES]
 THREADS = (1, 2)
 QUICK_SAMPLES = 2048
 
@@ -49,38 +48,10 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=4, help="timed epochs per thread count")
     parser.add_argument("--dataset", choices=("mnist", "fashion"), default="mnist")
     parser.add_argument("--shuffle", action="store_true", help="fit shuffles (gathers batches)")
-    parser.add_argument(
-        "--layers",
-        type=int,
-        nargs="+",
-        default=BOOK_LAYERS,
-        metavar="N",
-        help="another MLP: relu hidden layers, a softmax head, Glorot-uniform weights",
-    )
-    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    workloads.add_model_arguments(parser)
     args = parser.parse_args(argv)
-    if len(args.layers) < 2 or args.layers[0] != workloads.N_FEATURES:
-        parser.error(f"expected --layers {workloads.N_FEATURES} ... (the images' pixels in)")
+    workloads.check_model_arguments(parser, args)
     return args
-
-
-def build_model(layers):
-    """The book's model for its layers, else relu layers and a softmax head, Glorot-uniform."""
-    if layers == BOOK_LAYERS:
-        return workloads.book_model()
-    last = len(layers) - 2
-    return fastnaive.NaiveSequential(
-        [
-            fastnaive.NaiveDense(
-                n_in,
-                n_out,
-                "softmax" if i == last else "relu",
-                seed=i,
-                initializer="glorot_uniform",
-            )
-            for i, (n_in, n_out) in enumerate(zip(layers, layers[1:]))
-        ]
-    )
 
 
 def load(dataset, n_samples):
@@ -115,7 +86,7 @@ def main(argv=None):
     epochs = 1 if args.quick else args.epochs
     x, y = load(args.dataset, n_samples)
     threads = [t for t in THREADS if t <= len(os.sched_getaffinity(0))]
-    models = {t: build_model(args.layers) for t in threads}
+    models = {t: workloads.mlp(args.layers) for t in threads}
     times = {t: collections.defaultdict(list) for t in threads}
     epoch_seconds = {t: [] for t in threads}
     train_seconds = {t: [] for t in threads}  # per epoch, the sum of its train calls

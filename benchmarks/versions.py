@@ -38,7 +38,6 @@ from pathlib import Path
 
 import workloads
 
-BOOK_LAYERS = [workloads.N_FEATURES, workloads.HIDDEN, workloads.N_CLASSES]
 WORKER = """
 import json, sys, time
 sys.path.insert(0, {benchmarks!r})
@@ -57,15 +56,7 @@ user_callbacks = [EpochNotes()] if {epoch_callback!r} else []
 
 
 def model():
-    if layers == {book!r}:
-        return workloads.book_model()
-    last = len(layers) - 2
-    return fastnaive.NaiveSequential([
-        fastnaive.NaiveDense(
-            n_in, n_out, "softmax" if i == last else "relu", seed=i, initializer="glorot_uniform"
-        )
-        for i, (n_in, n_out) in enumerate(zip(layers, layers[1:]))
-    ])
+    return workloads.mlp(layers)
 
 
 def fit_epoch(model, x, y, clock=None):
@@ -102,15 +93,7 @@ def parse_args(argv=None):
     parser.add_argument("builds", nargs=2, help='source trees, or "installed"')
     parser.add_argument("--rounds", type=int, default=5, help="default 5")
     parser.add_argument("--threads", type=int, default=None, help="BLAS and OpenMP threads")
-    parser.add_argument(
-        "--layers",
-        type=int,
-        nargs="+",
-        default=BOOK_LAYERS,
-        metavar="N",
-        help="the MLP's layer sizes (default: the book's, 784 512 10)",
-    )
-    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd")
+    workloads.add_model_arguments(parser)
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs a round, default 1")
     parser.add_argument(
         "--near-ns",
@@ -124,9 +107,7 @@ def parse_args(argv=None):
         help="fit also runs a user callback with only an epoch hook (a logger's, a checkpoint's)",
     )
     args = parser.parse_args(argv)
-    n_in, n_out = workloads.N_FEATURES, workloads.N_CLASSES
-    if len(args.layers) < 2 or args.layers[0] != n_in or args.layers[-1] != n_out:
-        parser.error(f"expected --layers {n_in} ... {n_out} (MNIST's pixels in, its classes out)")
+    workloads.check_model_arguments(parser, args)
     return args
 
 
@@ -139,7 +120,7 @@ def run(build, args):
     if args.threads is not None:
         env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = str(args.threads)
     benchmarks = str(Path(__file__).resolve().parent)
-    code = WORKER.format(benchmarks=benchmarks, book=BOOK_LAYERS, **vars(args))
+    code = WORKER.format(benchmarks=benchmarks, book=workloads.BOOK_LAYERS, **vars(args))
     output = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env, cwd="/"
     ).stdout

@@ -58,6 +58,51 @@ def book_model(hidden=HIDDEN, seed=0):
     )
 
 
+BOOK_LAYERS = [N_FEATURES, HIDDEN, N_CLASSES]
+
+
+def add_model_arguments(parser):
+    """--layers and --optimizer: the MLP a benchmark trains (default the book's, with SGD)."""
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=BOOK_LAYERS,
+        metavar="N",
+        help="the MLP's layer sizes (default: the book's, 784 512 10): relu hidden layers, "
+        "a softmax head, Glorot-uniform weights unless the book's",
+    )
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd")
+
+
+def check_model_arguments(parser, args):
+    """Stop with parser.error unless --layers runs from MNIST's pixels to its classes."""
+    if len(args.layers) < 2 or args.layers[0] != N_FEATURES or args.layers[-1] != N_CLASSES:
+        parser.error(
+            f"expected --layers {N_FEATURES} ... {N_CLASSES} (MNIST's pixels in, its classes out)"
+        )
+
+
+def mlp(layers):
+    """The book's model for its layer sizes; else relu hidden layers and a softmax head,
+    seeded Glorot-uniform weights (as matrix.py's)."""
+    if list(layers) == BOOK_LAYERS:
+        return book_model()
+    last = len(layers) - 2
+    return fastnaive.NaiveSequential(
+        [
+            fastnaive.NaiveDense(
+                n_in,
+                n_out,
+                "softmax" if i == last else "relu",
+                seed=i,
+                initializer="glorot_uniform",
+            )
+            for i, (n_in, n_out) in enumerate(zip(layers, layers[1:]))
+        ]
+    )
+
+
 def epoch_flop(n_samples, hidden=HIDDEN):
     """FLOP of one epoch's GEMMs: both layers' forward and weight gradient, and the second
     layer's input gradient (the first layer's is never needed)."""
