@@ -20,13 +20,13 @@ import collections
 import os
 import time
 
+import matrix
 import numpy as np
 import workloads
 from threadpoolctl import threadpool_limits
 
 import fastnaive
 from fastnaive import engine
-from fastnaive.datasets import fashion_mnist
 
 PHASES = (
     "gather",
@@ -54,15 +54,6 @@ def parse_args(argv=None):
     return args
 
 
-def load(dataset, n_samples):
-    if dataset == "mnist":
-        return workloads.mnist_train(n_samples)
-    (images, labels), _ = fashion_mnist.load_data()
-    x = images[:n_samples].reshape(n_samples, -1).astype(np.float32)
-    x /= 255
-    return x, labels[:n_samples]
-
-
 def clock_phases(times):
     """Wrap each phase method of engine.Step to append its seconds to times[name]."""
     originals = {}
@@ -84,7 +75,8 @@ def main(argv=None):
     args = parse_args(argv)
     n_samples = QUICK_SAMPLES if args.quick else workloads.N_TRAIN
     epochs = 1 if args.quick else args.epochs
-    x, y = load(args.dataset, n_samples)
+    x, y = matrix.load_images(args.dataset)
+    x, y = x[:n_samples], y[:n_samples]
     threads = [t for t in THREADS if t <= len(os.sched_getaffinity(0))]
     models = {t: workloads.mlp(args.layers) for t in threads}
     times = {t: collections.defaultdict(list) for t in threads}
