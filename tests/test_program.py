@@ -20,7 +20,7 @@ def two_layers(dtype, l2=0.0):
     ]
 
 
-def program_for(layers, dtype, first, capacity=N_SAMPLES):
+def program_for(layers, dtype, first, capacity=N_SAMPLES, narrow=None):
     """A Program of `layers` with the buffers a training Step gives it; and those buffers."""
     sizes = [layer.output_size for layer in layers]
     outputs = [np.empty((capacity, m), dtype) for m in sizes]
@@ -44,6 +44,7 @@ def program_for(layers, dtype, first, capacity=N_SAMPLES):
         first,
         groups,
         columns,
+        narrow,
     )
     return program, outputs, deltas, gradients
 
@@ -133,6 +134,62 @@ def test_fused_bound_bounds_the_update(dtype, rng):
     bound = program.fused_bound(x, N_SAMPLES, -3.0, float(weights), float(np.abs(x).max()))
     program.apply(x, N_SAMPLES, -3.0)
     assert max(np.abs(w).max() for layer in layers for w in (layer.W, layer.b)) <= bound
+
+
+def expected_fused_bound(input_bound, hidden, deltas, scale, weight_bound):
+    """fused_bound's value in NumPy for a two-layer Program: per layer, the largest of
+    n max|delta| max(max|input|, 1) and weight_bound + |scale| times it (input_bound
+    standing for the first layer's max|x|)."""
+    bound = 0.0
+    for largest, delta in zip([input_bound, np.abs(hidden).max()], deltas, strict=True):
+        sums = delta.shape[0] * float(np.abs(delta).max()) * max(float(largest), 1.0)
+        bound = max(bound, sums, weight_bound + abs(scale) * sums)
+    return bound
+
+
+@pytest.mark.parametrize("column", [0, -1], ids=["vectors", "scalar tail"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fused_bound_of_a_narrow_head_is_measured_by_the_input_gradient(
+    threads, column, dtype, instruction_set, rng
+):
+    """Under a narrow head (no BLAS), the input gradient measures the hidden layer's outputs
+    and deltas as it stores them, in slices of rows on the threads: fused_bound is the same
+    value as from the arrays themselves, and a NaN there makes it inf. A forward pass
+    forgets what it measured (the arrays are scanned again). The largest outputs and deltas
+    lie in the last thread's rows, in a column of the kernel's vectors or of its scalar
+    tail (700 columns: not a whole number of tiles on any instruction set)."""
+    n, hidden, scale, weight_bound = 96, 700, -0.5, 2.0  # a product worth two threads
+    layers = [
+        fastnaive.NaiveDense(N_FEATURES, hidden, "relu", dtype=dtype, seed=0),
+        fastnaive.NaiveDense(hidden, N_CLASSES, "softmax", dtype=dtype, seed=1),
+    ]
+    program, outputs, deltas, _ = program_for(
+        layers, dtype, _program.FIRST_DENSE, capacity=n, narrow=[False, True]
+    )
+    layers[0].W[:, column] *= 50
+    layers[1].W[column] *= 50
+    x = sparse_inputs(rng, dtype, n)
+    x[-1] *= 50
+    x_bound = float(np.abs(x).max())
+    program.forward(x, n, training=True)
+    deltas[1][:] = rng.standard_normal((n, N_CLASSES))
+    deltas[1][-1] *= 50
+    program.backward(x, n, False, n_threads=threads)
+    assert_close(deltas[0], reference.relu_backward(outputs[0], deltas[1] @ layers[1].W.T))
+    # The hidden layer's deltas weigh most with a large bound of |x|, its outputs without.
+    for input_bound in (x_bound, 1e6 * x_bound):
+        expected = expected_fused_bound(input_bound, outputs[0], deltas, scale, weight_bound)
+        assert program.fused_bound(x, n, scale, weight_bound, input_bound) == expected
+
+    outputs[0][n // 2, 3] = np.nan
+    program.backward(x, n, False, n_threads=threads)
+    assert program.fused_bound(x, n, scale, weight_bound, x_bound) == np.inf
+
+    program.forward(x, n, training=True)
+    deltas[0][:] = 0
+    deltas[0][n - 1, 0] = 1e3
+    expected = expected_fused_bound(1e6, outputs[0], deltas, scale, weight_bound)
+    assert program.fused_bound(x, n, scale, weight_bound, 1e6) == expected
 
 
 def zero_state(layers, per_array, dtype="float32"):

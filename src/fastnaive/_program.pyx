@@ -92,6 +92,10 @@ cdef class Program:
     # (its first element's address and its rows; NULL: none), for param_grad to use.
     cdef const void* columns_of
     cdef Py_ssize_t columns_rows
+    # max |input| and max |delta| of each layer as the last backward pass found them while
+    # writing them (the narrow input gradient's ReLU: see backward_sweep), -1 where unknown:
+    # bound_sweep reads them instead of the arrays. Every forward and backward pass forgets them.
+    cdef double[::1] input_peaks, delta_peaks
 
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
                  gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None,
@@ -108,6 +112,8 @@ cdef class Program:
             raise ValueError("Expected one entry per layer in every list. Received: "
                              f"{self.n_layers} layers, {len(deltas)} deltas")
         self.layers, self.dropouts = list(layers), list(dropouts)
+        self.input_peaks = np.full(self.n_layers, -1.0)
+        self.delta_peaks = np.full(self.n_layers, -1.0)
         self.codes = np.asarray(codes, np.intc)
         self.head_codes = np.asarray(head_codes, np.intc)
         self.narrow = np.asarray(narrow if narrow is not None else [False] * self.n_layers,
@@ -353,6 +359,8 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
     cdef bint has_pre, relu, columns
     cdef double rate
     cdef unsigned long long seed
+    p.input_peaks[:] = -1
+    p.delta_peaks[:] = -1
     if n == 0:
         return 0
     for i in range(p.n_layers):
@@ -477,6 +485,9 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
     # gradient of the layer above applies it as it stores each block, where no dropout
     # comes between.
     cdef bint applied = False
+    cdef double peaks[2]
+    p.input_peaks[:] = -1
+    p.delta_peaks[:] = -1
     for i in reversed(range(p.n_layers)):
         delta = p.deltas[i]
         delta = delta[:n]
@@ -512,7 +523,12 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
                     relu_of = &outputs[0, 0]
                     applied = True
                 with nogil:
-                    narrow_input_grad(delta, W, previous, n_threads, relu_of)
+                    # Without gradients, the step's overflow bound follows (bound_sweep): the
+                    # input gradient measures its inputs and outputs as it stores them.
+                    narrow_input_grad(delta, W, previous, n_threads, relu_of,
+                                      peaks if applied and not gradients else NULL)
+                if applied and not gradients:
+                    p.input_peaks[i], p.delta_peaks[i - 1] = peaks[0], peaks[1]
             else:
                 with nogil:
                     dense_input_grad(delta, W, previous, n_threads)
@@ -529,11 +545,16 @@ cdef double bound_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, doubl
     cdef double rate = abs(scale)
     for i in range(p.n_layers):
         largest_input = input_bound
-        if i:
+        if i and p.input_peaks[i] >= 0:
+            largest_input = p.input_peaks[i]
+        elif i:
             inputs = layer_input(p, i, n, x)
             largest_input = max_abs(&inputs[0, 0], n * inputs.shape[1]) if n else 0
-        delta = p.deltas[i]
-        largest_delta = max_abs(&delta[0, 0], n * delta.shape[1]) if n else 0
+        if p.delta_peaks[i] >= 0:
+            largest_delta = p.delta_peaks[i]
+        else:
+            delta = p.deltas[i]
+            largest_delta = max_abs(&delta[0, 0], n * delta.shape[1]) if n else 0
         # X.T @ delta sums n products per element, each at most |x| |delta|
         sums = n * largest_delta * (largest_input if largest_input > 1.0 else 1.0)
         if gradients:

@@ -37,14 +37,15 @@
 # The narrow products (narrow_forward, narrow_input_grad, narrow_param_grad) are the dense
 # products of a layer of at most NARROW_MAX outputs, a classifier's head, without the BLAS
 # (narrow_kernels.h): compiled per instruction set like the sparse ones and chosen with them
-# by select_instruction_set, cut among threads into blocks of rows (forward) or of W's rows
-# (the gradients) that depend on the shapes alone.
+# by select_instruction_set, cut among threads into blocks of rows (forward), slices of rows
+# (the input gradient: each element is one dot product wherever the cut falls) or blocks of
+# W's rows (the weight gradient), so that the bits do not depend on the threads.
 from cython cimport floating
 from cython.parallel cimport prange
 import numpy as np
 
 from fastnaive._activations cimport ELU_CODE, activate
-from fastnaive._kernels cimport Rule, bias_grad, rule_step
+from fastnaive._kernels cimport Rule, bias_grad, max_abs, rule_step
 
 cdef extern from "sparse_kernels.h" nogil:
     void grouped_product_f "fastnaive_grouped_product_f"(
@@ -108,6 +109,8 @@ cdef Py_ssize_t MIN_BLOCK_BYTES = 256
 # least PART_MIN_FEATURES each, or in one part; see feature_parts.
 cdef enum:
     MAX_PARTS = 2
+    # The most threads a narrow input gradient's slices of rows run on (narrow_input_grad).
+    PEAK_SLOTS = 64
 cdef Py_ssize_t PART_MIN_FEATURES = 64
 # Below this many multiply-adds, or quads to sort, a parallel region costs more than it saves.
 cdef Py_ssize_t PARALLEL_MIN_PRODUCTS = 1 << 18
@@ -541,24 +544,43 @@ cdef void narrow_forward(const floating[:, ::1] X, const floating[:, ::1] W,
 
 
 cdef void narrow_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
-                            floating[:, ::1] dX_out, int n_threads,
-                            const floating* relu_of) noexcept nogil:
+                            floating[:, ::1] dX_out, int n_threads, const floating* relu_of,
+                            double* peaks) noexcept nogil:
     """dX := delta @ W.T, for W of at most NARROW_MAX columns; unless relu_of is NULL, times
     ReLU's derivative where relu_of, ReLU's outputs (n rows as dX's), was computed:
-    dX := where(relu_of > 0, dX, 0), as each block is stored"""
+    dX := where(relu_of > 0, dX, 0), as each block is stored. Each thread takes a slice of
+    the rows, those of relu_of that the layer's forward blocks wrote on it (narrow_forward's,
+    add_partial_sums'). Unless peaks is NULL: peaks[0] := max |relu_of| (0 when it is NULL),
+    peaks[1] := max |dX| (max_abs's: inf for a NaN), each slice's scanned right after it is
+    stored."""
     cdef Py_ssize_t n = dX_out.shape[0], k = dX_out.shape[1], m = W.shape[1]
-    cdef Py_ssize_t width = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t block, c0, c1, n_blocks = (k + width - 1) // width
+    cdef Py_ssize_t slots = min(min(n_threads, <Py_ssize_t>PEAK_SLOTS), n), slot, i0, i1
+    cdef double slot_peaks[2 * PEAK_SLOTS]
+    if peaks != NULL:
+        peaks[0] = peaks[1] = 0
     if n == 0 or k == 0:
         return
-    for block in prange(n_blocks, num_threads=n_threads, schedule="static",
-                        use_threads_if=narrow_in_parallel(n, m, k, n_blocks, n_threads)):
-        c0 = block * width
-        c1 = min(c0 + width, k)
-        if floating is float:
-            narrow_input_f(&delta[0, 0], n, m, &W[0, 0], &dX_out[0, 0], k, c0, c1, relu_of)
-        else:
-            narrow_input_d(&delta[0, 0], n, m, &W[0, 0], &dX_out[0, 0], k, c0, c1, relu_of)
+    if not narrow_in_parallel(n, m, k, slots, n_threads):
+        slots = 1
+    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
+        i0 = slot * n // slots
+        i1 = (slot + 1) * n // slots
+        slot_peaks[2 * slot] = slot_peaks[2 * slot + 1] = 0
+        if i1 > i0:
+            if floating is float:
+                narrow_input_f(&delta[i0, 0], i1 - i0, m, &W[0, 0], &dX_out[i0, 0], k, 0, k,
+                               relu_of + i0 * k if relu_of != NULL else NULL)
+            else:
+                narrow_input_d(&delta[i0, 0], i1 - i0, m, &W[0, 0], &dX_out[i0, 0], k, 0, k,
+                               relu_of + i0 * k if relu_of != NULL else NULL)
+            if peaks != NULL:
+                if relu_of != NULL:
+                    slot_peaks[2 * slot] = max_abs(relu_of + i0 * k, (i1 - i0) * k)
+                slot_peaks[2 * slot + 1] = max_abs(&dX_out[i0, 0], (i1 - i0) * k)
+    if peaks != NULL:
+        for slot in range(slots):
+            peaks[0] = max(peaks[0], slot_peaks[2 * slot])
+            peaks[1] = max(peaks[1], slot_peaks[2 * slot + 1])
 
 
 cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
@@ -770,7 +792,7 @@ def narrow_input_grad_checked(const floating[:, ::1] delta, const floating[:, ::
     if relu_of is not None and relu_of.shape[0] and relu_of.shape[1]:
         relu = &relu_of[0, 0]
     with nogil:
-        narrow_input_grad(delta, W, dX_out, threads, relu)
+        narrow_input_grad(delta, W, dX_out, threads, relu, NULL)
 
 
 def narrow_param_grad_checked(const floating[:, ::1] X, const floating[:, ::1] delta,

@@ -9,8 +9,8 @@
  * columns are loop-unrolled: X @ W as dot products of X's rows with W's columns (W taken a
  * tile at a time, transposed on the stack), delta @ W.T and X.T @ delta as sums over m or n
  * of broadcast multiply-adds into register tiles. The accumulators of a tile stay in
- * registers. Nothing is packed, so the products cut into blocks of rows (X @ W) or of k
- * (the other two) for OpenMP threads cost no more than whole ones.
+ * registers. Nothing is packed, so the products cut into blocks of rows (X @ W, delta @ W.T)
+ * or of k (X.T @ delta) for OpenMP threads cost no more than whole ones.
  *
  * Each output element is computed by one code path, in an order fixed by the shapes alone,
  * so the results are the same bits whatever the blocks and threads. Each function is written
