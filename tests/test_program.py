@@ -192,6 +192,55 @@ def test_fused_bound_of_a_narrow_head_is_measured_by_the_input_gradient(
     assert program.fused_bound(x, n, scale, weight_bound, 1e6) == expected
 
 
+def test_fused_bound_of_a_sparse_first_layer_takes_the_batch_it_grouped(dtype, rng):
+    """A training forward pass on the sparse kernels measures max |x| as it groups x's rows:
+    fused_bound takes it where the caller's bound of |x| is larger (inf: unknown), plus the
+    offsets' largest magnitude when x holds distances from them. For an x it did not group,
+    the caller's bound stands."""
+    n, scale, weight_bound = N_SAMPLES, -0.5, 2.0
+    layers = two_layers(dtype)
+    program, outputs, deltas, _ = program_for(layers, dtype, _program.FIRST_SPARSE)
+    x = sparse_inputs(rng, dtype, n)
+    x[n - 1, N_FEATURES - 1] = 40.0
+    program.forward(x, n, training=True)
+    deltas[1][:] = rng.standard_normal((n, N_CLASSES))
+    program.backward(x, n, False)
+    for given in (np.inf, 1e6, 40.0, 20.0):
+        expected = expected_fused_bound(min(given, 40.0), outputs[0], deltas, scale, 2.0)
+        assert program.fused_bound(x, n, scale, weight_bound, given) == expected
+    other = x.copy()
+    assert program.fused_bound(other, n, scale, weight_bound, np.inf) == np.inf
+
+    x[0, 0] = np.nan
+    program.forward(x, n, training=True)
+    program.backward(x, n, False)
+    assert program.fused_bound(x, n, scale, weight_bound, np.inf) == np.inf
+
+    offsets = np.full(N_FEATURES, -3.0, dtype)
+    shifted = _program.Program(
+        layers,
+        [None, None],
+        [_activations.RELU, _activations.LINEAR],
+        [_activations.RELU, _activations.LINEAR],
+        outputs,
+        deltas,
+        [None, None],
+        [None, None],
+        [np.empty_like(w) for layer in layers for w in (layer.W, layer.b)],
+        _program.FIRST_SPARSE,
+        _sparse.group_buffers(n, N_FEATURES, dtype, by_rows=True),
+        _sparse.group_buffers(N_FEATURES, n, dtype, by_rows=False),
+        None,
+        offsets,
+    )
+    distances = sparse_inputs(rng, dtype, n)
+    shifted.forward(distances, n, training=True)
+    shifted.backward(distances, n, False)
+    largest = float(np.abs(distances).max()) + 3.0
+    expected = expected_fused_bound(largest, outputs[0], deltas, scale, weight_bound)
+    assert shifted.fused_bound(distances, n, scale, weight_bound, np.inf) == expected
+
+
 def zero_state(layers, per_array, dtype="float32"):
     return [
         [np.zeros(w.size, dtype) for _ in range(per_array)]

@@ -41,6 +41,7 @@ from fastnaive import (
     NaiveSequential,
     _kernels,
     checkpoints,
+    engine,
     evaluate_loss,
     fit,
     load_model,
@@ -718,6 +719,27 @@ def test_an_update_that_overflows_is_undone_and_raises(dtype, rate):
     assert np.isfinite(model.predict(x)).all()
 
 
+def fit_overflowing_at_batch_2(model, x, y, optimizer, learning_rate):
+    """fit in batches of 10 rows, the learning rate raised to learning_rate (unless None)
+    after batch 1: FloatingPointError naming batch 2 is expected."""
+
+    def raise_learning_rate(batch, logs):
+        if batch == 1 and learning_rate is not None:
+            optimizer.learning_rate = learning_rate
+
+    with pytest.raises(FloatingPointError, match="epoch 0, batch 2"):
+        fit(
+            model,
+            x,
+            y,
+            1,
+            10,
+            optimizer=optimizer,
+            verbose=0,
+            callbacks=[LambdaCallback(on_batch_end=raise_learning_rate)],
+        )
+
+
 @pytest.mark.parametrize(
     "make_optimizer, scale, learning_rate",
     [
@@ -741,26 +763,32 @@ def test_fit_stops_at_an_overflowing_update_with_the_last_finite_step(
     reference.set_weights(model.get_weights())
     fit(reference, x[:20], y[:20], 1, 10, optimizer=reference_optimizer, verbose=0)
 
-    def raise_learning_rate(batch, logs):
-        if batch == 1 and learning_rate is not None:
-            optimizer.learning_rate = learning_rate
-
-    with pytest.raises(FloatingPointError, match="epoch 0, batch 2"):
-        fit(
-            model,
-            x,
-            y,
-            1,
-            10,
-            optimizer=optimizer,
-            verbose=0,
-            callbacks=[LambdaCallback(on_batch_end=raise_learning_rate)],
-        )
+    fit_overflowing_at_batch_2(model, x, y, optimizer, learning_rate)
     assert_same(model.weights, reference.weights)
     assert optimizer.iterations == reference_optimizer.iterations == 2
     state, reference_state = optimizer.get_state(), reference_optimizer.get_state()
     for mine, theirs in zip(state["slots"], reference_state["slots"], strict=True):
         assert_same(mine, theirs)
+
+
+def test_a_large_sparse_input_is_guarded_batch_by_batch():
+    """Inputs of more rows than engine.SAMPLED_SCAN_ROWS on the sparse kernels are not read
+    whole before fit: each batch's largest |x| comes from its grouping. A batch of huge
+    values whose update overflows is still caught (undone, FloatingPointError naming it),
+    and the batches before it were trained as on a small input, bit for bit."""
+    rng = np.random.default_rng(3)
+    n = engine.SAMPLED_SCAN_ROWS + 100
+    x, y = make_data(n)
+    x[rng.uniform(size=x.shape) < 0.8] = 0  # sparse on every instruction set
+    x[20:30] *= 1e3  # batches 0 and 1 of 10 rows are ordinary; batch 2 overflows
+    model, reference = make_model(), make_model()
+    step = engine.Step(model, 10, x)
+    assert step.sparse_input and step.input_bound == np.inf
+    optimizer = SGD(1e-3)
+    fit(reference, x[:20], y[:20], 1, 10, optimizer=SGD(1e-3), verbose=0)
+
+    fit_overflowing_at_batch_2(model, x, y, optimizer, 1e38)
+    assert_same(model.weights, reference.weights)
 
 
 def test_a_step_near_the_range_that_stays_finite_goes_on():

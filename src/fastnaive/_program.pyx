@@ -92,9 +92,11 @@ cdef class Program:
     # (its first element's address and its rows; NULL: none), for param_grad to use.
     cdef const void* columns_of
     cdef Py_ssize_t columns_rows
-    # max |input| and max |delta| of each layer as the last backward pass found them while
-    # writing them (the narrow input gradient's ReLU: see backward_sweep), -1 where unknown:
-    # bound_sweep reads them instead of the arrays. Every forward and backward pass forgets them.
+    # max |input| and max |delta| of each layer as the passes found them while writing them,
+    # -1 where unknown: bound_sweep reads them instead of the arrays. The first layer's input
+    # is measured by a training forward of FIRST_SPARSE as it groups x's rows (its x is
+    # columns_of's); the hidden layers' by the narrow input gradient of the layer above
+    # (see backward_sweep). A forward pass forgets them all, a backward pass those it makes.
     cdef double[::1] input_peaks, delta_peaks
 
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
@@ -258,22 +260,28 @@ cdef class Program:
     def fused_bound(self, x, Py_ssize_t n, double scale, double weight_bound,
                     double input_bound):
         """The largest magnitude apply(x, n, scale) can leave in a weight or reach in its
-        GEMM's sums, from the largest inputs and deltas (Step.fused_bound)."""
+        GEMM's sums, from the largest inputs and deltas (Step.fused_bound). input_bound
+        bounds max |x|; where the training forward pass grouped this x (FIRST_SPARSE), the
+        largest |x| it measured stands in if smaller (input_bound may then be inf)."""
         self.check(x, n, 0, True)
         l2 = [float(layer.l2) for layer in self.layers]
+        grouped = x if self.first == FIRST_SPARSE else None
         if self.is_double:
-            return bound_sweep[double](self, None, n, scale, weight_bound, input_bound, l2,
+            return bound_sweep[double](self, grouped, n, scale, weight_bound, input_bound, l2,
                                        False)
-        return bound_sweep[float](self, None, n, scale, weight_bound, input_bound, l2, False)
+        return bound_sweep[float](self, grouped, n, scale, weight_bound, input_bound, l2,
+                                  False)
 
     def gradient_bound(self, x, Py_ssize_t n, double weight_bound, double input_bound):
         """An upper bound of |g| over every layer's weight gradient X.T @ delta + 2 l2 W and
-        bias gradient, from the largest inputs and deltas (what apply_rule feeds its rule)."""
+        bias gradient, from the largest inputs and deltas (what apply_rule feeds its rule);
+        input_bound as fused_bound's."""
         self.check(x, n, 0, True)
         l2 = [float(layer.l2) for layer in self.layers]
+        grouped = x if self.first == FIRST_SPARSE else None
         if self.is_double:
-            return bound_sweep[double](self, None, n, 0, weight_bound, input_bound, l2, True)
-        return bound_sweep[float](self, None, n, 0, weight_bound, input_bound, l2, True)
+            return bound_sweep[double](self, grouped, n, 0, weight_bound, input_bound, l2, True)
+        return bound_sweep[float](self, grouped, n, 0, weight_bound, input_bound, l2, True)
 
     def apply(self, x, Py_ssize_t n, double scale, int n_threads=1):
         """W := (1 + 2 scale l2) W + scale X.T @ delta, b := b + scale sum_rows(delta) in
@@ -357,7 +365,7 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
     cdef Py_ssize_t i, last = p.n_layers - 1
     cdef int code, fused
     cdef bint has_pre, relu, columns
-    cdef double rate
+    cdef double rate, peak
     cdef unsigned long long seed
     p.input_peaks[:] = -1
     p.delta_peaks[:] = -1
@@ -403,11 +411,15 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
             with nogil:
                 group_and_forward(x, starts, index, quads, columns, column_starts,
                                   column_index, column_quads, W, b, offsets, offset_sums, relu,
-                                  target, partial, n_threads)
+                                  target, partial, n_threads, &peak if columns else NULL)
                 if not relu and fused != LINEAR_CODE:
                     activate_rows(fused, target, target)
             if columns:
                 p.columns_of, p.columns_rows = &x[0, 0], x.shape[0]
+                # x holds the inputs' distances from the offsets: |input| <= |x| + |offset|.
+                if offsets.shape[0]:
+                    peak += max_abs(&offsets[0], offsets.shape[0])
+                p.input_peaks[0] = peak
         elif p.narrow[i]:
             with nogil:
                 narrow_forward(a, W, b, fused, target, n_threads)
@@ -486,7 +498,7 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
     # comes between.
     cdef bint applied = False
     cdef double peaks[2]
-    p.input_peaks[:] = -1
+    p.input_peaks[1:] = -1  # the first layer's input is the forward pass's
     p.delta_peaks[:] = -1
     for i in reversed(range(p.n_layers)):
         delta = p.deltas[i]
@@ -545,7 +557,10 @@ cdef double bound_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, doubl
     cdef double rate = abs(scale)
     for i in range(p.n_layers):
         largest_input = input_bound
-        if i and p.input_peaks[i] >= 0:
+        if (i == 0 and p.input_peaks[0] >= 0 and x is not None and n
+                and p.columns_of == &x[0, 0] and p.columns_rows == x.shape[0]):
+            largest_input = min(input_bound, p.input_peaks[0])  # this batch's
+        elif i and p.input_peaks[i] >= 0:
             largest_input = p.input_peaks[i]
         elif i:
             inputs = layer_input(p, i, n, x)
@@ -556,7 +571,7 @@ cdef double bound_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, doubl
             delta = p.deltas[i]
             largest_delta = max_abs(&delta[0, 0], n * delta.shape[1]) if n else 0
         # X.T @ delta sums n products per element, each at most |x| |delta|
-        sums = n * largest_delta * (largest_input if largest_input > 1.0 else 1.0)
+        sums = n * largest_delta * (largest_input if largest_input > 1.0 else 1.0) if n else 0
         if gradients:
             reached = sums + abs(2 * l2[i]) * weight_bound
         else:

@@ -182,6 +182,11 @@ cdef inline Share share_of(Py_ssize_t slot, Py_ssize_t slots, Py_ssize_t parts) 
     return s
 
 
+cdef inline Py_ssize_t quads_of_lists(const int* starts, Py_ssize_t g) noexcept nogil:
+    """The quads in group g's lists (the nonzero ones), starts as laid out by group"""
+    return starts[g * PATTERNS + PATTERNS - 1] - starts[g * PATTERNS]
+
+
 cdef inline Py_ssize_t group(const floating* X, bint by_rows, Py_ssize_t n, Py_ssize_t k,
                              Py_ssize_t ldx, Py_ssize_t g, int* starts, int* index,
                              floating* quads) noexcept nogil:
@@ -196,14 +201,19 @@ cdef inline Py_ssize_t group(const floating* X, bint by_rows, Py_ssize_t n, Py_s
 cdef Py_ssize_t group_share(const floating[:, ::1] X, Share share, Py_ssize_t parts,
                             bint rows, int[::1] row_starts, int[::1] row_index,
                             floating[:, ::1] row_quads, bint columns, int[::1] column_starts,
-                            int[::1] column_index,
-                            floating[:, ::1] column_quads) noexcept nogil:
+                            int[::1] column_index, floating[:, ::1] column_quads,
+                            double* peak=NULL) noexcept nogil:
     """A share's groups, of each of its parts: (rows) the rank's share of the groups of four
     rows over the part's features, and (columns) of the groups of four of its features;
-    return their nonzeros"""
+    return their nonzeros. With rows and peak: *peak := the largest |x| of the share's rows
+    and parts (as max_abs: inf for a NaN), read from their quads as each group is made."""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
     cdef Py_ssize_t n_rows = n_groups(n), part, f0, f1, g, g0, count, stride, base
     cdef Py_ssize_t nnz = 0
+    cdef int* starts
+    cdef floating* quads
+    if peak != NULL:
+        peak[0] = 0
     for part in range(share.part0, share.part1):
         f0 = part_start(k, parts, part)
         f1 = part_start(k, parts, part + 1)
@@ -211,11 +221,16 @@ cdef Py_ssize_t group_share(const floating[:, ::1] X, Share share, Py_ssize_t pa
             # The part's lists: its starts after the other parts', its entries after theirs.
             stride = row_starts.shape[0] // (PATTERNS * parts)
             base = stride * f0
+            starts = &row_starts[0] + PATTERNS * stride * part
+            quads = &row_quads[0, 0] + GROUP * base
             for g in range(share.rank * n_rows // share.team,
                            (share.rank + 1) * n_rows // share.team):
-                nnz += group(&X[0, f0], True, n, f1 - f0, k, g,
-                             &row_starts[0] + PATTERNS * stride * part, &row_index[0] + base,
-                             &row_quads[0, 0] + GROUP * base)
+                nnz += group(&X[0, f0], True, n, f1 - f0, k, g, starts, &row_index[0] + base,
+                             quads)
+                if peak != NULL:
+                    # The group's nonzero quads (past them lie zero quads).
+                    peak[0] = max(peak[0], max_abs(quads + GROUP * starts[PATTERNS * g],
+                                                   GROUP * quads_of_lists(starts, g)))
         if columns:
             g0 = f0 // GROUP
             count = n_groups(f1) - g0
@@ -251,12 +266,17 @@ cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] sta
 cdef void group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_out,
                                  int[::1] row_index_out, floating[:, ::1] row_quads_out,
                                  int[::1] column_starts_out, int[::1] column_index_out,
-                                 floating[:, ::1] column_quads_out, int n_threads) noexcept nogil:
+                                 floating[:, ::1] column_quads_out, int n_threads,
+                                 double* peak=NULL) noexcept nogil:
     """group_lines(X, True, row_*) and group_lines(X, False, column_*) in one parallel loop,
-    X read by both while in cache: each slot groups the rows and the columns of its parts"""
+    X read by both while in cache: each slot groups the rows and the columns of its parts;
+    unless peak is NULL, *peak := max |X| (group_share's, from the row groups)"""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
-    cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
-    cdef Py_ssize_t slot
+    cdef Py_ssize_t parts = feature_parts(k)
+    cdef Py_ssize_t slots = min(grouping_slots(n, k, n_threads), <Py_ssize_t>PEAK_SLOTS), slot
+    cdef double slot_peaks[PEAK_SLOTS]
+    if peak != NULL:
+        peak[0] = 0
     if n == 0 or k == 0:
         row_starts_out[:] = 0
         column_starts_out[:] = 0
@@ -264,7 +284,10 @@ cdef void group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_o
     for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
         group_share(X, share_of(slot, slots, parts), parts, True, row_starts_out,
                     row_index_out, row_quads_out, True, column_starts_out, column_index_out,
-                    column_quads_out)
+                    column_quads_out, &slot_peaks[slot] if peak != NULL else NULL)
+    if peak != NULL:
+        for slot in range(slots):
+            peak[0] = max(peak[0], slot_peaks[slot])
 
 
 cdef inline void product(Py_ssize_t n_groups_, const int* starts, const int* index,
@@ -378,31 +401,41 @@ cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                             floating[:, ::1] column_quads_out, const floating[:, ::1] W,
                             const floating[::1] b, const floating[::1] offsets,
                             floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
-                            floating[:, ::1] partial, int n_threads) noexcept nogil:
+                            floating[:, ::1] partial, int n_threads,
+                            double* peak) noexcept nogil:
     """group_lines(X, True, row_*) (and, if columns, group_lines(X, False, column_*)), then
     sparse_forward on the row groups (with offsets, see there). Where each thread holds whole
     parts, it groups and multiplies them in one parallel region: its products read only the
-    groups it made."""
+    groups it made. Unless peak is NULL, *peak := max |X| (as max_abs: inf for a NaN), from
+    the quads of the row groups as they are made."""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1], m = Z_out.shape[1]
     cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
     cdef Py_ssize_t slot
     cdef Share share
+    cdef double slot_peaks[MAX_PARTS]
     if n == 0 or k == 0 or m == 0 or slots > parts:
         if columns:
             group_rows_and_columns(X, row_starts_out, row_index_out, row_quads_out,
                                    column_starts_out, column_index_out, column_quads_out,
-                                   n_threads)
+                                   n_threads, peak)
         else:
             group_lines(X, True, row_starts_out, row_index_out, row_quads_out, n_threads)
+            if peak != NULL:
+                peak[0] = max_abs(&X[0, 0], n * k) if n and k else 0
         sparse_forward(row_starts_out, row_index_out, row_quads_out, W, b, offsets,
                        offset_sums, relu, Z_out, partial, n_threads)
         return
     for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
         share = share_of(slot, slots, parts)
         group_share(X, share, parts, True, row_starts_out, row_index_out, row_quads_out,
-                    columns, column_starts_out, column_index_out, column_quads_out)
+                    columns, column_starts_out, column_index_out, column_quads_out,
+                    &slot_peaks[slot] if peak != NULL else NULL)
         forward_share(row_starts_out, row_index_out, row_quads_out, W, b, offsets, offset_sums,
                       relu, Z_out, partial, share, parts)
+    if peak != NULL:
+        peak[0] = 0
+        for slot in range(slots):
+            peak[0] = max(peak[0], slot_peaks[slot])
     if parts > 1 and slots > 1:
         add_partial_sums(Z_out, partial, relu, slots)
 
