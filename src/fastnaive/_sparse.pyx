@@ -109,7 +109,8 @@ cdef Py_ssize_t MIN_BLOCK_BYTES = 256
 # least PART_MIN_FEATURES each, or in one part; see feature_parts.
 cdef enum:
     MAX_PARTS = 2
-    # The most threads a narrow input gradient's slices of rows run on (narrow_input_grad).
+    # The most threads whose maxima a pass keeps apart before taking the largest (the narrow
+    # input gradient's slices of rows, the row grouping's slots).
     PEAK_SLOTS = 64
 cdef Py_ssize_t PART_MIN_FEATURES = 64
 # Below this many multiply-adds, or quads to sort, a parallel region costs more than it saves.
@@ -182,7 +183,7 @@ cdef inline Share share_of(Py_ssize_t slot, Py_ssize_t slots, Py_ssize_t parts) 
     return s
 
 
-cdef inline Py_ssize_t quads_of_lists(const int* starts, Py_ssize_t g) noexcept nogil:
+cdef inline Py_ssize_t quads_of(const int* starts, Py_ssize_t g) noexcept nogil:
     """The quads in group g's lists (the nonzero ones), starts as laid out by group"""
     return starts[g * PATTERNS + PATTERNS - 1] - starts[g * PATTERNS]
 
@@ -230,7 +231,7 @@ cdef Py_ssize_t group_share(const floating[:, ::1] X, Share share, Py_ssize_t pa
                 if peak != NULL:
                     # The group's nonzero quads (past them lie zero quads).
                     peak[0] = max(peak[0], max_abs(quads + GROUP * starts[PATTERNS * g],
-                                                   GROUP * quads_of_lists(starts, g)))
+                                                   GROUP * quads_of(starts, g)))
         if columns:
             g0 = f0 // GROUP
             count = n_groups(f1) - g0
@@ -440,10 +441,6 @@ cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
         add_partial_sums(Z_out, partial, relu, slots)
 
 
-cdef Py_ssize_t quads_of(const int[::1] starts, Py_ssize_t g) noexcept nogil:
-    return starts[g * PATTERNS + PATTERNS - 1] - starts[g * PATTERNS]
-
-
 cdef Py_ssize_t balanced_cut(const int[::1] starts, Py_ssize_t g0, Py_ssize_t g1,
                              Py_ssize_t total, Py_ssize_t num, Py_ssize_t den) noexcept nogil:
     """The first group g of [g0, g1) before which num / den of the groups' `total` quads lie
@@ -454,7 +451,7 @@ cdef Py_ssize_t balanced_cut(const int[::1] starts, Py_ssize_t g0, Py_ssize_t g1
     for g in range(g0, g1):
         if done * den >= num * total:
             return g
-        done += quads_of(starts, g)
+        done += quads_of(&starts[0], g)
     return g1
 
 
@@ -478,7 +475,7 @@ cdef void param_grad_share(const int[::1] starts, const int[::1] index,
         c1 = n_groups(part_start(k, parts, part + 1))
         total = 0
         for g in range(c0, c1):
-            total += quads_of(starts, g)
+            total += quads_of(&starts[0], g)
         g0 = balanced_cut(starts, c0, c1, total, share.rank, share.team)
         g1 = balanced_cut(starts, c0, c1, total, share.rank + 1, share.team)
         r0 = GROUP * g0
