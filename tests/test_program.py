@@ -192,6 +192,61 @@ def test_fused_bound_of_a_narrow_head_is_measured_by_the_input_gradient(
     assert program.fused_bound(x, n, scale, weight_bound, 1e6) == expected
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_dense_input_gradient_applies_the_derivative_and_measures_its_blocks(
+    threads, activation, dtype, rng
+):
+    """The GEMM input gradient of a hidden layer applies the previous layer's activation
+    derivative in each block as it stores it, with the bits of the derivative applied after
+    the whole product; without gradients it measures that layer's outputs and deltas there
+    too: fused_bound is the value from the arrays themselves, a NaN in them makes it inf,
+    and the largest values lie in the last column block of a product cut in blocks where
+    the machine has several processors (2.1M multiply-adds)."""
+    n, hidden, classes, scale, weight_bound = 128, 260, 64, -0.5, 2.0
+    layers = [
+        fastnaive.NaiveDense(N_FEATURES, hidden, activation, dtype=dtype, seed=0),
+        fastnaive.NaiveDense(hidden, classes, "softmax", dtype=dtype, seed=1),
+    ]
+    code = getattr(_activations, activation.upper())
+    pre = np.empty((n, hidden), dtype) if code in _activations.NEEDS_PRE_ACTIVATION else None
+    outputs = [np.empty((n, m), dtype) for m in (hidden, classes)]
+    deltas = [np.empty((n, m), dtype) for m in (hidden, classes)]
+    program = _program.Program(
+        layers,
+        [None, None],
+        [code, _activations.LINEAR],
+        [code, _activations.LINEAR],
+        outputs,
+        deltas,
+        [None, None],
+        [pre, None],
+        [np.empty_like(w) for layer in layers for w in (layer.W, layer.b)],
+        _program.FIRST_DENSE,
+        narrow=[False, False],
+    )
+    layers[0].W[:, -1] *= 50
+    layers[1].W[-1] *= 50
+    x = sparse_inputs(rng, dtype, n)
+    program.forward(x, n, training=True)
+    deltas[1][:] = rng.standard_normal((n, classes))
+    deltas[1][-1] *= 50
+    expected = np.empty_like(deltas[0])
+    _kernels.dense_input_grad_checked(deltas[1], layers[1].W, expected)
+    z = outputs[0] if pre is None else pre
+    _activations.activation_backward_checked(code, outputs[0], z, expected)
+    for gradients in (True, False):
+        program.backward(x, n, gradients, n_threads=threads)
+        np.testing.assert_array_equal(deltas[0], expected)
+    for input_bound in (1.0, 1e6):
+        bound = expected_fused_bound(input_bound, outputs[0], deltas, scale, weight_bound)
+        assert program.fused_bound(x, n, scale, weight_bound, input_bound) == bound
+
+    outputs[0][n // 2, -2] = np.nan
+    program.backward(x, n, False, n_threads=threads)
+    assert program.fused_bound(x, n, scale, weight_bound, 1.0) == np.inf
+
+
 def test_fused_bound_of_a_sparse_first_layer_takes_the_batch_it_grouped(dtype, rng):
     """A training forward pass on the sparse kernels measures max |x| as it groups x's rows:
     fused_bound takes it where the caller's bound of |x| is larger (inf: unknown), plus the

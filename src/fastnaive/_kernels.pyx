@@ -7,15 +7,17 @@
 # cut into blocks by their shapes (tile_grid), one single-threaded BLAS call per
 # block on the threads of one OpenMP loop; the rest are epilogues fused around
 # each block (bias as the GEMM's starting value with beta = 1, the activation in
-# place on its output: fastnaive._activations). Nothing is cut by the number of
-# threads, so every result has the same bits at any thread count.
+# place on its output, fastnaive._activations; on an input gradient, the previous
+# layer's activation derivative and the peaks of the step's overflow bound). Nothing
+# is cut by the number of threads, so every result has the same bits at any thread
+# count.
 # The losses are in fastnaive._losses.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport exp, NAN
 from libc.string cimport memcpy
 
-from fastnaive._activations cimport activate
+from fastnaive._activations cimport LINEAR_CODE, RELU_CODE, activate, activation_backward
 from fastnaive._blas cimport axpy, gemm_block, load_blas, tile_grid
 
 cdef extern from *:
@@ -80,6 +82,8 @@ cdef enum:
     MAX_ACTIVATION = 7
     # Parts of an array scanned at a time (scan), enough to balance any thread count.
     SCAN_CHUNKS = 64
+    # The most blocks of a product whose peaks dense_input_grad measures (on the stack).
+    PEAK_TILES = 64
 
 
 cdef struct Block:
@@ -120,18 +124,51 @@ cdef void dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
 
 
 cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
-                           floating[:, ::1] dX_out, int n_threads) noexcept nogil:
-    """dX := delta @ W.T"""
-    cdef Py_ssize_t rows, cols, tile, i0, i1, j0, j1
+                           floating[:, ::1] dX_out, int n_threads, int activation=LINEAR_CODE,
+                           const floating* a=NULL, const floating* z=NULL,
+                           double* peaks=NULL) noexcept nogil:
+    """dX := delta @ W.T; then, for activation not LINEAR, dX := dX * act'(z) from the
+    previous layer's outputs a (and pre-activations z: GELU's; a elsewhere), of dX's shape,
+    in each block as it is stored (activation_backward's arithmetic, element by element).
+    Unless peaks is NULL (a then not NULL): peaks[0] := max |a|, peaks[1] := max |dX|
+    (max_abs's: inf for a NaN), each block's scanned while it is in cache, in the pass that
+    applies ReLU's derivative; -1 for both when the product has more than PEAK_TILES
+    blocks."""
+    cdef Py_ssize_t rows, cols, tile, i, i0, i1, j0, j1
     cdef Block block
     cdef Py_ssize_t m = dX_out.shape[0], n = dX_out.shape[1]
     cdef Py_ssize_t tiles = tile_grid(m, n, delta.shape[1], &rows, &cols)
+    cdef double tile_peaks[2 * PEAK_TILES]
+    cdef bint measure = peaks != NULL and tiles <= PEAK_TILES
+    if peaks != NULL:
+        peaks[0] = peaks[1] = 0 if measure else -1
     for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1,
                        use_threads_if=n_threads > 1 and tiles > 1):
         # Assigned in the loop, so private to each thread (prange).
         block = tile_block(tile, m, n, rows, cols)
         i0, i1, j0, j1 = block.i0, block.i1, block.j0, block.j1
         gemm_block(False, True, <floating>1, delta, W, <floating>0, dX_out, i0, i1, j0, j1)
+        if j1 > j0 and activation != LINEAR_CODE and activation != RELU_CODE:
+            for i in range(i0, i1):
+                activation_backward(activation, a + i * n + j0, z + i * n + j0,
+                                    &dX_out[i, j0], j1 - j0)
+        if j1 > j0 and (activation == RELU_CODE or measure):
+            if measure:
+                tile_peaks[2 * tile] = tile_peaks[2 * tile + 1] = 0
+            if floating is float:
+                fastnaive_block_peaks_f(a + i0 * n + j0, &dX_out[i0, j0], i1 - i0, j1 - j0, n,
+                                        activation == RELU_CODE,
+                                        &tile_peaks[2 * tile] if measure else NULL)
+            else:
+                fastnaive_block_peaks_d(a + i0 * n + j0, &dX_out[i0, j0], i1 - i0, j1 - j0, n,
+                                        activation == RELU_CODE,
+                                        &tile_peaks[2 * tile] if measure else NULL)
+        elif measure:
+            tile_peaks[2 * tile] = tile_peaks[2 * tile + 1] = 0
+    if measure:
+        for tile in range(tiles):
+            peaks[0] = max(peaks[0], tile_peaks[2 * tile])
+            peaks[1] = max(peaks[1], tile_peaks[2 * tile + 1])
 
 
 cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
@@ -311,6 +348,10 @@ cdef extern from "updates.h" nogil:
 cdef extern from "max_abs.h" nogil:
     double fastnaive_max_abs_f(const float* a, Py_ssize_t n)
     double fastnaive_max_abs_d(const double* a, Py_ssize_t n)
+    void fastnaive_block_peaks_f(const float* a, float* d, Py_ssize_t rows, Py_ssize_t cols,
+                                 Py_ssize_t stride, int relu, double* peaks)
+    void fastnaive_block_peaks_d(const double* a, double* d, Py_ssize_t rows,
+                                 Py_ssize_t cols, Py_ssize_t stride, int relu, double* peaks)
     double fastnaive_scan_f(const float* a, Py_ssize_t n, Py_ssize_t* nonzeros)
     double fastnaive_scan_d(const double* a, Py_ssize_t n, Py_ssize_t* nonzeros)
     double fastnaive_scan_from_f(const float* a, const float* c, Py_ssize_t rows,

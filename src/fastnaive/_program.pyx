@@ -95,8 +95,9 @@ cdef class Program:
     # max |input| and max |delta| of each layer as the passes found them while writing them,
     # -1 where unknown: bound_sweep reads them instead of the arrays. The first layer's input
     # is measured by a training forward of FIRST_SPARSE as it groups x's rows (its x is
-    # columns_of's); the hidden layers' by the narrow input gradient of the layer above
-    # (see backward_sweep). A forward pass forgets them all, a backward pass those it makes.
+    # columns_of's); the hidden layers' by the input gradient of the layer above, narrow or
+    # dense (see backward_sweep). A forward pass forgets them all, a backward pass those it
+    # makes.
     cdef double[::1] input_peaks, delta_peaks
 
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
@@ -489,13 +490,16 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
     cdef floating[::1] db
     cdef const floating[:, ::1] W
     cdef const floating* relu_of
+    cdef const floating* a
+    cdef const floating* z
     cdef Py_ssize_t i
-    cdef int code
+    cdef int code, previous_code
+    cdef bint measured
     cdef double rate
     cdef unsigned long long seed
-    # Whether the layer's delta has its ReLU's derivative already: the narrow input
-    # gradient of the layer above applies it as it stores each block, where no dropout
-    # comes between.
+    # Whether the layer's delta has its activation's derivative already: the input gradient
+    # of the layer above applies it as it stores each block, where no dropout comes between
+    # (the narrow one ReLU's alone).
     cdef bint applied = False
     cdef double peaks[2]
     p.input_peaks[1:] = -1  # the first layer's input is the forward pass's
@@ -542,8 +546,25 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
                 if applied and not gradients:
                     p.input_peaks[i], p.delta_peaks[i - 1] = peaks[0], peaks[1]
             else:
+                # The previous layer's activation derivative (unless dropout comes between)
+                # in each block as it is stored, and, without gradients, the peaks of its
+                # outputs and of the deltas made, as the narrow input gradient's.
+                previous_code = LINEAR_CODE
+                a = z = NULL
+                measured = n > 0 and p.dropped[i - 1] is None
+                if measured:
+                    previous_code = p.codes[i - 1]
+                    outputs = p.outputs[i - 1]
+                    a = z = &outputs[0, 0]
+                    if p.pre[i - 1] is not None:
+                        pre = p.pre[i - 1]
+                        z = &pre[0, 0]
+                    applied = previous_code != LINEAR_CODE
                 with nogil:
-                    dense_input_grad(delta, W, previous, n_threads)
+                    dense_input_grad(delta, W, previous, n_threads, previous_code, a, z,
+                                     peaks if measured and not gradients else NULL)
+                if measured and not gradients and peaks[0] >= 0:
+                    p.input_peaks[i], p.delta_peaks[i - 1] = peaks[0], peaks[1]
     return 0
 
 

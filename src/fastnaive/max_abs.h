@@ -1,6 +1,7 @@
 /* max |a_i| over an array, for the step's overflow bounds (fastnaive._kernels.max_abs),
  * and with it the number of nonzero a_i (or of nonzero a_ij - c_j), for the first layer's
- * kernel choice (scan).
+ * kernel choice (scan); over a block of an input gradient and the outputs it is taken
+ * through, with ReLU's derivative applied on the way (dense_input_grad's epilogue).
  *
  * The absolute value of a float, read as the integer of its bits with the sign bit
  * cleared, orders like the float itself, and NaN and infinity are the integers from the
@@ -106,5 +107,54 @@ FASTNAIVE_CLONES static double fastnaive_scan_from_##SUFFIX(const T *a, const T 
 
 FASTNAIVE_SCAN_DEFINE(float, int32_t, f, 0x7fffffff, 0x7f800000)
 FASTNAIVE_SCAN_DEFINE(double, int64_t, d, INT64_MAX, INT64_C(0x7ff0000000000000))
+
+/* fastnaive_block_peaks_SUFFIX: over a block of `rows` rows of `cols` elements of a and d,
+ * rows `stride` elements apart: d := d where a > 0, else 0 (ReLU's derivative from its
+ * outputs a; a NaN gives 0) when relu is nonzero; then, unless peaks is NULL,
+ * peaks[0] := max(peaks[0], max |a|) and peaks[1] := max(peaks[1], max |d|), as
+ * fastnaive_max_abs's (inf for a value that is not finite). One pass over each row, while
+ * the block is in cache. */
+#define FASTNAIVE_MAGNITUDE(T, EXPONENT, m, out)                                            \
+    do {                                                                                    \
+        T value;                                                                            \
+        memcpy(&value, &m, sizeof value);                                                   \
+        out = m >= EXPONENT ? INFINITY : (double)value;                                     \
+    } while (0)
+#define FASTNAIVE_BLOCK_PEAKS_DEFINE(T, I, SUFFIX, MAGNITUDE, EXPONENT)                       \
+FASTNAIVE_CLONES static void fastnaive_block_peaks_##SUFFIX(const T *a, T *d, ptrdiff_t rows, \
+                                                            ptrdiff_t cols, ptrdiff_t stride, \
+                                                            int relu, double *peaks) {        \
+    I bits, ma = 0, md = 0;                                                                 \
+    for (ptrdiff_t r = 0; r < rows; r++) {                                                  \
+        const T *ar = a + r * stride;                                                       \
+        T *dr = d + r * stride;                                                             \
+        if (relu && peaks == NULL) {                                                        \
+            for (ptrdiff_t j = 0; j < cols; j++)                                            \
+                dr[j] = ar[j] > 0 ? dr[j] : 0;                                              \
+            continue;                                                                       \
+        }                                                                                   \
+        if (peaks == NULL) continue;                                                        \
+        for (ptrdiff_t j = 0; j < cols; j++) {                                              \
+            const T value = relu ? (ar[j] > 0 ? dr[j] : 0) : dr[j];                        \
+            dr[j] = value;                                                                  \
+            memcpy(&bits, &value, sizeof bits);                                             \
+            bits &= MAGNITUDE;                                                              \
+            md = bits > md ? bits : md;                                                     \
+            memcpy(&bits, ar + j, sizeof bits);                                             \
+            bits &= MAGNITUDE;                                                              \
+            ma = bits > ma ? bits : ma;                                                     \
+        }                                                                                   \
+    }                                                                                       \
+    if (peaks != NULL) {                                                                    \
+        double pa, pd;                                                                      \
+        FASTNAIVE_MAGNITUDE(T, EXPONENT, ma, pa);                                           \
+        FASTNAIVE_MAGNITUDE(T, EXPONENT, md, pd);                                           \
+        peaks[0] = pa > peaks[0] ? pa : peaks[0];                                           \
+        peaks[1] = pd > peaks[1] ? pd : peaks[1];                                           \
+    }                                                                                       \
+}
+
+FASTNAIVE_BLOCK_PEAKS_DEFINE(float, int32_t, f, 0x7fffffff, 0x7f800000)
+FASTNAIVE_BLOCK_PEAKS_DEFINE(double, int64_t, d, INT64_MAX, INT64_C(0x7ff0000000000000))
 
 #endif
