@@ -12,6 +12,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 struct partner {
@@ -175,6 +176,110 @@ double fastnaive_bench_sweeps(int cpu_a, int cpu_b, long rows, long cols, char r
     pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
     free(s.w);
     if (!s.pinned)
+        return -1;
+    return ((end.tv_sec - start.tv_sec) * 1e6 + (end.tv_nsec - start.tv_nsec) / 1e3) / iterations;
+}
+
+/* ---- The GEMM input gradient's blocks: dX (m x n) := delta (m x k) @ W.T (W: n x k), all
+ * row-major, cut into two blocks of columns, one per thread, through a BLAS sgemm given by
+ * its address (Fortran's interface, as SciPy's cython_blas exports it), a barrier after
+ * each iteration as after a parallel loop. mode 'B': the BLAS zeroes each block (beta = 0,
+ * as fastnaive._kernels.dense_input_grad does); 'Z': each thread zeroes its block, then
+ * beta = 1;
+ * 'S': as 'B', the second block written to an array of its own (no line of dX shared). */
+
+typedef void (*sgemm_function)(const char *, const char *, const int *, const int *,
+                               const int *, const float *, const float *, const int *,
+                               const float *, const int *, const float *, float *, const int *);
+
+struct blocks {
+    sgemm_function sgemm;
+    float *delta, *w, *dx, *other;
+    int m, n, k, threads;
+    char mode;
+    long iterations;
+    atomic_long arrived[2];
+    int cpu;
+    int pinned;
+};
+
+static void block_product(const struct blocks *b, int block)
+{
+    const int width = b->n / 2 + (block ? b->n % 2 : 0), first = block * (b->n / 2);
+    const float one = 1.0f, zero = 0.0f;
+    float *out = b->mode == 'S' && block ? b->other : b->dx;
+    long r;
+    if (b->mode == 'Z')
+        for (r = 0; r < b->m; r++)
+            memset(out + r * b->n + first, 0, (size_t)width * sizeof(float));
+    b->sgemm("T", "N", &width, &b->m, &b->k, &one, b->w + (long)first * b->k, &b->k, b->delta,
+             &b->k, b->mode == 'Z' ? &one : &zero, out + first, &b->n);
+}
+
+static void blocks_thread(struct blocks *b, int t)
+{
+    long i;
+    for (i = 0; i < b->iterations; i++) {
+        if (b->threads == 1) {
+            block_product(b, 0);
+            block_product(b, 1);
+            continue;
+        }
+        block_product(b, t);
+        atomic_store(&b->arrived[t], i + 1);
+        while (atomic_load(&b->arrived[1 - t]) < i + 1)
+            ;
+    }
+}
+
+static void *blocks_partner(void *argument)
+{
+    struct blocks *b = argument;
+    b->pinned = pin(b->cpu);
+    blocks_thread(b, 1);
+    return NULL;
+}
+
+/* Mean microseconds per iteration of the product in mode `mode` on `threads` (1: both blocks
+ * on cpu_a; 2: the second on cpu_b), sgemm the address of a single-threaded BLAS sgemm; -1 if
+ * a CPU cannot be used or the arrays not allocated. */
+double fastnaive_bench_gemm_blocks(int cpu_a, int cpu_b, void *sgemm, int m, int n, int k,
+                                   char mode, int threads, long iterations)
+{
+    struct blocks b = {(sgemm_function)sgemm, NULL, NULL, NULL, NULL, m, n, k, threads, mode,
+                       iterations, {0, 0}, cpu_b, 1};
+    cpu_set_t saved;
+    pthread_t thread;
+    struct timespec start, end;
+    long i;
+    if (iterations <= 0 || m < 1 || n < 2 || k < 1 || threads < 1 || threads > 2
+        || pthread_getaffinity_np(pthread_self(), sizeof saved, &saved) != 0)
+        return -1;
+    b.delta = aligned_alloc(64, ((size_t)m * k * sizeof(float) + 63) / 64 * 64);
+    b.w = aligned_alloc(64, ((size_t)n * k * sizeof(float) + 63) / 64 * 64);
+    b.dx = aligned_alloc(64, ((size_t)m * n * sizeof(float) + 63) / 64 * 64);
+    b.other = aligned_alloc(64, ((size_t)m * n * sizeof(float) + 63) / 64 * 64);
+    if (b.delta == NULL || b.w == NULL || b.dx == NULL || b.other == NULL || !pin(cpu_a)) {
+        free(b.delta), free(b.w), free(b.dx), free(b.other);
+        return -1;
+    }
+    for (i = 0; i < (long)m * k; i++)
+        b.delta[i] = (float)(i % 7) * 0.125f - 0.375f;
+    for (i = 0; i < (long)n * k; i++)
+        b.w[i] = (float)(i % 5) * 0.25f - 0.5f;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    if (threads == 2 && pthread_create(&thread, NULL, blocks_partner, &b) != 0) {
+        pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
+        free(b.delta), free(b.w), free(b.dx), free(b.other);
+        return -1;
+    }
+    blocks_thread(&b, 0);
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    if (threads == 2)
+        pthread_join(thread, NULL);
+    pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
+    free(b.delta), free(b.w), free(b.dx), free(b.other);
+    if (!b.pinned)
         return -1;
     return ((end.tv_sec - start.tv_sec) * 1e6 + (end.tv_nsec - start.tv_nsec) / 1e3) / iterations;
 }

@@ -188,6 +188,11 @@ def placement_library():
         *(ctypes.c_char, ctypes.c_char, ctypes.c_long),
     ]
     library.fastnaive_bench_sweeps.restype = ctypes.c_double
+    library.fastnaive_bench_gemm_blocks.argtypes = [
+        *(ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int),
+        *(ctypes.c_char, ctypes.c_int, ctypes.c_long),
+    ]
+    library.fastnaive_bench_gemm_blocks.restype = ctypes.c_double
     return library
 
 
