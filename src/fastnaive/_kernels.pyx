@@ -152,9 +152,9 @@ cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] 
             for i in range(i0, i1):
                 activation_backward(activation, a + i * n + j0, z + i * n + j0,
                                     &dX_out[i, j0], j1 - j0)
+        if measure:
+            tile_peaks[2 * tile] = tile_peaks[2 * tile + 1] = 0
         if j1 > j0 and (activation == RELU_CODE or measure):
-            if measure:
-                tile_peaks[2 * tile] = tile_peaks[2 * tile + 1] = 0
             if floating is float:
                 fastnaive_block_peaks_f(a + i0 * n + j0, &dX_out[i0, j0], i1 - i0, j1 - j0, n,
                                         activation == RELU_CODE,
@@ -163,8 +163,6 @@ cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] 
                 fastnaive_block_peaks_d(a + i0 * n + j0, &dX_out[i0, j0], i1 - i0, j1 - j0, n,
                                         activation == RELU_CODE,
                                         &tile_peaks[2 * tile] if measure else NULL)
-        elif measure:
-            tile_peaks[2 * tile] = tile_peaks[2 * tile + 1] = 0
     if measure:
         for tile in range(tiles):
             peaks[0] = max(peaks[0], tile_peaks[2 * tile])

@@ -23,6 +23,15 @@
 #define FASTNAIVE_CLONES
 #endif
 
+/* out := the magnitude whose bits are the integer m (the largest |a_i| read as integers),
+ * inf if it is not finite. */
+#define FASTNAIVE_MAGNITUDE(T, EXPONENT, m, out)                                            \
+    do {                                                                                    \
+        T value;                                                                            \
+        memcpy(&value, &m, sizeof value);                                                   \
+        out = m >= EXPONENT ? INFINITY : (double)value;                                     \
+    } while (0)
+
 /* max_i |a_i| (0 when n = 0); +inf when any a_i is NaN or infinite */
 FASTNAIVE_CLONES static double fastnaive_max_abs_f(const float *a, ptrdiff_t n) {
     int32_t bits, m = 0;
@@ -31,9 +40,8 @@ FASTNAIVE_CLONES static double fastnaive_max_abs_f(const float *a, ptrdiff_t n) 
         bits &= 0x7fffffff;
         m = bits > m ? bits : m;
     }
-    if (m >= 0x7f800000) return INFINITY;
-    float result;
-    memcpy(&result, &m, sizeof result);
+    double result;
+    FASTNAIVE_MAGNITUDE(float, 0x7f800000, m, result);
     return result;
 }
 
@@ -45,9 +53,8 @@ FASTNAIVE_CLONES static double fastnaive_max_abs_d(const double *a, ptrdiff_t n)
         bits &= INT64_MAX;
         m = bits > m ? bits : m;
     }
-    if (m >= INT64_C(0x7ff0000000000000)) return INFINITY;
     double result;
-    memcpy(&result, &m, sizeof result);
+    FASTNAIVE_MAGNITUDE(double, INT64_C(0x7ff0000000000000), m, result);
     return result;
 }
 
@@ -70,9 +77,8 @@ FASTNAIVE_CLONES static double fastnaive_max_abs_d(const double *a, ptrdiff_t n)
     } while (0)
 /* The maximum m's value, inf if it is not finite. */
 #define FASTNAIVE_SCAN_RESULT(T, EXPONENT)                                                  \
-    if (m >= EXPONENT) return INFINITY;                                                     \
-    T result;                                                                               \
-    memcpy(&result, &m, sizeof result);                                                     \
+    double result;                                                                          \
+    FASTNAIVE_MAGNITUDE(T, EXPONENT, m, result);                                            \
     return result;
 #define FASTNAIVE_SCAN_DEFINE(T, I, SUFFIX, MAGNITUDE, EXPONENT)                              \
 FASTNAIVE_CLONES static double fastnaive_scan_##SUFFIX(const T *a, ptrdiff_t n,              \
@@ -114,17 +120,12 @@ FASTNAIVE_SCAN_DEFINE(double, int64_t, d, INT64_MAX, INT64_C(0x7ff0000000000000)
  * peaks[0] := max(peaks[0], max |a|) and peaks[1] := max(peaks[1], max |d|), as
  * fastnaive_max_abs's (inf for a value that is not finite). One pass over each row, while
  * the block is in cache. */
-#define FASTNAIVE_MAGNITUDE(T, EXPONENT, m, out)                                            \
-    do {                                                                                    \
-        T value;                                                                            \
-        memcpy(&value, &m, sizeof value);                                                   \
-        out = m >= EXPONENT ? INFINITY : (double)value;                                     \
-    } while (0)
 #define FASTNAIVE_BLOCK_PEAKS_DEFINE(T, I, SUFFIX, MAGNITUDE, EXPONENT)                       \
 FASTNAIVE_CLONES static void fastnaive_block_peaks_##SUFFIX(const T *a, T *d, ptrdiff_t rows, \
                                                             ptrdiff_t cols, ptrdiff_t stride, \
                                                             int relu, double *peaks) {        \
     I bits, ma = 0, md = 0;                                                                 \
+    if (!relu && peaks == NULL) return;                                                     \
     for (ptrdiff_t r = 0; r < rows; r++) {                                                  \
         const T *ar = a + r * stride;                                                       \
         T *dr = d + r * stride;                                                             \
@@ -133,7 +134,6 @@ FASTNAIVE_CLONES static void fastnaive_block_peaks_##SUFFIX(const T *a, T *d, pt
                 dr[j] = ar[j] > 0 ? dr[j] : 0;                                              \
             continue;                                                                       \
         }                                                                                   \
-        if (peaks == NULL) continue;                                                        \
         for (ptrdiff_t j = 0; j < cols; j++) {                                              \
             const T value = relu ? (ar[j] > 0 ? dr[j] : 0) : dr[j];                        \
             dr[j] = value;                                                                  \
