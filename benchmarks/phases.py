@@ -31,7 +31,7 @@ from fastnaive import engine
 PHASES = (
     "gather",
     "forward",
-    "loss_gradient",
+    "loss_and_hits",
     "backward",
     "fused_bound",
     "rule_bound",

@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 
 import fastnaive
-from fastnaive import _activations, _sparse
+from fastnaive import _activations, _losses, _sparse
 
 # Tolerances
 
@@ -55,6 +55,21 @@ RELU_BACKWARD = functools.partial(_activations.activation_backward_checked, _act
 N_FEATURES, N_HIDDEN, N_CLASSES = 28 * 28, 16, 10
 # An error message names what was expected, then what was received.
 EXPECTED_RECEIVED = r"^Expected .+\. Received: "
+
+
+def loss_kernel(code, n_threads=1):
+    """fastnaive._losses.loss_and_hits for the loss `code`, as a function of (logits, targets,
+    grad_out, sample_weight=None, scale=None) that returns the loss alone."""
+
+    def kernel(logits, targets, grad_out, sample_weight=None, scale=None):
+        return _losses.loss_and_hits(
+            code, logits, targets, grad_out, sample_weight, scale, n_threads, False
+        )[0]
+
+    return kernel
+
+
+SPARSE_SOFTMAX_CROSSENTROPY = loss_kernel(_losses.SPARSE_CATEGORICAL)
 
 
 def make_model(dtype="float32", last="softmax"):

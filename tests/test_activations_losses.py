@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import EXPECTED_RECEIVED, assert_scaled_close
+from helpers import EXPECTED_RECEIVED, assert_scaled_close, loss_kernel
 
 import fastnaive
 from fastnaive import _activations, _losses
@@ -123,12 +123,13 @@ def numpy_loss(name, outputs, targets, weights):
     return per_sample * (1 if weights is None else weights)
 
 
-LOSS_KERNELS = {
-    "sparse_categorical_crossentropy": _losses.sparse_softmax_crossentropy_checked,
-    "categorical_crossentropy": _losses.softmax_crossentropy_checked,
-    "binary_crossentropy": _losses.sigmoid_binary_crossentropy_checked,
-    "mean_squared_error": _losses.mean_squared_error_checked,
+LOSS_CODES = {
+    "sparse_categorical_crossentropy": _losses.SPARSE_CATEGORICAL,
+    "categorical_crossentropy": _losses.CATEGORICAL,
+    "binary_crossentropy": _losses.BINARY,
+    "mean_squared_error": _losses.MEAN_SQUARED,
 }
+LOSS_KERNELS = {name: loss_kernel(code) for name, code in LOSS_CODES.items()}
 
 
 def random_targets(name, n, k, dtype, rng):
@@ -161,6 +162,63 @@ def test_loss_kernels_match_numpy_with_their_gradients(name, weighted, dtype, rn
             down[i, j] -= h
             numeric[i, j] = (numpy_loss(name, up, t, w) - numpy_loss(name, down, t, w)).sum()
     assert_scaled_close(grad, numeric / (2 * h) / 32, 1e-6 if dtype == "float64" else 1e-5)
+
+
+def numpy_hits(name, z, targets):
+    """Accuracy's hits: the first argmax against the label or the target's argmax; binary:
+    one per output whose logit is > 0 exactly where its target is > 0.5; none for MSE."""
+    if name == "sparse_categorical_crossentropy":
+        return int((z.argmax(1) == targets).sum())
+    if name == "categorical_crossentropy":
+        return int((z.argmax(1) == targets.argmax(1)).sum())
+    if name == "binary_crossentropy":
+        return int(((z > 0) == (targets > 0.5)).sum())
+    return 0
+
+
+@pytest.mark.parametrize("name", LOSS_CODES)
+@pytest.mark.parametrize("n", [1, 17, 128, 1029, 5000])
+def test_loss_and_hits_are_the_same_on_any_number_of_threads(name, n, dtype, rng):
+    """One pass gives the loss, its gradient and accuracy's hits, over blocks of rows that
+    the threads share: the same bits on 1, 2 and 3 threads, with NumPy's loss and hits;
+    ties in the logits (rounded to halves) count the first maximum. 1029 and 5000 rows take
+    blocks of more than the least rows (at most 64 blocks), the last one shorter."""
+    k = 10
+    z = (np.round(rng.normal(0, 2, (n, k)) * 2) / 2).astype(dtype)
+    t = random_targets(name, n, k, dtype, rng)
+    w = rng.random(n).astype(dtype)
+    code, results = LOSS_CODES[name], []
+    for n_threads in (1, 2, 3):
+        grad = np.full_like(z, np.nan)
+        loss, hits = _losses.loss_and_hits(code, z, t, grad, w, 1 / 32, n_threads)
+        results.append((loss, hits, grad))
+    for loss, hits, grad in results[1:]:
+        assert (loss, hits) == results[0][:2]
+        np.testing.assert_array_equal(grad, results[0][2])
+    loss, hits, _ = results[0]
+    rtol = 1e-12 if dtype == "float64" else 1e-6
+    assert loss == pytest.approx(numpy_loss(name, z, t, w).sum() / 32, rel=rtol)
+    assert hits == numpy_hits(name, z, t)
+    grad = np.empty_like(z)
+    assert _losses.loss_and_hits(code, z, t, grad, w, 1 / 32, 2, count=False) == (loss, 0)
+    np.testing.assert_array_equal(grad, results[0][2])
+
+
+def test_loss_and_hits_refuse_what_does_not_fit():
+    z, grad = np.zeros((4, 3)), np.zeros((4, 3))
+    cases = [
+        ((7, z, np.zeros(4, np.intp), grad), "code"),
+        ((_losses.SPARSE_CATEGORICAL, z, np.zeros(5, np.intp), grad), "targets"),
+        ((_losses.CATEGORICAL, z, np.zeros((4, 2)), grad), "targets"),
+        ((_losses.BINARY, z, np.zeros((4, 3)), np.zeros((4, 2))), "grad_out"),
+        ((_losses.MEAN_SQUARED, z[:0], np.zeros((0, 3)), grad[:0]), "n, k >= 1"),
+    ]
+    for arguments, named in cases:
+        with pytest.raises(ValueError, match=EXPECTED_RECEIVED) as error:
+            _losses.loss_and_hits(*arguments)
+        assert named in str(error.value)
+    with pytest.raises(ValueError, match="sample_weight"):
+        _losses.loss_and_hits(_losses.MEAN_SQUARED, z, z, grad, np.ones(3))
 
 
 @pytest.mark.parametrize("name", ["sparse_categorical_crossentropy", "categorical_crossentropy"])
@@ -205,9 +263,9 @@ def test_softmax_cross_entropies_keep_a_nan_logit_in_its_row(name, dtype):
 def test_cross_entropies_from_extreme_logits_are_finite():
     z = np.array([[1000.0, -1000.0], [-1000.0, 1000.0]])
     grad = np.empty_like(z)
-    assert np.isfinite(_losses.sigmoid_binary_crossentropy_checked(z, np.eye(2), grad))
+    assert np.isfinite(LOSS_KERNELS["binary_crossentropy"](z, np.eye(2), grad))
     assert np.isfinite(grad).all()
-    assert np.isfinite(_losses.softmax_crossentropy_checked(z, np.eye(2), grad))
+    assert np.isfinite(LOSS_KERNELS["categorical_crossentropy"](z, np.eye(2), grad))
     assert np.isfinite(grad).all()
 
 
@@ -472,10 +530,14 @@ def test_loss_gradients_flush_subnormal_elements_to_zero_and_keep_the_rest(dtype
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     cases = {
-        "sparse softmax": (_losses.sparse_softmax_crossentropy_checked, labels, (p - onehot) / n),
-        "softmax": (_losses.softmax_crossentropy_checked, onehot, (p - onehot) / n),
+        "sparse softmax": (
+            LOSS_KERNELS["sparse_categorical_crossentropy"],
+            labels,
+            (p - onehot) / n,
+        ),
+        "softmax": (LOSS_KERNELS["categorical_crossentropy"], onehot, (p - onehot) / n),
         "sigmoid": (
-            _losses.sigmoid_binary_crossentropy_checked,
+            LOSS_KERNELS["binary_crossentropy"],
             onehot,
             (1 / (1 + np.exp(-z)) - onehot) / (n * k),
         ),

@@ -120,7 +120,6 @@ class Step:
         self.model, self.capacity, self.reducer = model, capacity, reducer
         self.signature = _signature(model)
         self.layers, self.dropouts, self.loss = model.dense_layers, model.dropouts, model.loss
-        self.loss_kernel, self.count_hits = model.loss.kernel, model.loss.counter
         self.penalised = [layer for layer in self.layers if layer.l2]
         dtype = model.dtype
         # The kernel code of each layer in training (a head the loss absorbs stays logits)
@@ -414,11 +413,19 @@ class Step:
             return self.dropped[last][:n]
         return out if out is not None else self.outputs[last][:n]
 
-    def loss_gradient(self, y, sample_weight=None, scale=None):
-        """Return scale * sum_i w_i loss_i of the last outputs (scale None: 1 / n), its
-        gradient in deltas[-1]."""
+    def loss_and_hits(self, y, sample_weight=None, scale=None):
+        """Return (scale * sum_i w_i loss_i of the last outputs (scale None: 1 / n), accuracy's
+        hits), the loss's gradient in deltas[-1]."""
         n = y.shape[0]
-        return self.loss_kernel(self.outputs[-1][:n], y, self.deltas[-1][:n], sample_weight, scale)
+        return _losses.loss_and_hits(
+            self.loss.code,
+            self.outputs[-1][:n],
+            y,
+            self.deltas[-1][:n],
+            sample_weight,
+            scale,
+            self.n_threads,
+        )
 
     def penalty(self):
         """The L2 penalty sum_l l2_l * sum(W_l**2) of the current weights."""
@@ -504,7 +511,7 @@ class Step:
         self.compiled()
         x = self.layer_inputs(x)
         self.forward(x, training=True)
-        loss = self.loss_gradient(y, sample_weight) + self.penalty()
+        loss = self.loss_and_hits(y, sample_weight)[0] + self.penalty()
         self.backward(x)
         self.add_penalty_gradients()
         self.iteration += 1
@@ -528,8 +535,7 @@ class Step:
         penalty = self.penalty()
         if n:
             self.forward(x, training=True, first_row=first_row)
-            correct = self.count_hits(self.outputs[-1][:n], y)
-            loss = self.loss_gradient(y, sample_weight, 1.0 / n_global)
+            loss, correct = self.loss_and_hits(y, sample_weight, 1.0 / n_global)
         count = self.count_call
         if self.reducer is None:
             loss += penalty
@@ -642,10 +648,10 @@ class Step:
         self.compiled()
         for start in range(0, x.shape[0], self.capacity):
             stop = min(start + self.capacity, x.shape[0])
-            outputs = self.forward(self.layer_inputs(x[start:stop]))
-            correct += self.count_hits(outputs, y[start:stop])
+            self.forward(self.layer_inputs(x[start:stop]))
             weights = None if sample_weight is None else sample_weight[start:stop]
-            total_loss += self.loss_gradient(y[start:stop], weights, 1.0)
+            loss, hits = self.loss_and_hits(y[start:stop], weights, 1.0)
+            total_loss, correct = total_loss + loss, correct + hits
         return total_loss, correct
 
     def predict(self, x, out):

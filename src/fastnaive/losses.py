@@ -2,9 +2,10 @@
 
 Each loss knows which head activation it absorbs (computed exactly from the logits:
 softmax for the cross-entropies, sigmoid for binary cross-entropy), how targets are checked
-and converted once per call, which kernel computes it (fastnaive._losses) and which hits its
-accuracy counts. A last layer without the absorbed activation is taken to output logits, as
-the book's loss does with a linear last layer.
+and converted once per call, and its code for the kernel that computes it, its gradient and
+its accuracy's hits in one pass (fastnaive._losses.loss_and_hits). A last layer without the
+absorbed activation is taken to output logits, as the book's loss does with a linear last
+layer.
 """
 
 import numpy as np
@@ -16,13 +17,10 @@ __all__ = ["Loss", "get", "NAMES"]
 
 
 class Loss:
-    """A loss: name, the head it absorbs, its targets, its kernel and its accuracy."""
+    """A loss: name, the head it absorbs, its targets, its kernel's code and its accuracy."""
 
-    def __init__(self, name, absorbs, kernel, counter, metric="accuracy"):
-        self.name, self.absorbs, self.metric = name, absorbs, metric
-        # kernel(outputs, targets, grad_out, sample_weight, scale) -> scale * sum_i w_i loss_i,
-        # grad_out := its gradient wrt the outputs; counter(outputs, targets) -> accuracy's hits.
-        self.kernel, self.counter = kernel, counter or _no_hits
+    def __init__(self, name, absorbs, code, metric="accuracy"):
+        self.name, self.absorbs, self.code, self.metric = name, absorbs, code, metric
 
     @property
     def sparse_labels(self):
@@ -43,11 +41,6 @@ class Loss:
 
     def __repr__(self):
         return f"Loss({self.name!r})"
-
-
-def _no_hits(outputs, targets):
-    """A loss without accuracy counts no hits."""
-    return 0
 
 
 def _as_targets(y, n_samples, n_outputs, dtype, name, probabilities):
@@ -72,25 +65,14 @@ def _as_targets(y, n_samples, n_outputs, dtype, name, probabilities):
 
 _LOSSES = {
     "sparse_categorical_crossentropy": lambda: Loss(
-        "sparse_categorical_crossentropy",
-        "softmax",
-        _losses.sparse_softmax_crossentropy_checked,
-        _losses.count_correct_checked,
+        "sparse_categorical_crossentropy", "softmax", _losses.SPARSE_CATEGORICAL
     ),
     "categorical_crossentropy": lambda: Loss(
-        "categorical_crossentropy",
-        "softmax",
-        _losses.softmax_crossentropy_checked,
-        _losses.count_argmax_agree_checked,
+        "categorical_crossentropy", "softmax", _losses.CATEGORICAL
     ),
-    "binary_crossentropy": lambda: Loss(
-        "binary_crossentropy",
-        "sigmoid",
-        _losses.sigmoid_binary_crossentropy_checked,
-        _losses.count_binary_correct_checked,
-    ),
+    "binary_crossentropy": lambda: Loss("binary_crossentropy", "sigmoid", _losses.BINARY),
     "mean_squared_error": lambda: Loss(
-        "mean_squared_error", None, _losses.mean_squared_error_checked, None, metric=None
+        "mean_squared_error", None, _losses.MEAN_SQUARED, metric=None
     ),
 }
 _ALIASES = {"mse": "mean_squared_error"}
