@@ -287,7 +287,8 @@ def test_a_program_checks_its_offsets(shifted_mnist):
     with pytest.raises(ValueError, match=r"^Expected offsets of shape \(784,\)\. Received: "):
         step.compiled()
     step.offsets, step.sparse_input = np.zeros(784, np.float32), False
-    with pytest.raises(ValueError, match=r"^Expected offsets only with first=FIRST_SPARSE\. "):
+    expected = r"^Expected offsets and cut only with first=FIRST_SPARSE\. "
+    with pytest.raises(ValueError, match=expected):
         step.compiled()
 
 

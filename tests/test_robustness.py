@@ -775,7 +775,9 @@ def test_a_large_sparse_input_is_guarded_batch_by_batch():
     """Inputs of more rows than engine.SAMPLED_SCAN_ROWS on the sparse kernels are not read
     whole before fit: each batch's largest |x| comes from its grouping. A batch of huge
     values whose update overflows is still caught (undone, FloatingPointError naming it),
-    and the batches before it were trained as on a small input, bit for bit."""
+    and the batches before it were trained bit for bit as by a fit on the same inputs that
+    stops after them (the same inputs: the sparse kernels' cut of the features is placed by
+    them)."""
     rng = np.random.default_rng(3)
     n = engine.SAMPLED_SCAN_ROWS + 100
     x, y = make_data(n)
@@ -785,7 +787,12 @@ def test_a_large_sparse_input_is_guarded_batch_by_batch():
     step = engine.Step(model, 10, x)
     assert step.sparse_input and step.input_bound == np.inf
     optimizer = SGD(1e-3)
-    fit(reference, x[:20], y[:20], 1, 10, optimizer=SGD(1e-3), verbose=0)
+
+    def stop_after_batch_1(batch, logs):
+        reference.stop_training = batch == 1
+
+    stopping = LambdaCallback(on_batch_end=stop_after_batch_1)
+    fit(reference, x, y, 1, 10, optimizer=SGD(1e-3), verbose=0, callbacks=[stopping])
 
     fit_overflowing_at_batch_2(model, x, y, optimizer, 1e38)
     assert_same(model.weights, reference.weights)

@@ -7,6 +7,7 @@ from helpers import DTYPES, SCALES, assert_close, by_columns, by_rows, f32, norm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from threadpoolctl import threadpool_limits
 
 import fastnaive
 from fastnaive import _kernels, _sparse, engine
@@ -82,9 +83,9 @@ def rebuild(starts, index, quads, n_lines, n_positions):
     return out
 
 
-def part_lists(starts, index, quads, n_samples, n_features):
+def part_lists(starts, index, quads, n_samples, n_features, cut=None):
     """Row groups cut into each part's lists: (starts, index, quads, first feature, width)."""
-    bounds = _sparse.part_bounds(n_features)
+    bounds = _sparse.part_bounds(n_features, cut)
     stride = -(-n_samples // 4)
     return [
         (
@@ -98,12 +99,12 @@ def part_lists(starts, index, quads, n_samples, n_features):
     ]
 
 
-def rebuild_rows(groups, n_samples, n_features):
+def rebuild_rows(groups, n_samples, n_features, cut=None):
     """The (n_samples, n_features) matrix that row groups hold, each part from its lists."""
     return np.hstack(
         [
             rebuild(starts, index, quads, n_samples, width)
-            for starts, index, quads, _, width in part_lists(*groups, n_samples, n_features)
+            for starts, index, quads, _, width in part_lists(*groups, n_samples, n_features, cut)
         ]
     )
 
@@ -450,6 +451,90 @@ def test_each_parts_lists_are_checked_against_its_features():
     index[160] = 80
     with pytest.raises(ValueError, match=r"^Expected starts .+ index in \[0, 80\)"):
         _sparse.sparse_forward_checked(starts, index, quads, W, b, False, Z)
+
+
+@pytest.mark.parametrize("cut", [64, 408, 720])
+def test_the_features_cut_anywhere_give_the_same_products_on_any_threads(mnist, cut, dtype, rng):
+    """X @ W sums two parts of the features, the second from `cut`: the row groups hold each
+    part's features, and X @ W + b (ReLU) and the fused SGD update W - 0.1 X.T @ delta, b -
+    0.1 sum_rows(delta) agree with NumPy's and are the same bits on 1, 2 and 3 threads."""
+    images = mnist[0][0]
+    X = np.array(images[rng.choice(len(images), 128)], dtype)
+    W, b = normal(rng, (784, 96), dtype, 0.05), normal(rng, 96, dtype)
+    delta = normal(rng, (128, 96), dtype)
+    assert _sparse.part_bounds(784, cut) == [0, cut, 784]
+    results = []
+    for threads in (1, 2, 3):
+        rows = _sparse.group_buffers(128, 784, dtype, by_rows=True)
+        _sparse.group_rows_checked(X, *rows, n_threads=threads, cut=cut)
+        np.testing.assert_array_equal(rebuild_rows(rows, 128, 784, cut), X)
+        Z = np.full((128, 96), np.nan, dtype)
+        _sparse.sparse_forward_checked(*rows, W, b, True, Z, n_threads=threads, cut=cut)
+        columns = by_columns(X, threads)
+        dW, db = W.copy(), b.copy()
+        _sparse.sparse_param_grad_checked(
+            *columns, delta, -0.1, 1.0, dW, db, n_threads=threads, cut=cut
+        )
+        results.append((Z, dW, db))
+    for result in results[1:]:
+        for actual, expected in zip(result, results[0], strict=True):
+            np.testing.assert_array_equal(actual, expected)
+    Z, dW, db = results[0]
+    X64 = X.astype(np.float64)
+    assert_close(Z, expected_forward(X64, W, b, True))
+    assert_close(dW, W - 0.1 * X64.T @ delta)
+    assert_close(db, b - 0.1 * delta.astype(np.float64).sum(0))
+
+
+@pytest.mark.parametrize("cut", [406, 60, 724, 392.0, "400"])
+def test_a_cut_off_the_groups_or_leaving_a_part_too_narrow_is_refused(cut):
+    X = np.ones((8, 784), np.float32)
+    rows = _sparse.group_buffers(8, 784, np.float32, by_rows=True)
+    for call in (
+        lambda: _sparse.part_bounds(784, cut),
+        lambda: _sparse.group_rows_checked(X, *rows, cut=cut),
+    ):
+        with pytest.raises(
+            ValueError, match=r"^Expected cut None or a multiple of 4 in \[64, 720\]"
+        ):
+            call()
+
+
+def test_training_cuts_the_features_where_the_inputs_nonzeros_halve(rng):
+    """Inputs whose nonzeros crowd the last features: a training Step cuts the first
+    layer's features where about half of them lie on each side (each thread's share of the
+    sparse work), not at the middle; fit then ends with the same bits on 1, 2 and 3
+    threads. An evaluating Step keeps the middle."""
+    x = np.zeros((600, 256), np.float32)
+    density = np.linspace(0.02, 0.6, 256)  # nonzeros grow along the features
+    mask = rng.random(x.shape) < density
+    x[mask] = rng.random(np.count_nonzero(mask))
+    y = rng.integers(0, 10, 600)
+    nonzeros = np.count_nonzero(x, axis=0).cumsum()
+
+    def model():
+        return fastnaive.NaiveSequential(
+            [
+                fastnaive.NaiveDense(256, 64, "relu", seed=0),
+                fastnaive.NaiveDense(64, 10, "softmax", seed=1),
+            ]
+        )
+
+    step = engine.Step(model(), 128, x)
+    assert step.sparse_input
+    assert step.cut % 4 == 0 and step.cut > _sparse.part_bounds(256)[1]
+    assert abs(nonzeros[step.cut - 1] / nonzeros[-1] - 0.5) < 0.02
+    assert step.compiled().cut == step.cut
+    assert engine.Step(model(), 128, x, training=False).compiled().cut == 128
+    weights = []
+    for threads in (1, 2, 3):
+        trained = model()
+        with threadpool_limits(threads, "openmp"):
+            fastnaive.fit(trained, x, y, 2, 128, verbose=0)
+        weights.append(trained.get_weights())
+    for other in weights[1:]:
+        for actual, expected in zip(other, weights[0], strict=True):
+            np.testing.assert_array_equal(actual, expected)
 
 
 @st.composite

@@ -19,7 +19,8 @@ from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
 from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport (RULE_ADAM, RULE_MOMENTUM, RULE_NESTEROV, Rule, dense_forward,
                                  dense_input_grad, dense_param_grad, max_abs)
-from fastnaive._sparse cimport (NARROW_MAX, feature_parts, group_and_forward, group_lines,
+from fastnaive._sparse cimport (NARROW_MAX, checked_cut, feature_parts, group_and_forward,
+                                group_lines,
                                 n_groups, narrow_forward, narrow_input_grad,
                                 narrow_param_grad, sparse_param_grad, starts_length)
 
@@ -73,7 +74,9 @@ cdef class Program:
     for FIRST_SPARSE; offsets: None, or for FIRST_SPARSE the first layer's per-feature
     offsets (n_features,), read at each call: x then holds the inputs minus them; narrow:
     per layer, True where its products run on the narrow kernels (fastnaive._sparse.narrow_*,
-    at most NARROW_MAX outputs) rather than the BLAS.
+    at most NARROW_MAX outputs) rather than the BLAS; cut: for FIRST_SPARSE, where the
+    sparse kernels' second part of the features starts (fastnaive._sparse.part_bounds; None:
+    the middle).
     """
 
     cdef readonly Py_ssize_t capacity, n_layers, n_features
@@ -87,6 +90,7 @@ cdef class Program:
     # part's offsets @ W, and delta's column sums (the weight gradient's offset term).
     cdef object partial, offsets, offset_sums, delta_sums
     cdef readonly bint shifted
+    cdef readonly Py_ssize_t cut
     cdef list state_arrays, state_views
     # The input whose column groups the last training forward made with its row groups
     # (its first element's address and its rows; NULL: none), for param_grad to use.
@@ -102,7 +106,7 @@ cdef class Program:
 
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
                  gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None,
-                 narrow=None, offsets=None):
+                 narrow=None, offsets=None, cut=None):
         self.n_layers = len(layers)
         self.is_double = outputs[0].dtype == np.float64
         self.capacity = outputs[0].shape[0]
@@ -186,15 +190,16 @@ cdef class Program:
             if offsets is not None and offsets.shape != (n_features,):
                 raise ValueError(f"Expected offsets of shape ({n_features},). Received: "
                                  f"{offsets.shape}")
+            self.cut = checked_cut(n_features, cut)
             self.shifted = offsets is not None
             self.offsets = held_view(offsets if self.shifted else np.empty(0, outputs[0].dtype),
                                      self.is_double)
             self.offset_sums = held_view(np.empty((feature_parts(n_features), m),
                                                   outputs[0].dtype), self.is_double)
             self.delta_sums = held_view(np.empty(m, outputs[0].dtype), self.is_double)
-        elif offsets is not None:
-            raise ValueError("Expected offsets only with first=FIRST_SPARSE. Received: "
-                             f"first={first}")
+        elif offsets is not None or cut is not None:
+            raise ValueError("Expected offsets and cut only with first=FIRST_SPARSE. "
+                             f"Received: first={first}")
         load_blas()
 
     def uses(self, list layers):
@@ -412,7 +417,7 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
             with nogil:
                 group_and_forward(x, starts, index, quads, columns, column_starts,
                                   column_index, column_quads, W, b, offsets, offset_sums, relu,
-                                  target, partial, n_threads, &peak if columns else NULL)
+                                  target, partial, p.cut, n_threads, &peak if columns else NULL)
                 if not relu and fused != LINEAR_CODE:
                     activate_rows(fused, target, target)
             if columns:
@@ -468,10 +473,10 @@ cdef int param_grad(Program p, Py_ssize_t i, const floating[:, ::1] x,
         offsets, delta_sums = p.offsets, p.delta_sums
         if not (x.shape[0] and p.columns_of == &x[0, 0] and p.columns_rows == x.shape[0]):
             with nogil:
-                group_lines(x, False, starts, index, quads, n_threads)
+                group_lines(x, False, starts, index, quads, p.cut, n_threads)
         with nogil:
             sparse_param_grad(starts, index, quads, delta, alpha, beta, dW, db, offsets,
-                              delta_sums, n_threads, rule)
+                              delta_sums, p.cut, n_threads, rule)
     elif p.narrow[i]:
         inputs = layer_input(p, i, delta.shape[0], x)
         with nogil:

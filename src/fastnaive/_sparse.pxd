@@ -12,10 +12,11 @@ cdef inline Py_ssize_t n_groups(Py_ssize_t n_lines) noexcept nogil:
     return (n_lines + GROUP - 1) // GROUP
 
 cdef Py_ssize_t feature_parts(Py_ssize_t k) noexcept nogil
+cdef Py_ssize_t checked_cut(Py_ssize_t n_features, object cut) except -1
 cdef Py_ssize_t starts_length(Py_ssize_t n_lines, Py_ssize_t n_positions,
                               bint by_rows) noexcept nogil
 cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
-                            int[::1] index_out, floating[:, ::1] quads_out,
+                            int[::1] index_out, floating[:, ::1] quads_out, Py_ssize_t cut,
                             int n_threads) noexcept nogil
 cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                             int[::1] row_index_out, floating[:, ::1] row_quads_out,
@@ -23,13 +24,13 @@ cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                             floating[:, ::1] column_quads_out, const floating[:, ::1] W,
                             const floating[::1] b, const floating[::1] offsets,
                             floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
-                            floating[:, ::1] partial, int n_threads,
+                            floating[:, ::1] partial, Py_ssize_t cut, int n_threads,
                             double* peak) noexcept nogil
 cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                             const floating[:, ::1] quads, const floating[:, ::1] delta,
                             floating alpha, floating beta, floating[:, ::1] dW_out,
                             floating[::1] db_out, const floating[::1] offsets,
-                            floating[::1] delta_sums, int n_threads,
+                            floating[::1] delta_sums, Py_ssize_t cut, int n_threads,
                             const Rule* rule) noexcept nogil
 cdef void narrow_forward(const floating[:, ::1] X, const floating[:, ::1] W,
                          const floating[::1] b, int activation, floating[:, ::1] Z_out,

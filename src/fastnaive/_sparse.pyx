@@ -13,8 +13,12 @@
 # FORWARD_BYTES, whose slab of W stays in L2 while the whole batch passes (each block reads
 # the batch's quads once).
 # The threads split W by rows, the features, in every pass: X @ W is summed over two parts of
-# the features (feature_parts: fixed by the shape, whatever the number of threads), each
-# part's row groups made, its products summed and its rows of W updated by the same thread
+# the features (feature_parts: their number fixed by the shape, whatever the number of
+# threads; where the second starts, `cut`, is the caller's, fastnaive.engine placing it where
+# the training inputs' nonzeros halve, so that both threads get as much work: MNIST's lie
+# 47.8% before the middle, and a cut at feature 404-408 instead of 400 took a two-thread book
+# step's train 400 -> 392 us on Zen 4), each part's row groups made, its products summed and
+# its rows of W updated by the same thread
 # (on more threads than parts, a team of them splits the part's columns and rows), and the
 # two partial sums added after. Splitting X @ W by W's columns instead, while the update
 # splits W's rows, moved W between the cores every step: on a 2-vCPU KVM guest whose vCPUs
@@ -151,13 +155,19 @@ cdef Py_ssize_t starts_length(Py_ssize_t n_lines, Py_ssize_t n_positions,
     return PATTERNS * (feature_parts(n_positions) if by_rows else 1) * n_groups(n_lines)
 
 
-cdef inline Py_ssize_t part_start(Py_ssize_t k, Py_ssize_t parts,
-                                  Py_ssize_t part) noexcept nogil:
-    """The first feature of `part` of `parts` (k for part = parts): equal parts, cut at
-    multiples of 16 features (64 bytes of a float row of X)"""
+cdef inline Py_ssize_t default_cut(Py_ssize_t k) noexcept nogil:
+    """The second part's first feature when nothing is known of the inputs: the middle,
+    rounded to a multiple of 16 features (64 bytes of a float row of X)"""
+    return (k // 2 + 8) // 16 * 16
+
+
+cdef inline Py_ssize_t part_start(Py_ssize_t k, Py_ssize_t parts, Py_ssize_t part,
+                                  Py_ssize_t cut) noexcept nogil:
+    """The first feature of `part` of `parts` (k for part = parts), the second part's being
+    `cut` (a multiple of GROUP, checked by checked_cut)"""
     if part >= parts:
         return k
-    return (k * part // parts + 8) // 16 * 16
+    return 0 if part == 0 else cut
 
 
 cdef struct Share:
@@ -200,7 +210,7 @@ cdef inline Py_ssize_t group(const floating* X, bint by_rows, Py_ssize_t n, Py_s
 
 
 cdef Py_ssize_t group_share(const floating[:, ::1] X, Share share, Py_ssize_t parts,
-                            bint rows, int[::1] row_starts, int[::1] row_index,
+                            Py_ssize_t cut, bint rows, int[::1] row_starts, int[::1] row_index,
                             floating[:, ::1] row_quads, bint columns, int[::1] column_starts,
                             int[::1] column_index, floating[:, ::1] column_quads,
                             double* peak=NULL) noexcept nogil:
@@ -216,8 +226,8 @@ cdef Py_ssize_t group_share(const floating[:, ::1] X, Share share, Py_ssize_t pa
     if peak != NULL:
         peak[0] = 0
     for part in range(share.part0, share.part1):
-        f0 = part_start(k, parts, part)
-        f1 = part_start(k, parts, part + 1)
+        f0 = part_start(k, parts, part, cut)
+        f1 = part_start(k, parts, part + 1, cut)
         if rows:
             # The part's lists: its starts after the other parts', its entries after theirs.
             stride = row_starts.shape[0] // (PATTERNS * parts)
@@ -247,10 +257,11 @@ cdef inline Py_ssize_t grouping_slots(Py_ssize_t n, Py_ssize_t k, int n_threads)
 
 
 cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
-                            int[::1] index_out, floating[:, ::1] quads_out,
+                            int[::1] index_out, floating[:, ::1] quads_out, Py_ssize_t cut,
                             int n_threads) noexcept nogil:
-    """starts, index, quads := X's rows (by_rows: over each part of the features, see
-    group_buffers) or columns in groups of 4, quads sorted by pattern; return X's nonzeros"""
+    """starts, index, quads := X's rows (by_rows: over each part of the features, the second
+    from feature `cut`, see group_buffers) or columns in groups of 4, quads sorted by
+    pattern; return X's nonzeros"""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
     cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
     cdef Py_ssize_t slot, nnz = 0
@@ -259,7 +270,7 @@ cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] sta
         return 0
     # Each slot takes the groups of its parts, as the products that read them do.
     for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
-        nnz += group_share(X, share_of(slot, slots, parts), parts, by_rows, starts_out,
+        nnz += group_share(X, share_of(slot, slots, parts), parts, cut, by_rows, starts_out,
                            index_out, quads_out, not by_rows, starts_out, index_out, quads_out)
     return nnz
 
@@ -267,8 +278,8 @@ cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] sta
 cdef void group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_out,
                                  int[::1] row_index_out, floating[:, ::1] row_quads_out,
                                  int[::1] column_starts_out, int[::1] column_index_out,
-                                 floating[:, ::1] column_quads_out, int n_threads,
-                                 double* peak=NULL) noexcept nogil:
+                                 floating[:, ::1] column_quads_out, Py_ssize_t cut,
+                                 int n_threads, double* peak=NULL) noexcept nogil:
     """group_lines(X, True, row_*) and group_lines(X, False, column_*) in one parallel loop,
     X read by both while in cache: each slot groups the rows and the columns of its parts;
     unless peak is NULL, *peak := max |X| (group_share's, from the row groups)"""
@@ -283,7 +294,7 @@ cdef void group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_o
         column_starts_out[:] = 0
         return
     for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
-        group_share(X, share_of(slot, slots, parts), parts, True, row_starts_out,
+        group_share(X, share_of(slot, slots, parts), parts, cut, True, row_starts_out,
                     row_index_out, row_quads_out, True, column_starts_out, column_index_out,
                     column_quads_out, &slot_peaks[slot] if peak != NULL else NULL)
     if peak != NULL:
@@ -308,7 +319,8 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
                         const floating[:, ::1] quads, const floating[:, ::1] W,
                         const floating[::1] b, const floating[::1] offsets,
                         floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
-                        floating[:, ::1] partial, Share share, Py_ssize_t parts) noexcept nogil:
+                        floating[:, ::1] partial, Share share, Py_ssize_t parts,
+                        Py_ssize_t cut) noexcept nogil:
     """A share's products: of each of its parts, the rank's share of W's columns, in blocks
     of FORWARD_BYTES; part 0 into Z_out with the bias, part 1 into partial, or, where the
     share holds every part, added to Z_out by the product (z = sums + Z_out, the bits of
@@ -330,17 +342,19 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
     j0 = min(share.rank * units // share.team * unit, m)
     last = min((share.rank + 1) * units // share.team * unit, m)
     for part in range(share.part0, share.part1):
-        f0 = part_start(k, parts, part)
+        f0 = part_start(k, parts, part, cut)
         base = stride * f0
         out = &Z_out[0, 0] if part == 0 or whole else &partial[0, 0]
         bias = &b[0] if part == 0 else NULL
         if shifted and j0 < last:
             if floating is float:
-                offset_sums_f(&offsets[f0], &W[f0, 0], m, part_start(k, parts, part + 1) - f0,
-                              bias, &offset_sums[part, 0], j0, last)
+                offset_sums_f(&offsets[f0], &W[f0, 0], m,
+                              part_start(k, parts, part + 1, cut) - f0, bias,
+                              &offset_sums[part, 0], j0, last)
             else:
-                offset_sums_d(&offsets[f0], &W[f0, 0], m, part_start(k, parts, part + 1) - f0,
-                              bias, &offset_sums[part, 0], j0, last)
+                offset_sums_d(&offsets[f0], &W[f0, 0], m,
+                              part_start(k, parts, part + 1, cut) - f0, bias,
+                              &offset_sums[part, 0], j0, last)
             bias = &offset_sums[part, 0]
         j1 = j0
         while j1 < last:
@@ -355,9 +369,10 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
                          const floating[:, ::1] quads, const floating[:, ::1] W,
                          const floating[::1] b, const floating[::1] offsets,
                          floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
-                         floating[:, ::1] partial, int n_threads) noexcept nogil:
+                         floating[:, ::1] partial, Py_ssize_t cut, int n_threads) noexcept nogil:
     """Z := act(X @ W + b), X given by group_lines(X, True, ...), act = relu if relu else
-    identity. X @ W is summed over each part of the features (feature_parts), part 0's sums
+    identity. X @ W is summed over each part of the features (feature_parts; the second from
+    feature `cut`, as the groups were made), part 0's sums
     with the bias into Z, part 1's into partial (n rows of Z's width, or more), then added
     (Z + partial: the same bits whoever computed the parts); on one thread, part 1's
     product adds its sums to Z itself, to the same bits. With offsets (k,; empty: none), X
@@ -376,7 +391,7 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
         slots = n_threads
     for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
         forward_share(starts, index, quads, W, b, offsets, offset_sums, relu, Z_out, partial,
-                      share_of(slot, slots, parts), parts)
+                      share_of(slot, slots, parts), parts, cut)
     if parts > 1 and slots > 1:
         add_partial_sums(Z_out, partial, relu, slots)
 
@@ -402,7 +417,7 @@ cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                             floating[:, ::1] column_quads_out, const floating[:, ::1] W,
                             const floating[::1] b, const floating[::1] offsets,
                             floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
-                            floating[:, ::1] partial, int n_threads,
+                            floating[:, ::1] partial, Py_ssize_t cut, int n_threads,
                             double* peak) noexcept nogil:
     """group_lines(X, True, row_*) (and, if columns, group_lines(X, False, column_*)), then
     sparse_forward on the row groups (with offsets, see there). Where each thread holds whole
@@ -418,21 +433,21 @@ cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
         if columns:
             group_rows_and_columns(X, row_starts_out, row_index_out, row_quads_out,
                                    column_starts_out, column_index_out, column_quads_out,
-                                   n_threads, peak)
+                                   cut, n_threads, peak)
         else:
-            group_lines(X, True, row_starts_out, row_index_out, row_quads_out, n_threads)
+            group_lines(X, True, row_starts_out, row_index_out, row_quads_out, cut, n_threads)
             if peak != NULL:
                 peak[0] = max_abs(&X[0, 0], n * k) if n and k else 0
         sparse_forward(row_starts_out, row_index_out, row_quads_out, W, b, offsets,
-                       offset_sums, relu, Z_out, partial, n_threads)
+                       offset_sums, relu, Z_out, partial, cut, n_threads)
         return
     for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
         share = share_of(slot, slots, parts)
-        group_share(X, share, parts, True, row_starts_out, row_index_out, row_quads_out,
+        group_share(X, share, parts, cut, True, row_starts_out, row_index_out, row_quads_out,
                     columns, column_starts_out, column_index_out, column_quads_out,
                     &slot_peaks[slot] if peak != NULL else NULL)
         forward_share(row_starts_out, row_index_out, row_quads_out, W, b, offsets, offset_sums,
-                      relu, Z_out, partial, share, parts)
+                      relu, Z_out, partial, share, parts, cut)
     if peak != NULL:
         peak[0] = 0
         for slot in range(slots):
@@ -459,7 +474,8 @@ cdef void param_grad_share(const int[::1] starts, const int[::1] index,
                            const floating[:, ::1] quads, const floating[:, ::1] delta,
                            floating alpha, floating beta, floating[:, ::1] dW_out,
                            const floating[::1] offsets, const floating[::1] delta_sums,
-                           Share share, Py_ssize_t parts, const Rule* rule) noexcept nogil:
+                           Share share, Py_ssize_t parts, Py_ssize_t cut,
+                           const Rule* rule) noexcept nogil:
     """A share's rows of dW (and their rule steps): of each of its parts, the rank's share of
     the part's column groups (an equal share of their quads), in slabs of columns whose part
     of delta fits SLAB_BYTES; with offsets, row r gains offsets[r] * delta_sums (alpha *
@@ -471,8 +487,8 @@ cdef void param_grad_share(const int[::1] starts, const int[::1] index,
     width = SLAB_BYTES // (max(delta.shape[0], 1) * <Py_ssize_t>sizeof(floating))
     width = max(block, width // block * block)
     for part in range(share.part0, share.part1):
-        c0 = part_start(k, parts, part) // GROUP
-        c1 = n_groups(part_start(k, parts, part + 1))
+        c0 = part_start(k, parts, part, cut) // GROUP
+        c1 = n_groups(part_start(k, parts, part + 1, cut))
         total = 0
         for g in range(c0, c1):
             total += quads_of(&starts[0], g)
@@ -503,7 +519,7 @@ cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                             const floating[:, ::1] quads, const floating[:, ::1] delta,
                             floating alpha, floating beta, floating[:, ::1] dW_out,
                             floating[::1] db_out, const floating[::1] offsets,
-                            floating[::1] delta_sums, int n_threads,
+                            floating[::1] delta_sums, Py_ssize_t cut, int n_threads,
                             const Rule* rule) noexcept nogil:
     """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db, X
     given by group_lines(X, False, ...); then, unless rule is NULL, its step on each part of
@@ -534,7 +550,7 @@ cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                 bias_grad(delta, alpha, 0, delta_sums, j0, j1)
     for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
         param_grad_share(starts, index, quads, delta, alpha, beta, dW_out, offsets, delta_sums,
-                         share_of(slot, slots, parts), parts, rule)
+                         share_of(slot, slots, parts), parts, cut, rule)
         j0 = slot * m // slots
         j1 = (slot + 1) * m // slots
         if j1 > j0:
@@ -725,11 +741,36 @@ def group_buffers(Py_ssize_t n_lines, Py_ssize_t n_positions, dtype, *, bint by_
             np.empty(capacity, np.intc), np.empty((capacity, GROUP), dtype))
 
 
-def part_bounds(Py_ssize_t n_features):
-    """The parts of the features that X @ W sums over (in the row groups' layout): their
-    first features, then n_features."""
-    cdef Py_ssize_t parts = feature_parts(n_features)
-    return [part_start(n_features, parts, part) for part in range(parts + 1)]
+cdef Py_ssize_t checked_cut(Py_ssize_t n_features, object cut) except -1:
+    """cut, the first feature of the second part of n_features, checked (None: the middle);
+    0 where n_features make one part"""
+    if feature_parts(n_features) == 1:
+        return 0
+    if cut is None:
+        return default_cut(n_features)
+    if not (isinstance(cut, int) and cut % GROUP == 0
+            and PART_MIN_FEATURES <= cut <= n_features - PART_MIN_FEATURES):
+        raise ValueError(f"Expected cut None or a multiple of {GROUP} in "
+                         f"[{PART_MIN_FEATURES}, {n_features - PART_MIN_FEATURES}] (each part "
+                         f"at least {PART_MIN_FEATURES} features). Received: cut={cut!r}")
+    return cut
+
+
+def cut_choices(Py_ssize_t n_features):
+    """Where the second part of n_features may start (the cuts that checked_cut takes, the
+    middle first); empty where n_features make one part."""
+    if feature_parts(n_features) == 1:
+        return []
+    return [default_cut(n_features)] + [
+        cut for cut in range(PART_MIN_FEATURES, n_features - PART_MIN_FEATURES + 1, GROUP)
+        if cut != default_cut(n_features)]
+
+
+def part_bounds(Py_ssize_t n_features, cut=None):
+    """The parts of the features that X @ W sums over (in the row groups' layout), the
+    second from feature `cut` (None: the middle): their first features, then n_features."""
+    cdef Py_ssize_t parts = feature_parts(n_features), c = checked_cut(n_features, cut)
+    return [part_start(n_features, parts, part, c) for part in range(parts + 1)]
 
 
 def rows_of(groups, Py_ssize_t n_samples, Py_ssize_t n_features):
@@ -740,27 +781,28 @@ def rows_of(groups, Py_ssize_t n_samples, Py_ssize_t n_features):
 
 
 def _check_row_groups(const int[::1] starts, const int[::1] index, Py_ssize_t n_samples,
-                      Py_ssize_t n_features):
+                      Py_ssize_t n_features, Py_ssize_t cut):
     """Check row groups of group_buffers(n_samples, n_features, by_rows=True), index and
     quads of at least ceil(n_samples / 4) * n_features entries: each part's lists within its
     entries and its positions."""
     cdef Py_ssize_t parts = feature_parts(n_features), stride = n_groups(n_samples)
     cdef Py_ssize_t part, f0, f1
     for part in range(parts):
-        f0 = part_start(n_features, parts, part)
-        f1 = part_start(n_features, parts, part + 1)
+        f0 = part_start(n_features, parts, part, cut)
+        f1 = part_start(n_features, parts, part + 1, cut)
         _check_lists(starts[PATTERNS * stride * part:PATTERNS * stride * (part + 1)],
                      index[stride * f0:stride * f1], stride * (f1 - f0), f1 - f0)
 
 
 def _group_checked(const floating[:, ::1] X, int[::1] starts_out, int[::1] index_out,
-                   floating[:, ::1] quads_out, bint by_rows, n_threads):
+                   floating[:, ::1] quads_out, bint by_rows, n_threads, cut):
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
     cdef Py_ssize_t n_lines = n if by_rows else k, n_positions = k if by_rows else n
     cdef Py_ssize_t length = starts_length(n_lines, n_positions, by_rows)
     cdef Py_ssize_t capacity = n_groups(n_lines) * n_positions
     cdef Py_ssize_t nnz
     cdef int threads = _n_threads(n_threads)
+    cdef Py_ssize_t c = checked_cut(k, cut)
     if not (starts_out.shape[0] == length
             and index_out.shape[0] >= capacity and quads_out.shape[0] >= capacity
             and quads_out.shape[1] == GROUP and capacity < 2**31):
@@ -770,20 +812,20 @@ def _group_checked(const floating[:, ::1] X, int[::1] starts_out, int[::1] index
             f"group_buffers({n_lines}, {n_positions}, dtype, by_rows={bool(by_rows)})", X=X,
             starts_out=starts_out, index_out=index_out, quads_out=quads_out)
     with nogil:
-        nnz = group_lines(X, by_rows, starts_out, index_out, quads_out, threads)
+        nnz = group_lines(X, by_rows, starts_out, index_out, quads_out, c, threads)
     return nnz
 
 
 def group_rows_checked(const floating[:, ::1] X, int[::1] starts_out, int[::1] index_out,
-                       floating[:, ::1] quads_out, n_threads=None):
-    """starts_out, index_out, quads_out := X in groups of 4 rows, for sparse_forward_checked; return X's number of nonzeros"""
-    return _group_checked(X, starts_out, index_out, quads_out, True, n_threads)
+                       floating[:, ::1] quads_out, n_threads=None, cut=None):
+    """starts_out, index_out, quads_out := X in groups of 4 rows over each part of the features (the second from feature `cut`, None: the middle), for sparse_forward_checked with the same cut; return X's number of nonzeros"""
+    return _group_checked(X, starts_out, index_out, quads_out, True, n_threads, cut)
 
 
 def group_columns_checked(const floating[:, ::1] X, int[::1] starts_out, int[::1] index_out,
                           floating[:, ::1] quads_out, n_threads=None):
     """starts_out, index_out, quads_out := X in groups of 4 columns, for sparse_param_grad_checked; return X's number of nonzeros"""
-    return _group_checked(X, starts_out, index_out, quads_out, False, n_threads)
+    return _group_checked(X, starts_out, index_out, quads_out, False, n_threads, None)
 
 
 def narrow_forward_checked(const floating[:, ::1] X, const floating[:, ::1] W,
@@ -844,9 +886,9 @@ def sparse_forward_checked(const int[::1] starts, const int[::1] index,
                            const floating[:, ::1] quads, const floating[:, ::1] W,
                            const floating[::1] b, bint relu, floating[:, ::1] Z_out,
                            n_threads=None, floating[:, ::1] partial_out=None,
-                           const floating[::1] offsets=None):
-    """Z_out := act(X @ W + b), X given by group_rows_checked; n_threads None: OpenMP's
-    default. partial_out: Z_out's shape, for the sums of the second part of the features
+                           const floating[::1] offsets=None, cut=None):
+    """Z_out := act(X @ W + b), X given by group_rows_checked (with the same cut); n_threads
+    None: OpenMP's default. partial_out: Z_out's shape, for the sums of the second part of the features
     (allocated if None; unused with one part). offsets (k,): X holds the inputs' distances
     from them, Z_out := act(X @ W + b + offsets @ W)."""
     cdef Py_ssize_t n = Z_out.shape[0], k = W.shape[0]
@@ -867,7 +909,8 @@ def sparse_forward_checked(const int[::1] starts, const int[::1] index,
                            f"quads (c, {GROUP}) with c >= ceil(n / {GROUP}) * k, W (k, m), "
                            "b (m,), Z_out (n, m), partial_out None or (n, m) and offsets None "
                            "or (k,), with k >= 1", **arrays)
-    _check_row_groups(starts, index, n, k)
+    cdef Py_ssize_t c = checked_cut(k, cut)
+    _check_row_groups(starts, index, n, k, c)
     if partial_out is None and parts > 1:
         partial_out = np.empty_like(Z_out)
     elif partial_out is None:
@@ -879,15 +922,15 @@ def sparse_forward_checked(const int[::1] starts, const int[::1] index,
     cdef int threads = _n_threads(n_threads)
     with nogil:
         sparse_forward(starts, index, quads, W, b, offsets, offset_sums, relu, Z_out,
-                       partial_out, threads)
+                       partial_out, c, threads)
 
 
 def sparse_param_grad_checked(const int[::1] starts, const int[::1] index,
                               const floating[:, ::1] quads, const floating[:, ::1] delta,
                               floating alpha, floating beta, floating[:, ::1] dW_out,
                               floating[::1] db_out, n_threads=None,
-                              const floating[::1] offsets=None):
-    """dW_out := alpha * X.T @ delta + beta * dW_out;  db_out := alpha * sum_rows(delta) + beta * db_out, X given by group_columns_checked; offsets (k,): X holds the inputs' distances from them, dW_out gains alpha * outer(offsets, sum_rows(delta))"""
+                              const floating[::1] offsets=None, cut=None):
+    """dW_out := alpha * X.T @ delta + beta * dW_out;  db_out := alpha * sum_rows(delta) + beta * db_out, X given by group_columns_checked; offsets (k,): X holds the inputs' distances from them, dW_out gains alpha * outer(offsets, sum_rows(delta)); cut: where the threads' parts of dW's rows meet (None: the middle), as in X @ W"""
     if not (delta.shape[0] > 0 and dW_out.shape[0] > 0 and dW_out.shape[1] == delta.shape[1]
             and db_out.shape[0] == delta.shape[1]
             and starts.shape[0] == starts_length(dW_out.shape[0], delta.shape[0], False)
@@ -906,6 +949,7 @@ def sparse_param_grad_checked(const int[::1] starts, const int[::1] index,
         offsets = np.empty(0, dtype)
     cdef floating[::1] delta_sums = np.empty(delta.shape[1], dtype)
     cdef int threads = _n_threads(n_threads)
+    cdef Py_ssize_t c = checked_cut(dW_out.shape[0], cut)
     with nogil:
         sparse_param_grad(starts, index, quads, delta, alpha, beta, dW_out, db_out, offsets,
-                          delta_sums, threads, NULL)
+                          delta_sums, c, threads, NULL)

@@ -89,6 +89,8 @@ _measured_choices = {}
 SCAN_BLOCKS = 16
 SCAN_BLOCK_ROWS = 256
 SAMPLED_SCAN_ROWS = 4 * SCAN_BLOCKS * SCAN_BLOCK_ROWS
+# The rows, spread over the training inputs, whose nonzeros place the sparse kernels' cut.
+CUT_SAMPLE_ROWS = 256
 # The instruction sets on which the narrow kernels beat the BLAS on a layer of up to
 # NARROW_MAX_WIDTH outputs (benchmarks/narrow.py, the book's second layer, 128 x 512 x 10, on
 # Zen 5: against OpenBLAS's AVX2 kernels 1.2-2.6x on one thread; against its AVX-512 ones
@@ -166,6 +168,9 @@ class Step:
         # The first layer's offsets when it runs on the inputs' distances from them (else
         # None), their buffer, and the batch known to hold those distances already.
         self.offsets = self.offset_values = self.shifted_batch = None
+        # Where the sparse kernels cut the first layer's features in two parts (None: the
+        # middle), balanced on the first training inputs (_balanced_cut); the Program's.
+        self.cut = self.program_cut = None
         self.update = self.bound_weights = None
         self.program = None  # built by compiled()
         self.narrow = narrow_layers(self.layers)
@@ -243,6 +248,8 @@ class Step:
                     self.n_features, self.capacity, dtype, by_rows=False
                 )
         self.sparse_input = sparse
+        if sparse and self.training and (self.cut is None or measure):
+            self.cut = _balanced_cut(x, self.offsets)
         if not sparse:
             self.offsets = None
             if sampled:
@@ -365,10 +372,12 @@ class Step:
             if self.sparse_input
             else _program.FIRST_DENSE
         )
+        cut = self.cut if first == _program.FIRST_SPARSE else None
         if (
             program is None
             or program.first != first
             or program.shifted != (self.offsets is not None)
+            or self.program_cut != cut
             or not program.uses(self.layers)
         ):
             padding = [None] * (len(self.layers) - len(self.deltas))
@@ -387,7 +396,9 @@ class Step:
                 self.column_groups,
                 self.narrow,
                 self.offsets,
+                cut,
             )
+            self.program_cut = cut
         return program
 
     def forward(self, x, out=None, training=False, head=False, first_row=0):
@@ -736,6 +747,25 @@ def _scan(x, sampled, offsets=None):
         start = block * (n - rows) // (SCAN_BLOCKS - 1)
         counted += _kernels.scan_rows_checked(x[start : start + rows], offsets=offsets)[0]
     return counted * n / (SCAN_BLOCKS * rows), None
+
+
+def _balanced_cut(x, offsets):
+    """Where the sparse kernels cut x's features into their two parts (fastnaive._sparse.
+    part_bounds): the cut before which half the nonzeros of up to CUT_SAMPLE_ROWS rows spread
+    over x lie (of their distances from offsets, with offsets), so that each part's thread
+    groups, multiplies and updates about half of them (MNIST: 47.8% before the middle,
+    features 0-399; 50.8% before feature 408); None (the middle) for one part or no
+    nonzeros."""
+    choices = _sparse.cut_choices(x.shape[1])
+    if not choices or x.shape[0] == 0:
+        return None
+    rows = np.linspace(0, x.shape[0] - 1, min(x.shape[0], CUT_SAMPLE_ROWS)).astype(np.intp)
+    sample = x[rows] if offsets is None else x[rows] != offsets
+    before = np.concatenate([[0], np.cumsum(np.count_nonzero(sample, axis=0))])
+    if before[-1] == 0:
+        return None
+    # The middle is the first choice: it wins ties.
+    return min(choices, key=lambda cut: abs(2 * int(before[cut]) - int(before[-1])))
 
 
 def _largest(*bounds):
