@@ -10,7 +10,10 @@
 # place on its output, fastnaive._activations; on an input gradient, the previous
 # layer's activation derivative and the peaks of the step's overflow bound). Nothing
 # is cut by the number of threads, so every result has the same bits at any thread
-# count.
+# count. A kernel whose blocks run on one thread (one block, one thread allowed, or too
+# little work) loops outside any parallel region: libgomp's region costs 0.5-0.6 us even on
+# one thread (a futex call each time, Zen 4), which was 15% of a tiny model's step (five
+# regions of 18.6 us, benchmarks/overhead.py).
 # The losses are in fastnaive._losses.
 from cython cimport floating
 from cython.parallel cimport prange
@@ -101,26 +104,58 @@ cdef inline Block tile_block(Py_ssize_t tile, Py_ssize_t m, Py_ssize_t n, Py_ssi
     return block
 
 
+cdef inline void forward_tile(const floating[:, ::1] X, const floating[:, ::1] W,
+                              const floating[::1] b, int activation, floating[:, ::1] Z_out,
+                              Block block) noexcept nogil:
+    """dense_forward's block"""
+    cdef Py_ssize_t i, j
+    for i in range(block.i0, block.i1):
+        for j in range(block.j0, block.j1):
+            Z_out[i, j] = b[j]
+    gemm_block(False, False, <floating>1, X, W, <floating>1, Z_out, block.i0, block.i1,
+               block.j0, block.j1)
+    if block.j1 > block.j0:
+        for i in range(block.i0, block.i1):
+            activate(activation, &Z_out[i, block.j0], &Z_out[i, block.j0],
+                     block.j1 - block.j0)
+
+
 cdef void dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
                         const floating[::1] b, int activation,
                         floating[:, ::1] Z_out, int n_threads) noexcept nogil:
     """Z := act(X @ W + b), act the activation of code `activation` (fastnaive._activations)"""
-    cdef Py_ssize_t rows, cols, tile, i, j, i0, i1, j0, j1
-    cdef Block block
+    cdef Py_ssize_t rows, cols, tile
     cdef Py_ssize_t m = Z_out.shape[0], n = Z_out.shape[1]
     cdef Py_ssize_t tiles = tile_grid(m, n, X.shape[1], &rows, &cols)
-    for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1,
-                       use_threads_if=n_threads > 1 and tiles > 1):
-        # Assigned in the loop, so private to each thread (prange).
-        block = tile_block(tile, m, n, rows, cols)
-        i0, i1, j0, j1 = block.i0, block.i1, block.j0, block.j1
+    if n_threads > 1 and tiles > 1:
+        for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1):
+            forward_tile(X, W, b, activation, Z_out, tile_block(tile, m, n, rows, cols))
+    else:
+        for tile in range(tiles):
+            forward_tile(X, W, b, activation, Z_out, tile_block(tile, m, n, rows, cols))
+
+
+cdef inline void input_grad_tile(const floating[:, ::1] delta, const floating[:, ::1] W,
+                                 floating[:, ::1] dX_out, int activation, const floating* a,
+                                 const floating* z, double* tile_peaks,
+                                 Block block) noexcept nogil:
+    """dense_input_grad's block; unless tile_peaks is NULL, its peaks there"""
+    cdef Py_ssize_t i, n = dX_out.shape[1]
+    cdef Py_ssize_t i0 = block.i0, i1 = block.i1, j0 = block.j0, j1 = block.j1
+    gemm_block(False, True, <floating>1, delta, W, <floating>0, dX_out, i0, i1, j0, j1)
+    if j1 > j0 and activation != LINEAR_CODE and activation != RELU_CODE:
         for i in range(i0, i1):
-            for j in range(j0, j1):
-                Z_out[i, j] = b[j]
-        gemm_block(False, False, <floating>1, X, W, <floating>1, Z_out, i0, i1, j0, j1)
-        if j1 > j0:
-            for i in range(i0, i1):
-                activate(activation, &Z_out[i, j0], &Z_out[i, j0], j1 - j0)
+            activation_backward(activation, a + i * n + j0, z + i * n + j0, &dX_out[i, j0],
+                                j1 - j0)
+    if tile_peaks != NULL:
+        tile_peaks[0] = tile_peaks[1] = 0
+    if j1 > j0 and (activation == RELU_CODE or tile_peaks != NULL):
+        if floating is float:
+            fastnaive_block_peaks_f(a + i0 * n + j0, &dX_out[i0, j0], i1 - i0, j1 - j0, n,
+                                    activation == RELU_CODE, tile_peaks)
+        else:
+            fastnaive_block_peaks_d(a + i0 * n + j0, &dX_out[i0, j0], i1 - i0, j1 - j0, n,
+                                    activation == RELU_CODE, tile_peaks)
 
 
 cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
@@ -134,39 +169,44 @@ cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] 
     (max_abs's: inf for a NaN), each block's scanned while it is in cache, in the pass that
     applies ReLU's derivative; -1 for both when the product has more than PEAK_TILES
     blocks."""
-    cdef Py_ssize_t rows, cols, tile, i, i0, i1, j0, j1
-    cdef Block block
+    cdef Py_ssize_t rows, cols, tile
     cdef Py_ssize_t m = dX_out.shape[0], n = dX_out.shape[1]
     cdef Py_ssize_t tiles = tile_grid(m, n, delta.shape[1], &rows, &cols)
     cdef double tile_peaks[2 * PEAK_TILES]
     cdef bint measure = peaks != NULL and tiles <= PEAK_TILES
     if peaks != NULL:
         peaks[0] = peaks[1] = 0 if measure else -1
-    for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1,
-                       use_threads_if=n_threads > 1 and tiles > 1):
-        # Assigned in the loop, so private to each thread (prange).
-        block = tile_block(tile, m, n, rows, cols)
-        i0, i1, j0, j1 = block.i0, block.i1, block.j0, block.j1
-        gemm_block(False, True, <floating>1, delta, W, <floating>0, dX_out, i0, i1, j0, j1)
-        if j1 > j0 and activation != LINEAR_CODE and activation != RELU_CODE:
-            for i in range(i0, i1):
-                activation_backward(activation, a + i * n + j0, z + i * n + j0,
-                                    &dX_out[i, j0], j1 - j0)
-        if measure:
-            tile_peaks[2 * tile] = tile_peaks[2 * tile + 1] = 0
-        if j1 > j0 and (activation == RELU_CODE or measure):
-            if floating is float:
-                fastnaive_block_peaks_f(a + i0 * n + j0, &dX_out[i0, j0], i1 - i0, j1 - j0, n,
-                                        activation == RELU_CODE,
-                                        &tile_peaks[2 * tile] if measure else NULL)
-            else:
-                fastnaive_block_peaks_d(a + i0 * n + j0, &dX_out[i0, j0], i1 - i0, j1 - j0, n,
-                                        activation == RELU_CODE,
-                                        &tile_peaks[2 * tile] if measure else NULL)
+    if n_threads > 1 and tiles > 1:
+        for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1):
+            input_grad_tile(delta, W, dX_out, activation, a, z,
+                            &tile_peaks[2 * tile] if measure else NULL,
+                            tile_block(tile, m, n, rows, cols))
+    else:
+        for tile in range(tiles):
+            input_grad_tile(delta, W, dX_out, activation, a, z,
+                            &tile_peaks[2 * tile] if measure else NULL,
+                            tile_block(tile, m, n, rows, cols))
     if measure:
         for tile in range(tiles):
             peaks[0] = max(peaks[0], tile_peaks[2 * tile])
             peaks[1] = max(peaks[1], tile_peaks[2 * tile + 1])
+
+
+cdef inline void param_grad_tile(const floating[:, ::1] X, const floating[:, ::1] delta,
+                                 floating alpha, floating beta, floating[:, ::1] dW_out,
+                                 floating[::1] db_out, const Rule* rule,
+                                 Block block) noexcept nogil:
+    """dense_param_grad's block"""
+    cdef Py_ssize_t i, n = dW_out.shape[1]
+    cdef Py_ssize_t i0 = block.i0, i1 = block.i1, j0 = block.j0, j1 = block.j1
+    gemm_block(True, False, alpha, X, delta, beta, dW_out, i0, i1, j0, j1)
+    if rule != NULL and j1 > j0:
+        for i in range(i0, i1):
+            rule_step(rule, 0, &dW_out[i, j0], i * n + j0, j1 - j0)
+    if i0 == 0:  # the first row of blocks owns the bias's columns
+        bias_grad(delta, alpha, beta, db_out, j0, j1)
+        if rule != NULL and j1 > j0:
+            rule_step(rule, 1, &db_out[j0], j0, j1 - j0)
 
 
 cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
@@ -175,26 +215,20 @@ cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delt
                            int n_threads, const Rule* rule) noexcept nogil:
     """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db;
     then, unless rule is NULL, its step on each block of dW and db, in the block's thread"""
-    cdef Py_ssize_t rows, cols, tile, i, i0, i1, j0, j1
-    cdef Block block
+    cdef Py_ssize_t rows, cols, tile
     cdef Py_ssize_t m = dW_out.shape[0], n = dW_out.shape[1]
     # Blocks of whole rows where they suffice: a thread's part of W and of the optimizer's
     # state is then one stretch of memory, not runs of columns along every row. (The same
     # cut with a rule or without: the BLAS's bits depend on the block's shape.)
     cdef Py_ssize_t tiles = tile_grid(m, n, X.shape[0], &rows, &cols, True)
-    for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1,
-                       use_threads_if=n_threads > 1 and tiles > 1):
-        # Assigned in the loop, so private to each thread (prange).
-        block = tile_block(tile, m, n, rows, cols)
-        i0, i1, j0, j1 = block.i0, block.i1, block.j0, block.j1
-        gemm_block(True, False, alpha, X, delta, beta, dW_out, i0, i1, j0, j1)
-        if rule != NULL and j1 > j0:
-            for i in range(i0, i1):
-                rule_step(rule, 0, &dW_out[i, j0], i * n + j0, j1 - j0)
-        if i0 == 0:  # the first row of blocks owns the bias's columns
-            bias_grad(delta, alpha, beta, db_out, j0, j1)
-            if rule != NULL and j1 > j0:
-                rule_step(rule, 1, &db_out[j0], j0, j1 - j0)
+    if n_threads > 1 and tiles > 1:
+        for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1):
+            param_grad_tile(X, delta, alpha, beta, dW_out, db_out, rule,
+                            tile_block(tile, m, n, rows, cols))
+    else:
+        for tile in range(tiles):
+            param_grad_tile(X, delta, alpha, beta, dW_out, db_out, rule,
+                            tile_block(tile, m, n, rows, cols))
 
 
 cdef void bias_grad(const floating[:, ::1] delta, floating alpha, floating beta,
@@ -241,26 +275,36 @@ cdef inline void shift_row(const floating* src, const floating* offsets, floatin
         out[j] = src[j] - offsets[j]
 
 
+cdef inline void gather_row(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
+                            floating[:, ::1] out, const floating[::1] offsets,
+                            Py_ssize_t i) noexcept nogil:
+    """gather_rows's row i, row rows[i + GATHER_AHEAD] asked for first"""
+    cdef Py_ssize_t j, r
+    cdef Py_ssize_t n_cols = out.shape[1]
+    if i + GATHER_AHEAD < rows.shape[0]:
+        r = rows[i + GATHER_AHEAD]
+        if 0 <= r < src.shape[0]:
+            prefetch_bytes(&src[r, 0], n_cols * sizeof(floating))
+    r = rows[i]
+    if 0 <= r < src.shape[0] and offsets.shape[0] > 0:
+        shift_row(&src[r, 0], &offsets[0], &out[i, 0], n_cols)
+    elif 0 <= r < src.shape[0]:
+        memcpy(&out[i, 0], &src[r, 0], n_cols * sizeof(floating))
+    else:
+        for j in range(n_cols):
+            out[i, j] = NAN
+
+
 cdef void gather_rows(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
                       floating[:, ::1] out, const floating[::1] offsets) noexcept nogil:
     """out[i] := src[rows[i]], minus offsets (one per column) unless offsets is empty"""
-    cdef Py_ssize_t i, j, r
-    cdef Py_ssize_t n_cols = out.shape[1]
-    cdef bint shifted = offsets.shape[0] > 0
-    cdef bint parallel = rows.shape[0] * n_cols >= GATHER_MIN_ELEMENTS
-    for i in prange(rows.shape[0], schedule="static", use_threads_if=parallel):
-        if i + GATHER_AHEAD < rows.shape[0]:
-            r = rows[i + GATHER_AHEAD]
-            if 0 <= r < src.shape[0]:
-                prefetch_bytes(&src[r, 0], n_cols * sizeof(floating))
-        r = rows[i]
-        if 0 <= r < src.shape[0] and shifted:
-            shift_row(&src[r, 0], &offsets[0], &out[i, 0], n_cols)
-        elif 0 <= r < src.shape[0]:
-            memcpy(&out[i, 0], &src[r, 0], n_cols * sizeof(floating))
-        else:
-            for j in range(n_cols):
-                out[i, j] = NAN
+    cdef Py_ssize_t i
+    if rows.shape[0] * out.shape[1] >= GATHER_MIN_ELEMENTS:
+        for i in prange(rows.shape[0], schedule="static"):
+            gather_row(src, rows, out, offsets, i)
+    else:
+        for i in range(rows.shape[0]):
+            gather_row(src, rows, out, offsets, i)
 
 
 cdef inline Py_ssize_t update_chunks(Py_ssize_t n) noexcept nogil:
@@ -272,7 +316,10 @@ cdef void momentum_update(floating* w, const floating* g, floating* velocity, Py
     """v := momentum * v - lr * g;  w := w + (momentum * v - lr * g if nesterov else v)"""
     cdef Py_ssize_t c, i0
     # Element by element: the same bits whichever thread updates which chunk.
-    for c in prange(update_chunks(n), schedule="static", use_threads_if=n >= PARALLEL_MIN_UPDATE):
+    if n < PARALLEL_MIN_UPDATE:
+        momentum_range(w, g, velocity, n, learning_rate, momentum, nesterov)
+        return
+    for c in prange(update_chunks(n), schedule="static"):
         i0 = c * UPDATE_CHUNK
         momentum_range(w + i0, g + i0, velocity + i0, min(UPDATE_CHUNK, n - i0), learning_rate,
                        momentum, nesterov)
@@ -291,7 +338,10 @@ cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, 
                       floating epsilon) noexcept nogil:
     """m += (1 - b1) (g - m);  v += (1 - b2) (g^2 - v);  w -= alpha * m / (sqrt(v) + eps)"""
     cdef Py_ssize_t c, i0
-    for c in prange(update_chunks(n), schedule="static", use_threads_if=n >= PARALLEL_MIN_UPDATE):
+    if n < PARALLEL_MIN_UPDATE:
+        adam_range(w, g, m, v, n, alpha, one_minus_beta_1, one_minus_beta_2, epsilon)
+        return
+    for c in prange(update_chunks(n), schedule="static"):
         i0 = c * UPDATE_CHUNK
         adam_range(w + i0, g + i0, m + i0, v + i0, min(UPDATE_CHUNK, n - i0), alpha,
                    one_minus_beta_1, one_minus_beta_2, epsilon)

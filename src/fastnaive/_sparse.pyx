@@ -43,7 +43,8 @@
 # (narrow_kernels.h): compiled per instruction set like the sparse ones and chosen with them
 # by select_instruction_set, cut among threads into blocks of rows (forward), slices of rows
 # (the input gradient: each element is one dot product wherever the cut falls) or blocks of
-# W's rows (the weight gradient), so that the bits do not depend on the threads.
+# W's rows (the weight gradient), so that the bits do not depend on the threads; on one
+# thread they loop outside any parallel region (see fastnaive._kernels).
 from cython cimport floating
 from cython.parallel cimport prange
 import numpy as np
@@ -566,27 +567,59 @@ cdef inline bint narrow_in_parallel(Py_ssize_t n, Py_ssize_t m, Py_ssize_t k,
     return n_threads > 1 and n_blocks > 1 and n * m * k >= PARALLEL_MIN_PRODUCTS
 
 
+cdef inline void narrow_forward_rows(const floating[:, ::1] X, const floating[:, ::1] W,
+                                     const floating[::1] b, int activation,
+                                     floating[:, ::1] Z_out, Py_ssize_t i0,
+                                     Py_ssize_t i1) noexcept nogil:
+    """narrow_forward's rows i0 ... i1 - 1 (each row's sums are the same in any block)"""
+    cdef Py_ssize_t m = Z_out.shape[1], k = X.shape[1]
+    # With k = 0, X and W have no first element: the kernel reads neither.
+    if floating is float:
+        narrow_forward_f(&X[0, 0] if k else NULL, k, k, &W[0, 0] if k else NULL, m, &b[0],
+                         &Z_out[0, 0], i0, i1)
+    else:
+        narrow_forward_d(&X[0, 0] if k else NULL, k, k, &W[0, 0] if k else NULL, m, &b[0],
+                         &Z_out[0, 0], i0, i1)
+    activate(activation, &Z_out[i0, 0], &Z_out[i0, 0], (i1 - i0) * m)
+
+
 cdef void narrow_forward(const floating[:, ::1] X, const floating[:, ::1] W,
                          const floating[::1] b, int activation, floating[:, ::1] Z_out,
                          int n_threads) noexcept nogil:
     """Z := act(X @ W + b), act of code `activation`, for W of at most NARROW_MAX columns"""
     cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1], k = X.shape[1]
     cdef Py_ssize_t n_blocks = (n + NARROW_ROWS - 1) // NARROW_ROWS
-    cdef Py_ssize_t block, i0, i1
+    cdef Py_ssize_t block
     if n == 0 or m == 0:
         return
-    for block in prange(n_blocks, num_threads=n_threads, schedule="static",
-                        use_threads_if=narrow_in_parallel(n, m, k, n_blocks, n_threads)):
-        i0 = block * NARROW_ROWS
-        i1 = min(i0 + NARROW_ROWS, n)
-        # With k = 0, X and W have no first element: the kernel reads neither.
-        if floating is float:
-            narrow_forward_f(&X[0, 0] if k else NULL, k, k, &W[0, 0] if k else NULL, m, &b[0],
-                             &Z_out[0, 0], i0, i1)
-        else:
-            narrow_forward_d(&X[0, 0] if k else NULL, k, k, &W[0, 0] if k else NULL, m, &b[0],
-                             &Z_out[0, 0], i0, i1)
-        activate(activation, &Z_out[i0, 0], &Z_out[i0, 0], (i1 - i0) * m)
+    if narrow_in_parallel(n, m, k, n_blocks, n_threads):
+        for block in prange(n_blocks, num_threads=n_threads, schedule="static"):
+            narrow_forward_rows(X, W, b, activation, Z_out, block * NARROW_ROWS,
+                                min(block * NARROW_ROWS + NARROW_ROWS, n))
+    else:
+        narrow_forward_rows(X, W, b, activation, Z_out, 0, n)
+
+
+cdef inline void narrow_input_rows(const floating[:, ::1] delta, const floating[:, ::1] W,
+                                   floating[:, ::1] dX_out, const floating* relu_of,
+                                   Py_ssize_t i0, Py_ssize_t i1,
+                                   double* slot_peaks) noexcept nogil:
+    """narrow_input_grad's rows i0 ... i1 - 1; unless slot_peaks is NULL, their peaks there"""
+    cdef Py_ssize_t k = dX_out.shape[1], m = W.shape[1]
+    if slot_peaks != NULL:
+        slot_peaks[0] = slot_peaks[1] = 0
+    if i1 <= i0:
+        return
+    if floating is float:
+        narrow_input_f(&delta[i0, 0], i1 - i0, m, &W[0, 0], &dX_out[i0, 0], k, 0, k,
+                       relu_of + i0 * k if relu_of != NULL else NULL)
+    else:
+        narrow_input_d(&delta[i0, 0], i1 - i0, m, &W[0, 0], &dX_out[i0, 0], k, 0, k,
+                       relu_of + i0 * k if relu_of != NULL else NULL)
+    if slot_peaks != NULL:
+        if relu_of != NULL:
+            slot_peaks[0] = max_abs(relu_of + i0 * k, (i1 - i0) * k)
+        slot_peaks[1] = max_abs(&dX_out[i0, 0], (i1 - i0) * k)
 
 
 cdef void narrow_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
@@ -600,7 +633,7 @@ cdef void narrow_input_grad(const floating[:, ::1] delta, const floating[:, ::1]
     peaks[1] := max |dX| (max_abs's: inf for a NaN), each slice's scanned right after it is
     stored."""
     cdef Py_ssize_t n = dX_out.shape[0], k = dX_out.shape[1], m = W.shape[1]
-    cdef Py_ssize_t slots = min(min(n_threads, <Py_ssize_t>PEAK_SLOTS), n), slot, i0, i1
+    cdef Py_ssize_t slots = min(min(n_threads, <Py_ssize_t>PEAK_SLOTS), n), slot
     cdef double slot_peaks[2 * PEAK_SLOTS]
     if peaks != NULL:
         peaks[0] = peaks[1] = 0
@@ -608,25 +641,38 @@ cdef void narrow_input_grad(const floating[:, ::1] delta, const floating[:, ::1]
         return
     if not narrow_in_parallel(n, m, k, slots, n_threads):
         slots = 1
-    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
-        i0 = slot * n // slots
-        i1 = (slot + 1) * n // slots
-        slot_peaks[2 * slot] = slot_peaks[2 * slot + 1] = 0
-        if i1 > i0:
-            if floating is float:
-                narrow_input_f(&delta[i0, 0], i1 - i0, m, &W[0, 0], &dX_out[i0, 0], k, 0, k,
-                               relu_of + i0 * k if relu_of != NULL else NULL)
-            else:
-                narrow_input_d(&delta[i0, 0], i1 - i0, m, &W[0, 0], &dX_out[i0, 0], k, 0, k,
-                               relu_of + i0 * k if relu_of != NULL else NULL)
-            if peaks != NULL:
-                if relu_of != NULL:
-                    slot_peaks[2 * slot] = max_abs(relu_of + i0 * k, (i1 - i0) * k)
-                slot_peaks[2 * slot + 1] = max_abs(&dX_out[i0, 0], (i1 - i0) * k)
+    if slots > 1:
+        for slot in prange(slots, num_threads=slots, schedule="static"):
+            narrow_input_rows(delta, W, dX_out, relu_of, slot * n // slots,
+                              (slot + 1) * n // slots,
+                              &slot_peaks[2 * slot] if peaks != NULL else NULL)
+    else:
+        narrow_input_rows(delta, W, dX_out, relu_of, 0, n,
+                          slot_peaks if peaks != NULL else NULL)
     if peaks != NULL:
         for slot in range(slots):
             peaks[0] = max(peaks[0], slot_peaks[2 * slot])
             peaks[1] = max(peaks[1], slot_peaks[2 * slot + 1])
+
+
+cdef inline void narrow_param_block(const floating[:, ::1] X, const floating[:, ::1] delta,
+                                    floating alpha, floating beta, floating[:, ::1] dW_out,
+                                    floating[::1] db_out, const Rule* rule, Py_ssize_t c0,
+                                    Py_ssize_t c1) noexcept nogil:
+    """narrow_param_grad's rows c0 ... c1 - 1 of dW (and, for the first, db)"""
+    cdef Py_ssize_t n = X.shape[0], k = dW_out.shape[0], m = dW_out.shape[1]
+    if floating is float:
+        narrow_param_f(&X[0, 0] if n else NULL, k, &delta[0, 0] if n else NULL, n, m, alpha,
+                       beta, &dW_out[0, 0], c0, c1)
+    else:
+        narrow_param_d(&X[0, 0] if n else NULL, k, &delta[0, 0] if n else NULL, n, m, alpha,
+                       beta, &dW_out[0, 0], c0, c1)
+    if rule != NULL:
+        rule_step(rule, 0, &dW_out[c0, 0], c0 * m, (c1 - c0) * m)
+    if c0 == 0:  # the first block owns the bias
+        bias_grad(delta, alpha, beta, db_out, 0, m)
+        if rule != NULL:
+            rule_step(rule, 1, &db_out[0], 0, m)
 
 
 cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
@@ -638,7 +684,7 @@ cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] del
     of rows and on db"""
     cdef Py_ssize_t n = X.shape[0], k = dW_out.shape[0], m = dW_out.shape[1]
     cdef Py_ssize_t width = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t block, c0, c1, n_blocks = (k + width - 1) // width
+    cdef Py_ssize_t block, n_blocks = (k + width - 1) // width
     if m == 0:
         return
     if k == 0:
@@ -646,22 +692,14 @@ cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] del
         if rule != NULL:
             rule_step(rule, 1, &db_out[0], 0, m)
         return
-    for block in prange(n_blocks, num_threads=n_threads, schedule="static",
-                        use_threads_if=narrow_in_parallel(n, m, k, n_blocks, n_threads)):
-        c0 = block * width
-        c1 = min(c0 + width, k)
-        if floating is float:
-            narrow_param_f(&X[0, 0] if n else NULL, k, &delta[0, 0] if n else NULL, n, m,
-                           alpha, beta, &dW_out[0, 0], c0, c1)
-        else:
-            narrow_param_d(&X[0, 0] if n else NULL, k, &delta[0, 0] if n else NULL, n, m,
-                           alpha, beta, &dW_out[0, 0], c0, c1)
-        if rule != NULL:
-            rule_step(rule, 0, &dW_out[c0, 0], c0 * m, (c1 - c0) * m)
-        if block == 0:  # the first block owns the bias
-            bias_grad(delta, alpha, beta, db_out, 0, m)
-            if rule != NULL:
-                rule_step(rule, 1, &db_out[0], 0, m)
+    if narrow_in_parallel(n, m, k, n_blocks, n_threads):
+        for block in prange(n_blocks, num_threads=n_threads, schedule="static"):
+            narrow_param_block(X, delta, alpha, beta, dW_out, db_out, rule, block * width,
+                               min(block * width + width, k))
+    else:
+        for block in range(n_blocks):
+            narrow_param_block(X, delta, alpha, beta, dW_out, db_out, rule, block * width,
+                               min(block * width + width, k))
 
 
 cdef bint lists_in_range(const int[::1] starts, Py_ssize_t capacity, const int[::1] index,
