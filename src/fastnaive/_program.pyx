@@ -7,9 +7,10 @@
 # what arrives with it (the batch x, its row count n, an output buffer) and slices the held
 # views to n rows. Every decision stays with the Step: which kernels the first layer runs
 # (FIRST_DENSE, FIRST_SPARSE, or FIRST_EXTERNAL, where the caller computes the first layer's
-# products, as for a scipy.sparse batch), the activation codes, dropout, which layers are
-# penalised. The lists the grouping kernels write are in range by construction, so they
-# reach the sparse products unchecked. The GIL is released around each kernel.
+# products, as for a scipy.sparse batch) and where the sparse kernels cut the features, the
+# activation codes, dropout, which layers are penalised. The lists the grouping kernels
+# write are in range by construction, so they reach the sparse products unchecked. The GIL
+# is released around each kernel.
 from cython cimport floating
 
 import numpy as np
@@ -20,8 +21,7 @@ from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport (RULE_ADAM, RULE_MOMENTUM, RULE_NESTEROV, Rule, dense_forward,
                                  dense_input_grad, dense_param_grad, max_abs)
 from fastnaive._sparse cimport (NARROW_MAX, checked_cut, feature_parts, group_and_forward,
-                                group_lines,
-                                n_groups, narrow_forward, narrow_input_grad,
+                                group_lines, n_groups, narrow_forward, narrow_input_grad,
                                 narrow_param_grad, sparse_param_grad, starts_length)
 
 # How the first layer multiplies its inputs: GEMMs, the sparse kernels on the inputs'
