@@ -424,9 +424,9 @@ class Step:
             return self.dropped[last][:n]
         return out if out is not None else self.outputs[last][:n]
 
-    def loss_and_hits(self, y, sample_weight=None, scale=None):
+    def loss_and_hits(self, y, sample_weight=None, scale=None, count=True):
         """Return (scale * sum_i w_i loss_i of the last outputs (scale None: 1 / n), accuracy's
-        hits), the loss's gradient in deltas[-1]."""
+        hits; 0 when count is False), the loss's gradient in deltas[-1]."""
         n = y.shape[0]
         return _losses.loss_and_hits(
             self.loss.code,
@@ -436,6 +436,7 @@ class Step:
             sample_weight,
             scale,
             self.n_threads,
+            count,
         )
 
     def penalty(self):
@@ -522,7 +523,7 @@ class Step:
         self.compiled()
         x = self.layer_inputs(x)
         self.forward(x, training=True)
-        loss = self.loss_and_hits(y, sample_weight)[0] + self.penalty()
+        loss = self.loss_and_hits(y, sample_weight, count=False)[0] + self.penalty()
         self.backward(x)
         self.add_penalty_gradients()
         self.iteration += 1
