@@ -183,6 +183,34 @@ def test_sparse_param_grad(shape, density, dtype, instruction_set, rng):
         assert_close(db, alpha * delta.sum(axis=0, dtype=np.float64) + beta * b0, err_msg=name)
 
 
+@pytest.mark.parametrize("density", [0.19, 0.5, None], ids=["mnist", "fashion", "rows"])
+def test_whole_tiles_give_the_same_bits_in_any_call(density, dtype, instruction_set, rng):
+    """Each output element is its tile's sums whichever call computes it: the products over
+    all of W's 200 columns (three whole tiles of 256 bytes, then narrower ones and single
+    columns) equal, bit for bit, those over slices of 64 columns (the threads split columns
+    at multiples of 256 bytes). Every pattern of lines occurs (MNIST's, Fashion-MNIST's
+    density, and rows of zeros, of nonzeros and of 19%)."""
+    n, k, m = 96, 300, 200
+    X, delta = sparse_matrix(rng, (n, k), dtype, density), normal(rng, (n, m), dtype)
+    W, b = normal(rng, (k, m), dtype, k**-0.5), normal(rng, m, dtype)
+    rows, columns = by_rows(X), by_columns(X)
+    whole = np.empty((n, m), dtype)
+    _sparse.sparse_forward_checked(*rows, W, b, True, whole, 1)
+    dW, db = W.copy(), b.copy()
+    _sparse.sparse_param_grad_checked(*columns, delta, -0.1, 1.0, dW, db, 1)
+    for j in range(0, m, 64):
+        part = slice(j, min(j + 64, m))
+        Z = np.empty((n, part.stop - j), dtype)
+        _sparse.sparse_forward_checked(*rows, W[:, part].copy(), b[part].copy(), True, Z, 1)
+        np.testing.assert_array_equal(Z, whole[:, part])
+        dW_part, db_part = W[:, part].copy(), b[part].copy()
+        _sparse.sparse_param_grad_checked(
+            *columns, delta[:, part].copy(), -0.1, 1.0, dW_part, db_part, 1
+        )
+        np.testing.assert_array_equal(dW_part, dW[:, part])
+        np.testing.assert_array_equal(db_part, db[part])
+
+
 def test_products_match_the_dense_kernels(dtype, rng):
     """The hidden layer's step on a batch of 128: forward, then the fused SGD update."""
     X = np.clip(sparse_matrix(rng, (128, 784), dtype, 0.19), 0, 1)

@@ -51,13 +51,17 @@
 #define FASTNAIVE_PATTERNS 16
 
 /* The loop over list s = P of a group (P a constant, so that the FMAs of the lines absent
- * from pattern P are compiled out), inside fastnaive_grouped_product_SUFFIX. */
+ * from pattern P are compiled out), inside fastnaive_grouped_body_SUFFIX: all four lines'
+ * sums of the tile in registers (FASTNAIVE_LIST), or in memory between the lists
+ * (FASTNAIVE_WIDE_LIST, see FASTNAIVE_WIDE_DEFINE). */
 #define FASTNAIVE_LIST(SUFFIX, P) fastnaive_list_##SUFFIX(P, p0, p1, index, quads, b_tile, ldb, acc)
+#define FASTNAIVE_WIDE_LIST(SUFFIX, P) \
+    fastnaive_wide_list_##SUFFIX(P, p0, p1, index, quads, b_tile, ldb, acc)
 
 /* Defines, for element type T, vectors of VBYTES bytes and NV vectors per line of a tile,
- * compiled with attribute TARGET:
+ * compiled with attribute TARGET, a list's loop LIST (FASTNAIVE_LIST or FASTNAIVE_WIDE_LIST):
  *
- * fastnaive_grouped_product_SUFFIX: for every group g < n_groups, line r < 4 with
+ * fastnaive_grouped_run_SUFFIX: for every group g < n_groups, line r < 4 with
  * 4 g + r < n_out, and column j in [j0, j1):
  *   out[4 g + r, j] := act(alpha * sum_{quads of g with bit r} quad[r] * B[index, j]
  *                          + (bias ? s * bias[j] : 0) + (beta != 0 ? beta * out[4 g + r, j] : 0))
@@ -65,7 +69,7 @@
  * NaN bias), else 1 (and no multiplication). act = relu (z < 0 ? 0 : z, NaN staying NaN) if
  * relu else identity. beta = 0 overwrites, so out may hold NaN. Columns past the last whole
  * tile take a scalar path. */
-#define FASTNAIVE_GROUPED_DEFINE(T, SUFFIX, TARGET, VBYTES, NV)                                   \
+#define FASTNAIVE_GROUPED_BODY_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, LIST)                         \
 typedef T fastnaive_vec_##SUFFIX                                                                  \
     __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias));                          \
                                                                                                   \
@@ -87,6 +91,41 @@ FASTNAIVE_INLINE TARGET void fastnaive_list_##SUFFIX(                           
                 for (q = 0; q < NV; q++)                                                          \
                     acc[r][q] += v * x[q];                                                        \
             }                                                                                     \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+/* The same, acc in memory: in passes over as many of its vectors as the pattern's lines     \
+ * leave registers for (FASTNAIVE_WIDE_DEFINE). */                                                \
+FASTNAIVE_INLINE TARGET void fastnaive_wide_list_##SUFFIX(                                        \
+    int pattern, int p0, int p1, const int *index, const T *quads, const T *B, ptrdiff_t ldb,     \
+    fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV])                                              \
+{                                                                                                 \
+    typedef fastnaive_vec_##SUFFIX V;                                                             \
+    const int lines = __builtin_popcount(pattern);                                                \
+    const int step = lines == 1 ? NV : lines == 2 ? NV / 2 : NV / 4;                              \
+    int h, p, q, r;                                                                               \
+    for (h = 0; h < NV; h += step) {                                                              \
+        V sums[FASTNAIVE_GROUP][NV];                                                              \
+        for (r = 0; r < FASTNAIVE_GROUP; r++)                                                     \
+            if (pattern & (1 << r))                                                               \
+                for (q = 0; q < step; q++)                                                        \
+                    sums[r][q] = acc[r][h + q];                                                   \
+        for (p = p0; p < p1; p++) {                                                               \
+            const V *src = (const V *)(B + (ptrdiff_t)index[p] * ldb) + h;                        \
+            V x[NV];                                                                              \
+            for (q = 0; q < step; q++)                                                            \
+                x[q] = src[q];                                                                    \
+            for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
+                if (pattern & (1 << r)) {                                                         \
+                    const T v = quads[FASTNAIVE_GROUP * p + r];                                   \
+                    for (q = 0; q < step; q++)                                                    \
+                        sums[r][q] += v * x[q];                                                   \
+                }                                                                                 \
+        }                                                                                         \
+        for (r = 0; r < FASTNAIVE_GROUP; r++)                                                     \
+            if (pattern & (1 << r))                                                               \
+                for (q = 0; q < step; q++)                                                        \
+                    acc[r][h + q] = sums[r][q];                                                   \
     }                                                                                             \
 }                                                                                                 \
                                                                                                   \
@@ -135,21 +174,21 @@ FASTNAIVE_INLINE TARGET void fastnaive_grouped_body_##SUFFIX(                   
                 if (p0 == p1)                                                                     \
                     continue;                                                                     \
                 switch (s) {                                                                      \
-                case 1: FASTNAIVE_LIST(SUFFIX, 1); break;                                         \
-                case 2: FASTNAIVE_LIST(SUFFIX, 2); break;                                         \
-                case 3: FASTNAIVE_LIST(SUFFIX, 3); break;                                         \
-                case 4: FASTNAIVE_LIST(SUFFIX, 4); break;                                         \
-                case 5: FASTNAIVE_LIST(SUFFIX, 5); break;                                         \
-                case 6: FASTNAIVE_LIST(SUFFIX, 6); break;                                         \
-                case 7: FASTNAIVE_LIST(SUFFIX, 7); break;                                         \
-                case 8: FASTNAIVE_LIST(SUFFIX, 8); break;                                         \
-                case 9: FASTNAIVE_LIST(SUFFIX, 9); break;                                         \
-                case 10: FASTNAIVE_LIST(SUFFIX, 10); break;                                       \
-                case 11: FASTNAIVE_LIST(SUFFIX, 11); break;                                       \
-                case 12: FASTNAIVE_LIST(SUFFIX, 12); break;                                       \
-                case 13: FASTNAIVE_LIST(SUFFIX, 13); break;                                       \
-                case 14: FASTNAIVE_LIST(SUFFIX, 14); break;                                       \
-                default: FASTNAIVE_LIST(SUFFIX, 15); break;                                       \
+                case 1: LIST(SUFFIX, 1); break;                                                   \
+                case 2: LIST(SUFFIX, 2); break;                                                   \
+                case 3: LIST(SUFFIX, 3); break;                                                   \
+                case 4: LIST(SUFFIX, 4); break;                                                   \
+                case 5: LIST(SUFFIX, 5); break;                                                   \
+                case 6: LIST(SUFFIX, 6); break;                                                   \
+                case 7: LIST(SUFFIX, 7); break;                                                   \
+                case 8: LIST(SUFFIX, 8); break;                                                   \
+                case 9: LIST(SUFFIX, 9); break;                                                   \
+                case 10: LIST(SUFFIX, 10); break;                                                 \
+                case 11: LIST(SUFFIX, 11); break;                                                 \
+                case 12: LIST(SUFFIX, 12); break;                                                 \
+                case 13: LIST(SUFFIX, 13); break;                                                 \
+                case 14: LIST(SUFFIX, 14); break;                                                 \
+                default: LIST(SUFFIX, 15); break;                                                 \
                 }                                                                                 \
             }                                                                                     \
             for (r = 0; r < lines; r++) {                                                         \
@@ -202,7 +241,7 @@ FASTNAIVE_INLINE TARGET void fastnaive_grouped_body_##SUFFIX(                   
     }                                                                                             \
 }                                                                                                 \
                                                                                                   \
-static TARGET void fastnaive_grouped_product_##SUFFIX(                                            \
+FASTNAIVE_INLINE TARGET void fastnaive_grouped_run_##SUFFIX(                                      \
     ptrdiff_t n_groups, const int *starts, const int *index, const T *quads,                      \
     const T *B, ptrdiff_t ldb, const T *bias, const T *scales, T alpha, T beta, int relu,         \
     T *out, ptrdiff_t ldo, ptrdiff_t n_out, ptrdiff_t j0, ptrdiff_t j1)                           \
@@ -215,11 +254,57 @@ static TARGET void fastnaive_grouped_product_##SUFFIX(                          
                                         alpha, beta, relu, out, ldo, n_out, j0, j1, 0);           \
 }
 
+/* Defines fastnaive_grouped_product_SUFFIX (see FASTNAIVE_GROUPED_BODY_DEFINE) with all four
+ * lines' sums of a tile in registers. */
+#define FASTNAIVE_GROUPED_DEFINE(T, SUFFIX, TARGET, VBYTES, NV)                                   \
+FASTNAIVE_GROUPED_BODY_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, FASTNAIVE_LIST)                      \
+                                                                                                  \
+static TARGET void fastnaive_grouped_product_##SUFFIX(                                            \
+    ptrdiff_t n_groups, const int *starts, const int *index, const T *quads,                      \
+    const T *B, ptrdiff_t ldb, const T *bias, const T *scales, T alpha, T beta, int relu,         \
+    T *out, ptrdiff_t ldo, ptrdiff_t n_out, ptrdiff_t j0, ptrdiff_t j1)                           \
+{                                                                                                 \
+    fastnaive_grouped_run_##SUFFIX(n_groups, starts, index, quads, B, ldb, bias, scales, alpha,   \
+                                   beta, relu, out, ldo, n_out, j0, j1);                          \
+}
+
+/* Defines fastnaive_grouped_product_SUFFIX as FASTNAIVE_GROUPED_DEFINE's, for vectors of
+ * VBYTES bytes where the registers hold fewer sums than four lines of a wide tile (AVX2's 16):
+ * tiles of NV vectors per line, their sums kept in memory (L1) between the lists, and each
+ * list run in passes over as many of a tile's vectors as its pattern's lines leave
+ * registers for: all NV for one line, NV / 2 for two, NV / 4 for three or four. A list of
+ * one line thus keeps NV independent sums in flight, where a tile of two vectors per line
+ * would keep two, each quad's FMAs waiting on the previous quad's (the FMA's latency, four
+ * cycles, for two of them). Every sum takes the same quads in the same order as in
+ * FASTNAIVE_GROUPED_DEFINE's (the same bits; only alpha * sum + beta * out may round apart,
+ * as the compiler forms its fused multiply-add); the columns past the last whole tile go to
+ * NARROW, FASTNAIVE_GROUPED_DEFINE's product. Tiles are 256 bytes, as AVX-512's, so every
+ * block of columns the threads split (at multiples of 256 bytes) is whole tiles. */
+#define FASTNAIVE_WIDE_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, NARROW)                              \
+FASTNAIVE_GROUPED_BODY_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, FASTNAIVE_WIDE_LIST)                 \
+                                                                                                  \
+static TARGET void fastnaive_grouped_product_##SUFFIX(                                            \
+    ptrdiff_t n_groups, const int *starts, const int *index, const T *quads,                      \
+    const T *B, ptrdiff_t ldb, const T *bias, const T *scales, T alpha, T beta, int relu,         \
+    T *out, ptrdiff_t ldo, ptrdiff_t n_out, ptrdiff_t j0, ptrdiff_t j1)                           \
+{                                                                                                 \
+    enum { TILE = NV * VBYTES / sizeof(T) };                                                      \
+    const ptrdiff_t wide = j0 + (j1 - j0) / TILE * TILE;                                          \
+    if (wide > j0)                                                                                \
+        fastnaive_grouped_run_##SUFFIX(n_groups, starts, index, quads, B, ldb, bias, scales,      \
+                                       alpha, beta, relu, out, ldo, n_out, j0, wide);             \
+    if (wide < j1)                                                                                \
+        fastnaive_grouped_product_##NARROW(n_groups, starts, index, quads, B, ldb, bias, scales,  \
+                                           alpha, beta, relu, out, ldo, n_out, wide, j1);         \
+}
+
 #if FASTNAIVE_X86_DISPATCH
 FASTNAIVE_GROUPED_DEFINE(float, f_avx512, FASTNAIVE_AVX512, 64, 4)
 FASTNAIVE_GROUPED_DEFINE(double, d_avx512, FASTNAIVE_AVX512, 64, 4)
-FASTNAIVE_GROUPED_DEFINE(float, f_avx2, FASTNAIVE_AVX2, 32, 2)
-FASTNAIVE_GROUPED_DEFINE(double, d_avx2, FASTNAIVE_AVX2, 32, 2)
+FASTNAIVE_GROUPED_DEFINE(float, f_avx2_vector, FASTNAIVE_AVX2, 32, 2)
+FASTNAIVE_GROUPED_DEFINE(double, d_avx2_vector, FASTNAIVE_AVX2, 32, 2)
+FASTNAIVE_WIDE_DEFINE(float, f_avx2, FASTNAIVE_AVX2, 32, 8, f_avx2_vector)
+FASTNAIVE_WIDE_DEFINE(double, d_avx2, FASTNAIVE_AVX2, 32, 8, d_avx2_vector)
 #endif
 FASTNAIVE_GROUPED_DEFINE(float, f_baseline, , 16, 2)
 FASTNAIVE_GROUPED_DEFINE(double, d_baseline, , 16, 2)
