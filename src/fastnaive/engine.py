@@ -65,8 +65,8 @@ __all__ = ["Step", "step_for"]
 # run on (fastnaive._sparse.instruction_set(); the BLAS's kernels are as wide). Measured by
 # benchmarks/crossover.py, the book's first layer on Fashion-MNIST thinned or filled, at 1 and
 # 2 threads (sparse / dense time, 1 thread; 2 threads): AVX-512 0.88, 0.93 at 50% and 1.06,
-# 1.06 at 60%; AVX2 (Zen 4 held to AVX2) 0.92, 0.95 at 50% and 1.08, 1.08 at 60%; SSE 0.94,
-# 0.84 at 50% and 1.13, 1.08 at 60%.
+# 1.06 at 60%; AVX2 (Zen 4 held to AVX2, one thread: its two-thread rounds crossed placements)
+# 0.88 at 50% and 1.02 at 60%; SSE 0.94, 0.84 at 50% and 1.13, 1.08 at 60%.
 SPARSE_MAX_DENSITY = {"avx512": 0.55, "avx2": 0.55, "baseline": 0.55}
 # Within MEASURED_BAND of that limit (Fashion-MNIST's 49.8% on every instruction set), a
 # training Step times both kernels of its first layer, forward and weight gradient, on a
