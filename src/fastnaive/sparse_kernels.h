@@ -79,15 +79,17 @@ FASTNAIVE_INLINE TARGET void fastnaive_list_##SUFFIX(                           
     fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV])                                              \
 {                                                                                                 \
     typedef fastnaive_vec_##SUFFIX V;                                                             \
-    int p, q, r;                                                                                  \
-    for (p = p0; p < p1; p++) {                                                                   \
-        const V *src = (const V *)(B + (ptrdiff_t)index[p] * ldb);                                \
+    const int *at = index + p0, *end = index + p1;                                                \
+    const T *values = quads + (ptrdiff_t)FASTNAIVE_GROUP * p0;                                    \
+    int q, r;                                                                                     \
+    for (; at < end; at++, values += FASTNAIVE_GROUP) {                                           \
+        const V *src = (const V *)(B + (ptrdiff_t)*at * ldb);                                     \
         V x[NV];                                                                                  \
         for (q = 0; q < NV; q++)                                                                  \
             x[q] = src[q];                                                                        \
         for (r = 0; r < FASTNAIVE_GROUP; r++)                                                     \
             if (pattern & (1 << r)) {                                                             \
-                const T v = quads[FASTNAIVE_GROUP * p + r];                                       \
+                const T v = values[r];                                                            \
                 for (q = 0; q < NV; q++)                                                          \
                     acc[r][q] += v * x[q];                                                        \
             }                                                                                     \
@@ -103,21 +105,23 @@ FASTNAIVE_INLINE TARGET void fastnaive_wide_list_##SUFFIX(                      
     typedef fastnaive_vec_##SUFFIX V;                                                             \
     const int lines = __builtin_popcount(pattern);                                                \
     const int step = lines == 1 ? NV : lines == 2 ? NV / 2 : NV / 4;                              \
-    int h, p, q, r;                                                                               \
+    int h, q, r;                                                                                  \
     for (h = 0; h < NV; h += step) {                                                              \
         V sums[FASTNAIVE_GROUP][NV];                                                              \
         for (r = 0; r < FASTNAIVE_GROUP; r++)                                                     \
             if (pattern & (1 << r))                                                               \
                 for (q = 0; q < step; q++)                                                        \
                     sums[r][q] = acc[r][h + q];                                                   \
-        for (p = p0; p < p1; p++) {                                                               \
-            const V *src = (const V *)(B + (ptrdiff_t)index[p] * ldb) + h;                        \
+        const int *at = index + p0, *end = index + p1;                                            \
+        const T *values = quads + (ptrdiff_t)FASTNAIVE_GROUP * p0;                                \
+        for (; at < end; at++, values += FASTNAIVE_GROUP) {                                       \
+            const V *src = (const V *)(B + (ptrdiff_t)*at * ldb) + h;                             \
             V x[NV];                                                                              \
             for (q = 0; q < step; q++)                                                            \
                 x[q] = src[q];                                                                    \
             for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
                 if (pattern & (1 << r)) {                                                         \
-                    const T v = quads[FASTNAIVE_GROUP * p + r];                                   \
+                    const T v = values[r];                                                        \
                     for (q = 0; q < step; q++)                                                    \
                         sums[r][q] += v * x[q];                                                   \
                 }                                                                                 \
