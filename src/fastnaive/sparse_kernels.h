@@ -73,30 +73,39 @@
 typedef T fastnaive_vec_##SUFFIX                                                                  \
     __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias));                          \
                                                                                                   \
-/* acc[r] += quad[r] * B[index, 0:NV vectors] for each quad of a list of pattern `pattern`. */   \
-FASTNAIVE_INLINE TARGET void fastnaive_list_##SUFFIX(                                             \
-    int pattern, int p0, int p1, const int *index, const T *quads, const T *B, ptrdiff_t ldb,     \
-    fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV])                                              \
+/* acc[r][q] += quad[r] * B[index, h + q] for q < width, each quad of the list [p0, p1) of        \
+ * pattern `pattern` (width and h constants where inlined, acc then in registers). */             \
+FASTNAIVE_INLINE TARGET void fastnaive_quads_##SUFFIX(                                            \
+    int pattern, int h, int width, int p0, int p1, const int *index, const T *quads,              \
+    const T *B, ptrdiff_t ldb, fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV])                   \
 {                                                                                                 \
     typedef fastnaive_vec_##SUFFIX V;                                                             \
     const int *at = index + p0, *end = index + p1;                                                \
     const T *values = quads + (ptrdiff_t)FASTNAIVE_GROUP * p0;                                    \
     int q, r;                                                                                     \
     for (; at < end; at++, values += FASTNAIVE_GROUP) {                                           \
-        const V *src = (const V *)(B + (ptrdiff_t)*at * ldb);                                     \
+        const V *src = (const V *)(B + (ptrdiff_t)*at * ldb) + h;                                 \
         V x[NV];                                                                                  \
-        for (q = 0; q < NV; q++)                                                                  \
+        for (q = 0; q < width; q++)                                                               \
             x[q] = src[q];                                                                        \
         for (r = 0; r < FASTNAIVE_GROUP; r++)                                                     \
             if (pattern & (1 << r)) {                                                             \
                 const T v = values[r];                                                            \
-                for (q = 0; q < NV; q++)                                                          \
+                for (q = 0; q < width; q++)                                                       \
                     acc[r][q] += v * x[q];                                                        \
             }                                                                                     \
     }                                                                                             \
 }                                                                                                 \
                                                                                                   \
-/* The same, acc in memory: in passes over as many of its vectors as the pattern's lines     \
+/* A list's loop, all four lines' sums of the tile in registers. */                               \
+FASTNAIVE_INLINE TARGET void fastnaive_list_##SUFFIX(                                             \
+    int pattern, int p0, int p1, const int *index, const T *quads, const T *B, ptrdiff_t ldb,     \
+    fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV])                                              \
+{                                                                                                 \
+    fastnaive_quads_##SUFFIX(pattern, 0, NV, p0, p1, index, quads, B, ldb, acc);                  \
+}                                                                                                 \
+                                                                                                  \
+/* The same, acc in memory: in passes over as many of its vectors as the pattern's lines          \
  * leave registers for (FASTNAIVE_WIDE_DEFINE). */                                                \
 FASTNAIVE_INLINE TARGET void fastnaive_wide_list_##SUFFIX(                                        \
     int pattern, int p0, int p1, const int *index, const T *quads, const T *B, ptrdiff_t ldb,     \
@@ -112,20 +121,7 @@ FASTNAIVE_INLINE TARGET void fastnaive_wide_list_##SUFFIX(                      
             if (pattern & (1 << r))                                                               \
                 for (q = 0; q < step; q++)                                                        \
                     sums[r][q] = acc[r][h + q];                                                   \
-        const int *at = index + p0, *end = index + p1;                                            \
-        const T *values = quads + (ptrdiff_t)FASTNAIVE_GROUP * p0;                                \
-        for (; at < end; at++, values += FASTNAIVE_GROUP) {                                       \
-            const V *src = (const V *)(B + (ptrdiff_t)*at * ldb) + h;                             \
-            V x[NV];                                                                              \
-            for (q = 0; q < step; q++)                                                            \
-                x[q] = src[q];                                                                    \
-            for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
-                if (pattern & (1 << r)) {                                                         \
-                    const T v = values[r];                                                        \
-                    for (q = 0; q < step; q++)                                                    \
-                        sums[r][q] += v * x[q];                                                   \
-                }                                                                                 \
-        }                                                                                         \
+        fastnaive_quads_##SUFFIX(pattern, h, step, p0, p1, index, quads, B, ldb, sums);           \
         for (r = 0; r < FASTNAIVE_GROUP; r++)                                                     \
             if (pattern & (1 << r))                                                               \
                 for (q = 0; q < step; q++)                                                        \
