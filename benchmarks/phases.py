@@ -2,7 +2,10 @@
 (or --layers, --optimizer), each phase of its steps timed (the public methods of
 fastnaive.engine.Step that Step.train runs: forward, the loss and its gradient, backward,
 the overflow bound, commit with the fused update; gather where fit shuffles), at 1 and 2
-threads, the thread counts alternating epoch by epoch in one process.
+threads, the thread counts alternating epoch by epoch in one process. fit runs the phases
+before commit in one compiled call (Program.train); here they run one call each
+(Step.compiled_passes off), so that each can be timed: "train" is then a few microseconds
+longer than in fit.
 
 Run from the repository root, with FASTNAIVE_DATA naming a folder holding mnist.npz:
 
@@ -34,7 +37,7 @@ PHASES = (
     "loss_and_hits",
     "backward",
     "fused_bound",
-    "rule_bound",
+    "gradient_bound",
     "commit",
     "train",
 )
@@ -85,6 +88,7 @@ def main(argv=None):
     trips = []
     current = collections.defaultdict(list)
     originals = clock_phases(current)
+    engine.Step.compiled_passes = False
     try:
         for epoch in range(epochs + 1):  # the first epoch of each warms up, untimed
             for n_threads in threads:
@@ -111,6 +115,7 @@ def main(argv=None):
                     for name, values in current.items():
                         times[n_threads][name].extend(values)
     finally:
+        engine.Step.compiled_passes = True
         for name, method in originals.items():
             setattr(engine.Step, name, method)
 

@@ -6,7 +6,7 @@ import pytest
 from helpers import EXPECTED_RECEIVED, assert_close, read_only
 
 import fastnaive
-from fastnaive import _activations, _kernels, _program, _sparse, reference
+from fastnaive import _activations, _kernels, _losses, _program, _sparse, reference
 from fastnaive.callbacks import LambdaCallback
 
 N_SAMPLES, N_FEATURES, N_HIDDEN, N_CLASSES = 13, 22, 9, 4
@@ -352,6 +352,51 @@ def test_gradient_bound_bounds_the_gradients(dtype, rng):
     assert max(np.abs(g).max() for g in gradients) <= bound
 
 
+@pytest.mark.parametrize("scale", [-0.5, None], ids=["fused", "rule"])
+@pytest.mark.parametrize("first", FIRST.values(), ids=FIRST.keys())
+def test_train_is_the_passes_it_stands_for(first, scale, dtype, rng):
+    """train: the training forward, the loss into the last deltas, backward without
+    gradients and the update's bound (fused_bound with a scale, gradient_bound without),
+    bit for bit as the separate calls give them, with the penalty added to the loss."""
+    n = N_SAMPLES - 2
+    x = sparse_inputs(rng, dtype, n)
+    labels = rng.integers(0, N_CLASSES, n).astype(np.intp)
+    weights = rng.uniform(0.5, 2, n).astype(dtype)
+    separate, together = (program_for(two_layers(dtype, l2=0.1), dtype, first) for _ in range(2))
+    program, outputs, deltas, _ = separate
+    program.forward(x, n, training=True, first_row=3, iteration=7)
+    loss, hits = _losses.loss_and_hits(
+        _losses.SPARSE_CATEGORICAL, outputs[1][:n], labels, deltas[1][:n], weights, 0.25
+    )
+    program.backward(x, n, False, 3, 7)
+    if scale is None:
+        bound = program.gradient_bound(x, n, 2.0, 1.0)
+    else:
+        bound = program.fused_bound(x, n, scale, 2.0, 1.0)
+
+    program, outputs_, deltas_, _ = together
+    got = program.train(
+        x, n, _losses.SPARSE_CATEGORICAL, labels, weights, 0.25, 0.125, 3, 7, scale, 2.0, 1.0
+    )
+    assert got == (loss + 0.125, hits, bound)
+    for a, b in zip(outputs + deltas, outputs_ + deltas_, strict=True):
+        np.testing.assert_array_equal(a[:n], b[:n])
+
+
+def test_train_stops_at_a_loss_that_is_not_finite(rng):
+    """A NaN in the inputs: train returns the loss with no bound, before the backward pass."""
+    program, _, deltas, _ = program_for(two_layers("float32"), "float32", _program.FIRST_DENSE)
+    x = sparse_inputs(rng, "float32")
+    x[2, 3] = np.nan
+    deltas[0].fill(7)
+    labels = np.zeros(N_SAMPLES, np.intp)
+    loss, _, bound = program.train(
+        x, N_SAMPLES, _losses.SPARSE_CATEGORICAL, labels, None, 1.0, 0.0, 0, 0, -1.0, 1.0, 1.0
+    )
+    assert np.isnan(loss) and bound is None
+    assert (deltas[0] == 7).all()
+
+
 ADAM = (_kernels.ADAM_RULE, 0.0, 0.0, 0.01, 0.1, 0.001, 1e-7)
 BAD_CALLS = {
     "more rows than the capacity": lambda p, x: p.forward(x, N_SAMPLES + 1),
@@ -381,6 +426,26 @@ BAD_CALLS = {
     "state of one layer": lambda p, x: p.apply_rule(
         x, N_SAMPLES, ADAM, zero_state(two_layers("float32")[:1], 2)
     ),
+    "labels of other rows": lambda p, x: p.train(
+        x, N_SAMPLES, 0, np.zeros(N_SAMPLES - 1, np.intp), None, 1.0, 0.0, 0, 0, -1.0, 1.0, 1.0
+    ),
+    "sample weights of other rows": lambda p, x: p.train(
+        x,
+        N_SAMPLES,
+        0,
+        np.zeros(N_SAMPLES, np.intp),
+        np.ones(2, "float32"),
+        1.0,
+        0.0,
+        0,
+        0,
+        -1.0,
+        1.0,
+        1.0,
+    ),
+    "a loss of no code": lambda p, x: p.train(
+        x, N_SAMPLES, 9, np.zeros(N_SAMPLES, np.intp), None, 1.0, 0.0, 0, 0, -1.0, 1.0, 1.0
+    ),
 }
 
 
@@ -406,6 +471,7 @@ def test_training_sweeps_need_training_buffers(rng):
         lambda: program.backward(x, 5, False),
         lambda: program.fused_bound(x, 5, 1.0, 1.0, 1.0),
         lambda: program.apply(x, 5, 1.0),
+        lambda: program.train(x, 5, 0, np.zeros(5, np.intp), None, 1.0, 0.0, 0, 0, 1.0, 1.0, 1.0),
     ):
         with pytest.raises(ValueError, match=EXPECTED_RECEIVED):
             call()

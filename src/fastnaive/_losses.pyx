@@ -346,8 +346,17 @@ def loss_and_hits(int code, const floating[:, ::1] logits, targets, floating[:, 
     code: SPARSE_CATEGORICAL (targets: class indices, intp, (n,)), CATEGORICAL, BINARY or
     MEAN_SQUARED (targets: (n, k), of logits' dtype); n_threads: the most threads to use
     (the results are the same at any number)."""
+    return checked_loss_and_hits(code, logits, targets, grad_out, sample_weight, scale,
+                                 n_threads, count)
+
+
+cdef tuple checked_loss_and_hits(int code, const floating[:, ::1] logits, object targets,
+                                 floating[:, ::1] grad_out, const floating[::1] sample_weight,
+                                 object scale, int n_threads, bint count):
+    """loss_and_hits, for the compiled callers (fastnaive._program) as well"""
     cdef const Py_ssize_t[::1] labels = None
     cdef const floating[:, ::1] t = None
+    cdef Py_ssize_t rows
     if not SPARSE_CATEGORICAL_CODE <= code <= MEAN_SQUARED_CODE:
         raise ValueError(f"Expected code in [{SPARSE_CATEGORICAL_CODE}, "
                          f"{MEAN_SQUARED_CODE}]. Received: code={code}")

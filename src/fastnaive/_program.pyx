@@ -12,6 +12,7 @@
 # write are in range by construction, so they reach the sparse products unchecked. The GIL
 # is released around each kernel.
 from cython cimport floating
+from libc.math cimport isfinite
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
 from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport (RULE_ADAM, RULE_MOMENTUM, RULE_NESTEROV, Rule, dense_forward,
                                  dense_input_grad, dense_param_grad, max_abs)
+from fastnaive._losses cimport checked_loss_and_hits
 from fastnaive._sparse cimport (NARROW_MAX, checked_cut, feature_parts, group_and_forward,
                                 group_lines, n_groups, narrow_forward, narrow_input_grad,
                                 narrow_param_grad, sparse_param_grad, starts_length)
@@ -262,6 +264,28 @@ cdef class Program:
         else:
             backward_sweep[float](self, x, n, gradients, first_row, iteration, layer_ready,
                                   flat, bounds, max(n_threads, 1))
+
+    def train(self, x, Py_ssize_t n, int loss_code, targets, sample_weight, double loss_scale,
+              double penalty, Py_ssize_t first_row, long long iteration, scale,
+              double weight_bound, double input_bound, int n_threads=1):
+        """A training step's passes before its update (Step.train), in one call: forward(x,
+        n, training=True, ...), the loss `loss_code` of the last outputs against `targets`
+        (fastnaive._losses.loss_and_hits, scaled by loss_scale, with sample_weight or None)
+        into the last deltas; then, unless that loss plus `penalty` is not finite, backward
+        without gradients and the update's bound: fused_bound(scale) or, with scale None,
+        gradient_bound. Return (loss + penalty, hits, bound), bound None after a loss that
+        is not finite."""
+        self.check(x, n, first_row, True)
+        if self.first == FIRST_EXTERNAL:
+            raise ValueError("Expected a Program that computes its first layer's products. "
+                             "Received: first=FIRST_EXTERNAL")
+        if self.is_double:
+            return train_sweep[double](self, x, n, loss_code, targets, sample_weight,
+                                       loss_scale, penalty, first_row, iteration, scale,
+                                       weight_bound, input_bound, max(n_threads, 1))
+        return train_sweep[float](self, x, n, loss_code, targets, sample_weight, loss_scale,
+                                  penalty, first_row, iteration, scale, weight_bound,
+                                  input_bound, max(n_threads, 1))
 
     def fused_bound(self, x, Py_ssize_t n, double scale, double weight_bound,
                     double input_bound):
@@ -571,6 +595,28 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
                 if measured and not gradients and peaks[0] >= 0:
                     p.input_peaks[i], p.delta_peaks[i - 1] = peaks[0], peaks[1]
     return 0
+
+
+cdef tuple train_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, int loss_code,
+                       object targets, const floating[::1] sample_weight, double loss_scale,
+                       double penalty, Py_ssize_t first_row, long long iteration, object scale,
+                       double weight_bound, double input_bound, int n_threads):
+    cdef floating[:, ::1] logits = p.outputs[p.n_layers - 1]
+    cdef floating[:, ::1] delta = p.deltas[p.n_layers - 1]
+    cdef floating[:, ::1] no_out = None
+    cdef const floating[:, ::1] grouped = x if p.first == FIRST_SPARSE else None
+    cdef double step_scale = 0 if scale is None else scale
+    cdef list l2
+    forward_sweep(p, x, n, True, False, first_row, iteration, no_out, False, n_threads)
+    loss, hits = checked_loss_and_hits(loss_code, logits[:n], targets, delta[:n], sample_weight,
+                                       loss_scale, n_threads, True)
+    loss += penalty
+    if not isfinite(loss):
+        return loss, hits, None
+    backward_sweep(p, x, n, False, first_row, iteration, None, None, None, n_threads)
+    l2 = [float(layer.l2) for layer in p.layers]
+    bound = bound_sweep(p, grouped, n, step_scale, weight_bound, input_bound, l2, scale is None)
+    return loss, hits, bound
 
 
 cdef double bound_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, double scale,

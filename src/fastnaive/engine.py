@@ -118,6 +118,12 @@ class Step:
     pre-activations GELU's derivative reads, dropout's outputs).
     """
 
+    #: Whether train runs the passes before a fused update (the training forward, the loss,
+    #: backward and the update's bound) in one compiled call, Program.train, where it can
+    #: (no reducer, no scipy.sparse batch), rather than one call each (Step's methods of
+    #: those names, which benchmarks/phases.py times).
+    compiled_passes = True
+
     def __init__(self, model, capacity, x=None, *, optimizer=None, reducer=None, training=True):
         self.model, self.capacity, self.reducer = model, capacity, reducer
         self.signature = _signature(model)
@@ -541,29 +547,64 @@ class Step:
         n = x.shape[0]
         n_global = n if n_global is None else n_global
         update = self.current_update()
-        self.compiled()
+        program = self.compiled()
         x = self.layer_inputs(x)
         loss, correct = 0.0, 0
         penalty = self.penalty()
+        count = self.count_call
+        if self.reducer is None:
+            # The optimizer's step fused into the weight-gradient kernels: W := W + scale *
+            # X.T @ delta (SGD) or an element rule (momentum, Adam) on each block.
+            scale = update.gemm_scale
+            rule = None
+            if scale is None and not self.csr_input:
+                rule = update.rule(self.outputs[0].dtype)
+            if scale is not None or rule is not None:
+                weight_bound = self.current_weight_bound()
+                if n and not self.csr_input and self.compiled_passes:
+                    loss, correct, bound = program.train(
+                        x,
+                        n,
+                        self.loss.code,
+                        y,
+                        sample_weight,
+                        1.0 / n_global,
+                        penalty,
+                        first_row,
+                        self.iteration,
+                        scale,
+                        weight_bound,
+                        self.input_bound,
+                        self.n_threads,
+                    )
+                    if bound is None:
+                        return loss, correct
+                    calls = [(program.apply, (x, n, scale, self.n_threads))]
+                    if rule is not None:
+                        calls = [(program.apply_rule, (x, n, *rule, self.n_threads))]
+                else:
+                    if n:
+                        self.forward(x, training=True, first_row=first_row)
+                        loss, correct = self.loss_and_hits(y, sample_weight, 1.0 / n_global)
+                    loss += penalty
+                    if not math.isfinite(loss):
+                        return loss, correct
+                    calls = self.backward(x, scale, first_row, rule)
+                    if rule is None:
+                        bound = self.fused_bound(x, scale)
+                    else:
+                        bound = self.gradient_bound(x)
+                if rule is not None:
+                    change, state = update.change_bound(bound)
+                    bound = _largest(weight_bound + change, state, bound)
+                self.commit([*calls, *update.fused_calls(), count], bound, update)
+                return loss, correct
         if n:
             self.forward(x, training=True, first_row=first_row)
             loss, correct = self.loss_and_hits(y, sample_weight, 1.0 / n_global)
-        count = self.count_call
         if self.reducer is None:
             loss += penalty
             if not math.isfinite(loss):
-                return loss, correct
-            scale = update.gemm_scale
-            if scale is not None:
-                calls = self.backward(x, scale, first_row)
-                bound = self.fused_bound(x, scale)
-                self.commit([*calls, *update.fused_calls(), count], bound, update)
-                return loss, correct
-            rule = None if self.csr_input else update.rule(self.outputs[0].dtype)
-            if rule is not None:
-                calls = self.backward(x, first_row=first_row, rule=rule)
-                bound = self.rule_bound(x, update)
-                self.commit([*calls, *update.fused_calls(), count], bound, update)
                 return loss, correct
             self.backward(x, first_row=first_row)
         else:
@@ -605,17 +646,13 @@ class Step:
             inputs, x.shape[0], scale, self.current_weight_bound(), self.input_bound
         )
 
-    def rule_bound(self, x, update):
-        """The largest magnitude an element rule's step (Program.apply_rule) can leave in the
-        weights, the optimizer's state or the gradients, from the largest inputs and deltas;
-        the optimizer's state bounds advance (Update.change_bound)."""
+    def gradient_bound(self, x):
+        """An upper bound of |g| over the gradients an element rule's step (Program.apply_rule)
+        takes, from the largest inputs and deltas."""
         inputs = None if self.csr_input else x
-        weight_bound = self.current_weight_bound()
-        gradient_bound = self.program.gradient_bound(
-            inputs, x.shape[0], weight_bound, self.input_bound
+        return self.program.gradient_bound(
+            inputs, x.shape[0], self.current_weight_bound(), self.input_bound
         )
-        change, state = update.change_bound(gradient_bound)
-        return _largest(weight_bound + change, state, gradient_bound)
 
     def commit(self, calls, bound, update):
         """Run the step's writes, `calls`, as one sequence (fastnaive._kernels.run_calls).
