@@ -337,6 +337,30 @@ def test_set_state_continues_where_get_state_stopped(dtype, make):
         np.testing.assert_array_equal(weight, expected)
 
 
+@pytest.mark.parametrize("make", STATEFUL.values(), ids=STATEFUL.keys())
+def test_state_set_between_fused_steps_is_the_state_the_next_step_takes(make):
+    """one_training_step keeps a model's Step, with the optimizer's fused rule and its state
+    arrays, from call to call: after set_state between two calls, the next step continues
+    the state given, not the arrays the previous step used."""
+    x, y = make_data(32)
+    model, twin = make_model(), make_model()
+    optimizer, twin_optimizer = make(), make()
+    one_training_step(model, x, y, optimizer=optimizer)
+    for _ in range(3):  # the twin's own, other state
+        one_training_step(twin, x[::-1], y[::-1], optimizer=twin_optimizer)
+    twin_optimizer.set_state(optimizer.get_state())
+    twin.set_weights(model.get_weights())
+    one_training_step(model, x, y, optimizer=optimizer)
+    one_training_step(twin, x, y, optimizer=twin_optimizer)
+    for a, b in zip(twin.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    state, twin_state = optimizer.get_state(), twin_optimizer.get_state()
+    assert twin_state["iterations"] == state["iterations"] == 2
+    for slot, twin_slot in zip(state["slots"], twin_state["slots"], strict=True):
+        for a, b in zip(slot, twin_slot, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("restored", [False, True], ids=["new", "set_state"])
 def test_state_arrays_start_apart_from_their_weight_within_a_page(dtype, restored):
     """Adam's m and v start 1 and 2 KiB after their weight within a 4 KiB page, new or

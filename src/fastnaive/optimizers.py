@@ -95,6 +95,7 @@ class Optimizer:
         self._count = np.zeros(1, np.int64)
         self._slots = []
         self._unplaced = set()  # positions whose state arrays set_state gave
+        self._placements = 0  # counts the changes to _slots' arrays (Update.rule's cache)
         # Upper bounds of |state| per slot kind, advanced by change_bound.
         self._slot_bounds = [0.0] * 2
 
@@ -148,6 +149,7 @@ class Optimizer:
                     new[...] = old
             slot = self._slots[position] = placed
             self._unplaced.discard(position)
+            self._placements += 1
         return slot
 
     def get_state(self):
@@ -192,6 +194,7 @@ class Optimizer:
         self.iterations = int(iterations)
         self._slots = checked
         self._unplaced = set(range(len(checked)))
+        self._placements += 1
         self._slot_bounds = [
             max((_max_abs(slot[k]) for slot in checked if slot), default=0.0)
             if k < self.n_slots
@@ -297,11 +300,19 @@ class Adam(Optimizer):
         known = self._alphas.get(dtype)
         if known is not None and known[0] == key:
             return known[1]
-        t = dtype(key[0] + 1)
-        beta_1_power = dtype(np.float32(self.beta_1)) ** t
-        beta_2_power = dtype(np.float32(self.beta_2)) ** t
-        root = np.sqrt(dtype(1) - beta_2_power)
-        alpha = float(dtype(self.learning_rate) * root / (dtype(1) - beta_1_power))
+        if dtype is np.float64:
+            # Python's floats are doubles: the same operations (C's pow, a correctly rounded
+            # square root), the same bits, without NumPy's scalar overhead.
+            t = float(key[0] + 1)
+            beta_1_power = float(np.float32(self.beta_1)) ** t
+            beta_2_power = float(np.float32(self.beta_2)) ** t
+            alpha = self.learning_rate * math.sqrt(1.0 - beta_2_power) / (1.0 - beta_1_power)
+        else:
+            t = dtype(key[0] + 1)
+            beta_1_power = dtype(np.float32(self.beta_1)) ** t
+            beta_2_power = dtype(np.float32(self.beta_2)) ** t
+            root = np.sqrt(dtype(1) - beta_2_power)
+            alpha = float(dtype(self.learning_rate) * root / (dtype(1) - beta_1_power))
         self._alphas[dtype] = (key, alpha)
         return alpha
 
@@ -365,6 +376,7 @@ class Update:
         self.gradients, self.weights = gradients, weights
         self.atomic = isinstance(optimizer, Optimizer)
         self.pairs = checked_pairs(zip(gradients, weights)) if self.atomic else None
+        self._state = None  # (the optimizer's placements, its state arrays of `weights`)
 
     @property
     def gemm_scale(self):
@@ -379,10 +391,16 @@ class Update:
         (atomic optimizers with an element_rule), or None."""
         if not self.atomic:
             return None
-        rule = self.optimizer.element_rule(dtype)
+        optimizer = self.optimizer
+        rule = optimizer.element_rule(dtype)
         if rule is None:
             return None
-        return rule, self.optimizer.state_arrays(self.weights)
+        # The state arrays stay the same until the optimizer places others (set_state, a
+        # weight of another size at a position).
+        if self._state is None or self._state[0] != optimizer._placements:
+            arrays = optimizer.state_arrays(self.weights)
+            self._state = (optimizer._placements, arrays)
+        return rule, self._state[1]
 
     def fused_calls(self):
         """The kernel call that counts a step the gradient kernels applied (gemm_scale or
