@@ -3,6 +3,7 @@ resumes), CSVLogger, LearningRateScheduler, ReduceLROnPlateau, TerminateOnNaN, E
 baseline and start_from_epoch, stop_training after a batch, and Ctrl-C (TrainingInterrupted)
 through a real SIGINT to a real process."""
 
+import collections
 import csv
 import json
 import os
@@ -27,6 +28,7 @@ from fastnaive.callbacks import (
     ModelCheckpoint,
     ReduceLROnPlateau,
     TerminateOnNaN,
+    has_batch_hooks,
     writes_between_batches,
 )
 
@@ -129,6 +131,41 @@ class Duck:
 )
 def test_writes_between_batches_unless_no_batch_hook_or_declared_read_only(callback, expected):
     assert writes_between_batches(callback) is expected
+    assert has_batch_hooks(callback) is (expected or isinstance(callback, ReadOnlyBatchNotes))
+
+
+class CountsHookCalls(EpochNotes):
+    """Epoch hooks of its own, and a count of the calls to any hook."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = collections.Counter()
+
+    def __getattribute__(self, name):
+        value = object.__getattribute__(self, name)
+        if not name.startswith("on_"):
+            return value
+        calls = object.__getattribute__(self, "calls")
+
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return value(*args, **kwargs)
+
+        counted.__func__ = getattr(value, "__func__", value)  # the hook it stands for
+        return counted
+
+
+def test_fit_calls_batch_hooks_only_of_callbacks_that_have_them():
+    """Callback's batch hooks do nothing: fit calls a callback's per batch only where it has
+    its own (a Keras model's CallbackList skips them too); a callback that has them gets
+    each batch's logs."""
+    quiet, ends = CountsHookCalls(), []
+    batches = LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(dict(logs)))
+    fit(make_model(), *make_data(50), 2, 16, callbacks=[quiet, batches], verbose=0)
+    assert quiet.calls["on_epoch_end"] == 2
+    assert not any("batch" in name for name in quiet.calls)
+    assert len(ends) == 8  # 50 samples in batches of 16, twice
+    assert all(set(logs) == {"loss", "accuracy", "batch_loss"} for logs in ends)
 
 
 @pytest.mark.parametrize(

@@ -100,17 +100,20 @@ class Callback:
 BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
 
 
-def writes_between_batches(callback):
-    """Whether `callback` may write the model's weights between two batches of an epoch: it
-    does not declare writes_weights False and one of its batch hooks is not Callback's no-op
-    (a callback of another kind counts as one that may)."""
-    if not getattr(callback, "writes_weights", True):
-        return False
+def has_batch_hooks(callback):
+    """Whether one of `callback`'s batch hooks is not Callback's no-op (a callback of another
+    kind counts as one that has): fit calls the batch hooks of those alone."""
     for name in BATCH_HOOKS:
         hook = getattr(callback, name, None)
         if getattr(hook, "__func__", hook) is not getattr(Callback, name):
             return True
     return False
+
+
+def writes_between_batches(callback):
+    """Whether `callback` may write the model's weights between two batches of an epoch: it
+    does not declare writes_weights False and has batch hooks (has_batch_hooks)."""
+    return bool(getattr(callback, "writes_weights", True)) and has_batch_hooks(callback)
 
 
 class LambdaCallback(Callback):

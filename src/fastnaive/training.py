@@ -13,7 +13,13 @@ from fastnaive import checkpoints, distributed, engine, keras_optimizers, optimi
 from fastnaive._validation import as_labels, positive_int
 from fastnaive._validation import path as checked_path
 from fastnaive._validation import seed as checked_seed
-from fastnaive.callbacks import BackupAndRestore, Callback, History, writes_between_batches
+from fastnaive.callbacks import (
+    BackupAndRestore,
+    Callback,
+    History,
+    has_batch_hooks,
+    writes_between_batches,
+)
 from fastnaive.network import Network
 from fastnaive.optimizers import SGD
 from fastnaive.sparse import as_model_inputs
@@ -632,6 +638,8 @@ def _run_epoch(group, run, step, order, callbacks, position, interrupts):
     epoch, model = position.epoch, run.model
     n_samples = x.shape[0]
     total_loss, correct, seen = 0.0, 0, 0
+    # Callback's batch hooks do nothing: a callback without its own is not called per batch.
+    callbacks = [callback for callback in callbacks if has_batch_hooks(callback)]
     for batch, start in enumerate(range(0, n_samples, batch_size)):
         for callback in callbacks:
             callback.on_train_batch_begin(batch, {})
@@ -652,10 +660,11 @@ def _run_epoch(group, run, step, order, callbacks, position, interrupts):
         total_loss += loss * (stop - start)
         correct += batch_correct
         seen += stop - start
-        logs = _logs(model, total_loss, correct, seen)
-        logs["batch_loss"] = loss
-        for callback in callbacks:
-            callback.on_train_batch_end(batch, logs)
+        if callbacks:
+            logs = _logs(model, total_loss, correct, seen)
+            logs["batch_loss"] = loss
+            for callback in callbacks:
+                callback.on_train_batch_end(batch, logs)
         if run.batch_writers:
             step.weights_changed()  # a callback may have written them
         if not math.isfinite(loss) and not model.stop_training:
