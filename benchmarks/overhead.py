@@ -1,9 +1,9 @@
 """The cost of a training step beyond its arithmetic: Python, dispatch, buffers, the
 overflow guard, the thread pool. A tiny model (16 features, 16 hidden units, 4 classes,
 batch 8) leaves almost nothing to compute, so its time per step is the overhead, for
-fastnaive.fit (the loop of every entry point), fastnaive.one_training_step (the book's
-per-batch API), and, side by side in the same run, PyTorch's eager step and a jit-compiled
-JAX step where they are installed.
+fastnaive.fit (the loop of every entry point; with SGD, momentum and Adam),
+fastnaive.one_training_step (the book's per-batch API), and, side by side in the same run,
+PyTorch's eager step and a jit-compiled JAX step (SGD) where they are installed.
 
 Run from the repository root:
 
@@ -45,18 +45,22 @@ def tiny_model():
 
 
 def fastnaive_trainers(x, y):
-    fit_model, step_model = tiny_model(), tiny_model()
+    step_model = tiny_model()
 
-    def fit_epoch():
-        fastnaive.fit(
-            fit_model, x, y, 1, BATCH, optimizer=fastnaive.optimizers.SGD(1e-3), verbose=0
-        )
+    def fit_epoch(optimizer):
+        model = tiny_model()
+        return lambda: fastnaive.fit(model, x, y, 1, BATCH, optimizer=optimizer, verbose=0)
 
     def step_epoch():
         for i in range(0, len(x), BATCH):
             fastnaive.one_training_step(step_model, x[i : i + BATCH], y[i : i + BATCH])
 
-    return {"fastnaive.fit": fit_epoch, "fastnaive.one_training_step": step_epoch}
+    return {
+        "fastnaive.fit": fit_epoch(fastnaive.optimizers.SGD(1e-3)),
+        "fastnaive.fit, momentum 0.9": fit_epoch(fastnaive.optimizers.SGD(1e-3, momentum=0.9)),
+        "fastnaive.fit, Adam": fit_epoch(fastnaive.optimizers.Adam(1e-3)),
+        "fastnaive.one_training_step": step_epoch,
+    }
 
 
 def torch_trainer(x, y):
@@ -130,8 +134,8 @@ def main(argv=None):
     trainers = {**fastnaive_trainers(x, y), **torch_trainer(x, y), **jax_trainer(x, y)}
     print(f"CPU: {workloads.cpu_description()}; {args.threads} thread(s)")
     print(
-        f"A tiny model ({FEATURES}-{HIDDEN}-{CLASSES}, batch {BATCH}, SGD), {steps} steps an "
-        f"epoch, median of {repeats}: microseconds per step\n"
+        f"A tiny model ({FEATURES}-{HIDDEN}-{CLASSES}, batch {BATCH}, SGD unless named), "
+        f"{steps} steps an epoch, median of {repeats}: microseconds per step\n"
     )
     rows = []
     with threadpool_limits(limits=args.threads):
