@@ -294,24 +294,18 @@ cdef class Program:
         bounds max |x|; where the training forward pass grouped this x (FIRST_SPARSE), the
         largest |x| it measured stands in if smaller (input_bound may then be inf)."""
         self.check(x, n, 0, True)
-        l2 = [float(layer.l2) for layer in self.layers]
-        grouped = x if self.first == FIRST_SPARSE else None
         if self.is_double:
-            return bound_sweep[double](self, grouped, n, scale, weight_bound, input_bound, l2,
-                                       False)
-        return bound_sweep[float](self, grouped, n, scale, weight_bound, input_bound, l2,
-                                  False)
+            return bound_sweep[double](self, x, n, scale, weight_bound, input_bound, False)
+        return bound_sweep[float](self, x, n, scale, weight_bound, input_bound, False)
 
     def gradient_bound(self, x, Py_ssize_t n, double weight_bound, double input_bound):
         """An upper bound of |g| over every layer's weight gradient X.T @ delta + 2 l2 W and
         bias gradient, from the largest inputs and deltas (what apply_rule feeds its rule);
         input_bound as fused_bound's."""
         self.check(x, n, 0, True)
-        l2 = [float(layer.l2) for layer in self.layers]
-        grouped = x if self.first == FIRST_SPARSE else None
         if self.is_double:
-            return bound_sweep[double](self, grouped, n, 0, weight_bound, input_bound, l2, True)
-        return bound_sweep[float](self, grouped, n, 0, weight_bound, input_bound, l2, True)
+            return bound_sweep[double](self, x, n, 0, weight_bound, input_bound, True)
+        return bound_sweep[float](self, x, n, 0, weight_bound, input_bound, True)
 
     def apply(self, x, Py_ssize_t n, double scale, int n_threads=1):
         """W := (1 + 2 scale l2) W + scale X.T @ delta, b := b + scale sum_rows(delta) in
@@ -604,9 +598,7 @@ cdef tuple train_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, int lo
     cdef floating[:, ::1] logits = p.outputs[p.n_layers - 1]
     cdef floating[:, ::1] delta = p.deltas[p.n_layers - 1]
     cdef floating[:, ::1] no_out = None
-    cdef const floating[:, ::1] grouped = x if p.first == FIRST_SPARSE else None
     cdef double step_scale = 0 if scale is None else scale
-    cdef list l2
     forward_sweep(p, x, n, True, False, first_row, iteration, no_out, False, n_threads)
     loss, hits = checked_loss_and_hits(loss_code, logits[:n], targets, delta[:n], sample_weight,
                                        loss_scale, n_threads, True)
@@ -614,23 +606,25 @@ cdef tuple train_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, int lo
     if not isfinite(loss):
         return loss, hits, None
     backward_sweep(p, x, n, False, first_row, iteration, None, None, None, n_threads)
-    l2 = [float(layer.l2) for layer in p.layers]
-    bound = bound_sweep(p, grouped, n, step_scale, weight_bound, input_bound, l2, scale is None)
+    bound = bound_sweep(p, x, n, step_scale, weight_bound, input_bound, scale is None)
     return loss, hits, bound
 
 
 cdef double bound_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, double scale,
-                        double weight_bound, double input_bound, list l2,
+                        double weight_bound, double input_bound,
                         bint gradients) except? -1:
-    """fused_bound's (gradients False) or gradient_bound's (True) bound"""
+    """fused_bound's (gradients False) or gradient_bound's (True) bound, for the batch x
+    (None for FIRST_EXTERNAL)"""
     cdef const floating[:, ::1] inputs, delta
     cdef Py_ssize_t i
     cdef double largest_input, largest_delta, sums, beta, reached, bound = 0
     cdef double rate = abs(scale)
+    cdef list l2 = [float(layer.l2) for layer in p.layers]
     for i in range(p.n_layers):
         largest_input = input_bound
-        if (i == 0 and p.input_peaks[0] >= 0 and x is not None and n
-                and p.columns_of == &x[0, 0] and p.columns_rows == x.shape[0]):
+        # Where the training forward pass grouped this x (FIRST_SPARSE), it measured max |x|.
+        if (i == 0 and p.first == FIRST_SPARSE and p.input_peaks[0] >= 0 and x is not None
+                and n and p.columns_of == &x[0, 0] and p.columns_rows == x.shape[0]):
             largest_input = min(input_bound, p.input_peaks[0])  # this batch's
         elif i and p.input_peaks[i] >= 0:
             largest_input = p.input_peaks[i]
