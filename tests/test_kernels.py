@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fastnaive import _blas, _kernels, _losses, _sparse, reference
+from fastnaive import _blas, _kernels, _losses, _sparse, engine, reference
 
 # The cross-entropy loss is accumulated in double whatever the logits' dtype.
 LOSS_TOLERANCE = TOLERANCES["float64"]
@@ -503,6 +503,25 @@ def test_scan_counts_the_nonzeros_and_finds_the_largest_magnitude_at_any_thread_
         a.flat[rng.integers(a.size)] = np.nan
         nonzeros, peak = _kernels.scan_rows_checked(a, 2)
         assert (nonzeros, peak) == (np.count_nonzero(a), np.inf)
+
+
+def test_one_blas_thread_sets_each_openblas_to_one_and_restore_gives_back_its_count():
+    """A training call's BLAS policy (fastnaive.engine's pools): every OpenBLAS loaded on one
+    thread inside, its own count after, nested or not."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def counts():
+        return [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"]
+
+    pools = engine._blas_pools()
+    with threadpool_limits(limits=2, user_api="blas"):
+        outside = counts()
+        with pools:
+            assert set(counts()) <= {1}
+            with pools:
+                assert set(counts()) <= {1}
+            assert set(counts()) <= {1}
+        assert counts() == outside
 
 
 def test_run_calls_runs_each_kernel_in_order():

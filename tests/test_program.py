@@ -136,6 +136,34 @@ def test_fused_bound_bounds_the_update(dtype, rng):
     assert max(np.abs(w).max() for layer in layers for w in (layer.W, layer.b)) <= bound
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_weight_bound_is_the_largest_magnitude_of_the_weights(dtype, threads, rng):
+    """weight_bound: max |w| over every W and b, inf for a NaN or inf in any, read from the
+    live arrays at each call, the same on any number of threads, with a W small enough for
+    one thread and one large enough for several (the largest anywhere in it)."""
+    layers = [
+        fastnaive.NaiveDense(N_FEATURES, 12000, "relu", dtype=dtype, seed=0),
+        fastnaive.NaiveDense(12000, N_CLASSES, None, dtype=dtype, seed=1),
+    ]
+    codes = [_activations.RELU, _activations.LINEAR]
+    outputs = [np.empty((1, layer.output_size), dtype) for layer in layers]
+    none = [None, None]
+    program = _program.Program(layers, none, codes, codes, outputs, none, none, none)
+    arrays = [w for layer in layers for w in (layer.W, layer.b)]
+    for w in arrays:
+        w[...] = rng.normal(0, 1, w.shape)
+    for w in arrays:
+        for at in (0, w.size // 3, w.size - 1):
+            saved = w.flat[at]
+            w.flat[at] = -7.5
+            assert program.weight_bound(threads) == 7.5
+            for special in (np.nan, np.inf, -np.inf):
+                w.flat[at] = special
+                assert program.weight_bound(threads) == np.inf
+            w.flat[at] = saved
+    assert program.weight_bound(threads) == max(float(np.abs(w).max()) for w in arrays)
+
+
 def expected_fused_bound(input_bound, hidden, deltas, scale, weight_bound):
     """fused_bound's value in NumPy for a two-layer Program: per layer, the largest of
     n max|delta| max(max|input|, 1) and weight_bound + |scale| times it (input_bound

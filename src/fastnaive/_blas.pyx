@@ -37,6 +37,17 @@ cdef enum:
     TILE_MIN_PRODUCTS = 1 << 20
     TILE_MIN_WIDTH = 64
 
+# The thread-count functions (get, set) of the OpenBLAS libraries loaded in the process
+# (bind_thread_counts), which one_blas_thread and restore_blas_threads call.
+ctypedef int (*get_threads_t)() noexcept nogil
+ctypedef void (*set_threads_t)(int) noexcept nogil
+cdef enum:
+    MAX_THREAD_COUNTS = 8
+cdef get_threads_t thread_getters[MAX_THREAD_COUNTS]
+cdef set_threads_t thread_setters[MAX_THREAD_COUNTS]
+cdef int n_thread_libraries = 0
+MAX_THREAD_LIBRARIES = MAX_THREAD_COUNTS
+
 # The most blocks a GEMM is cut into: the processors this process may use, once.
 cdef Py_ssize_t max_tiles = 0
 
@@ -175,3 +186,45 @@ def gemm_checked(const floating[:, ::1] A, const floating[:, ::1] B, floating[:,
     load_blas()
     with nogil:
         gemm(trans_a, trans_b, alpha, A, B, beta, C)
+
+
+def bind_thread_counts(list functions):
+    """Hold the thread-count functions of the BLAS libraries to set: `functions` is a list
+    of (get, set) ctypes function pointers, int get(void) and void set(int), as OpenBLAS
+    exports them (openblas_get_num_threads, openblas_set_num_threads)."""
+    global n_thread_libraries
+    import ctypes
+    if len(functions) > MAX_THREAD_COUNTS:
+        raise ValueError(f"Expected at most {MAX_THREAD_COUNTS} libraries. "
+                         f"Received: {len(functions)}")
+    addresses = [(ctypes.cast(get, ctypes.c_void_p).value, ctypes.cast(put, ctypes.c_void_p).value)
+                 for get, put in functions]
+    if any(not get or not put for get, put in addresses):
+        raise ValueError("Expected function pointers. Received: a null one")
+    for i, (get, put) in enumerate(addresses):
+        thread_getters[i] = <get_threads_t><size_t>get
+        thread_setters[i] = <set_threads_t><size_t>put
+    n_thread_libraries = len(addresses)
+
+
+def one_blas_thread():
+    """Run every bound library (bind_thread_counts) on one thread; return the counts it had,
+    for restore_blas_threads."""
+    cdef int i, count
+    counts = []
+    for i in range(n_thread_libraries):
+        count = thread_getters[i]()
+        if count != 1:
+            thread_setters[i](1)
+        counts.append(count)
+    return counts
+
+
+def restore_blas_threads(list counts):
+    """Give every bound library the thread count one_blas_thread returned for it."""
+    cdef int i
+    if len(counts) != n_thread_libraries:
+        raise ValueError(f"Expected {n_thread_libraries} counts. Received: {len(counts)}")
+    for i in range(n_thread_libraries):
+        if thread_getters[i]() != counts[i]:
+            thread_setters[i](counts[i])

@@ -42,3 +42,4 @@ cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, 
 cdef void rule_step(const Rule* rule, int array, floating* g, Py_ssize_t start,
                     Py_ssize_t n) noexcept nogil
 cdef double max_abs(const floating* a, Py_ssize_t n) noexcept nogil
+cdef double max_abs_on(const floating* a, Py_ssize_t n, int n_threads) noexcept nogil

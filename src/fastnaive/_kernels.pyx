@@ -416,23 +416,51 @@ cdef double max_abs(const floating* a, Py_ssize_t n) noexcept nogil:
         return fastnaive_max_abs_d(a, n)
 
 
+cdef double max_abs_on(const floating* a, Py_ssize_t n, int n_threads) noexcept nogil:
+    """max_abs, in SCAN_CHUNKS parts on the threads where a is large (a maximum: the same at
+    any count), else on the calling thread (no parallel region)"""
+    cdef double peaks[SCAN_CHUNKS]
+    cdef Py_ssize_t c, chunks = SCAN_CHUNKS
+    cdef double peak = 0
+    if n_threads <= 1 or n < PARALLEL_MIN_ELEMENTS:
+        return max_abs(a, n)
+    for c in prange(chunks, num_threads=n_threads, schedule="static"):
+        peaks[c] = max_abs(a + n * c // chunks, n * (c + 1) // chunks - n * c // chunks)
+    for c in range(chunks):
+        peak = max(peak, peaks[c])
+    return peak
+
+
+cdef inline double scan_rows_from(const floating[:, ::1] a, const floating[::1] offsets,
+                                  Py_ssize_t i0, Py_ssize_t i1,
+                                  Py_ssize_t* nonzeros) noexcept nogil:
+    """max |a[i, j] - offsets[j]| over rows i0..i1, *nonzeros := the count of nonzero ones"""
+    nonzeros[0] = 0
+    if i1 <= i0:
+        return 0
+    if floating is float:
+        return fastnaive_scan_from_f(&a[i0, 0], &offsets[0], i1 - i0, a.shape[1], nonzeros)
+    else:
+        return fastnaive_scan_from_d(&a[i0, 0], &offsets[0], i1 - i0, a.shape[1], nonzeros)
+
+
 cdef double scan_from(const floating[:, ::1] a, const floating[::1] offsets,
                       Py_ssize_t* nonzeros, int n_threads) noexcept nogil:
-    """scan of the differences a[i, j] - offsets[j], by chunks of rows"""
+    """scan of the differences a[i, j] - offsets[j], by chunks of rows (on one thread, in
+    the calling one: no parallel region)"""
     cdef double peaks[SCAN_CHUNKS]
     cdef Py_ssize_t counts[SCAN_CHUNKS]
     cdef Py_ssize_t n = a.shape[0], k = a.shape[1]
-    cdef Py_ssize_t c, i0, i1, chunks = SCAN_CHUNKS if n * k >= PARALLEL_MIN_ELEMENTS else 1
+    cdef Py_ssize_t c, chunks = SCAN_CHUNKS if n * k >= PARALLEL_MIN_ELEMENTS else 1
     cdef double peak = 0
-    for c in prange(chunks, num_threads=n_threads, schedule="static",
-                    use_threads_if=n_threads > 1 and chunks > 1):
-        i0, i1 = n * c // chunks, n * (c + 1) // chunks
-        counts[c], peaks[c] = 0, 0
-        if i1 > i0:
-            if floating is float:
-                peaks[c] = fastnaive_scan_from_f(&a[i0, 0], &offsets[0], i1 - i0, k, &counts[c])
-            else:
-                peaks[c] = fastnaive_scan_from_d(&a[i0, 0], &offsets[0], i1 - i0, k, &counts[c])
+    if n_threads > 1 and chunks > 1:
+        for c in prange(chunks, num_threads=n_threads, schedule="static"):
+            peaks[c] = scan_rows_from(a, offsets, n * c // chunks, n * (c + 1) // chunks,
+                                      &counts[c])
+    else:
+        for c in range(chunks):
+            peaks[c] = scan_rows_from(a, offsets, n * c // chunks, n * (c + 1) // chunks,
+                                      &counts[c])
     nonzeros[0] = 0
     for c in range(chunks):
         nonzeros[0] += counts[c]
@@ -440,21 +468,30 @@ cdef double scan_from(const floating[:, ::1] a, const floating[::1] offsets,
     return peak
 
 
+cdef inline double scan_part(const floating* a, Py_ssize_t i0, Py_ssize_t i1,
+                             Py_ssize_t* nonzeros) noexcept nogil:
+    """max |a_i| over i0..i1, *nonzeros := the count of nonzero a_i there"""
+    if floating is float:
+        return fastnaive_scan_f(a + i0, i1 - i0, nonzeros)
+    else:
+        return fastnaive_scan_d(a + i0, i1 - i0, nonzeros)
+
+
 cdef double scan(const floating* a, Py_ssize_t n, Py_ssize_t* nonzeros,
                  int n_threads) noexcept nogil:
     """max_i |a_i| (inf when any a_i is NaN or infinite), *nonzeros := the count of a_i != 0;
-    in SCAN_CHUNKS parts on the threads (a maximum and a count: the same at any count)"""
+    in SCAN_CHUNKS parts on the threads (a maximum and a count: the same at any count), or
+    on one thread in the calling one (no parallel region)"""
     cdef double peaks[SCAN_CHUNKS]
     cdef Py_ssize_t counts[SCAN_CHUNKS]
-    cdef Py_ssize_t c, i0, i1, chunks = SCAN_CHUNKS if n >= PARALLEL_MIN_ELEMENTS else 1
+    cdef Py_ssize_t c, chunks = SCAN_CHUNKS if n >= PARALLEL_MIN_ELEMENTS else 1
     cdef double peak = 0
-    for c in prange(chunks, num_threads=n_threads, schedule="static",
-                    use_threads_if=n_threads > 1 and chunks > 1):
-        i0, i1 = n * c // chunks, n * (c + 1) // chunks
-        if floating is float:
-            peaks[c] = fastnaive_scan_f(a + i0, i1 - i0, &counts[c])
-        else:
-            peaks[c] = fastnaive_scan_d(a + i0, i1 - i0, &counts[c])
+    if n_threads > 1 and chunks > 1:
+        for c in prange(chunks, num_threads=n_threads, schedule="static"):
+            peaks[c] = scan_part(a, n * c // chunks, n * (c + 1) // chunks, &counts[c])
+    else:
+        for c in range(chunks):
+            peaks[c] = scan_part(a, n * c // chunks, n * (c + 1) // chunks, &counts[c])
     nonzeros[0] = 0
     for c in range(chunks):
         nonzeros[0] += counts[c]
@@ -731,3 +768,4 @@ def run_calls(list calls):
     """
     for function, arguments in calls:
         function(*arguments)
+

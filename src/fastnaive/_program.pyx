@@ -20,7 +20,8 @@ from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
                                      activation_backward, dropout)
 from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport (RULE_ADAM, RULE_MOMENTUM, RULE_NESTEROV, Rule, dense_forward,
-                                 dense_input_grad, dense_param_grad, max_abs)
+                                 dense_input_grad, dense_param_grad, max_abs,
+                                 max_abs_on)
 from fastnaive._losses cimport checked_loss_and_hits
 from fastnaive._sparse cimport (NARROW_MAX, checked_cut, feature_parts, group_and_forward,
                                 group_lines, n_groups, narrow_forward, narrow_input_grad,
@@ -287,6 +288,13 @@ cdef class Program:
                                   penalty, first_row, iteration, scale, weight_bound,
                                   input_bound, max(n_threads, 1))
 
+    def weight_bound(self, int n_threads=1):
+        """max |w| over every layer's W and b, the overflow guard's bound of the weights (inf
+        when any is NaN or infinite), in one call (a large W on n_threads)."""
+        if self.is_double:
+            return weights_peak[double](self, 0, max(n_threads, 1))
+        return weights_peak[float](self, 0, max(n_threads, 1))
+
     def fused_bound(self, x, Py_ssize_t n, double scale, double weight_bound,
                     double input_bound):
         """The largest magnitude apply(x, n, scale) can leave in a weight or reach in its
@@ -375,6 +383,20 @@ cdef class Program:
                 views.append(held_view(a, self.is_double))
         self.state_arrays, self.state_views = arrays, views
         return 0
+
+
+cdef double weights_peak(Program p, floating kind, int n_threads):
+    """Program.weight_bound in the dtype of `kind` (its value unused)"""
+    cdef const floating[:, ::1] W
+    cdef const floating[::1] b
+    cdef Py_ssize_t i
+    cdef double peak = 0
+    for i in range(p.n_layers):
+        W, b = p.weights[i], p.biases[i]
+        with nogil:
+            peak = max(peak, max_abs_on(&W[0, 0], W.shape[0] * W.shape[1], n_threads),
+                       max_abs(&b[0], b.shape[0]))
+    return peak
 
 
 cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint training,

@@ -104,11 +104,12 @@ _cached_steps = weakref.WeakKeyDictionary()
 
 def _signature(model):
     """What a Step's plan depends on; a kept Step is replaced when it changes."""
-    dense = tuple(
+    dense = [
         (layer.input_size, layer.output_size, layer.activation, layer.l2 > 0)
         for layer in model.dense_layers
-    )
-    return dense, tuple(d is not None for d in model.dropouts), model.loss.name, model.dtype
+    ]
+    dropouts = [d is not None for d in model.dropouts]
+    return tuple(dense), tuple(dropouts), model.loss.name, model.dtype
 
 
 class Step:
@@ -632,10 +633,10 @@ class Step:
         return loss, correct
 
     def current_weight_bound(self):
-        """An upper bound of max |w| over the model's weights, measured when unknown."""
+        """An upper bound of max |w| over the model's weights, measured when unknown (by the
+        Program, which train has made current with compiled())."""
         if self.weight_bound is None:
-            weights = self.model.weights
-            self.weight_bound = max(_kernels.max_abs_checked(w.reshape(-1)) for w in weights)
+            self.weight_bound = self.program.weight_bound(self.n_threads)
         return self.weight_bound
 
     def fused_bound(self, x, scale):
@@ -839,9 +840,10 @@ _OPENBLAS_SUFFIXES = ("", "64_")
 
 
 class _OneBlasThread:
-    """BLAS on one thread for a call: OpenBLAS's own get/set functions, called through
-    ctypes (a few microseconds, where threadpoolctl's limit takes about 60, too much for
-    the per-batch entry points); threadpoolctl's limit for any other BLAS."""
+    """BLAS on one thread for a call: OpenBLAS's own get/set functions, found through ctypes
+    and called from compiled code (fastnaive._blas.one_blas_thread: well under a
+    microsecond, where threadpoolctl's limit takes about 60 and the ctypes calls 2, too much
+    for the per-batch entry points); threadpoolctl's limit for any other BLAS."""
 
     def __init__(self, controller):
         import ctypes
@@ -858,19 +860,18 @@ class _OneBlasThread:
                         if found is None and get is not None and put is not None:
                             get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
                             found = (get, put)
-            if found is None:
+            if found is None or len(self.functions) == _blas.MAX_THREAD_LIBRARIES:
                 others.append(library)
             else:
                 self.functions.append(found)
+        _blas.bind_thread_counts(self.functions)
         self.others = controller if others else None
         # A stack, for contexts nested or entered by several Python threads: whatever the
         # order they end in, the last one restores the counts the first one found.
         self.saved = []
 
     def __enter__(self):
-        counts = [get() for get, _ in self.functions]
-        for _, put in self.functions:
-            put(1)
+        counts = _blas.one_blas_thread()
         others = self.others.limit(limits=1) if self.others is not None else None
         self.saved.append((counts, others))
         return self
@@ -879,5 +880,4 @@ class _OneBlasThread:
         counts, others = self.saved.pop()
         if others is not None:
             others.restore_original_limits()
-        for (_, put), count in zip(self.functions, counts):
-            put(count)
+        _blas.restore_blas_threads(counts)
