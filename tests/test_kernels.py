@@ -505,6 +505,71 @@ def test_scan_counts_the_nonzeros_and_finds_the_largest_magnitude_at_any_thread_
         assert (nonzeros, peak) == (np.count_nonzero(a), np.inf)
 
 
+def test_first_overlap_tells_what_may_share_memory_tells():
+    """first_overlap(a, arrays): the first of arrays whose bytes' bounds overlap a's, as
+    numpy.may_share_memory judges each pair (empty arrays overlap nothing)."""
+    flat = np.zeros(1000, np.float32)
+    grid = np.zeros((20, 30))
+    views = [
+        flat[:10],
+        flat[5:20],
+        flat[20:],
+        flat[::-3],
+        flat[999:],
+        flat[10:10],
+        flat[::7][3:9],
+        flat[:0:-1],
+        flat.view(np.int32)[500:501],
+        flat[500:501].reshape(1, 1, 1),
+        grid,
+        grid[3:5],
+        grid[:, 4],
+        grid[::-1, ::2],
+        grid.T,
+        grid[5:5],
+        grid[19:, 29:],
+        grid[:, ::-1][2:4, 3:1:-1],
+        np.zeros(3),
+        np.ones(()),
+    ]
+    for a in views:
+        expected = [np.may_share_memory(a, b) for b in views]
+        assert _kernels.first_overlap(a, views) == (expected.index(True) if any(expected) else -1)
+        for i, b in enumerate(views):
+            assert (_kernels.first_overlap(a, [b]) == 0) == expected[i]
+
+
+def test_intact_weights_takes_what_the_layers_checks_take():
+    """intact_weights: True only for C-contiguous, writeable, aligned arrays of the shapes
+    and the float dtype asked for."""
+    W, b = np.zeros((3, 4), np.float32), np.zeros(4, np.float32)
+    assert _kernels.intact_weights([W, b], [(3, 4), (4,)], False)
+    assert _kernels.intact_weights([W.astype(np.float64)], [(3, 4)], True)
+    unaligned = np.zeros(17, np.uint8)[1:].view(np.float32)
+    refused = {
+        "shape": ([W, b], [(4, 3), (4,)], False),
+        "ndim": ([W.reshape(-1)], [(3, 4)], False),
+        "dtype": ([W], [(3, 4)], True),
+        "same size, another type": ([W.view(np.int32)], [(3, 4)], False),
+        "byte order": ([W.astype(">f4")], [(3, 4)], False),
+        "fortran order": ([np.asfortranarray(W)], [(3, 4)], False),
+        "read-only": ([read_only(W.copy())], [(3, 4)], False),
+        "unaligned": ([unaligned], [(4,)], False),
+    }
+    for name, (arrays, shapes, is_double) in refused.items():
+        assert not _kernels.intact_weights(arrays, shapes, is_double), name
+
+
+def test_labels_in_range_is_numpy_s_range_check():
+    rng = np.random.default_rng(4)
+    for n in (1, 7, 64, 1000):
+        for low, high in ((0, 10), (-1, 10), (0, 11), (-(2**62), 2**62)):
+            labels = rng.integers(low, high, n).astype(np.intp)
+            expected = bool(labels.min() >= 0 and labels.max() < 10)
+            assert _losses.labels_in_range(labels, 10) == expected
+    assert not _losses.labels_in_range(np.zeros(3, np.intp), 0)
+
+
 def test_one_blas_thread_sets_each_openblas_to_one_and_restore_gives_back_its_count():
     """A training call's BLAS policy (fastnaive.engine's pools): every OpenBLAS loaded on one
     thread inside, its own count after, nested or not."""

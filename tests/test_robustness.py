@@ -9,6 +9,7 @@ the user did not ask to) in test_checkpoints.py and test_cli.py.
 import json
 import mmap
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -241,6 +242,46 @@ def test_weights_that_overlap_each_other_are_refused():
         ):
             call()
     assert_same(tied.weights, before)
+
+
+def test_weights_tied_after_a_step_are_refused_at_the_next():
+    """The model's checks remember the weights that passed them: tying two after a call
+    that passed is caught at the next call."""
+    model, (x, y) = square_model(), make_data(8)
+    x, y = x[:, :6], y % 6
+    one_training_step(model, x, y)
+    fit(model, x, y, 1, verbose=0)
+    model.layers[1].b = model.layers[0].b
+    before = model.get_weights()
+    for call in (lambda: one_training_step(model, x, y), lambda: fit(model, x, y, 1, verbose=0)):
+        with pytest.raises(
+            ValueError, match=EXPECTED_RECEIVED + "model.weights\\[3\\] overlapping"
+        ):
+            call()
+    assert_same(model.weights, before)
+
+
+WEIGHTS_CHANGED_IN_PLACE = {
+    "read-only": (lambda w: w.setflags(write=False), "writeable=False"),
+    "reshaped": (lambda w: setattr(w, "shape", w.shape[::-1]), "W.shape=(16, 784)"),
+}
+
+
+@pytest.mark.parametrize(
+    "change, received", WEIGHTS_CHANGED_IN_PLACE.values(), ids=WEIGHTS_CHANGED_IN_PLACE.keys()
+)
+def test_a_weight_changed_in_place_after_a_step_is_refused_at_the_next(change, received):
+    """Each training call checks the live arrays again, not only new ones: a W made
+    read-only or given another shape in place (the same array object) is refused, with the
+    layer's message, and nothing is written."""
+    model, (x, y) = make_model(), make_data(8)
+    one_training_step(model, x, y)
+    change(model.layers[0].W)
+    before = [w.copy() for w in model.weights]
+    for call in (lambda: one_training_step(model, x, y), lambda: fit(model, x, y, 1, verbose=0)):
+        with pytest.raises(ValueError, match=r"^Expected W .+" + re.escape(received)):
+            call()
+    assert_same([w.reshape(b.shape) for w, b in zip(model.weights, before)], before)
 
 
 # 6. Sizes beyond 32-bit BLAS indices

@@ -15,6 +15,8 @@
 # one thread (a futex call each time, Zen 4), which was 15% of a tiny model's step (five
 # regions of 18.6 us, benchmarks/overhead.py).
 # The losses are in fastnaive._losses.
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_RECORDS_RO, PyBUF_WRITABLE,
+                             PyBuffer_Release, PyObject_GetBuffer)
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport exp, NAN
@@ -769,3 +771,69 @@ def run_calls(list calls):
     for function, arguments in calls:
         function(*arguments)
 
+
+cdef int memory_extent(object a, size_t* low, size_t* high) except -1:
+    """[low, high) := the bytes an array (any object with the buffer protocol) spans; an
+    empty range (low = high) when it has no elements"""
+    cdef Py_buffer view
+    cdef Py_ssize_t i, reach
+    cdef bint empty = False
+    PyObject_GetBuffer(a, &view, PyBUF_RECORDS_RO)
+    low[0] = high[0] = <size_t>view.buf
+    for i in range(view.ndim):
+        empty |= view.shape[i] == 0
+        reach = (view.shape[i] - 1) * view.strides[i]
+        if reach < 0:
+            low[0] -= <size_t>(-reach)
+        else:
+            high[0] += <size_t>reach
+    high[0] = low[0] if empty else high[0] + view.itemsize
+    PyBuffer_Release(&view)
+    return 0
+
+
+def first_overlap(a, list arrays):
+    """The index of the first of `arrays` whose memory bounds overlap a's, -1 if none (what
+    numpy.may_share_memory tells of each pair, in one call)"""
+    cdef size_t low, high, other_low, other_high
+    cdef Py_ssize_t i
+    memory_extent(a, &low, &high)
+    if low == high:
+        return -1
+    for i in range(len(arrays)):
+        memory_extent(arrays[i], &other_low, &other_high)
+        if other_low < other_high and other_low < high and low < other_high:
+            return i
+    return -1
+
+
+def intact_weights(list arrays, list shapes, bint is_double):
+    """True when each of `arrays` is a C-contiguous, writeable, aligned buffer of shapes[i]
+    and of float64 (is_double) or float32 in the machine's byte order: what the weights'
+    checks (fastnaive.layers.NaiveDense.check_weights) require, in one call. False when any
+    is not: those checks then say which and why."""
+    cdef Py_buffer view
+    cdef Py_ssize_t i, d
+    cdef bint intact
+    cdef char code = 100 if is_double else 102  # the buffer format's "d" or "f"
+    cdef Py_ssize_t itemsize = 8 if is_double else 4
+    if len(shapes) != len(arrays):
+        raise ValueError(f"Expected a shape per array. Received: {len(shapes)} shapes for "
+                         f"{len(arrays)} arrays")
+    for i in range(len(arrays)):
+        shape = shapes[i]
+        try:
+            PyObject_GetBuffer(arrays[i], &view,
+                               PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT)
+        except (BufferError, ValueError):
+            return False
+        intact = (view.itemsize == itemsize and view.format != NULL and view.format[0] == code
+                  and view.format[1] == 0 and view.ndim == len(shape)
+                  and <size_t>view.buf % itemsize == 0)
+        if intact:
+            for d in range(view.ndim):
+                intact = intact and view.shape[d] == shape[d]
+        PyBuffer_Release(&view)
+        if not intact:
+            return False
+    return True

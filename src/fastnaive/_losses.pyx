@@ -394,3 +394,14 @@ def sum_squares_checked(const floating[:, ::1] x):
     with nogil:
         total = sum_squares(&x[0, 0], x.shape[0] * x.shape[1])
     return total
+
+
+def labels_in_range(const Py_ssize_t[::1] labels, Py_ssize_t n_classes):
+    """True when every label is in [0, n_classes) (the class indices the losses take)"""
+    cdef Py_ssize_t i
+    cdef size_t bound = <size_t>max(n_classes, 0)
+    cdef bint outside = False
+    with nogil:
+        for i in range(labels.shape[0]):
+            outside |= <size_t>labels[i] >= bound
+    return not outside

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from fastnaive import _losses
+
 # BLAS takes 32-bit signed sizes.
 MAX_BLAS_DIM = 2**31 - 1
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -111,11 +113,12 @@ def as_labels(labels, n_samples, n_classes, name="labels"):
             f"Expected {name} of shape ({n_samples},), one per image. "
             f"Received: {name}.shape={y.shape}"
         )
-    low, high = y.min(), y.max()
-    if low < 0 or high >= n_classes:
+    indices = np.ascontiguousarray(y, dtype=np.intp)
+    if not _losses.labels_in_range(indices, n_classes):
+        low, high = y.min(), y.max()
         bad = low if low < 0 else high
         raise ValueError(
             f"Expected {name} in [0, {n_classes}). "
             f"Received: {name}.{'min' if low < 0 else 'max'}()={bad}"
         )
-    return np.ascontiguousarray(y, dtype=np.intp)
+    return indices

@@ -98,7 +98,8 @@ class NaiveDense:
                 f"Received: {name}.dtype={value.dtype} "
                 f"(convert it with .astype(np.{self.dtype}))"
             )
-        if not (value.flags.c_contiguous and value.flags.writeable and value.flags.aligned):
+        flags = value.flags
+        if not (flags.c_contiguous and flags.writeable and flags.aligned):
             raise ValueError(
                 f"Expected {name} to be a writeable, aligned, C-contiguous array. "
                 f"Received: {name}.flags: c_contiguous={value.flags.c_contiguous}, "

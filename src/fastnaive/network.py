@@ -6,7 +6,7 @@ fastnaive.models.NaiveSequential is a Network with Keras' training methods (fit,
 
 import numpy as np
 
-from fastnaive import engine, losses, modelfile
+from fastnaive import _kernels, engine, losses, modelfile
 from fastnaive._validation import positive_int
 from fastnaive.layers import Dropout, NaiveDense
 from fastnaive.sparse import as_model_inputs
@@ -64,6 +64,13 @@ class Network:
         self.layers = layers
         # The stack is fixed at construction, as Keras' Sequential is once built.
         self.dense_layers = dense
+        # The shape of each of `weights` and whether they are float64, for check_weights.
+        self._shapes = [
+            shape
+            for layer in dense
+            for shape in ((layer.input_size, layer.output_size), (layer.output_size,))
+        ]
+        self._double = dense[0].dtype == np.float64
         after = {
             id(prev): layer for prev, layer in zip(layers, layers[1:]) if isinstance(layer, Dropout)
         }
@@ -159,9 +166,12 @@ class Network:
         modelfile.write(path, architecture, self.weights)
 
     def check_weights(self):
-        """Raise if any layer's W or b lost its shape, dtype or layout."""
-        for layer in self.dense_layers:
-            layer.check_weights()
+        """Raise if any layer's W or b lost its shape, dtype or layout; return `weights`."""
+        weights = self.weights
+        if not _kernels.intact_weights(weights, self._shapes, self._double):
+            for layer in self.dense_layers:
+                layer.check_weights()
+        return weights
 
     def __call__(self, inputs):
         """Return the model's outputs for inputs of shape (n, ...) flattening to input_size."""

@@ -18,7 +18,7 @@ __all__ = ["as_model_inputs", "CsrInputs", "CsrBatch"]
 def as_model_inputs(x, n_features, dtype, name="images"):
     """x checked and converted once: a C-contiguous (n, n_features) array of dtype, or, for a
     scipy.sparse matrix (anything with tocsr), a CsrBatch of all its rows."""
-    if callable(getattr(x, "tocsr", None)) and not isinstance(x, np.ndarray):
+    if not isinstance(x, np.ndarray) and callable(getattr(x, "tocsr", None)):
         return CsrInputs(x, n_features, dtype, name).batch(None)
     return as_inputs(x, n_features, dtype, name=name)
 

@@ -3,13 +3,22 @@
 import contextlib
 import math
 import numbers
+import operator
 import signal
 import threading
 import weakref
 
 import numpy as np
 
-from fastnaive import checkpoints, distributed, engine, keras_optimizers, optimizers, progress
+from fastnaive import (
+    _kernels,
+    checkpoints,
+    distributed,
+    engine,
+    keras_optimizers,
+    optimizers,
+    progress,
+)
 from fastnaive._validation import as_labels, positive_int
 from fastnaive._validation import path as checked_path
 from fastnaive._validation import seed as checked_seed
@@ -51,25 +60,36 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.epoch, self.batch, self.history = epoch, batch, history
 
 
+# The weights each model last passed _checked_model with: the same arrays, of the same
+# shapes (check_weights), overlap as they did then, so the pairwise check is not repeated.
+_checked_weights = weakref.WeakKeyDictionary()
+
+
 def _checked_model(model):
     if not isinstance(model, Network):
         raise TypeError(f"Expected model to be a NaiveSequential. Received: {type(model).__name__}")
-    model.check_weights()
-    weights = model.weights
-    for i, weight in enumerate(weights):
-        for j in range(i):
-            if np.may_share_memory(weight, weights[j]):
-                raise ValueError(
-                    f"Expected each weight of the model in its own array. "
-                    f"Received: model.weights[{i}] overlapping model.weights[{j}]"
-                )
+    weights = model.check_weights()
+    known = _checked_weights.get(model)
+    if known is not None and all(map(operator.is_, known, weights)):
+        return model
+    for i in range(1, len(weights)):
+        j = _kernels.first_overlap(weights[i], weights[:i])
+        if j >= 0:
+            raise ValueError(
+                f"Expected each weight of the model in its own array. "
+                f"Received: model.weights[{i}] overlapping model.weights[{j}]"
+            )
+    _checked_weights[model] = weights
     return model
 
 
-def _unaliased(model, array):
+def _unaliased(model, array, weights=None):
     """`array` (or None), or a copy of it if it overlaps one of the model's weights (which
-    training writes in place): aliased inputs give the answer of copies."""
-    if any(np.may_share_memory(array, w) for w in model.weights):
+    training writes in place; `weights`, default model.weights): aliased inputs give the
+    answer of copies."""
+    if array is None:
+        return None
+    if _kernels.first_overlap(array, model.weights if weights is None else weights) >= 0:
         return array.copy()
     return array
 
@@ -77,9 +97,10 @@ def _unaliased(model, array):
 def _checked_batch(model, images, labels, names=("images", "labels")):
     x = as_model_inputs(images, model.input_size, model.dtype, name=names[0])
     y = model.loss.targets(labels, x.shape[0], model.output_size, model.dtype, name=names[1])
+    weights = model.weights
     if isinstance(x, np.ndarray):  # a scipy.sparse matrix's arrays are fresh copies
-        x = _unaliased(model, x)
-    return x, _unaliased(model, y)
+        x = _unaliased(model, x, weights)
+    return x, _unaliased(model, y, weights)
 
 
 def _checked_sample_weight(sample_weight, class_weight, y, model):
@@ -139,6 +160,8 @@ def checked_optimizer(optimizer, allow_name=True):
     new one; Keras' SGD and Adam are translated; anything else needs apply_gradients."""
     if optimizer is None:
         return SGD()
+    if isinstance(optimizer, optimizers.Optimizer):
+        return optimizer
     if isinstance(optimizer, str) and allow_name:
         return optimizers.get(optimizer)
     if isinstance(optimizer, type):
@@ -201,7 +224,9 @@ def one_training_step(model, images_batch, labels_batch, *, optimizer=None):
     step = engine.step_for(model, x)
     if optimizer is None:
         # The book's update_weights: one SGD(1e-3) per model, bound once.
-        optimizer = _book_optimizers.setdefault(model, SGD())
+        optimizer = _book_optimizers.get(model)
+        if optimizer is None:
+            optimizer = _book_optimizers[model] = SGD()
     step.use_optimizer(checked_optimizer(optimizer, allow_name=False))
     step.weights_changed()  # the caller may have written them since the last call
     with step.threads():
