@@ -164,6 +164,17 @@ def test_weight_bound_is_the_largest_magnitude_of_the_weights(dtype, threads, rn
     assert program.weight_bound(threads) == max(float(np.abs(w).max()) for w in arrays)
 
 
+def test_holds_tells_the_arrays_it_was_built_on():
+    layers = two_layers("float32")
+    program = program_for(layers, "float32", _program.FIRST_DENSE)[0]
+    arrays = [w for layer in layers for w in (layer.W, layer.b)]
+    assert program.holds(arrays) and program.holds(list(arrays))
+    assert not program.holds(arrays[:3])
+    assert not program.holds([arrays[0], arrays[1], arrays[2], arrays[3].copy()])
+    layers[0].W = layers[0].W.copy()
+    assert program.holds(arrays) and not program.holds([layers[0].W, *arrays[1:]])
+
+
 def expected_fused_bound(input_bound, hidden, deltas, scale, weight_bound):
     """fused_bound's value in NumPy for a two-layer Program: per layer, the largest of
     n max|delta| max(max|input|, 1) and weight_bound + |scale| times it (input_bound

@@ -215,6 +215,17 @@ cdef class Program:
                 return False
         return True
 
+    def holds(self, list arrays):
+        """True when `arrays` are the W and b arrays this Program was built on, in the order
+        [W0, b0, W1, ...]."""
+        cdef Py_ssize_t i
+        if len(arrays) != 2 * self.n_layers:
+            return False
+        for i in range(2 * self.n_layers):
+            if arrays[i] is not self.arrays[i]:
+                return False
+        return True
+
     cdef int check(self, x, Py_ssize_t n, Py_ssize_t first_row, bint training) except -1:
         if training and not self.trains:
             raise ValueError("Expected a Program with every layer's deltas and gradients. "

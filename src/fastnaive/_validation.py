@@ -96,7 +96,9 @@ def as_inputs(images, n_features, dtype, name="images"):
             f"Expected at most {MAX_BLAS_DIM} samples (32-bit BLAS sizes). "
             f"Received: {name}.shape={x.shape}"
         )
-    return np.ascontiguousarray(x.reshape(x.shape[0], n_features), dtype=dtype)
+    if x.ndim > 2:
+        x = x.reshape(x.shape[0], n_features)
+    return np.ascontiguousarray(x, dtype=dtype)
 
 
 def as_labels(labels, n_samples, n_classes, name="labels"):

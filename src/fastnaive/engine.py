@@ -226,7 +226,8 @@ class Step:
             return
         sampled = x.shape[0] > SAMPLED_SCAN_ROWS
         nonzeros, bound = _scan(x, sampled)
-        limit = SPARSE_MAX_DENSITY[_sparse.instruction_set()] * x.size
+        density = SPARSE_MAX_DENSITY[_sparse.instruction_set()]
+        limit = density * x.size
         if nonzeros > limit and x.shape[0] > 1:
             values = self.offset_values
             if values is None:
@@ -240,7 +241,7 @@ class Step:
                     if not sampled:
                         bound = distance_bound + _kernels.max_abs_checked(values)
         share = nonzeros / max(x.size, 1)
-        if measure and abs(share - SPARSE_MAX_DENSITY[_sparse.instruction_set()]) <= MEASURED_BAND:
+        if measure and abs(share - density) <= MEASURED_BAND:
             sparse = self.measured_sparse(x, share)
         else:
             sparse = nonzeros <= limit
@@ -298,15 +299,13 @@ class Step:
 
     def current_update(self):
         """The optimizer's Update, bound again if a layer's W or b was replaced by a new array
-        (the optimizer's state follows the weight's position, not the array)."""
-        bound = self.bound_weights
-        for i, layer in enumerate(self.layers):
-            if layer.W is not bound[2 * i] or layer.b is not bound[2 * i + 1]:
-                weights = self.model.weights
-                self.bound_weights = weights
-                self.update = Update(self.update.optimizer, self.gradients, weights)
-                self.weight_bound = None
-                break
+        (the optimizer's state follows the weight's position, not the array): train calls it
+        after compiled(), whose Program holds the layers' current arrays."""
+        if not self.program.holds(self.bound_weights):
+            weights = self.model.weights
+            self.bound_weights = weights
+            self.update = Update(self.update.optimizer, self.gradients, weights)
+            self.weight_bound = None
         return self.update
 
     def threads(self):
@@ -547,8 +546,8 @@ class Step:
         """
         n = x.shape[0]
         n_global = n if n_global is None else n_global
-        update = self.current_update()
         program = self.compiled()
+        update = self.current_update()
         x = self.layer_inputs(x)
         loss, correct = 0.0, 0
         penalty = self.penalty()
