@@ -145,9 +145,14 @@ cdef void csr_forward(const floating[::1] data, const Py_ssize_t[::1] indices,
     cdef const Py_ssize_t* indices0 = &indices[0] if indices.shape[0] > 0 else NULL
     cdef const floating* W0 = &W[0, 0] if W.shape[0] > 0 else NULL
     parallel = n_threads > 1 and n > 1 and batch_nonzeros(indptr, rows) * m >= PARALLEL_MIN_PRODUCTS
+    if not parallel:  # in the calling thread: no parallel region of one thread
+        for i in range(n):
+            r = rows[i]
+            gather_row(data0, indices0, indptr[r], indptr[r + 1], W0, W.shape[0], &b[0], m,
+                       &Z_out[i, 0])
+        return
     # Rows differ in length (Zipf), hence chunks taken as threads come free.
-    for i in prange(n, num_threads=n_threads, schedule="dynamic", chunksize=4,
-                    use_threads_if=parallel):
+    for i in prange(n, num_threads=n_threads, schedule="dynamic", chunksize=4):
         r = rows[i]
         gather_row(data0, indices0, indptr[r], indptr[r + 1], W0, W.shape[0], &b[0], m,
                    &Z_out[i, 0])
@@ -162,55 +167,74 @@ cdef void csr_param_grad(const floating[::1] data, const Py_ssize_t[::1] indices
     cdef Py_ssize_t n = rows.shape[0], k = dW_out.shape[0], m = dW_out.shape[1]
     cdef Py_ssize_t line = LINE_BYTES // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t n_lines = (m + line - 1) // line
-    cdef Py_ssize_t c, i, j, p, p1, r, j0, span, n_parts, part, width, prefetch_bytes
-    cdef bint bad_index
-    cdef floating s
-    cdef floating* out
-    cdef const floating* d
+    cdef Py_ssize_t c, n_parts, part, width
     cdef bint parallel
     if m == 0:
         return
     # With k == 0 no index is in range, so there is no nonzero and no pointer into dW is read.
     cdef floating* dW0 = &dW_out[0, 0] if k > 0 else NULL
     if beta != 1 and k > 0:
-        for c in prange(k, num_threads=n_threads, schedule="static",
-                        use_threads_if=n_threads > 1 and k * m >= PARALLEL_MIN_PRODUCTS):
-            out = dW0 + c * m
-            if beta == 0:
-                # Overwrite, not scale: dW may hold NaN.
-                memset(out, 0, m * sizeof(floating))
-            else:
-                for j in range(m):
-                    out[j] *= beta
+        if n_threads > 1 and k * m >= PARALLEL_MIN_PRODUCTS:
+            for c in prange(k, num_threads=n_threads, schedule="static"):
+                scale_row(dW0 + c * m, m, beta)
+        else:
+            for c in range(k):
+                scale_row(dW0 + c * m, m, beta)
     parallel = n_threads > 1 and n_lines > 1 and batch_nonzeros(indptr, rows) * m >= PARALLEL_MIN_PRODUCTS
     n_parts = min(n_threads, n_lines) if parallel else 1
     width = line * ((n_lines + n_parts - 1) // n_parts)
     n_parts = (m + width - 1) // width
-    for part in prange(n_parts, num_threads=n_threads, schedule="static",
-                       use_threads_if=n_parts > 1):
-        j0 = part * width
-        span = min(width, m - j0)
-        prefetch_bytes = min(span * <Py_ssize_t>sizeof(floating), PREFETCH_WRITE_BYTES)
-        bad_index = False
-        for i in range(n):
-            r = rows[i]
-            p1 = indptr[r + 1]
-            d = &delta[i, j0]
-            for p in range(indptr[r], p1):
-                if p + PREFETCH < p1:
-                    prefetch_lines(dW0 + indices[p + PREFETCH] * m + j0, prefetch_bytes, True)
-                c = indices[p]
-                if outside(c, k):
-                    bad_index = True
-                    continue
-                s = alpha * data[p]
-                out = dW0 + c * m + j0
-                for j in range(span):
-                    out[j] += s * d[j]
-        bias_grad(delta, alpha, beta, db_out, j0, j0 + span)
-        if bad_index:
-            for j in range(j0, j0 + span):
-                db_out[j] = NAN
+    if n_parts == 1:
+        param_grad_columns(data, indices, indptr, rows, delta, alpha, beta, dW0, k, db_out, 0, m)
+        return
+    for part in prange(n_parts, num_threads=n_threads, schedule="static"):
+        param_grad_columns(data, indices, indptr, rows, delta, alpha, beta, dW0, k, db_out,
+                           part * width, min(width, m - part * width))
+
+
+cdef inline void scale_row(floating* out, Py_ssize_t m, floating beta) noexcept nogil:
+    """out[:m] *= beta; with beta = 0 overwritten with zeros, not scaled: it may hold NaN"""
+    cdef Py_ssize_t j
+    if beta == 0:
+        memset(out, 0, m * sizeof(floating))
+    else:
+        for j in range(m):
+            out[j] *= beta
+
+
+cdef inline void param_grad_columns(const floating[::1] data, const Py_ssize_t[::1] indices,
+                                    const Py_ssize_t[::1] indptr, const Py_ssize_t[::1] rows,
+                                    const floating[:, ::1] delta, floating alpha,
+                                    floating beta, floating* dW0, Py_ssize_t k,
+                                    floating[::1] db_out, Py_ssize_t j0,
+                                    Py_ssize_t span) noexcept nogil:
+    """csr_param_grad's columns j0 ... j0 + span - 1 of dW (scaled by beta already) and of db"""
+    cdef Py_ssize_t n = rows.shape[0], m = delta.shape[1], i, j, p, p1, r, c
+    cdef Py_ssize_t prefetch_bytes = min(span * <Py_ssize_t>sizeof(floating),
+                                         PREFETCH_WRITE_BYTES)
+    cdef bint bad_index = False
+    cdef floating s
+    cdef floating* out
+    cdef const floating* d
+    for i in range(n):
+        r = rows[i]
+        p1 = indptr[r + 1]
+        d = &delta[i, j0]
+        for p in range(indptr[r], p1):
+            if p + PREFETCH < p1:
+                prefetch_lines(dW0 + indices[p + PREFETCH] * m + j0, prefetch_bytes, True)
+            c = indices[p]
+            if outside(c, k):
+                bad_index = True
+                continue
+            s = alpha * data[p]
+            out = dW0 + c * m + j0
+            for j in range(span):
+                out[j] += s * d[j]
+    bias_grad(delta, alpha, beta, db_out, j0, j0 + span)
+    if bad_index:
+        for j in range(j0, j0 + span):
+            db_out[j] = NAN
 
 
 cdef Py_ssize_t first_bad_indptr(const Py_ssize_t[::1] indptr, Py_ssize_t n_data) noexcept nogil:

@@ -269,8 +269,12 @@ cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] sta
     if n == 0 or k == 0:
         starts_out[:] = 0
         return 0
-    # Each slot takes the groups of its parts, as the products that read them do.
-    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
+    # Each slot takes the groups of its parts, as the products that read them do; one slot
+    # runs in the calling thread (here and below: no parallel region of one thread).
+    if slots == 1:
+        return group_share(X, share_of(0, 1, parts), parts, cut, by_rows, starts_out,
+                           index_out, quads_out, not by_rows, starts_out, index_out, quads_out)
+    for slot in prange(slots, num_threads=slots, schedule="static"):
         nnz += group_share(X, share_of(slot, slots, parts), parts, cut, by_rows, starts_out,
                            index_out, quads_out, not by_rows, starts_out, index_out, quads_out)
     return nnz
@@ -294,10 +298,16 @@ cdef void group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_o
         row_starts_out[:] = 0
         column_starts_out[:] = 0
         return
-    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
-        group_share(X, share_of(slot, slots, parts), parts, cut, True, row_starts_out,
-                    row_index_out, row_quads_out, True, column_starts_out, column_index_out,
-                    column_quads_out, &slot_peaks[slot] if peak != NULL else NULL)
+    if slots == 1:
+        group_share(X, share_of(0, 1, parts), parts, cut, True, row_starts_out, row_index_out,
+                    row_quads_out, True, column_starts_out, column_index_out,
+                    column_quads_out, &slot_peaks[0] if peak != NULL else NULL)
+    else:
+        for slot in prange(slots, num_threads=slots, schedule="static"):
+            group_share(X, share_of(slot, slots, parts), parts, cut, True, row_starts_out,
+                        row_index_out, row_quads_out, True, column_starts_out,
+                        column_index_out, column_quads_out,
+                        &slot_peaks[slot] if peak != NULL else NULL)
     if peak != NULL:
         for slot in range(slots):
             peak[0] = max(peak[0], slot_peaks[slot])
@@ -390,19 +400,23 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
         products += starts[PATTERNS * (stride * part + n_groups(n)) - 1]
     if n_threads > 1 and products * m >= PARALLEL_MIN_PRODUCTS:
         slots = n_threads
-    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
+    if slots == 1:
         forward_share(starts, index, quads, W, b, offsets, offset_sums, relu, Z_out, partial,
-                      share_of(slot, slots, parts), parts, cut)
+                      share_of(0, 1, parts), parts, cut)
+    else:
+        for slot in prange(slots, num_threads=slots, schedule="static"):
+            forward_share(starts, index, quads, W, b, offsets, offset_sums, relu, Z_out,
+                          partial, share_of(slot, slots, parts), parts, cut)
     if parts > 1 and slots > 1:
         add_partial_sums(Z_out, partial, relu, slots)
 
 
 cdef void add_partial_sums(floating[:, ::1] Z_out, const floating[:, ::1] partial, bint relu,
                            Py_ssize_t slots) noexcept nogil:
-    """Z := act(Z + partial) by rows on `slots` threads: each thread's rows of Z as the layer
-    above's blocks of rows"""
+    """Z := act(Z + partial) by rows on `slots` (> 1) threads: each thread's rows of Z as the
+    layer above's blocks of rows"""
     cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1], slot, i0, i1
-    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
+    for slot in prange(slots, num_threads=slots, schedule="static"):
         i0 = slot * n // slots
         i1 = (slot + 1) * n // slots
         if i1 > i0:
@@ -410,6 +424,21 @@ cdef void add_partial_sums(floating[:, ::1] Z_out, const floating[:, ::1] partia
                 add_parts_f(&Z_out[i0, 0], &partial[i0, 0], (i1 - i0) * m, relu)
             else:
                 add_parts_d(&Z_out[i0, 0], &partial[i0, 0], (i1 - i0) * m, relu)
+
+
+cdef inline void group_and_forward_share(
+        const floating[:, ::1] X, int[::1] row_starts_out, int[::1] row_index_out,
+        floating[:, ::1] row_quads_out, bint columns, int[::1] column_starts_out,
+        int[::1] column_index_out, floating[:, ::1] column_quads_out, const floating[:, ::1] W,
+        const floating[::1] b, const floating[::1] offsets, floating[:, ::1] offset_sums,
+        bint relu, floating[:, ::1] Z_out, floating[:, ::1] partial, Py_ssize_t cut,
+        Share share, Py_ssize_t parts, double* peak) noexcept nogil:
+    """group_and_forward's work for one slot: the groups of its share's parts, then their
+    products"""
+    group_share(X, share, parts, cut, True, row_starts_out, row_index_out, row_quads_out,
+                columns, column_starts_out, column_index_out, column_quads_out, peak)
+    forward_share(row_starts_out, row_index_out, row_quads_out, W, b, offsets, offset_sums,
+                  relu, Z_out, partial, share, parts, cut)
 
 
 cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
@@ -428,7 +457,6 @@ cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1], m = Z_out.shape[1]
     cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
     cdef Py_ssize_t slot
-    cdef Share share
     cdef double slot_peaks[MAX_PARTS]
     if n == 0 or k == 0 or m == 0 or slots > parts:
         if columns:
@@ -442,13 +470,19 @@ cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
         sparse_forward(row_starts_out, row_index_out, row_quads_out, W, b, offsets,
                        offset_sums, relu, Z_out, partial, cut, n_threads)
         return
-    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
-        share = share_of(slot, slots, parts)
-        group_share(X, share, parts, cut, True, row_starts_out, row_index_out, row_quads_out,
-                    columns, column_starts_out, column_index_out, column_quads_out,
-                    &slot_peaks[slot] if peak != NULL else NULL)
-        forward_share(row_starts_out, row_index_out, row_quads_out, W, b, offsets, offset_sums,
-                      relu, Z_out, partial, share, parts, cut)
+    if slots == 1:
+        group_and_forward_share(X, row_starts_out, row_index_out, row_quads_out, columns,
+                                column_starts_out, column_index_out, column_quads_out, W, b,
+                                offsets, offset_sums, relu, Z_out, partial, cut,
+                                share_of(0, 1, parts), parts,
+                                &slot_peaks[0] if peak != NULL else NULL)
+    else:
+        for slot in prange(slots, num_threads=slots, schedule="static"):
+            group_and_forward_share(X, row_starts_out, row_index_out, row_quads_out, columns,
+                                    column_starts_out, column_index_out, column_quads_out, W,
+                                    b, offsets, offset_sums, relu, Z_out, partial, cut,
+                                    share_of(slot, slots, parts), parts,
+                                    &slot_peaks[slot] if peak != NULL else NULL)
     if peak != NULL:
         peak[0] = 0
         for slot in range(slots):
@@ -542,22 +576,40 @@ cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
     if (n_threads > 1 and n_groups_ > 0
             and starts[n_groups_ * PATTERNS - 1] * m >= PARALLEL_MIN_PRODUCTS):
         slots = n_threads
+    if slots == 1:
+        if offsets.shape[0]:
+            bias_grad(delta, alpha, 0, delta_sums, 0, m)
+        param_grad_slot(starts, index, quads, delta, alpha, beta, dW_out, db_out, offsets,
+                        delta_sums, cut, rule, 0, 1, parts)
+        return
     if offsets.shape[0]:
-        for slot in prange(slots, num_threads=slots, schedule="static",
-                           use_threads_if=slots > 1):
+        for slot in prange(slots, num_threads=slots, schedule="static"):
             j0 = slot * m // slots
             j1 = (slot + 1) * m // slots
             if j1 > j0:
                 bias_grad(delta, alpha, 0, delta_sums, j0, j1)
-    for slot in prange(slots, num_threads=slots, schedule="static", use_threads_if=slots > 1):
-        param_grad_share(starts, index, quads, delta, alpha, beta, dW_out, offsets, delta_sums,
-                         share_of(slot, slots, parts), parts, cut, rule)
-        j0 = slot * m // slots
-        j1 = (slot + 1) * m // slots
-        if j1 > j0:
-            bias_grad(delta, alpha, beta, db_out, j0, j1)
-            if rule != NULL:
-                rule_step(rule, 1, &db_out[j0], j0, j1 - j0)
+    for slot in prange(slots, num_threads=slots, schedule="static"):
+        param_grad_slot(starts, index, quads, delta, alpha, beta, dW_out, db_out, offsets,
+                        delta_sums, cut, rule, slot, slots, parts)
+
+
+cdef inline void param_grad_slot(const int[::1] starts, const int[::1] index,
+                                 const floating[:, ::1] quads, const floating[:, ::1] delta,
+                                 floating alpha, floating beta, floating[:, ::1] dW_out,
+                                 floating[::1] db_out, const floating[::1] offsets,
+                                 floating[::1] delta_sums, Py_ssize_t cut, const Rule* rule,
+                                 Py_ssize_t slot, Py_ssize_t slots,
+                                 Py_ssize_t parts) noexcept nogil:
+    """sparse_param_grad's work for one of `slots`: dW's rows of its parts, and its share of
+    db's columns"""
+    cdef Py_ssize_t m = dW_out.shape[1]
+    cdef Py_ssize_t j0 = slot * m // slots, j1 = (slot + 1) * m // slots
+    param_grad_share(starts, index, quads, delta, alpha, beta, dW_out, offsets, delta_sums,
+                     share_of(slot, slots, parts), parts, cut, rule)
+    if j1 > j0:
+        bias_grad(delta, alpha, beta, db_out, j0, j1)
+        if rule != NULL:
+            rule_step(rule, 1, &db_out[j0], j0, j1 - j0)
 
 
 cdef inline bint narrow_in_parallel(Py_ssize_t n, Py_ssize_t m, Py_ssize_t k,
