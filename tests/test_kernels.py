@@ -589,6 +589,24 @@ def test_one_blas_thread_sets_each_openblas_to_one_and_restore_gives_back_its_co
         assert counts() == outside
 
 
+def test_adam_alpha_float32_is_numpy_s_float32_arithmetic():
+    """Adam's float32 step size, Keras' formula in float32 scalars (powf, sqrt, *, /), bit for
+    bit, over many steps and settings, up to a bias correction that rounds to 0."""
+    f32 = np.float32
+    rng = np.random.default_rng(5)
+    steps = [*range(1, 1500), *rng.integers(1500, 10**7, 500).tolist(), 2**24 + 1]
+    settings = [(1e-3, 0.9, 0.999), (0.1, 0.5, 0.9), (0.01, 0.0, 0.5), (1.0, 1 - 1e-9, 0.9)]
+    settings += [(10 ** rng.uniform(-6, 0), rng.uniform(0, 1), rng.uniform(0, 1)) for _ in range(4)]
+    with np.errstate(all="ignore"):
+        for lr, beta_1, beta_2 in settings:
+            for step in steps:
+                t = f32(step)
+                root = np.sqrt(f32(1) - f32(beta_2) ** t)
+                expected = float(f32(lr) * root / (f32(1) - f32(beta_1) ** t))
+                got = _kernels.adam_alpha_float32(lr, beta_1, beta_2, step)
+                assert got == expected or (np.isnan(got) and np.isnan(expected)), (lr, step)
+
+
 def test_run_calls_runs_each_kernel_in_order():
     w = np.zeros(4, np.float32)
     calls = [

@@ -17,9 +17,10 @@
 # The losses are in fastnaive._losses.
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_RECORDS_RO, PyBUF_WRITABLE,
                              PyBuffer_Release, PyObject_GetBuffer)
+cimport cython
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, NAN
+from libc.math cimport exp, NAN, powf, sqrtf
 from libc.string cimport memcpy
 
 from fastnaive._activations cimport LINEAR_CODE, RELU_CODE, activate, activation_backward
@@ -691,6 +692,22 @@ def momentum_update_checked(floating[::1] w, const floating[::1] g, floating[::1
         return
     with nogil:
         momentum_update(&w[0], &g[0], &velocity[0], w.shape[0], learning_rate, momentum, nesterov)
+
+
+@cython.cdivision(True)  # in every build: C's division (1 - beta_1^t may round to 0)
+def adam_alpha_float32(double learning_rate, double beta_1, double beta_2, long long step):
+    """Adam's step size for float32 weights at `step` (the first is 1), with Keras 3's bias
+    correction computed as Keras computes it: lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), every
+    operand rounded to float32 and every operation in float32 (C's powf and a correctly
+    rounded square root, as NumPy's float32 scalars do)."""
+    cdef float t = <float>step
+    cdef float one = 1
+    cdef float beta_1_power = powf(<float>beta_1, t)
+    cdef float beta_2_power = powf(<float>beta_2, t)
+    cdef float root = sqrtf(one - beta_2_power)
+    cdef float alpha = <float>learning_rate * root
+    alpha = alpha / (one - beta_1_power)
+    return alpha
 
 
 def adam_update_checked(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v,

@@ -308,11 +308,10 @@ class Adam(Optimizer):
             beta_2_power = float(np.float32(self.beta_2)) ** t
             alpha = self.learning_rate * math.sqrt(1.0 - beta_2_power) / (1.0 - beta_1_power)
         else:
-            t = dtype(key[0] + 1)
-            beta_1_power = dtype(np.float32(self.beta_1)) ** t
-            beta_2_power = dtype(np.float32(self.beta_2)) ** t
-            root = np.sqrt(dtype(1) - beta_2_power)
-            alpha = float(dtype(self.learning_rate) * root / (dtype(1) - beta_1_power))
+            # The same float32 operations as NumPy's float32 scalars, compiled.
+            alpha = _kernels.adam_alpha_float32(
+                self.learning_rate, self.beta_1, self.beta_2, key[0] + 1
+            )
         self._alphas[dtype] = (key, alpha)
         return alpha
 
