@@ -18,7 +18,9 @@ matmul (NumPy's own OpenBLAS).
 
 NumPy and SciPy bundle separate OpenBLAS thread pools, which slow each other down when both
 are awake on two cores: every trainer is timed in its own phase, never interleaved, after a
-pause that lets the previous phase's pool go idle. `import fastnaive` is timed in fresh
+pause that lets the previous phase's pool go idle. Before each of fastnaive's phases the two
+CPUs' round trip is measured and noted (on a virtual machine the host may move them apart,
+which slows any two-thread epoch). `import fastnaive` is timed in fresh
 subprocesses. --quick runs one epoch of 4096 samples per trainer to check that the command
 works; nothing here fails on timing.
 """
@@ -211,18 +213,21 @@ def warm_up_size(n_samples):
 
 def time_fastnaive(x, y, repeats):
     """Seconds per epoch of fit (on every core and on one thread) and of the one_training_step
-    loop."""
+    loop; and the two CPUs' round trip before each of the three (workloads.core_round_trip,
+    ns or None): a two-thread epoch run with the CPUs far apart is slower, whatever the build."""
     warm = warm_up_size(len(x))
     model = workloads.book_model()
-    seconds = {}
+    seconds, trips = {}, {}
     for name, epoch in [(FIT, workloads.fit_epoch), (STEP_LOOP, workloads.one_training_step_epoch)]:
         epoch(model, x[:warm], y[:warm])
+        trips[name] = workloads.core_round_trip()
         seconds[name] = workloads.best_seconds(lambda epoch=epoch: epoch(model, x, y), repeats)
     with threadpool_limits(limits=1):
+        trips[FIT_1_THREAD] = workloads.core_round_trip()
         seconds[FIT_1_THREAD] = workloads.best_seconds(
             lambda: workloads.fit_epoch(model, x, y), repeats
         )
-    return seconds
+    return seconds, trips
 
 
 def time_reference(x, y, repeats):
@@ -276,7 +281,7 @@ def evaluate_targets(seconds):
     return results
 
 
-def print_report(n_samples, seconds, rates, eager_batches, targets):
+def print_report(n_samples, seconds, rates, eager_batches, targets, trips):
     floor_source = max(rates, key=rates.get)
     print(
         f"## One epoch on {n_samples} MNIST images (best of the repeats; noisy on a busy machine)"
@@ -287,6 +292,10 @@ def print_report(n_samples, seconds, rates, eager_batches, targets):
         FLOOR: f"{workloads.epoch_flop(n_samples) / 1e9:.1f} GFLOP at {floor_source}'s rate",
         IMPORT: f"median of {IMPORT_REPEATS} fresh interpreters",
     }
+    for name, trip in trips.items():
+        if trip is not None:
+            placement = "near" if trip < workloads.NEAR_NS else "far"
+            notes[name] = f"CPUs {placement}: round trip {trip:.0f} ns before it"
     print(
         workloads.markdown_table(
             ["", "seconds", "note"],
@@ -315,11 +324,12 @@ def print_report(n_samples, seconds, rates, eager_batches, targets):
     )
 
 
-def write_json(path, info, n_samples, seconds, rates, eager_batches, targets):
+def write_json(path, info, n_samples, seconds, rates, eager_batches, targets, trips):
     results = {
         "machine": info,
         "n_samples": n_samples,
         "seconds": seconds,
+        "round_trip_ns": trips,
         "gemm_flop_per_second": rates,
         "eager_batches_timed": list(eager_batches),
         "targets": [
@@ -340,16 +350,17 @@ def main(argv=None):
     x, y = workloads.mnist_train(QUICK_SAMPLES if args.quick else workloads.N_TRAIN)
     seconds[FLOOR] = workloads.epoch_flop(len(x)) / max(rates.values())
     workloads.settle()
-    seconds.update(time_fastnaive(x, y, args.epochs_repeat))
+    fastnaive_seconds, trips = time_fastnaive(x, y, args.epochs_repeat)
+    seconds.update(fastnaive_seconds)
     workloads.settle()
     seconds.update(time_reference(x, y, args.epochs_repeat))
     workloads.settle()
     tf_seconds, eager_batches = time_tensorflow(x, y, args.epochs_repeat, args.eager_fraction)
     seconds.update(tf_seconds)
     targets = evaluate_targets(seconds)
-    print_report(len(x), seconds, rates, eager_batches, targets)
+    print_report(len(x), seconds, rates, eager_batches, targets, trips)
     if args.json:
-        write_json(args.json, info, len(x), seconds, rates, eager_batches, targets)
+        write_json(args.json, info, len(x), seconds, rates, eager_batches, targets, trips)
 
 
 if __name__ == "__main__":
