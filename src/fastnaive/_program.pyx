@@ -217,7 +217,9 @@ cdef class Program:
 
     def holds(self, list arrays):
         """True when `arrays` are the W and b arrays this Program was built on, in the order
-        [W0, b0, W1, ...]."""
+        [W0, b0, W1, ...] (uses' test for a list of arrays, such as an Update's, where uses
+        reads the layers' own: a Step makes its Program current with uses, then checks its
+        Update with holds)."""
         cdef Py_ssize_t i
         if len(arrays) != 2 * self.n_layers:
             return False

@@ -83,13 +83,10 @@ def _checked_model(model):
     return model
 
 
-def _unaliased(model, array, weights=None):
-    """`array` (or None), or a copy of it if it overlaps one of the model's weights (which
-    training writes in place; `weights`, default model.weights): aliased inputs give the
-    answer of copies."""
-    if array is None:
-        return None
-    if _kernels.first_overlap(array, model.weights if weights is None else weights) >= 0:
+def _unaliased(array, weights):
+    """`array` (or None), or a copy of it if it overlaps one of `weights`, the model's (which
+    training writes in place): aliased inputs give the answer of copies."""
+    if array is not None and _kernels.first_overlap(array, weights) >= 0:
         return array.copy()
     return array
 
@@ -99,8 +96,8 @@ def _checked_batch(model, images, labels, names=("images", "labels")):
     y = model.loss.targets(labels, x.shape[0], model.output_size, model.dtype, name=names[1])
     weights = model.weights
     if isinstance(x, np.ndarray):  # a scipy.sparse matrix's arrays are fresh copies
-        x = _unaliased(model, x, weights)
-    return x, _unaliased(model, y, weights)
+        x = _unaliased(x, weights)
+    return x, _unaliased(y, weights)
 
 
 def _checked_sample_weight(sample_weight, class_weight, y, model):
@@ -274,7 +271,7 @@ def _split(model, x, y, weights, validation_data, validation_split):
             model, *validation_data[:2], names=("validation_data[0]", "validation_data[1]")
         )
         w_val = validation_data[2] if len(validation_data) == 3 else None
-        w_val = _unaliased(model, _checked_sample_weight(w_val, None, y_val, model))
+        w_val = _unaliased(_checked_sample_weight(w_val, None, y_val, model), model.weights)
         return x, y, weights, (x_val, y_val, w_val)
     if (
         isinstance(validation_split, (bool, np.bool_))
@@ -507,7 +504,8 @@ class _Run:
         self.epochs = positive_int(epochs, "epochs", minimum=0)
         self.batch_size = positive_int(batch_size, "batch_size")
         self.optimizer = checked_optimizer(optimizer)
-        weights = _unaliased(model, _checked_sample_weight(sample_weight, class_weight, y, model))
+        weights = _checked_sample_weight(sample_weight, class_weight, y, model)
+        weights = _unaliased(weights, model.weights)
         self.x, self.y, self.sample_weight, self.validation = _split(
             model, x, y, weights, validation_data, validation_split
         )
