@@ -19,7 +19,9 @@
 # share in order (OpenMP's static schedule, as the narrow head's forward product deals its
 # rows, so each thread reads the logits it wrote); each block's sums are kept apart and added
 # in order after, so the bits depend on the batch's size alone, not on the threads. A book
-# batch (128 x 10) takes 5.8 us on one Zen 4 core, most of a two-thread step's serial time.
+# batch (128 x 10) takes 5.8 us on one Zen 4 core. A training step under a narrow head runs
+# the blocks inside its head pass (fastnaive._program: loss_block, blocks_total), each
+# thread's between the head's product and input gradient on the same rows.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.float cimport DBL_MIN, FLT_MIN
@@ -43,25 +45,13 @@ cdef enum:
     # elements hold in one vectorised pass on the stack (row_exps), each once for the
     # loss and the gradient; rows wider than that take libm's exp, twice per element.
     EXPS_BLOCK = 2048
-    # The losses, as fastnaive.losses names them (loss_rows's code).
-    SPARSE_CATEGORICAL_CODE = 0
-    CATEGORICAL_CODE = 1
-    BINARY_CODE = 2
-    MEAN_SQUARED_CODE = 3
-    # A batch's rows go in at most LOSS_BLOCKS blocks of at least LOSS_BLOCK_ROWS rows each.
-    LOSS_BLOCKS = 64
-    LOSS_BLOCK_ROWS = 16
     # Below this many outputs, a parallel region costs more than it saves.
     PARALLEL_MIN_ELEMENTS = 1024
 
 SPARSE_CATEGORICAL, CATEGORICAL, BINARY, MEAN_SQUARED = range(4)
 
 
-cdef struct LossBlocks:
-    Py_ssize_t count, rows
-
-
-cdef inline LossBlocks loss_blocks(Py_ssize_t n) noexcept nogil:
+cdef LossBlocks loss_blocks(Py_ssize_t n) noexcept nogil:
     """n rows in blocks of `rows` (the last may be shorter): as few as LOSS_BLOCKS allow,
     but of at least LOSS_BLOCK_ROWS rows"""
     cdef LossBlocks blocks
@@ -267,11 +257,10 @@ cdef Py_ssize_t count_hits(int code, const floating[:, ::1] logits,
     return hits
 
 
-cdef inline void loss_block(int code, const floating[:, ::1] logits,
-                            const Py_ssize_t[::1] labels, const floating[:, ::1] targets,
-                            const floating* w, double scale, floating[:, ::1] grad_out,
-                            bint count, Py_ssize_t rows, Py_ssize_t b, double* sums,
-                            Py_ssize_t* counts) noexcept nogil:
+cdef void loss_block(int code, const floating[:, ::1] logits, const Py_ssize_t[::1] labels,
+                     const floating[:, ::1] targets, const floating* w, double scale,
+                     floating[:, ::1] grad_out, bint count, Py_ssize_t rows, Py_ssize_t b,
+                     double* sums, Py_ssize_t* counts) noexcept nogil:
     """loss_rows's block b of `rows` rows: its loss to sums[b], its hits to counts[b]"""
     cdef Py_ssize_t i0 = b * rows
     cdef Py_ssize_t i1 = min(i0 + rows, logits.shape[0])
@@ -299,7 +288,6 @@ cdef double loss_rows(int code, const floating[:, ::1] logits, const Py_ssize_t[
     cdef double sums[LOSS_BLOCKS]
     cdef Py_ssize_t counts[LOSS_BLOCKS]
     cdef Py_ssize_t b
-    cdef double loss = 0
     cdef bint count = hits != NULL
     cdef int threads = 1
     if logits.shape[0] * logits.shape[1] >= PARALLEL_MIN_ELEMENTS:
@@ -312,9 +300,18 @@ cdef double loss_rows(int code, const floating[:, ::1] logits, const Py_ssize_t[
         for b in range(blocks.count):
             loss_block(code, logits, labels, targets, w, scale, grad_out, count, blocks.rows,
                        b, sums, counts)
+    return blocks_total(blocks, sums, counts, scale, hits)
+
+
+cdef double blocks_total(LossBlocks blocks, const double* sums, const Py_ssize_t* counts,
+                         double scale, Py_ssize_t* hits) noexcept nogil:
+    """scale * the sum of the blocks' losses, added in order (the same bits at any number of
+    threads), and, unless hits is NULL, hits[0] := the sum of their hits"""
+    cdef Py_ssize_t b
+    cdef double loss = 0
     for b in range(blocks.count):
         loss += sums[b]
-    if count:
+    if hits != NULL:
         hits[0] = 0
         for b in range(blocks.count):
             hits[0] += counts[b]
@@ -333,7 +330,8 @@ cdef double sum_squares(const floating* x, Py_ssize_t size) noexcept nogil:
 # ---- Python wrappers: check shapes, then run the kernel without the GIL. ----
 
 def _shape_error(str expected, **arrays):
-    received = ", ".join(f"{name}.shape={tuple(a.shape)}" for name, a in arrays.items())
+    received = ", ".join(f"{name}.shape={tuple(a.shape) if a is not None else None}"
+                         for name, a in arrays.items())
     return ValueError(f"Expected {expected}. Received: {received}")
 
 
@@ -356,27 +354,13 @@ cdef tuple checked_loss_and_hits(int code, const floating[:, ::1] logits, object
     """loss_and_hits, for the compiled callers (fastnaive._program) as well"""
     cdef const Py_ssize_t[::1] labels = None
     cdef const floating[:, ::1] t = None
-    cdef Py_ssize_t rows
-    if not SPARSE_CATEGORICAL_CODE <= code <= MEAN_SQUARED_CODE:
-        raise ValueError(f"Expected code in [{SPARSE_CATEGORICAL_CODE}, "
-                         f"{MEAN_SQUARED_CODE}]. Received: code={code}")
+    check_loss_code(code)
     if code == SPARSE_CATEGORICAL_CODE:
         labels = targets
-        rows = labels.shape[0]
     else:
         t = targets
-        rows = t.shape[0] if t.shape[1] == logits.shape[1] else -1
-    if not (logits.shape[0] == rows == grad_out.shape[0] > 0
-            and logits.shape[1] == grad_out.shape[1] > 0):
-        raise _shape_error("logits (n, k), targets (n,) of class indices or (n, k), and "
-                           "grad_out (n, k), with n, k >= 1", logits=logits, targets=targets,
-                           grad_out=grad_out)
-    cdef const floating* w = NULL
-    if sample_weight is not None:
-        if sample_weight.shape[0] != logits.shape[0]:
-            raise ValueError(f"Expected sample_weight of shape ({logits.shape[0]},). "
-                             f"Received: sample_weight.shape=({sample_weight.shape[0]},)")
-        w = &sample_weight[0]
+    check_loss(code, logits, labels, t, grad_out, sample_weight)
+    cdef const floating* w = NULL if sample_weight is None else &sample_weight[0]
     cdef double s = 1.0 / logits.shape[0] if scale is None else scale
     cdef double loss
     cdef Py_ssize_t hits = 0
@@ -384,6 +368,38 @@ cdef tuple checked_loss_and_hits(int code, const floating[:, ::1] logits, object
         loss = loss_rows(code, logits, labels, t, w, s, grad_out, &hits if count else NULL,
                          max(n_threads, 1))
     return loss, hits
+
+
+cdef int check_loss_code(int code) except -1:
+    """Raise ValueError unless code is one of the losses'"""
+    if not SPARSE_CATEGORICAL_CODE <= code <= MEAN_SQUARED_CODE:
+        raise ValueError(f"Expected code in [{SPARSE_CATEGORICAL_CODE}, "
+                         f"{MEAN_SQUARED_CODE}]. Received: code={code}")
+    return 0
+
+
+cdef int check_loss(int code, const floating[:, ::1] logits, const Py_ssize_t[::1] labels,
+                    const floating[:, ::1] targets, const floating[:, ::1] grad_out,
+                    const floating[::1] sample_weight) except -1:
+    """Raise ValueError unless the loss `code` (checked by check_loss_code) can run on these
+    arrays: labels (n,) for SPARSE_CATEGORICAL, else targets (n, k); logits and grad_out (n,
+    k) with n, k >= 1; sample_weight (n,) or None"""
+    cdef Py_ssize_t rows
+    if code == SPARSE_CATEGORICAL_CODE:
+        rows = labels.shape[0] if labels is not None else -1
+    else:
+        rows = (targets.shape[0] if targets is not None and targets.shape[1] == logits.shape[1]
+                else -1)
+    if not (logits.shape[0] == rows == grad_out.shape[0] > 0
+            and logits.shape[1] == grad_out.shape[1] > 0):
+        raise _shape_error("logits (n, k), targets (n,) of class indices or (n, k), and "
+                           "grad_out (n, k), with n, k >= 1", logits=logits,
+                           targets=labels if code == SPARSE_CATEGORICAL_CODE else targets,
+                           grad_out=grad_out)
+    if sample_weight is not None and sample_weight.shape[0] != logits.shape[0]:
+        raise ValueError(f"Expected sample_weight of shape ({logits.shape[0]},). "
+                         f"Received: sample_weight.shape=({sample_weight.shape[0]},)")
+    return 0
 
 
 def sum_squares_checked(const floating[:, ::1] x):

@@ -12,6 +12,7 @@
 # write are in range by construction, so they reach the sparse products unchecked. The GIL
 # is released around each kernel.
 from cython cimport floating
+from cython.parallel cimport prange
 from libc.math cimport isfinite
 
 import numpy as np
@@ -22,14 +23,25 @@ from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport (RULE_ADAM, RULE_MOMENTUM, RULE_NESTEROV, Rule, dense_forward,
                                  dense_input_grad, dense_param_grad, max_abs,
                                  max_abs_on)
-from fastnaive._losses cimport checked_loss_and_hits
-from fastnaive._sparse cimport (NARROW_MAX, checked_cut, feature_parts, group_and_forward,
-                                group_lines, n_groups, narrow_forward, narrow_input_grad,
-                                narrow_param_grad, sparse_param_grad, starts_length)
+from fastnaive._losses cimport (LOSS_BLOCKS, SPARSE_CATEGORICAL_CODE, LossBlocks,
+                                blocks_total, check_loss, check_loss_code,
+                                checked_loss_and_hits, loss_block, loss_blocks)
+from fastnaive._sparse cimport (NARROW_MAX, add_parts_rows, checked_cut, feature_parts,
+                                group_and_forward, group_lines, n_groups, narrow_forward,
+                                narrow_forward_rows, narrow_in_parallel, narrow_input_grad,
+                                narrow_input_rows, narrow_param_grad, sparse_param_grad,
+                                starts_length)
 
 # How the first layer multiplies its inputs: GEMMs, the sparse kernels on the inputs'
 # nonzeros, or the caller (who then also runs its activation's product and gradient).
 FIRST_DENSE, FIRST_SPARSE, FIRST_EXTERNAL = 0, 1, 2
+
+# What a forward sweep left for the head pass to do (forward_sweep's return): nothing, or
+# the sparse first layer's partial sums to add to its outputs, with ReLU or without.
+cdef enum:
+    PARTS_ADDED = 0
+    PARTS_PENDING = 1
+    PARTS_PENDING_RELU = 2
 
 
 cdef object held_view(object array, bint is_double):
@@ -257,10 +269,10 @@ cdef class Program:
             x = None
         if self.is_double:
             forward_sweep[double](self, x, n, training, head, first_row, iteration, out,
-                                  out is not None, max(n_threads, 1))
+                                  out is not None, max(n_threads, 1), self.n_layers, False)
         else:
             forward_sweep[float](self, x, n, training, head, first_row, iteration, out,
-                                 out is not None, max(n_threads, 1))
+                                 out is not None, max(n_threads, 1), self.n_layers, False)
 
     def backward(self, x, Py_ssize_t n, bint gradients, Py_ssize_t first_row=0,
                  long long iteration=0, layer_ready=None, flat=None, bounds=None,
@@ -274,10 +286,10 @@ cdef class Program:
             x = None
         if self.is_double:
             backward_sweep[double](self, x, n, gradients, first_row, iteration, layer_ready,
-                                   flat, bounds, max(n_threads, 1))
+                                   flat, bounds, max(n_threads, 1), self.n_layers - 1, False)
         else:
             backward_sweep[float](self, x, n, gradients, first_row, iteration, layer_ready,
-                                  flat, bounds, max(n_threads, 1))
+                                  flat, bounds, max(n_threads, 1), self.n_layers - 1, False)
 
     def train(self, x, Py_ssize_t n, int loss_code, targets, sample_weight, double loss_scale,
               double penalty, Py_ssize_t first_row, long long iteration, scale,
@@ -288,7 +300,9 @@ cdef class Program:
         into the last deltas; then, unless that loss plus `penalty` is not finite, backward
         without gradients and the update's bound: fused_bound(scale) or, with scale None,
         gradient_bound. Return (loss + penalty, hits, bound), bound None after a loss that
-        is not finite."""
+        is not finite. Under a narrow linear head, the head's product, the loss and the
+        head's input gradient are one pass over the batch's rows (head_pass: the same bits),
+        so that input gradient is written whatever the loss."""
         self.check(x, n, first_row, True)
         if self.first == FIRST_EXTERNAL:
             raise ValueError("Expected a Program that computes its first layer's products. "
@@ -414,7 +428,12 @@ cdef double weights_peak(Program p, floating kind, int n_threads):
 
 cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint training,
                        bint head, Py_ssize_t first_row, long long iteration,
-                       floating[:, ::1] out, bint has_out, int n_threads) except -1:
+                       floating[:, ::1] out, bint has_out, int n_threads, Py_ssize_t stop,
+                       bint defer_parts) except -1:
+    """The layers 0 ... stop - 1 forward; with defer_parts, where the last of them is the
+    sparse first layer, its outputs without activation or dropout after, and its threads
+    left partial sums, they are left to the caller (head_pass): return PARTS_PENDING(_RELU)
+    then, else PARTS_ADDED."""
     cdef const floating[:, ::1] a = x
     cdef const floating[:, ::1] W
     cdef const floating[::1] b
@@ -423,14 +442,14 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
     cdef int[::1] starts, index, column_starts, column_index
     cdef Py_ssize_t i, last = p.n_layers - 1
     cdef int code, fused
-    cdef bint has_pre, relu, columns
+    cdef bint has_pre, relu, columns, defer, pending = False
     cdef double rate, peak
     cdef unsigned long long seed
     p.input_peaks[:] = -1
     p.delta_peaks[:] = -1
     if n == 0:
-        return 0
-    for i in range(p.n_layers):
+        return PARTS_ADDED
+    for i in range(stop):
         code = p.head_codes[i] if head else p.codes[i]
         if i == last and has_out:
             z = out
@@ -467,10 +486,13 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
             else:
                 column_starts, column_index, column_quads = starts, index, quads  # unused
             offsets, offset_sums = p.offsets, p.offset_sums
+            defer = (defer_parts and i == stop - 1 and (relu or fused == LINEAR_CODE)
+                     and not has_pre and not (training and p.dropped[i] is not None))
             with nogil:
-                group_and_forward(x, starts, index, quads, columns, column_starts,
-                                  column_index, column_quads, W, b, offsets, offset_sums, relu,
-                                  target, partial, p.cut, n_threads, &peak if columns else NULL)
+                pending = group_and_forward(x, starts, index, quads, columns, column_starts,
+                                            column_index, column_quads, W, b, offsets,
+                                            offset_sums, relu, target, partial, p.cut,
+                                            n_threads, &peak if columns else NULL, not defer)
                 if not relu and fused != LINEAR_CODE:
                     activate_rows(fused, target, target)
             if columns:
@@ -497,7 +519,9 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
             a = dropped
         else:
             a = z
-    return 0
+    if pending:
+        return PARTS_PENDING_RELU if p.codes[0] == RELU_CODE else PARTS_PENDING
+    return PARTS_ADDED
 
 
 cdef inline const floating[:, ::1] layer_input(Program p, Py_ssize_t i, Py_ssize_t n,
@@ -543,7 +567,10 @@ cdef int param_grad(Program p, Py_ssize_t i, const floating[:, ::1] x,
 
 cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint gradients,
                         Py_ssize_t first_row, long long iteration, object layer_ready,
-                        object flat, object bounds, int n_threads) except -1:
+                        object flat, object bounds, int n_threads, Py_ssize_t top,
+                        bint applied_below) except -1:
+    """From layer `top`'s deltas down to the first layer's; applied_below: top's deltas have
+    their activation's derivative already (the head pass's input gradient)."""
     cdef floating[:, ::1] delta, outputs, pre, dW, previous
     cdef floating[::1] db
     cdef const floating[:, ::1] W
@@ -558,11 +585,14 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
     # Whether the layer's delta has its activation's derivative already: the input gradient
     # of the layer above applies it as it stores each block, where no dropout comes between
     # (the narrow one ReLU's alone).
-    cdef bint applied = False
+    cdef bint applied = applied_below
     cdef double peaks[2]
-    p.input_peaks[1:] = -1  # the first layer's input is the forward pass's
-    p.delta_peaks[:] = -1
-    for i in reversed(range(p.n_layers)):
+    # The first layer's input is the forward pass's; those above top's, the head pass's.
+    p.input_peaks[1:top + 1] = -1
+    p.delta_peaks[:top] = -1
+    if top == p.n_layers - 1:
+        p.delta_peaks[top] = -1
+    for i in reversed(range(top + 1)):
         delta = p.deltas[i]
         delta = delta[:n]
         if p.dropped[i] is not None:
@@ -630,19 +660,131 @@ cdef tuple train_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, int lo
                        object targets, const floating[::1] sample_weight, double loss_scale,
                        double penalty, Py_ssize_t first_row, long long iteration, object scale,
                        double weight_bound, double input_bound, int n_threads):
-    cdef floating[:, ::1] logits = p.outputs[p.n_layers - 1]
-    cdef floating[:, ::1] delta = p.deltas[p.n_layers - 1]
+    cdef Py_ssize_t last = p.n_layers - 1, top = last, hits = 0
+    cdef floating[:, ::1] logits = p.outputs[last]
+    cdef floating[:, ::1] delta = p.deltas[last]
     cdef floating[:, ::1] no_out = None
+    cdef floating[:, ::1] hidden, partial, previous
+    cdef const floating[:, ::1] a, W
+    cdef const floating[::1] bias
+    cdef const Py_ssize_t[::1] labels = None
+    cdef const floating[:, ::1] t = None
+    cdef const floating* w = NULL
+    cdef const floating* relu_of = NULL
+    cdef double peaks[2]
+    cdef double loss
+    cdef int pending
+    cdef bint applied = False
     cdef double step_scale = 0 if scale is None else scale
-    forward_sweep(p, x, n, True, False, first_row, iteration, no_out, False, n_threads)
-    loss, hits = checked_loss_and_hits(loss_code, logits[:n], targets, delta[:n], sample_weight,
-                                       loss_scale, n_threads, True)
+    logits, delta = logits[:n], delta[:n]
+    if (last > 0 and n and p.narrow[last] and p.codes[last] == LINEAR_CODE
+            and p.pre[last] is None and p.dropped[last] is None and p.weights[last].shape[0]):
+        # The head's product, the loss and the head's input gradient in one pass over the
+        # batch's rows (head_pass), after the layers below.
+        check_loss_code(loss_code)
+        if loss_code == SPARSE_CATEGORICAL_CODE:
+            labels = targets
+        else:
+            t = targets
+        check_loss(loss_code, logits, labels, t, delta, sample_weight)
+        if sample_weight is not None:
+            w = &sample_weight[0]
+        pending = forward_sweep(p, x, n, True, False, first_row, iteration, no_out, False,
+                                n_threads, last, True)
+        hidden, previous = p.outputs[last - 1], p.deltas[last - 1]
+        hidden, previous = hidden[:n], previous[:n]
+        a = hidden
+        if p.dropped[last - 1] is not None:
+            a = p.dropped[last - 1]
+            a = a[:n]
+        elif p.codes[last - 1] == RELU_CODE:
+            relu_of = &hidden[0, 0]
+            applied = True
+        partial = hidden  # unused unless the first layer's partial sums are pending
+        if pending != PARTS_ADDED:
+            partial = p.partial
+            partial = partial[:n]
+        W, bias = p.weights[last], p.biases[last]
+        with nogil:
+            loss = head_pass(loss_code, a, W, bias, logits, labels, t, w, loss_scale, delta,
+                             &hits, hidden, partial, pending, previous, relu_of,
+                             peaks if applied else NULL, n_threads)
+        if applied:
+            p.input_peaks[last], p.delta_peaks[last - 1] = peaks[0], peaks[1]
+        top = last - 1
+    else:
+        forward_sweep(p, x, n, True, False, first_row, iteration, no_out, False, n_threads,
+                      p.n_layers, False)
+        loss, hits = checked_loss_and_hits(loss_code, logits, targets, delta, sample_weight,
+                                           loss_scale, n_threads, True)
     loss += penalty
     if not isfinite(loss):
         return loss, hits, None
-    backward_sweep(p, x, n, False, first_row, iteration, None, None, None, n_threads)
+    backward_sweep(p, x, n, False, first_row, iteration, None, None, None, n_threads, top,
+                   applied)
     bound = bound_sweep(p, x, n, step_scale, weight_bound, input_bound, scale is None)
     return loss, hits, bound
+
+
+cdef void head_slot(int loss_code, const floating[:, ::1] a, const floating[:, ::1] W,
+                    const floating[::1] b, floating[:, ::1] logits,
+                    const Py_ssize_t[::1] labels, const floating[:, ::1] targets,
+                    const floating* w, double scale, floating[:, ::1] delta, bint count,
+                    floating[:, ::1] hidden, const floating[:, ::1] partial, int pending,
+                    floating[:, ::1] previous, const floating* relu_of, LossBlocks blocks,
+                    Py_ssize_t b0, Py_ssize_t b1, double* sums, Py_ssize_t* counts,
+                    double* slot_peaks) noexcept nogil:
+    """head_pass's blocks of rows b0 ... b1 - 1"""
+    cdef Py_ssize_t i0 = b0 * blocks.rows, i1 = min(b1 * blocks.rows, logits.shape[0]), block
+    if pending != PARTS_ADDED:
+        add_parts_rows(hidden, partial, pending == PARTS_PENDING_RELU, i0, i1)
+    narrow_forward_rows(a, W, b, LINEAR_CODE, logits, i0, i1)
+    for block in range(b0, b1):
+        loss_block(loss_code, logits, labels, targets, w, scale, delta, count, blocks.rows,
+                   block, sums, counts)
+    narrow_input_rows(delta, W, previous, relu_of, i0, i1, slot_peaks)
+
+
+cdef double head_pass(int loss_code, const floating[:, ::1] a, const floating[:, ::1] W,
+                      const floating[::1] b, floating[:, ::1] logits,
+                      const Py_ssize_t[::1] labels, const floating[:, ::1] targets,
+                      const floating* w, double scale, floating[:, ::1] delta,
+                      Py_ssize_t* hits, floating[:, ::1] hidden,
+                      const floating[:, ::1] partial, int pending, floating[:, ::1] previous,
+                      const floating* relu_of, double* peaks, int n_threads) noexcept nogil:
+    """A narrow linear head's training rows, in one parallel region: hidden := act(hidden +
+    partial) where the first layer's partial sums are pending (add_parts_rows), logits := a
+    @ W + b (narrow_forward), the loss `loss_code` and its gradient into delta
+    (fastnaive._losses.loss_block), previous := delta @ W.T, times ReLU's derivative unless
+    relu_of is NULL (narrow_input_grad). Each thread takes whole blocks of the loss's rows
+    (LossBlocks) and runs every part on them alone, so nothing passes between the threads,
+    and every element is the same sum as in those passes apart, at any number of threads.
+    Return scale * the loss (blocks_total), hits[0] := its hits, and unless peaks is NULL,
+    peaks[0] := max |relu_of|, peaks[1] := max |previous| (narrow_input_grad's)."""
+    cdef Py_ssize_t n = logits.shape[0], m = logits.shape[1], k = W.shape[0]
+    cdef LossBlocks blocks = loss_blocks(n)
+    cdef double sums[LOSS_BLOCKS]
+    cdef Py_ssize_t counts[LOSS_BLOCKS]
+    cdef double slot_peaks[2 * LOSS_BLOCKS]
+    cdef Py_ssize_t slots = 1, slot
+    if narrow_in_parallel(n, m, k, blocks.count, n_threads):
+        slots = min(<Py_ssize_t>n_threads, blocks.count)
+    if slots > 1:
+        for slot in prange(slots, num_threads=slots, schedule="static"):
+            head_slot(loss_code, a, W, b, logits, labels, targets, w, scale, delta,
+                      hits != NULL, hidden, partial, pending, previous, relu_of, blocks,
+                      slot * blocks.count // slots, (slot + 1) * blocks.count // slots, sums,
+                      counts, &slot_peaks[2 * slot] if peaks != NULL else NULL)
+    else:
+        head_slot(loss_code, a, W, b, logits, labels, targets, w, scale, delta,
+                  hits != NULL, hidden, partial, pending, previous, relu_of, blocks, 0,
+                  blocks.count, sums, counts, slot_peaks if peaks != NULL else NULL)
+    if peaks != NULL:
+        peaks[0] = peaks[1] = 0
+        for slot in range(slots):
+            peaks[0] = max(peaks[0], slot_peaks[2 * slot])
+            peaks[1] = max(peaks[1], slot_peaks[2 * slot + 1])
+    return blocks_total(blocks, sums, counts, scale, hits)
 
 
 cdef double bound_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, double scale,

@@ -18,14 +18,16 @@ cdef Py_ssize_t starts_length(Py_ssize_t n_lines, Py_ssize_t n_positions,
 cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
                             int[::1] index_out, floating[:, ::1] quads_out, Py_ssize_t cut,
                             int n_threads) noexcept nogil
-cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
+cdef bint group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                             int[::1] row_index_out, floating[:, ::1] row_quads_out,
                             bint columns, int[::1] column_starts_out, int[::1] column_index_out,
                             floating[:, ::1] column_quads_out, const floating[:, ::1] W,
                             const floating[::1] b, const floating[::1] offsets,
                             floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
                             floating[:, ::1] partial, Py_ssize_t cut, int n_threads,
-                            double* peak) noexcept nogil
+                            double* peak, bint add_parts) noexcept nogil
+cdef void add_parts_rows(floating[:, ::1] Z_out, const floating[:, ::1] partial, bint relu,
+                         Py_ssize_t i0, Py_ssize_t i1) noexcept nogil
 cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                             const floating[:, ::1] quads, const floating[:, ::1] delta,
                             floating alpha, floating beta, floating[:, ::1] dW_out,
@@ -42,3 +44,11 @@ cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] del
                             floating alpha, floating beta, floating[:, ::1] dW_out,
                             floating[::1] db_out, int n_threads,
                             const Rule* rule) noexcept nogil
+cdef bint narrow_in_parallel(Py_ssize_t n, Py_ssize_t m, Py_ssize_t k, Py_ssize_t n_blocks,
+                             int n_threads) noexcept nogil
+cdef void narrow_forward_rows(const floating[:, ::1] X, const floating[:, ::1] W,
+                              const floating[::1] b, int activation, floating[:, ::1] Z_out,
+                              Py_ssize_t i0, Py_ssize_t i1) noexcept nogil
+cdef void narrow_input_rows(const floating[:, ::1] delta, const floating[:, ::1] W,
+                            floating[:, ::1] dX_out, const floating* relu_of, Py_ssize_t i0,
+                            Py_ssize_t i1, double* slot_peaks) noexcept nogil

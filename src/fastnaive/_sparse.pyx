@@ -100,8 +100,8 @@ cdef extern from "sparse_kernels.h" nogil:
         double alpha, double beta, double* dW, Py_ssize_t c0, Py_ssize_t c1)
     int max_threads "fastnaive_sparse_max_threads"()
 
-# Elements per block of the weight gradient's slabs of columns and of the narrow products'
-# parts: 128 floats or 64 doubles, a whole number of tiles on every ISA.
+# Elements per block of the weight gradient's slabs of columns: 128 floats or 64 doubles, a
+# whole number of tiles on every ISA.
 cdef Py_ssize_t BLOCK_BYTES = 512
 # Columns of W per block of X @ W: 1 KB of each row; threads that share a part of the
 # features split its columns in units of 256 bytes (the widest tile, AVX-512's four
@@ -121,6 +121,10 @@ cdef Py_ssize_t PART_MIN_FEATURES = 64
 # Below this many multiply-adds, or quads to sort, a parallel region costs more than it saves.
 cdef Py_ssize_t PARALLEL_MIN_PRODUCTS = 1 << 18
 cdef Py_ssize_t PARALLEL_MIN_QUADS = 1 << 13
+# The narrow products' (a 10-output head's) threshold: their kernels run near the core's
+# peak, and on 2 threads a deep model's 128 x 128 x 10 head products (2^17.3 multiply-adds)
+# gain more than their region costs (deep Adam, Zen 4: 0.224 -> 0.221 s an epoch).
+cdef Py_ssize_t NARROW_PARALLEL_MIN = 1 << 16
 # Rows of X @ W per block of the narrow forward product.
 cdef Py_ssize_t NARROW_ROWS = 32
 # The weight gradient's columns, in slabs whose part of delta (batch rows x slab) fits
@@ -415,15 +419,21 @@ cdef void add_partial_sums(floating[:, ::1] Z_out, const floating[:, ::1] partia
                            Py_ssize_t slots) noexcept nogil:
     """Z := act(Z + partial) by rows on `slots` (> 1) threads: each thread's rows of Z as the
     layer above's blocks of rows"""
-    cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1], slot, i0, i1
+    cdef Py_ssize_t n = Z_out.shape[0], slot
     for slot in prange(slots, num_threads=slots, schedule="static"):
-        i0 = slot * n // slots
-        i1 = (slot + 1) * n // slots
-        if i1 > i0:
-            if floating is float:
-                add_parts_f(&Z_out[i0, 0], &partial[i0, 0], (i1 - i0) * m, relu)
-            else:
-                add_parts_d(&Z_out[i0, 0], &partial[i0, 0], (i1 - i0) * m, relu)
+        add_parts_rows(Z_out, partial, relu, slot * n // slots, (slot + 1) * n // slots)
+
+
+cdef void add_parts_rows(floating[:, ::1] Z_out, const floating[:, ::1] partial, bint relu,
+                         Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    """Z := act(Z + partial) in rows i0 ... i1 - 1 (element by element: the same bits in any
+    rows)"""
+    cdef Py_ssize_t m = Z_out.shape[1]
+    if i1 > i0:
+        if floating is float:
+            add_parts_f(&Z_out[i0, 0], &partial[i0, 0], (i1 - i0) * m, relu)
+        else:
+            add_parts_d(&Z_out[i0, 0], &partial[i0, 0], (i1 - i0) * m, relu)
 
 
 cdef inline void group_and_forward_share(
@@ -441,19 +451,21 @@ cdef inline void group_and_forward_share(
                   relu, Z_out, partial, share, parts, cut)
 
 
-cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
+cdef bint group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                             int[::1] row_index_out, floating[:, ::1] row_quads_out,
                             bint columns, int[::1] column_starts_out, int[::1] column_index_out,
                             floating[:, ::1] column_quads_out, const floating[:, ::1] W,
                             const floating[::1] b, const floating[::1] offsets,
                             floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
                             floating[:, ::1] partial, Py_ssize_t cut, int n_threads,
-                            double* peak) noexcept nogil:
+                            double* peak, bint add_parts) noexcept nogil:
     """group_lines(X, True, row_*) (and, if columns, group_lines(X, False, column_*)), then
     sparse_forward on the row groups (with offsets, see there). Where each thread holds whole
     parts, it groups and multiplies them in one parallel region: its products read only the
     groups it made. Unless peak is NULL, *peak := max |X| (as max_abs: inf for a NaN), from
-    the quads of the row groups as they are made."""
+    the quads of the row groups as they are made. Return True where the threads left partial
+    sums for Z := act(Z + partial) (add_parts_rows) and add_parts was False: the caller's
+    next pass over Z's rows adds them (fastnaive._program's head pass); else Z is whole."""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1], m = Z_out.shape[1]
     cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
     cdef Py_ssize_t slot
@@ -469,7 +481,7 @@ cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                 peak[0] = max_abs(&X[0, 0], n * k) if n and k else 0
         sparse_forward(row_starts_out, row_index_out, row_quads_out, W, b, offsets,
                        offset_sums, relu, Z_out, partial, cut, n_threads)
-        return
+        return False
     if slots == 1:
         group_and_forward_share(X, row_starts_out, row_index_out, row_quads_out, columns,
                                 column_starts_out, column_index_out, column_quads_out, W, b,
@@ -488,7 +500,10 @@ cdef void group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
         for slot in range(slots):
             peak[0] = max(peak[0], slot_peaks[slot])
     if parts > 1 and slots > 1:
+        if not add_parts:
+            return True
         add_partial_sums(Z_out, partial, relu, slots)
+    return False
 
 
 cdef Py_ssize_t balanced_cut(const int[::1] starts, Py_ssize_t g0, Py_ssize_t g1,
@@ -612,17 +627,16 @@ cdef inline void param_grad_slot(const int[::1] starts, const int[::1] index,
             rule_step(rule, 1, &db_out[j0], j0, j1 - j0)
 
 
-cdef inline bint narrow_in_parallel(Py_ssize_t n, Py_ssize_t m, Py_ssize_t k,
-                                    Py_ssize_t n_blocks, int n_threads) noexcept nogil:
+cdef bint narrow_in_parallel(Py_ssize_t n, Py_ssize_t m, Py_ssize_t k, Py_ssize_t n_blocks,
+                             int n_threads) noexcept nogil:
     """True when a narrow product of n x k x m multiply-adds in n_blocks blocks is worth a
     parallel region"""
-    return n_threads > 1 and n_blocks > 1 and n * m * k >= PARALLEL_MIN_PRODUCTS
+    return n_threads > 1 and n_blocks > 1 and n * m * k >= NARROW_PARALLEL_MIN
 
 
-cdef inline void narrow_forward_rows(const floating[:, ::1] X, const floating[:, ::1] W,
-                                     const floating[::1] b, int activation,
-                                     floating[:, ::1] Z_out, Py_ssize_t i0,
-                                     Py_ssize_t i1) noexcept nogil:
+cdef void narrow_forward_rows(const floating[:, ::1] X, const floating[:, ::1] W,
+                              const floating[::1] b, int activation, floating[:, ::1] Z_out,
+                              Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
     """narrow_forward's rows i0 ... i1 - 1 (each row's sums are the same in any block)"""
     cdef Py_ssize_t m = Z_out.shape[1], k = X.shape[1]
     # With k = 0, X and W have no first element: the kernel reads neither.
@@ -652,10 +666,9 @@ cdef void narrow_forward(const floating[:, ::1] X, const floating[:, ::1] W,
         narrow_forward_rows(X, W, b, activation, Z_out, 0, n)
 
 
-cdef inline void narrow_input_rows(const floating[:, ::1] delta, const floating[:, ::1] W,
-                                   floating[:, ::1] dX_out, const floating* relu_of,
-                                   Py_ssize_t i0, Py_ssize_t i1,
-                                   double* slot_peaks) noexcept nogil:
+cdef void narrow_input_rows(const floating[:, ::1] delta, const floating[:, ::1] W,
+                            floating[:, ::1] dX_out, const floating* relu_of, Py_ssize_t i0,
+                            Py_ssize_t i1, double* slot_peaks) noexcept nogil:
     """narrow_input_grad's rows i0 ... i1 - 1; unless slot_peaks is NULL, their peaks there"""
     cdef Py_ssize_t k = dX_out.shape[1], m = W.shape[1]
     if slot_peaks != NULL:
@@ -735,7 +748,9 @@ cdef void narrow_param_grad(const floating[:, ::1] X, const floating[:, ::1] del
     delta of at most NARROW_MAX columns; then, unless rule is NULL, its step on each block
     of rows and on db"""
     cdef Py_ssize_t n = X.shape[0], k = dW_out.shape[0], m = dW_out.shape[1]
-    cdef Py_ssize_t width = BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
+    # Blocks of 256 bytes of dW's rows, a whole number of tiles on every ISA (each element
+    # is its tile's sum at any block width): a 128-input head's in two.
+    cdef Py_ssize_t width = MIN_BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t block, n_blocks = (k + width - 1) // width
     if m == 0:
         return
