@@ -1,0 +1,136 @@
+"""Two threads against one, interleaved: fastnaive.fit's thread scaling on the matrix's
+workloads, as a Markdown table.
+
+For each workload of matrix.py, one process trains fastnaive from the matrix's initial
+weights (its FastnaivePeer, reset before every epoch), one epoch at a time, the epochs
+alternating between one thread (every thread pool limited to one, threadpoolctl) and the
+process's two CPUs, `--rounds` rounds. Before each two-thread epoch a cache line's round trip
+between the two CPUs is measured (workloads.core_round_trip): on a virtual machine the host
+places the two virtual CPUs near each other or far apart and moves them, and a two-thread
+step that hands data between its threads runs at the speed of that placement. The table
+gives the one-thread epochs' median and best, the same of the two-thread epochs run near
+(below workloads.NEAR_NS), the ratios of the medians and of the bests, and the far epochs'
+median. Interleaved in one process, the ratio is steadier than between two runs apart
+(matrix.py's thread counts run one after the other, each in its own process).
+
+Run from the repository root, FASTNAIVE_DATA naming a folder holding mnist.npz:
+
+    python benchmarks/threads.py [--quick] [--rounds N] [--workloads NAME ...]
+
+--quick trains the matrix's three quick batches per epoch, one round: it checks the command.
+Nothing here fails on timing.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import matrix
+import peers
+import workloads
+from threadpoolctl import threadpool_limits
+
+DEFAULT_WORKLOADS = ("book", "fashion", "deep-adam", "dense", "float64", "big-batch")
+ROUNDS, QUICK_ROUNDS = 8, 1
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="three batches an epoch, one round")
+    parser.add_argument("--rounds", type=int, help=f"rounds of two epochs (default {ROUNDS})")
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=sorted(matrix.WORKLOADS),
+        default=list(DEFAULT_WORKLOADS),
+        metavar="NAME",
+        help=f"default: {' '.join(DEFAULT_WORKLOADS)} ({', '.join(sorted(matrix.WORKLOADS))})",
+    )
+    args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = QUICK_ROUNDS if args.quick else ROUNDS
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if len(os.sched_getaffinity(0)) < 2:
+        parser.error("this process may run on one CPU only: there is no second thread to time")
+    return args
+
+
+def timed(epoch):
+    start = time.perf_counter()
+    epoch()
+    return time.perf_counter() - start
+
+
+def scaling(workload, images, args):
+    """(one-thread seconds, [(two-thread seconds, round trip ns or None), ...])"""
+    x, y = matrix.workload_data(workload, images, args.quick)
+    peer = peers.FastnaivePeer(workload, matrix.initial_weights(workload), x, y)
+    peer.epoch(matrix.warm_up_batches(len(peer.bounds)))  # plans, pages the buffers in
+    ones, twos = [], []
+    for _ in range(args.rounds):
+        peer.reset()
+        with threadpool_limits(1):
+            ones.append(timed(peer.epoch))
+        peer.reset()
+        nanoseconds = workloads.core_round_trip()
+        twos.append((timed(peer.epoch), nanoseconds))
+    return ones, twos
+
+
+def cell(seconds):
+    return f"{statistics.median(seconds):.3f} / {min(seconds):.3f}" if seconds else "-"
+
+
+def row(workload, ones, twos):
+    near = [s for s, ns in twos if ns is not None and ns < workloads.NEAR_NS]
+    far = [s for s, ns in twos if not (ns is not None and ns < workloads.NEAR_NS)]
+    ratios = "-"
+    if near:
+        ratios = (
+            f"{statistics.median(ones) / statistics.median(near):.2f} / {min(ones) / min(near):.2f}"
+        )
+    trips = [round(ns) for _, ns in twos if ns is not None]
+    spread = f"{min(trips)}-{max(trips)}" if trips else "-"
+    return [
+        workload.name,
+        cell(ones),
+        f"{cell(near)} ({len(near)})",
+        ratios,
+        f"{statistics.median(far):.3f} ({len(far)})" if far else "-",
+        spread,
+    ]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    images = {
+        dataset: matrix.load_images(dataset)
+        for dataset in {matrix.WORKLOADS[name].dataset for name in args.workloads}
+    }
+    rows = []
+    for name in args.workloads:
+        workload = matrix.WORKLOADS[name]
+        ones, twos = scaling(workload, images, args)
+        rows.append(row(workload, ones, twos))
+        print(f"{name}: done", file=sys.stderr, flush=True)
+    print(f"# fastnaive.fit, 1 thread against 2, interleaved ({args.rounds} rounds)")
+    print()
+    print(f"CPU: {workloads.cpu_description()}, CPUs {sorted(os.sched_getaffinity(0))[:2]}")
+    print()
+    headers = [
+        "workload",
+        "1 thread s, median / best",
+        "2 threads near s, median / best (epochs)",
+        "1t / 2t near, medians / bests",
+        "2 threads far s, median (epochs)",
+        "round trip ns",
+    ]
+    print(workloads.markdown_table(headers, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
