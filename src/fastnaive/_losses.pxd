@@ -24,7 +24,9 @@ cdef void loss_block(int code, const floating[:, ::1] logits, const Py_ssize_t[:
                      double* sums, Py_ssize_t* counts) noexcept nogil
 cdef double blocks_total(LossBlocks blocks, const double* sums, const Py_ssize_t* counts,
                          double scale, Py_ssize_t* hits) noexcept nogil
-cdef int check_loss_code(int code) except -1
+cdef const Py_ssize_t[::1] loss_labels(int code, object targets)
+cdef const floating[:, ::1] loss_targets(int code, object targets,
+                                         const floating[:, ::1] logits)
 cdef int check_loss(int code, const floating[:, ::1] logits, const Py_ssize_t[::1] labels,
                     const floating[:, ::1] targets, const floating[:, ::1] grad_out,
                     const floating[::1] sample_weight) except -1

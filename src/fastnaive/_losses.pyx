@@ -352,13 +352,8 @@ cdef tuple checked_loss_and_hits(int code, const floating[:, ::1] logits, object
                                  floating[:, ::1] grad_out, const floating[::1] sample_weight,
                                  object scale, int n_threads, bint count):
     """loss_and_hits, for the compiled callers (fastnaive._program) as well"""
-    cdef const Py_ssize_t[::1] labels = None
-    cdef const floating[:, ::1] t = None
-    check_loss_code(code)
-    if code == SPARSE_CATEGORICAL_CODE:
-        labels = targets
-    else:
-        t = targets
+    cdef const Py_ssize_t[::1] labels = loss_labels(code, targets)
+    cdef const floating[:, ::1] t = loss_targets(code, targets, logits)
     check_loss(code, logits, labels, t, grad_out, sample_weight)
     cdef const floating* w = NULL if sample_weight is None else &sample_weight[0]
     cdef double s = 1.0 / logits.shape[0] if scale is None else scale
@@ -370,18 +365,26 @@ cdef tuple checked_loss_and_hits(int code, const floating[:, ::1] logits, object
     return loss, hits
 
 
-cdef int check_loss_code(int code) except -1:
-    """Raise ValueError unless code is one of the losses'"""
+cdef const Py_ssize_t[::1] loss_labels(int code, object targets):
+    """The loss `code`'s targets as class indices (SPARSE_CATEGORICAL's), else None; a code
+    that is none of the losses' raises ValueError, before any conversion"""
     if not SPARSE_CATEGORICAL_CODE <= code <= MEAN_SQUARED_CODE:
         raise ValueError(f"Expected code in [{SPARSE_CATEGORICAL_CODE}, "
                          f"{MEAN_SQUARED_CODE}]. Received: code={code}")
-    return 0
+    return targets if code == SPARSE_CATEGORICAL_CODE else None
+
+
+cdef const floating[:, ::1] loss_targets(int code, object targets,
+                                         const floating[:, ::1] logits):
+    """The loss `code`'s targets per output, in logits' dtype (every loss's but
+    SPARSE_CATEGORICAL's, for which None); after loss_labels, which checks the code"""
+    return None if code == SPARSE_CATEGORICAL_CODE else targets
 
 
 cdef int check_loss(int code, const floating[:, ::1] logits, const Py_ssize_t[::1] labels,
                     const floating[:, ::1] targets, const floating[:, ::1] grad_out,
                     const floating[::1] sample_weight) except -1:
-    """Raise ValueError unless the loss `code` (checked by check_loss_code) can run on these
+    """Raise ValueError unless the loss `code` (checked by loss_labels) can run on these
     arrays: labels (n,) for SPARSE_CATEGORICAL, else targets (n, k); logits and grad_out (n,
     k) with n, k >= 1; sample_weight (n,) or None"""
     cdef Py_ssize_t rows

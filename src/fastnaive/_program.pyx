@@ -23,9 +23,9 @@ from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport (RULE_ADAM, RULE_MOMENTUM, RULE_NESTEROV, Rule, dense_forward,
                                  dense_input_grad, dense_param_grad, max_abs,
                                  max_abs_on)
-from fastnaive._losses cimport (LOSS_BLOCKS, SPARSE_CATEGORICAL_CODE, LossBlocks,
-                                blocks_total, check_loss, check_loss_code,
-                                checked_loss_and_hits, loss_block, loss_blocks)
+from fastnaive._losses cimport (LOSS_BLOCKS, LossBlocks, blocks_total, check_loss,
+                                checked_loss_and_hits, loss_block, loss_blocks, loss_labels,
+                                loss_targets)
 from fastnaive._sparse cimport (NARROW_MAX, add_parts_rows, checked_cut, feature_parts,
                                 group_and_forward, group_lines, n_groups, narrow_forward,
                                 narrow_forward_rows, narrow_in_parallel, narrow_input_grad,
@@ -442,7 +442,8 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
     cdef int[::1] starts, index, column_starts, column_index
     cdef Py_ssize_t i, last = p.n_layers - 1
     cdef int code, fused
-    cdef bint has_pre, relu, columns, defer, pending = False
+    cdef bint has_pre, relu, columns, defer
+    cdef int parts = PARTS_ADDED
     cdef double rate, peak
     cdef unsigned long long seed
     p.input_peaks[:] = -1
@@ -489,10 +490,11 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
             defer = (defer_parts and i == stop - 1 and (relu or fused == LINEAR_CODE)
                      and not has_pre and not (training and p.dropped[i] is not None))
             with nogil:
-                pending = group_and_forward(x, starts, index, quads, columns, column_starts,
-                                            column_index, column_quads, W, b, offsets,
-                                            offset_sums, relu, target, partial, p.cut,
-                                            n_threads, &peak if columns else NULL, not defer)
+                if group_and_forward(x, starts, index, quads, columns, column_starts,
+                                     column_index, column_quads, W, b, offsets, offset_sums,
+                                     relu, target, partial, p.cut, n_threads,
+                                     &peak if columns else NULL, not defer):
+                    parts = PARTS_PENDING_RELU if relu else PARTS_PENDING
                 if not relu and fused != LINEAR_CODE:
                     activate_rows(fused, target, target)
             if columns:
@@ -519,9 +521,7 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
             a = dropped
         else:
             a = z
-    if pending:
-        return PARTS_PENDING_RELU if p.codes[0] == RELU_CODE else PARTS_PENDING
-    return PARTS_ADDED
+    return parts
 
 
 cdef inline const floating[:, ::1] layer_input(Program p, Py_ssize_t i, Py_ssize_t n,
@@ -681,11 +681,7 @@ cdef tuple train_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, int lo
             and p.pre[last] is None and p.dropped[last] is None and p.weights[last].shape[0]):
         # The head's product, the loss and the head's input gradient in one pass over the
         # batch's rows (head_pass), after the layers below.
-        check_loss_code(loss_code)
-        if loss_code == SPARSE_CATEGORICAL_CODE:
-            labels = targets
-        else:
-            t = targets
+        labels, t = loss_labels(loss_code, targets), loss_targets(loss_code, targets, logits)
         check_loss(loss_code, logits, labels, t, delta, sample_weight)
         if sample_weight is not None:
             w = &sample_weight[0]
