@@ -104,12 +104,21 @@ cdef void gemm_block(bint trans_a, bint trans_b, floating alpha, const floating[
                      const floating[:, ::1] B, floating beta, floating[:, ::1] C,
                      Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
     """C[i0:i1, j0:j1] := alpha * (op(A) @ op(B))[i0:i1, j0:j1] + beta * C[i0:i1, j0:j1]"""
+    if i1 > i0 and j1 > j0:
+        gemm_into(trans_a, trans_b, alpha, A, B, beta, &C[i0, j0], C.shape[1], i0, i1, j0, j1)
+
+
+cdef void gemm_into(bint trans_a, bint trans_b, floating alpha, const floating[:, ::1] A,
+                    const floating[:, ::1] B, floating beta, floating* C, Py_ssize_t ldc,
+                    Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """The block [i0:i1, j0:j1] of op(A) @ op(B) into C, i1 - i0 rows ldc elements apart:
+    C := alpha * block + beta * C"""
     cdef int m = <int>(i1 - i0)
     cdef int n = <int>(j1 - j0)
     cdef int k = <int>(A.shape[0] if trans_a else A.shape[1])
     cdef int lda = <int>A.shape[1]
     cdef int ldb = <int>B.shape[1]
-    cdef int ldc = <int>C.shape[1]
+    cdef int ld = <int>ldc
     cdef char* ta = b"T" if trans_a else b"N"
     cdef char* tb = b"T" if trans_b else b"N"
     # op(A)'s rows i0.. are A's rows, or A's columns when transposed; op(B)'s columns j0.. are
@@ -119,11 +128,9 @@ cdef void gemm_block(bint trans_a, bint trans_b, floating alpha, const floating[
     if m <= 0 or n <= 0:
         return
     if floating is float:
-        sgemm(tb, ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta,
-              &C[i0, j0], &ldc)
+        sgemm(tb, ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, C, &ld)
     else:
-        dgemm(tb, ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta,
-              &C[i0, j0], &ldc)
+        dgemm(tb, ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, C, &ld)
 
 
 cdef Py_ssize_t tile_grid(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,

@@ -20,10 +20,10 @@ cdef struct Rule:
 
 cdef void dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
                         const floating[::1] b, int activation,
-                        floating[:, ::1] Z_out, int n_threads) noexcept nogil
+                        floating[:, ::1] Z_out, int n_threads, floating* spare) noexcept nogil
 cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
-                           floating[:, ::1] dX_out, int n_threads, int activation=*,
-                           const floating* a=*, const floating* z=*,
+                           floating[:, ::1] dX_out, int n_threads, floating* spare,
+                           int activation=*, const floating* a=*, const floating* z=*,
                            double* peaks=*) noexcept nogil
 cdef void dense_param_grad(const floating[:, ::1] X, const floating[:, ::1] delta,
                            floating alpha, floating beta,

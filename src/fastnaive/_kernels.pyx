@@ -23,8 +23,10 @@ from cython.parallel cimport prange
 from libc.math cimport exp, NAN, powf, sqrtf
 from libc.string cimport memcpy
 
+import numpy as np
+
 from fastnaive._activations cimport LINEAR_CODE, RELU_CODE, activate, activation_backward
-from fastnaive._blas cimport axpy, gemm_block, load_blas, tile_grid
+from fastnaive._blas cimport axpy, gemm_block, gemm_into, load_blas, tile_grid
 
 cdef extern from *:
     """
@@ -107,71 +109,119 @@ cdef inline Block tile_block(Py_ssize_t tile, Py_ssize_t m, Py_ssize_t n, Py_ssi
     return block
 
 
+cdef inline floating* apart(floating* spare, Py_ssize_t n, Block block) noexcept nogil:
+    """Where a block of columns of an (m, n) product is computed apart, in `spare` (m * n
+    elements, each block's rows one stretch): NULL for a block of whole rows, or without
+    spare. Two threads then never write into the same rows of the product while the BLAS
+    works on them (their blocks of a row share 4 KB pages, which the prefetchers bring
+    along: BENCHMARKS.md), only in the one pass that stores each block."""
+    if spare == NULL or (block.j0 == 0 and block.j1 == n):
+        return NULL
+    return spare + block.i0 * n + block.j0 * (block.i1 - block.i0)
+
+
 cdef inline void forward_tile(const floating[:, ::1] X, const floating[:, ::1] W,
                               const floating[::1] b, int activation, floating[:, ::1] Z_out,
-                              Block block) noexcept nogil:
+                              Block block, floating* spare) noexcept nogil:
     """dense_forward's block"""
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t i, j, width = block.j1 - block.j0
+    cdef floating* t = apart(spare, Z_out.shape[1], block)
+    cdef floating* row
+    if t != NULL:
+        # X @ W's block apart, then in one pass per row act(its sum + b) stored into Z.
+        gemm_into(False, False, <floating>1, X, W, <floating>0, t, width, block.i0, block.i1,
+                  block.j0, block.j1)
+        for i in range(block.i1 - block.i0):
+            row = t + i * width
+            for j in range(width):
+                row[j] = row[j] + b[block.j0 + j]
+            activate(activation, row, &Z_out[block.i0 + i, block.j0], width)
+        return
     for i in range(block.i0, block.i1):
         for j in range(block.j0, block.j1):
             Z_out[i, j] = b[j]
     gemm_block(False, False, <floating>1, X, W, <floating>1, Z_out, block.i0, block.i1,
                block.j0, block.j1)
-    if block.j1 > block.j0:
+    if width > 0:
         for i in range(block.i0, block.i1):
-            activate(activation, &Z_out[i, block.j0], &Z_out[i, block.j0],
-                     block.j1 - block.j0)
+            activate(activation, &Z_out[i, block.j0], &Z_out[i, block.j0], width)
 
 
 cdef void dense_forward(const floating[:, ::1] X, const floating[:, ::1] W,
                         const floating[::1] b, int activation,
-                        floating[:, ::1] Z_out, int n_threads) noexcept nogil:
-    """Z := act(X @ W + b), act the activation of code `activation` (fastnaive._activations)"""
+                        floating[:, ::1] Z_out, int n_threads, floating* spare) noexcept nogil:
+    """Z := act(X @ W + b), act the activation of code `activation` (fastnaive._activations).
+    spare: m * n elements (Z's), where blocks of Z's columns are computed apart (apart), or
+    NULL: in Z itself. The bits of Z depend on the shapes and on spare alone, never on the
+    number of threads; every caller in the package gives a spare."""
     cdef Py_ssize_t rows, cols, tile
     cdef Py_ssize_t m = Z_out.shape[0], n = Z_out.shape[1]
     cdef Py_ssize_t tiles = tile_grid(m, n, X.shape[1], &rows, &cols)
     if n_threads > 1 and tiles > 1:
         for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1):
-            forward_tile(X, W, b, activation, Z_out, tile_block(tile, m, n, rows, cols))
+            forward_tile(X, W, b, activation, Z_out, tile_block(tile, m, n, rows, cols), spare)
     else:
         for tile in range(tiles):
-            forward_tile(X, W, b, activation, Z_out, tile_block(tile, m, n, rows, cols))
+            forward_tile(X, W, b, activation, Z_out, tile_block(tile, m, n, rows, cols), spare)
 
 
 cdef inline void input_grad_tile(const floating[:, ::1] delta, const floating[:, ::1] W,
                                  floating[:, ::1] dX_out, int activation, const floating* a,
-                                 const floating* z, double* tile_peaks,
-                                 Block block) noexcept nogil:
+                                 const floating* z, double* tile_peaks, Block block,
+                                 floating* spare) noexcept nogil:
     """dense_input_grad's block; unless tile_peaks is NULL, its peaks there"""
     cdef Py_ssize_t i, n = dX_out.shape[1]
     cdef Py_ssize_t i0 = block.i0, i1 = block.i1, j0 = block.j0, j1 = block.j1
-    gemm_block(False, True, <floating>1, delta, W, <floating>0, dX_out, i0, i1, j0, j1)
-    if j1 > j0 and activation != LINEAR_CODE and activation != RELU_CODE:
-        for i in range(i0, i1):
-            activation_backward(activation, a + i * n + j0, z + i * n + j0, &dX_out[i, j0],
-                                j1 - j0)
+    cdef Py_ssize_t width = j1 - j0
+    cdef floating* t = apart(spare, n, block)
+    cdef bint relu = activation == RELU_CODE
     if tile_peaks != NULL:
         tile_peaks[0] = tile_peaks[1] = 0
-    if j1 > j0 and (activation == RELU_CODE or tile_peaks != NULL):
-        if floating is float:
-            fastnaive_block_peaks_f(a + i0 * n + j0, &dX_out[i0, j0], i1 - i0, j1 - j0, n,
-                                    activation == RELU_CODE, tile_peaks)
-        else:
-            fastnaive_block_peaks_d(a + i0 * n + j0, &dX_out[i0, j0], i1 - i0, j1 - j0, n,
-                                    activation == RELU_CODE, tile_peaks)
+    if width <= 0 or i1 <= i0:
+        return
+    if t != NULL:
+        gemm_into(False, True, <floating>1, delta, W, <floating>0, t, width, i0, i1, j0, j1)
+        if relu or activation == LINEAR_CODE:
+            # Stored into dX by the one pass that applies ReLU's derivative and takes the
+            # peaks.
+            block_peaks(a + i0 * n + j0 if a != NULL else NULL, t, width, &dX_out[i0, j0],
+                        i1 - i0, width, n, relu, tile_peaks)
+            return
+        for i in range(i0, i1):
+            memcpy(&dX_out[i, j0], t + (i - i0) * width, width * sizeof(floating))
+    else:
+        gemm_block(False, True, <floating>1, delta, W, <floating>0, dX_out, i0, i1, j0, j1)
+    if activation != LINEAR_CODE and not relu:
+        for i in range(i0, i1):
+            activation_backward(activation, a + i * n + j0, z + i * n + j0, &dX_out[i, j0],
+                                width)
+    if relu or tile_peaks != NULL:
+        block_peaks(a + i0 * n + j0, &dX_out[i0, j0], n, &dX_out[i0, j0], i1 - i0, width, n,
+                    relu, tile_peaks)
+
+
+cdef inline void block_peaks(const floating* a, const floating* s, Py_ssize_t s_stride,
+                             floating* d, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t stride,
+                             bint relu, double* peaks) noexcept nogil:
+    """fastnaive_block_peaks_* (max_abs.h): d := s, times ReLU's derivative from a where relu,
+    and unless peaks is NULL, the peaks of a and d"""
+    if floating is float:
+        fastnaive_block_peaks_f(a, s, s_stride, d, rows, cols, stride, relu, peaks)
+    else:
+        fastnaive_block_peaks_d(a, s, s_stride, d, rows, cols, stride, relu, peaks)
 
 
 cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] W,
-                           floating[:, ::1] dX_out, int n_threads, int activation=LINEAR_CODE,
-                           const floating* a=NULL, const floating* z=NULL,
-                           double* peaks=NULL) noexcept nogil:
+                           floating[:, ::1] dX_out, int n_threads, floating* spare,
+                           int activation=LINEAR_CODE, const floating* a=NULL,
+                           const floating* z=NULL, double* peaks=NULL) noexcept nogil:
     """dX := delta @ W.T; then, for activation not LINEAR, dX := dX * act'(z) from the
     previous layer's outputs a (and pre-activations z: GELU's; a elsewhere), of dX's shape,
     in each block as it is stored (activation_backward's arithmetic, element by element).
     Unless peaks is NULL (a then not NULL): peaks[0] := max |a|, peaks[1] := max |dX|
     (max_abs's: inf for a NaN), each block's scanned while it is in cache, in the pass that
     applies ReLU's derivative; -1 for both when the product has more than PEAK_TILES
-    blocks."""
+    blocks. spare as dense_forward's (dX's m * n elements)."""
     cdef Py_ssize_t rows, cols, tile
     cdef Py_ssize_t m = dX_out.shape[0], n = dX_out.shape[1]
     cdef Py_ssize_t tiles = tile_grid(m, n, delta.shape[1], &rows, &cols)
@@ -183,12 +233,12 @@ cdef void dense_input_grad(const floating[:, ::1] delta, const floating[:, ::1] 
         for tile in prange(tiles, num_threads=n_threads, schedule="dynamic", chunksize=1):
             input_grad_tile(delta, W, dX_out, activation, a, z,
                             &tile_peaks[2 * tile] if measure else NULL,
-                            tile_block(tile, m, n, rows, cols))
+                            tile_block(tile, m, n, rows, cols), spare)
     else:
         for tile in range(tiles):
             input_grad_tile(delta, W, dX_out, activation, a, z,
                             &tile_peaks[2 * tile] if measure else NULL,
-                            tile_block(tile, m, n, rows, cols))
+                            tile_block(tile, m, n, rows, cols), spare)
     if measure:
         for tile in range(tiles):
             peaks[0] = max(peaks[0], tile_peaks[2 * tile])
@@ -399,10 +449,12 @@ cdef extern from "updates.h" nogil:
 cdef extern from "max_abs.h" nogil:
     double fastnaive_max_abs_f(const float* a, Py_ssize_t n)
     double fastnaive_max_abs_d(const double* a, Py_ssize_t n)
-    void fastnaive_block_peaks_f(const float* a, float* d, Py_ssize_t rows, Py_ssize_t cols,
+    void fastnaive_block_peaks_f(const float* a, const float* s, Py_ssize_t s_stride,
+                                 float* d, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t stride,
+                                 int relu, double* peaks)
+    void fastnaive_block_peaks_d(const double* a, const double* s, Py_ssize_t s_stride,
+                                 double* d, Py_ssize_t rows, Py_ssize_t cols,
                                  Py_ssize_t stride, int relu, double* peaks)
-    void fastnaive_block_peaks_d(const double* a, double* d, Py_ssize_t rows,
-                                 Py_ssize_t cols, Py_ssize_t stride, int relu, double* peaks)
     double fastnaive_scan_f(const float* a, Py_ssize_t n, Py_ssize_t* nonzeros)
     double fastnaive_scan_d(const double* a, Py_ssize_t n, Py_ssize_t* nonzeros)
     double fastnaive_scan_from_f(const float* a, const float* c, Py_ssize_t rows,
@@ -528,6 +580,12 @@ def _shape_error(str expected, **arrays):
     return ValueError(f"Expected {expected}. Received: {received}")
 
 
+cdef object spare_of(floating[:, ::1] out):
+    """A buffer of out's size and dtype, where dense_forward and dense_input_grad compute
+    blocks of columns apart"""
+    return np.empty(out.shape[0] * out.shape[1], np.float32 if floating is float else np.float64)
+
+
 def dense_forward_checked(const floating[:, ::1] X, const floating[:, ::1] W, const floating[::1] b,
                           int activation, floating[:, ::1] Z_out, int n_threads=1):
     """Z_out := act(X @ W + b), act of code `activation` (0 linear, 1 relu, ...; see fastnaive._activations)"""
@@ -539,8 +597,10 @@ def dense_forward_checked(const floating[:, ::1] X, const floating[:, ::1] W, co
         raise ValueError(f"Expected an activation code in [0, {MAX_ACTIVATION}]. "
                          f"Received: activation={activation}")
     load_blas()
+    cdef floating[::1] spare = spare_of(Z_out)
     with nogil:
-        dense_forward(X, W, b, activation, Z_out, max(n_threads, 1))
+        dense_forward(X, W, b, activation, Z_out, max(n_threads, 1),
+                      &spare[0] if spare.shape[0] else NULL)
 
 
 def dense_input_grad_checked(const floating[:, ::1] delta, const floating[:, ::1] W,
@@ -551,8 +611,10 @@ def dense_input_grad_checked(const floating[:, ::1] delta, const floating[:, ::1
         raise _shape_error("delta (n, m), W (k, m) and dX_out (n, k) with m >= 1",
                            delta=delta, W=W, dX_out=dX_out)
     load_blas()
+    cdef floating[::1] spare = spare_of(dX_out)
     with nogil:
-        dense_input_grad(delta, W, dX_out, max(n_threads, 1))
+        dense_input_grad(delta, W, dX_out, max(n_threads, 1),
+                         &spare[0] if spare.shape[0] else NULL)
 
 
 def dense_param_grad_checked(const floating[:, ::1] X, const floating[:, ::1] delta,

@@ -104,6 +104,9 @@ cdef class Program:
     # with offsets (held: shifted), the inputs' distances from them are what x holds, each
     # part's offsets @ W, and delta's column sums (the weight gradient's offset term).
     cdef object partial, offsets, offset_sums, delta_sums
+    # Where the GEMM layers compute blocks of columns apart (dense_forward's spare).
+    cdef object spare_array
+    cdef void* spare
     cdef readonly bint shifted
     cdef readonly Py_ssize_t cut
     cdef list state_arrays, state_views
@@ -122,6 +125,8 @@ cdef class Program:
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
                  gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None,
                  narrow=None, offsets=None, cut=None):
+        cdef float[::1] spare_f
+        cdef double[::1] spare_d
         self.n_layers = len(layers)
         self.is_double = outputs[0].dtype == np.float64
         self.capacity = outputs[0].shape[0]
@@ -154,6 +159,23 @@ cdef class Program:
         self.grads = None
         if gradients is not None:
             self.grads = [held_view(g, self.is_double) for g in gradients]
+        # The GEMM layers' (dense_forward's and dense_input_grad's) blocks of columns are
+        # computed apart: room for the widest product, `capacity` rows of it.
+        width = 0
+        for i, layer in enumerate(layers):
+            if not self.narrow[i] and (i or first == FIRST_DENSE):
+                width = max(width, layer.W.shape[1])  # its output
+            if not self.narrow[i] and i:
+                width = max(width, layer.W.shape[0])  # its input gradient
+        self.spare = NULL
+        if width and self.capacity:
+            self.spare_array = np.empty(self.capacity * width, outputs[0].dtype)
+            if self.is_double:
+                spare_d = self.spare_array
+                self.spare = &spare_d[0]
+            else:
+                spare_f = self.spare_array
+                self.spare = &spare_f[0]
         k = self.n_features
         for i, layer in enumerate(layers):
             m = layer.W.shape[1]
@@ -508,7 +530,7 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
                 narrow_forward(a, W, b, fused, target, n_threads)
         else:
             with nogil:
-                dense_forward(a, W, b, fused, target, n_threads)
+                dense_forward(a, W, b, fused, target, n_threads, <floating*>p.spare)
         if has_pre:
             with nogil:
                 activate_rows(code, target, z)
@@ -649,7 +671,8 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
                         z = &pre[0, 0]
                     applied = previous_code != LINEAR_CODE
                 with nogil:
-                    dense_input_grad(delta, W, previous, n_threads, previous_code, a, z,
+                    dense_input_grad(delta, W, previous, n_threads, <floating*>p.spare,
+                                     previous_code, a, z,
                                      peaks if measured and not gradients else NULL)
                 if measured and not gradients and peaks[0] >= 0:
                     p.input_peaks[i], p.delta_peaks[i - 1] = peaks[0], peaks[1]

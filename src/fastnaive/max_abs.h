@@ -114,28 +114,33 @@ FASTNAIVE_CLONES static double fastnaive_scan_from_##SUFFIX(const T *a, const T 
 FASTNAIVE_SCAN_DEFINE(float, int32_t, f, 0x7fffffff, 0x7f800000)
 FASTNAIVE_SCAN_DEFINE(double, int64_t, d, INT64_MAX, INT64_C(0x7ff0000000000000))
 
-/* fastnaive_block_peaks_SUFFIX: over a block of `rows` rows of `cols` elements of a and d,
- * rows `stride` elements apart: d := d where a > 0, else 0 (ReLU's derivative from its
- * outputs a; a NaN gives 0) when relu is nonzero; then, unless peaks is NULL,
- * peaks[0] := max(peaks[0], max |a|) and peaks[1] := max(peaks[1], max |d|), as
- * fastnaive_max_abs's (inf for a value that is not finite). One pass over each row, while
- * the block is in cache. */
+/* fastnaive_block_peaks_SUFFIX: over a block of `rows` rows of `cols` elements, d := s where
+ * a > 0, else 0 (ReLU's derivative from its outputs a; a NaN gives 0) when relu is nonzero,
+ * else d := s; then, unless peaks is NULL, peaks[0] := max(peaks[0], max |a|) and
+ * peaks[1] := max(peaks[1], max |d|), as fastnaive_max_abs's (inf for a value that is not
+ * finite). The rows of a and d are `stride` elements apart, those of s `s_stride` (s may be
+ * d itself); a may be NULL where neither relu nor peaks needs it. One pass over each row,
+ * while the block is in cache. */
 #define FASTNAIVE_BLOCK_PEAKS_DEFINE(T, I, SUFFIX, MAGNITUDE, EXPONENT)                       \
-FASTNAIVE_CLONES static void fastnaive_block_peaks_##SUFFIX(const T *a, T *d, ptrdiff_t rows, \
-                                                            ptrdiff_t cols, ptrdiff_t stride, \
-                                                            int relu, double *peaks) {        \
+FASTNAIVE_CLONES static void fastnaive_block_peaks_##SUFFIX(                                  \
+    const T *a, const T *s, ptrdiff_t s_stride, T *d, ptrdiff_t rows, ptrdiff_t cols,       \
+    ptrdiff_t stride, int relu, double *peaks) {                                            \
     I bits, ma = 0, md = 0;                                                                 \
-    if (!relu && peaks == NULL) return;                                                     \
+    if (!relu && peaks == NULL && s == d) return;                                           \
     for (ptrdiff_t r = 0; r < rows; r++) {                                                  \
-        const T *ar = a + r * stride;                                                       \
+        const T *ar = a != NULL ? a + r * stride : NULL;                                    \
+        const T *sr = s + r * s_stride;                                                     \
         T *dr = d + r * stride;                                                             \
-        if (relu && peaks == NULL) {                                                        \
-            for (ptrdiff_t j = 0; j < cols; j++)                                            \
-                dr[j] = ar[j] > 0 ? dr[j] : 0;                                              \
+        if (peaks == NULL) {                                                                \
+            if (relu)                                                                       \
+                for (ptrdiff_t j = 0; j < cols; j++)                                        \
+                    dr[j] = ar[j] > 0 ? sr[j] : 0;                                          \
+            else                                                                            \
+                memcpy(dr, sr, (size_t)cols * sizeof(T));                                   \
             continue;                                                                       \
         }                                                                                   \
         for (ptrdiff_t j = 0; j < cols; j++) {                                              \
-            const T value = relu ? (ar[j] > 0 ? dr[j] : 0) : dr[j];                        \
+            const T value = relu ? (ar[j] > 0 ? sr[j] : 0) : sr[j];                        \
             dr[j] = value;                                                                  \
             memcpy(&bits, &value, sizeof bits);                                             \
             bits &= MAGNITUDE;                                                              \
