@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fastnaive import _blas, _kernels, _losses, _sparse, engine, reference
+from fastnaive import _activations, _blas, _kernels, _losses, _sparse, engine, reference
 
 # The cross-entropy loss is accumulated in double whatever the logits' dtype.
 LOSS_TOLERANCE = TOLERANCES["float64"]
@@ -159,6 +159,26 @@ def test_the_gemm_kernels_give_the_same_bits_at_any_thread_count(dtype, rng, sha
     expected_dW, expected_db = reference.dense_param_grad(X, delta)
     assert_close(results[0][2], W - 0.1 * expected_dW)
     assert_close(results[0][3], b - 0.1 * expected_db)
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "tanh", "sigmoid", "gelu", "elu"])
+def test_a_forward_in_blocks_of_columns_stores_act_of_the_sum_plus_bias(dtype, rng, activation):
+    """Where the product is cut into blocks of columns (a hidden layer of 256 -> 128 units on
+    a batch of 128, on two processors or more), each block is computed apart, then stored
+    with its bias and activation in one pass: the stored values are act(X @ W + b), the bits
+    of the activation applied to the linear layer's outputs, at 1 and 2 threads."""
+    n, k, m = 128, 256, 128
+    code = getattr(_activations, activation.upper())
+    X, W, b = normal(rng, (n, k), dtype), normal(rng, (k, m), dtype, k**-0.5), normal(rng, m, dtype)
+    linear = np.empty((n, m), dtype)
+    _kernels.dense_forward_checked(X, W, b, _activations.LINEAR, linear)
+    assert_close(linear, X.astype(np.float64) @ W + b, dtype)
+    expected = np.empty_like(linear)
+    _activations.activate_checked(code, linear, expected)
+    for threads in (1, 2):
+        Z = np.full((n, m), np.nan, dtype)
+        _kernels.dense_forward_checked(X, W, b, code, Z, threads)
+        np.testing.assert_array_equal(Z, expected)
 
 
 def test_gemms_are_cut_by_shape_into_blocks_for_the_machines_processors():

@@ -163,9 +163,11 @@ cdef class Program:
         # computed apart: room for the widest product, `capacity` rows of it.
         width = 0
         for i, layer in enumerate(layers):
-            if not self.narrow[i] and (i or first == FIRST_DENSE):
+            if self.narrow[i]:
+                continue
+            if i or first == FIRST_DENSE:
                 width = max(width, layer.W.shape[1])  # its output
-            if not self.narrow[i] and i:
+            if i:
                 width = max(width, layer.W.shape[0])  # its input gradient
         self.spare = NULL
         if width and self.capacity:
