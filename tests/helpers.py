@@ -146,17 +146,19 @@ SCALES = {
 # Sparse layouts
 
 
-def by_rows(X, n_threads=None):
-    """X grouped by rows, for sparse_forward_checked."""
+def by_rows(X, n_threads=None, offsets=None):
+    """X (X - offsets, if given) grouped by rows, for sparse_forward_checked."""
     buffers = _sparse.group_buffers(X.shape[0], X.shape[1], X.dtype, by_rows=True)
-    assert _sparse.group_rows_checked(X, *buffers, n_threads=n_threads) == np.count_nonzero(X)
+    nonzeros = np.count_nonzero(X if offsets is None else X - offsets)
+    assert _sparse.group_rows_checked(X, *buffers, n_threads, offsets=offsets) == nonzeros
     return buffers
 
 
-def by_columns(X, n_threads=None):
-    """X grouped by columns, for sparse_param_grad_checked."""
+def by_columns(X, n_threads=None, offsets=None):
+    """X (X - offsets, if given) grouped by columns, for sparse_param_grad_checked."""
     buffers = _sparse.group_buffers(X.shape[1], X.shape[0], X.dtype, by_rows=False)
-    assert _sparse.group_columns_checked(X, *buffers, n_threads=n_threads) == np.count_nonzero(X)
+    nonzeros = np.count_nonzero(X if offsets is None else X - offsets)
+    assert _sparse.group_columns_checked(X, *buffers, n_threads, offsets=offsets) == nonzeros
     return buffers
 
 

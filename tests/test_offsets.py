@@ -39,7 +39,7 @@ def test_forward_on_the_distances_is_the_product_of_the_inputs(shape, dtype, ins
     n, k, m = shape
     X, offsets = offset_matrix(rng, (n, k), dtype)
     W, b = normal(rng, (k, m), dtype, k**-0.5), normal(rng, m, dtype)
-    groups = by_rows(shifted(X, offsets))
+    groups = by_rows(X, offsets=offsets)
     for relu in (True, False):
         Z = np.full((n, m), np.nan, dtype)
         _sparse.sparse_forward_checked(*groups, W, b, relu, Z, offsets=offsets)
@@ -52,7 +52,7 @@ def test_weight_gradient_on_the_distances_is_the_inputs(shape, dtype, instructio
     n, k, m = shape
     X, offsets = offset_matrix(rng, (n, k), dtype)
     delta = normal(rng, (n, m), dtype)
-    groups = by_columns(shifted(X, offsets))
+    groups = by_columns(X, offsets=offsets)
     for name, (alpha, beta) in SCALES.items():
         W, b = normal(rng, (k, m), dtype), normal(rng, m, dtype)
         if beta == 0:
@@ -91,15 +91,15 @@ def test_offset_terms_do_not_depend_on_the_threads(dtype, rng, n_threads, n, m):
     """Each part's c @ W and each row's outer term are one sum in the rows' order, whatever
     columns a thread takes (three threads split a part's columns at 256 bytes)."""
     X, offsets = offset_matrix(rng, (n, 784), dtype)
-    X = shifted(X, offsets)
     W, b, delta = normal(rng, (784, m), dtype), normal(rng, m, dtype), normal(rng, (n, m), dtype)
     results = []
     for threads in (1, n_threads):
         Z = np.empty((n, m), dtype)
-        _sparse.sparse_forward_checked(*by_rows(X), W, b, True, Z, threads, offsets=offsets)
+        groups = by_rows(X, threads, offsets)
+        _sparse.sparse_forward_checked(*groups, W, b, True, Z, threads, offsets=offsets)
         dW, db = W.copy(), b.copy()
         _sparse.sparse_param_grad_checked(
-            *by_columns(X), delta, -0.1, 1.0, dW, db, threads, offsets=offsets
+            *by_columns(X, threads, offsets), delta, -0.1, 1.0, dW, db, threads, offsets=offsets
         )
         results.append((Z, dW, db))
     for one, many in zip(*results, strict=True):
@@ -120,24 +120,58 @@ def test_offsets_must_match_the_features(dtype, rng):
         )
     for call in (
         lambda: _kernels.scan_rows_checked(X, offsets=wrong),
-        lambda: _kernels.shift_rows_checked(X, wrong, np.empty_like(X)),
-        lambda: _kernels.gather_rows_checked(X, np.arange(3), np.empty((3, 20), dtype), wrong),
+        lambda: _sparse.group_rows_checked(
+            X, *_sparse.group_buffers(8, 20, dtype, by_rows=True), offsets=wrong
+        ),
+        lambda: _sparse.group_columns_checked(
+            X, *_sparse.group_buffers(20, 8, dtype, by_rows=False), offsets=wrong
+        ),
         lambda: _kernels.common_values_checked(X, np.empty(19, dtype)),
     ):
         with pytest.raises(ValueError, match=r"^Expected .+\. Received: .+"):
             call()
 
 
-def test_gather_shift_and_scan_take_the_distances(dtype, rng):
+GROUPED = {
+    "n7-13": (7, 13),
+    "n96-784": (96, 784),
+    "n130-37": (130, 37),
+    "n1030-20": (1030, 20),  # columns past the builder's kept positions (1024)
+}
+
+
+@pytest.mark.parametrize("shape", GROUPED.values(), ids=GROUPED.keys())
+def test_grouping_subtracts_the_offsets_as_it_reads(shape, dtype, instruction_set, rng):
+    """Grouping X with offsets writes the groups of X - offsets, bit for bit: the quads,
+    their positions and lists, and the count of nonzero distances, by rows (each part of
+    the features, at any cut) and by columns, on one thread and on two."""
+    n, k = shape
+    X, offsets = offset_matrix(rng, shape, dtype)
+    X[1, 2], X[n - 1, k - 1] = np.nan, -0.0  # a NaN distance, and -0 - 0 = -0: a zero
+    offsets[k - 1] = 0
+    distances = shifted(X, offsets)
+    cuts = [None] + [c for c in _sparse.cut_choices(k) if c % 16][:1]  # a part unaligned
+    for threads in (1, 2):
+        for by_rows_, cut in [(True, c) for c in cuts] + [(False, None)]:
+            lines, positions = (n, k) if by_rows_ else (k, n)
+            group = _sparse.group_rows_checked if by_rows_ else _sparse.group_columns_checked
+            extra = {"cut": cut} if by_rows_ else {}
+            made = []
+            for source, given in ((distances, None), (X, offsets)):
+                buffers = _sparse.group_buffers(lines, positions, dtype, by_rows=by_rows_)
+                for buffer in buffers:
+                    buffer.fill(0)
+                count = group(source, *buffers, threads, offsets=given, **extra)
+                made.append((count, buffers))
+            (count, expected), (count_shifted, groups) = made
+            assert count_shifted == count == np.count_nonzero(distances)
+            for ours, theirs in zip(groups, expected, strict=True):
+                np.testing.assert_array_equal(ours.view(np.uint8), theirs.view(np.uint8))
+
+
+def test_scan_takes_the_distances(dtype, rng):
     X, offsets = offset_matrix(rng, (50, 33), dtype)
-    rows = np.array([4, 0, 49, 4, 60, 17])  # 60 is out of range: a row of NaN
-    out = np.empty((6, 33), dtype)
-    _kernels.gather_rows_checked(X, rows, out, offsets)
-    np.testing.assert_array_equal(out[[0, 1, 2, 3, 5]], shifted(X, offsets)[rows[[0, 1, 2, 3, 5]]])
-    assert np.isnan(out[4]).all()
-    moved = np.empty_like(X)
-    _kernels.shift_rows_checked(X, offsets, moved)
-    np.testing.assert_array_equal(moved, shifted(X, offsets))
+    moved = shifted(X, offsets)
     nonzeros, peak = _kernels.scan_rows_checked(X, offsets=offsets)
     assert nonzeros == np.count_nonzero(moved)
     assert peak == np.abs(moved).max()

@@ -291,8 +291,8 @@ def test_a_dense_input_gradient_applies_the_derivative_and_measures_its_blocks(
 def test_fused_bound_of_a_sparse_first_layer_takes_the_batch_it_grouped(dtype, rng):
     """A training forward pass on the sparse kernels measures max |x| as it groups x's rows:
     fused_bound takes it where the caller's bound of |x| is larger (inf: unknown), plus the
-    offsets' largest magnitude when x holds distances from them. For an x it did not group,
-    the caller's bound stands."""
+    offsets' largest magnitude when it groups x's distances from them. For an x it did not
+    group, the caller's bound stands."""
     n, scale, weight_bound = N_SAMPLES, -0.5, 2.0
     layers = two_layers(dtype)
     program, outputs, deltas, _ = program_for(layers, dtype, _program.FIRST_SPARSE)
@@ -329,12 +329,13 @@ def test_fused_bound_of_a_sparse_first_layer_takes_the_batch_it_grouped(dtype, r
         None,
         offsets,
     )
-    distances = sparse_inputs(rng, dtype, n)
-    shifted.forward(distances, n, training=True)
-    shifted.backward(distances, n, False)
-    largest = float(np.abs(distances).max()) + 3.0
+    inputs = sparse_inputs(rng, dtype, n) + offsets
+    shifted.forward(inputs, n, training=True)
+    shifted.backward(inputs, n, False)
+    largest = float(np.abs(inputs - offsets).max()) + 3.0
+    assert largest >= np.abs(inputs).max()
     expected = expected_fused_bound(largest, outputs[0], deltas, scale, weight_bound)
-    assert shifted.fused_bound(distances, n, scale, weight_bound, np.inf) == expected
+    assert shifted.fused_bound(inputs, n, scale, weight_bound, np.inf) == expected
 
 
 def zero_state(layers, per_array, dtype="float32"):

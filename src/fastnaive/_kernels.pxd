@@ -33,7 +33,7 @@ cdef void bias_grad(const floating[:, ::1] delta, floating alpha, floating beta,
                     floating[::1] db_out, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
 cdef void softmax(const floating[:, ::1] logits, floating[:, ::1] out) noexcept nogil
 cdef void gather_rows(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
-                      floating[:, ::1] out, const floating[::1] offsets) noexcept nogil
+                      floating[:, ::1] out) noexcept nogil
 cdef void momentum_update(floating* w, const floating* g, floating* velocity, Py_ssize_t n,
                           floating learning_rate, floating momentum, bint nesterov) noexcept nogil
 cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n,
@@ -42,4 +42,6 @@ cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, 
 cdef void rule_step(const Rule* rule, int array, floating* g, Py_ssize_t start,
                     Py_ssize_t n) noexcept nogil
 cdef double max_abs(const floating* a, Py_ssize_t n) noexcept nogil
+cdef double scan_from(const floating[:, ::1] a, const floating[::1] offsets,
+                      Py_ssize_t* nonzeros, int n_threads) noexcept nogil
 cdef double max_abs_on(const floating* a, Py_ssize_t n, int n_threads) noexcept nogil

@@ -320,17 +320,8 @@ cdef void softmax(const floating[:, ::1] logits, floating[:, ::1] out) noexcept 
             out[i, j] = <floating>(exp(logits[i, j] - z_max) / total)
 
 
-cdef inline void shift_row(const floating* src, const floating* offsets, floating* out,
-                           Py_ssize_t n) noexcept nogil:
-    """out[j] := src[j] - offsets[j] for j < n"""
-    cdef Py_ssize_t j
-    for j in range(n):
-        out[j] = src[j] - offsets[j]
-
-
 cdef inline void gather_row(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
-                            floating[:, ::1] out, const floating[::1] offsets,
-                            Py_ssize_t i) noexcept nogil:
+                            floating[:, ::1] out, Py_ssize_t i) noexcept nogil:
     """gather_rows's row i, row rows[i + GATHER_AHEAD] asked for first"""
     cdef Py_ssize_t j, r
     cdef Py_ssize_t n_cols = out.shape[1]
@@ -339,9 +330,7 @@ cdef inline void gather_row(const floating[:, ::1] src, const Py_ssize_t[::1] ro
         if 0 <= r < src.shape[0]:
             prefetch_bytes(&src[r, 0], n_cols * sizeof(floating))
     r = rows[i]
-    if 0 <= r < src.shape[0] and offsets.shape[0] > 0:
-        shift_row(&src[r, 0], &offsets[0], &out[i, 0], n_cols)
-    elif 0 <= r < src.shape[0]:
+    if 0 <= r < src.shape[0]:
         memcpy(&out[i, 0], &src[r, 0], n_cols * sizeof(floating))
     else:
         for j in range(n_cols):
@@ -349,15 +338,15 @@ cdef inline void gather_row(const floating[:, ::1] src, const Py_ssize_t[::1] ro
 
 
 cdef void gather_rows(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
-                      floating[:, ::1] out, const floating[::1] offsets) noexcept nogil:
-    """out[i] := src[rows[i]], minus offsets (one per column) unless offsets is empty"""
+                      floating[:, ::1] out) noexcept nogil:
+    """out[i] := src[rows[i]] (a row of NaN where rows[i] is out of range)"""
     cdef Py_ssize_t i
     if rows.shape[0] * out.shape[1] >= GATHER_MIN_ELEMENTS:
         for i in prange(rows.shape[0], schedule="static"):
-            gather_row(src, rows, out, offsets, i)
+            gather_row(src, rows, out, i)
     else:
         for i in range(rows.shape[0]):
-            gather_row(src, rows, out, offsets, i)
+            gather_row(src, rows, out, i)
 
 
 cdef inline Py_ssize_t update_chunks(Py_ssize_t n) noexcept nogil:
@@ -639,35 +628,14 @@ def softmax_checked(const floating[:, ::1] logits, floating[:, ::1] out):
 
 
 def gather_rows_checked(const floating[:, ::1] src, const Py_ssize_t[::1] rows,
-                        floating[:, ::1] out, const floating[::1] offsets=None):
-    """out[i] := src[rows[i]] (minus offsets, one per column, if given)"""
-    if not (out.shape[0] == rows.shape[0] and out.shape[1] == src.shape[1]
-            and (offsets is None or offsets.shape[0] == src.shape[1])):
-        arrays = {"src": src, "rows": rows, "out": out}
-        if offsets is not None:
-            arrays["offsets"] = offsets
-        raise _shape_error("src (n, k), rows (m,), out (m, k) and offsets None or (k,)",
-                           **arrays)
+                        floating[:, ::1] out):
+    """out[i] := src[rows[i]] (a row of NaN where rows[i] is out of range)"""
+    if not (out.shape[0] == rows.shape[0] and out.shape[1] == src.shape[1]):
+        raise _shape_error("src (n, k), rows (m,) and out (m, k)", src=src, rows=rows, out=out)
     if rows.shape[0] == 0:
         return
-    if offsets is None:
-        offsets = out[0, :0]
     with nogil:
-        gather_rows(src, rows, out, offsets)
-
-
-def shift_rows_checked(const floating[:, ::1] src, const floating[::1] offsets,
-                       floating[:, ::1] out):
-    """out[i, j] := src[i, j] - offsets[j]"""
-    cdef Py_ssize_t i
-    if not (out.shape[0] == src.shape[0] and out.shape[1] == src.shape[1] == offsets.shape[0]):
-        raise _shape_error("src (n, k), offsets (k,) and out (n, k)", src=src, offsets=offsets,
-                           out=out)
-    if out.shape[1] == 0:
-        return
-    with nogil:
-        for i in range(out.shape[0]):
-            shift_row(&src[i, 0], &offsets[0], &out[i, 0], out.shape[1])
+        gather_rows(src, rows, out)
 
 
 # Rows of a matrix that common_values_checked compares, evenly spaced: one in 16, at least

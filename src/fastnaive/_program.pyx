@@ -87,7 +87,8 @@ cdef class Program:
     absent), `capacity` rows each; gradients: [dW0, db0, ...] or None; first: FIRST_*;
     row_groups / column_groups: the sparse kernels' buffers (fastnaive._sparse.group_buffers)
     for FIRST_SPARSE; offsets: None, or for FIRST_SPARSE the first layer's per-feature
-    offsets (n_features,), read at each call: x then holds the inputs minus them; narrow:
+    offsets (n_features,), read at each call: its kernels run on x's distances from them,
+    which the grouping computes as it reads x (x holds the inputs); narrow:
     per layer, True where its products run on the narrow kernels (fastnaive._sparse.narrow_*,
     at most NARROW_MAX outputs) rather than the BLAS; cut: for FIRST_SPARSE, where the
     sparse kernels' second part of the features starts (fastnaive._sparse.part_bounds; None:
@@ -101,8 +102,9 @@ cdef class Program:
     cdef int[::1] codes, head_codes, narrow
     cdef object row_starts, row_index, row_quads, column_starts, column_index, column_quads
     # FIRST_SPARSE: the sums of X @ W over the second part of the features (sparse_forward);
-    # with offsets (held: shifted), the inputs' distances from them are what x holds, each
-    # part's offsets @ W, and delta's column sums (the weight gradient's offset term).
+    # with offsets (held: shifted), the inputs' distances from them are what the groups
+    # hold, each part's offsets @ W, and delta's column sums (the weight gradient's offset
+    # term).
     cdef object partial, offsets, offset_sums, delta_sums
     # Where the GEMM layers compute blocks of columns apart (dense_forward's spare).
     cdef object spare_array
@@ -523,7 +525,7 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
                     activate_rows(fused, target, target)
             if columns:
                 p.columns_of, p.columns_rows = &x[0, 0], x.shape[0]
-                # x holds the inputs' distances from the offsets: |input| <= |x| + |offset|.
+                # The groups hold x's distances from the offsets: |x| <= |x - c| + |c|.
                 if offsets.shape[0]:
                     peak += max_abs(&offsets[0], offsets.shape[0])
                 p.input_peaks[0] = peak
@@ -574,7 +576,7 @@ cdef int param_grad(Program p, Py_ssize_t i, const floating[:, ::1] x,
         offsets, delta_sums = p.offsets, p.delta_sums
         if not (x.shape[0] and p.columns_of == &x[0, 0] and p.columns_rows == x.shape[0]):
             with nogil:
-                group_lines(x, False, starts, index, quads, p.cut, n_threads)
+                group_lines(x, False, starts, index, quads, p.cut, n_threads, offsets)
         with nogil:
             sparse_param_grad(starts, index, quads, delta, alpha, beta, dW, db, offsets,
                               delta_sums, p.cut, n_threads, rule)

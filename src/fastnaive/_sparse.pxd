@@ -17,7 +17,7 @@ cdef Py_ssize_t starts_length(Py_ssize_t n_lines, Py_ssize_t n_positions,
                               bint by_rows) noexcept nogil
 cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
                             int[::1] index_out, floating[:, ::1] quads_out, Py_ssize_t cut,
-                            int n_threads) noexcept nogil
+                            int n_threads, const floating[::1] offsets) noexcept nogil
 cdef bint group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                             int[::1] row_index_out, floating[:, ::1] row_quads_out,
                             bint columns, int[::1] column_starts_out, int[::1] column_index_out,

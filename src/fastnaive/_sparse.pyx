@@ -50,7 +50,7 @@ from cython.parallel cimport prange
 import numpy as np
 
 from fastnaive._activations cimport ELU_CODE, activate
-from fastnaive._kernels cimport Rule, bias_grad, max_abs, rule_step
+from fastnaive._kernels cimport Rule, bias_grad, max_abs, rule_step, scan_from
 
 cdef extern from "sparse_kernels.h" nogil:
     void grouped_product_f "fastnaive_grouped_product_f"(
@@ -65,10 +65,12 @@ cdef extern from "sparse_kernels.h" nogil:
         Py_ssize_t j0, Py_ssize_t j1)
     Py_ssize_t group_f "fastnaive_group_f"(bint by_rows, const float* X, Py_ssize_t n,
                                            Py_ssize_t k, Py_ssize_t ldx, Py_ssize_t g,
-                                           int* starts, int* index, float* quads)
+                                           int* starts, int* index, float* quads,
+                                           const float* offsets)
     Py_ssize_t group_d "fastnaive_group_d"(bint by_rows, const double* X, Py_ssize_t n,
                                            Py_ssize_t k, Py_ssize_t ldx, Py_ssize_t g,
-                                           int* starts, int* index, double* quads)
+                                           int* starts, int* index, double* quads,
+                                           const double* offsets)
     void offset_sums_f "fastnaive_offset_sums_f"(
         const float* c, const float* W, Py_ssize_t ldw, Py_ssize_t rows, const float* init,
         float* u, Py_ssize_t j0, Py_ssize_t j1)
@@ -205,27 +207,29 @@ cdef inline Py_ssize_t quads_of(const int* starts, Py_ssize_t g) noexcept nogil:
 
 cdef inline Py_ssize_t group(const floating* X, bint by_rows, Py_ssize_t n, Py_ssize_t k,
                              Py_ssize_t ldx, Py_ssize_t g, int* starts, int* index,
-                             floating* quads) noexcept nogil:
-    """Group g of X's (n, k, rows ldx apart) rows (by_rows) or columns into the buffers;
-    return its nonzeros"""
+                             floating* quads, const floating* offsets) noexcept nogil:
+    """Group g of X's (n, k, rows ldx apart) rows (by_rows) or columns into the buffers,
+    minus offsets (k: one per column of X) unless it is NULL; return its nonzeros"""
     if floating is float:
-        return group_f(by_rows, X, n, k, ldx, g, starts, index, quads)
+        return group_f(by_rows, X, n, k, ldx, g, starts, index, quads, offsets)
     else:
-        return group_d(by_rows, X, n, k, ldx, g, starts, index, quads)
+        return group_d(by_rows, X, n, k, ldx, g, starts, index, quads, offsets)
 
 
 cdef Py_ssize_t group_share(const floating[:, ::1] X, Share share, Py_ssize_t parts,
                             Py_ssize_t cut, bint rows, int[::1] row_starts, int[::1] row_index,
                             floating[:, ::1] row_quads, bint columns, int[::1] column_starts,
                             int[::1] column_index, floating[:, ::1] column_quads,
-                            double* peak=NULL) noexcept nogil:
+                            const floating[::1] offsets, double* peak=NULL) noexcept nogil:
     """A share's groups, of each of its parts: (rows) the rank's share of the groups of four
-    rows over the part's features, and (columns) of the groups of four of its features;
-    return their nonzeros. With rows and peak: *peak := the largest |x| of the share's rows
-    and parts (as max_abs: inf for a NaN), read from their quads as each group is made."""
+    rows over the part's features, and (columns) of the groups of four of its features, of
+    X - offsets where offsets (k,) is not empty; return their nonzeros. With rows and peak:
+    *peak := the largest |x| (of x - offsets) of the share's rows and parts (as max_abs: inf
+    for a NaN), read from their quads as each group is made."""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
     cdef Py_ssize_t n_rows = n_groups(n), part, f0, f1, g, g0, count, stride, base
     cdef Py_ssize_t nnz = 0
+    cdef bint shifted = offsets.shape[0] > 0
     cdef int* starts
     cdef floating* quads
     if peak != NULL:
@@ -242,7 +246,7 @@ cdef Py_ssize_t group_share(const floating[:, ::1] X, Share share, Py_ssize_t pa
             for g in range(share.rank * n_rows // share.team,
                            (share.rank + 1) * n_rows // share.team):
                 nnz += group(&X[0, f0], True, n, f1 - f0, k, g, starts, &row_index[0] + base,
-                             quads)
+                             quads, &offsets[f0] if shifted else NULL)
                 if peak != NULL:
                     # The group's nonzero quads (past them lie zero quads).
                     peak[0] = max(peak[0], max_abs(quads + GROUP * starts[PATTERNS * g],
@@ -253,7 +257,8 @@ cdef Py_ssize_t group_share(const floating[:, ::1] X, Share share, Py_ssize_t pa
             for g in range(g0 + share.rank * count // share.team,
                            g0 + (share.rank + 1) * count // share.team):
                 nnz += group(&X[0, 0], False, n, k, k, g, &column_starts[0],
-                             &column_index[0], &column_quads[0, 0])
+                             &column_index[0], &column_quads[0, 0],
+                             &offsets[0] if shifted else NULL)
     return nnz
 
 
@@ -263,10 +268,10 @@ cdef inline Py_ssize_t grouping_slots(Py_ssize_t n, Py_ssize_t k, int n_threads)
 
 cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] starts_out,
                             int[::1] index_out, floating[:, ::1] quads_out, Py_ssize_t cut,
-                            int n_threads) noexcept nogil:
+                            int n_threads, const floating[::1] offsets) noexcept nogil:
     """starts, index, quads := X's rows (by_rows: over each part of the features, the second
     from feature `cut`, see group_buffers) or columns in groups of 4, quads sorted by
-    pattern; return X's nonzeros"""
+    pattern, of X - offsets where offsets (k,) is not empty; return their nonzeros"""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
     cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
     cdef Py_ssize_t slot, nnz = 0
@@ -277,10 +282,12 @@ cdef Py_ssize_t group_lines(const floating[:, ::1] X, bint by_rows, int[::1] sta
     # runs in the calling thread (here and below: no parallel region of one thread).
     if slots == 1:
         return group_share(X, share_of(0, 1, parts), parts, cut, by_rows, starts_out,
-                           index_out, quads_out, not by_rows, starts_out, index_out, quads_out)
+                           index_out, quads_out, not by_rows, starts_out, index_out, quads_out,
+                           offsets)
     for slot in prange(slots, num_threads=slots, schedule="static"):
         nnz += group_share(X, share_of(slot, slots, parts), parts, cut, by_rows, starts_out,
-                           index_out, quads_out, not by_rows, starts_out, index_out, quads_out)
+                           index_out, quads_out, not by_rows, starts_out, index_out, quads_out,
+                           offsets)
     return nnz
 
 
@@ -288,10 +295,12 @@ cdef void group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_o
                                  int[::1] row_index_out, floating[:, ::1] row_quads_out,
                                  int[::1] column_starts_out, int[::1] column_index_out,
                                  floating[:, ::1] column_quads_out, Py_ssize_t cut,
-                                 int n_threads, double* peak=NULL) noexcept nogil:
-    """group_lines(X, True, row_*) and group_lines(X, False, column_*) in one parallel loop,
-    X read by both while in cache: each slot groups the rows and the columns of its parts;
-    unless peak is NULL, *peak := max |X| (group_share's, from the row groups)"""
+                                 int n_threads, const floating[::1] offsets,
+                                 double* peak=NULL) noexcept nogil:
+    """group_lines(X, True, row_*, offsets) and group_lines(X, False, column_*, offsets) in
+    one parallel loop, X read by both while in cache: each slot groups the rows and the
+    columns of its parts; unless peak is NULL, *peak := max |X - offsets| (group_share's,
+    from the row groups)"""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
     cdef Py_ssize_t parts = feature_parts(k)
     cdef Py_ssize_t slots = min(grouping_slots(n, k, n_threads), <Py_ssize_t>PEAK_SLOTS), slot
@@ -305,12 +314,12 @@ cdef void group_rows_and_columns(const floating[:, ::1] X, int[::1] row_starts_o
     if slots == 1:
         group_share(X, share_of(0, 1, parts), parts, cut, True, row_starts_out, row_index_out,
                     row_quads_out, True, column_starts_out, column_index_out,
-                    column_quads_out, &slot_peaks[0] if peak != NULL else NULL)
+                    column_quads_out, offsets, &slot_peaks[0] if peak != NULL else NULL)
     else:
         for slot in prange(slots, num_threads=slots, schedule="static"):
             group_share(X, share_of(slot, slots, parts), parts, cut, True, row_starts_out,
                         row_index_out, row_quads_out, True, column_starts_out,
-                        column_index_out, column_quads_out,
+                        column_index_out, column_quads_out, offsets,
                         &slot_peaks[slot] if peak != NULL else NULL)
     if peak != NULL:
         for slot in range(slots):
@@ -446,7 +455,7 @@ cdef inline void group_and_forward_share(
     """group_and_forward's work for one slot: the groups of its share's parts, then their
     products"""
     group_share(X, share, parts, cut, True, row_starts_out, row_index_out, row_quads_out,
-                columns, column_starts_out, column_index_out, column_quads_out, peak)
+                columns, column_starts_out, column_index_out, column_quads_out, offsets, peak)
     forward_share(row_starts_out, row_index_out, row_quads_out, W, b, offsets, offset_sums,
                   relu, Z_out, partial, share, parts, cut)
 
@@ -459,25 +468,29 @@ cdef bint group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                             floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
                             floating[:, ::1] partial, Py_ssize_t cut, int n_threads,
                             double* peak, bint add_parts) noexcept nogil:
-    """group_lines(X, True, row_*) (and, if columns, group_lines(X, False, column_*)), then
-    sparse_forward on the row groups (with offsets, see there). Where each thread holds whole
+    """group_lines(X, True, row_*, offsets) (and, if columns, group_lines(X, False, column_*,
+    offsets)), then sparse_forward on the row groups (with offsets, see there: here X holds
+    the inputs, the groups their distances from the offsets). Where each thread holds whole
     parts, it groups and multiplies them in one parallel region: its products read only the
-    groups it made. Unless peak is NULL, *peak := max |X| (as max_abs: inf for a NaN), from
-    the quads of the row groups as they are made. Return True where the threads left partial
+    groups it made. Unless peak is NULL, *peak := max |X - offsets| (as max_abs: inf for a
+    NaN), from the quads of the row groups as they are made. Return True where the threads left partial
     sums for Z := act(Z + partial) (add_parts_rows) and add_parts was False: the caller's
     next pass over Z's rows adds them (fastnaive._program's head pass); else Z is whole."""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1], m = Z_out.shape[1]
     cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
-    cdef Py_ssize_t slot
+    cdef Py_ssize_t slot, nonzeros
     cdef double slot_peaks[MAX_PARTS]
     if n == 0 or k == 0 or m == 0 or slots > parts:
         if columns:
             group_rows_and_columns(X, row_starts_out, row_index_out, row_quads_out,
                                    column_starts_out, column_index_out, column_quads_out,
-                                   cut, n_threads, peak)
+                                   cut, n_threads, offsets, peak)
         else:
-            group_lines(X, True, row_starts_out, row_index_out, row_quads_out, cut, n_threads)
-            if peak != NULL:
+            group_lines(X, True, row_starts_out, row_index_out, row_quads_out, cut, n_threads,
+                        offsets)
+            if peak != NULL and offsets.shape[0]:
+                peak[0] = scan_from(X, offsets, &nonzeros, n_threads)
+            elif peak != NULL:
                 peak[0] = max_abs(&X[0, 0], n * k) if n and k else 0
         sparse_forward(row_starts_out, row_index_out, row_quads_out, W, b, offsets,
                        offset_sums, relu, Z_out, partial, cut, n_threads)
@@ -900,7 +913,8 @@ def _check_row_groups(const int[::1] starts, const int[::1] index, Py_ssize_t n_
 
 
 def _group_checked(const floating[:, ::1] X, int[::1] starts_out, int[::1] index_out,
-                   floating[:, ::1] quads_out, bint by_rows, n_threads, cut):
+                   floating[:, ::1] quads_out, bint by_rows, n_threads, cut,
+                   const floating[::1] offsets):
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1]
     cdef Py_ssize_t n_lines = n if by_rows else k, n_positions = k if by_rows else n
     cdef Py_ssize_t length = starts_length(n_lines, n_positions, by_rows)
@@ -910,27 +924,36 @@ def _group_checked(const floating[:, ::1] X, int[::1] starts_out, int[::1] index
     cdef Py_ssize_t c = checked_cut(k, cut)
     if not (starts_out.shape[0] == length
             and index_out.shape[0] >= capacity and quads_out.shape[0] >= capacity
-            and quads_out.shape[1] == GROUP and capacity < 2**31):
+            and quads_out.shape[1] == GROUP and capacity < 2**31
+            and (offsets is None or offsets.shape[0] == k)):
+        arrays = {"X": X, "starts_out": starts_out, "index_out": index_out,
+                  "quads_out": quads_out}
+        if offsets is not None:
+            arrays["offsets"] = offsets
         raise _shape_error(
             f"X (n, k), starts_out ({length},), index_out "
             f"({capacity},) and quads_out ({capacity}, {GROUP}) or longer, as from "
-            f"group_buffers({n_lines}, {n_positions}, dtype, by_rows={bool(by_rows)})", X=X,
-            starts_out=starts_out, index_out=index_out, quads_out=quads_out)
+            f"group_buffers({n_lines}, {n_positions}, dtype, by_rows={bool(by_rows)}), and "
+            f"offsets None or (k,)", **arrays)
+    if offsets is None:
+        offsets = np.empty(0, np.float64 if floating is double else np.float32)
     with nogil:
-        nnz = group_lines(X, by_rows, starts_out, index_out, quads_out, c, threads)
+        nnz = group_lines(X, by_rows, starts_out, index_out, quads_out, c, threads, offsets)
     return nnz
 
 
 def group_rows_checked(const floating[:, ::1] X, int[::1] starts_out, int[::1] index_out,
-                       floating[:, ::1] quads_out, n_threads=None, cut=None):
-    """starts_out, index_out, quads_out := X in groups of 4 rows over each part of the features (the second from feature `cut`, None: the middle), for sparse_forward_checked with the same cut; return X's number of nonzeros"""
-    return _group_checked(X, starts_out, index_out, quads_out, True, n_threads, cut)
+                       floating[:, ::1] quads_out, n_threads=None, cut=None,
+                       const floating[::1] offsets=None):
+    """starts_out, index_out, quads_out := X (X - offsets, one per column, if given) in groups of 4 rows over each part of the features (the second from feature `cut`, None: the middle), for sparse_forward_checked with the same cut; return its number of nonzeros"""
+    return _group_checked(X, starts_out, index_out, quads_out, True, n_threads, cut, offsets)
 
 
 def group_columns_checked(const floating[:, ::1] X, int[::1] starts_out, int[::1] index_out,
-                          floating[:, ::1] quads_out, n_threads=None):
-    """starts_out, index_out, quads_out := X in groups of 4 columns, for sparse_param_grad_checked; return X's number of nonzeros"""
-    return _group_checked(X, starts_out, index_out, quads_out, False, n_threads, None)
+                          floating[:, ::1] quads_out, n_threads=None,
+                          const floating[::1] offsets=None):
+    """starts_out, index_out, quads_out := X (X - offsets, one per column, if given) in groups of 4 columns, for sparse_param_grad_checked; return its number of nonzeros"""
+    return _group_checked(X, starts_out, index_out, quads_out, False, n_threads, None, offsets)
 
 
 def narrow_forward_checked(const floating[:, ::1] X, const floating[:, ::1] W,

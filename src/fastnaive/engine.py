@@ -173,8 +173,8 @@ class Step:
         self.sparse_input = self.csr_input = False
         self.row_groups = self.column_groups = self.batch_rows = None
         # The first layer's offsets when it runs on the inputs' distances from them (else
-        # None), their buffer, and the batch known to hold those distances already.
-        self.offsets = self.offset_values = self.shifted_batch = None
+        # None; its grouping subtracts them as it reads each batch), and their buffer.
+        self.offsets = self.offset_values = None
         # Where the sparse kernels cut the first layer's features in two parts (None: the
         # middle), balanced on the first training inputs (_balanced_cut); the Program's.
         self.cut = self.program_cut = None
@@ -219,7 +219,7 @@ class Step:
         bound their magnitude for the steps on x (the overflow guard: fused_bound), or leave
         that to each batch's grouping (inf) where the sparse kernels take a large x."""
         self.csr_input = isinstance(x, CsrBatch)
-        self.offsets = self.shifted_batch = None
+        self.offsets = None
         if self.csr_input:
             self.sparse_input = False
             self.input_bound = x.max_abs()
@@ -281,7 +281,7 @@ class Step:
         if key not in _measured_choices:
             rows = np.linspace(0, x.shape[0] - 1, min(self.capacity, x.shape[0])).astype(np.intp)
             batch = np.empty((rows.shape[0], self.n_features), x.dtype)
-            _kernels.gather_rows_checked(x, rows, batch, self.offsets)
+            _kernels.gather_rows_checked(x, rows, batch)
             sparse, dense = _first_layer_times(batch, layer, self.offsets, self.narrow[0])
             if share <= SPARSE_MAX_DENSITY[_sparse.instruction_set()]:
                 _measured_choices[key] = not dense < (1 - MEASURED_MARGIN) * sparse
@@ -336,8 +336,7 @@ class Step:
             batch = CsrBatch(x.inputs, self.batch_rows[:n])
         else:
             batch = self.batch_buffer(x.dtype)[:n]
-            _kernels.gather_rows_checked(x, rows, batch, self.offsets)
-            self.shifted_batch = batch if self.offsets is not None else None
+            _kernels.gather_rows_checked(x, rows, batch)
         np.take(y, rows, axis=0, out=self.batch_targets[:n])
         weights = None
         if sample_weight is not None:
@@ -348,22 +347,10 @@ class Step:
         return batch, self.batch_targets[:n], weights
 
     def batch_buffer(self, dtype):
-        """The buffer of gathered (or shifted) batches, `capacity` rows of inputs."""
+        """The buffer of gathered batches, `capacity` rows of inputs."""
         if self.batch_inputs is None:
             self.batch_inputs = np.empty((self.capacity, self.n_features), dtype)
         return self.batch_inputs
-
-    def layer_inputs(self, x):
-        """x as the first layer's kernels take it: x itself or, where they run on the
-        inputs' distances from offsets, x - offsets in the batch buffer (a batch that gather
-        made holds them already). train, compute_gradients, loss_and_correct and predict
-        call it once per batch; forward and backward take what it returns."""
-        if self.offsets is None or x is self.shifted_batch:
-            return x
-        out = self.batch_buffer(x.dtype)[: x.shape[0]]
-        _kernels.shift_rows_checked(x, self.offsets, out)
-        self.shifted_batch = out
-        return out
 
     def compiled(self):
         """The Program (fastnaive._program) of this Step's layers, for its first layer's
@@ -408,7 +395,7 @@ class Step:
         return program
 
     def forward(self, x, out=None, training=False, head=False, first_row=0):
-        """Fill the layers' outputs for the rows of x (as layer_inputs returns them); return
+        """Fill the layers' outputs for the rows of x; return
         the last one's.
 
         training: dropout on, for the rows first_row... of the global batch, and GELU's
@@ -527,7 +514,6 @@ class Step:
         The forward pass is the training one: dropout on, for this Step's current step.
         """
         self.compiled()
-        x = self.layer_inputs(x)
         self.forward(x, training=True)
         loss = self.loss_and_hits(y, sample_weight, count=False)[0] + self.penalty()
         self.backward(x)
@@ -548,7 +534,6 @@ class Step:
         n_global = n if n_global is None else n_global
         program = self.compiled()
         update = self.current_update()
-        x = self.layer_inputs(x)
         loss, correct = 0.0, 0
         penalty = self.penalty()
         count = self.count_call
@@ -697,7 +682,7 @@ class Step:
         self.compiled()
         for start in range(0, x.shape[0], self.capacity):
             stop = min(start + self.capacity, x.shape[0])
-            self.forward(self.layer_inputs(x[start:stop]))
+            self.forward(x[start:stop])
             weights = None if sample_weight is None else sample_weight[start:stop]
             loss, hits = self.loss_and_hits(y[start:stop], weights, 1.0)
             total_loss, correct = total_loss + loss, correct + hits
@@ -708,7 +693,7 @@ class Step:
         self.compiled()
         for start in range(0, x.shape[0], self.capacity):
             stop = min(start + self.capacity, x.shape[0])
-            self.forward(self.layer_inputs(x[start:stop]), out[start:stop], head=True)
+            self.forward(x[start:stop], out[start:stop], head=True)
         if self.layers[-1].activation == "softmax":
             _kernels.softmax_checked(out, out)
         return out
@@ -727,9 +712,9 @@ def step_for(model, x):
 
 def _first_layer_times(x, layer, offsets, narrow):
     """Seconds that the sparse kernels (grouping, X @ W and the weight gradient) and the
-    GEMMs (narrow: the narrow kernels) take to run `layer` on the batch x (the inputs'
-    distances from offsets, if given), each on one thread, best of MEASURE_ROUNDS after a
-    first run."""
+    GEMMs (narrow: the narrow kernels) take to run `layer` on the batch x (the sparse ones on
+    its distances from offsets, if given), each on one thread, best of MEASURE_ROUNDS after
+    a first run."""
     n, k = x.shape
     m, dtype = layer.output_size, x.dtype
     W, b = layer.W, layer.b
@@ -740,8 +725,8 @@ def _first_layer_times(x, layer, offsets, narrow):
     columns = _sparse.group_buffers(k, n, dtype, by_rows=False)
 
     def sparse():
-        _sparse.group_rows_checked(x, *rows, n_threads=1)
-        _sparse.group_columns_checked(x, *columns, n_threads=1)
+        _sparse.group_rows_checked(x, *rows, n_threads=1, offsets=offsets)
+        _sparse.group_columns_checked(x, *columns, n_threads=1, offsets=offsets)
         _sparse.sparse_forward_checked(*rows, W, b, True, z, 1, partial, offsets)
         _sparse.sparse_param_grad_checked(*columns, delta, 1.0, 0.0, dW, db, 1, offsets)
 

@@ -388,15 +388,18 @@ static const int fastnaive_popcount[FASTNAIVE_PATTERNS] = {0, 1, 1, 2, 1, 2, 2, 
 
 /* A pass (mode FASTNAIVE_COUNT, _WRITE or _KEEP) over a group of four float lines by
  * SSE2: by rows, a 4 x 4 block of X transposed gives four quads at once; by columns, a quad
- * is four neighbouring floats of a row. cmpneq is true for NaN, like != in C. Returns 0
- * (for the generic pass to run instead) without SSE2. */
+ * is four neighbouring floats of a row. With shift (the group's offsets, see
+ * fastnaive_group_f), the values are X's minus them. cmpneq is true for NaN, like != in C.
+ * Returns 0 (for the generic pass to run instead) without SSE2. */
 FASTNAIVE_INLINE int fastnaive_fast_pass_f(int mode, int by_rows, const float *first,
                                            ptrdiff_t ldx, ptrdiff_t n_positions,
+                                           const float *shift,
                                            int counts[4][FASTNAIVE_PATTERNS], int *index,
                                            float *quads, fastnaive_kept_f *kept)
 {
 #if defined(__SSE2__)
     const __m128 zero = _mm_setzero_ps();
+    const __m128 line_shift = shift && !by_rows ? _mm_loadu_ps(shift) : zero;
     ptrdiff_t j;
     int c;
     for (j = 0; j < n_positions; j += 4) {
@@ -413,9 +416,20 @@ FASTNAIVE_INLINE int fastnaive_fast_pass_f(int mode, int by_rows, const float *f
                 block[c] = width == 4 ? _mm_loadu_ps(x + c * ldx)
                            : _mm_setr_ps(x[c * ldx], width > 1 ? x[c * ldx + 1] : 0,
                                          width > 2 ? x[c * ldx + 2] : 0, 0);
+            if (shift) {
+                const float *o = shift + j;
+                const __m128 row_shift = width == 4 ? _mm_loadu_ps(o)
+                                         : _mm_setr_ps(o[0], width > 1 ? o[1] : 0,
+                                                       width > 2 ? o[2] : 0, 0);
+                for (c = 0; c < 4; c++)
+                    block[c] = _mm_sub_ps(block[c], row_shift);
+            }
         } else {
             for (c = 0; c < 4; c++)
                 block[c] = c < width ? _mm_loadu_ps(first + (j + c) * ldx) : zero;
+            if (shift)
+                for (c = 0; c < width; c++)
+                    block[c] = _mm_sub_ps(block[c], line_shift);
         }
         /* The OR of nonzero floats is nonzero, of zeros of either sign +-0. */
         if (_mm_movemask_ps(_mm_cmpneq_ps(_mm_or_ps(_mm_or_ps(block[0], block[1]),
@@ -451,11 +465,12 @@ FASTNAIVE_INLINE int fastnaive_fast_pass_f(int mode, int by_rows, const float *f
 
 FASTNAIVE_INLINE int fastnaive_fast_pass_d(int mode, int by_rows, const double *first,
                                            ptrdiff_t ldx, ptrdiff_t n_positions,
+                                           const double *shift,
                                            int counts[4][FASTNAIVE_PATTERNS], int *index,
                                            double *quads, fastnaive_kept_d *kept)
 {
-    (void)mode; (void)by_rows; (void)first; (void)ldx; (void)n_positions; (void)counts;
-    (void)index; (void)quads; (void)kept;
+    (void)mode; (void)by_rows; (void)first; (void)ldx; (void)n_positions; (void)shift;
+    (void)counts; (void)index; (void)quads; (void)kept;
     return 0;
 }
 
@@ -519,11 +534,13 @@ FASTNAIVE_INLINE __attribute__((target("avx512f"))) void fastnaive_slots_append(
     d->n += __builtin_popcount(nonzero);
 }
 
-/* Four rows of k floats from first, ldx floats apart (k <= FASTNAIVE_KEEP_MAX): a 4 x 16
- * block per sixteen positions, transposed into quads by unpacking, position 16 b + 4 l + c
- * at slot 16 b + 4 c + l. The next group's rows are prefetched, as the SSE2 pass does. */
+/* Four rows of k floats from first, ldx floats apart (k <= FASTNAIVE_KEEP_MAX), minus
+ * shift[j] at position j unless shift is NULL: a 4 x 16 block per sixteen positions,
+ * transposed into quads by unpacking, position 16 b + 4 l + c at slot 16 b + 4 c + l. The
+ * next group's rows are prefetched, as the SSE2 pass does. */
 FASTNAIVE_AVX512_BUILD static void fastnaive_slot_rows_f(const float *first, ptrdiff_t k,
-                                                         ptrdiff_t ldx, fastnaive_slots_f *d)
+                                                         ptrdiff_t ldx, const float *shift,
+                                                         fastnaive_slots_f *d)
 {
     const __m512 zero = _mm512_setzero_ps();
     ptrdiff_t j;
@@ -532,11 +549,14 @@ FASTNAIVE_AVX512_BUILD static void fastnaive_slot_rows_f(const float *first, ptr
     for (j = 0; j < k; j += 16) {
         const __mmask16 live = k - j >= 16 ? (__mmask16)0xFFFF
                                            : (__mmask16)((1u << (k - j)) - 1);
+        const __m512 o = shift ? _mm512_maskz_loadu_ps(live, shift + j) : zero;
         __m512 r[4];
         __mmask16 m[4];
         for (c = 0; c < 4; c++) {
             __builtin_prefetch(first + (c + FASTNAIVE_GROUP) * ldx + j);
             r[c] = _mm512_maskz_loadu_ps(live, first + c * ldx + j);
+            if (shift)
+                r[c] = _mm512_sub_ps(r[c], o);
             /* Unordered not-equal: NaN counts as nonzero, zeros of either sign do not. */
             m[c] = _mm512_cmp_ps_mask(r[c], zero, _CMP_NEQ_UQ);
         }
@@ -562,13 +582,15 @@ FASTNAIVE_AVX512_BUILD static void fastnaive_slot_rows_f(const float *first, ptr
     }
 }
 
-/* Four columns from first of n rows k floats apart (n <= FASTNAIVE_KEEP_MAX): a quad per row,
- * four to a vector, position j at slot j; the sixteen patterns' nibbles spread to bytes by
- * pdep, then to lanes. */
+/* Four columns from first of n rows k floats apart (n <= FASTNAIVE_KEEP_MAX), minus
+ * shift[0..3] unless shift is NULL: a quad per row, four to a vector, position j at slot j;
+ * the sixteen patterns' nibbles spread to bytes by pdep, then to lanes. */
 FASTNAIVE_AVX512_BUILD static void fastnaive_slot_columns_f(const float *first, ptrdiff_t k,
-                                                            ptrdiff_t n, fastnaive_slots_f *d)
+                                                            ptrdiff_t n, const float *shift,
+                                                            fastnaive_slots_f *d)
 {
     const __m512 zero = _mm512_setzero_ps();
+    const __m512 o = shift ? _mm512_broadcast_f32x4(_mm_loadu_ps(shift)) : zero;
     const unsigned long long nibbles = 0x0F0F0F0F0F0F0F0FULL;
     ptrdiff_t j;
     int i, r;
@@ -577,6 +599,11 @@ FASTNAIVE_AVX512_BUILD static void fastnaive_slot_columns_f(const float *first, 
         unsigned long long masks = 0;
         for (i = 0; i < 4; i++) {
             const float *row = first + (j + 4 * i) * k;
+            /* The lanes of the rows before n (past them, the zeros stay). */
+            const ptrdiff_t rows = n - j - 4 * i;
+            const __mmask16 live = rows >= 4 ? (__mmask16)0xFFFF
+                                   : rows <= 0 ? (__mmask16)0
+                                   : (__mmask16)((1u << (4 * rows)) - 1);
             __m512 v;
             if (n - j >= 4 * i + 4) {
                 v = _mm512_castps128_ps512(_mm_loadu_ps(row));
@@ -589,6 +616,8 @@ FASTNAIVE_AVX512_BUILD static void fastnaive_slot_columns_f(const float *first, 
                     memcpy(tail + FASTNAIVE_GROUP * r, row + r * k, sizeof(float) * FASTNAIVE_GROUP);
                 v = _mm512_loadu_ps(tail);
             }
+            if (shift)
+                v = _mm512_maskz_sub_ps(live, v, o);
             masks |= (unsigned long long)_mm512_cmp_ps_mask(v, zero, _CMP_NEQ_UQ) << (16 * i);
             _mm512_storeu_ps(d->quad[j + 4 * i], v);
         }
@@ -603,10 +632,10 @@ FASTNAIVE_AVX512_BUILD static void fastnaive_slot_columns_f(const float *first, 
 }
 
 /* fastnaive_group_f for a group of four lines of at most FASTNAIVE_KEEP_MAX positions: the
- * same layout, from the slots. */
+ * same layout, from the slots; shift: the group's offsets (see fastnaive_group_f). */
 static ptrdiff_t fastnaive_group_slots_f(int by_rows, const float *X, ptrdiff_t n, ptrdiff_t k,
-                                         ptrdiff_t ldx, ptrdiff_t g, int *starts, int *index,
-                                         float *quads)
+                                         ptrdiff_t ldx, ptrdiff_t g, const float *shift,
+                                         int *starts, int *index, float *quads)
 {
     const ptrdiff_t n_positions = by_rows ? k : n;
     const float *first = X + FASTNAIVE_GROUP * g * (by_rows ? ldx : 1);
@@ -614,9 +643,9 @@ static ptrdiff_t fastnaive_group_slots_f(int by_rows, const float *X, ptrdiff_t 
     int counts[4][FASTNAIVE_PATTERNS] = {{0}};
     ptrdiff_t nnz, e;
     if (by_rows)
-        fastnaive_slot_rows_f(first, k, ldx, &d);
+        fastnaive_slot_rows_f(first, k, ldx, shift, &d);
     else
-        fastnaive_slot_columns_f(first, ldx, n_positions, &d);
+        fastnaive_slot_columns_f(first, ldx, n_positions, shift, &d);
     for (e = 0; e < d.n; e++)
         counts[d.key[e] >> 4][d.key[e] & 15]++;
     nnz = fastnaive_cursors(counts, g * n_positions, starts + FASTNAIVE_PATTERNS * g);
@@ -635,43 +664,48 @@ static ptrdiff_t fastnaive_group_slots_f(int by_rows, const float *X, ptrdiff_t 
  * not taken, where it is not selected or compiled). */
 FASTNAIVE_INLINE ptrdiff_t fastnaive_fast_group_f(int by_rows, const float *X, ptrdiff_t n,
                                                   ptrdiff_t k, ptrdiff_t ldx, ptrdiff_t g,
-                                                  int *starts, int *index, float *quads)
+                                                  const float *shift, int *starts, int *index,
+                                                  float *quads)
 {
 #if FASTNAIVE_X86_DISPATCH
     if (fastnaive_group_avx512)
-        return fastnaive_group_slots_f(by_rows, X, n, k, ldx, g, starts, index, quads);
+        return fastnaive_group_slots_f(by_rows, X, n, k, ldx, g, shift, starts, index, quads);
 #endif
-    (void)by_rows; (void)X; (void)n; (void)k; (void)ldx; (void)g; (void)starts; (void)index;
-    (void)quads;
+    (void)by_rows; (void)X; (void)n; (void)k; (void)ldx; (void)g; (void)shift; (void)starts;
+    (void)index; (void)quads;
     return -1;
 }
 
 FASTNAIVE_INLINE ptrdiff_t fastnaive_fast_group_d(int by_rows, const double *X, ptrdiff_t n,
                                                   ptrdiff_t k, ptrdiff_t ldx, ptrdiff_t g,
-                                                  int *starts, int *index, double *quads)
+                                                  const double *shift, int *starts, int *index,
+                                                  double *quads)
 {
-    (void)by_rows; (void)X; (void)n; (void)k; (void)ldx; (void)g; (void)starts; (void)index;
-    (void)quads;
+    (void)by_rows; (void)X; (void)n; (void)k; (void)ldx; (void)g; (void)shift; (void)starts;
+    (void)index; (void)quads;
     return -1;
 }
 
 /* fastnaive_group_SUFFIX: the quads of group g of X (n, k), its rows ldx >= k elements
  * apart, into the layout above, by_rows for X @ B (groups of four rows, index = column) or
  * not for X.T @ B (groups of four columns, index = row). X may be a block of columns of a
- * wider matrix (a part of the features, by rows). Groups are independent: each writes only
- * its own entries. Returns the number of nonzeros of the group's lines. */
+ * wider matrix (a part of the features, by rows). Unless offsets is NULL, the lines are
+ * those of X - offsets, offsets[c] subtracted from X's column c (k of them): the quads hold
+ * the differences, and the nonzeros counted are theirs. Groups are independent: each writes
+ * only its own entries. Returns the number of nonzeros of the group's lines. */
 #define FASTNAIVE_BUILD_DEFINE(T, SUFFIX)                                                      \
 /* The generic pass, from scalars: lines < 4 (the last group) or no fast pass. */              \
 FASTNAIVE_INLINE void fastnaive_group_pass_##SUFFIX(                                           \
     int mode, int by_rows, const T *first, ptrdiff_t ldx, int lines, ptrdiff_t n_positions,    \
-    int counts[4][FASTNAIVE_PATTERNS], int *index, T *quads, fastnaive_kept_##SUFFIX *kept)    \
+    const T *shift, int counts[4][FASTNAIVE_PATTERNS], int *index, T *quads,                   \
+    fastnaive_kept_##SUFFIX *kept)                                                             \
 {                                                                                              \
     const ptrdiff_t line_stride = by_rows ? ldx : 1, position_stride = by_rows ? 1 : ldx;      \
     ptrdiff_t j;                                                                               \
     int c, r;                                                                                  \
     if (lines == FASTNAIVE_GROUP                                                               \
-        && fastnaive_fast_pass_##SUFFIX(mode, by_rows, first, ldx, n_positions, counts, index, \
-                                        quads, kept))                                          \
+        && fastnaive_fast_pass_##SUFFIX(mode, by_rows, first, ldx, n_positions, shift, counts, \
+                                        index, quads, kept))                                   \
         return;                                                                                \
     for (j = 0; j < n_positions; j += 4) {                                                     \
         const int width = n_positions - j < 4 ? (int)(n_positions - j) : 4;                    \
@@ -682,6 +716,8 @@ FASTNAIVE_INLINE void fastnaive_group_pass_##SUFFIX(                            
             for (r = 0; r < FASTNAIVE_GROUP; r++) {                                            \
                 v[c][r] = c < width && r < lines                                               \
                           ? first[r * line_stride + (j + c) * position_stride] : 0;            \
+                if (shift && c < width && r < lines)                                           \
+                    v[c][r] -= shift[by_rows ? j + c : r];                                     \
                 pattern[c] |= (v[c][r] != 0) << r;                                             \
             }                                                                                  \
             any |= pattern[c];                                                                 \
@@ -710,29 +746,31 @@ FASTNAIVE_INLINE void fastnaive_group_pass_##SUFFIX(                            
                                                                                                \
 static ptrdiff_t fastnaive_group_##SUFFIX(int by_rows, const T *X, ptrdiff_t n, ptrdiff_t k,   \
                                           ptrdiff_t ldx, ptrdiff_t g, int *starts, int *index, \
-                                          T *quads)                                            \
+                                          T *quads, const T *offsets)                          \
 {                                                                                              \
     const ptrdiff_t n_lines = by_rows ? n : k, n_positions = by_rows ? k : n;                  \
     const int lines = n_lines - FASTNAIVE_GROUP * g < FASTNAIVE_GROUP                          \
                       ? (int)(n_lines - FASTNAIVE_GROUP * g) : FASTNAIVE_GROUP;                \
     const T *first = X + FASTNAIVE_GROUP * g * (by_rows ? ldx : 1);                            \
+    /* The group's offsets: by rows, one per position; by columns, one per line. */            \
+    const T *shift = offsets && !by_rows ? offsets + FASTNAIVE_GROUP * g : offsets;            \
     int counts[4][FASTNAIVE_PATTERNS] = {{0}};                                                 \
     ptrdiff_t nnz, e;                                                                          \
     const int keep = n_positions <= FASTNAIVE_KEEP_MAX;                                        \
     fastnaive_kept_##SUFFIX kept;                                                              \
     if (lines == FASTNAIVE_GROUP && keep) {                                                    \
-        const ptrdiff_t done = fastnaive_fast_group_##SUFFIX(by_rows, X, n, k, ldx, g, starts, \
-                                                             index, quads);                    \
+        const ptrdiff_t done = fastnaive_fast_group_##SUFFIX(by_rows, X, n, k, ldx, g, shift,  \
+                                                             starts, index, quads);            \
         if (done >= 0)                                                                         \
             return done;                                                                       \
     }                                                                                          \
     kept.n = 0;                                                                                \
     fastnaive_group_pass_##SUFFIX(keep ? FASTNAIVE_KEEP : FASTNAIVE_COUNT, by_rows, first, ldx,\
-                                  lines, n_positions, counts, index, quads, &kept);            \
+                                  lines, n_positions, shift, counts, index, quads, &kept);     \
     nnz = fastnaive_cursors(counts, g * n_positions, starts + FASTNAIVE_PATTERNS * g);         \
     if (!keep) {                                                                               \
         fastnaive_group_pass_##SUFFIX(FASTNAIVE_WRITE, by_rows, first, ldx, lines, n_positions,\
-                                      counts, index, quads, &kept);                            \
+                                      shift, counts, index, quads, &kept);                     \
         return nnz;                                                                            \
     }                                                                                          \
     for (e = 0; e < kept.n; e++) {                                                             \
