@@ -137,6 +137,7 @@ GROUPED = {
     "n96-784": (96, 784),
     "n130-37": (130, 37),
     "n1030-20": (1030, 20),  # columns past the builder's kept positions (1024)
+    "n9-1030": (9, 1030),  # rows past them
 }
 
 

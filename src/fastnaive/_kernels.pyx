@@ -490,8 +490,8 @@ cdef inline double scan_rows_from(const floating[:, ::1] a, const floating[::1] 
 
 cdef double scan_from(const floating[:, ::1] a, const floating[::1] offsets,
                       Py_ssize_t* nonzeros, int n_threads) noexcept nogil:
-    """scan of the differences a[i, j] - offsets[j], by chunks of rows (on one thread, in
-    the calling one: no parallel region)"""
+    """scan of the differences a[i, j] - offsets[j], by chunks of rows on n_threads threads
+    where a is large, else in the calling thread (no parallel region)"""
     cdef double peaks[SCAN_CHUNKS]
     cdef Py_ssize_t counts[SCAN_CHUNKS]
     cdef Py_ssize_t n = a.shape[0], k = a.shape[1]

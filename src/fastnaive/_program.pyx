@@ -525,7 +525,8 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
                     activate_rows(fused, target, target)
             if columns:
                 p.columns_of, p.columns_rows = &x[0, 0], x.shape[0]
-                # The groups hold x's distances from the offsets: |x| <= |x - c| + |c|.
+                # The groups hold x's distances from the offsets: |x| <= |x - c| + |c| (to
+                # half an ulp of x - c's rounding, far inside the guard's margin).
                 if offsets.shape[0]:
                     peak += max_abs(&offsets[0], offsets.shape[0])
                 p.input_peaks[0] = peak

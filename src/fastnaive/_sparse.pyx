@@ -34,10 +34,12 @@
 # rows are 25-30% slower. Index buffers are user input, so the `def` wrappers check them
 # before any kernel reads through them.
 # Inputs that sit mostly at one value per feature other than 0 (standardised or shifted
-# images) come as their distances from those values, the offsets c (fastnaive.engine picks
-# them): X @ W adds c @ W (each part's rows of it, computed by the part's thread before its
-# products, as their bias) and X.T @ delta adds outer(c, sum_rows(delta)) (the grouped
-# product's bias, scaled per row of dW by c), both exact.
+# images) are grouped as their distances from those values, the offsets c (fastnaive.engine
+# picks them): the grouping subtracts c as it reads X, so no batch of distances is written
+# (it took about 30 us of a two-thread step's serial time on Zen 4, dense MNIST). X @ W
+# adds c @ W (each part's rows of it, computed by the part's thread before its products, as
+# their bias) and X.T @ delta adds outer(c, sum_rows(delta)) (the grouped product's bias,
+# scaled per row of dW by c), both exact.
 # The narrow products (narrow_forward, narrow_input_grad, narrow_param_grad) are the dense
 # products of a layer of at most NARROW_MAX outputs, a classifier's head, without the BLAS
 # (narrow_kernels.h): compiled per instruction set like the sparse ones and chosen with them
@@ -399,9 +401,10 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
     feature `cut`, as the groups were made), part 0's sums
     with the bias into Z, part 1's into partial (n rows of Z's width, or more), then added
     (Z + partial: the same bits whoever computed the parts); on one thread, part 1's
-    product adds its sums to Z itself, to the same bits. With offsets (k,; empty: none), X
-    holds the inputs' distances from them and Z := act(X @ W + b + offsets @ W), each part's
-    share of offsets @ W in offset_sums (parts, m)."""
+    product adds its sums to Z itself, to the same bits. With offsets (k,; empty: none), the
+    groups hold X's distances from them (group_lines with the same offsets) and Z := act(X @ W
+    + b) = act((X - offsets) @ W + b + offsets @ W), each part's share of offsets @ W in
+    offset_sums (parts, m)."""
     cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1]
     cdef Py_ssize_t parts = feature_parts(W.shape[0])
     cdef Py_ssize_t stride = starts.shape[0] // (PATTERNS * parts)
@@ -586,9 +589,9 @@ cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                             const Rule* rule) noexcept nogil:
     """dW := alpha * X.T @ delta + beta * dW;  db := alpha * sum_rows(delta) + beta * db, X
     given by group_lines(X, False, ...); then, unless rule is NULL, its step on each part of
-    dW and db. With offsets (k,; empty: none), X holds the inputs' distances from them and
-    dW gains alpha * outer(offsets, sum_rows(delta)), alpha * sum_rows(delta) computed into
-    delta_sums (m,) first.
+    dW and db. With offsets (k,; empty: none), the groups hold X's distances from them
+    (group_lines with the same offsets) and dW gains alpha * outer(offsets, sum_rows(delta)),
+    alpha * sum_rows(delta) computed into delta_sums (m,) first.
 
     Each slot takes the rows of dW of its parts of the features (feature_parts), those whose
     rows of W its forward products read and whose column groups it made, and a share of db's
@@ -1017,8 +1020,9 @@ def sparse_forward_checked(const int[::1] starts, const int[::1] index,
                            const floating[::1] offsets=None, cut=None):
     """Z_out := act(X @ W + b), X given by group_rows_checked (with the same cut); n_threads
     None: OpenMP's default. partial_out: Z_out's shape, for the sums of the second part of the features
-    (allocated if None; unused with one part). offsets (k,): X holds the inputs' distances
-    from them, Z_out := act(X @ W + b + offsets @ W)."""
+    (allocated if None; unused with one part). offsets (k,): the groups hold X's distances
+    from them (group_rows_checked with the same offsets); Z_out := act(X @ W + b) all the
+    same, the offsets' share added as offsets @ W."""
     cdef Py_ssize_t n = Z_out.shape[0], k = W.shape[0]
     cdef Py_ssize_t parts = feature_parts(k), capacity = n_groups(n) * k
     if not (k > 0 and b.shape[0] == W.shape[1] and Z_out.shape[1] == W.shape[1]
@@ -1058,7 +1062,7 @@ def sparse_param_grad_checked(const int[::1] starts, const int[::1] index,
                               floating alpha, floating beta, floating[:, ::1] dW_out,
                               floating[::1] db_out, n_threads=None,
                               const floating[::1] offsets=None, cut=None):
-    """dW_out := alpha * X.T @ delta + beta * dW_out;  db_out := alpha * sum_rows(delta) + beta * db_out, X given by group_columns_checked; offsets (k,): X holds the inputs' distances from them, dW_out gains alpha * outer(offsets, sum_rows(delta)); cut: where the threads' parts of dW's rows meet (None: the middle), as in X @ W"""
+    """dW_out := alpha * X.T @ delta + beta * dW_out;  db_out := alpha * sum_rows(delta) + beta * db_out, X given by group_columns_checked; offsets (k,): the groups hold X's distances from them (group_columns_checked with the same offsets), and dW_out gains alpha * outer(offsets, sum_rows(delta)) (X.T @ delta all the same); cut: where the threads' parts of dW's rows meet (None: the middle), as in X @ W"""
     if not (delta.shape[0] > 0 and dW_out.shape[0] > 0 and dW_out.shape[1] == delta.shape[1]
             and db_out.shape[0] == delta.shape[1]
             and starts.shape[0] == starts_length(dW_out.shape[0], delta.shape[0], False)

@@ -395,8 +395,7 @@ class Step:
         return program
 
     def forward(self, x, out=None, training=False, head=False, first_row=0):
-        """Fill the layers' outputs for the rows of x; return
-        the last one's.
+        """Fill the layers' outputs for the rows of x; return the last one's.
 
         training: dropout on, for the rows first_row... of the global batch, and GELU's
         pre-activations kept; head: the last layer's activation applied even where the loss

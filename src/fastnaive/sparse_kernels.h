@@ -457,8 +457,8 @@ FASTNAIVE_INLINE int fastnaive_fast_pass_f(int mode, int by_rows, const float *f
     }
     return 1;
 #else
-    (void)mode; (void)by_rows; (void)first; (void)ldx; (void)n_positions; (void)counts;
-    (void)index; (void)quads; (void)kept;
+    (void)mode; (void)by_rows; (void)first; (void)ldx; (void)n_positions; (void)shift;
+    (void)counts; (void)index; (void)quads; (void)kept;
     return 0;
 #endif
 }
