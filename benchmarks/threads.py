@@ -15,15 +15,21 @@ median. Interleaved in one process, the ratio is steadier than between two runs 
 
 Run from the repository root, FASTNAIVE_DATA naming a folder holding mnist.npz:
 
-    python benchmarks/threads.py [--quick] [--rounds N] [--workloads NAME ...]
+    python benchmarks/threads.py [--quick] [--rounds N] [--workloads NAME ...] [--isa avx2]
 
 --quick trains the matrix's three quick batches per epoch, one round: it checks the command.
+--isa avx2 holds fastnaive to AVX2 on a CPU with AVX-512, as matrix.py's does (its sparse
+kernels through fastnaive._sparse.select_instruction_set, the BLAS through
+matrix.AVX2_ENVIRONMENT; the script runs itself again with those variables set, since a BLAS
+reads them as it loads): a stand-in for an AVX2-only CPU. A native run (the default) drops
+those variables, so that each library takes the kernels its own detection picks.
 Nothing here fails on timing.
 """
 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -31,6 +37,8 @@ import matrix
 import peers
 import workloads
 from threadpoolctl import threadpool_limits
+
+from fastnaive import _sparse
 
 DEFAULT_WORKLOADS = ("book", "fashion", "deep-adam", "dense", "float64", "big-batch")
 ROUNDS, QUICK_ROUNDS = 8, 1
@@ -47,6 +55,12 @@ def parse_args(argv=None):
         default=list(DEFAULT_WORKLOADS),
         metavar="NAME",
         help=f"default: {' '.join(DEFAULT_WORKLOADS)} ({', '.join(sorted(matrix.WORKLOADS))})",
+    )
+    parser.add_argument(
+        "--isa",
+        choices=["native", "avx2"],
+        default="native",
+        help="avx2: fastnaive held to AVX2 kernels (a stand-in for an AVX2-only CPU)",
     )
     args = parser.parse_args(argv)
     if args.rounds is None:
@@ -104,8 +118,25 @@ def row(workload, ones, twos):
     ]
 
 
+def isa_environment(isa):
+    """This process's environment with the instruction-set variables of `isa`: for avx2,
+    matrix.AVX2_ENVIRONMENT's; for native, none of them."""
+    env = {k: v for k, v in os.environ.items() if k not in matrix.AVX2_ENVIRONMENT}
+    if isa == "avx2":
+        env.update(matrix.AVX2_ENVIRONMENT)
+    return env
+
+
 def main(argv=None):
     args = parse_args(argv)
+    env = isa_environment(args.isa)
+    if env != dict(os.environ):
+        # The BLAS has loaded with this environment's core type: run again with the right one.
+        command = [sys.executable, os.path.abspath(__file__)]
+        command += sys.argv[1:] if argv is None else list(argv)
+        return subprocess.run(command, env=env).returncode
+    if args.isa == "avx2":
+        _sparse.select_instruction_set("avx2")
     images = {
         dataset: matrix.load_images(dataset)
         for dataset in {matrix.WORKLOADS[name].dataset for name in args.workloads}
@@ -119,6 +150,12 @@ def main(argv=None):
     print(f"# fastnaive.fit, 1 thread against 2, interleaved ({args.rounds} rounds)")
     print()
     print(f"CPU: {workloads.cpu_description()}, CPUs {sorted(os.sched_getaffinity(0))[:2]}")
+    print()
+    held = ", ".join(f"{k}={v}" for k, v in sorted(matrix.AVX2_ENVIRONMENT.items()))
+    print(
+        f"Instruction sets: fastnaive's sparse kernels {_sparse.instruction_set()}; "
+        + (f"held to AVX2 ({held})" if args.isa == "avx2" else "each library's own detection")
+    )
     print()
     headers = [
         "workload",
