@@ -9,8 +9,8 @@
 # are nonzero there; the quads are sorted by which lines are nonzero, so that no FMA
 # multiplies by zero (see sparse_kernels.h). Both layouts go into caller-provided buffers
 # (group_buffers), so no kernel allocates. The inner loops are C, compiled for AVX-512, AVX2
-# and baseline x86-64 and chosen at import. In X @ W the columns of W are cut into blocks of
-# FORWARD_BYTES, whose slab of W stays in L2 while the whole batch passes (each block reads
+# and baseline x86-64 and chosen at import. In X @ W the columns of W are cut into blocks
+# (forward_width), whose slab of W stays in L2 while the whole batch passes (each block reads
 # the batch's quads once).
 # The threads split W by rows, the features, in every pass: X @ W is summed over two parts of
 # the features (feature_parts: their number fixed by the shape, whatever the number of
@@ -107,13 +107,20 @@ cdef extern from "sparse_kernels.h" nogil:
 # Elements per block of the weight gradient's slabs of columns: 128 floats or 64 doubles, a
 # whole number of tiles on every ISA.
 cdef Py_ssize_t BLOCK_BYTES = 512
-# Columns of W per block of X @ W: 1 KB of each row; threads that share a part of the
-# features split its columns in units of 256 bytes (the widest tile, AVX-512's four
-# vectors). Blocks are whole tiles, so every output element is the same tile's sum at any
-# block width. A book batch's X @ W on one Zen 5 core: 207-209 us in 1 KB blocks, 215-216 in
-# 512-byte ones.
+# Columns of W per block of X @ W: at most 1 KB of each row (forward_width); threads that
+# share a part of the features split its columns in units of 256 bytes (the widest tile,
+# AVX-512's four vectors). Blocks are whole tiles, so every output element is the same
+# tile's sum at any block width. A book batch's X @ W on one Zen 5 core: 207-209 us in 1 KB
+# blocks, 215-216 in 512-byte ones.
 cdef Py_ssize_t FORWARD_BYTES = 1024
 cdef Py_ssize_t MIN_BLOCK_BYTES = 256
+# A part of the features' slab of W (its rows x a block's columns) at most this large, the
+# block halved down to MIN_BLOCK_BYTES until it fits (forward_width): half of L2 on Zen 4
+# and Zen 5, all of it on Zen 3. A part of 1024 features (2048 in all), X @ W over ReLU
+# outputs of 2048 columns, 50% nonzero, one thread, Zen 4: 21.1-22.4 ms in 1 KB blocks,
+# 18.8-21.4 in 512-byte ones (held to AVX2: 32.1-39.0 and 27.5-28.8); the book's parts
+# (392 features) keep 1 KB.
+cdef Py_ssize_t FORWARD_SLAB_BYTES = 1 << 19
 # X @ W over the first layer's features is summed in MAX_PARTS parts of them (W's rows), at
 # least PART_MIN_FEATURES each, or in one part; see feature_parts.
 cdef enum:
@@ -341,6 +348,16 @@ cdef inline void product(Py_ssize_t n_groups_, const int* starts, const int* ind
                           relu, out, ldo, n_out, j0, j1)
 
 
+cdef inline Py_ssize_t forward_width(Py_ssize_t rows, Py_ssize_t itemsize) noexcept nogil:
+    """Columns of W per block of X @ W over a part of `rows` features: FORWARD_BYTES of each
+    row, halved while the part's slab of W passes FORWARD_SLAB_BYTES, down to MIN_BLOCK_BYTES
+    (whole tiles at every width: the products' bits do not depend on it)."""
+    cdef Py_ssize_t width = FORWARD_BYTES
+    while width > MIN_BLOCK_BYTES and rows * width > FORWARD_SLAB_BYTES:
+        width //= 2
+    return width // itemsize
+
+
 cdef void forward_share(const int[::1] starts, const int[::1] index,
                         const floating[:, ::1] quads, const floating[:, ::1] W,
                         const floating[::1] b, const floating[::1] offsets,
@@ -348,17 +365,16 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
                         floating[:, ::1] partial, Share share, Py_ssize_t parts,
                         Py_ssize_t cut) noexcept nogil:
     """A share's products: of each of its parts, the rank's share of W's columns, in blocks
-    of FORWARD_BYTES; part 0 into Z_out with the bias, part 1 into partial, or, where the
+    of forward_width; part 0 into Z_out with the bias, part 1 into partial, or, where the
     share holds every part, added to Z_out by the product (z = sums + Z_out, the bits of
     sparse_forward's addition), relu applied after the last part. With offsets (k,), each
     part's bias is offset_sums[part] := (b if part 0) + offsets[part's rows] @ W[part's rows],
     the share's columns of it computed first."""
     cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1], k = W.shape[0]
-    cdef Py_ssize_t width = FORWARD_BYTES // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t unit = MIN_BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t units = (m + unit - 1) // unit
     cdef Py_ssize_t stride = starts.shape[0] // (PATTERNS * parts)
-    cdef Py_ssize_t part, f0, base, j0, j1, last
+    cdef Py_ssize_t part, f0, f1, base, j0, j1, last, width
     cdef bint whole = share.part0 == 0 and share.part1 == parts
     cdef bint shifted = offsets.shape[0] > 0
     cdef floating* out
@@ -368,18 +384,17 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
     j0 = min(share.rank * units // share.team * unit, m)
     last = min((share.rank + 1) * units // share.team * unit, m)
     for part in range(share.part0, share.part1):
-        f0 = part_start(k, parts, part, cut)
+        f0, f1 = part_start(k, parts, part, cut), part_start(k, parts, part + 1, cut)
+        width = forward_width(f1 - f0, sizeof(floating))
         base = stride * f0
         out = &Z_out[0, 0] if part == 0 or whole else &partial[0, 0]
         bias = &b[0] if part == 0 else NULL
         if shifted and j0 < last:
             if floating is float:
-                offset_sums_f(&offsets[f0], &W[f0, 0], m,
-                              part_start(k, parts, part + 1, cut) - f0, bias,
+                offset_sums_f(&offsets[f0], &W[f0, 0], m, f1 - f0, bias,
                               &offset_sums[part, 0], j0, last)
             else:
-                offset_sums_d(&offsets[f0], &W[f0, 0], m,
-                              part_start(k, parts, part + 1, cut) - f0, bias,
+                offset_sums_d(&offsets[f0], &W[f0, 0], m, f1 - f0, bias,
                               &offset_sums[part, 0], j0, last)
             bias = &offset_sums[part, 0]
         j1 = j0
