@@ -74,10 +74,14 @@ typedef T fastnaive_vec_##SUFFIX                                                
     __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias));                          \
                                                                                                   \
 /* acc[r][q] += quad[r] * B[index, h + q] for q < width, each quad of the list [p0, p1) of        \
- * pattern `pattern` (width and h constants where inlined, acc then in registers). */             \
+ * pattern `pattern` (width, h and by_vector constants where inlined, acc then in registers).    \
+ * A quad's row is loaded whole (width registers) and each line's value broadcast in turn;       \
+ * by_vector, the lines' values are broadcast first and the row loaded one vector at a time      \
+ * (lines registers instead of width: three lines of four vectors fit AVX2's 16 registers).      \
+ * The same sums in the same order either way. */                                               \
 FASTNAIVE_INLINE TARGET void fastnaive_quads_##SUFFIX(                                            \
-    int pattern, int h, int width, int p0, int p1, const int *index, const T *quads,              \
-    const T *B, ptrdiff_t ldb, fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV])                   \
+    int pattern, int h, int width, int by_vector, int p0, int p1, const int *index,               \
+    const T *quads, const T *B, ptrdiff_t ldb, fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV])   \
 {                                                                                                 \
     typedef fastnaive_vec_##SUFFIX V;                                                             \
     const int *at = index + p0, *end = index + p1;                                                \
@@ -85,6 +89,19 @@ FASTNAIVE_INLINE TARGET void fastnaive_quads_##SUFFIX(                          
     int q, r;                                                                                     \
     for (; at < end; at++, values += FASTNAIVE_GROUP) {                                           \
         const V *src = (const V *)(B + (ptrdiff_t)*at * ldb) + h;                                 \
+        if (by_vector) {                                                                          \
+            V v[FASTNAIVE_GROUP];                                                                 \
+            for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
+                if (pattern & (1 << r))                                                           \
+                    v[r] = values[r] + (V){0};                                                    \
+            for (q = 0; q < width; q++) {                                                         \
+                const V x = src[q];                                                               \
+                for (r = 0; r < FASTNAIVE_GROUP; r++)                                             \
+                    if (pattern & (1 << r))                                                       \
+                        acc[r][q] += v[r] * x;                                                    \
+            }                                                                                     \
+            continue;                                                                             \
+        }                                                                                         \
         V x[NV];                                                                                  \
         for (q = 0; q < width; q++)                                                               \
             x[q] = src[q];                                                                        \
@@ -102,18 +119,18 @@ FASTNAIVE_INLINE TARGET void fastnaive_list_##SUFFIX(                           
     int pattern, int p0, int p1, const int *index, const T *quads, const T *B, ptrdiff_t ldb,     \
     fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV])                                              \
 {                                                                                                 \
-    fastnaive_quads_##SUFFIX(pattern, 0, NV, p0, p1, index, quads, B, ldb, acc);                  \
+    fastnaive_quads_##SUFFIX(pattern, 0, NV, 0, p0, p1, index, quads, B, ldb, acc);               \
 }                                                                                                 \
                                                                                                   \
 /* The same, acc in memory: in passes over as many of its vectors as the pattern's lines          \
- * leave registers for (FASTNAIVE_WIDE_DEFINE). */                                                \
+ * leave registers for (FASTNAIVE_WIDE_DEFINE); three lines' passes by vector. */                 \
 FASTNAIVE_INLINE TARGET void fastnaive_wide_list_##SUFFIX(                                        \
     int pattern, int p0, int p1, const int *index, const T *quads, const T *B, ptrdiff_t ldb,     \
     fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV])                                              \
 {                                                                                                 \
     typedef fastnaive_vec_##SUFFIX V;                                                             \
     const int lines = __builtin_popcount(pattern);                                                \
-    const int step = lines == 1 ? NV : lines == 2 ? NV / 2 : NV / 4;                              \
+    const int step = lines == 1 ? NV : lines <= 3 ? NV / 2 : NV / 4;                              \
     int h, q, r;                                                                                  \
     for (h = 0; h < NV; h += step) {                                                              \
         V sums[FASTNAIVE_GROUP][NV];                                                              \
@@ -121,7 +138,8 @@ FASTNAIVE_INLINE TARGET void fastnaive_wide_list_##SUFFIX(                      
             if (pattern & (1 << r))                                                               \
                 for (q = 0; q < step; q++)                                                        \
                     sums[r][q] = acc[r][h + q];                                                   \
-        fastnaive_quads_##SUFFIX(pattern, h, step, p0, p1, index, quads, B, ldb, sums);           \
+        fastnaive_quads_##SUFFIX(pattern, h, step, lines == 3, p0, p1, index, quads, B, ldb,      \
+                                 sums);                                                           \
         for (r = 0; r < FASTNAIVE_GROUP; r++)                                                     \
             if (pattern & (1 << r))                                                               \
                 for (q = 0; q < step; q++)                                                        \
@@ -272,10 +290,13 @@ static TARGET void fastnaive_grouped_product_##SUFFIX(                          
  * VBYTES bytes where the registers hold fewer sums than four lines of a wide tile (AVX2's 16):
  * tiles of NV vectors per line, their sums kept in memory (L1) between the lists, and each
  * list run in passes over as many of a tile's vectors as its pattern's lines leave
- * registers for: all NV for one line, NV / 2 for two, NV / 4 for three or four. A list of
- * one line thus keeps NV independent sums in flight, where a tile of two vectors per line
- * would keep two, each quad's FMAs waiting on the previous quad's (the FMA's latency, four
- * cycles, for two of them). Every sum takes the same quads in the same order as in
+ * registers for: all NV for one line, NV / 2 for two or three (three by vector: their 12
+ * sums, 3 broadcast values and one vector of the row fill AVX2's 16), NV / 4 for four. A
+ * list of one line thus keeps NV independent sums in flight, where a tile of two vectors
+ * per line would keep two, each quad's FMAs waiting on the previous quad's (the FMA's
+ * latency, four cycles, for two of them). Three lines in two passes of four vectors, not
+ * four of two: Fashion-MNIST's X @ W on one Zen 4 core held to AVX2, 891-932 -> 846-875 us
+ * (four lines in passes of 3, 3 and 2 vectors: 957-968, not kept). Every sum takes the same quads in the same order as in
  * FASTNAIVE_GROUPED_DEFINE's (the same bits; only alpha * sum + beta * out may round apart,
  * as the compiler forms its fused multiply-add); the columns past the last whole tile go to
  * NARROW, FASTNAIVE_GROUPED_DEFINE's product. Tiles are 256 bytes, as AVX-512's, so every
