@@ -664,16 +664,21 @@ def test_near_the_limit_a_training_step_takes_the_kernels_measured_faster(
 
 @pytest.mark.parametrize("narrow", [False, True], ids=["gemm", "narrow"])
 def test_the_measurement_times_both_kernels_on_one_thread(fashion_like, narrow, monkeypatch):
-    """The timing runs both kernels for real (with offsets too) and its choice is kept."""
+    """The timing runs both kernels for real (with offsets too) and its choice is kept; on
+    buffers that start on 64-byte boundaries, as a Step's (misaligned rows slow the sparse
+    products by a quarter or more, enough to tip the choice)."""
     x, offsets = fashion_like
     width = 8 if narrow else 256
     layer = fastnaive.NaiveDense(x.shape[1], width, "relu", seed=0)
     runs = []
+    # The arrays each kernel writes or reads by rows: Z and partial; delta and dW.
+    rows = {"sparse_forward_checked": (6, 8), "sparse_param_grad_checked": (3, 6)}
     for name in ("sparse_forward_checked", "sparse_param_grad_checked"):
         original = getattr(_sparse, name)
 
         def spy(*args, _original=original, _name=name, **kwargs):
             runs.append((_name, args[7] if _name == "sparse_forward_checked" else args[8]))
+            assert all(args[i].ctypes.data % 64 == 0 for i in rows[_name]), _name
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(_sparse, name, spy)

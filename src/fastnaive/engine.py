@@ -70,14 +70,18 @@ __all__ = ["Step", "step_for"]
 SPARSE_MAX_DENSITY = {"avx512": 0.55, "avx2": 0.55, "baseline": 0.55}
 # Within MEASURED_BAND of that limit (Fashion-MNIST's 49.8% on every instruction set), a
 # training Step times both kernels of its first layer, forward and weight gradient, on a
-# batch of its inputs (best of MEASURE_ROUNDS), and leaves the limit's choice for the other
-# kernels where those are faster by MEASURED_MARGIN or more (so that timing noise near the
-# crossover does not make two runs differ): once per process for each instruction set,
-# dtype, shape and density (to the hundredth), on one thread, so that the choice, and so
-# the bits, are the same at any number of threads.
+# batch of its inputs (best of MEASURE_ROUNDS, the two alternating), and leaves the limit's
+# choice for the other kernels where those are faster by MEASURED_MARGIN or more (so that
+# timing noise near the crossover does not make two runs differ): once per process for each
+# instruction set, dtype, shape and density (to the hundredth), on one thread, so that the
+# choice, and so the bits, are the same at any number of threads.
+# Fashion-MNIST's first layer held to AVX2 on Zen 4 (the GEMMs take 1.16x the sparse
+# kernels' time, median of 60 timings): best of 3 rounds, one kernel after the other, took the
+# GEMMs in 5 timings of 40; best of 9, alternating, in none of 60 (the closest: the GEMMs at
+# 0.91x, where 0.9x takes them).
 MEASURED_BAND = 0.15
 MEASURED_MARGIN = 0.1
-MEASURE_ROUNDS = 3
+MEASURE_ROUNDS = 9
 _measured_choices = {}
 # Inputs of more than SAMPLED_SCAN_ROWS rows are not read whole to choose the first layer's
 # kernels: their share of nonzeros (or of distances from the offsets) is counted on
@@ -713,13 +717,18 @@ def _first_layer_times(x, layer, offsets, narrow):
     """Seconds that the sparse kernels (grouping, X @ W and the weight gradient) and the
     GEMMs (narrow: the narrow kernels) take to run `layer` on the batch x (the sparse ones on
     its distances from offsets, if given), each on one thread, best of MEASURE_ROUNDS after
-    a first run."""
+    a first run, the two alternating."""
     n, k = x.shape
     m, dtype = layer.output_size, x.dtype
     W, b = layer.W, layer.b
-    z, partial = np.empty((n, m), dtype), np.empty((n, m), dtype)
-    dW, db = np.empty_like(W), np.empty_like(b)
-    delta = np.full((n, m), 1e-3, dtype)
+    # On 64-byte boundaries, as a Step's deltas and weights are: the sparse products run
+    # 25-40% slower on misaligned rows (a weight gradient held to AVX2 on Zen 4: 1359 us into
+    # NumPy's arrays, 16 bytes off, against 810), which tipped Fashion-MNIST's choice to the
+    # GEMMs in some processes, though its steps run faster on the sparse kernels.
+    z, partial = aligned_empty((n, m), dtype), aligned_empty((n, m), dtype)
+    dW, db = aligned_empty(W.shape, dtype), aligned_empty(b.shape, dtype)
+    delta = aligned_empty((n, m), dtype)
+    delta.fill(1e-3)
     rows = _sparse.group_buffers(n, k, dtype, by_rows=True)
     columns = _sparse.group_buffers(k, n, dtype, by_rows=False)
 
@@ -738,15 +747,16 @@ def _first_layer_times(x, layer, offsets, narrow):
             _kernels.dense_param_grad_checked(x, delta, 1.0, 0.0, dW, db, 1)
 
     with _blas_pools():
-        times = []
-        for run in (sparse, dense):
+        runs = (sparse, dense)
+        for run in runs:
             run()
-            best = math.inf
-            for _ in range(MEASURE_ROUNDS):
+        times = [math.inf, math.inf]
+        # The two alternate, so that a slow spell of the machine falls on both.
+        for _ in range(MEASURE_ROUNDS):
+            for i, run in enumerate(runs):
                 start = time.perf_counter()
                 run()
-                best = min(best, time.perf_counter() - start)
-            times.append(best)
+                times[i] = min(times[i], time.perf_counter() - start)
     return tuple(times)
 
 
