@@ -231,19 +231,19 @@ def test_products_match_the_dense_kernels(dtype, rng):
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 @pytest.mark.parametrize(
-    "n, m",
+    "n, k, m",
     # The update's columns in one slab; in 3 (float32) or 5 (float64); a part of X @ W's
     # features shared by two of three threads, split at 256 bytes, the last block ending in
-    # a partial tile.
-    [(128, 512), (160, 1100), (128, 136)],
-    ids=["book", "wide", "narrow"],
+    # a partial tile; parts of 1050 features, in X @ W's 512-byte blocks (forward_width).
+    [(128, 784, 512), (160, 784, 1100), (128, 784, 136), (64, 2100, 600)],
+    ids=["book", "wide", "narrow", "many-features"],
 )
-def test_results_do_not_depend_on_the_threads(dtype, rng, n_threads, n, m):
+def test_results_do_not_depend_on_the_threads(dtype, rng, n_threads, n, k, m):
     """Threads own disjoint parts of the outputs (X @ W's parts of the features, fixed by
     the shape, and column blocks of them, whole tiles wide; chunks of rows in slabs of
     columns of the update), so every sum is made in the same order."""
-    X = sparse_matrix(rng, (n, 784), dtype, 0.19)
-    W, b = normal(rng, (784, m), dtype), normal(rng, m, dtype)
+    X = sparse_matrix(rng, (n, k), dtype, 0.19)
+    W, b = normal(rng, (k, m), dtype), normal(rng, m, dtype)
     delta = normal(rng, (n, m), dtype)
     assert np.array_equal(forward(X, W, b, True, n_threads), forward(X, W, b, True, 1))
     row_lists = [part_lists(*by_rows(X, threads), *X.shape) for threads in (1, n_threads)]
