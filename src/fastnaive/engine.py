@@ -75,10 +75,11 @@ SPARSE_MAX_DENSITY = {"avx512": 0.55, "avx2": 0.55, "baseline": 0.55}
 # timing noise near the crossover does not make two runs differ): once per process for each
 # instruction set, dtype, shape and density (to the hundredth), on one thread, so that the
 # choice, and so the bits, are the same at any number of threads.
-# Fashion-MNIST's first layer held to AVX2 on Zen 4 (the GEMMs take 1.16x the sparse
-# kernels' time, median of 60 timings): best of 3 rounds, one kernel after the other, took the
-# GEMMs in 5 timings of 40; best of 9, alternating, in none of 60 (the closest: the GEMMs at
-# 0.91x, where 0.9x takes them).
+# Fashion-MNIST's first layer held to AVX2 on Zen 4 (the GEMMs take 1.16-1.19x the sparse
+# kernels' time, medians of 40-60 timings): best of 3 rounds, one kernel after the other,
+# took the GEMMs in none of 40 timings; best of 5, alternating, in 1 and 3 of 60 (a noisy
+# spell); best of 9, alternating, in none of 60 (the closest: the GEMMs at 0.91x, where 0.9x
+# takes them).
 MEASURED_BAND = 0.15
 MEASURED_MARGIN = 0.1
 MEASURE_ROUNDS = 9
