@@ -724,7 +724,7 @@ def _first_layer_times(x, layer, offsets, narrow):
     W, b = layer.W, layer.b
     # On 64-byte boundaries, as a Step's deltas and weights are: the sparse products run
     # 25-40% slower on misaligned rows (a weight gradient held to AVX2 on Zen 4: 1359 us into
-    # NumPy's arrays, 16 bytes off, against 810), which tipped Fashion-MNIST's choice to the
+    # NumPy's arrays, 16 bytes off, against 744), which tipped Fashion-MNIST's choice to the
     # GEMMs in some processes, though its steps run faster on the sparse kernels.
     z, partial = aligned_empty((n, m), dtype), aligned_empty((n, m), dtype)
     dW, db = aligned_empty(W.shape, dtype), aligned_empty(b.shape, dtype)

@@ -296,11 +296,12 @@ static TARGET void fastnaive_grouped_product_##SUFFIX(                          
  * per line would keep two, each quad's FMAs waiting on the previous quad's (the FMA's
  * latency, four cycles, for two of them). Three lines in two passes of four vectors, not
  * four of two: Fashion-MNIST's X @ W on one Zen 4 core held to AVX2, 891-932 -> 846-875 us
- * (four lines in passes of 3, 3 and 2 vectors: 957-968, not kept). Every sum takes the same quads in the same order as in
- * FASTNAIVE_GROUPED_DEFINE's (the same bits; only alpha * sum + beta * out may round apart,
- * as the compiler forms its fused multiply-add); the columns past the last whole tile go to
- * NARROW, FASTNAIVE_GROUPED_DEFINE's product. Tiles are 256 bytes, as AVX-512's, so every
- * block of columns the threads split (at multiples of 256 bytes) is whole tiles. */
+ * (four lines in passes of 3, 3 and 2 vectors: 957-968, not kept). Every sum takes the same
+ * quads in the same order as in FASTNAIVE_GROUPED_DEFINE's (the same bits; only alpha * sum
+ * + beta * out may round apart, as the compiler forms its fused multiply-add); the columns
+ * past the last whole tile go to NARROW, FASTNAIVE_GROUPED_DEFINE's product. Tiles are 256
+ * bytes, as AVX-512's, so every block of columns the threads split (at multiples of 256
+ * bytes) is whole tiles. */
 #define FASTNAIVE_WIDE_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, NARROW)                              \
 FASTNAIVE_GROUPED_BODY_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, FASTNAIVE_WIDE_LIST)                 \
                                                                                                   \
