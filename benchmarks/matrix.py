@@ -500,10 +500,17 @@ def pinned_instruction_sets():
     return {name: os.environ[name] for name in AVX2_ENVIRONMENT if name in os.environ}
 
 
+def isa_environment(isa="native"):
+    """This process's environment with AVX2_ENVIRONMENT's variables for isa "avx2", without
+    them (pinned_instruction_sets) for "native"."""
+    env = {name: value for name, value in os.environ.items() if name not in AVX2_ENVIRONMENT}
+    if isa == "avx2":
+        env.update(AVX2_ENVIRONMENT)
+    return env
+
+
 def worker_environment(n_threads, isa="native"):
-    env = dict(os.environ)
-    for name in pinned_instruction_sets():
-        del env[name]
+    env = isa_environment(isa)
     env.update({name: str(n_threads) for name in THREAD_VARIABLES})
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["JAX_PLATFORMS"] = "cpu"
@@ -511,7 +518,6 @@ def worker_environment(n_threads, isa="native"):
     if n_threads == 1:
         xla_flags.append(ONE_THREAD_XLA_FLAGS)
     if isa == "avx2":
-        env.update(AVX2_ENVIRONMENT)
         xla_flags.append(AVX2_XLA_FLAGS)
     env["XLA_FLAGS"] = " ".join(flag for flag in xla_flags if flag)
     return env

@@ -118,18 +118,9 @@ def row(workload, ones, twos):
     ]
 
 
-def isa_environment(isa):
-    """This process's environment with the instruction-set variables of `isa`: for avx2,
-    matrix.AVX2_ENVIRONMENT's; for native, none of them."""
-    env = {k: v for k, v in os.environ.items() if k not in matrix.AVX2_ENVIRONMENT}
-    if isa == "avx2":
-        env.update(matrix.AVX2_ENVIRONMENT)
-    return env
-
-
 def main(argv=None):
     args = parse_args(argv)
-    env = isa_environment(args.isa)
+    env = matrix.isa_environment(args.isa)
     if env != dict(os.environ):
         # The BLAS has loaded with this environment's core type: run again with the right one.
         command = [sys.executable, os.path.abspath(__file__)]
