@@ -322,7 +322,7 @@ def test_a_program_checks_its_offsets(shifted_mnist):
     with pytest.raises(ValueError, match=r"^Expected offsets of shape \(784,\)\. Received: "):
         step.compiled()
     step.offsets, step.sparse_input = np.zeros(784, np.float32), False
-    expected = r"^Expected offsets and cut only with first=FIRST_SPARSE\. "
+    expected = r"^Expected offsets, cut and delta_copy only with first=FIRST_SPARSE\. "
     with pytest.raises(ValueError, match=expected):
         step.compiled()
 

@@ -20,7 +20,7 @@ def two_layers(dtype, l2=0.0):
     ]
 
 
-def program_for(layers, dtype, first, capacity=N_SAMPLES, narrow=None):
+def program_for(layers, dtype, first, capacity=N_SAMPLES, narrow=None, delta_copy=None):
     """A Program of `layers` with the buffers a training Step gives it; and those buffers."""
     sizes = [layer.output_size for layer in layers]
     outputs = [np.empty((capacity, m), dtype) for m in sizes]
@@ -47,6 +47,7 @@ def program_for(layers, dtype, first, capacity=N_SAMPLES, narrow=None):
         groups,
         columns,
         narrow,
+        delta_copy=delta_copy,
     )
     return program, outputs, deltas, gradients
 
@@ -588,6 +589,26 @@ def test_bad_buffers_raise():
             first=_program.FIRST_SPARSE,
             row_groups=_sparse.group_buffers(2, N_FEATURES, "float32", by_rows=True),
         )
+
+
+@pytest.mark.parametrize(
+    "first, rows, width",
+    [
+        (_program.FIRST_SPARSE, N_SAMPLES - 1, N_HIDDEN + 16),
+        (_program.FIRST_SPARSE, N_SAMPLES, N_HIDDEN),
+        (_program.FIRST_DENSE, N_SAMPLES, N_HIDDEN + 16),
+    ],
+    ids=["too-few-rows", "not-wider", "dense-first-layer"],
+)
+def test_a_bad_delta_copy_raises(first, rows, width):
+    """The weight gradient's copy of delta (sparse_param_grad's padded) must hold every row
+    of a batch in longer rows, and serves only a sparse first layer."""
+    layers = two_layers("float32")
+    copy = np.empty((rows, width), "float32")
+    with pytest.raises(
+        ValueError, match=r"^Expected (delta_copy None|offsets, cut and delta_copy)"
+    ):
+        program_for(layers, "float32", first, delta_copy=copy)
 
 
 def test_weights_replaced_during_fused_fit_are_the_ones_trained(rng):

@@ -183,6 +183,86 @@ def test_sparse_param_grad(shape, density, dtype, instruction_set, rng):
         assert_close(db, alpha * delta.sum(axis=0, dtype=np.float64) + beta * b0, err_msg=name)
 
 
+def test_delta_stride_puts_rows_an_odd_number_of_lines_apart(dtype, instruction_set):
+    """A copy of delta has rows on 64-byte boundaries an odd number of lines apart, the
+    fewest that hold m elements, where delta's rows are off those boundaries or a multiple
+    of PAD_LINES lines apart (AVX2: 2, AVX-512: 64, the baseline: never); elsewhere the
+    kernels read delta itself."""
+    itemsize = np.dtype(dtype).itemsize
+    every = _sparse.PAD_LINES[_sparse.INSTRUCTION_SETS.index(instruction_set)]
+    for m in (1, 10, 16, 490, 500, 512, 1024, 2048):
+        stride, lines = _sparse.delta_stride(m, dtype), -(-m * itemsize // 64)
+        if every and (m * itemsize % 64 or lines % every == 0):
+            assert stride * itemsize == 64 * (lines + 1 - lines % 2), m
+        else:
+            assert stride == m, m
+    with pytest.raises(ValueError, match=r"^Expected m >= 1\. Received: m=0$"):
+        _sparse.delta_stride(0, dtype)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("shifted", [False, True], ids=["zeros", "offsets"])
+def test_a_copy_of_delta_gives_the_same_bits(shifted, n_threads, dtype, instruction_set, rng):
+    """The weight gradient reading a copy of delta with longer rows (delta_stride's, or 16
+    elements longer where the kernels read delta itself) gives the same dW and db bit for
+    bit, on any number of threads, with the offsets' column sums made beside the copy. The
+    copy's rows past delta's and its columns past m hold NaN: nothing reads them."""
+    n, k, m = 128, 784, 512
+    X = sparse_matrix(rng, (n, k), dtype, 0.5)
+    delta = normal(rng, (n, m), dtype)
+    W, b = normal(rng, (k, m), dtype), normal(rng, m, dtype)
+    offsets = normal(rng, k, dtype) if shifted else None
+    columns = by_columns(X, offsets=offsets)
+    stride = max(_sparse.delta_stride(m, dtype), m + 16)
+    copy = np.full((n + 5, stride), np.nan, dtype)
+    kept = delta.copy()
+    results = []
+    for padded in (None, copy):
+        dW, db = W.copy(), b.copy()
+        _sparse.sparse_param_grad_checked(
+            *columns, delta, -0.1, 1.0, dW, db, n_threads, offsets, None, padded
+        )
+        results.append((dW, db))
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    np.testing.assert_array_equal(results[1][1], results[0][1])
+    np.testing.assert_array_equal(copy[:n, :m], delta)
+    np.testing.assert_array_equal(delta, kept)
+
+
+def test_training_on_avx2_reads_a_copy_of_delta_to_the_same_bits(mnist, monkeypatch):
+    """A Step whose first layer runs the sparse kernels held to AVX2 gives its weight
+    gradient a copy of delta with rows of 528 floats (_delta_copy), and trains to the same
+    weights bit for bit as without it."""
+    (x, y), _ = mnist
+    x, y = x[:1024], y[:1024]
+    made = []
+    delta_copy = engine._delta_copy
+
+    def recorded(capacity, m, dtype):
+        made.append(delta_copy(capacity, m, dtype))
+        return made[-1]
+
+    weights = []
+    try:
+        if _sparse.select_instruction_set("avx2") != "avx2":
+            pytest.fail("Expected a CPU with AVX2 and FMA", pytrace=False)
+        for copy in (recorded, lambda capacity, m, dtype: None):
+            monkeypatch.setattr(engine, "_delta_copy", copy)
+            model = fastnaive.NaiveSequential(
+                [
+                    fastnaive.NaiveDense(784, 512, "relu", seed=0),
+                    fastnaive.NaiveDense(512, 10, "softmax", seed=1),
+                ]
+            )
+            fastnaive.fit(model, x, y, epochs=1, batch_size=128, verbose=0)
+            weights.append([w.copy() for w in model.weights])
+    finally:
+        _sparse.select_instruction_set()
+    assert [copy.shape for copy in made] == [(128, 528)]
+    for copied, read in zip(*weights, strict=True):
+        np.testing.assert_array_equal(copied, read)
+
+
 @pytest.mark.parametrize("k", [300, 2100, 4200], ids=["1KB-blocks", "512B-blocks", "256B-blocks"])
 @pytest.mark.parametrize("density", [0.19, 0.5, None], ids=["mnist", "fashion", "rows"])
 def test_whole_tiles_give_the_same_bits_in_any_call(density, k, dtype, instruction_set, rng):
@@ -342,6 +422,14 @@ def i32(*shape):
 # starts (32,), index (26,), quads (26, 4); starts (64,), index (28,), quads (28, 4)
 ROWS_7x13 = _sparse.group_buffers(7, 13, np.float32, by_rows=True)
 COLUMNS_7x13 = _sparse.group_buffers(13, 7, np.float32, by_rows=False)
+
+
+def grad_with_copy(padded):
+    """The weight gradient's call on COLUMNS_7x13 (delta (7, 4)) with a copy of delta there."""
+    call = (_sparse.sparse_param_grad_checked, *COLUMNS_7x13, f32(7, 4), 1.0, 0.0)
+    return (*call, f32(13, 4), f32(4), None, None, None, padded)
+
+
 # (wrapper, *arguments), one shape disagreeing with the others.
 SHAPE_MISMATCHES = {
     "group_rows-starts": (_sparse.group_rows_checked, f32(7, 13), i32(16), *ROWS_7x13[1:]),
@@ -423,6 +511,8 @@ SHAPE_MISMATCHES = {
         f32(13, 4),
         f32(4),
     ),
+    "param_grad-copy-rows": grad_with_copy(f32(6, 20)),
+    "param_grad-copy-not-wider": grad_with_copy(f32(7, 4)),
 }
 
 

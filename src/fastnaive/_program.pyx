@@ -106,6 +106,9 @@ cdef class Program:
     # hold, each part's offsets @ W, and delta's column sums (the weight gradient's offset
     # term).
     cdef object partial, offsets, offset_sums, delta_sums
+    # FIRST_SPARSE training: where the weight gradient copies delta to read it faster
+    # (sparse_param_grad's padded; empty: it reads delta).
+    cdef object delta_copy
     # Where the GEMM layers compute blocks of columns apart (dense_forward's spare).
     cdef object spare_array
     cdef void* spare
@@ -126,7 +129,7 @@ cdef class Program:
 
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
                  gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None,
-                 narrow=None, offsets=None, cut=None):
+                 narrow=None, offsets=None, cut=None, delta_copy=None):
         cdef float[::1] spare_f
         cdef double[::1] spare_d
         self.n_layers = len(layers)
@@ -238,9 +241,16 @@ cdef class Program:
             self.offset_sums = held_view(np.empty((feature_parts(n_features), m),
                                                   outputs[0].dtype), self.is_double)
             self.delta_sums = held_view(np.empty(m, outputs[0].dtype), self.is_double)
-        elif offsets is not None or cut is not None:
-            raise ValueError("Expected offsets and cut only with first=FIRST_SPARSE. "
-                             f"Received: first={first}")
+            if delta_copy is None:
+                delta_copy = np.empty((0, 0), outputs[0].dtype)
+            elif not (delta_copy.ndim == 2 and delta_copy.shape[0] == self.capacity
+                      and delta_copy.shape[1] > m):
+                raise ValueError(f"Expected delta_copy None or ({self.capacity}, > {m}). "
+                                 f"Received: delta_copy.shape={delta_copy.shape}")
+            self.delta_copy = held_view(delta_copy, self.is_double)
+        elif offsets is not None or cut is not None or delta_copy is not None:
+            raise ValueError("Expected offsets, cut and delta_copy only with "
+                             f"first=FIRST_SPARSE. Received: first={first}")
         load_blas()
 
     def uses(self, list layers):
@@ -572,15 +582,16 @@ cdef int param_grad(Program p, Py_ssize_t i, const floating[:, ::1] x,
     cdef const floating[:, ::1] inputs
     cdef const floating[::1] offsets
     cdef floating[::1] delta_sums
+    cdef floating[:, ::1] copy
     if i == 0 and p.first == FIRST_SPARSE:
         starts, index, quads = p.column_starts, p.column_index, p.column_quads
-        offsets, delta_sums = p.offsets, p.delta_sums
+        offsets, delta_sums, copy = p.offsets, p.delta_sums, p.delta_copy
         if not (x.shape[0] and p.columns_of == &x[0, 0] and p.columns_rows == x.shape[0]):
             with nogil:
                 group_lines(x, False, starts, index, quads, p.cut, n_threads, offsets)
         with nogil:
             sparse_param_grad(starts, index, quads, delta, alpha, beta, dW, db, offsets,
-                              delta_sums, p.cut, n_threads, rule)
+                              delta_sums, p.cut, n_threads, rule, copy)
     elif p.narrow[i]:
         inputs = layer_input(p, i, delta.shape[0], x)
         with nogil:

@@ -33,7 +33,7 @@ cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,
                             floating alpha, floating beta, floating[:, ::1] dW_out,
                             floating[::1] db_out, const floating[::1] offsets,
                             floating[::1] delta_sums, Py_ssize_t cut, int n_threads,
-                            const Rule* rule) noexcept nogil
+                            const Rule* rule, floating[:, ::1] padded) noexcept nogil
 cdef void narrow_forward(const floating[:, ::1] X, const floating[:, ::1] W,
                          const floating[::1] b, int activation, floating[:, ::1] Z_out,
                          int n_threads) noexcept nogil

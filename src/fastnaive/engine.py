@@ -177,6 +177,9 @@ class Step:
         # on a scipy.sparse matrix's (csr_input).
         self.sparse_input = self.csr_input = False
         self.row_groups = self.column_groups = self.batch_rows = None
+        # Where the weight gradient copies the first layer's delta to read it faster (None:
+        # it reads delta; _delta_copy).
+        self.delta_copy = None
         # The first layer's offsets when it runs on the inputs' distances from them (else
         # None; its grouping subtracts them as it reads each batch), and their buffer.
         self.offsets = self.offset_values = None
@@ -260,6 +263,7 @@ class Step:
                 self.column_groups = _sparse.group_buffers(
                     self.n_features, self.capacity, dtype, by_rows=False
                 )
+                self.delta_copy = _delta_copy(self.capacity, self.layers[0].output_size, dtype)
         self.sparse_input = sparse
         if sparse and self.training and (self.cut is None or measure):
             self.cut = _balanced_cut(x, self.offsets)
@@ -371,6 +375,7 @@ class Step:
             else _program.FIRST_DENSE
         )
         cut = self.cut if first == _program.FIRST_SPARSE else None
+        delta_copy = self.delta_copy if first == _program.FIRST_SPARSE else None
         if (
             program is None
             or program.first != first
@@ -395,6 +400,7 @@ class Step:
                 self.narrow,
                 self.offsets,
                 cut,
+                delta_copy,
             )
             self.program_cut = cut
         return program
@@ -730,6 +736,7 @@ def _first_layer_times(x, layer, offsets, narrow):
     dW, db = aligned_empty(W.shape, dtype), aligned_empty(b.shape, dtype)
     delta = aligned_empty((n, m), dtype)
     delta.fill(1e-3)
+    copy = _delta_copy(n, m, dtype)
     rows = _sparse.group_buffers(n, k, dtype, by_rows=True)
     columns = _sparse.group_buffers(k, n, dtype, by_rows=False)
 
@@ -737,7 +744,7 @@ def _first_layer_times(x, layer, offsets, narrow):
         _sparse.group_rows_checked(x, *rows, n_threads=1, offsets=offsets)
         _sparse.group_columns_checked(x, *columns, n_threads=1, offsets=offsets)
         _sparse.sparse_forward_checked(*rows, W, b, True, z, 1, partial, offsets)
-        _sparse.sparse_param_grad_checked(*columns, delta, 1.0, 0.0, dW, db, 1, offsets)
+        _sparse.sparse_param_grad_checked(*columns, delta, 1.0, 0.0, dW, db, 1, offsets, None, copy)
 
     def dense():
         if narrow:
@@ -780,6 +787,13 @@ def _scan(x, sampled, offsets=None):
         start = block * (n - rows) // (SCAN_BLOCKS - 1)
         counted += _kernels.scan_rows_checked(x[start : start + rows], offsets=offsets)[0]
     return counted * n / (SCAN_BLOCKS * rows), None
+
+
+def _delta_copy(capacity, m, dtype):
+    """The buffer where the sparse weight gradient copies the first layer's delta (capacity,
+    m) to read it with the rows _sparse.delta_stride gives, or None where it reads delta."""
+    stride = _sparse.delta_stride(m, dtype)
+    return aligned_empty((capacity, stride), dtype) if stride > m else None
 
 
 def _balanced_cut(x, offsets):
