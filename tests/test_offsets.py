@@ -13,7 +13,7 @@ from helpers import SCALES, assert_close, by_columns, by_rows, normal
 from threadpoolctl import threadpool_limits
 
 import fastnaive
-from fastnaive import _kernels, _sparse, engine
+from fastnaive import _kernels, _sparse, engine, reference
 
 SHAPES = {"n7-13x4": (7, 13, 4), "n96-784x200": (96, 784, 200), "b128-784x512": (128, 784, 512)}
 
@@ -349,3 +349,45 @@ def test_gelu_dropout_and_l2_on_the_distances_match_the_gemms(shifted_mnist, on_
         results.append(model.get_weights())
     for ours, gemms in zip(*results, strict=True):
         np.testing.assert_allclose(ours, gemms, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rows_of_zeros_take_the_bias_exactly(shifted_mnist, dtype, instruction_set, threads):
+    """On the distances, X @ W + b of a row of zeros is -c @ W + (b + c @ W), two sums in
+    different orders; the dense product gives b exactly, and at a zero bias relu's derivative
+    is 0 there. The rows of zeros take act(b) exactly, so the gradients match the reference
+    (which they did not: a rounding's sign took the derivative)."""
+    _, standardised, y = shifted_mnist
+    x, y = standardised[:128].astype(dtype), y[:128]
+    zero_rows = [0, 5, 77, 127]
+    x[zero_rows] = 0
+    model = book_model(dtype)
+    b = model.layers[0].b
+    b[:4] = [-1e-3, 1e-3, -0.0, 0.5]  # the rest 0: the kink
+    with threadpool_limits(limits=threads):
+        assert engine.step_for(model, x).offsets is not None
+        _, gradients = fastnaive.loss_and_gradients(model, x, y)
+        hidden = fastnaive.NaiveSequential([model.layers[0]]).predict(x)
+    _, expected = reference.loss_and_gradients(model, x, y)
+    for gradient, oracle in zip(gradients, expected, strict=True):
+        assert_close(gradient, oracle)
+    np.testing.assert_array_equal(hidden[zero_rows], np.broadcast_to(np.maximum(b, 0), (4, 64)))
+    assert_close(hidden, np.maximum(x.astype(np.float64) @ model.layers[0].W + b, 0))
+
+
+def test_a_row_of_zeros_among_rows_at_the_offsets(dtype):
+    """Three rows, two at each feature's most common value (1) and one of zeros, whose
+    distances are all -1: the first layer's bias gradient is the reference's."""
+    model = fastnaive.NaiveSequential(
+        [
+            fastnaive.NaiveDense(6, 5, "relu", dtype=dtype, seed=0),
+            fastnaive.NaiveDense(5, 3, "softmax", dtype=dtype, seed=1),
+        ]
+    )
+    x = np.array([[0] * 6, [1] * 6, [1] * 6], dtype)
+    labels = np.zeros(3, np.intp)
+    assert engine.step_for(model, x).offsets is not None
+    _, gradients = fastnaive.loss_and_gradients(model, x, labels)
+    _, expected = reference.loss_and_gradients(model, x, labels)
+    for gradient, oracle in zip(gradients, expected, strict=True):
+        assert_close(gradient, oracle)

@@ -39,7 +39,11 @@
 # (it took about 30 us of a two-thread step's serial time on Zen 4, dense MNIST). X @ W
 # adds c @ W (each part's rows of it, computed by the part's thread before its products, as
 # their bias) and X.T @ delta adds outer(c, sum_rows(delta)) (the grouped product's bias,
-# scaled per row of dW by c), both exact.
+# scaled per row of dW by c), both exact in real numbers. In floats, a row of X that is all
+# zeros has X @ W + b = b exactly, which the two sums, -c @ W and c @ W in different orders,
+# miss by a rounding: at a zero bias, relu's derivative there would follow that rounding's
+# sign (the dense path's is 0). group_and_forward gives such rows act(b) after the products
+# (exact_zero_rows: a test of each row that stops at its first nonzero).
 # The narrow products (narrow_forward, narrow_input_grad, narrow_param_grad) are the dense
 # products of a layer of at most NARROW_MAX outputs, a classifier's head, without the BLAS
 # (narrow_kernels.h): compiled per instruction set like the sparse ones and chosen with them
@@ -131,6 +135,8 @@ cdef enum:
     # The most threads whose maxima a pass keeps apart before taking the largest (the narrow
     # input gradient's slices of rows, the row grouping's slots).
     PEAK_SLOTS = 64
+    # exact_zero_rows's test of a row: elements per block.
+    ZERO_BLOCK = 32
 cdef Py_ssize_t PART_MIN_FEATURES = 64
 # Below this many multiply-adds, or quads to sort, a parallel region costs more than it saves.
 cdef Py_ssize_t PARALLEL_MIN_PRODUCTS = 1 << 18
@@ -497,12 +503,15 @@ cdef bint group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
     the inputs, the groups their distances from the offsets). Where each thread holds whole
     parts, it groups and multiplies them in one parallel region: its products read only the
     groups it made. Unless peak is NULL, *peak := max |X - offsets| (as max_abs: inf for a
-    NaN), from the quads of the row groups as they are made. Return True where the threads left partial
-    sums for Z := act(Z + partial) (add_parts_rows) and add_parts was False: the caller's
-    next pass over Z's rows adds them (fastnaive._program's head pass); else Z is whole."""
+    NaN), from the quads of the row groups as they are made. With offsets, the rows of Z
+    whose rows of X are all zeros are act(b) exactly (exact_zero_rows). Return True where the
+    threads left partial sums for Z := act(Z + partial) (add_parts_rows) and add_parts was
+    False: the caller's next pass over Z's rows adds them (fastnaive._program's head pass);
+    else Z is whole."""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1], m = Z_out.shape[1]
     cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
     cdef Py_ssize_t slot, nonzeros
+    cdef bint pending
     cdef double slot_peaks[MAX_PARTS]
     if n == 0 or k == 0 or m == 0 or slots > parts:
         if columns:
@@ -518,6 +527,8 @@ cdef bint group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                 peak[0] = max_abs(&X[0, 0], n * k) if n and k else 0
         sparse_forward(row_starts_out, row_index_out, row_quads_out, W, b, offsets,
                        offset_sums, relu, Z_out, partial, cut, n_threads)
+        if offsets.shape[0]:
+            exact_zero_rows(X, b, relu, Z_out, partial, False)
         return False
     if slots == 1:
         group_and_forward_share(X, row_starts_out, row_index_out, row_quads_out, columns,
@@ -536,11 +547,48 @@ cdef bint group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
         peak[0] = 0
         for slot in range(slots):
             peak[0] = max(peak[0], slot_peaks[slot])
-    if parts > 1 and slots > 1:
-        if not add_parts:
-            return True
+    pending = parts > 1 and slots > 1 and not add_parts
+    if parts > 1 and slots > 1 and add_parts:
         add_partial_sums(Z_out, partial, relu, slots)
-    return False
+    if offsets.shape[0]:
+        exact_zero_rows(X, b, relu, Z_out, partial, pending)
+    return pending
+
+
+cdef inline bint zero_row(const floating* x, Py_ssize_t k) noexcept nogil:
+    """Whether x[0 ... k - 1] are all zero (NaN is not): in blocks of ZERO_BLOCK, whose
+    count of nonzeros the compiler vectorises, stopping after the first block with one"""
+    cdef Py_ssize_t f = 0, t
+    cdef int nonzeros
+    while f + ZERO_BLOCK <= k:
+        nonzeros = 0
+        for t in range(ZERO_BLOCK):
+            nonzeros += x[f + t] != 0
+        if nonzeros:
+            return False
+        f += ZERO_BLOCK
+    for t in range(f, k):
+        if x[t] != 0:
+            return False
+    return True
+
+
+cdef void exact_zero_rows(const floating[:, ::1] X, const floating[::1] b, bint relu,
+                          floating[:, ::1] Z_out, floating[:, ::1] partial,
+                          bint pending) noexcept nogil:
+    """Each row of Z of a row of X that is all zeros := act(b) (relu(b) if relu, else b),
+    the bits X @ W + b has there; where pending (the partial sums are left for
+    act(Z + partial)), Z's row := b and partial's := 0, which that addition leaves as act(b)"""
+    cdef Py_ssize_t n = X.shape[0], k = X.shape[1], m = Z_out.shape[1], i, j
+    cdef floating z
+    for i in range(n):
+        if not zero_row(&X[i, 0], k):
+            continue
+        for j in range(m):
+            z = b[j]
+            Z_out[i, j] = 0 if relu and not pending and z < 0 else z
+            if pending:
+                partial[i, j] = 0
 
 
 cdef Py_ssize_t balanced_cut(const int[::1] starts, Py_ssize_t g0, Py_ssize_t g1,
