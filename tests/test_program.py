@@ -592,19 +592,20 @@ def test_bad_buffers_raise():
 
 
 @pytest.mark.parametrize(
-    "first, rows, width",
+    "first, rows, width, dtype",
     [
-        (_program.FIRST_SPARSE, N_SAMPLES - 1, N_HIDDEN + 16),
-        (_program.FIRST_SPARSE, N_SAMPLES, N_HIDDEN),
-        (_program.FIRST_DENSE, N_SAMPLES, N_HIDDEN + 16),
+        (_program.FIRST_SPARSE, N_SAMPLES - 1, N_HIDDEN + 16, "float32"),
+        (_program.FIRST_SPARSE, N_SAMPLES, N_HIDDEN, "float32"),
+        (_program.FIRST_DENSE, N_SAMPLES, N_HIDDEN + 16, "float32"),
+        (_program.FIRST_SPARSE, N_SAMPLES, N_HIDDEN + 16, "float64"),
     ],
-    ids=["too-few-rows", "not-wider", "dense-first-layer"],
+    ids=["too-few-rows", "not-wider", "dense-first-layer", "other-dtype"],
 )
-def test_a_bad_delta_copy_raises(first, rows, width):
+def test_a_bad_delta_copy_raises(first, rows, width, dtype):
     """The weight gradient's copy of delta (sparse_param_grad's padded) must hold every row
-    of a batch in longer rows, and serves only a sparse first layer."""
+    of a batch in longer rows of the layers' dtype, and serves only a sparse first layer."""
     layers = two_layers("float32")
-    copy = np.empty((rows, width), "float32")
+    copy = np.empty((rows, width), dtype)
     with pytest.raises(
         ValueError, match=r"^Expected (delta_copy None|offsets, cut and delta_copy)"
     ):

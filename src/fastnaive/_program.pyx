@@ -244,9 +244,10 @@ cdef class Program:
             if delta_copy is None:
                 delta_copy = np.empty((0, 0), outputs[0].dtype)
             elif not (delta_copy.ndim == 2 and delta_copy.shape[0] == self.capacity
-                      and delta_copy.shape[1] > m):
-                raise ValueError(f"Expected delta_copy None or ({self.capacity}, > {m}). "
-                                 f"Received: delta_copy.shape={delta_copy.shape}")
+                      and delta_copy.shape[1] > m and delta_copy.dtype == outputs[0].dtype):
+                raise ValueError(f"Expected delta_copy None or ({self.capacity}, > {m}) of "
+                                 f"dtype {outputs[0].dtype}. Received: delta_copy.shape="
+                                 f"{delta_copy.shape}, dtype={delta_copy.dtype}")
             self.delta_copy = held_view(delta_copy, self.is_double)
         elif offsets is not None or cut is not None or delta_copy is not None:
             raise ValueError("Expected offsets, cut and delta_copy only with "
