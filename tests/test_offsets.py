@@ -9,7 +9,7 @@ checked here against float64 NumPy and against the GEMMs the same inputs took be
 
 import numpy as np
 import pytest
-from helpers import SCALES, assert_close, by_columns, by_rows, normal
+from helpers import SCALES, assert_close, assert_scaled_close, by_columns, by_rows, normal
 from threadpoolctl import threadpool_limits
 
 import fastnaive
@@ -356,7 +356,9 @@ def test_rows_of_zeros_take_the_bias_exactly(shifted_mnist, dtype, instruction_s
     """On the distances, X @ W + b of a row of zeros is -c @ W + (b + c @ W), two sums in
     different orders; the dense product gives b exactly, and at a zero bias relu's derivative
     is 0 there. The rows of zeros take act(b) exactly, so the gradients match the reference
-    (which they did not: a rounding's sign took the derivative)."""
+    (which they did not: a rounding's sign took the derivative), and so does a training
+    step's update (on two threads it leaves the first layer's partial sums to the head's
+    pass, which must add nothing to those rows)."""
     _, standardised, y = shifted_mnist
     x, y = standardised[:128].astype(dtype), y[:128]
     zero_rows = [0, 5, 77, 127]
@@ -373,6 +375,12 @@ def test_rows_of_zeros_take_the_bias_exactly(shifted_mnist, dtype, instruction_s
         assert_close(gradient, oracle)
     np.testing.assert_array_equal(hidden[zero_rows], np.broadcast_to(np.maximum(b, 0), (4, 64)))
     assert_close(hidden, np.maximum(x.astype(np.float64) @ model.layers[0].W + b, 0))
+    before = [weights.astype(np.float64) for weights in model.weights]
+    with threadpool_limits(limits=threads):
+        fastnaive.one_training_step(model, x, y)  # the book's SGD, learning rate 1e-3
+    rtol = {"float32": 1e-3, "float64": 1e-9}[dtype]
+    for old, new, oracle in zip(before, model.weights, expected, strict=True):
+        assert_scaled_close(new - old, -1e-3 * oracle, rtol)
 
 
 def test_a_row_of_zeros_among_rows_at_the_offsets(dtype):
