@@ -17,6 +17,7 @@ from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("FASTNAIVE_DEBUG_BUILD", "") not in ("", "0")
 SANITIZE = os.environ.get("FASTNAIVE_SANITIZE", "")
+JOBS = os.cpu_count() or 1
 OPENMP_TEST = "#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n"
 
 
@@ -37,7 +38,13 @@ def compiler_supports_openmp(compiler):
 
 
 class BuildExt(build_ext):
-    """build_ext that adds -fopenmp where the compiler supports it."""
+    """build_ext that adds -fopenmp where the compiler supports it and compiles the
+    extensions in parallel, one job per CPU, unless --parallel says otherwise."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = JOBS
 
     def build_extensions(self):
         openmp = compiler_supports_openmp(self.compiler)
@@ -88,6 +95,7 @@ setup(
             )
         ],
         compiler_directives=directives,
+        nthreads=JOBS,
     ),
     cmdclass={"build_ext": BuildExt},
 )
