@@ -86,6 +86,7 @@ def test_one_epoch_follows_the_verbatim_book_loop_once_clipping_wears_off(
 
 
 @pytest.mark.slow
+@pytest.mark.long_training
 def test_the_books_recipe_reaches_80_percent(mnist):
     (train_images, train_labels), (test_images, test_labels) = mnist
     model = fastnaive.NaiveSequential(
@@ -99,6 +100,7 @@ def test_the_books_recipe_reaches_80_percent(mnist):
 
 
 @pytest.mark.slow
+@pytest.mark.long_training
 def test_the_books_notebook_runs_on_fastnaive(mnist):
     """Chapter 2's cells, with fastnaive imported for the book's classes and functions."""
     (train_images, train_labels), (test_images, test_labels) = mnist

@@ -50,7 +50,13 @@ RECIPES = {
 
 @pytest.mark.mnist
 @pytest.mark.slow
-@pytest.mark.parametrize("argv, accuracy", RECIPES.values(), ids=RECIPES.keys())
+@pytest.mark.parametrize(
+    "argv, accuracy",
+    [
+        pytest.param(*RECIPES["mnist"], id="mnist", marks=pytest.mark.long_training),
+        pytest.param(*RECIPES["fashion_mnist"], id="fashion_mnist"),
+    ],
+)
 def test_recipe_reaches_its_accuracy(argv, accuracy, capsys):
     assert cli.main([*argv, "--verbose", "0"]) == 0
     reported = re.search(r"test accuracy: (\d\.\d+)", capsys.readouterr().out)
