@@ -6,7 +6,7 @@ import pytest
 from helpers import EXPECTED_RECEIVED, assert_close, read_only
 
 import fastnaive
-from fastnaive import _activations, _kernels, _losses, _program, _sparse, reference
+from fastnaive import _activations, _kernels, _losses, _program, _sparse, engine, reference
 from fastnaive.callbacks import LambdaCallback
 
 N_SAMPLES, N_FEATURES, N_HIDDEN, N_CLASSES = 13, 22, 9, 4
@@ -651,3 +651,26 @@ def test_weights_replaced_between_training_steps_are_the_ones_trained(rng):
         fastnaive.one_training_step(net, x, y)
     for got, wanted in zip(model.weights, expected.weights, strict=True):
         np.testing.assert_array_equal(got, wanted)
+
+
+@pytest.mark.parametrize("density", [0.2, 1.0], ids=["sparse", "dense"])
+def test_a_training_steps_buffers_start_on_cache_lines(density, rng):
+    """Each layer's outputs, deltas, dropout outputs and pre-activations start on a 64-byte
+    boundary (a large NumPy array starts 16 or 48 bytes past one), so that no vector load or
+    store of the kernels on their rows crosses a cache line."""
+    model = fastnaive.NaiveSequential(
+        [
+            fastnaive.NaiveDense(100, 64, "gelu", seed=0),
+            fastnaive.Dropout(0.5, seed=0),
+            fastnaive.NaiveDense(64, 10, "softmax", seed=1),
+        ]
+    )
+    x = rng.random((128, 100)).astype(np.float32)
+    x[rng.random(x.shape) >= density] = 0
+    step = engine.Step(model, 128, x)
+    assert step.sparse_input is (density < 1)
+    buffers = [*step.outputs, *step.deltas]
+    buffers += [a for a in (*step.dropped, *step.pre) if a is not None]
+    assert len(buffers) == 2 + 2 + 1 + 1
+    assert [a.ctypes.data % 64 for a in buffers] == [0] * len(buffers)
+    step.compiled()

@@ -17,6 +17,8 @@ from libc.math cimport isfinite
 
 import numpy as np
 
+from fastnaive._memory import aligned_empty
+
 from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
                                      activation_backward, dropout)
 from fastnaive._blas cimport axpy, load_blas
@@ -176,7 +178,7 @@ cdef class Program:
                 width = max(width, layer.W.shape[0])  # its input gradient
         self.spare = NULL
         if width and self.capacity:
-            self.spare_array = np.empty(self.capacity * width, outputs[0].dtype)
+            self.spare_array = aligned_empty(self.capacity * width, outputs[0].dtype)
             if self.is_double:
                 spare_d = self.spare_array
                 self.spare = &spare_d[0]
@@ -217,8 +219,8 @@ cdef class Program:
             n_features = self.n_features
             m = layers[0].W.shape[1]
             self.partial = held_view(
-                np.empty((self.capacity, m) if feature_parts(n_features) > 1 else (0, m),
-                         outputs[0].dtype), self.is_double)
+                aligned_empty((self.capacity, m) if feature_parts(n_features) > 1 else (0, m),
+                              outputs[0].dtype), self.is_double)
             rows_fit = (len(row_groups[0]) == starts_length(self.capacity, n_features, True)
                         and min(len(row_groups[1]), len(row_groups[2]))
                         >= n_groups(self.capacity) * n_features)

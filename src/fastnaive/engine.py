@@ -147,17 +147,17 @@ class Step:
         # is the loss gradient with respect to layer l's output, then pre-activation;
         # dropped[l] is outputs[l] after dropout, the next layer's input; pre[l] is layer l's
         # pre-activation where its derivative needs it (GELU).
-        self.outputs = [np.empty((capacity, m), dtype) for m in sizes]
+        self.outputs = [aligned_empty((capacity, m), dtype) for m in sizes]
         self.training = training
         hidden = sizes[:-1] if training else []  # evaluation needs only the loss's
         self.deltas = [aligned_empty((capacity, m), dtype) for m in hidden]
         self.deltas.append(aligned_empty((capacity, sizes[-1]), dtype))
         self.dropped = [
-            np.empty((capacity, m), dtype) if training and d is not None else None
+            aligned_empty((capacity, m), dtype) if training and d is not None else None
             for m, d in zip(sizes, self.dropouts)
         ]
         self.pre = [
-            np.empty((capacity, m), dtype)
+            aligned_empty((capacity, m), dtype)
             if training and code in _activations.NEEDS_PRE_ACTIVATION
             else None
             for m, code in zip(sizes, self.codes)
