@@ -4,7 +4,7 @@ public API's results do not depend on how its inputs are laid out in memory."""
 
 import numpy as np
 from helpers import DTYPES, RELU_BACKWARD, SPARSE_SOFTMAX_CROSSENTROPY, assert_close
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -123,10 +123,24 @@ def training_problems(draw):
     return model, x, labels, draw(st.sampled_from(list(LAYOUTS)))
 
 
+def near_relus_kink(layer, x):
+    """Whether a pre-activation of `layer` on x is nonzero yet within the rounding of any
+    order of its sums, or of the sums on the inputs' distances from one of each column's
+    values (the first layer's offsets: X @ W = (X - c) @ W + c @ W): there relu's derivative
+    takes either side, and a whole row's term of the gradient with it. A pre-activation that
+    is exactly 0 (a row of zeros, b = 0) is not near: it must come out 0."""
+    w, b = layer.W.astype(np.float64), layer.b.astype(np.float64)
+    z = x.astype(np.float64) @ w + b
+    largest = np.abs(x).max(axis=0).astype(np.float64)  # bounds |x - c| / 2 and |c|
+    bound = (x.shape[1] + 2) * np.finfo(x.dtype).eps * (3 * largest @ np.abs(w) + np.abs(b))
+    return bool(np.any((z != 0) & (np.abs(z) <= bound)))
+
+
 @SETTINGS
 @given(training_problems())
 def test_results_do_not_depend_on_the_input_layout(problem):
     model, x, labels, layout = problem
+    assume(not near_relus_kink(model.layers[0], x))
     loss, gradients = fastnaive.loss_and_gradients(model, LAYOUTS[layout](x), labels)
     expected_loss, expected_gradients = reference.loss_and_gradients(model, x, labels)
     assert_close(np.array(loss, x.dtype), np.array(expected_loss, x.dtype))
