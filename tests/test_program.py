@@ -673,4 +673,4 @@ def test_a_training_steps_buffers_start_on_cache_lines(density, rng):
     buffers += [a for a in (*step.dropped, *step.pre) if a is not None]
     assert len(buffers) == 2 + 2 + 1 + 1
     assert [a.ctypes.data % 64 for a in buffers] == [0] * len(buffers)
-    step.compiled()  # the Program takes them (views of byte buffers) and aligns its own
+    step.compiled()  # the Program takes them (views of byte buffers)
