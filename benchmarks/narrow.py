@@ -67,42 +67,36 @@ def main(argv=None):
     args = parser.parse_args(argv)
     shapes, repeats = (QUICK_SHAPES, 1) if args.quick else (SHAPES, args.repeats)
     number = 10 if args.quick else NUMBER
-    widest = _sparse.select_instruction_set()
-    isas = _sparse.INSTRUCTION_SETS[: _sparse.INSTRUCTION_SETS.index(widest) + 1][::-1]
     _blas.load()
     cores = sorted(
         {f"{pool['internal_api']} {pool.get('architecture')}" for pool in threadpool_info()}
         - {"openmp None"}
     )
     print(f"CPU: {workloads.cpu_description()}; BLAS: {', '.join(cores)}\n")
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            for isa in isas:
-                _sparse.select_instruction_set(isa)
-                print(f"### {isa}\n")
-                rows = []
-                for name, n, k, m, dtype in shapes:
-                    for n_threads in THREADS:
-                        for product, calls in products(n, k, m, dtype, n_threads).items():
-                            best = [np.inf, np.inf]
-                            for _ in range(repeats):
-                                for which, call in enumerate(calls):
-                                    seconds = timeit.timeit(call, number=number) / number
-                                    best[which] = min(best[which], seconds)
-                            rows.append(
-                                (
-                                    f"{name} {n}x{k}x{m} {np.dtype(dtype).name}",
-                                    n_threads,
-                                    product,
-                                    f"{best[0] * 1e6:.1f}",
-                                    f"{best[1] * 1e6:.1f}",
-                                    f"{best[0] / best[1]:.2f}",
-                                )
+    with threadpool_limits(limits=1, user_api="blas"):
+        for isa in workloads.each_instruction_set():
+            print(f"### {isa}\n")
+            rows = []
+            for name, n, k, m, dtype in shapes:
+                for n_threads in THREADS:
+                    for product, calls in products(n, k, m, dtype, n_threads).items():
+                        best = [np.inf, np.inf]
+                        for _ in range(repeats):
+                            for which, call in enumerate(calls):
+                                seconds = timeit.timeit(call, number=number) / number
+                                best[which] = min(best[which], seconds)
+                        rows.append(
+                            (
+                                f"{name} {n}x{k}x{m} {np.dtype(dtype).name}",
+                                n_threads,
+                                product,
+                                f"{best[0] * 1e6:.1f}",
+                                f"{best[1] * 1e6:.1f}",
+                                f"{best[0] / best[1]:.2f}",
                             )
-                headers = ("head", "threads", "product", "BLAS us", "narrow us", "BLAS / narrow")
-                print(workloads.markdown_table(headers, rows) + "\n")
-    finally:
-        _sparse.select_instruction_set()
+                        )
+            headers = ("head", "threads", "product", "BLAS us", "narrow us", "BLAS / narrow")
+            print(workloads.markdown_table(headers, rows) + "\n")
 
 
 if __name__ == "__main__":

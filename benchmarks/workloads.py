@@ -19,7 +19,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import fastnaive
-from fastnaive import reference
+from fastnaive import _sparse, reference
 from fastnaive.callbacks import Callback
 from fastnaive.datasets import mnist
 
@@ -214,6 +214,18 @@ def core_round_trip(trips=ROUND_TRIPS):
 def blas_threads(n_threads):
     """Context manager limiting every BLAS pool (fastnaive's is SciPy's OpenBLAS) to n_threads."""
     return threadpool_limits(limits=n_threads, user_api="blas")
+
+
+def each_instruction_set():
+    """Select each instruction set of fastnaive's own kernels that the CPU runs, widest first
+    (fastnaive._sparse.select_instruction_set), yielding its name; the widest again after."""
+    widest = _sparse.select_instruction_set()
+    sets = _sparse.INSTRUCTION_SETS
+    try:
+        for isa in sets[: sets.index(widest) + 1][::-1]:
+            yield _sparse.select_instruction_set(isa)
+    finally:
+        _sparse.select_instruction_set()
 
 
 def markdown_table(headers, rows):

@@ -118,6 +118,17 @@ def random_model(sizes, last_activation, dtype, seed):
     return fastnaive.NaiveSequential(layers)
 
 
+class Unfused:
+    """An optimizer whose steps run as a caller's apply_gradients would run them: after the
+    gradients, over the whole of them (fit's path for any object with apply_gradients)."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def apply_gradients(self, grads_and_vars):
+        self.optimizer.apply_gradients(grads_and_vars)
+
+
 # Arrays
 
 

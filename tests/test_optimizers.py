@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from helpers import (
     EXPECTED_RECEIVED,
+    Unfused,
     assert_same_weights,
     assert_scaled_close,
     make_data,
@@ -160,17 +161,6 @@ def test_fit_matches_a_loop_of_training_steps(dtype, make):
         for x_batch, y_batch in BatchGenerator(x, y, batch_size=16):
             one_training_step(expected, x_batch, y_batch, optimizer=optimizer)
     assert_same_weights(model, expected)
-
-
-class Unfused:
-    """An optimizer whose steps run as a caller's apply_gradients would run them: after the
-    gradients, over the whole of them (fit's path for any object with apply_gradients)."""
-
-    def __init__(self, optimizer):
-        self.optimizer = optimizer
-
-    def apply_gradients(self, grads_and_vars):
-        self.optimizer.apply_gradients(grads_and_vars)
 
 
 def mnist_model(dtype, l2=0.0):

@@ -42,6 +42,8 @@ cdef void adam_update(floating* w, const floating* g, floating* m, floating* v, 
 cdef void rule_step(const Rule* rule, int array, floating* g, Py_ssize_t start,
                     Py_ssize_t n) noexcept nogil
 cdef double max_abs(const floating* a, Py_ssize_t n) noexcept nogil
+cdef double scan(const floating* a, Py_ssize_t n, Py_ssize_t* nonzeros,
+                 int n_threads) noexcept nogil
 cdef double scan_from(const floating[:, ::1] a, const floating[::1] offsets,
                       Py_ssize_t* nonzeros, int n_threads) noexcept nogil
 cdef double max_abs_on(const floating* a, Py_ssize_t n, int n_threads) noexcept nogil

@@ -24,15 +24,15 @@ from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
 from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport (RULE_ADAM, RULE_MOMENTUM, RULE_NESTEROV, Rule, dense_forward,
                                  dense_input_grad, dense_param_grad, max_abs,
-                                 max_abs_on)
+                                 max_abs_on, scan)
 from fastnaive._losses cimport (LOSS_BLOCKS, LossBlocks, blocks_total, check_loss,
                                 checked_loss_and_hits, loss_block, loss_blocks, loss_labels,
                                 loss_targets)
 from fastnaive._sparse cimport (NARROW_MAX, add_parts_rows, checked_cut, feature_parts,
                                 group_and_forward, group_lines, n_groups, narrow_forward,
                                 narrow_forward_rows, narrow_in_parallel, narrow_input_grad,
-                                narrow_input_rows, narrow_param_grad, sparse_param_grad,
-                                starts_length)
+                                narrow_input_rows, narrow_param_grad, sparse_forward,
+                                sparse_param_grad, starts_length)
 
 # How the first layer multiplies its inputs: GEMMs, the sparse kernels on the inputs'
 # nonzeros, or the caller (who then also runs its activation's product and gradient).
@@ -94,7 +94,14 @@ cdef class Program:
     per layer, True where its products run on the narrow kernels (fastnaive._sparse.narrow_*,
     at most NARROW_MAX outputs) rather than the BLAS; cut: for FIRST_SPARSE, where the
     sparse kernels' second part of the features starts (fastnaive._sparse.part_bounds; None:
-    the middle).
+    the middle); hidden_groups: per layer, None, or for a hidden layer whose training
+    products may run on its inputs' nonzeros (the sparse kernels), (row groups from
+    group_buffers(capacity, its inputs, dtype, by_rows=True), column groups from
+    group_buffers(its inputs, capacity, dtype, by_rows=False), delta_copy as the first
+    layer's: None or (capacity, > its outputs)); in a training step, such a layer's forward
+    groups its inputs by rows and takes those kernels when at most hidden_densities[0] of them
+    are nonzero, its weight gradient by columns and at most hidden_densities[1], the GEMMs
+    otherwise.
     """
 
     cdef readonly Py_ssize_t capacity, n_layers, n_features
@@ -128,10 +135,22 @@ cdef class Program:
     # dense (see backward_sweep). A forward pass forgets them all, a backward pass those it
     # makes.
     cdef double[::1] input_peaks, delta_peaks
+    # Per layer, None where its products are the GEMMs' (or the first layer's kernels), else
+    # its inputs' row groups, the sums over the second part of its inputs and their offset
+    # sums (sparse_forward's partial and offset_sums), its inputs' column groups, delta's
+    # copy (empty: delta read), delta's column sums, and the cut of its inputs into parts;
+    # with the shares of nonzeros above which the forward's and the weight gradient's GEMMs
+    # run all the same, and an empty offsets vector (the inputs are read as they are).
+    cdef list hidden_rows, hidden_partials, hidden_offset_sums
+    cdef list hidden_starts, hidden_index, hidden_quads, hidden_copies, hidden_sums
+    cdef Py_ssize_t[::1] hidden_cuts
+    cdef readonly double forward_density, gradient_density
+    cdef object no_offsets
 
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
                  gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None,
-                 narrow=None, offsets=None, cut=None, delta_copy=None):
+                 narrow=None, offsets=None, cut=None, delta_copy=None, hidden_groups=None,
+                 hidden_densities=(0.0, 0.0)):
         cdef float[::1] spare_f
         cdef double[::1] spare_d
         self.n_layers = len(layers)
@@ -254,7 +273,63 @@ cdef class Program:
         elif offsets is not None or cut is not None or delta_copy is not None:
             raise ValueError("Expected offsets, cut and delta_copy only with "
                              f"first=FIRST_SPARSE. Received: first={first}")
+        self.bind_hidden_groups(hidden_groups, hidden_densities, outputs[0].dtype)
         load_blas()
+
+    cdef int bind_hidden_groups(self, hidden_groups, hidden_densities, dtype) except -1:
+        cdef Py_ssize_t i, k, m
+        cdef list empty = [None] * self.n_layers
+        self.hidden_rows, self.hidden_partials = list(empty), list(empty)
+        self.hidden_offset_sums, self.hidden_starts = list(empty), list(empty)
+        self.hidden_index, self.hidden_quads = list(empty), list(empty)
+        self.hidden_copies, self.hidden_sums = list(empty), list(empty)
+        self.hidden_cuts = np.zeros(self.n_layers, np.intp)
+        self.no_offsets = held_view(np.empty(0, dtype), self.is_double)
+        forward, gradient = (float(share) for share in hidden_densities)
+        if not (0 <= forward <= 1 and 0 <= gradient <= 1):
+            raise ValueError(f"Expected hidden_densities, two shares in [0, 1]. Received: "
+                             f"hidden_densities={hidden_densities!r}")
+        self.forward_density, self.gradient_density = forward, gradient
+        if hidden_groups is None:
+            return 0
+        if len(hidden_groups) != self.n_layers:
+            raise ValueError(f"Expected one hidden_groups entry per layer. Received: "
+                             f"{len(hidden_groups)} for {self.n_layers} layers")
+        for i, entry in enumerate(hidden_groups):
+            if entry is None:
+                continue
+            if i == 0 or self.narrow[i] or not self.trains:
+                raise ValueError("Expected hidden_groups only for the hidden layers of a "
+                                 "training Program that run GEMMs. Received: an entry for "
+                                 f"layer {i}")
+            rows, columns, copy = entry
+            k, m = self.layers[i].W.shape
+            if not (len(rows[0]) == starts_length(self.capacity, k, True)
+                    and min(len(rows[1]), len(rows[2])) >= n_groups(self.capacity) * k
+                    and len(columns[0]) == starts_length(k, self.capacity, False)
+                    and min(len(columns[1]), len(columns[2])) >= n_groups(k) * self.capacity
+                    and (copy is None or (copy.ndim == 2 and copy.shape[0] == self.capacity
+                                          and copy.shape[1] > m and copy.dtype == dtype))):
+                raise ValueError(f"Expected layer {i}'s hidden_groups from group_buffers("
+                                 f"{self.capacity}, {k}, dtype, by_rows=True) and "
+                                 f"group_buffers({k}, {self.capacity}, dtype, by_rows=False) "
+                                 f"and a delta copy None or ({self.capacity}, > {m}). "
+                                 "Received: other sizes")
+            self.hidden_rows[i] = (index_view(rows[0]), index_view(rows[1]),
+                                   held_view(rows[2], self.is_double))
+            self.hidden_partials[i] = held_view(
+                aligned_empty((self.capacity if feature_parts(k) > 1 else 0, m), dtype),
+                self.is_double)
+            self.hidden_offset_sums[i] = held_view(np.empty((feature_parts(k), m), dtype),
+                                                   self.is_double)
+            self.hidden_starts[i], self.hidden_index[i] = (index_view(columns[0]),
+                                                           index_view(columns[1]))
+            self.hidden_quads[i] = held_view(columns[2], self.is_double)
+            self.hidden_copies[i] = held_view(
+                copy if copy is not None else np.empty((0, 0), dtype), self.is_double)
+            self.hidden_sums[i] = held_view(np.empty(m, dtype), self.is_double)
+            self.hidden_cuts[i] = checked_cut(k, None)
+        return 0
 
     def uses(self, list layers):
         """True when `layers` hold the W and b arrays this Program was built on."""
@@ -546,7 +621,8 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
         elif p.narrow[i]:
             with nogil:
                 narrow_forward(a, W, b, fused, target, n_threads)
-        else:
+        elif not (training and p.hidden_rows[i] is not None and p.forward_density
+                  and hidden_forward(p, i, a, W, b, fused, target, n_threads)):
             with nogil:
                 dense_forward(a, W, b, fused, target, n_threads, <floating*>p.spare)
         if has_pre:
@@ -562,6 +638,41 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
         else:
             a = z
     return parts
+
+
+cdef inline bint few_nonzeros(const floating[:, ::1] a, double share,
+                              int n_threads) noexcept nogil:
+    """Whether at most `share` of a's elements (a's rows whole: C-contiguous) are nonzero,
+    counted in one pass (a tenth of the grouping's time), so that the GEMMs' steps do not
+    group"""
+    cdef Py_ssize_t nonzeros = 0
+    if a.shape[0] and a.shape[1]:
+        scan(&a[0, 0], a.shape[0] * a.shape[1], &nonzeros, n_threads)
+    return nonzeros <= share * a.shape[0] * a.shape[1]
+
+
+cdef bint hidden_forward(Program p, Py_ssize_t i, const floating[:, ::1] a,
+                        const floating[:, ::1] W, const floating[::1] b, int code,
+                        floating[:, ::1] target, int n_threads) except -1:
+    """Hidden layer i's target := act(a @ W + b) on a's nonzeros, where at most the
+    forward's share of them are nonzero: return True; else False, for the GEMM"""
+    cdef int[::1] starts, index
+    cdef floating[:, ::1] quads, partial, offset_sums
+    cdef const floating[::1] offsets = p.no_offsets
+    cdef Py_ssize_t n = a.shape[0], cut = p.hidden_cuts[i]
+    cdef bint relu = code == RELU_CODE
+    if not few_nonzeros(a, p.forward_density, n_threads):
+        return False
+    starts, index, quads = p.hidden_rows[i]
+    partial, offset_sums = p.hidden_partials[i], p.hidden_offset_sums[i]
+    partial = partial[:n] if partial.shape[0] else target  # unused with one part
+    with nogil:
+        group_lines(a, True, starts, index, quads, cut, n_threads, offsets)
+        sparse_forward(starts, index, quads, W, b, offsets, offset_sums, relu, target, partial,
+                       cut, n_threads)
+        if not relu and code != LINEAR_CODE:
+            activate_rows(code, target, target)
+    return True
 
 
 cdef inline const floating[:, ::1] layer_input(Program p, Py_ssize_t i, Py_ssize_t n,
@@ -586,6 +697,7 @@ cdef int param_grad(Program p, Py_ssize_t i, const floating[:, ::1] x,
     cdef const floating[::1] offsets
     cdef floating[::1] delta_sums
     cdef floating[:, ::1] copy
+    cdef Py_ssize_t cut
     if i == 0 and p.first == FIRST_SPARSE:
         starts, index, quads = p.column_starts, p.column_index, p.column_quads
         offsets, delta_sums, copy = p.offsets, p.delta_sums, p.delta_copy
@@ -601,6 +713,16 @@ cdef int param_grad(Program p, Py_ssize_t i, const floating[:, ::1] x,
             narrow_param_grad(inputs, delta, alpha, beta, dW, db, n_threads, rule)
     else:
         inputs = layer_input(p, i, delta.shape[0], x)
+        offsets = p.no_offsets
+        if (p.hidden_quads[i] is not None and delta.shape[0]
+                and few_nonzeros(inputs, p.gradient_density, n_threads)):
+            starts, index, quads = p.hidden_starts[i], p.hidden_index[i], p.hidden_quads[i]
+            delta_sums, copy, cut = p.hidden_sums[i], p.hidden_copies[i], p.hidden_cuts[i]
+            with nogil:
+                group_lines(inputs, False, starts, index, quads, cut, n_threads, offsets)
+                sparse_param_grad(starts, index, quads, delta, alpha, beta, dW, db, offsets,
+                                  delta_sums, cut, n_threads, rule, copy)
+            return 0
         with nogil:
             dense_param_grad(inputs, delta, alpha, beta, dW, db, n_threads, rule)
     return 0

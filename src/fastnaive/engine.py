@@ -18,7 +18,9 @@ decided there, and nowhere else:
   inputs and takes the faster: MEASURED_BAND); and on a scipy.sparse matrix's nonzeros
   (fastnaive._csr, fastnaive.sparse); a layer of at most NARROW_MAX_WIDTH outputs (a
   classifier's head) runs its products on the narrow kernels of fastnaive._sparse rather
-  than the BLAS, where they are faster (`narrow_layers`);
+  than the BLAS, where they are faster (`narrow_layers`); a large hidden layer on a ReLU's
+  outputs runs its training forward and weight gradient on their nonzeros, in each step
+  where few enough of them are (SPARSE_HIDDEN_MAX_DENSITY);
 - threads: `threads()` is the thread policy of a call;
 - the update: the optimizer's Update, bound once. When no reducer is plugged in, it runs
   inside the weight-gradient kernels, after every input gradient has used the old W: an
@@ -102,6 +104,23 @@ CUT_SAMPLE_ROWS = 256
 # level on one and 1.2-2.1x on two; the baseline's SSE2 versions 1.5-3x slower than it).
 NARROW_INSTRUCTION_SETS = ("avx512", "avx2")
 NARROW_MAX_WIDTH = _sparse.NARROW_WIDTH
+# A hidden layer whose inputs are a ReLU's outputs (about half of them zero) runs its
+# training products on their nonzeros (the sparse kernels): its forward X @ W + b in each
+# step where at most SPARSE_HIDDEN_MAX_DENSITY[isa][0] of X is nonzero, its weight gradient
+# X.T @ delta where at most [1] is, by instruction set (0: never), the GEMMs otherwise; only
+# for layers of at least SPARSE_HIDDEN_MIN_WEIGHTS weights. X's nonzeros are counted before
+# each product (one pass, a tenth of the grouping's time), so the choice, and the bits, are
+# the same at any number of threads. benchmarks/hidden.py, sparse / GEMM time on Zen 4, ReLU
+# outputs with the nonzeros spread at random, at 50% and 70% nonzero, 1 thread (2 threads):
+# - forward, AVX-512: 128 x 512 -> 512 0.62, 0.72 (0.66, 0.77); 256 x 2048 -> 2048 (the wide
+#   workload's) 0.91, 0.87 (0.89, 0.89); 1024 x 512 -> 512 0.65, 0.77 (0.70, 0.82); 128 x 256
+#   -> 128 (the deep workload's second layer) 0.83, 0.96 (0.99, 1.30). Held to AVX2, 1
+#   thread: 0.80, 0.96; 1.23, 1.35 (at 30%: 0.92); 0.95, 1.12; 0.96, 1.12.
+# - weight gradient, AVX-512: 0.70, 0.83 (0.55, 0.63); 0.66, 0.78 (0.82, 0.87); 0.79, 0.87
+#   (0.99, 2.49 in a noisy spell); 0.93, 1.07 (1.26, 1.38). Held to AVX2: 0.94, 1.10; 0.93,
+#   1.10; 1.03, 1.29; 1.20, 1.36.
+SPARSE_HIDDEN_MAX_DENSITY = {"avx512": (0.7, 0.7), "avx2": (0.4, 0.4), "baseline": (0.0, 0.0)}
+SPARSE_HIDDEN_MIN_WEIGHTS = 512 * 512
 _blas_controller = None
 # Per-batch entry points keep one Step per model, replaced when the model or batch outgrows it.
 _cached_steps = weakref.WeakKeyDictionary()
@@ -189,6 +208,15 @@ class Step:
         self.update = self.bound_weights = None
         self.program = None  # built by compiled()
         self.narrow = narrow_layers(self.layers)
+        # Per layer, None or the buffers of a hidden layer's training products on its inputs'
+        # nonzeros (the Program's hidden_groups), and the shares of nonzeros up to which its
+        # forward and its weight gradient run them.
+        self.hidden_densities = SPARSE_HIDDEN_MAX_DENSITY[_sparse.instruction_set()]
+        self.hidden_groups = [None] * len(self.layers)
+        if training and max(self.hidden_densities) > 0:
+            self.hidden_groups = _hidden_groups(
+                self.layers, self.codes, self.narrow, capacity, dtype
+            )
         # The step number that dropout masks are drawn for, in an array so that a step's
         # kernels count it (commit).
         self.counter = np.zeros(1, np.int64)
@@ -401,6 +429,8 @@ class Step:
                 self.offsets,
                 cut,
                 delta_copy,
+                self.hidden_groups,
+                self.hidden_densities,
             )
             self.program_cut = cut
         return program
@@ -773,6 +803,28 @@ def narrow_layers(layers):
     outputs, on an instruction set where they beat the BLAS."""
     fast = _sparse.instruction_set() in NARROW_INSTRUCTION_SETS
     return [fast and layer.output_size <= NARROW_MAX_WIDTH for layer in layers]
+
+
+def _hidden_groups(layers, codes, narrow, capacity, dtype):
+    """Per layer, the buffers of its training products on its inputs' nonzeros (the Program's
+    hidden_groups: row groups, column groups and delta's copy), or None where it runs GEMMs:
+    the first layer, narrow layers, and layers whose inputs are not a ReLU's outputs or that
+    hold fewer than SPARSE_HIDDEN_MIN_WEIGHTS weights."""
+    groups = [None] * len(layers)
+    for i in range(1, len(layers)):
+        k, m = layers[i].W.shape
+        if (
+            not narrow[i]
+            and codes[i - 1] == _activations.RELU
+            and k * m >= SPARSE_HIDDEN_MIN_WEIGHTS
+            and (capacity + 3) * k < 2**31  # int32 indices
+        ):
+            groups[i] = (
+                _sparse.group_buffers(capacity, k, dtype, by_rows=True),
+                _sparse.group_buffers(k, capacity, dtype, by_rows=False),
+                _delta_copy(capacity, m, dtype),
+            )
+    return groups
 
 
 def _scan(x, sampled, offsets=None):
