@@ -112,13 +112,14 @@ NARROW_MAX_WIDTH = _sparse.NARROW_WIDTH
 # each product (one pass, a tenth of the grouping's time), so the choice, and the bits, are
 # the same at any number of threads. benchmarks/hidden.py, sparse / GEMM time on Zen 4, ReLU
 # outputs with the nonzeros spread at random, at 50% and 70% nonzero, 1 thread (2 threads):
-# - forward, AVX-512: 128 x 512 -> 512 0.62, 0.72 (0.66, 0.77); 256 x 2048 -> 2048 (the wide
-#   workload's) 0.91, 0.87 (0.89, 0.89); 1024 x 512 -> 512 0.65, 0.77 (0.70, 0.82); 128 x 256
-#   -> 128 (the deep workload's second layer) 0.83, 0.96 (0.99, 1.30). Held to AVX2, 1
-#   thread: 0.80, 0.96; 1.23, 1.35 (at 30%: 0.92); 0.95, 1.12; 0.96, 1.12.
-# - weight gradient, AVX-512: 0.70, 0.83 (0.55, 0.63); 0.66, 0.78 (0.82, 0.87); 0.79, 0.87
-#   (0.99, 2.49 in a noisy spell); 0.93, 1.07 (1.26, 1.38). Held to AVX2: 0.94, 1.10; 0.93,
-#   1.10; 1.03, 1.29; 1.20, 1.36.
+# - forward, AVX-512: 128 x 512 -> 512 0.62, 0.72 (0.65, 0.76); 256 x 2048 -> 2048 (the wide
+#   workload's) 0.88, 0.87 (0.87, 0.86); 1024 x 512 -> 512 0.67, 0.79 (0.69, 0.81); 128 x 256
+#   -> 128 (the deep workload's second layer) 0.84, 0.96 (1.00, 1.13). Held to AVX2 (the
+#   BLAS too), 1 thread: 0.82, 0.97; 1.17, 1.36 (at 30%: 0.88); 0.93, 1.11; 0.99, 1.13.
+# - weight gradient, AVX-512: 0.71, 0.83 (0.74, 0.85); 0.76, 0.84 (0.74, 0.84); 0.77, 0.84
+#   (0.75, 0.84); 0.85, 0.98 (1.00, 1.13). Held to AVX2: 0.89, 1.05; 1.00, 1.14; 0.93, 1.14;
+#   1.05, 1.19. In float64 (128 x 512 -> 512, AVX-512) at 70%: 0.83 and 0.89 (0.85, 0.92);
+#   at 80% the two-thread gradient 1.13.
 SPARSE_HIDDEN_MAX_DENSITY = {"avx512": (0.7, 0.7), "avx2": (0.4, 0.4), "baseline": (0.0, 0.0)}
 SPARSE_HIDDEN_MIN_WEIGHTS = 512 * 512
 _blas_controller = None
