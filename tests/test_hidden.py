@@ -197,7 +197,7 @@ def test_the_update_fused_into_it_gives_the_optimizers_own_step(dtype, optimizer
         fastnaive.fit(unfused, x, y, 2, 128, optimizer=unfused_optimizer, verbose=0)
     assert np.max(np.abs(fused.weights[2] - start[2])) > 0
     for actual, wanted in zip(fused.weights, unfused.weights, strict=True):
-        if optimizer == "sgd":  # the GEMM's scaled sums against the gradient then the step
+        if optimizer == "sgd":  # W + s (X.T @ delta) in the kernel against W - lr * gradient
             assert_scaled_close(actual, wanted, RTOL[dtype])
         else:
             np.testing.assert_array_equal(actual, wanted)
