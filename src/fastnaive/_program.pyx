@@ -136,16 +136,17 @@ cdef class Program:
     # makes.
     cdef double[::1] input_peaks, delta_peaks
     # Per layer, None where its products are the GEMMs' (or the first layer's kernels), else
-    # its inputs' row groups, the sums over the second part of its inputs and their offset
-    # sums (sparse_forward's partial and offset_sums), its inputs' column groups, delta's
-    # copy (empty: delta read), delta's column sums, and the cut of its inputs into parts;
-    # with the shares of nonzeros above which the forward's and the weight gradient's GEMMs
-    # run all the same, and an empty offsets vector (the inputs are read as they are).
-    cdef list hidden_rows, hidden_partials, hidden_offset_sums
-    cdef list hidden_starts, hidden_index, hidden_quads, hidden_copies, hidden_sums
+    # its inputs' row groups and column groups (starts, index, quads), the sums over the
+    # second part of its inputs and their offset sums (sparse_forward's partial and
+    # offset_sums, (parts, m) as it takes them), delta's copy (empty: delta read), and the
+    # cut of its inputs into parts; with the shares of nonzeros above which the forward's
+    # and the weight gradient's GEMMs run all the same. The inputs are read as they are
+    # (empty offsets), so the offset sums and delta's column sums (one empty vector for
+    # every layer) go unused.
+    cdef list hidden_rows, hidden_columns, hidden_partials, hidden_offset_sums, hidden_copies
     cdef Py_ssize_t[::1] hidden_cuts
     cdef readonly double forward_density, gradient_density
-    cdef object no_offsets
+    cdef object no_offsets, no_delta_sums
 
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
                  gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None,
@@ -279,12 +280,12 @@ cdef class Program:
     cdef int bind_hidden_groups(self, hidden_groups, hidden_densities, dtype) except -1:
         cdef Py_ssize_t i, k, m
         cdef list empty = [None] * self.n_layers
-        self.hidden_rows, self.hidden_partials = list(empty), list(empty)
-        self.hidden_offset_sums, self.hidden_starts = list(empty), list(empty)
-        self.hidden_index, self.hidden_quads = list(empty), list(empty)
-        self.hidden_copies, self.hidden_sums = list(empty), list(empty)
+        self.hidden_rows, self.hidden_columns = list(empty), list(empty)
+        self.hidden_partials, self.hidden_copies = list(empty), list(empty)
+        self.hidden_offset_sums = list(empty)
         self.hidden_cuts = np.zeros(self.n_layers, np.intp)
         self.no_offsets = held_view(np.empty(0, dtype), self.is_double)
+        self.no_delta_sums = held_view(np.empty(0, dtype), self.is_double)
         forward, gradient = (float(share) for share in hidden_densities)
         if not (0 <= forward <= 1 and 0 <= gradient <= 1):
             raise ValueError(f"Expected hidden_densities, two shares in [0, 1]. Received: "
@@ -315,19 +316,16 @@ cdef class Program:
                                  f"group_buffers({k}, {self.capacity}, dtype, by_rows=False) "
                                  f"and a delta copy None or ({self.capacity}, > {m}). "
                                  "Received: other sizes")
-            self.hidden_rows[i] = (index_view(rows[0]), index_view(rows[1]),
-                                   held_view(rows[2], self.is_double))
+            self.hidden_rows[i], self.hidden_columns[i] = (
+                (index_view(groups[0]), index_view(groups[1]),
+                 held_view(groups[2], self.is_double)) for groups in (rows, columns))
             self.hidden_partials[i] = held_view(
                 aligned_empty((self.capacity if feature_parts(k) > 1 else 0, m), dtype),
                 self.is_double)
             self.hidden_offset_sums[i] = held_view(np.empty((feature_parts(k), m), dtype),
                                                    self.is_double)
-            self.hidden_starts[i], self.hidden_index[i] = (index_view(columns[0]),
-                                                           index_view(columns[1]))
-            self.hidden_quads[i] = held_view(columns[2], self.is_double)
             self.hidden_copies[i] = held_view(
                 copy if copy is not None else np.empty((0, 0), dtype), self.is_double)
-            self.hidden_sums[i] = held_view(np.empty(m, dtype), self.is_double)
             self.hidden_cuts[i] = checked_cut(k, None)
         return 0
 
@@ -713,11 +711,12 @@ cdef int param_grad(Program p, Py_ssize_t i, const floating[:, ::1] x,
             narrow_param_grad(inputs, delta, alpha, beta, dW, db, n_threads, rule)
     else:
         inputs = layer_input(p, i, delta.shape[0], x)
-        offsets = p.no_offsets
-        if (p.hidden_quads[i] is not None and delta.shape[0]
+        if (p.hidden_columns[i] is not None and delta.shape[0]
                 and few_nonzeros(inputs, p.gradient_density, n_threads)):
-            starts, index, quads = p.hidden_starts[i], p.hidden_index[i], p.hidden_quads[i]
-            delta_sums, copy, cut = p.hidden_sums[i], p.hidden_copies[i], p.hidden_cuts[i]
+            starts, index, quads = p.hidden_columns[i]
+            offsets = p.no_offsets
+            delta_sums = p.no_delta_sums
+            copy, cut = p.hidden_copies[i], p.hidden_cuts[i]
             with nogil:
                 group_lines(inputs, False, starts, index, quads, cut, n_threads, offsets)
                 sparse_param_grad(starts, index, quads, delta, alpha, beta, dW, db, offsets,
