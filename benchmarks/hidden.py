@@ -61,6 +61,7 @@ def calls(n, k, m, dtype, share, n_threads):
     b = np.zeros(m, dtype)
     Z, partial = aligned_empty((n, m), dtype), aligned_empty((n, m), dtype)
     rows = _sparse.group_buffers(n, k, dtype, by_rows=True)
+    pack = _sparse.pack_buffer(k, m, dtype)
     columns = _sparse.group_buffers(k, n, dtype, by_rows=False)
     stride = _sparse.delta_stride(m, dtype)
     padded = aligned_empty((n, stride), dtype) if stride > m else None
@@ -68,7 +69,7 @@ def calls(n, k, m, dtype, share, n_threads):
 
     def sparse_forward():
         _sparse.group_rows_checked(X, *rows, n_threads)
-        _sparse.sparse_forward_checked(*rows, W, b, True, Z, n_threads, partial)
+        _sparse.sparse_forward_checked(*rows, W, b, True, Z, n_threads, partial, pack=pack)
 
     def gemm_forward():
         _kernels.dense_forward_checked(X, W, b, RELU, Z, n_threads)

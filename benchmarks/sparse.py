@@ -78,6 +78,7 @@ class Layer:
         self.delta[:] = 1e-2 * rng.standard_normal((batch_size, m))
         self.Z = np.empty((batch_size, m), np.float32)
         self.rows = _sparse.group_buffers(batch_size, k, np.float32, by_rows=True)
+        self.pack = _sparse.pack_buffer(k, self.W.shape[1], np.float32)
         self.columns = _sparse.group_buffers(k, batch_size, np.float32, by_rows=False)
         self.alpha = np.float32(-workloads.LEARNING_RATE)
 
@@ -102,7 +103,9 @@ class Layer:
         """The same step over the nonzeros of X, grouping included."""
         n = X.shape[0]
         rows = self.grouped_rows(X, n_threads)
-        _sparse.sparse_forward_checked(*rows, self.W, self.b, True, self.Z[:n], n_threads)
+        _sparse.sparse_forward_checked(
+            *rows, self.W, self.b, True, self.Z[:n], n_threads, pack=self.pack
+        )
         columns = self.grouped_columns(X, n_threads)
         _sparse.sparse_param_grad_checked(
             *columns, self.delta[:n], self.alpha, 1.0, self.W, self.b, n_threads
@@ -188,7 +191,7 @@ def component_table(layer, batches, repeats):
     sparse = {
         "group rows": group_rows,
         "sparse forward": lambda X, t: _sparse.sparse_forward_checked(
-            *layouts["rows"], layer.W, layer.b, True, layer.Z, t
+            *layouts["rows"], layer.W, layer.b, True, layer.Z, t, pack=layer.pack
         ),
         "group columns": group_columns,
         "sparse update": lambda X, t: _sparse.sparse_param_grad_checked(
@@ -229,9 +232,9 @@ def component_table(layer, batches, repeats):
     )
 
 
-def forward_all(grouped, W, b, Z):
+def forward_all(grouped, W, b, Z, pack):
     for starts, index, values in grouped:
-        _sparse.sparse_forward_checked(starts, index, values, W, b, True, Z, 1)
+        _sparse.sparse_forward_checked(starts, index, values, W, b, True, Z, 1, pack=pack)
 
 
 def width_table(batches, repeats, widths=WIDTHS):
@@ -251,7 +254,9 @@ def width_table(batches, repeats, widths=WIDTHS):
         W = aligned((k, m), np.float32)
         W[:] = rng.uniform(-0.05, 0.05, (k, m))
         b, Z = np.zeros(m, np.float32), np.empty((n, m), np.float32)
-        best = best_of(partial(forward_all, grouped, W, b, Z), repeats)
+        best = best_of(
+            partial(forward_all, grouped, W, b, Z, _sparse.pack_buffer(k, m, np.float32)), repeats
+        )
         lines = quads * m * 4 / 64
         table.append(
             (

@@ -484,6 +484,19 @@ SHAPE_MISMATCHES = {
         True,
         f32(7, 4),
     ),
+    "forward-pack-short": (
+        _sparse.sparse_forward_checked,
+        *ROWS_7x13,
+        f32(13, 4),
+        f32(4),
+        True,
+        f32(7, 4),
+        None,
+        None,
+        None,
+        None,
+        f32(len(_sparse.pack_buffer(13, 4, np.float32)) - 1),
+    ),
     "param_grad-db": (
         _sparse.sparse_param_grad_checked,
         *COLUMNS_7x13,
@@ -572,6 +585,52 @@ def test_each_parts_lists_are_checked_against_its_features():
     index[160] = 80
     with pytest.raises(ValueError, match=r"^Expected starts .+ index in \[0, 80\)"):
         _sparse.sparse_forward_checked(starts, index, quads, W, b, False, Z)
+
+
+# Batches whose X @ W reads W's slabs from their copy (at least 32 rows), with W's rows a
+# power of two of lines apart (512, 2048 columns) or not (200, 520, 300: blocks and shares
+# ending off whole lines), in one part of the features (k = 40) or two (784; 1024, whose
+# blocks of W are 256 bytes wide).
+PACKED_SHAPES = {
+    "n128-784x512": (128, 784, 512),
+    "n64-784x520": (64, 784, 520),
+    "n33-40x200": (33, 40, 200),
+    "n36-1024x300": (36, 1024, 300),
+    "n32-1024x2048": (32, 1024, 2048),
+}
+
+
+@pytest.mark.parametrize("n, k, m", PACKED_SHAPES.values(), ids=PACKED_SHAPES.keys())
+@pytest.mark.parametrize("shifted", [False, True], ids=["zeros", "offsets"])
+def test_the_forward_on_copied_slabs_of_w_is_each_group_alone(
+    n, k, m, shifted, dtype, instruction_set, rng
+):
+    """X @ W + b (ReLU) on a batch of 32 rows or more reads W's slabs from their copy in
+    `pack`, whose contents before the call do not matter; each group of four rows takes the
+    same quads in the same order as it does alone (four rows: W read in place), so both are
+    the same bits, on 1, 2 and 3 threads, and agree with NumPy's."""
+    X = sparse_matrix(rng, (n, k), dtype, 0.5)
+    W, b = normal(rng, (k, m), dtype, 0.05), normal(rng, m, dtype)
+    offsets = np.where(rng.random(k) < 0.5, 0.25, 0).astype(dtype) if shifted else None
+    pack = _sparse.pack_buffer(k, m, dtype)
+    Z = {}
+    for threads in (1, 2, 3):
+        pack.fill(np.nan)
+        Z[threads] = np.full((n, m), np.nan, dtype)
+        rows = by_rows(X, threads, offsets)
+        _sparse.sparse_forward_checked(
+            *rows, W, b, True, Z[threads], threads, offsets=offsets, pack=pack
+        )
+    alone = np.full((n, m), np.nan, dtype)
+    for g in range(0, n, 4):
+        part = np.ascontiguousarray(X[g : g + 4])
+        _sparse.sparse_forward_checked(
+            *by_rows(part, 1, offsets), W, b, True, alone[g : g + 4], 1, offsets=offsets
+        )
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(Z[threads], alone)
+    expected = np.maximum(X.astype(np.float64) @ W + b, 0)
+    assert_close(Z[1], expected, dtype)
 
 
 @pytest.mark.parametrize("cut", [64, 408, 720])

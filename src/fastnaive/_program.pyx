@@ -34,6 +34,8 @@ from fastnaive._sparse cimport (NARROW_MAX, add_parts_rows, checked_cut, feature
                                 narrow_input_rows, narrow_param_grad, sparse_forward,
                                 sparse_param_grad, starts_length)
 
+from fastnaive._sparse import pack_buffer
+
 # How the first layer multiplies its inputs: GEMMs, the sparse kernels on the inputs'
 # nonzeros, or the caller (who then also runs its activation's product and gradient).
 FIRST_DENSE, FIRST_SPARSE, FIRST_EXTERNAL = 0, 1, 2
@@ -115,6 +117,8 @@ cdef class Program:
     # hold, each part's offsets @ W, and delta's column sums (the weight gradient's offset
     # term).
     cdef object partial, offsets, offset_sums, delta_sums
+    # FIRST_SPARSE: where X @ W copies W's slabs (sparse_forward's pack).
+    cdef object pack
     # FIRST_SPARSE training: where the weight gradient copies delta to read it faster
     # (sparse_param_grad's padded; empty: it reads delta).
     cdef object delta_copy
@@ -142,8 +146,9 @@ cdef class Program:
     # cut of its inputs into parts; with the shares of nonzeros above which the forward's
     # and the weight gradient's GEMMs run all the same. The inputs are read as they are
     # (empty offsets), so the offset sums and delta's column sums (one empty vector for
-    # every layer) go unused.
+    # every layer) go unused. Each forward copies W's slabs into the layer's pack.
     cdef list hidden_rows, hidden_columns, hidden_partials, hidden_offset_sums, hidden_copies
+    cdef list hidden_packs
     cdef Py_ssize_t[::1] hidden_cuts
     cdef readonly double forward_density, gradient_density
     cdef object no_offsets, no_delta_sums
@@ -263,6 +268,7 @@ cdef class Program:
             self.offset_sums = held_view(np.empty((feature_parts(n_features), m),
                                                   outputs[0].dtype), self.is_double)
             self.delta_sums = held_view(np.empty(m, outputs[0].dtype), self.is_double)
+            self.pack = held_view(pack_buffer(n_features, m, outputs[0].dtype), self.is_double)
             if delta_copy is None:
                 delta_copy = np.empty((0, 0), outputs[0].dtype)
             elif not (delta_copy.ndim == 2 and delta_copy.shape[0] == self.capacity
@@ -282,7 +288,7 @@ cdef class Program:
         cdef list empty = [None] * self.n_layers
         self.hidden_rows, self.hidden_columns = list(empty), list(empty)
         self.hidden_partials, self.hidden_copies = list(empty), list(empty)
-        self.hidden_offset_sums = list(empty)
+        self.hidden_offset_sums, self.hidden_packs = list(empty), list(empty)
         self.hidden_cuts = np.zeros(self.n_layers, np.intp)
         self.no_offsets = held_view(np.empty(0, dtype), self.is_double)
         self.no_delta_sums = held_view(np.empty(0, dtype), self.is_double)
@@ -326,6 +332,7 @@ cdef class Program:
                                                    self.is_double)
             self.hidden_copies[i] = held_view(
                 copy if copy is not None else np.empty((0, 0), dtype), self.is_double)
+            self.hidden_packs[i] = held_view(pack_buffer(k, m, dtype), self.is_double)
             self.hidden_cuts[i] = checked_cut(k, None)
         return 0
 
@@ -550,6 +557,7 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
     cdef const floating[:, ::1] W
     cdef const floating[::1] b
     cdef floating[:, ::1] z, target, dropped, quads, column_quads, partial, offset_sums
+    cdef floating[::1] pack
     cdef const floating[::1] offsets
     cdef int[::1] starts, index, column_starts, column_index
     cdef Py_ssize_t i, last = p.n_layers - 1
@@ -598,14 +606,14 @@ cdef int forward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint t
                 column_quads = p.column_quads
             else:
                 column_starts, column_index, column_quads = starts, index, quads  # unused
-            offsets, offset_sums = p.offsets, p.offset_sums
+            offsets, offset_sums, pack = p.offsets, p.offset_sums, p.pack
             defer = (defer_parts and i == stop - 1 and (relu or fused == LINEAR_CODE)
                      and not has_pre and not (training and p.dropped[i] is not None))
             with nogil:
                 if group_and_forward(x, starts, index, quads, columns, column_starts,
                                      column_index, column_quads, W, b, offsets, offset_sums,
                                      relu, target, partial, p.cut, n_threads,
-                                     &peak if columns else NULL, not defer):
+                                     &peak if columns else NULL, not defer, pack):
                     parts = PARTS_PENDING_RELU if relu else PARTS_PENDING
                 if not relu and fused != LINEAR_CODE:
                     activate_rows(fused, target, target)
@@ -656,6 +664,7 @@ cdef bint hidden_forward(Program p, Py_ssize_t i, const floating[:, ::1] a,
     forward's share of them are nonzero: return True; else False, for the GEMM"""
     cdef int[::1] starts, index
     cdef floating[:, ::1] quads, partial, offset_sums
+    cdef floating[::1] pack
     cdef const floating[::1] offsets = p.no_offsets
     cdef Py_ssize_t n = a.shape[0], cut = p.hidden_cuts[i]
     cdef bint relu = code == RELU_CODE
@@ -663,11 +672,12 @@ cdef bint hidden_forward(Program p, Py_ssize_t i, const floating[:, ::1] a,
         return False
     starts, index, quads = p.hidden_rows[i]
     partial, offset_sums = p.hidden_partials[i], p.hidden_offset_sums[i]
+    pack = p.hidden_packs[i]
     partial = partial[:n] if partial.shape[0] else target  # unused with one part
     with nogil:
         group_lines(a, True, starts, index, quads, cut, n_threads, offsets)
         sparse_forward(starts, index, quads, W, b, offsets, offset_sums, relu, target, partial,
-                       cut, n_threads)
+                       cut, n_threads, pack)
         if not relu and code != LINEAR_CODE:
             activate_rows(code, target, target)
     return True

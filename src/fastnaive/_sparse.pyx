@@ -56,6 +56,8 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy
 import numpy as np
 
+from fastnaive._memory import aligned_empty
+
 from fastnaive._activations cimport ELU_CODE, activate
 from fastnaive._kernels cimport Rule, bias_grad, max_abs, rule_step, scan_from
 
@@ -128,6 +130,15 @@ cdef Py_ssize_t MIN_BLOCK_BYTES = 256
 # 18.8-21.4 in 512-byte ones (held to AVX2: 32.1-39.0 and 27.5-28.8); the book's parts
 # (392 features) keep 1 KB.
 cdef Py_ssize_t FORWARD_SLAB_BYTES = 1 << 19
+# X @ W reads each block's slab of W from a copy of it whose rows are an odd number of
+# lines apart (pack_length), where at least PACK_MIN_ROWS rows of X reuse it: W's own rows,
+# a power of two of lines apart (2 KB for 512 floats, 8 KB for 2048), fall into few of L2's
+# and L1's sets, more of them than those sets hold, so that the slab leaves L2 between one
+# group of rows and the next. Its cost: one copy of W per product. On one Zen 4 core (the
+# same bits either way): Fashion-MNIST's X @ W (128 x 784 -> 512) held to AVX2 851-902 ->
+# 761-780 us, on AVX-512 level (632-713 -> 624-668); 256 x 2048 -> 2048 at 50% nonzero on
+# AVX-512 20.3-24.4 -> 15.4-17.1 ms.
+cdef Py_ssize_t PACK_MIN_ROWS = 8 * GROUP
 # X @ W over the first layer's features is summed in MAX_PARTS parts of them (W's rows), at
 # least PART_MIN_FEATURES each, or in one part; see feature_parts.
 cdef enum:
@@ -370,27 +381,70 @@ cdef inline Py_ssize_t forward_width(Py_ssize_t rows, Py_ssize_t itemsize) noexc
     return width // itemsize
 
 
+cdef inline Py_ssize_t line_elements(Py_ssize_t itemsize) noexcept nogil:
+    """Elements of a cache line"""
+    return LINE_BYTES // itemsize
+
+
+cdef inline Py_ssize_t packed_row_length(Py_ssize_t m, Py_ssize_t itemsize) noexcept nogil:
+    """A row of pack_length's layout for W of m columns: each block of columns (starting at
+    a multiple of MIN_BLOCK_BYTES) rounded up to whole lines, plus one line."""
+    cdef Py_ssize_t line = line_elements(itemsize), unit = MIN_BLOCK_BYTES // itemsize
+    return (m + line - 1) // line * line + line * ((m + unit - 1) // unit)
+
+
+cdef Py_ssize_t pack_length(Py_ssize_t k, Py_ssize_t m, Py_ssize_t itemsize) noexcept nogil:
+    """Elements of the buffer that X @ W (k, m) packs its slabs of W into (forward_share)"""
+    return k * packed_row_length(m, itemsize)
+
+
+cdef inline floating* packed_block(const floating[:, ::1] W, Py_ssize_t f0, Py_ssize_t f1,
+                                   Py_ssize_t j1, Py_ssize_t j2, floating* pack,
+                                   Py_ssize_t* ld_out) noexcept nogil:
+    """W[f0:f1, j1:j2] copied into pack, its rows ld_out elements apart: j2 - j1 rounded up
+    to whole lines, plus one, so that they are an odd number of lines apart wherever the
+    block is a power of two of lines wide (forward_width's are). Blocks start at multiples of
+    MIN_BLOCK_BYTES (a share's columns, then forward_width's steps), so that each (rows, j1)
+    has its own place in pack (pack_length): the threads' blocks never overlap, whatever
+    their number. pack and W's rows on 64-byte boundaries keep the copy's rows on them."""
+    cdef Py_ssize_t m = W.shape[1], line = line_elements(sizeof(floating))
+    cdef Py_ssize_t unit = MIN_BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t ld = (j2 - j1 + line - 1) // line * line + line, r
+    cdef floating* slab = pack + f0 * packed_row_length(m, sizeof(floating)) + (f1 - f0) * (
+        j1 + line * (j1 // unit))
+    for r in range(f1 - f0):
+        memcpy(slab + r * ld, &W[f0 + r, j1], (j2 - j1) * sizeof(floating))
+    ld_out[0] = ld
+    return slab
+
+
 cdef void forward_share(const int[::1] starts, const int[::1] index,
                         const floating[:, ::1] quads, const floating[:, ::1] W,
                         const floating[::1] b, const floating[::1] offsets,
                         floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
                         floating[:, ::1] partial, Share share, Py_ssize_t parts,
-                        Py_ssize_t cut) noexcept nogil:
+                        Py_ssize_t cut, floating* pack) noexcept nogil:
     """A share's products: of each of its parts, the rank's share of W's columns, in blocks
     of forward_width; part 0 into Z_out with the bias, part 1 into partial, or, where the
     share holds every part, added to Z_out by the product (z = sums + Z_out, the bits of
     sparse_forward's addition), relu applied after the last part. With offsets (k,), each
     part's bias is offset_sums[part] := (b if part 0) + offsets[part's rows] @ W[part's rows],
-    the share's columns of it computed first."""
+    the share's columns of it computed first. pack (pack_length(k, m) elements, or NULL):
+    where Z has at least PACK_MIN_ROWS rows, each block's slab of W is copied there first
+    (packed_block) and read from the copy; the same bits."""
     cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1], k = W.shape[0]
     cdef Py_ssize_t unit = MIN_BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t units = (m + unit - 1) // unit
     cdef Py_ssize_t stride = starts.shape[0] // (PATTERNS * parts)
-    cdef Py_ssize_t part, f0, f1, base, j0, j1, last, width
+    cdef Py_ssize_t part, f0, f1, base, j0, j1, j2, last, width
     cdef bint whole = share.part0 == 0 and share.part1 == parts
     cdef bint shifted = offsets.shape[0] > 0
     cdef floating* out
+    cdef floating* slab
     cdef const floating* bias
+    cdef Py_ssize_t ld_slab
+    if n < PACK_MIN_ROWS:
+        pack = NULL
     # The rank's columns: whole tiles, so every output element is one tile's sum, whoever
     # computes it.
     j0 = min(share.rank * units // share.team * unit, m)
@@ -411,18 +465,28 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
             bias = &offset_sums[part, 0]
         j1 = j0
         while j1 < last:
-            product(n_groups(n), &starts[0] + PATTERNS * stride * part, &index[0] + base,
-                    &quads[0, 0] + GROUP * base, &W[f0, 0], m, bias, NULL, 1,
-                    1 if part and whole else 0, relu and whole and part == parts - 1, out, m,
-                    n, j1, min(j1 + width, last))
-            j1 = min(j1 + width, last)
+            j2 = min(j1 + width, last)
+            if pack == NULL:
+                product(n_groups(n), &starts[0] + PATTERNS * stride * part, &index[0] + base,
+                        &quads[0, 0] + GROUP * base, &W[f0, 0], m, bias, NULL, 1,
+                        1 if part and whole else 0, relu and whole and part == parts - 1, out,
+                        m, n, j1, j2)
+            else:
+                slab = packed_block(W, f0, f1, j1, j2, pack, &ld_slab)
+                product(n_groups(n), &starts[0] + PATTERNS * stride * part, &index[0] + base,
+                        &quads[0, 0] + GROUP * base, slab, ld_slab,
+                        bias + j1 if bias != NULL else NULL, NULL, 1,
+                        1 if part and whole else 0, relu and whole and part == parts - 1,
+                        out + j1, m, n, 0, j2 - j1)
+            j1 = j2
 
 
 cdef void sparse_forward(const int[::1] starts, const int[::1] index,
                          const floating[:, ::1] quads, const floating[:, ::1] W,
                          const floating[::1] b, const floating[::1] offsets,
                          floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
-                         floating[:, ::1] partial, Py_ssize_t cut, int n_threads) noexcept nogil:
+                         floating[:, ::1] partial, Py_ssize_t cut, int n_threads,
+                         floating[::1] pack) noexcept nogil:
     """Z := act(X @ W + b), X given by group_lines(X, True, ...), act = relu if relu else
     identity. X @ W is summed over each part of the features (feature_parts; the second from
     feature `cut`, as the groups were made), part 0's sums
@@ -431,9 +495,11 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
     product adds its sums to Z itself, to the same bits. With offsets (k,; empty: none), the
     groups hold X's distances from them (group_lines with the same offsets) and Z := act(X @ W
     + b) = act((X - offsets) @ W + b + offsets @ W), each part's share of offsets @ W in
-    offset_sums (parts, m)."""
+    offset_sums (parts, m). pack: pack_length(k, m) elements where the products read W's
+    slabs from a copy (forward_share), or none."""
     cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1]
     cdef Py_ssize_t parts = feature_parts(W.shape[0])
+    cdef floating* packed = &pack[0] if pack.shape[0] else NULL
     cdef Py_ssize_t stride = starts.shape[0] // (PATTERNS * parts)
     cdef Py_ssize_t slots = 1, slot, part, i0, i1, products = 0
     if n == 0 or m == 0:
@@ -445,11 +511,11 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
         slots = n_threads
     if slots == 1:
         forward_share(starts, index, quads, W, b, offsets, offset_sums, relu, Z_out, partial,
-                      share_of(0, 1, parts), parts, cut)
+                      share_of(0, 1, parts), parts, cut, packed)
     else:
         for slot in prange(slots, num_threads=slots, schedule="static"):
             forward_share(starts, index, quads, W, b, offsets, offset_sums, relu, Z_out,
-                          partial, share_of(slot, slots, parts), parts, cut)
+                          partial, share_of(slot, slots, parts), parts, cut, packed)
     if parts > 1 and slots > 1:
         add_partial_sums(Z_out, partial, relu, slots)
 
@@ -481,13 +547,13 @@ cdef inline void group_and_forward_share(
         int[::1] column_index_out, floating[:, ::1] column_quads_out, const floating[:, ::1] W,
         const floating[::1] b, const floating[::1] offsets, floating[:, ::1] offset_sums,
         bint relu, floating[:, ::1] Z_out, floating[:, ::1] partial, Py_ssize_t cut,
-        Share share, Py_ssize_t parts, double* peak) noexcept nogil:
+        Share share, Py_ssize_t parts, double* peak, floating* pack) noexcept nogil:
     """group_and_forward's work for one slot: the groups of its share's parts, then their
     products"""
     group_share(X, share, parts, cut, True, row_starts_out, row_index_out, row_quads_out,
                 columns, column_starts_out, column_index_out, column_quads_out, offsets, peak)
     forward_share(row_starts_out, row_index_out, row_quads_out, W, b, offsets, offset_sums,
-                  relu, Z_out, partial, share, parts, cut)
+                  relu, Z_out, partial, share, parts, cut, pack)
 
 
 cdef bint group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
@@ -497,7 +563,7 @@ cdef bint group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                             const floating[::1] b, const floating[::1] offsets,
                             floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
                             floating[:, ::1] partial, Py_ssize_t cut, int n_threads,
-                            double* peak, bint add_parts) noexcept nogil:
+                            double* peak, bint add_parts, floating[::1] pack) noexcept nogil:
     """group_lines(X, True, row_*, offsets) (and, if columns, group_lines(X, False, column_*,
     offsets)), then sparse_forward on the row groups (with offsets, see there: here X holds
     the inputs, the groups their distances from the offsets). Where each thread holds whole
@@ -507,11 +573,12 @@ cdef bint group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
     whose rows of X are all zeros are act(b) exactly (exact_zero_rows). Return True where the
     threads left partial sums for Z := act(Z + partial) (add_parts_rows) and add_parts was
     False: the caller's next pass over Z's rows adds them (fastnaive._program's head pass);
-    else Z is whole."""
+    else Z is whole. pack: as sparse_forward's."""
     cdef Py_ssize_t n = X.shape[0], k = X.shape[1], m = Z_out.shape[1]
     cdef Py_ssize_t parts = feature_parts(k), slots = grouping_slots(n, k, n_threads)
     cdef Py_ssize_t slot, nonzeros
     cdef bint pending
+    cdef floating* packed = &pack[0] if pack.shape[0] else NULL
     cdef double slot_peaks[MAX_PARTS]
     if n == 0 or k == 0 or m == 0 or slots > parts:
         if columns:
@@ -526,7 +593,7 @@ cdef bint group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
             elif peak != NULL:
                 peak[0] = max_abs(&X[0, 0], n * k) if n and k else 0
         sparse_forward(row_starts_out, row_index_out, row_quads_out, W, b, offsets,
-                       offset_sums, relu, Z_out, partial, cut, n_threads)
+                       offset_sums, relu, Z_out, partial, cut, n_threads, pack)
         if offsets.shape[0]:
             exact_zero_rows(X, b, relu, Z_out, partial, False)
         return False
@@ -535,14 +602,14 @@ cdef bint group_and_forward(const floating[:, ::1] X, int[::1] row_starts_out,
                                 column_starts_out, column_index_out, column_quads_out, W, b,
                                 offsets, offset_sums, relu, Z_out, partial, cut,
                                 share_of(0, 1, parts), parts,
-                                &slot_peaks[0] if peak != NULL else NULL)
+                                &slot_peaks[0] if peak != NULL else NULL, packed)
     else:
         for slot in prange(slots, num_threads=slots, schedule="static"):
             group_and_forward_share(X, row_starts_out, row_index_out, row_quads_out, columns,
                                     column_starts_out, column_index_out, column_quads_out, W,
                                     b, offsets, offset_sums, relu, Z_out, partial, cut,
                                     share_of(slot, slots, parts), parts,
-                                    &slot_peaks[slot] if peak != NULL else NULL)
+                                    &slot_peaks[slot] if peak != NULL else NULL, packed)
     if peak != NULL:
         peak[0] = 0
         for slot in range(slots):
@@ -964,6 +1031,14 @@ def delta_stride(Py_ssize_t m, dtype):
     return lines * LINE_BYTES // itemsize
 
 
+def pack_buffer(Py_ssize_t k, Py_ssize_t m, dtype):
+    """An empty buffer, on a 64-byte boundary, for the copies of W's slabs (k, m) that X @ W
+    reads (sparse_forward_checked's pack; see forward_share)"""
+    if k < 0 or m < 0:
+        raise ValueError(f"Expected k >= 0 and m >= 0. Received: k={k}, m={m}")
+    return aligned_empty(pack_length(k, m, np.dtype(dtype).itemsize), dtype)
+
+
 def group_buffers(Py_ssize_t n_lines, Py_ssize_t n_positions, dtype, *, bint by_rows):
     """Return empty (starts, index, quads) for group_rows_checked (by_rows, n_lines =
     n_samples, n_positions = n_features) or group_columns_checked (n_lines = n_features,
@@ -1131,12 +1206,14 @@ def sparse_forward_checked(const int[::1] starts, const int[::1] index,
                            const floating[:, ::1] quads, const floating[:, ::1] W,
                            const floating[::1] b, bint relu, floating[:, ::1] Z_out,
                            n_threads=None, floating[:, ::1] partial_out=None,
-                           const floating[::1] offsets=None, cut=None):
+                           const floating[::1] offsets=None, cut=None,
+                           floating[::1] pack=None):
     """Z_out := act(X @ W + b), X given by group_rows_checked (with the same cut); n_threads
     None: OpenMP's default. partial_out: Z_out's shape, for the sums of the second part of the features
     (allocated if None; unused with one part). offsets (k,): the groups hold X's distances
     from them (group_rows_checked with the same offsets); Z_out := act(X @ W + b) all the
-    same, the offsets' share added as offsets @ W."""
+    same, the offsets' share added as offsets @ W. pack: pack_buffer(k, m, dtype), where the
+    products copy W's slabs (allocated if None)."""
     cdef Py_ssize_t n = Z_out.shape[0], k = W.shape[0]
     cdef Py_ssize_t parts = feature_parts(k), capacity = n_groups(n) * k
     if not (k > 0 and b.shape[0] == W.shape[1] and Z_out.shape[1] == W.shape[1]
@@ -1144,17 +1221,21 @@ def sparse_forward_checked(const int[::1] starts, const int[::1] index,
             and quads.shape[1] == GROUP and min(index.shape[0], quads.shape[0]) >= capacity
             and (partial_out is None or (partial_out.shape[0] == n
                                          and partial_out.shape[1] == Z_out.shape[1]))
-            and (offsets is None or offsets.shape[0] == k)):
+            and (offsets is None or offsets.shape[0] == k)
+            and (pack is None or pack.shape[0] >= pack_length(k, W.shape[1], sizeof(floating)))):
         arrays = {"starts": starts, "index": index, "quads": quads, "W": W, "b": b,
                   "Z_out": Z_out}
         if partial_out is not None:
             arrays["partial_out"] = partial_out
         if offsets is not None:
             arrays["offsets"] = offsets
+        if pack is not None:
+            arrays["pack"] = pack
         raise _shape_error(f"starts ({PATTERNS * parts} * ceil(n / {GROUP}),), index (c,) and "
                            f"quads (c, {GROUP}) with c >= ceil(n / {GROUP}) * k, W (k, m), "
-                           "b (m,), Z_out (n, m), partial_out None or (n, m) and offsets None "
-                           "or (k,), with k >= 1", **arrays)
+                           "b (m,), Z_out (n, m), partial_out None or (n, m), offsets None "
+                           "or (k,) and pack None or of pack_buffer(k, m, dtype)'s length, with "
+                           "k >= 1", **arrays)
     cdef Py_ssize_t c = checked_cut(k, cut)
     _check_row_groups(starts, index, n, k, c)
     if partial_out is None and parts > 1:
@@ -1166,9 +1247,11 @@ def sparse_forward_checked(const int[::1] starts, const int[::1] index,
         offsets = np.empty(0, dtype)
     cdef floating[:, ::1] offset_sums = np.empty((parts, W.shape[1]), dtype)
     cdef int threads = _n_threads(n_threads)
+    if pack is None:
+        pack = pack_buffer(k, W.shape[1], dtype)
     with nogil:
         sparse_forward(starts, index, quads, W, b, offsets, offset_sums, relu, Z_out,
-                       partial_out, c, threads)
+                       partial_out, c, threads, pack)
 
 
 def sparse_param_grad_checked(const int[::1] starts, const int[::1] index,

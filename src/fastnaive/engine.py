@@ -770,11 +770,12 @@ def _first_layer_times(x, layer, offsets, narrow):
     copy = _delta_copy(n, m, dtype)
     rows = _sparse.group_buffers(n, k, dtype, by_rows=True)
     columns = _sparse.group_buffers(k, n, dtype, by_rows=False)
+    pack = _sparse.pack_buffer(k, m, dtype)
 
     def sparse():
         _sparse.group_rows_checked(x, *rows, n_threads=1, offsets=offsets)
         _sparse.group_columns_checked(x, *columns, n_threads=1, offsets=offsets)
-        _sparse.sparse_forward_checked(*rows, W, b, True, z, 1, partial, offsets)
+        _sparse.sparse_forward_checked(*rows, W, b, True, z, 1, partial, offsets, pack=pack)
         _sparse.sparse_param_grad_checked(*columns, delta, 1.0, 0.0, dW, db, 1, offsets, None, copy)
 
     def dense():
