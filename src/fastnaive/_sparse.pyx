@@ -119,17 +119,22 @@ cdef Py_ssize_t LINE_BYTES = 64
 # Columns of W per block of X @ W: at most 1 KB of each row (forward_width); threads that
 # share a part of the features split its columns in units of 256 bytes (the widest tile,
 # AVX-512's four vectors). Blocks are whole tiles, so every output element is the same
-# tile's sum at any block width. A book batch's X @ W on one Zen 5 core: 207-209 us in 1 KB
-# blocks, 215-216 in 512-byte ones.
+# tile's sum at any block width. A book batch's X @ W on one Zen 5 core, W read in place:
+# 207-209 us in 1 KB blocks, 215-216 in 512-byte ones; on W's copies FORWARD_SLAB_BYTES
+# narrows the blocks of parts of more than 128 features.
 cdef Py_ssize_t FORWARD_BYTES = 1024
 cdef Py_ssize_t MIN_BLOCK_BYTES = 256
 # A part of the features' slab of W (its rows x a block's columns) at most this large, the
-# block halved down to MIN_BLOCK_BYTES until it fits (forward_width): half of L2 on Zen 4
-# and Zen 5, all of it on Zen 3. A part of 1024 features (2048 in all), X @ W over ReLU
-# outputs of 2048 columns, 50% nonzero, one thread, Zen 4: 21.1-22.4 ms in 1 KB blocks,
-# 18.8-21.4 in 512-byte ones (held to AVX2: 32.1-39.0 and 27.5-28.8); the book's parts
-# (392 features) keep 1 KB.
-cdef Py_ssize_t FORWARD_SLAB_BYTES = 1 << 19
+# block halved down to MIN_BLOCK_BYTES until it fits (forward_width): an eighth of L2 on
+# Zen 4 and Zen 5, a quarter on Zen 3, so that the slab's copy (PACK_MIN_ROWS) stays in L2
+# beside the groups and the outputs that stream past it. One Zen 4 core, X @ W on its
+# copies, 50% nonzero at random, 128 KB slabs against 512 KB (blocks of 256 or 512 bytes
+# against 512 bytes or 1 KB), best of 7: 128 x 512 -> 512 466 against 480 us (held to
+# AVX2 679 against 704); 128 x 1024 -> 1024 2208 against 2443 (3069, 3451); 1024 x 512 ->
+# 512 4124 against 4251 (5794, 5941); 256 x 2048 -> 2048 18.1 against 19.2 ms (22.8, 24.8;
+# two threads 8.6 against 9.2); MNIST's and Fashion-MNIST's first layer 1-6% faster (one
+# and two threads, both ISAs).
+cdef Py_ssize_t FORWARD_SLAB_BYTES = 1 << 17
 # X @ W reads each block's slab of W from a copy of it whose rows are an odd number of
 # lines apart (pack_length), where at least PACK_MIN_ROWS rows of X reuse it: W's own rows,
 # a power of two of lines apart (2 KB for 512 floats, 8 KB for 2048), fall into few of L2's
