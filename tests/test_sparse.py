@@ -587,28 +587,32 @@ def test_each_parts_lists_are_checked_against_its_features():
         _sparse.sparse_forward_checked(starts, index, quads, W, b, False, Z)
 
 
-# Batches whose X @ W reads W's slabs from their copy (at least 32 rows), with W's rows a
-# power of two of lines apart (512, 2048 columns) or not (200, 520, 300: blocks and shares
-# ending off whole lines), in one part of the features (k = 40) or two (784; 1024, whose
-# blocks of W are 256 bytes wide).
+# Batches and weights (n, k, m, whether X @ W reads W's slabs from their copy: at least 32
+# rows, each part of the features' rows of W 512 KB or more, in float32 and so in
+# float64): W's rows a power of two of lines apart (512, 2048 columns) or not (520, 300,
+# 1400: blocks and shares ending off whole lines), in two parts of the features (784, 1024)
+# or one (100); below the bounds, W read in place.
 PACKED_SHAPES = {
-    "n128-784x512": (128, 784, 512),
-    "n64-784x520": (64, 784, 520),
-    "n33-40x200": (33, 40, 200),
-    "n36-1024x300": (36, 1024, 300),
-    "n32-1024x2048": (32, 1024, 2048),
+    "n128-784x512": (128, 784, 512, True),
+    "n64-784x520": (64, 784, 520, True),
+    "n36-1024x300": (36, 1024, 300, True),
+    "n32-1024x2048": (32, 1024, 2048, True),
+    "n33-100x1400": (33, 100, 1400, True),
+    "n31-784x512": (31, 784, 512, False),
+    "n64-784x64": (64, 784, 64, False),
 }
 
 
-@pytest.mark.parametrize("n, k, m", PACKED_SHAPES.values(), ids=PACKED_SHAPES.keys())
+@pytest.mark.parametrize("n, k, m, copied", PACKED_SHAPES.values(), ids=PACKED_SHAPES.keys())
 @pytest.mark.parametrize("shifted", [False, True], ids=["zeros", "offsets"])
 def test_the_forward_on_copied_slabs_of_w_is_each_group_alone(
-    n, k, m, shifted, dtype, instruction_set, rng
+    n, k, m, copied, shifted, dtype, instruction_set, rng
 ):
-    """X @ W + b (ReLU) on a batch of 32 rows or more reads W's slabs from their copy in
-    `pack`, whose contents before the call do not matter; each group of four rows takes the
-    same quads in the same order as it does alone (four rows: W read in place), so both are
-    the same bits, on 1, 2 and 3 threads, and agree with NumPy's."""
+    """X @ W + b (ReLU) on a batch of 32 rows or more, W's parts of 512 KB or more, reads
+    W's slabs from their copy in `pack` (else W itself), whose contents before the call do
+    not matter; each group of four rows takes the same quads in the same order as
+    it does alone (four rows: W read in place), so both are the same bits, on 1, 2 and 3
+    threads, and agree with NumPy's."""
     X = sparse_matrix(rng, (n, k), dtype, 0.5)
     W, b = normal(rng, (k, m), dtype, 0.05), normal(rng, m, dtype)
     offsets = np.where(rng.random(k) < 0.5, 0.25, 0).astype(dtype) if shifted else None
@@ -621,6 +625,8 @@ def test_the_forward_on_copied_slabs_of_w_is_each_group_alone(
         _sparse.sparse_forward_checked(
             *rows, W, b, True, Z[threads], threads, offsets=offsets, pack=pack
         )
+        # Where W's slabs were copied, the copy holds W's values.
+        assert np.isin(W, pack).all() == copied
     alone = np.full((n, m), np.nan, dtype)
     for g in range(0, n, 4):
         part = np.ascontiguousarray(X[g : g + 4])

@@ -136,14 +136,18 @@ cdef Py_ssize_t MIN_BLOCK_BYTES = 256
 # and two threads, both ISAs).
 cdef Py_ssize_t FORWARD_SLAB_BYTES = 1 << 17
 # X @ W reads each block's slab of W from a copy of it whose rows are an odd number of
-# lines apart (pack_length), where at least PACK_MIN_ROWS rows of X reuse it: W's own rows,
-# a power of two of lines apart (2 KB for 512 floats, 8 KB for 2048), fall into few of L2's
-# and L1's sets, more of them than those sets hold, so that the slab leaves L2 between one
-# group of rows and the next. Its cost: one copy of W per product. On one Zen 4 core (the
-# same bits either way): Fashion-MNIST's X @ W (128 x 784 -> 512) held to AVX2 851-902 ->
-# 761-780 us, on AVX-512 level (632-713 -> 624-668); 256 x 2048 -> 2048 at 50% nonzero on
-# AVX-512 20.3-24.4 -> 15.4-17.1 ms.
+# lines apart (pack_length), where at least PACK_MIN_ROWS rows of X reuse it and the part's
+# rows of W span PACK_MIN_BYTES or more: W's own rows, a power of two of lines apart (2 KB
+# for 512 floats, 8 KB for 2048), then fall into few of L2's and L1's sets, more of them
+# than those sets hold, so that the slab leaves L2 between one group of rows and the next.
+# Its cost: one copy of W per product. On one Zen 4 core (the same bits either way):
+# Fashion-MNIST's X @ W (128 x 784 -> 512, parts of 784 KB) held to AVX2 851-902 -> 761-780
+# us, on AVX-512 level (632-713 -> 624-668); at 50% nonzero on AVX-512, 256 x 2048 -> 2048
+# 20.3-24.4 -> 15.4-17.1 ms, 128 x 1024 -> 1024 2241 -> 1794 us, 128 x 512 -> 512 (parts of
+# 512 KB) 507 -> 489; smaller W lose 5-15% to the copy (128 x 256 -> 256: 128 -> 137 us,
+# 128 x 784 -> 64: 95 -> 102; held to AVX2 202 -> 209 and 145 -> 151).
 cdef Py_ssize_t PACK_MIN_ROWS = 8 * GROUP
+cdef Py_ssize_t PACK_MIN_BYTES = 1 << 19
 # X @ W over the first layer's features is summed in MAX_PARTS parts of them (W's rows), at
 # least PART_MIN_FEATURES each, or in one part; see feature_parts.
 cdef enum:
@@ -435,8 +439,9 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
     sparse_forward's addition), relu applied after the last part. With offsets (k,), each
     part's bias is offset_sums[part] := (b if part 0) + offsets[part's rows] @ W[part's rows],
     the share's columns of it computed first. pack (pack_length(k, m) elements, or NULL):
-    where Z has at least PACK_MIN_ROWS rows, each block's slab of W is copied there first
-    (packed_block) and read from the copy; the same bits."""
+    where Z has at least PACK_MIN_ROWS rows and the part's rows of W span PACK_MIN_BYTES,
+    each block's slab of W is copied there first (packed_block) and read from the copy; the
+    same bits."""
     cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1], k = W.shape[0]
     cdef Py_ssize_t unit = MIN_BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t units = (m + unit - 1) // unit
@@ -448,8 +453,7 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
     cdef floating* slab
     cdef const floating* bias
     cdef Py_ssize_t ld_slab
-    if n < PACK_MIN_ROWS:
-        pack = NULL
+    cdef bint packed
     # The rank's columns: whole tiles, so every output element is one tile's sum, whoever
     # computes it.
     j0 = min(share.rank * units // share.team * unit, m)
@@ -468,10 +472,12 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
                 offset_sums_d(&offsets[f0], &W[f0, 0], m, f1 - f0, bias,
                               &offset_sums[part, 0], j0, last)
             bias = &offset_sums[part, 0]
+        packed = (pack != NULL and n >= PACK_MIN_ROWS
+                  and (f1 - f0) * m * <Py_ssize_t>sizeof(floating) >= PACK_MIN_BYTES)
         j1 = j0
         while j1 < last:
             j2 = min(j1 + width, last)
-            if pack == NULL:
+            if not packed:
                 product(n_groups(n), &starts[0] + PATTERNS * stride * part, &index[0] + base,
                         &quads[0, 0] + GROUP * base, &W[f0, 0], m, bias, NULL, 1,
                         1 if part and whole else 0, relu and whole and part == parts - 1, out,
