@@ -120,6 +120,11 @@ NARROW_MAX_WIDTH = _sparse.NARROW_WIDTH
 #   (0.75, 0.84); 0.85, 0.98 (1.00, 1.13). Held to AVX2: 0.89, 1.05; 1.00, 1.14; 0.93, 1.14;
 #   1.05, 1.19. In float64 (128 x 512 -> 512, AVX-512) at 70%: 0.83 and 0.89 (0.85, 0.92);
 #   at 80% the two-thread gradient 1.13.
+# Since the forward reads copies of W's slabs (fastnaive._sparse's PACK_MIN_BYTES), the
+# wide layer's forward on AVX-512 is 0.73, 0.82 (0.86, 0.98), 1024 x 1024 0.68, 0.83; held
+# to AVX2, 1 thread, 0.82 at 50% and 60% and 1.25 at 70% (the book-sized 0.90, 1.05; float64
+# 1.01 at 50%), so the limits stand (one run on a noisier Zen 4, whose gradient figures,
+# the code unchanged, moved by up to 0.2).
 SPARSE_HIDDEN_MAX_DENSITY = {"avx512": (0.7, 0.7), "avx2": (0.4, 0.4), "baseline": (0.0, 0.0)}
 SPARSE_HIDDEN_MIN_WEIGHTS = 512 * 512
 _blas_controller = None
