@@ -587,36 +587,55 @@ def test_each_parts_lists_are_checked_against_its_features():
         _sparse.sparse_forward_checked(starts, index, quads, W, b, False, Z)
 
 
-# Batches and weights (n, k, m, whether X @ W reads W's slabs from their copy: at least 32
-# rows, each part of the features' rows of W 512 KB or more, in float32 and so in
-# float64): W's rows a power of two of lines apart (512, 2048 columns) or not (520, 300,
-# 1400: blocks and shares ending off whole lines), in two parts of the features (784, 1024)
-# or one (100); below the bounds, W read in place.
+# Batches and weights (n, k, m): W's rows a power of two of lines apart (512, 2048 columns)
+# or not (520, 300, 1400: blocks and shares ending off whole lines), in two parts of the
+# features (784, 1024) or one (100); parts of W's rows of 512 KB or more in float32 (so in
+# float64) but for 784 x 64; groups that reuse each row of W 8 to 56 times, below and above
+# each instruction set's PACK_MIN_QUADS.
 PACKED_SHAPES = {
-    "n128-784x512": (128, 784, 512, True),
-    "n64-784x520": (64, 784, 520, True),
-    "n36-1024x300": (36, 1024, 300, True),
-    "n32-1024x2048": (32, 1024, 2048, True),
-    "n33-100x1400": (33, 100, 1400, True),
-    "n31-784x512": (31, 784, 512, False),
-    "n64-784x64": (64, 784, 64, False),
+    "n128-784x512": (128, 784, 512),
+    "n240-784x520": (240, 784, 520),
+    "n64-784x520": (64, 784, 520),
+    "n36-1024x300": (36, 1024, 300),
+    "n192-1024x2048": (192, 1024, 2048),
+    "n33-100x1400": (33, 100, 1400),
+    "n97-100x1400": (97, 100, 1400),
+    "n256-784x64": (256, 784, 64),
 }
 
 
-@pytest.mark.parametrize("n, k, m, copied", PACKED_SHAPES.values(), ids=PACKED_SHAPES.keys())
+def copied_parts(X, m, offsets):
+    """Per part of X's features (fastnaive._sparse.part_bounds), whether X @ W reads W's
+    slabs from their copy: the part's rows of W span 512 KB or more, and its groups of four
+    rows hold PACK_MIN_QUADS (of this instruction set) nonzero quads per feature."""
+    n, k = X.shape
+    shifted = X if offsets is None else X - offsets
+    padded = np.zeros((-(-n // 4) * 4, k), X.dtype)
+    padded[:n] = shifted
+    quads = (padded.reshape(-1, 4, k) != 0).any(axis=1).sum(axis=0)
+    least = _sparse.PACK_MIN_QUADS[_sparse.INSTRUCTION_SETS.index(_sparse.instruction_set())]
+    bounds = _sparse.part_bounds(k)
+    return [
+        (f0, f1, (f1 - f0) * m * X.itemsize >= 1 << 19 and quads[f0:f1].sum() >= least * (f1 - f0))
+        for f0, f1 in zip(bounds, bounds[1:])
+    ]
+
+
+@pytest.mark.parametrize("n, k, m", PACKED_SHAPES.values(), ids=PACKED_SHAPES.keys())
 @pytest.mark.parametrize("shifted", [False, True], ids=["zeros", "offsets"])
 def test_the_forward_on_copied_slabs_of_w_is_each_group_alone(
-    n, k, m, copied, shifted, dtype, instruction_set, rng
+    n, k, m, shifted, dtype, instruction_set, rng
 ):
-    """X @ W + b (ReLU) on a batch of 32 rows or more, W's parts of 512 KB or more, reads
-    W's slabs from their copy in `pack` (else W itself), whose contents before the call do
-    not matter; each group of four rows takes the same quads in the same order as
-    it does alone (four rows: W read in place), so both are the same bits, on 1, 2 and 3
-    threads, and agree with NumPy's."""
+    """X @ W + b (ReLU) reads a part's slabs of W from their copy in `pack` where the part
+    is large and its rows reused enough (copied_parts), else W itself; pack's contents
+    before the call do not matter. Each group of four rows takes the same quads in the same
+    order as it does alone (four rows: W read in place), so both are the same bits, on 1, 2
+    and 3 threads, and agree with NumPy's."""
     X = sparse_matrix(rng, (n, k), dtype, 0.5)
     W, b = normal(rng, (k, m), dtype, 0.05), normal(rng, m, dtype)
     offsets = np.where(rng.random(k) < 0.5, 0.25, 0).astype(dtype) if shifted else None
     pack = _sparse.pack_buffer(k, m, dtype)
+    parts = copied_parts(X, m, offsets)
     Z = {}
     for threads in (1, 2, 3):
         pack.fill(np.nan)
@@ -625,8 +644,10 @@ def test_the_forward_on_copied_slabs_of_w_is_each_group_alone(
         _sparse.sparse_forward_checked(
             *rows, W, b, True, Z[threads], threads, offsets=offsets, pack=pack
         )
-        # Where W's slabs were copied, the copy holds W's values.
-        assert np.isin(W, pack).all() == copied
+        # Where a part's slabs were copied, the copy holds its rows of W; else none of them.
+        for f0, f1, copied in parts:
+            assert np.isin(W[f0:f1], pack).all() == copied
+            assert np.isin(W[f0:f1], pack).any() == copied
     alone = np.full((n, m), np.nan, dtype)
     for g in range(0, n, 4):
         part = np.ascontiguousarray(X[g : g + 4])
@@ -637,6 +658,16 @@ def test_the_forward_on_copied_slabs_of_w_is_each_group_alone(
         np.testing.assert_array_equal(Z[threads], alone)
     expected = np.maximum(X.astype(np.float64) @ W + b, 0)
     assert_close(Z[1], expected, dtype)
+
+
+def test_the_shapes_copy_w_and_read_it_in_place_on_every_instruction_set(instruction_set, rng):
+    """Some of PACKED_SHAPES read W's slabs from their copy and some W itself (float32, no
+    offsets), on every instruction set's PACK_MIN_QUADS: the test above runs both paths."""
+    copied = set()
+    for n, k, m in PACKED_SHAPES.values():
+        X = sparse_matrix(rng, (n, k), np.float32, 0.5)
+        copied.update(part for _, _, part in copied_parts(X, m, None))
+    assert copied == {True, False}
 
 
 @pytest.mark.parametrize("cut", [64, 408, 720])

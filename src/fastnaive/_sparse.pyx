@@ -126,7 +126,7 @@ cdef Py_ssize_t FORWARD_BYTES = 1024
 cdef Py_ssize_t MIN_BLOCK_BYTES = 256
 # A part of the features' slab of W (its rows x a block's columns) at most this large, the
 # block halved down to MIN_BLOCK_BYTES until it fits (forward_width): an eighth of L2 on
-# Zen 4 and Zen 5, a quarter on Zen 3, so that the slab's copy (PACK_MIN_ROWS) stays in L2
+# Zen 4 and Zen 5, a quarter on Zen 3, so that the slab's copy (packed_block) stays in L2
 # beside the groups and the outputs that stream past it. One Zen 4 core, X @ W on its
 # copies, 50% nonzero at random, 128 KB slabs against 512 KB (blocks of 256 or 512 bytes
 # against 512 bytes or 1 KB), best of 7: 128 x 512 -> 512 466 against 480 us (held to
@@ -136,17 +136,16 @@ cdef Py_ssize_t MIN_BLOCK_BYTES = 256
 # and two threads, both ISAs).
 cdef Py_ssize_t FORWARD_SLAB_BYTES = 1 << 17
 # X @ W reads each block's slab of W from a copy of it whose rows are an odd number of
-# lines apart (pack_length), where at least PACK_MIN_ROWS rows of X reuse it and the part's
-# rows of W span PACK_MIN_BYTES or more: W's own rows, a power of two of lines apart (2 KB
-# for 512 floats, 8 KB for 2048), then fall into few of L2's and L1's sets, more of them
-# than those sets hold, so that the slab leaves L2 between one group of rows and the next.
-# Its cost: one copy of W per product. On one Zen 4 core (the same bits either way):
-# Fashion-MNIST's X @ W (128 x 784 -> 512, parts of 784 KB) held to AVX2 851-902 -> 761-780
-# us, on AVX-512 level (632-713 -> 624-668); at 50% nonzero on AVX-512, 256 x 2048 -> 2048
-# 20.3-24.4 -> 15.4-17.1 ms, 128 x 1024 -> 1024 2241 -> 1794 us, 128 x 512 -> 512 (parts of
-# 512 KB) 507 -> 489; smaller W lose 5-15% to the copy (128 x 256 -> 256: 128 -> 137 us,
-# 128 x 784 -> 64: 95 -> 102; held to AVX2 202 -> 209 and 145 -> 151).
-cdef Py_ssize_t PACK_MIN_ROWS = 8 * GROUP
+# lines apart (pack_length), where the part's rows of W span PACK_MIN_BYTES or more and the
+# groups reuse each of them often enough (PACK_MIN_QUADS): W's own rows, a power of two of
+# lines apart (2 KB for 512 floats, 8 KB for 2048), then fall into few of L2's and L1's sets,
+# more of them than those sets hold, so that the slab leaves L2 between one group of rows
+# and the next. Its cost: one copy of W per product. On one Zen 4 core (the same bits either
+# way): Fashion-MNIST's X @ W (128 x 784 -> 512, parts of 784 KB) held to AVX2 851-902 ->
+# 761-780 us, on AVX-512 level (632-713 -> 624-668); at 50% nonzero on AVX-512, 256 x 2048
+# -> 2048 20.3-24.4 -> 15.4-17.1 ms, 128 x 1024 -> 1024 2241 -> 1794 us, 128 x 512 -> 512
+# (parts of 512 KB) 507 -> 489; smaller W lose 5-15% to the copy (128 x 256 -> 256: 128 ->
+# 137 us, 128 x 784 -> 64: 95 -> 102; held to AVX2 202 -> 209 and 145 -> 151).
 cdef Py_ssize_t PACK_MIN_BYTES = 1 << 19
 # X @ W over the first layer's features is summed in MAX_PARTS parts of them (W's rows), at
 # least PART_MIN_FEATURES each, or in one part; see feature_parts.
@@ -175,9 +174,19 @@ INSTRUCTION_SETS = ("baseline", "avx2", "avx512")
 # Per instruction set, the multiple of 64-byte lines apart at which rows of delta are copied
 # further apart for the weight gradient (0: never; delta_stride).
 PAD_LINES = (0, 2, 64)
+# Per instruction set, the nonzero quads per feature of a part (the groups that read each
+# of its rows of W, on average) from which X @ W copies the part's slabs (forward_share).
+# In fit, one Zen 4 core, 784-512-10 (parts of 784 KB), seconds a step on the copies
+# against W in place: AVX-512, MNIST at batch 128 (12.5 quads a feature) 2-10% more, Fashion-
+# MNIST (25) 5-6% more, MNIST at batch 1024 (99) 3-4% less, the wide model's hidden layer
+# (about 60) 4-5% less; held to AVX2, MNIST level, Fashion-MNIST 5-8% less. Two threads, each
+# on its own part: level in all four at batch 128. A slab that L2 keeps needs fewer reads
+# to pay for its copy where the product is slower (AVX2's half-width vectors).
+PACK_MIN_QUADS = (16, 16, 40)
 # The widest layer the narrow products serve (narrow_kernels.h).
 NARROW_WIDTH = NARROW_MAX
 cdef int _isa = select_isa(2)
+cdef Py_ssize_t _pack_min_quads = PACK_MIN_QUADS[_isa]
 
 
 cdef inline const int* first_index(const int[::1] a) noexcept nogil:
@@ -439,9 +448,9 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
     sparse_forward's addition), relu applied after the last part. With offsets (k,), each
     part's bias is offset_sums[part] := (b if part 0) + offsets[part's rows] @ W[part's rows],
     the share's columns of it computed first. pack (pack_length(k, m) elements, or NULL):
-    where Z has at least PACK_MIN_ROWS rows and the part's rows of W span PACK_MIN_BYTES,
-    each block's slab of W is copied there first (packed_block) and read from the copy; the
-    same bits."""
+    where the part's rows of W span PACK_MIN_BYTES and its lists hold PACK_MIN_QUADS (this
+    instruction set's) nonzero quads per feature, each block's slab of W is copied there
+    first (packed_block) and read from the copy; the same bits."""
     cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1], k = W.shape[0]
     cdef Py_ssize_t unit = MIN_BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t units = (m + unit - 1) // unit
@@ -472,8 +481,11 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
                 offset_sums_d(&offsets[f0], &W[f0, 0], m, f1 - f0, bias,
                               &offset_sums[part, 0], j0, last)
             bias = &offset_sums[part, 0]
-        packed = (pack != NULL and n >= PACK_MIN_ROWS
-                  and (f1 - f0) * m * <Py_ssize_t>sizeof(floating) >= PACK_MIN_BYTES)
+        # The part's last list ends after its nonzero quads (quads_of).
+        packed = (pack != NULL
+                  and (f1 - f0) * m * <Py_ssize_t>sizeof(floating) >= PACK_MIN_BYTES
+                  and starts[PATTERNS * (stride * part + n_groups(n)) - 1]
+                  >= _pack_min_quads * (f1 - f0))
         j1 = j0
         while j1 < last:
             j2 = min(j1 + width, last)
@@ -1009,8 +1021,9 @@ def select_instruction_set(str widest="avx512"):
     """Use the widest kernels, of "baseline", "avx2" and "avx512", that the CPU runs and that are no wider than `widest`; return their name."""
     if widest not in INSTRUCTION_SETS:
         raise ValueError(f"Expected widest in {INSTRUCTION_SETS}. Received: widest={widest!r}")
-    global _isa
+    global _isa, _pack_min_quads
     _isa = select_isa(INSTRUCTION_SETS.index(widest))
+    _pack_min_quads = PACK_MIN_QUADS[_isa]
     return INSTRUCTION_SETS[_isa]
 
 
