@@ -179,7 +179,7 @@ PAD_LINES = (0, 2, 64)
 # In fit, one Zen 4 core, 784-512-10 (parts of 784 KB), seconds a step on the copies
 # against W in place: AVX-512, MNIST at batch 128 (12.5 quads a feature) 3-11% more, Fashion-
 # MNIST (25) 3-6% more, MNIST at batch 1024 (99) 3% less, the wide model's hidden layer
-# (about 60) 4-5% less; held to AVX2, MNIST level, Fashion-MNIST 5-8% less. Two threads, each
+# (52-53) 4-5% less; held to AVX2, MNIST level, Fashion-MNIST 5-8% less. Two threads, each
 # on its own part: level in all four at batch 128. A slab that L2 keeps needs fewer reads
 # to pay for its copy where the product is slower (AVX2's half-width vectors).
 PACK_MIN_QUADS = (16, 16, 40)
