@@ -100,6 +100,51 @@ def test_state_is_kept_per_weight_array(dtype, make):
         np.testing.assert_array_equal(weight, expected)  # exact: the same elementwise updates
 
 
+@pytest.mark.parametrize(
+    "make", [pair[0] for pair in OPTIMIZER_PAIRS.values()], ids=OPTIMIZER_PAIRS.keys()
+)
+def test_change_bound_bounds_each_step_and_the_state_it_leaves(dtype, make):
+    """The overflow guard's bounds: change_bound(max |g|), asked before each step, bounds
+    that step's largest change of a weight and the largest |state| after it, for gradients
+    whose magnitude jumps between 1e-3 and 1e3 (to within the rounding of w + change)."""
+    rng = np.random.default_rng(2)
+    weight = rng.standard_normal(SHAPES[0]).astype(dtype)
+    optimizer = make()
+    eps = np.finfo(dtype).eps
+    for scale in (1.0, 1e3, 1e-3, 10.0, 1.0, 1e2, 1e-2):
+        gradient = (scale * rng.standard_normal(SHAPES[0])).astype(dtype)
+        change, state = optimizer.change_bound(float(np.abs(gradient).max()))
+        before = weight.astype(np.float64)
+        optimizer.apply_gradients([(gradient, weight)])
+        moved = np.abs(weight - before).max()
+        assert 0 < moved <= change * (1 + 4 * eps) + np.spacing(np.abs(before).max(), dtype=dtype)
+        for slot in (s for slots in optimizer.get_state()["slots"] for s in slots):
+            assert np.abs(slot).max() <= state * (1 + 4 * eps)
+
+
+@pytest.mark.parametrize("changed", ["beta_1", "beta_2", "learning_rate"])
+def test_adams_step_size_follows_a_setting_changed_between_steps(dtype, changed):
+    """Adam's step size, lr sqrt(1 - beta_2^t) / (1 - beta_1^t) from float32 betas in the
+    weights' dtype (as Keras computes it), is computed again for each step and after a
+    setting changes between steps, for the step's rule and its overflow bound alike."""
+    optimizer = Adam(**ADAM)
+    weights, steps = random_weights_and_gradients(dtype)
+    real = np.dtype(dtype).type
+    first_moment = 0.0  # the bound of |m| after gradients bounded by 1, as change_bound keeps it
+    for i, gradients in enumerate(steps):
+        if i == STEPS // 2:
+            setattr(optimizer, changed, 0.5)
+        alpha = optimizer.element_rule(np.dtype(dtype))[3]
+        t = real(optimizer.iterations + 1)
+        beta_1, beta_2 = (real(np.float32(b)) for b in (optimizer.beta_1, optimizer.beta_2))
+        expected = real(optimizer.learning_rate) * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        assert alpha == expected
+        first_moment = optimizer.beta_1 * first_moment + (1 - optimizer.beta_1)
+        change = optimizer.change_bound(1.0)[0]
+        assert change == pytest.approx(alpha * first_moment / optimizer.epsilon, rel=1e-6)
+        optimizer.apply_gradients(zip(gradients, weights))
+
+
 BAD_SETTINGS = {
     "lr-0": lambda: SGD(0.0),
     "lr-negative": lambda: SGD(-0.1),

@@ -875,8 +875,10 @@ def _balanced_cut(x, offsets):
 
 
 def _largest(*bounds):
-    """The largest of `bounds`, inf if any is NaN (an overflow on the way: 0 * inf)."""
-    return math.inf if any(b != b for b in bounds) else max(bounds)
+    """The largest of `bounds` (none negative), inf if any is NaN (an overflow on the way:
+    0 * inf): their sum is NaN then, and only then."""
+    total = sum(bounds)
+    return math.inf if total != total else max(bounds)
 
 
 def _views(flat, arrays):

@@ -288,6 +288,8 @@ class Adam(Optimizer):
         self.beta_2 = _fraction(beta_2, "beta_2")
         self.epsilon = checked_learning_rate(epsilon, "epsilon")
         self._alphas = {}  # per dtype: (what the step size depends on, the step size)
+        self._betas = (None,)  # ((beta_1, beta_2), the two as float32 numbers)
+        self._dtype = np.float64  # the weights' dtype of the last step asked for
 
     n_slots = 2
 
@@ -295,23 +297,22 @@ class Adam(Optimizer):
         """The step size of the next step with Keras 3's bias correction, computed as Keras
         computes it: in the weights' dtype, from the betas as float32 numbers (once a step
         per dtype: the step and its overflow bound both ask)."""
-        dtype = np.dtype(dtype).type
-        key = (self.iterations, self.learning_rate, self.beta_1, self.beta_2)
+        key = (self._count.item(0), self._learning_rate, self.beta_1, self.beta_2)
+        self._dtype = dtype
         known = self._alphas.get(dtype)
         if known is not None and known[0] == key:
             return known[1]
-        if dtype is np.float64:
+        if np.dtype(dtype) == np.float64:
             # Python's floats are doubles: the same operations (C's pow, a correctly rounded
             # square root), the same bits, without NumPy's scalar overhead.
+            betas = self._betas
+            if betas[0] != key[2:]:
+                betas = self._betas = (key[2:], *(float(np.float32(b)) for b in key[2:]))
             t = float(key[0] + 1)
-            beta_1_power = float(np.float32(self.beta_1)) ** t
-            beta_2_power = float(np.float32(self.beta_2)) ** t
-            alpha = self.learning_rate * math.sqrt(1.0 - beta_2_power) / (1.0 - beta_1_power)
+            alpha = key[1] * math.sqrt(1.0 - betas[2] ** t) / (1.0 - betas[1] ** t)
         else:
             # The same float32 operations as NumPy's float32 scalars, compiled.
-            alpha = _kernels.adam_alpha_float32(
-                self.learning_rate, self.beta_1, self.beta_2, key[0] + 1
-            )
+            alpha = _kernels.adam_alpha_float32(key[1], key[2], key[3], key[0] + 1)
         self._alphas[dtype] = (key, alpha)
         return alpha
 
@@ -334,8 +335,9 @@ class Adam(Optimizer):
         v = self.beta_2 * v_before + (1 - self.beta_2) * g * g
         self._slot_bounds = [m, v]
         # |m| / (sqrt(v) + epsilon) <= |m| / epsilon, whatever state set_state gave; the
-        # kernel's intermediates are g - m, g * g - v and m * alpha.
-        alpha = self._alpha()
+        # kernel's intermediates are g - m, g * g - v and m * alpha. The step size is the
+        # one of the weights' dtype that the step asks for (the same, computed once).
+        alpha = self._alpha(self._dtype)
         return alpha * m / self.epsilon, max(g + m_before, g * g + v_before, m * alpha)
 
     def __repr__(self):
