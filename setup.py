@@ -7,6 +7,7 @@ wraparound checks on and without optimisation; FASTNAIVE_SANITIZE=address adds
 AddressSanitizer at -O1 (run Python with the sanitizer's runtime preloaded).
 """
 
+import glob
 import os
 import sys
 import tempfile
@@ -67,6 +68,8 @@ def extension(name):
     return Extension(
         f"fastnaive.{name}",
         [f"src/fastnaive/{name}.pyx"],
+        # The C headers the modules include: a change to one rebuilds them.
+        depends=sorted(glob.glob("src/fastnaive/*.h")),
         extra_compile_args=optimise + sanitize,
         extra_link_args=list(sanitize),
     )
