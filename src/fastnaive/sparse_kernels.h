@@ -57,6 +57,35 @@
 #define FASTNAIVE_LIST(SUFFIX, P) fastnaive_list_##SUFFIX(P, p0, p1, index, quads, b_tile, ldb, acc)
 #define FASTNAIVE_WIDE_LIST(SUFFIX, P) \
     fastnaive_wide_list_##SUFFIX(P, p0, p1, index, quads, b_tile, ldb, acc)
+/* The same over one vector of columns (the columns past the last whole tile). */
+#define FASTNAIVE_VECTOR_LIST(SUFFIX, P) \
+    fastnaive_quads_##SUFFIX(P, 0, 1, 0, p0, p1, index, quads, b_tile, ldb, acc)
+/* A group's lists s = 1, ..., 15 (`list` its starts) over the columns from j, each with its
+ * pattern a constant, by LISTM (one of the above) on element type T. */
+#define FASTNAIVE_LISTS(T, SUFFIX, LISTM)                                                         \
+    for (s = 1; s < FASTNAIVE_PATTERNS; s++) {                                                    \
+        const int p0 = list[s - 1], p1 = list[s];                                                 \
+        const T *b_tile = B + j;                                                                  \
+        if (p0 == p1)                                                                             \
+            continue;                                                                             \
+        switch (s) {                                                                              \
+        case 1: LISTM(SUFFIX, 1); break;                                                          \
+        case 2: LISTM(SUFFIX, 2); break;                                                          \
+        case 3: LISTM(SUFFIX, 3); break;                                                          \
+        case 4: LISTM(SUFFIX, 4); break;                                                          \
+        case 5: LISTM(SUFFIX, 5); break;                                                          \
+        case 6: LISTM(SUFFIX, 6); break;                                                          \
+        case 7: LISTM(SUFFIX, 7); break;                                                          \
+        case 8: LISTM(SUFFIX, 8); break;                                                          \
+        case 9: LISTM(SUFFIX, 9); break;                                                          \
+        case 10: LISTM(SUFFIX, 10); break;                                                        \
+        case 11: LISTM(SUFFIX, 11); break;                                                        \
+        case 12: LISTM(SUFFIX, 12); break;                                                        \
+        case 13: LISTM(SUFFIX, 13); break;                                                        \
+        case 14: LISTM(SUFFIX, 14); break;                                                        \
+        default: LISTM(SUFFIX, 15); break;                                                        \
+        }                                                                                         \
+    }
 
 /* Defines, for element type T, vectors of VBYTES bytes and NV vectors per line of a tile,
  * compiled with attribute TARGET, a list's loop LIST (FASTNAIVE_LIST or FASTNAIVE_WIDE_LIST):
@@ -186,29 +215,7 @@ FASTNAIVE_INLINE TARGET void fastnaive_grouped_body_##SUFFIX(                   
             for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
                 for (q = 0; q < NV; q++)                                                          \
                     acc[r][q] = zero;                                                             \
-            for (s = 1; s < FASTNAIVE_PATTERNS; s++) {                                            \
-                const int p0 = list[s - 1], p1 = list[s];                                         \
-                const T *b_tile = B + j;                                                          \
-                if (p0 == p1)                                                                     \
-                    continue;                                                                     \
-                switch (s) {                                                                      \
-                case 1: LIST(SUFFIX, 1); break;                                                   \
-                case 2: LIST(SUFFIX, 2); break;                                                   \
-                case 3: LIST(SUFFIX, 3); break;                                                   \
-                case 4: LIST(SUFFIX, 4); break;                                                   \
-                case 5: LIST(SUFFIX, 5); break;                                                   \
-                case 6: LIST(SUFFIX, 6); break;                                                   \
-                case 7: LIST(SUFFIX, 7); break;                                                   \
-                case 8: LIST(SUFFIX, 8); break;                                                   \
-                case 9: LIST(SUFFIX, 9); break;                                                   \
-                case 10: LIST(SUFFIX, 10); break;                                                 \
-                case 11: LIST(SUFFIX, 11); break;                                                 \
-                case 12: LIST(SUFFIX, 12); break;                                                 \
-                case 13: LIST(SUFFIX, 13); break;                                                 \
-                case 14: LIST(SUFFIX, 14); break;                                                 \
-                default: LIST(SUFFIX, 15); break;                                                 \
-                }                                                                                 \
-            }                                                                                     \
+            FASTNAIVE_LISTS(T, SUFFIX, LIST);                                                     \
             for (r = 0; r < lines; r++) {                                                         \
                 V *dst = (V *)(out + (first + r) * ldo + j);                                      \
                 const T scale = scaled ? scales[first + r] : 1;                                   \
@@ -223,6 +230,27 @@ FASTNAIVE_INLINE TARGET void fastnaive_grouped_body_##SUFFIX(                   
                         z += beta * dst[q];                                                       \
                     dst[q] = z;                                                                   \
                 }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        /* Past the last whole tile, tiles of one vector (a layer of 100 outputs: 36 columns      \
+         * past its tile of 64 floats on AVX-512), then the last columns one at a time. */        \
+        for (; NV > 1 && j + LANES <= j1; j += LANES) {                                           \
+            V acc[FASTNAIVE_GROUP][NV];                                                           \
+            for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
+                acc[r][0] = zero;                                                                 \
+            FASTNAIVE_LISTS(T, SUFFIX, FASTNAIVE_VECTOR_LIST);                                    \
+            for (r = 0; r < lines; r++) {                                                         \
+                V *dst = (V *)(out + (first + r) * ldo + j);                                      \
+                const T scale = scaled ? scales[first + r] : 1;                                   \
+                V z = alpha * acc[r][0];                                                          \
+                if (scaled) {                                                                     \
+                    if (bias && scale != 0)                                                       \
+                        z += scale * *(const V *)(bias + j);                                      \
+                } else if (bias)                                                                  \
+                    z += *(const V *)(bias + j);                                                  \
+                if (beta != 0)                                                                    \
+                    z += beta * *dst;                                                             \
+                *dst = z;                                                                         \
             }                                                                                     \
         }                                                                                         \
         if (j < j1) {                                                                             \
