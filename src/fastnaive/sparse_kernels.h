@@ -97,7 +97,7 @@
  * with s = scales[4 g + r] if scales (a line whose scale is 0 gains nothing, not even from a
  * NaN bias), else 1 (and no multiplication). act = relu (z < 0 ? 0 : z, NaN staying NaN) if
  * relu else identity. beta = 0 overwrites, so out may hold NaN. Columns past the last whole
- * tile take a scalar path. */
+ * tile take tiles of one vector, then those past the last whole vector a scalar path. */
 #define FASTNAIVE_GROUPED_BODY_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, LIST)                         \
 typedef T fastnaive_vec_##SUFFIX                                                                  \
     __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias));                          \
