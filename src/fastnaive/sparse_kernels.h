@@ -46,6 +46,9 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if FASTNAIVE_X86_DISPATCH
+#include <immintrin.h>
+#endif
 
 #define FASTNAIVE_GROUP 4
 #define FASTNAIVE_PATTERNS 16
@@ -57,9 +60,44 @@
 #define FASTNAIVE_LIST(SUFFIX, P) fastnaive_list_##SUFFIX(P, p0, p1, index, quads, b_tile, ldb, acc)
 #define FASTNAIVE_WIDE_LIST(SUFFIX, P) \
     fastnaive_wide_list_##SUFFIX(P, p0, p1, index, quads, b_tile, ldb, acc)
-/* The same over one vector of columns (the columns past the last whole tile). */
+/* The same over one vector of columns (the columns past the last whole tile), and over the
+ * first `part` columns of one (those past the last whole vector). */
 #define FASTNAIVE_VECTOR_LIST(SUFFIX, P) \
-    fastnaive_quads_##SUFFIX(P, 0, 1, 0, p0, p1, index, quads, b_tile, ldb, acc)
+    fastnaive_quads_##SUFFIX(P, 0, 1, 0, 0, p0, p1, index, quads, b_tile, ldb, acc)
+#define FASTNAIVE_PART_LIST(SUFFIX, P) \
+    fastnaive_quads_##SUFFIX(P, 0, 1, 0, part, p0, p1, index, quads, b_tile, ldb, acc)
+
+/* FASTNAIVE_PART_<vector bytes>(T, V, src, count): the vector of type V (of T) whose first
+ * count lanes (0 < count < its lanes) are src[0, count) and the rest 0, reading nothing past
+ * them: AVX-512's and AVX2's masked loads (which do not fault on the lanes left out), and on
+ * the baseline the elements one at a time. */
+#define FASTNAIVE_PART_64(T, V, src, count)                                                       \
+    (sizeof(T) == 4                                                                               \
+         ? (V)_mm512_maskz_loadu_ps((__mmask16)((1u << (count)) - 1), (const float *)(src))      \
+         : (V)_mm512_maskz_loadu_pd((__mmask8)((1u << (count)) - 1), (const double *)(src)))
+#define FASTNAIVE_PART_32(T, V, src, count)                                                       \
+    (sizeof(T) == 4                                                                               \
+         ? (V)_mm256_maskload_ps((const float *)(src),                                           \
+                                 _mm256_cmpgt_epi32(_mm256_set1_epi32(count),                     \
+                                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))   \
+         : (V)_mm256_maskload_pd((const double *)(src),                                          \
+                                 _mm256_cmpgt_epi64(_mm256_set1_epi64x(count),                    \
+                                                    _mm256_setr_epi64x(0, 1, 2, 3))))
+#define FASTNAIVE_PART_16(T, V, src, count) ((V)fastnaive_part_scalar_##T((const T *)(src), (count)))
+
+/* The baseline's FASTNAIVE_PART_16 for float and double. */
+#define FASTNAIVE_PART_SCALAR_DEFINE(T)                                                           \
+typedef T fastnaive_vec16_##T __attribute__((vector_size(16), aligned(sizeof(T)), may_alias));    \
+FASTNAIVE_INLINE fastnaive_vec16_##T fastnaive_part_scalar_##T(const T *src, int count)           \
+{                                                                                                 \
+    fastnaive_vec16_##T x = {0};                                                                  \
+    int i;                                                                                        \
+    for (i = 0; i < count; i++)                                                                   \
+        x[i] = src[i];                                                                            \
+    return x;                                                                                     \
+}
+FASTNAIVE_PART_SCALAR_DEFINE(float)
+FASTNAIVE_PART_SCALAR_DEFINE(double)
 /* A group's lists s = 1, ..., 15 (`list` its starts) over the columns from j, each with its
  * pattern a constant, by LISTM (one of the above) on element type T. */
 #define FASTNAIVE_LISTS(T, SUFFIX, LISTM)                                                         \
@@ -97,19 +135,21 @@
  * with s = scales[4 g + r] if scales (a line whose scale is 0 gains nothing, not even from a
  * NaN bias), else 1 (and no multiplication). act = relu (z < 0 ? 0 : z, NaN staying NaN) if
  * relu else identity. beta = 0 overwrites, so out may hold NaN. Columns past the last whole
- * tile take tiles of one vector, then those past the last whole vector a scalar path. */
+ * tile take tiles of one vector, then the last few (fewer than a vector's lanes) one vector
+ * whose loads are masked to them. */
 #define FASTNAIVE_GROUPED_BODY_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, LIST)                         \
 typedef T fastnaive_vec_##SUFFIX                                                                  \
     __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias));                          \
                                                                                                   \
 /* acc[r][q] += quad[r] * B[index, h + q] for q < width, each quad of the list [p0, p1) of        \
- * pattern `pattern` (width, h and by_vector constants where inlined, acc then in registers).    \
+ * pattern `pattern` (width, h, by_vector and part constants where inlined, acc then in          \
+ * registers). part > 0: width is 1, and only the row's first part columns are read.             \
  * A quad's row is loaded whole (width registers) and each line's value broadcast in turn;       \
  * by_vector, the lines' values are broadcast first and the row loaded one vector at a time      \
  * (lines registers instead of width: three lines of four vectors fit AVX2's 16 registers).      \
  * The same sums in the same order either way. */                                               \
 FASTNAIVE_INLINE TARGET void fastnaive_quads_##SUFFIX(                                            \
-    int pattern, int h, int width, int by_vector, int p0, int p1, const int *index,               \
+    int pattern, int h, int width, int by_vector, int part, int p0, int p1, const int *index,     \
     const T *quads, const T *B, ptrdiff_t ldb, fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV])   \
 {                                                                                                 \
     typedef fastnaive_vec_##SUFFIX V;                                                             \
@@ -124,7 +164,7 @@ FASTNAIVE_INLINE TARGET void fastnaive_quads_##SUFFIX(                          
                 if (pattern & (1 << r))                                                           \
                     v[r] = values[r] + (V){0};                                                    \
             for (q = 0; q < width; q++) {                                                         \
-                const V x = src[q];                                                               \
+                const V x = part ? FASTNAIVE_PART_##VBYTES(T, V, src + q, part) : src[q];         \
                 for (r = 0; r < FASTNAIVE_GROUP; r++)                                             \
                     if (pattern & (1 << r))                                                       \
                         acc[r][q] += v[r] * x;                                                    \
@@ -133,7 +173,7 @@ FASTNAIVE_INLINE TARGET void fastnaive_quads_##SUFFIX(                          
         }                                                                                         \
         V x[NV];                                                                                  \
         for (q = 0; q < width; q++)                                                               \
-            x[q] = src[q];                                                                        \
+            x[q] = part ? FASTNAIVE_PART_##VBYTES(T, V, src + q, part) : src[q];                  \
         for (r = 0; r < FASTNAIVE_GROUP; r++)                                                     \
             if (pattern & (1 << r)) {                                                             \
                 const T v = values[r];                                                            \
@@ -148,7 +188,7 @@ FASTNAIVE_INLINE TARGET void fastnaive_list_##SUFFIX(                           
     int pattern, int p0, int p1, const int *index, const T *quads, const T *B, ptrdiff_t ldb,     \
     fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV])                                              \
 {                                                                                                 \
-    fastnaive_quads_##SUFFIX(pattern, 0, NV, 0, p0, p1, index, quads, B, ldb, acc);               \
+    fastnaive_quads_##SUFFIX(pattern, 0, NV, 0, 0, p0, p1, index, quads, B, ldb, acc);            \
 }                                                                                                 \
                                                                                                   \
 /* The same, acc in memory: in passes over as many of its vectors as the pattern's lines          \
@@ -167,30 +207,13 @@ FASTNAIVE_INLINE TARGET void fastnaive_wide_list_##SUFFIX(                      
             if (pattern & (1 << r))                                                               \
                 for (q = 0; q < step; q++)                                                        \
                     sums[r][q] = acc[r][h + q];                                                   \
-        fastnaive_quads_##SUFFIX(pattern, h, step, lines == 3, p0, p1, index, quads, B, ldb,      \
+        fastnaive_quads_##SUFFIX(pattern, h, step, lines == 3, 0, p0, p1, index, quads, B, ldb,   \
                                  sums);                                                           \
         for (r = 0; r < FASTNAIVE_GROUP; r++)                                                     \
             if (pattern & (1 << r))                                                               \
                 for (q = 0; q < step; q++)                                                        \
                     acc[r][h + q] = sums[r][q];                                                   \
     }                                                                                             \
-}                                                                                                 \
-                                                                                                  \
-/* The same for the columns [0, width), width < one tile, one at a time. */                      \
-FASTNAIVE_INLINE TARGET void fastnaive_list_tail_##SUFFIX(                                        \
-    int pattern, int p0, int p1, const int *index, const T *quads, const T *B, ptrdiff_t ldb,     \
-    ptrdiff_t width, T acc[FASTNAIVE_GROUP][NV * VBYTES / sizeof(T)])                             \
-{                                                                                                 \
-    int p, r;                                                                                     \
-    ptrdiff_t q;                                                                                  \
-    for (r = 0; r < FASTNAIVE_GROUP; r++)                                                         \
-        if (pattern & (1 << r))                                                                   \
-            for (p = p0; p < p1; p++) {                                                           \
-                const T *src = B + (ptrdiff_t)index[p] * ldb;                                     \
-                const T v = quads[FASTNAIVE_GROUP * p + r];                                       \
-                for (q = 0; q < width; q++)                                                       \
-                    acc[r][q] += v * src[q];                                                      \
-            }                                                                                     \
 }                                                                                                 \
                                                                                                   \
 /* The product, compiled apart for scaled (scales given) and not, so that the plain one's     \
@@ -233,7 +256,7 @@ FASTNAIVE_INLINE TARGET void fastnaive_grouped_body_##SUFFIX(                   
             }                                                                                     \
         }                                                                                         \
         /* Past the last whole tile, tiles of one vector (a layer of 100 outputs: 36 columns      \
-         * past its tile of 64 floats on AVX-512), then the last columns one at a time. */        \
+         * past its tile of 64 floats on AVX-512), then the last few as one masked vector. */    \
         for (; NV > 1 && j + LANES <= j1; j += LANES) {                                           \
             V acc[FASTNAIVE_GROUP][NV];                                                           \
             for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
@@ -254,28 +277,24 @@ FASTNAIVE_INLINE TARGET void fastnaive_grouped_body_##SUFFIX(                   
             }                                                                                     \
         }                                                                                         \
         if (j < j1) {                                                                             \
-            T acc[FASTNAIVE_GROUP][TILE];                                                         \
-            const ptrdiff_t width = j1 - j;                                                       \
+            const int part = (int)(j1 - j);                                                       \
+            V acc[FASTNAIVE_GROUP][NV];                                                           \
             for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
-                for (c = 0; c < width; c++)                                                       \
-                    acc[r][c] = 0;                                                                \
-            for (s = 1; s < FASTNAIVE_PATTERNS; s++)                                              \
-                fastnaive_list_tail_##SUFFIX(s, list[s - 1], list[s], index, quads, B + j, ldb,   \
-                                             width, acc);                                         \
+                acc[r][0] = zero;                                                                 \
+            FASTNAIVE_LISTS(T, SUFFIX, FASTNAIVE_PART_LIST);                                      \
             for (r = 0; r < lines; r++) {                                                         \
                 T *dst = out + (first + r) * ldo + j;                                             \
                 const T scale = scaled ? scales[first + r] : 1;                                   \
-                for (c = 0; c < width; c++) {                                                     \
-                    T z = alpha * acc[r][c];                                                      \
-                    if (scaled) {                                                                 \
-                        if (bias && scale != 0)                                                   \
-                            z += scale * bias[j + c];                                             \
-                    } else if (bias)                                                              \
-                        z += bias[j + c];                                                         \
-                    if (beta != 0)                                                                \
-                        z += beta * dst[c];                                                       \
-                    dst[c] = z;                                                                   \
-                }                                                                                 \
+                V z = alpha * acc[r][0];                                                          \
+                if (scaled) {                                                                     \
+                    if (bias && scale != 0)                                                       \
+                        z += scale * FASTNAIVE_PART_##VBYTES(T, V, bias + j, part);               \
+                } else if (bias)                                                                  \
+                    z += FASTNAIVE_PART_##VBYTES(T, V, bias + j, part);                           \
+                if (beta != 0)                                                                    \
+                    z += beta * FASTNAIVE_PART_##VBYTES(T, V, dst, part);                         \
+                for (c = 0; c < part; c++)                                                        \
+                    dst[c] = z[c];                                                                \
             }                                                                                     \
         }                                                                                         \
         if (relu)                                                                                 \
@@ -551,7 +570,6 @@ static ptrdiff_t fastnaive_cursors(int counts[4][FASTNAIVE_PATTERNS], ptrdiff_t 
 static int fastnaive_group_avx512 = 0;
 
 #if FASTNAIVE_X86_DISPATCH
-#include <immintrin.h>
 #define FASTNAIVE_AVX512_BUILD __attribute__((target("avx512f,avx2,fma,bmi2"), noinline))
 
 /* A group's nonzero quads as the AVX-512 pass finds them, sixteen positions at a time: their
