@@ -83,7 +83,8 @@
          : (V)_mm256_maskload_pd((const double *)(src),                                          \
                                  _mm256_cmpgt_epi64(_mm256_set1_epi64x(count),                    \
                                                     _mm256_setr_epi64x(0, 1, 2, 3))))
-#define FASTNAIVE_PART_16(T, V, src, count) ((V)fastnaive_part_scalar_##T((const T *)(src), (count)))
+#define FASTNAIVE_PART_16(T, V, src, count) \
+    ((V)fastnaive_part_scalar_##T((const T *)(src), (count)))
 
 /* The baseline's FASTNAIVE_PART_16 for float and double. */
 #define FASTNAIVE_PART_SCALAR_DEFINE(T)                                                           \
@@ -216,6 +217,39 @@ FASTNAIVE_INLINE TARGET void fastnaive_wide_list_##SUFFIX(                      
     }                                                                                             \
 }                                                                                                 \
                                                                                                   \
+/* A tile's outputs from its sums: for each line r < lines and vector q < width, its columns      \
+ * of out[r * ldo + ...] := alpha * acc[r][q] + (bias ? s_r * bias : 0)                           \
+ *                          + (beta != 0 ? beta * out : 0),                                       \
+ * s_r = scales[r] if scaled (a line whose scale is 0 gains nothing), else 1. part > 0:           \
+ * width is 1, and only the first part columns are read and written. */                           \
+FASTNAIVE_INLINE TARGET void fastnaive_tile_out_##SUFFIX(                                         \
+    fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV], int width, int part, int lines,              \
+    const T *bias, const T *scales, T alpha, T beta, int scaled, T *out, ptrdiff_t ldo)           \
+{                                                                                                 \
+    typedef fastnaive_vec_##SUFFIX V;                                                             \
+    int r, q, c;                                                                                  \
+    for (r = 0; r < lines; r++) {                                                                 \
+        T *dst = out + r * ldo;                                                                   \
+        const T scale = scaled ? scales[r] : 1;                                                   \
+        for (q = 0; q < width; q++) {                                                             \
+            V z = alpha * acc[r][q];                                                              \
+            if (scaled) {                                                                         \
+                if (bias && scale != 0)                                                           \
+                    z += scale * (part ? FASTNAIVE_PART_##VBYTES(T, V, bias, part)                \
+                                       : ((const V *)bias)[q]);                                   \
+            } else if (bias)                                                                      \
+                z += part ? FASTNAIVE_PART_##VBYTES(T, V, bias, part) : ((const V *)bias)[q];     \
+            if (beta != 0)                                                                        \
+                z += beta * (part ? FASTNAIVE_PART_##VBYTES(T, V, dst, part) : ((V *)dst)[q]);    \
+            if (part)                                                                             \
+                for (c = 0; c < part; c++)                                                        \
+                    dst[c] = z[c];                                                                \
+            else                                                                                  \
+                ((V *)dst)[q] = z;                                                                \
+        }                                                                                         \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
 /* The product, compiled apart for scaled (scales given) and not, so that the plain one's     \
  * epilogue has no test of scales. */                                                             \
 FASTNAIVE_INLINE TARGET void fastnaive_grouped_body_##SUFFIX(                                     \
@@ -233,48 +267,25 @@ FASTNAIVE_INLINE TARGET void fastnaive_grouped_body_##SUFFIX(                   
         const ptrdiff_t first = FASTNAIVE_GROUP * g;                                              \
         const int lines = n_out - first < FASTNAIVE_GROUP                                         \
                           ? (int)(n_out - first) : FASTNAIVE_GROUP;                               \
+        const T *line_scales = scaled ? scales + first : NULL;                                    \
         for (j = j0; j + TILE <= j1; j += TILE) {                                                 \
             V acc[FASTNAIVE_GROUP][NV];                                                           \
             for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
                 for (q = 0; q < NV; q++)                                                          \
                     acc[r][q] = zero;                                                             \
             FASTNAIVE_LISTS(T, SUFFIX, LIST);                                                     \
-            for (r = 0; r < lines; r++) {                                                         \
-                V *dst = (V *)(out + (first + r) * ldo + j);                                      \
-                const T scale = scaled ? scales[first + r] : 1;                                   \
-                for (q = 0; q < NV; q++) {                                                        \
-                    V z = alpha * acc[r][q];                                                      \
-                    if (scaled) {                                                                 \
-                        if (bias && scale != 0)                                                   \
-                            z += scale * ((const V *)(bias + j))[q];                              \
-                    } else if (bias)                                                              \
-                        z += ((const V *)(bias + j))[q];                                          \
-                    if (beta != 0)                                                                \
-                        z += beta * dst[q];                                                       \
-                    dst[q] = z;                                                                   \
-                }                                                                                 \
-            }                                                                                     \
+            fastnaive_tile_out_##SUFFIX(acc, NV, 0, lines, bias ? bias + j : NULL, line_scales,   \
+                                        alpha, beta, scaled, out + first * ldo + j, ldo);         \
         }                                                                                         \
         /* Past the last whole tile, tiles of one vector (a layer of 100 outputs: 36 columns      \
-         * past its tile of 64 floats on AVX-512), then the last few as one masked vector. */    \
+         * past its tile of 64 floats on AVX-512), then the last few as one masked vector. */     \
         for (; NV > 1 && j + LANES <= j1; j += LANES) {                                           \
             V acc[FASTNAIVE_GROUP][NV];                                                           \
             for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
                 acc[r][0] = zero;                                                                 \
             FASTNAIVE_LISTS(T, SUFFIX, FASTNAIVE_VECTOR_LIST);                                    \
-            for (r = 0; r < lines; r++) {                                                         \
-                V *dst = (V *)(out + (first + r) * ldo + j);                                      \
-                const T scale = scaled ? scales[first + r] : 1;                                   \
-                V z = alpha * acc[r][0];                                                          \
-                if (scaled) {                                                                     \
-                    if (bias && scale != 0)                                                       \
-                        z += scale * *(const V *)(bias + j);                                      \
-                } else if (bias)                                                                  \
-                    z += *(const V *)(bias + j);                                                  \
-                if (beta != 0)                                                                    \
-                    z += beta * *dst;                                                             \
-                *dst = z;                                                                         \
-            }                                                                                     \
+            fastnaive_tile_out_##SUFFIX(acc, 1, 0, lines, bias ? bias + j : NULL, line_scales,    \
+                                        alpha, beta, scaled, out + first * ldo + j, ldo);         \
         }                                                                                         \
         if (j < j1) {                                                                             \
             const int part = (int)(j1 - j);                                                       \
@@ -282,20 +293,8 @@ FASTNAIVE_INLINE TARGET void fastnaive_grouped_body_##SUFFIX(                   
             for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
                 acc[r][0] = zero;                                                                 \
             FASTNAIVE_LISTS(T, SUFFIX, FASTNAIVE_PART_LIST);                                      \
-            for (r = 0; r < lines; r++) {                                                         \
-                T *dst = out + (first + r) * ldo + j;                                             \
-                const T scale = scaled ? scales[first + r] : 1;                                   \
-                V z = alpha * acc[r][0];                                                          \
-                if (scaled) {                                                                     \
-                    if (bias && scale != 0)                                                       \
-                        z += scale * FASTNAIVE_PART_##VBYTES(T, V, bias + j, part);               \
-                } else if (bias)                                                                  \
-                    z += FASTNAIVE_PART_##VBYTES(T, V, bias + j, part);                           \
-                if (beta != 0)                                                                    \
-                    z += beta * FASTNAIVE_PART_##VBYTES(T, V, dst, part);                         \
-                for (c = 0; c < part; c++)                                                        \
-                    dst[c] = z[c];                                                                \
-            }                                                                                     \
+            fastnaive_tile_out_##SUFFIX(acc, 1, part, lines, bias ? bias + j : NULL, line_scales, \
+                                        alpha, beta, scaled, out + first * ldo + j, ldo);         \
         }                                                                                         \
         if (relu)                                                                                 \
             for (r = 0; r < lines; r++) {                                                         \
