@@ -204,6 +204,21 @@ FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_input_tile_##SUFFIX(       
             ((V *)(dX + (i + r) * ldo + c))[q] = acc[r][q];                                       \
 }                                                                                                 \
                                                                                                   \
+/* Every row of dX, IROWS at a time then one, over columns [c, c + NVEC vectors) (the tile's      \
+ * vectors from q0 in wt). */                                                                     \
+FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_input_rows_##SUFFIX(                         \
+    int NVEC, const T *delta, ptrdiff_t n, ptrdiff_t m,                                           \
+    T wt[FASTNAIVE_NARROW_MAX][NV * VBYTES / sizeof(T)], int q0, T *dX, ptrdiff_t ldo,            \
+    ptrdiff_t c, const T *relu_of)                                                                \
+{                                                                                                 \
+    ptrdiff_t i;                                                                                  \
+    for (i = 0; i + IROWS <= n; i += IROWS)                                                       \
+        fastnaive_narrow_input_tile_##SUFFIX(NVEC, IROWS, delta, m, wt, q0, dX, ldo, i, c,        \
+                                             relu_of);                                            \
+    for (; i < n; i++)                                                                            \
+        fastnaive_narrow_input_tile_##SUFFIX(NVEC, 1, delta, m, wt, q0, dX, ldo, i, c, relu_of);  \
+}                                                                                                 \
+                                                                                                  \
 static TARGET void fastnaive_narrow_input_##SUFFIX(                                               \
     const T *delta, ptrdiff_t n, ptrdiff_t m, const T *W, T *dX, ptrdiff_t ldo, ptrdiff_t c0,     \
     ptrdiff_t c1, const T *relu_of)                                                               \
@@ -218,24 +233,14 @@ static TARGET void fastnaive_narrow_input_##SUFFIX(                             
             for (j = 0; j < m; j++)                                                               \
                 wt[j][t] = W[(c + t) * m + j];                                                    \
         if (width == CT) {                                                                        \
-            for (i = 0; i + IROWS <= n; i += IROWS)                                               \
-                fastnaive_narrow_input_tile_##SUFFIX(NV, IROWS, delta, m, wt, 0, dX, ldo, i, c,   \
-                                                     relu_of);                                    \
-            for (; i < n; i++)                                                                    \
-                fastnaive_narrow_input_tile_##SUFFIX(NV, 1, delta, m, wt, 0, dX, ldo, i, c,       \
-                                                     relu_of);                                    \
+            fastnaive_narrow_input_rows_##SUFFIX(NV, delta, n, m, wt, 0, dX, ldo, c, relu_of);    \
             continue;                                                                             \
         }                                                                                         \
         /* A last, partial tile (a 100-unit hidden layer's last 36 columns): its whole vectors \
          * one at a time, then the rest of each row in one pass over delta's row. */             \
-        for (q = 0; NV > 1 && (q + 1) * LANES <= width; q++) {                                    \
-            for (i = 0; i + IROWS <= n; i += IROWS)                                               \
-                fastnaive_narrow_input_tile_##SUFFIX(1, IROWS, delta, m, wt, q, dX, ldo, i,       \
-                                                     c + q * LANES, relu_of);                     \
-            for (; i < n; i++)                                                                    \
-                fastnaive_narrow_input_tile_##SUFFIX(1, 1, delta, m, wt, q, dX, ldo, i,           \
-                                                     c + q * LANES, relu_of);                     \
-        }                                                                                         \
+        for (q = 0; NV > 1 && (q + 1) * LANES <= width; q++)                                      \
+            fastnaive_narrow_input_rows_##SUFFIX(1, delta, n, m, wt, q, dX, ldo, c + q * LANES,   \
+                                                 relu_of);                                        \
         if (q * LANES < width)                                                                    \
             for (i = 0; i < n; i++) {                                                             \
                 T s[LANES];                                                                       \
