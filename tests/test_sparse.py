@@ -13,13 +13,14 @@ import fastnaive
 from fastnaive import _kernels, _sparse, engine
 
 # (n_samples, n_features, n_units): groups of four rows or columns with one to three lines
-# short (n = 1, 5, 7; k = 5, 13), whole and partial tiles of columns (m = 1, 3, 70, 200, 512),
-# the hidden layer on the book's last, short batch (96) and on a batch of 128.
+# short (n = 1, 5, 7; k = 5, 13), whole and partial tiles of columns (m = 1, 3, 118, 200, 512;
+# 118 floats on AVX-512: a tile of 64, then tiles of two vectors, of one, and a masked one
+# of 6), the hidden layer on the book's last, short batch (96) and on a batch of 128.
 SHAPES = {
     "n1-5x3": (1, 5, 3),
     "n3-4x1": (3, 4, 1),
     "n7-13x4": (7, 13, 4),
-    "n5-6x70": (5, 6, 70),
+    "n5-6x118": (5, 6, 118),
     "n96-784x200": (96, 784, 200),
     "b128-784x512": (128, 784, 512),
 }
@@ -314,9 +315,10 @@ def test_products_match_the_dense_kernels(dtype, rng):
     "n, k, m",
     # The update's columns in one slab; in 3 (float32) or 5 (float64); a part of X @ W's
     # features shared by two of three threads, split at 256 bytes, the last block ending in
-    # a partial tile; parts of 1050 features, in X @ W's 512-byte blocks (forward_width).
-    [(128, 784, 512), (160, 784, 1100), (128, 784, 136), (64, 2100, 600)],
-    ids=["book", "wide", "narrow", "many-features"],
+    # a partial tile; its columns past the last whole tile in every kind of tile (118);
+    # parts of 1050 features, in X @ W's 512-byte blocks (forward_width).
+    [(128, 784, 512), (160, 784, 1100), (128, 784, 136), (128, 784, 118), (64, 2100, 600)],
+    ids=["book", "wide", "narrow", "tails", "many-features"],
 )
 def test_results_do_not_depend_on_the_threads(dtype, rng, n_threads, n, k, m):
     """Threads own disjoint parts of the outputs (X @ W's parts of the features, fixed by

@@ -60,10 +60,12 @@
 #define FASTNAIVE_LIST(SUFFIX, P) fastnaive_list_##SUFFIX(P, p0, p1, index, quads, b_tile, ldb, acc)
 #define FASTNAIVE_WIDE_LIST(SUFFIX, P) \
     fastnaive_wide_list_##SUFFIX(P, p0, p1, index, quads, b_tile, ldb, acc)
-/* The same over one vector of columns (the columns past the last whole tile), and over the
- * first `part` columns of one (those past the last whole vector). */
+/* The same over two vectors of columns, or one (the columns past the last whole tile), and
+ * over the first `part` columns of one (those past the last whole vector). */
 #define FASTNAIVE_VECTOR_LIST(SUFFIX, P) \
     fastnaive_quads_##SUFFIX(P, 0, 1, 0, 0, p0, p1, index, quads, b_tile, ldb, acc)
+#define FASTNAIVE_PAIR_LIST(SUFFIX, P) \
+    fastnaive_quads_##SUFFIX(P, 0, 2, 0, 0, p0, p1, index, quads, b_tile, ldb, acc)
 #define FASTNAIVE_PART_LIST(SUFFIX, P) \
     fastnaive_quads_##SUFFIX(P, 0, 1, 0, part, p0, p1, index, quads, b_tile, ldb, acc)
 
@@ -136,8 +138,8 @@ FASTNAIVE_PART_SCALAR_DEFINE(double)
  * with s = scales[4 g + r] if scales (a line whose scale is 0 gains nothing, not even from a
  * NaN bias), else 1 (and no multiplication). act = relu (z < 0 ? 0 : z, NaN staying NaN) if
  * relu else identity. beta = 0 overwrites, so out may hold NaN. Columns past the last whole
- * tile take tiles of one vector, then the last few (fewer than a vector's lanes) one vector
- * whose loads are masked to them. */
+ * tile take tiles of two vectors (where a tile is four or more), then of one, then the last
+ * few (fewer than a vector's lanes) one vector whose loads are masked to them. */
 #define FASTNAIVE_GROUPED_BODY_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, LIST)                         \
 typedef T fastnaive_vec_##SUFFIX                                                                  \
     __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias));                          \
@@ -277,8 +279,17 @@ FASTNAIVE_INLINE TARGET void fastnaive_grouped_body_##SUFFIX(                   
             fastnaive_tile_out_##SUFFIX(acc, NV, 0, lines, bias ? bias + j : NULL, line_scales,   \
                                         alpha, beta, scaled, out + first * ldo + j, ldo);         \
         }                                                                                         \
-        /* Past the last whole tile, tiles of one vector (a layer of 100 outputs: 36 columns      \
-         * past its tile of 64 floats on AVX-512), then the last few as one masked vector. */     \
+        /* Past the last whole tile, tiles of two vectors, then of one, then the last few as one  \
+         * masked vector (a layer of 100 outputs: past its tile of 64 floats on AVX-512, 32       \
+         * columns and a masked 4; each tile another pass over the group's lists). */            \
+        for (; NV > 2 && j + 2 * LANES <= j1; j += 2 * LANES) {                                   \
+            V acc[FASTNAIVE_GROUP][NV];                                                           \
+            for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
+                acc[r][0] = acc[r][1] = zero;                                                     \
+            FASTNAIVE_LISTS(T, SUFFIX, FASTNAIVE_PAIR_LIST);                                      \
+            fastnaive_tile_out_##SUFFIX(acc, 2, 0, lines, bias ? bias + j : NULL, line_scales,    \
+                                        alpha, beta, scaled, out + first * ldo + j, ldo);         \
+        }                                                                                         \
         for (; NV > 1 && j + LANES <= j1; j += LANES) {                                           \
             V acc[FASTNAIVE_GROUP][NV];                                                           \
             for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
