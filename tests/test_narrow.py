@@ -84,7 +84,7 @@ def test_narrow_input_grad_applies_relus_derivative_as_its_kernel(
 ):
     """With relu_of, ReLU's outputs of the layer below, the input gradient is zero where they
     are not positive (NaN included) and elsewhere the same bits as without: what the
-    product then activation_backward give, in the vectors' tiles and the scalar tails."""
+    product then activation_backward give, in the whole tiles and past them."""
     n, k, m = shape
     delta, W = normal(rng, (n, m), dtype), normal(rng, (k, m), dtype)
     relu_of = np.maximum(normal(rng, (n, k), dtype), 0)

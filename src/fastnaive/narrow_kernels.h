@@ -52,11 +52,12 @@
  *   and up to PJB columns j at a time.
  * Row-major arrays; X is (n, k) with rows ldx apart, W (k, m), delta (n, m), Z (n, m), dX
  * (n, k) with rows ldo apart, dW (k, m). In the two gradients, the columns of dX and rows of
- * dW past the last whole tile take tiles of one vector, then the rest one pass for all of
- * them (their sums' chains interleaved: a 100-input head's weight gradient, 36 rows past its
- * tile of 64 floats on AVX-512, took 44-47 us on Zen 4 one element at a time, 5.3-7.4 us so);
- * in the forward product, k past the last whole vector takes a scalar path. Which path an
- * element takes depends on the shapes alone. */
+ * dW past the last whole tile take tiles of one vector, then the rest: dW's rows one pass for
+ * all of them (their sums' chains interleaved: a 100-input head's weight gradient, 36 rows
+ * past its tile of 64 floats on AVX-512, took 44-47 us on Zen 4 one element at a time,
+ * 5.3-7.4 us so), dX's columns one vector tile whose lanes past them are zeros and not
+ * stored; in the forward product, k past the last whole vector takes a scalar path. Which
+ * path an element takes depends on the shapes alone. */
 #define FASTNAIVE_NARROW_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, ROWS, JBMAX, IROWS, PNV, PJB) \
 typedef T fastnaive_nvec_##SUFFIX                                                                 \
     __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias));                         \
@@ -168,10 +169,11 @@ static TARGET void fastnaive_narrow_forward_##SUFFIX(                           
             Z[i * m + j] += b[j];                                                                 \
 }                                                                                                 \
                                                                                                   \
-/* Rows [i, i + R) of dX, columns [c, c + NVEC vectors) (NVEC <= NV), W's columns there the  \
- * tile's vectors from q0 in wt. */                                                              \
+/* Rows [i, i + R) of dX, columns [c, c + NVEC vectors) (NVEC <= NV), W's columns there the       \
+ * tile's vectors from q0 in wt; part > 0: NVEC is 1, and only its first part columns are         \
+ * read (relu_of) and written. */                                                                 \
 FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_input_tile_##SUFFIX(                         \
-    int NVEC, int R, const T *delta, ptrdiff_t m,                                                 \
+    int NVEC, int part, int R, const T *delta, ptrdiff_t m,                                       \
     T wt[FASTNAIVE_NARROW_MAX][NV * VBYTES / sizeof(T)], int q0, T *dX, ptrdiff_t ldo,            \
     ptrdiff_t i, ptrdiff_t c, const T *relu_of)                                                   \
 {                                                                                                 \
@@ -179,7 +181,7 @@ FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_input_tile_##SUFFIX(       
     typedef __typeof__((V){0} > (V){0}) M; /* the lanes' masks, integers of T's width */         \
     V acc[IROWS][NV];                                                                             \
     ptrdiff_t j;                                                                                  \
-    int r, q;                                                                                     \
+    int r, q, t;                                                                                  \
     for (r = 0; r < R; r++)                                                                       \
         for (q = 0; q < NVEC; q++)                                                                \
             acc[r][q] = (V){0};                                                                   \
@@ -193,6 +195,13 @@ FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_input_tile_##SUFFIX(       
                 acc[r][q] += d * w[q];                                                            \
         }                                                                                         \
     }                                                                                             \
+    if (part) {                                                                                   \
+        for (r = 0; r < R; r++)                                                                   \
+            for (t = 0; t < part; t++)                                                            \
+                dX[(i + r) * ldo + c + t] =                                                       \
+                    relu_of && !(relu_of[(i + r) * ldo + c + t] > 0) ? 0 : acc[r][0][t];          \
+        return;                                                                                   \
+    }                                                                                             \
     if (relu_of)                                                                                  \
         for (r = 0; r < R; r++)                                                                   \
             for (q = 0; q < NVEC; q++) {                                                          \
@@ -205,18 +214,19 @@ FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_input_tile_##SUFFIX(       
 }                                                                                                 \
                                                                                                   \
 /* Every row of dX, IROWS at a time then one, over columns [c, c + NVEC vectors) (the tile's      \
- * vectors from q0 in wt). */                                                                     \
+ * vectors from q0 in wt; part: as the tile's). */                                                \
 FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_input_rows_##SUFFIX(                         \
-    int NVEC, const T *delta, ptrdiff_t n, ptrdiff_t m,                                           \
+    int NVEC, int part, const T *delta, ptrdiff_t n, ptrdiff_t m,                                 \
     T wt[FASTNAIVE_NARROW_MAX][NV * VBYTES / sizeof(T)], int q0, T *dX, ptrdiff_t ldo,            \
     ptrdiff_t c, const T *relu_of)                                                                \
 {                                                                                                 \
     ptrdiff_t i;                                                                                  \
     for (i = 0; i + IROWS <= n; i += IROWS)                                                       \
-        fastnaive_narrow_input_tile_##SUFFIX(NVEC, IROWS, delta, m, wt, q0, dX, ldo, i, c,        \
+        fastnaive_narrow_input_tile_##SUFFIX(NVEC, part, IROWS, delta, m, wt, q0, dX, ldo, i, c,  \
                                              relu_of);                                            \
     for (; i < n; i++)                                                                            \
-        fastnaive_narrow_input_tile_##SUFFIX(NVEC, 1, delta, m, wt, q0, dX, ldo, i, c, relu_of);  \
+        fastnaive_narrow_input_tile_##SUFFIX(NVEC, part, 1, delta, m, wt, q0, dX, ldo, i, c,      \
+                                             relu_of);                                            \
 }                                                                                                 \
                                                                                                   \
 static TARGET void fastnaive_narrow_input_##SUFFIX(                                               \
@@ -225,7 +235,7 @@ static TARGET void fastnaive_narrow_input_##SUFFIX(                             
 {                                                                                                 \
     enum { LANES = VBYTES / sizeof(T), CT = NV * LANES };                                         \
     T wt[FASTNAIVE_NARROW_MAX][CT] __attribute__((aligned(64)));                                  \
-    ptrdiff_t c, i, j, t;                                                                         \
+    ptrdiff_t c, j, t;                                                                            \
     int q;                                                                                        \
     for (c = c0; c < c1; c += CT) {                                                               \
         const ptrdiff_t width = c1 - c < CT ? c1 - c : CT;                                        \
@@ -233,29 +243,21 @@ static TARGET void fastnaive_narrow_input_##SUFFIX(                             
             for (j = 0; j < m; j++)                                                               \
                 wt[j][t] = W[(c + t) * m + j];                                                    \
         if (width == CT) {                                                                        \
-            fastnaive_narrow_input_rows_##SUFFIX(NV, delta, n, m, wt, 0, dX, ldo, c, relu_of);    \
+            fastnaive_narrow_input_rows_##SUFFIX(NV, 0, delta, n, m, wt, 0, dX, ldo, c, relu_of); \
             continue;                                                                             \
         }                                                                                         \
-        /* A last, partial tile (a 100-unit hidden layer's last 36 columns): its whole vectors \
-         * one at a time, then the rest of each row in one pass over delta's row. */             \
+        /* A last, partial tile (a 100-unit hidden layer's last 36 columns): its whole vectors    \
+         * one at a time, then the rest as one vector, wt's columns past them zeros. */           \
         for (q = 0; NV > 1 && (q + 1) * LANES <= width; q++)                                      \
-            fastnaive_narrow_input_rows_##SUFFIX(1, delta, n, m, wt, q, dX, ldo, c + q * LANES,   \
-                                                 relu_of);                                        \
-        if (q * LANES < width)                                                                    \
-            for (i = 0; i < n; i++) {                                                             \
-                T s[LANES];                                                                       \
-                const ptrdiff_t t0 = q * LANES;                                                   \
-                for (t = t0; t < width; t++)                                                      \
-                    s[t - t0] = 0;                                                                \
-                for (j = 0; j < m; j++) {                                                         \
-                    const T d = delta[i * m + j];                                                 \
-                    for (t = t0; t < width; t++)                                                  \
-                        s[t - t0] += d * wt[j][t];                                                \
-                }                                                                                 \
-                for (t = t0; t < width; t++)                                                      \
-                    dX[i * ldo + c + t] =                                                         \
-                        relu_of && !(relu_of[i * ldo + c + t] > 0) ? 0 : s[t - t0];               \
-            }                                                                                     \
+            fastnaive_narrow_input_rows_##SUFFIX(1, 0, delta, n, m, wt, q, dX, ldo,               \
+                                                 c + q * LANES, relu_of);                         \
+        if (q * LANES < width) {                                                                  \
+            for (j = 0; j < m; j++)                                                               \
+                for (t = width; t < (q + 1) * LANES; t++)                                         \
+                    wt[j][t] = 0;                                                                 \
+            fastnaive_narrow_input_rows_##SUFFIX(1, (int)(width - q * LANES), delta, n, m, wt, q, \
+                                                 dX, ldo, c + q * LANES, relu_of);                \
+        }                                                                                         \
     }                                                                                             \
 }                                                                                                 \
                                                                                                   \
