@@ -39,6 +39,43 @@
 #endif
 #define FASTNAIVE_NARROW_INLINE static inline __attribute__((always_inline))
 
+#if FASTNAIVE_NARROW_DISPATCH
+#include <immintrin.h>
+#endif
+
+/* FASTNAIVE_PART_<vector bytes>(T, V, src, count): the vector of type V (of T) whose first
+ * count lanes (0 < count < its lanes) are src[0, count) and the rest 0, reading nothing past
+ * them: AVX-512's and AVX2's masked loads (which do not fault on the lanes left out), and on
+ * the baseline the elements one at a time. */
+#define FASTNAIVE_PART_64(T, V, src, count)                                                       \
+    (sizeof(T) == 4                                                                               \
+         ? (V)_mm512_maskz_loadu_ps((__mmask16)((1u << (count)) - 1), (const float *)(src))      \
+         : (V)_mm512_maskz_loadu_pd((__mmask8)((1u << (count)) - 1), (const double *)(src)))
+#define FASTNAIVE_PART_32(T, V, src, count)                                                       \
+    (sizeof(T) == 4                                                                               \
+         ? (V)_mm256_maskload_ps((const float *)(src),                                           \
+                                 _mm256_cmpgt_epi32(_mm256_set1_epi32(count),                     \
+                                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))   \
+         : (V)_mm256_maskload_pd((const double *)(src),                                          \
+                                 _mm256_cmpgt_epi64(_mm256_set1_epi64x(count),                    \
+                                                    _mm256_setr_epi64x(0, 1, 2, 3))))
+#define FASTNAIVE_PART_16(T, V, src, count) \
+    ((V)fastnaive_part_scalar_##T((const T *)(src), (count)))
+
+/* The baseline's FASTNAIVE_PART_16 for float and double. */
+#define FASTNAIVE_PART_SCALAR_DEFINE(T)                                                           \
+typedef T fastnaive_vec16_##T __attribute__((vector_size(16), aligned(sizeof(T)), may_alias));    \
+FASTNAIVE_NARROW_INLINE fastnaive_vec16_##T fastnaive_part_scalar_##T(const T *src, int count)   \
+{                                                                                                 \
+    fastnaive_vec16_##T x = {0};                                                                  \
+    int i;                                                                                        \
+    for (i = 0; i < count; i++)                                                                   \
+        x[i] = src[i];                                                                            \
+    return x;                                                                                     \
+}
+FASTNAIVE_PART_SCALAR_DEFINE(float)
+FASTNAIVE_PART_SCALAR_DEFINE(double)
+
 /* Defines, for element type T, vectors of VBYTES bytes, compiled with attribute TARGET:
  * - fastnaive_narrow_forward_SUFFIX: Z[i, j] := sum_c X[i, c] W[c, j] + b[j] for the rows i in
  *   [i0, i1), as dot products, ROWS rows and up to JBMAX columns of W at a time;
@@ -56,8 +93,8 @@
  * all of them (their sums' chains interleaved: a 100-input head's weight gradient, 36 rows
  * past its tile of 64 floats on AVX-512, took 44-47 us on Zen 4 one element at a time,
  * 5.3-7.4 us so), dX's columns one vector tile whose lanes past them are zeros and not
- * stored; in the forward product, k past the last whole vector takes a scalar path. Which
- * path an element takes depends on the shapes alone. */
+ * stored; in the forward product, k past the last whole vector takes one vector whose loads
+ * of X are masked to it. Which path an element takes depends on the shapes alone. */
 #define FASTNAIVE_NARROW_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, ROWS, JBMAX, IROWS, PNV, PJB) \
 typedef T fastnaive_nvec_##SUFFIX                                                                 \
     __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias));                         \
@@ -90,7 +127,7 @@ FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_dots_##SUFFIX(             
     typedef fastnaive_nvec_##SUFFIX V;                                                            \
     enum { L = VBYTES / sizeof(T) };                                                              \
     V acc[ROWS][JBMAX];                                                                           \
-    ptrdiff_t v, c;                                                                               \
+    ptrdiff_t v;                                                                                  \
     int r, jj;                                                                                    \
     for (r = 0; r < R; r++)                                                                       \
         for (jj = 0; jj < JB; jj++)                                                               \
@@ -105,12 +142,22 @@ FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_dots_##SUFFIX(             
                 acc[r][jj] += a[r] * w;                                                           \
         }                                                                                         \
     }                                                                                             \
+    if (vectors * L < width) {                                                                    \
+        /* The tile's last columns, fewer than a vector: X's loads masked to them, wt's lanes    \
+         * past them zeros. */                                                                    \
+        const int part = (int)(width - vectors * L);                                              \
+        V a[ROWS];                                                                                \
+        for (r = 0; r < R; r++)                                                                   \
+            a[r] = FASTNAIVE_PART_##VBYTES(T, V, X + (i + r) * ldx + c0 + vectors * L, part);     \
+        for (jj = 0; jj < JB; jj++) {                                                             \
+            const V w = *(const V *)(wt[jb + jj] + vectors * L);                                  \
+            for (r = 0; r < R; r++)                                                               \
+                acc[r][jj] += a[r] * w;                                                           \
+        }                                                                                         \
+    }                                                                                             \
     for (r = 0; r < R; r++)                                                                       \
         for (jj = 0; jj < JB; jj++) {                                                             \
-            const T *x = X + (i + r) * ldx + c0;                                                  \
-            T s = fastnaive_narrow_sum_##SUFFIX(acc[r][jj]);                                      \
-            for (c = vectors * L; c < width; c++)                                                 \
-                s += x[c] * wt[jb + jj][c];                                                       \
+            const T s = fastnaive_narrow_sum_##SUFFIX(acc[r][jj]);                                \
             if (first)                                                                            \
                 Z[(i + r) * m + jb + jj] = s;                                                     \
             else                                                                                  \
@@ -159,6 +206,9 @@ static TARGET void fastnaive_narrow_forward_##SUFFIX(                           
         for (t = 0; t < width; t++)                                                               \
             for (j = 0; j < m; j++)                                                               \
                 wt[j][t] = W[(c0 + t) * m + j];                                                   \
+        for (j = 0; j < m; j++)                                                                   \
+            for (t = width; t < (width + L - 1) / L * L; t++)                                     \
+                wt[j][t] = 0;                                                                     \
         for (i = i0; i + ROWS <= i1; i += ROWS)                                                   \
             fastnaive_narrow_row_##SUFFIX(ROWS, X, ldx, i, c0, width, vectors, wt, Z, m, c0 == 0); \
         for (; i < i1; i++)                                                                       \

@@ -46,9 +46,6 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
-#if FASTNAIVE_X86_DISPATCH
-#include <immintrin.h>
-#endif
 
 #define FASTNAIVE_GROUP 4
 #define FASTNAIVE_PATTERNS 16
@@ -69,38 +66,6 @@
 #define FASTNAIVE_PART_LIST(SUFFIX, P) \
     fastnaive_quads_##SUFFIX(P, 0, 1, 0, part, p0, p1, index, quads, b_tile, ldb, acc)
 
-/* FASTNAIVE_PART_<vector bytes>(T, V, src, count): the vector of type V (of T) whose first
- * count lanes (0 < count < its lanes) are src[0, count) and the rest 0, reading nothing past
- * them: AVX-512's and AVX2's masked loads (which do not fault on the lanes left out), and on
- * the baseline the elements one at a time. */
-#define FASTNAIVE_PART_64(T, V, src, count)                                                       \
-    (sizeof(T) == 4                                                                               \
-         ? (V)_mm512_maskz_loadu_ps((__mmask16)((1u << (count)) - 1), (const float *)(src))      \
-         : (V)_mm512_maskz_loadu_pd((__mmask8)((1u << (count)) - 1), (const double *)(src)))
-#define FASTNAIVE_PART_32(T, V, src, count)                                                       \
-    (sizeof(T) == 4                                                                               \
-         ? (V)_mm256_maskload_ps((const float *)(src),                                           \
-                                 _mm256_cmpgt_epi32(_mm256_set1_epi32(count),                     \
-                                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))   \
-         : (V)_mm256_maskload_pd((const double *)(src),                                          \
-                                 _mm256_cmpgt_epi64(_mm256_set1_epi64x(count),                    \
-                                                    _mm256_setr_epi64x(0, 1, 2, 3))))
-#define FASTNAIVE_PART_16(T, V, src, count) \
-    ((V)fastnaive_part_scalar_##T((const T *)(src), (count)))
-
-/* The baseline's FASTNAIVE_PART_16 for float and double. */
-#define FASTNAIVE_PART_SCALAR_DEFINE(T)                                                           \
-typedef T fastnaive_vec16_##T __attribute__((vector_size(16), aligned(sizeof(T)), may_alias));    \
-FASTNAIVE_INLINE fastnaive_vec16_##T fastnaive_part_scalar_##T(const T *src, int count)           \
-{                                                                                                 \
-    fastnaive_vec16_##T x = {0};                                                                  \
-    int i;                                                                                        \
-    for (i = 0; i < count; i++)                                                                   \
-        x[i] = src[i];                                                                            \
-    return x;                                                                                     \
-}
-FASTNAIVE_PART_SCALAR_DEFINE(float)
-FASTNAIVE_PART_SCALAR_DEFINE(double)
 /* A group's lists s = 1, ..., 15 (`list` its starts) over the columns from j, each with its
  * pattern a constant, by LISTM (one of the above) on element type T. */
 #define FASTNAIVE_LISTS(T, SUFFIX, LISTM)                                                         \
