@@ -89,12 +89,13 @@ FASTNAIVE_PART_SCALAR_DEFINE(double)
  *   and up to PJB columns j at a time.
  * Row-major arrays; X is (n, k) with rows ldx apart, W (k, m), delta (n, m), Z (n, m), dX
  * (n, k) with rows ldo apart, dW (k, m). In the two gradients, the columns of dX and rows of
- * dW past the last whole tile take tiles of one vector, then the rest: dW's rows one pass for
- * all of them (their sums' chains interleaved: a 100-input head's weight gradient, 36 rows
- * past its tile of 64 floats on AVX-512, took 44-47 us on Zen 4 one element at a time,
- * 5.3-7.4 us so), dX's columns one vector tile whose lanes past them are zeros and not
- * stored; in the forward product, k past the last whole vector takes one vector whose loads
- * of X are masked to it. Which path an element takes depends on the shapes alone. */
+ * dW past the last whole tile take tiles of one vector, then the last few (fewer than a
+ * vector) one vector: dW's rows with X's loads masked to them (before, one pass with every
+ * sum's chain interleaved; before that, one element at a time: a 100-input head's weight
+ * gradient, 36 rows past its tile of 64 floats on AVX-512, took 44-47 us on Zen 4), dX's
+ * columns with W's transposed tile zeros past them, not stored; in the forward product, k
+ * past the last whole vector takes one vector whose loads of X are masked to it. Which path
+ * an element takes depends on the shapes alone. */
 #define FASTNAIVE_NARROW_DEFINE(T, SUFFIX, TARGET, VBYTES, NV, ROWS, JBMAX, IROWS, PNV, PJB) \
 typedef T fastnaive_nvec_##SUFFIX                                                                 \
     __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias));                         \
@@ -311,91 +312,78 @@ static TARGET void fastnaive_narrow_input_##SUFFIX(                             
     }                                                                                             \
 }                                                                                                 \
                                                                                                   \
-/* Rows [c, c + NVEC vectors) of dW (NVEC <= PNV), columns [jb, jb + JB). */                    \
+/* Rows [c, c + NVEC vectors) of dW (NVEC <= PNV), columns [jb, jb + JB); part > 0: NVEC is 1,    \
+ * and only its first part rows (columns of X) are read and written. */                           \
 FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_param_tile_##SUFFIX(                         \
-    int NVEC, int JB, const T *X, ptrdiff_t ldx, const T *delta, ptrdiff_t n, ptrdiff_t m,        \
-    T alpha, T beta, T *dW, ptrdiff_t c, ptrdiff_t jb)                                            \
+    int NVEC, int part, int JB, const T *X, ptrdiff_t ldx, const T *delta, ptrdiff_t n,           \
+    ptrdiff_t m, T alpha, T beta, T *dW, ptrdiff_t c, ptrdiff_t jb)                               \
 {                                                                                                 \
     typedef fastnaive_nvec_##SUFFIX V;                                                            \
     enum { LANES = VBYTES / sizeof(T), CT = PNV * LANES };                                        \
-    V acc[PJB][PNV];                                                                               \
-    T sums[PJB][CT] __attribute__((aligned(64)));                                                   \
+    V acc[PJB][PNV];                                                                              \
+    T sums[PJB][CT] __attribute__((aligned(64)));                                                 \
     ptrdiff_t i;                                                                                  \
     int jj, q, t;                                                                                 \
     for (jj = 0; jj < JB; jj++)                                                                   \
-        for (q = 0; q < NVEC; q++)                                                                 \
+        for (q = 0; q < NVEC; q++)                                                                \
             acc[jj][q] = (V){0};                                                                  \
     for (i = 0; i < n; i++) {                                                                     \
-        V x[PNV];                                                                                  \
-        for (q = 0; q < NVEC; q++)                                                                 \
-            x[q] = ((const V *)(X + i * ldx + c))[q];                                             \
+        V x[PNV];                                                                                 \
+        for (q = 0; q < NVEC; q++)                                                                \
+            x[q] = part ? FASTNAIVE_PART_##VBYTES(T, V, X + i * ldx + c, part)                    \
+                        : ((const V *)(X + i * ldx + c))[q];                                      \
         for (jj = 0; jj < JB; jj++) {                                                             \
             const T d = delta[i * m + jb + jj];                                                   \
-            for (q = 0; q < NVEC; q++)                                                             \
+            for (q = 0; q < NVEC; q++)                                                            \
                 acc[jj][q] += d * x[q];                                                           \
         }                                                                                         \
     }                                                                                             \
     for (jj = 0; jj < JB; jj++)                                                                   \
-        for (q = 0; q < NVEC; q++)                                                                 \
+        for (q = 0; q < NVEC; q++)                                                                \
             ((V *)sums[jj])[q] = acc[jj][q];                                                      \
-    for (t = 0; t < NVEC * LANES; t++)                                                            \
+    for (t = 0; t < NVEC * LANES && (!part || t < part); t++)                                     \
         for (jj = 0; jj < JB; jj++) {                                                             \
             T *out = dW + (c + t) * m + jb + jj;                                                  \
             *out = alpha * sums[jj][t] + (beta != 0 ? beta * *out : 0);                           \
         }                                                                                         \
 }                                                                                                 \
                                                                                                   \
-/* Rows [c, c + NVEC vectors) of dW, every column: tiles of PJB columns, then of 2 and 1. */      \
+/* Rows [c, c + NVEC vectors) of dW (part: as the tile's), every column: tiles of PJB columns,    \
+ * then of 2 and 1. */                                                                            \
 FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_param_rows_##SUFFIX(                         \
-    int NVEC, const T *X, ptrdiff_t ldx, const T *delta, ptrdiff_t n, ptrdiff_t m, T alpha,       \
-    T beta, T *dW, ptrdiff_t c)                                                                   \
+    int NVEC, int part, const T *X, ptrdiff_t ldx, const T *delta, ptrdiff_t n, ptrdiff_t m,      \
+    T alpha, T beta, T *dW, ptrdiff_t c)                                                          \
 {                                                                                                 \
     ptrdiff_t j;                                                                                  \
     for (j = 0; j + PJB <= m; j += PJB)                                                           \
-        fastnaive_narrow_param_tile_##SUFFIX(NVEC, PJB, X, ldx, delta, n, m, alpha, beta, dW, c,  \
-                                             j);                                                  \
+        fastnaive_narrow_param_tile_##SUFFIX(NVEC, part, PJB, X, ldx, delta, n, m, alpha, beta,   \
+                                             dW, c, j);                                           \
     if (PJB > 2 && j + 2 <= m) {                                                                  \
-        fastnaive_narrow_param_tile_##SUFFIX(NVEC, 2, X, ldx, delta, n, m, alpha, beta, dW, c, j);\
+        fastnaive_narrow_param_tile_##SUFFIX(NVEC, part, 2, X, ldx, delta, n, m, alpha, beta, dW, \
+                                             c, j);                                               \
         j += 2;                                                                                   \
     }                                                                                             \
     if (PJB > 1 && j < m)                                                                         \
-        fastnaive_narrow_param_tile_##SUFFIX(NVEC, 1, X, ldx, delta, n, m, alpha, beta, dW, c, j);\
+        fastnaive_narrow_param_tile_##SUFFIX(NVEC, part, 1, X, ldx, delta, n, m, alpha, beta, dW, \
+                                             c, j);                                               \
 }                                                                                                 \
                                                                                                   \
-/* Rows of PNV vectors, then of one vector (a layer of fewer inputs than a tile of rows, or the \
- * rows past the last whole tile: a 100-unit hidden layer's last 36), then the rest together. */ \
+/* Rows of PNV vectors, then of one vector (a layer of fewer inputs than a tile of rows, or the   \
+ * rows past the last whole tile: a 100-unit hidden layer's last 36), then the last few (fewer    \
+ * than a vector) as one vector whose loads of X are masked to them. */                           \
 static TARGET void fastnaive_narrow_param_##SUFFIX(                                               \
     const T *X, ptrdiff_t ldx, const T *delta, ptrdiff_t n, ptrdiff_t m, T alpha, T beta, T *dW,  \
     ptrdiff_t c0, ptrdiff_t c1)                                                                   \
 {                                                                                                 \
     enum { LANES = VBYTES / sizeof(T), CT = PNV * LANES };                                        \
-    ptrdiff_t c, i, j;                                                                            \
+    ptrdiff_t c;                                                                                  \
     for (c = c0; c + CT <= c1; c += CT)                                                           \
-        fastnaive_narrow_param_rows_##SUFFIX(PNV, X, ldx, delta, n, m, alpha, beta, dW, c);       \
+        fastnaive_narrow_param_rows_##SUFFIX(PNV, 0, X, ldx, delta, n, m, alpha, beta, dW, c);    \
     for (; PNV > 1 && c + LANES <= c1; c += LANES)                                                \
-        fastnaive_narrow_param_rows_##SUFFIX(1, X, ldx, delta, n, m, alpha, beta, dW, c);         \
-    if (c < c1) {                                                                                 \
-        /* The last rows (fewer than a vector), every sum in a register or L1 at once: row i of \
-         * X and of delta read once for all of them, each sum's chain over i interleaved with \
-         * the others' instead of waiting on its own multiply-add. */                            \
-        T acc[LANES][FASTNAIVE_NARROW_MAX];                                                       \
-        const int rows = (int)(c1 - c);                                                           \
-        int r;                                                                                    \
-        for (r = 0; r < rows; r++)                                                                \
-            for (j = 0; j < m; j++)                                                               \
-                acc[r][j] = 0;                                                                    \
-        for (i = 0; i < n; i++)                                                                   \
-            for (r = 0; r < rows; r++) {                                                          \
-                const T x = X[i * ldx + c + r];                                                   \
-                for (j = 0; j < m; j++)                                                           \
-                    acc[r][j] += x * delta[i * m + j];                                            \
-            }                                                                                     \
-        for (r = 0; r < rows; r++)                                                                \
-            for (j = 0; j < m; j++) {                                                             \
-                T *out = dW + (c + r) * m + j;                                                    \
-                *out = alpha * acc[r][j] + (beta != 0 ? beta * *out : 0);                         \
-            }                                                                                     \
-    }                                                                                             \
+        fastnaive_narrow_param_rows_##SUFFIX(1, 0, X, ldx, delta, n, m, alpha, beta, dW, c);      \
+    if (c < c1)                                                                                   \
+        fastnaive_narrow_param_rows_##SUFFIX(1, (int)(c1 - c), X, ldx, delta, n, m, alpha, beta,  \
+                                             dW, c);                                              \
 }
 
 #if FASTNAIVE_NARROW_DISPATCH
