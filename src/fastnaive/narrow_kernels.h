@@ -118,6 +118,25 @@ FASTNAIVE_NARROW_INLINE TARGET T fastnaive_narrow_sum_##SUFFIX(fastnaive_nvec_##
                           : q[0] + q[1];                                                          \
 }                                                                                                 \
                                                                                                   \
+/* acc[r][jj] += X[i + r, c..] * wt[jb + jj][t..], one vector of each (part > 0: X's first part   \
+ * elements, the rest 0). */                                                                      \
+FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_step_##SUFFIX(                               \
+    int R, int JB, const T *X, ptrdiff_t ldx, ptrdiff_t i, ptrdiff_t c, int part,                 \
+    T wt[FASTNAIVE_NARROW_MAX][FASTNAIVE_NARROW_TILE_BYTES / sizeof(T)], ptrdiff_t jb,            \
+    ptrdiff_t t, fastnaive_nvec_##SUFFIX acc[ROWS][JBMAX])                                        \
+{                                                                                                 \
+    typedef fastnaive_nvec_##SUFFIX V;                                                            \
+    V a[ROWS];                                                                                    \
+    int r, jj;                                                                                    \
+    for (r = 0; r < R; r++)                                                                       \
+        a[r] = part ? FASTNAIVE_PART_##VBYTES(T, V, X + (i + r) * ldx + c, part)                  \
+                    : *(const V *)(X + (i + r) * ldx + c);                                        \
+    for (jj = 0; jj < JB; jj++) {                                                                 \
+        const V w = *(const V *)(wt[jb + jj] + t);                                                \
+        for (r = 0; r < R; r++)                                                                   \
+            acc[r][jj] += a[r] * w;                                                               \
+    }                                                                                             \
+}                                                                                                 \
 /* Rows [i, i + R) of Z, columns [jb, jb + JB), from the transposed tile wt (columns c0.. of X,  \
  * `width` of them, `vectors` whole vectors); first: the tile is the first (Z is overwritten). */ \
 FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_dots_##SUFFIX(                               \
@@ -133,29 +152,13 @@ FASTNAIVE_NARROW_INLINE TARGET void fastnaive_narrow_dots_##SUFFIX(             
     for (r = 0; r < R; r++)                                                                       \
         for (jj = 0; jj < JB; jj++)                                                               \
             acc[r][jj] = (V){0};                                                                  \
-    for (v = 0; v < vectors; v++) {                                                               \
-        V a[ROWS];                                                                                \
-        for (r = 0; r < R; r++)                                                                   \
-            a[r] = *(const V *)(X + (i + r) * ldx + c0 + v * L);                                  \
-        for (jj = 0; jj < JB; jj++) {                                                             \
-            const V w = *(const V *)(wt[jb + jj] + v * L);                                        \
-            for (r = 0; r < R; r++)                                                               \
-                acc[r][jj] += a[r] * w;                                                           \
-        }                                                                                         \
-    }                                                                                             \
-    if (vectors * L < width) {                                                                    \
-        /* The tile's last columns, fewer than a vector: X's loads masked to them, wt's lanes    \
-         * past them zeros. */                                                                    \
-        const int part = (int)(width - vectors * L);                                              \
-        V a[ROWS];                                                                                \
-        for (r = 0; r < R; r++)                                                                   \
-            a[r] = FASTNAIVE_PART_##VBYTES(T, V, X + (i + r) * ldx + c0 + vectors * L, part);     \
-        for (jj = 0; jj < JB; jj++) {                                                             \
-            const V w = *(const V *)(wt[jb + jj] + vectors * L);                                  \
-            for (r = 0; r < R; r++)                                                               \
-                acc[r][jj] += a[r] * w;                                                           \
-        }                                                                                         \
-    }                                                                                             \
+    /* The tile's whole vectors, then its last columns (fewer than a vector) as one: X's loads    \
+     * masked to them, wt's lanes past them zeros. */                                             \
+    for (v = 0; v < vectors; v++)                                                                 \
+        fastnaive_narrow_step_##SUFFIX(R, JB, X, ldx, i, c0 + v * L, 0, wt, jb, v * L, acc);      \
+    if (vectors * L < width)                                                                      \
+        fastnaive_narrow_step_##SUFFIX(R, JB, X, ldx, i, c0 + vectors * L,                        \
+                                       (int)(width - vectors * L), wt, jb, vectors * L, acc);     \
     for (r = 0; r < R; r++)                                                                       \
         for (jj = 0; jj < JB; jj++) {                                                             \
             const T s = fastnaive_narrow_sum_##SUFFIX(acc[r][jj]);                                \

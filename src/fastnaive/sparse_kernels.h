@@ -57,14 +57,10 @@
 #define FASTNAIVE_LIST(SUFFIX, P) fastnaive_list_##SUFFIX(P, p0, p1, index, quads, b_tile, ldb, acc)
 #define FASTNAIVE_WIDE_LIST(SUFFIX, P) \
     fastnaive_wide_list_##SUFFIX(P, p0, p1, index, quads, b_tile, ldb, acc)
-/* The same over two vectors of columns, or one (the columns past the last whole tile), and
- * over the first `part` columns of one (those past the last whole vector). */
-#define FASTNAIVE_VECTOR_LIST(SUFFIX, P) \
-    fastnaive_quads_##SUFFIX(P, 0, 1, 0, 0, p0, p1, index, quads, b_tile, ldb, acc)
-#define FASTNAIVE_PAIR_LIST(SUFFIX, P) \
-    fastnaive_quads_##SUFFIX(P, 0, 2, 0, 0, p0, p1, index, quads, b_tile, ldb, acc)
-#define FASTNAIVE_PART_LIST(SUFFIX, P) \
-    fastnaive_quads_##SUFFIX(P, 0, 1, 0, part, p0, p1, index, quads, b_tile, ldb, acc)
+/* The same over `width` vectors of columns (a tile past the last whole one), or over the
+ * first `part` columns of one (those past the last whole vector). */
+#define FASTNAIVE_SHORT_LIST(SUFFIX, P) \
+    fastnaive_quads_##SUFFIX(P, 0, width, 0, part, p0, p1, index, quads, b_tile, ldb, acc)
 
 /* A group's lists s = 1, ..., 15 (`list` its starts) over the columns from j, each with its
  * pattern a constant, by LISTM (one of the above) on element type T. */
@@ -109,6 +105,13 @@
 typedef T fastnaive_vec_##SUFFIX                                                                  \
     __attribute__((vector_size(VBYTES), aligned(sizeof(T)), may_alias));                          \
                                                                                                   \
+/* Vector q from p, or, part > 0, the first part elements from p (the rest 0). */                 \
+FASTNAIVE_INLINE TARGET fastnaive_vec_##SUFFIX fastnaive_load_##SUFFIX(const T *p, int q,         \
+                                                                   int part)                      \
+{                                                                                                 \
+    return part ? FASTNAIVE_PART_##VBYTES(T, fastnaive_vec_##SUFFIX, p, part)                     \
+                : ((const fastnaive_vec_##SUFFIX *)p)[q];                                         \
+}                                                                                                 \
 /* acc[r][q] += quad[r] * B[index, h + q] for q < width, each quad of the list [p0, p1) of        \
  * pattern `pattern` (width, h, by_vector and part constants where inlined, acc then in          \
  * registers). part > 0: width is 1, and only the row's first part columns are read.             \
@@ -132,7 +135,7 @@ FASTNAIVE_INLINE TARGET void fastnaive_quads_##SUFFIX(                          
                 if (pattern & (1 << r))                                                           \
                     v[r] = values[r] + (V){0};                                                    \
             for (q = 0; q < width; q++) {                                                         \
-                const V x = part ? FASTNAIVE_PART_##VBYTES(T, V, src + q, part) : src[q];         \
+                const V x = fastnaive_load_##SUFFIX((const T *)src, q, part);                     \
                 for (r = 0; r < FASTNAIVE_GROUP; r++)                                             \
                     if (pattern & (1 << r))                                                       \
                         acc[r][q] += v[r] * x;                                                    \
@@ -141,7 +144,7 @@ FASTNAIVE_INLINE TARGET void fastnaive_quads_##SUFFIX(                          
         }                                                                                         \
         V x[NV];                                                                                  \
         for (q = 0; q < width; q++)                                                               \
-            x[q] = part ? FASTNAIVE_PART_##VBYTES(T, V, src + q, part) : src[q];                  \
+            x[q] = fastnaive_load_##SUFFIX((const T *)src, q, part);                              \
         for (r = 0; r < FASTNAIVE_GROUP; r++)                                                     \
             if (pattern & (1 << r)) {                                                             \
                 const T v = values[r];                                                            \
@@ -202,12 +205,11 @@ FASTNAIVE_INLINE TARGET void fastnaive_tile_out_##SUFFIX(                       
             V z = alpha * acc[r][q];                                                              \
             if (scaled) {                                                                         \
                 if (bias && scale != 0)                                                           \
-                    z += scale * (part ? FASTNAIVE_PART_##VBYTES(T, V, bias, part)                \
-                                       : ((const V *)bias)[q]);                                   \
+                    z += scale * fastnaive_load_##SUFFIX(bias, q, part);                          \
             } else if (bias)                                                                      \
-                z += part ? FASTNAIVE_PART_##VBYTES(T, V, bias, part) : ((const V *)bias)[q];     \
+                z += fastnaive_load_##SUFFIX(bias, q, part);                                      \
             if (beta != 0)                                                                        \
-                z += beta * (part ? FASTNAIVE_PART_##VBYTES(T, V, dst, part) : ((V *)dst)[q]);    \
+                z += beta * fastnaive_load_##SUFFIX(dst, q, part);                                \
             if (part)                                                                             \
                 for (c = 0; c < part; c++)                                                        \
                     dst[c] = z[c];                                                                \
@@ -217,6 +219,23 @@ FASTNAIVE_INLINE TARGET void fastnaive_tile_out_##SUFFIX(                       
     }                                                                                             \
 }                                                                                                 \
                                                                                                   \
+/* A tile of `width` vectors (1 or 2; part: as fastnaive_quads') of a group's lines from column   \
+ * j, past the last whole tile: its sums over the group's lists (`list` their starts), then       \
+ * its outputs (fastnaive_tile_out). */                                                           \
+FASTNAIVE_INLINE TARGET void fastnaive_short_tile_##SUFFIX(                                       \
+    int width, int part, const int *list, const int *index, const T *quads, const T *B,           \
+    ptrdiff_t ldb, ptrdiff_t j, int lines, const T *bias, const T *scales, T alpha, T beta,       \
+    int scaled, T *out, ptrdiff_t ldo)                                                            \
+{                                                                                                 \
+    fastnaive_vec_##SUFFIX acc[FASTNAIVE_GROUP][NV];                                              \
+    int r, q, s;                                                                                  \
+    for (r = 0; r < FASTNAIVE_GROUP; r++)                                                         \
+        for (q = 0; q < width; q++)                                                               \
+            acc[r][q] = (fastnaive_vec_##SUFFIX){0};                                              \
+    FASTNAIVE_LISTS(T, SUFFIX, FASTNAIVE_SHORT_LIST);                                             \
+    fastnaive_tile_out_##SUFFIX(acc, width, part, lines, bias ? bias + j : NULL, scales, alpha,   \
+                                beta, scaled, out + j, ldo);                                      \
+}                                                                                                 \
 /* The product, compiled apart for scaled (scales given) and not, so that the plain one's     \
  * epilogue has no test of scales. */                                                             \
 FASTNAIVE_INLINE TARGET void fastnaive_grouped_body_##SUFFIX(                                     \
@@ -247,31 +266,18 @@ FASTNAIVE_INLINE TARGET void fastnaive_grouped_body_##SUFFIX(                   
         /* Past the last whole tile, tiles of two vectors, then of one, then the last few as one  \
          * masked vector (a layer of 100 outputs: past its tile of 64 floats on AVX-512, 32       \
          * columns and a masked 4; each tile another pass over the group's lists). */            \
-        for (; NV > 2 && j + 2 * LANES <= j1; j += 2 * LANES) {                                   \
-            V acc[FASTNAIVE_GROUP][NV];                                                           \
-            for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
-                acc[r][0] = acc[r][1] = zero;                                                     \
-            FASTNAIVE_LISTS(T, SUFFIX, FASTNAIVE_PAIR_LIST);                                      \
-            fastnaive_tile_out_##SUFFIX(acc, 2, 0, lines, bias ? bias + j : NULL, line_scales,    \
-                                        alpha, beta, scaled, out + first * ldo + j, ldo);         \
-        }                                                                                         \
-        for (; NV > 1 && j + LANES <= j1; j += LANES) {                                           \
-            V acc[FASTNAIVE_GROUP][NV];                                                           \
-            for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
-                acc[r][0] = zero;                                                                 \
-            FASTNAIVE_LISTS(T, SUFFIX, FASTNAIVE_VECTOR_LIST);                                    \
-            fastnaive_tile_out_##SUFFIX(acc, 1, 0, lines, bias ? bias + j : NULL, line_scales,    \
-                                        alpha, beta, scaled, out + first * ldo + j, ldo);         \
-        }                                                                                         \
-        if (j < j1) {                                                                             \
-            const int part = (int)(j1 - j);                                                       \
-            V acc[FASTNAIVE_GROUP][NV];                                                           \
-            for (r = 0; r < FASTNAIVE_GROUP; r++)                                                 \
-                acc[r][0] = zero;                                                                 \
-            FASTNAIVE_LISTS(T, SUFFIX, FASTNAIVE_PART_LIST);                                      \
-            fastnaive_tile_out_##SUFFIX(acc, 1, part, lines, bias ? bias + j : NULL, line_scales, \
-                                        alpha, beta, scaled, out + first * ldo + j, ldo);         \
-        }                                                                                         \
+        for (; NV > 2 && j + 2 * LANES <= j1; j += 2 * LANES)                                     \
+            fastnaive_short_tile_##SUFFIX(2, 0, list, index, quads, B, ldb, j, lines, bias,       \
+                                          line_scales, alpha, beta, scaled, out + first * ldo,    \
+                                          ldo);                                                   \
+        for (; NV > 1 && j + LANES <= j1; j += LANES)                                             \
+            fastnaive_short_tile_##SUFFIX(1, 0, list, index, quads, B, ldb, j, lines, bias,       \
+                                          line_scales, alpha, beta, scaled, out + first * ldo,    \
+                                          ldo);                                                   \
+        if (j < j1)                                                                               \
+            fastnaive_short_tile_##SUFFIX(1, (int)(j1 - j), list, index, quads, B, ldb, j, lines, \
+                                          bias, line_scales, alpha, beta, scaled,                 \
+                                          out + first * ldo, ldo);                                \
         if (relu)                                                                                 \
             for (r = 0; r < lines; r++) {                                                         \
                 T *dst = out + (first + r) * ldo;                                                 \
