@@ -1,12 +1,24 @@
 """Shared fixtures: the dtypes, a seeded generator, the kernels' instruction set, the real
-MNIST, and the book's TensorFlow code as the oracle. The plain helpers are in helpers.py."""
+MNIST, and the book's TensorFlow code as the oracle. The plain helpers are in helpers.py.
+
+Hypothesis draws the same examples in every run (profile "deterministic"), so that a run,
+CI's among them, passes or fails on the code alone; FASTNAIVE_HYPOTHESIS_PROFILE=explore
+draws new ones in each run, to look for failures. Either way a failure prints the blob
+that replays it (@reproduce_failure)."""
+
+import os
 
 import numpy as np
 import pytest
 from helpers import DTYPES
+from hypothesis import settings
 
 import fastnaive
 from fastnaive import _sparse
+
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+settings.load_profile(os.environ.get("FASTNAIVE_HYPOTHESIS_PROFILE", "deterministic"))
 
 
 @pytest.fixture(params=DTYPES)
