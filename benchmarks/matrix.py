@@ -227,6 +227,18 @@ def default_threads():
     return [1, 2] if len(os.sched_getaffinity(0)) >= 2 else [1]
 
 
+def add_workloads_argument(parser, default):
+    """--workloads NAME ...: some of WORKLOADS, `default` when not given."""
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=sorted(WORKLOADS),
+        default=list(default),
+        metavar="NAME",
+        help=f"default: {' '.join(default)} ({', '.join(sorted(WORKLOADS))})",
+    )
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few batches, one round")
@@ -238,9 +250,7 @@ def parse_args(argv=None):
         metavar="N",
         help="thread counts, one process each (default 1 2, as far as the CPUs allow)",
     )
-    parser.add_argument(
-        "--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS), metavar="NAME"
-    )
+    add_workloads_argument(parser, WORKLOADS)
     parser.add_argument(
         "--peers",
         nargs="+",

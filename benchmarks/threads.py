@@ -48,14 +48,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="three batches an epoch, one round")
     parser.add_argument("--rounds", type=int, help=f"rounds of two epochs (default {ROUNDS})")
-    parser.add_argument(
-        "--workloads",
-        nargs="+",
-        choices=sorted(matrix.WORKLOADS),
-        default=list(DEFAULT_WORKLOADS),
-        metavar="NAME",
-        help=f"default: {' '.join(DEFAULT_WORKLOADS)} ({', '.join(sorted(matrix.WORKLOADS))})",
-    )
+    matrix.add_workloads_argument(parser, DEFAULT_WORKLOADS)
     parser.add_argument(
         "--isa",
         choices=["native", "avx2"],

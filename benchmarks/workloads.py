@@ -166,18 +166,26 @@ def settle():
     time.sleep(SETTLE_SECONDS)
 
 
-@functools.cache
-def placement_library():
-    """benchmarks/placement.c compiled with the C compiler Python was built with and loaded
-    (ctypes), once per process; None without a compiler."""
+def build_library(source, folder, libraries=()):
+    """The C file `source` compiled into a shared library in `folder` with the C compiler
+    Python was built with; its path, or None without a compiler or where it fails."""
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         return None
-    source = Path(__file__).with_name("placement.c")
+    path = os.path.join(folder, Path(source).stem + ".so")
+    command = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", path, str(source)]
+    if subprocess.run([*command, *libraries], capture_output=True).returncode != 0:
+        return None
+    return path
+
+
+@functools.cache
+def placement_library():
+    """benchmarks/placement.c compiled (build_library) and loaded (ctypes), once per process;
+    None without a compiler."""
     with tempfile.TemporaryDirectory(prefix="placement") as folder:
-        path = os.path.join(folder, "placement.so")
-        command = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", path, str(source)]
-        if subprocess.run(command, capture_output=True).returncode != 0:
+        path = build_library(Path(__file__).with_name("placement.c"), folder)
+        if path is None:
             return None
         # Loaded (mapped) before its file goes with the folder.
         library = ctypes.CDLL(path)
