@@ -385,6 +385,25 @@ def test_element_rules_match_numpy(dtype, rng):
                 assert_close(w.reshape(-1), w0.reshape(-1) + 0.5 * velocity - 0.25 * g)
 
 
+def test_a_held_tuple_state_steps_its_arrays(dtype):
+    """apply_rule takes a tuple of tuples it has bound as it is (Update.rule gives one at every
+    step): three steps on it leave the bits three steps on a list leave, which is checked at
+    every call; given with another rule's kind, the tuple is checked again."""
+    results = []
+    for container in (list, tuple):
+        layers, program, _, _, _, x = backpropagated(dtype, np.random.default_rng(5))
+        state = container(container(entry) for entry in zero_state(layers, 2, dtype))
+        for _ in range(3):
+            program.apply_rule(x, N_SAMPLES, ADAM, state)
+        weights = [w.copy() for layer in layers for w in (layer.W, layer.b)]
+        results.append([a.copy() for entry in state for a in entry] + weights)
+    for got, wanted in zip(results[1], results[0], strict=True):
+        np.testing.assert_array_equal(got, wanted)
+    momentum = (_kernels.MOMENTUM_RULE, 0.1, 0.9, 0.0, 0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="1 state array"):
+        program.apply_rule(x, N_SAMPLES, momentum, state)
+
+
 def test_gradient_bound_bounds_the_gradients(dtype, rng):
     """gradient_bound is at least the largest |g| apply_rule feeds its rule (with L2)."""
     layers, program, _, _, gradients, x = backpropagated(dtype, rng, l2=0.5)

@@ -128,6 +128,12 @@ cdef class Program:
     cdef readonly bint shifted
     cdef readonly Py_ssize_t cut
     cdef list state_arrays, state_views
+    # The state last bound where it was a tuple (of tuples: not checked again when given
+    # again), and its arrays per weight; each state array's first element, in bind order.
+    cdef object held_state
+    cdef Py_ssize_t held_per_array
+    cdef object state_pointer_array
+    cdef size_t[::1] state_pointers
     # The input whose column groups the last training forward made with its row groups
     # (its first element's address and its rows; NULL: none), for param_grad to use.
     cdef const void* columns_of
@@ -474,14 +480,15 @@ cdef class Program:
         else:
             apply_sweep[float](self, x, n, scale, l2, max(n_threads, 1))
 
-    def apply_rule(self, x, Py_ssize_t n, tuple rule, list state, int n_threads=1):
+    def apply_rule(self, x, Py_ssize_t n, tuple rule, state, int n_threads=1):
         """An optimizer's step on every layer, fused into the weight-gradient kernels: each
         block of a layer's gradients X.T @ delta + 2 l2 W and sum_rows(delta), written to
         the gradient buffers, is stepped by `rule` in the thread that produced it, while it
         is in cache. rule: (kind, learning_rate, momentum, alpha, 1 - beta_1, 1 - beta_2,
         epsilon), kind one of fastnaive._kernels' *_RULE (Optimizer.element_rule); state:
         per weight array [W0, b0, W1, ...], its state arrays (one for momentum, two for Adam),
-        flat, of its size and dtype. Not for FIRST_EXTERNAL (the caller's first layer)."""
+        flat, of its size and dtype; a tuple of tuples, given again, is not checked again.
+        Not for FIRST_EXTERNAL (the caller's first layer)."""
         cdef Rule r
         self.check(x, n, 0, True)
         if self.first == FIRST_EXTERNAL:
@@ -500,9 +507,15 @@ cdef class Program:
         else:
             rule_sweep[float](self, x, n, r, l2, max(n_threads, 1))
 
-    cdef int bind_state(self, list state, Py_ssize_t per_array) except -1:
-        """Hold views of `state` (apply_rule's), checked, unless they are of the same arrays."""
+    cdef int bind_state(self, state, Py_ssize_t per_array) except -1:
+        """Hold views of `state` (apply_rule's), checked, and their pointers, unless they are
+        of the same arrays; a tuple of tuples held already (hold_state) is taken as it is."""
         cdef Py_ssize_t i, j
+        cdef float[::1] f
+        cdef double[::1] d
+        if type(state) is tuple and state is self.held_state and per_array == self.held_per_array:
+            return 0
+        self.held_state = None
         if len(state) != 2 * self.n_layers or any(len(entry) != per_array for entry in state):
             raise ValueError(f"Expected {per_array} state array(s) for each of the "
                              f"{2 * self.n_layers} weight arrays. Received: "
@@ -511,6 +524,7 @@ cdef class Program:
         held = self.state_arrays
         if (held is not None and len(held) == len(arrays)
                 and all(a is b for a, b in zip(held, arrays))):
+            self.hold_state(state, per_array)
             return 0
         dtype = np.float64 if self.is_double else np.float32
         views = []
@@ -527,7 +541,25 @@ cdef class Program:
                                      f"C-contiguous {np.dtype(dtype)} array of {size} "
                                      f"elements. Received: {received}")
                 views.append(held_view(a, self.is_double))
+        pointers = np.empty(len(views), np.uintp)
+        for i, view in enumerate(views):
+            if self.is_double:
+                d = view
+                pointers[i] = <size_t>&d[0]
+            else:
+                f = view
+                pointers[i] = <size_t>&f[0]
         self.state_arrays, self.state_views = arrays, views
+        self.state_pointer_array, self.state_pointers = pointers, pointers
+        self.hold_state(state, per_array)
+        return 0
+
+    cdef int hold_state(self, state, Py_ssize_t per_array) except -1:
+        """Keep `state`, just bound, to be taken as it is when given again, where it is a
+        tuple of tuples (it cannot change)."""
+        immutable = type(state) is tuple and all(type(entry) is tuple for entry in state)
+        self.held_state = state if immutable else None
+        self.held_per_array = per_array
         return 0
 
 
@@ -1024,7 +1056,7 @@ cdef int apply_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, double s
 cdef int rule_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, Rule rule, list l2,
                     int n_threads) except -1:
     cdef floating[:, ::1] delta, W, dW
-    cdef floating[::1] b, db, s
+    cdef floating[::1] b, db
     cdef Py_ssize_t i, a, j, per_array = 2 if rule.kind == RULE_ADAM else 1
     for i in reversed(range(p.n_layers)):
         delta = p.deltas[i]
@@ -1036,8 +1068,7 @@ cdef int rule_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, Rule rule
             for j in range(2):
                 rule.state[2 * a + j] = NULL
                 if j < per_array:
-                    s = p.state_views[(2 * i + a) * per_array + j]
-                    rule.state[2 * a + j] = &s[0]
+                    rule.state[2 * a + j] = <void*>p.state_pointers[(2 * i + a) * per_array + j]
         dW, db = p.grads[2 * i], p.grads[2 * i + 1]
         param_grad(p, i, x, delta, 1, 0, dW, db, n_threads, &rule)
     return 0

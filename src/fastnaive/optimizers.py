@@ -397,9 +397,9 @@ class Update:
         if rule is None:
             return None
         # The state arrays stay the same until the optimizer places others (set_state, a
-        # weight of another size at a position).
+        # weight of another size at a position); as tuples, which the Program binds once.
         if self._state is None or self._state[0] != optimizer._placements:
-            arrays = optimizer.state_arrays(self.weights)
+            arrays = tuple(map(tuple, optimizer.state_arrays(self.weights)))
             self._state = (optimizer._placements, arrays)
         return rule, self._state[1]
 
