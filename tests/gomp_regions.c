@@ -152,12 +152,6 @@ int fastnaive_trace_threads(void)
     return TRACE_THREADS;
 }
 
-/* The clock of the times above (CLOCK_MONOTONIC, in seconds). */
-double fastnaive_trace_clock(void)
-{
-    return seconds();
-}
-
 /* The object holding `function` (its path, up to size bytes, and its load address), for
  * naming it from the object's symbol table; -1 where it is unknown. */
 int fastnaive_function_origin(void *function, char *path, size_t size, void **base)

@@ -127,13 +127,13 @@ cdef class Program:
     cdef void* spare
     cdef readonly bint shifted
     cdef readonly Py_ssize_t cut
-    cdef list state_arrays, state_views
-    # The state last bound where it was a tuple (of tuples: not checked again when given
-    # again), and its arrays per weight; each state array's first element, in bind order.
+    # The state arrays bound (bind_state), flat, and the address of each one's first element;
+    # the state last bound where it was a tuple (of tuples: not checked again when given
+    # again), and its arrays per weight.
+    cdef list state_arrays
+    cdef size_t[::1] state_pointers
     cdef object held_state
     cdef Py_ssize_t held_per_array
-    cdef object state_pointer_array
-    cdef size_t[::1] state_pointers
     # The input whose column groups the last training forward made with its row groups
     # (its first element's address and its rows; NULL: none), for param_grad to use.
     cdef const void* columns_of
@@ -508,9 +508,9 @@ cdef class Program:
             rule_sweep[float](self, x, n, r, l2, max(n_threads, 1))
 
     cdef int bind_state(self, state, Py_ssize_t per_array) except -1:
-        """Hold views of `state` (apply_rule's), checked, and their pointers, unless they are
-        of the same arrays; a tuple of tuples held already (hold_state) is taken as it is."""
-        cdef Py_ssize_t i, j
+        """Hold `state`'s arrays (apply_rule's), checked, and their addresses, unless they are
+        the arrays held; a tuple of tuples held already (hold_state) is taken as it is."""
+        cdef Py_ssize_t i, j, k = 0
         cdef float[::1] f
         cdef double[::1] d
         if type(state) is tuple and state is self.held_state and per_array == self.held_per_array:
@@ -527,7 +527,7 @@ cdef class Program:
             self.hold_state(state, per_array)
             return 0
         dtype = np.float64 if self.is_double else np.float32
-        views = []
+        pointers = np.empty(len(arrays), np.uintp)
         for i, entry in enumerate(state):
             size = self.arrays[i].size
             for j, a in enumerate(entry):
@@ -540,17 +540,15 @@ cdef class Program:
                     raise ValueError(f"Expected state[{i}][{j}] as a flat, writeable, "
                                      f"C-contiguous {np.dtype(dtype)} array of {size} "
                                      f"elements. Received: {received}")
-                views.append(held_view(a, self.is_double))
-        pointers = np.empty(len(views), np.uintp)
-        for i, view in enumerate(views):
-            if self.is_double:
-                d = view
-                pointers[i] = <size_t>&d[0]
-            else:
-                f = view
-                pointers[i] = <size_t>&f[0]
-        self.state_arrays, self.state_views = arrays, views
-        self.state_pointer_array, self.state_pointers = pointers, pointers
+                if self.is_double:
+                    d = a
+                    pointers[k] = <size_t>&d[0]
+                else:
+                    f = a
+                    pointers[k] = <size_t>&f[0]
+                k += 1
+        # The list keeps the arrays, hence the addresses, alive.
+        self.state_arrays, self.state_pointers = arrays, pointers
         self.hold_state(state, per_array)
         return 0
 
