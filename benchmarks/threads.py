@@ -4,14 +4,16 @@ workloads, as a Markdown table.
 For each workload of matrix.py, one process trains fastnaive from the matrix's initial
 weights (its FastnaivePeer, reset before every epoch), one epoch at a time, the epochs
 alternating between one thread (every thread pool limited to one, threadpoolctl) and the
-process's two CPUs, `--rounds` rounds. Before each two-thread epoch a cache line's round trip
-between the two CPUs is measured (workloads.core_round_trip): on a virtual machine the host
-places the two virtual CPUs near each other or far apart and moves them, and a two-thread
-step that hands data between its threads runs at the speed of that placement. The table
-gives the one-thread epochs' median and best, the same of the two-thread epochs run near
-(below workloads.NEAR_NS), the ratios of the medians and of the bests, and the far epochs'
-median. Interleaved in one process, the ratio is steadier than between two runs apart
-(matrix.py's thread counts run one after the other, each in its own process).
+process's two CPUs, `--rounds` rounds. Before and after each two-thread epoch a cache line's
+round trip between the two CPUs is measured (workloads.core_round_trip): on a virtual machine
+the host places the two virtual CPUs near each other or far apart and moves them, and a
+two-thread step that hands data between its threads runs at the speed of that placement. An
+epoch is near where both round trips are below workloads.NEAR_NS, far where neither is, and
+moved otherwise (the host moved the CPUs while it ran). The table gives the one-thread
+epochs' median and best, the same of the near two-thread epochs, the ratios of the medians
+and of the bests, and the far and moved epochs' medians. Interleaved in one process, the
+ratio is steadier than between two runs apart (matrix.py's thread counts run one after the
+other, each in its own process).
 
 Run from the repository root, FASTNAIVE_DATA naming a folder holding mnist.npz:
 
@@ -72,7 +74,7 @@ def timed(epoch):
 
 
 def scaling(workload, images, args):
-    """(one-thread seconds, [(two-thread seconds, round trip ns or None), ...])"""
+    """(one-thread seconds, [(two-thread seconds, (round trip ns before, after) or None), ...])"""
     x, y = matrix.workload_data(workload, images, args.quick)
     peer = peers.FastnaivePeer(workload, matrix.initial_weights(workload), x, y)
     peer.epoch(matrix.warm_up_batches(len(peer.bounds)))  # plans, pages the buffers in
@@ -82,9 +84,20 @@ def scaling(workload, images, args):
         with threadpool_limits(1):
             ones.append(timed(peer.epoch))
         peer.reset()
-        nanoseconds = workloads.core_round_trip()
-        twos.append((timed(peer.epoch), nanoseconds))
+        before = workloads.core_round_trip()
+        seconds = timed(peer.epoch)
+        after = workloads.core_round_trip()
+        twos.append((seconds, None if before is None or after is None else (before, after)))
     return ones, twos
+
+
+def placement(trips):
+    """'near', 'far' or 'moved' of a two-thread epoch's round trips (before, after); 'far'
+    where they are unknown (no second CPU to time, or no C compiler)."""
+    if trips is None:
+        return "far"
+    near = [ns < workloads.NEAR_NS for ns in trips]
+    return "near" if all(near) else "far" if not any(near) else "moved"
 
 
 def cell(seconds):
@@ -92,21 +105,22 @@ def cell(seconds):
 
 
 def row(workload, ones, twos):
-    near = [s for s, ns in twos if ns is not None and ns < workloads.NEAR_NS]
-    far = [s for s, ns in twos if not (ns is not None and ns < workloads.NEAR_NS)]
+    near, far, moved = (
+        [s for s, trips in twos if placement(trips) == kind] for kind in ("near", "far", "moved")
+    )
     ratios = "-"
     if near:
         ratios = (
             f"{statistics.median(ones) / statistics.median(near):.2f} / {min(ones) / min(near):.2f}"
         )
-    trips = [round(ns) for _, ns in twos if ns is not None]
+    trips = [round(ns) for _, pair in twos if pair is not None for ns in pair]
     spread = f"{min(trips)}-{max(trips)}" if trips else "-"
     return [
         workload.name,
         cell(ones),
         f"{cell(near)} ({len(near)})",
         ratios,
-        f"{statistics.median(far):.3f} ({len(far)})" if far else "-",
+        *(f"{statistics.median(s):.3f} ({len(s)})" if s else "-" for s in (far, moved)),
         spread,
     ]
 
@@ -147,6 +161,7 @@ def main(argv=None):
         "2 threads near s, median / best (epochs)",
         "1t / 2t near, medians / bests",
         "2 threads far s, median (epochs)",
+        "2 threads moved s, median (epochs)",
         "round trip ns",
     ]
     print(workloads.markdown_table(headers, rows))
