@@ -502,7 +502,157 @@ def test_train_stops_at_a_loss_that_is_not_finite(narrow, rng):
         assert (deltas[0] == 7).all()
 
 
+STEPS = {
+    "sgd": (-0.5, None, 0),
+    "momentum": (None, (_kernels.NESTEROV_RULE, 0.25, 0.5, 0.0, 0.0, 0.0, 0.0), 1),
+    "adam": (None, (_kernels.ADAM_RULE, 0.0, 0.0, 0.01, 0.1, 0.001, 1e-3), 2),
+}
+
+
+def train_arguments(x, labels, weights, scale):
+    """Program.train's arguments for the rows of x (its loss's scale 0.25, a penalty of
+    0.125, from row 3 at step 7, weight and input bounds 2 and 1)."""
+    n = x.shape[0]
+    return (x, n, _losses.SPARSE_CATEGORICAL, labels, weights, 0.25, 0.125, 3, 7, scale, 2.0, 1.0)
+
+
+def train_and_update_arguments(x, labels, weights, scale, rule, state, slots, limit, counters):
+    """Program.train_and_update's: train_arguments', one thread, then the step's."""
+    return (*train_arguments(x, labels, weights, scale), 1, rule, state, slots, limit, *counters)
+
+
+@pytest.mark.parametrize("step", STEPS.values(), ids=STEPS.keys())
+@pytest.mark.parametrize("first", FIRST.values(), ids=FIRST.keys())
+def test_train_and_update_is_train_then_the_guarded_step(first, step, dtype, rng):
+    """train_and_update: train's passes, then the step's bound (with a rule, the change
+    bound of _kernels.change_bound_checked on the gradient bound, its slots advanced) and,
+    below the limit, apply's or apply_rule's step with both counters counted: the same bits,
+    state and bound as those calls one after the other. At or above the limit, nothing is
+    written but the slots, advanced once, and the bound is returned for the guarded step."""
+    scale, rule, per_array = step
+    n = N_SAMPLES - 2
+    x = sparse_inputs(rng, dtype, n)
+    labels = rng.integers(0, N_CLASSES, n).astype(np.intp)
+    weights = rng.uniform(0.5, 2, n).astype(dtype)
+    results = []
+    for together in (False, True):
+        layers = two_layers(dtype, l2=0.1)
+        program, outputs, deltas, _ = program_for(layers, dtype, first)
+        state = tuple(tuple(entry) for entry in zero_state(layers, per_array, dtype))
+        slots, counters = np.array([0.5, 0.25]), (np.zeros(1, np.int64), np.zeros(1, np.int64))
+        if together:
+            got = program.train_and_update(
+                *train_and_update_arguments(
+                    x, labels, weights, scale, rule, state, slots, np.inf, counters
+                )
+            )
+        else:
+            loss, hits, bound = program.train(*train_arguments(x, labels, weights, scale))
+            if rule is None:
+                program.apply(x, n, scale)
+            else:
+                change, state_bound = _kernels.change_bound_checked(rule, slots, bound)
+                bound = _kernels.largest_bound_checked(2.0 + change, state_bound, bound)
+                program.apply_rule(x, n, rule, state)
+            got = (loss, hits, bound, True)
+            for counter in counters:
+                counter += 1
+        arrays = [w for layer in layers for w in (layer.W, layer.b)]
+        arrays += [a for entry in state for a in entry] + [slots, *counters]
+        results.append((got, [a.copy() for a in arrays] + [a[:n].copy() for a in outputs + deltas]))
+    assert results[1][0] == results[0][0]
+    assert results[1][0][2] > 0
+    for got, wanted in zip(results[1][1], results[0][1], strict=True):
+        np.testing.assert_array_equal(got, wanted)
+
+    # At the limit: the passes and the slots alone.
+    layers = two_layers(dtype, l2=0.1)
+    program, _, _, _ = program_for(layers, dtype, first)
+    before = [w.copy() for layer in layers for w in (layer.W, layer.b)]
+    state = tuple(tuple(entry) for entry in zero_state(layers, per_array, dtype))
+    slots, counters = np.array([0.5, 0.25]), (np.zeros(1, np.int64), np.zeros(1, np.int64))
+    bound = results[0][0][2]
+    got = program.train_and_update(
+        *train_and_update_arguments(x, labels, weights, scale, rule, state, slots, bound, counters)
+    )
+    assert got == (*results[0][0][:3], False)
+    for w, w0 in zip((w for layer in layers for w in (layer.W, layer.b)), before, strict=True):
+        np.testing.assert_array_equal(w, w0)
+    assert all((a == 0).all() for entry in state for a in entry)
+    np.testing.assert_array_equal(slots, results[0][1][len(before) + len(state) * per_array])
+    assert [int(c[0]) for c in counters] == [0, 0]
+
+
+def test_train_and_update_takes_no_step_after_a_loss_that_is_not_finite(rng):
+    """A NaN in the inputs: no bound, no step, the slots and counters as they were."""
+    layers = two_layers("float32")
+    program, _, _, _ = program_for(layers, "float32", _program.FIRST_DENSE)
+    before = [w.copy() for layer in layers for w in (layer.W, layer.b)]
+    x = sparse_inputs(rng, "float32")
+    x[2, 3] = np.nan
+    labels = np.zeros(N_SAMPLES, np.intp)
+    slots, counters = np.array([0.5, 0.25]), (np.zeros(1, np.int64), np.zeros(1, np.int64))
+    state = tuple(tuple(entry) for entry in zero_state(layers, 2, "float32"))
+    loss, _, bound, applied = program.train_and_update(
+        *train_and_update_arguments(
+            x, labels, None, None, STEPS["adam"][1], state, slots, np.inf, counters
+        )
+    )
+    assert np.isnan(loss) and bound is None and not applied
+    for w, w0 in zip((w for layer in layers for w in (layer.W, layer.b)), before, strict=True):
+        np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(slots, [0.5, 0.25])
+    assert [int(c[0]) for c in counters] == [0, 0]
+
+
+def test_change_bound_is_each_optimizers_bound(rng):
+    """_kernels.change_bound_checked, what every optimizer's change_bound and a Program's
+    train_and_update compute: SGD's learning_rate * g; momentum's velocity bound v := m v + lr
+    g (Nesterov's step m v + lr g); Adam's alpha m / epsilon with the moments' bounds m :=
+    beta_1 m + (1 - beta_1) g, v := beta_2 v + (1 - beta_2) g^2 and the state's bound the
+    largest of g + m, g^2 + v (the kernel's intermediates) and m alpha; inf for a NaN."""
+    g = 3.0
+    slots = np.array([0.5, 0.25])
+    plain = (_kernels.PLAIN_RULE, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0)
+    assert _kernels.change_bound_checked(plain, slots, g) == (0.1 * g, 0.0)
+    np.testing.assert_array_equal(slots, [0.5, 0.25])
+    nesterov = (_kernels.NESTEROV_RULE, 0.1, 0.9, 0.0, 0.0, 0.0, 0.0)
+    velocity = 0.9 * 0.5 + 0.1 * g
+    assert _kernels.change_bound_checked(nesterov, slots, g) == (0.9 * velocity + 0.1 * g, velocity)
+    np.testing.assert_array_equal(slots, [velocity, 0.25])
+    slots = np.array([0.5, 0.25])
+    adam = (_kernels.ADAM_RULE, 0.0, 0.0, 0.01, 0.1, 0.001, 1e-3)
+    m, v = 0.9 * 0.5 + 0.1 * g, 0.999 * 0.25 + 0.001 * g * g
+    change, state = _kernels.change_bound_checked(adam, slots, g)
+    assert change == pytest.approx(0.01 * m / 1e-3, rel=1e-15)
+    assert state == pytest.approx(max(g + 0.5, g * g + 0.25, m * 0.01), rel=1e-15)
+    np.testing.assert_allclose(slots, [m, v], rtol=1e-15)
+    assert _kernels.change_bound_checked(adam, slots, np.nan)[1] == np.inf
+    assert _kernels.largest_bound_checked(1.0, np.nan, 2.0) == np.inf
+    assert _kernels.largest_bound_checked(1.0, 3.0, 2.0) == 3.0
+    with pytest.raises(ValueError, match="Expected slots of 2 elements"):
+        _kernels.change_bound_checked(adam, np.zeros(1), g)
+    with pytest.raises(ValueError, match="kind in"):
+        _kernels.change_bound_checked((7, *adam[1:]), slots, g)
+
+
 ADAM = (_kernels.ADAM_RULE, 0.0, 0.0, 0.01, 0.1, 0.001, 1e-7)
+
+
+def bad_step(scale, rule=None, per_array=0, slots=None, counters=(1, 1)):
+    """A call of train_and_update with these arguments (state arrays: per_array a weight;
+    counters: their sizes)."""
+
+    def call(program, x):
+        state = zero_state(two_layers("float32"), per_array) if per_array else None
+        counts = tuple(np.zeros(size, np.int64) for size in counters)
+        labels = np.zeros(N_SAMPLES, np.intp)
+        arguments = (x, labels, None, scale, rule, state, slots, 1.0, counts)
+        return program.train_and_update(*train_and_update_arguments(*arguments))
+
+    return call
+
+
 BAD_CALLS = {
     "more rows than the capacity": lambda p, x: p.forward(x, N_SAMPLES + 1),
     "x of other rows than n": lambda p, x: p.forward(x[:3], 4),
@@ -548,6 +698,10 @@ BAD_CALLS = {
         1.0,
         1.0,
     ),
+    "a step of no rule nor scale": bad_step(None),
+    "a step of a rule and a scale": bad_step(-1.0, ADAM, 2, np.zeros(2)),
+    "Adam's slots of one element": bad_step(None, ADAM, 2, np.zeros(1)),
+    "a counter of two elements": bad_step(-1.0, counters=(2, 1)),
     "a loss of no code": lambda p, x: p.train(
         x, N_SAMPLES, 9, np.zeros(N_SAMPLES, np.intp), None, 1.0, 0.0, 0, 0, -1.0, 1.0, 1.0
     ),

@@ -1,7 +1,9 @@
 from cython cimport floating
 
 cdef enum:
-    # The element steps a Rule applies (an optimizer's step from its gradient).
+    # The element steps a Rule applies (an optimizer's step from its gradient). RULE_PLAIN,
+    # w := w - learning_rate g, is the GEMMs' own step: change_bound's alone.
+    RULE_PLAIN = 0
     RULE_MOMENTUM = 1
     RULE_NESTEROV = 2
     RULE_ADAM = 3
@@ -47,3 +49,7 @@ cdef double scan(const floating* a, Py_ssize_t n, Py_ssize_t* nonzeros,
 cdef double scan_from(const floating[:, ::1] a, const floating[::1] offsets,
                       Py_ssize_t* nonzeros, int n_threads) noexcept nogil
 cdef double max_abs_on(const floating* a, Py_ssize_t n, int n_threads) noexcept nogil
+
+cdef int read_rule(tuple rule, Rule* out, bint plain) except -1
+cdef double change_bound(const Rule* rule, double* slots, double g, double* state) noexcept nogil
+cdef double largest_bound(double a, double b, double c) noexcept nogil

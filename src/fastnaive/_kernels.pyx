@@ -20,7 +20,7 @@ from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_RECORDS_RO,
 cimport cython
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, NAN, powf, sqrtf
+from libc.math cimport exp, INFINITY, NAN, powf, sqrtf
 from libc.string cimport memcpy
 
 import numpy as np
@@ -420,6 +420,50 @@ cdef void rule_step(const Rule* rule, int array, floating* g, Py_ssize_t start,
                        <floating>rule.momentum, rule.kind == RULE_NESTEROV)
 
 
+cdef int read_rule(tuple rule, Rule* out, bint plain) except -1:
+    """out's kind and settings from rule = (kind, learning_rate, momentum, alpha, 1 - beta_1,
+    1 - beta_2, epsilon) (Optimizer.element_rule's), checked; kind RULE_PLAIN only where
+    `plain` (change_bound's rules)"""
+    kinds = (RULE_PLAIN,) * plain + (RULE_MOMENTUM, RULE_NESTEROV, RULE_ADAM)
+    if len(rule) != 7 or rule[0] not in kinds:
+        raise ValueError(f"Expected rule = (kind, learning_rate, momentum, alpha, 1 - beta_1, "
+                         f"1 - beta_2, epsilon), kind in {kinds}. Received: rule={rule!r}")
+    (out.kind, out.learning_rate, out.momentum, out.alpha, out.one_minus_beta_1,
+     out.one_minus_beta_2, out.epsilon) = rule
+    return 0
+
+
+cdef double change_bound(const Rule* rule, double* slots, double g, double* state) noexcept nogil:
+    """How far the next step of `rule` on gradients of |g| <= g can move a weight (the
+    overflow guard's bound, Optimizer.change_bound); state[0] := a bound of |state| after it.
+    slots[0], slots[1]: bounds of |state| before the step, per kind of state array (the
+    velocity; Adam's m and v), advanced to after it."""
+    cdef double step, velocity, m, v, m_before = slots[0], v_before = slots[1]
+    if rule.kind == RULE_ADAM:
+        m = (1 - rule.one_minus_beta_1) * m_before + rule.one_minus_beta_1 * g
+        v = (1 - rule.one_minus_beta_2) * v_before + rule.one_minus_beta_2 * g * g
+        slots[0], slots[1] = m, v
+        # |m| / (sqrt(v) + epsilon) <= |m| / epsilon, whatever state set_state gave; the
+        # kernel's intermediates are g - m, g * g - v and m * alpha.
+        state[0] = largest_bound(g + m_before, g * g + v_before, m * rule.alpha)
+        return rule.alpha * m / rule.epsilon
+    step = rule.learning_rate * g
+    if rule.kind == RULE_PLAIN:
+        state[0] = 0
+        return step
+    velocity = rule.momentum * m_before + step
+    slots[0] = state[0] = velocity
+    return rule.momentum * velocity + step if rule.kind == RULE_NESTEROV else velocity
+
+
+cdef double largest_bound(double a, double b, double c) noexcept nogil:
+    """The largest of three bounds (none negative), inf if any is NaN (an overflow on the
+    way: 0 * inf)"""
+    if a != a or b != b or c != c:
+        return INFINITY
+    return max(a, b, c)
+
+
 cdef extern from "updates.h" nogil:
     void momentum_range_f "fastnaive_momentum_range_f"(
         float* w, const float* g, float* velocity, Py_ssize_t n, float learning_rate,
@@ -545,8 +589,29 @@ cdef double scan(const floating* a, Py_ssize_t n, Py_ssize_t* nonzeros,
 
 # ---- Python wrappers: check shapes, then run the kernel without the GIL. ----
 
-# The kinds of Rule (an optimizer's element rule, fastnaive.optimizers.Optimizer.element_rule).
-MOMENTUM_RULE, NESTEROV_RULE, ADAM_RULE = RULE_MOMENTUM, RULE_NESTEROV, RULE_ADAM
+# The kinds of Rule (an optimizer's element rule, fastnaive.optimizers.Optimizer.element_rule;
+# PLAIN_RULE, w := w - learning_rate g, for change_bound_checked alone).
+PLAIN_RULE, MOMENTUM_RULE, NESTEROV_RULE, ADAM_RULE = (
+    RULE_PLAIN, RULE_MOMENTUM, RULE_NESTEROV, RULE_ADAM)
+
+
+def change_bound_checked(tuple rule, double[::1] slots, double gradient_bound):
+    """(change, state) for the next step of `rule` (kind, learning_rate, momentum, alpha,
+    1 - beta_1, 1 - beta_2, epsilon) on gradients of |g| <= gradient_bound: no weight moves by
+    more than change, no state value exceeds state. slots: the bounds of |state| per kind of
+    state array (2,), advanced (change_bound)."""
+    cdef Rule r
+    cdef double state
+    read_rule(rule, &r, True)
+    if slots.shape[0] != 2:
+        raise ValueError(f"Expected slots of 2 elements. Received: {slots.shape[0]} elements")
+    change = change_bound(&r, &slots[0], gradient_bound, &state)
+    return change, state
+
+
+def largest_bound_checked(double a, double b, double c):
+    """The largest of three bounds (none negative), inf if any is NaN."""
+    return largest_bound(a, b, c)
 
 def openmp_enabled():
     """True when the kernels were compiled with OpenMP."""

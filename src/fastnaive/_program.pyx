@@ -22,9 +22,9 @@ from fastnaive._memory import aligned_empty
 from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
                                      activation_backward, dropout)
 from fastnaive._blas cimport axpy, load_blas
-from fastnaive._kernels cimport (RULE_ADAM, RULE_MOMENTUM, RULE_NESTEROV, Rule, dense_forward,
-                                 dense_input_grad, dense_param_grad, max_abs,
-                                 max_abs_on, scan)
+from fastnaive._kernels cimport (RULE_ADAM, Rule, change_bound, dense_forward, dense_input_grad,
+                                 dense_param_grad, largest_bound, max_abs, max_abs_on,
+                                 read_rule, scan)
 from fastnaive._losses cimport (LOSS_BLOCKS, LossBlocks, blocks_total, check_loss,
                                 checked_loss_and_hits, loss_block, loss_blocks, loss_labels,
                                 loss_targets)
@@ -472,13 +472,7 @@ cdef class Program:
         every layer (the first one's only if it is not FIRST_EXTERNAL), from the last layer
         to the first; a penalised layer's bias step goes through its gradient buffer."""
         self.check(x, n, 0, True)
-        l2 = [float(layer.l2) for layer in self.layers]
-        if self.first == FIRST_EXTERNAL:
-            x = None
-        if self.is_double:
-            apply_sweep[double](self, x, n, scale, l2, max(n_threads, 1))
-        else:
-            apply_sweep[float](self, x, n, scale, l2, max(n_threads, 1))
+        self.step_scale(x, n, scale, self.penalties(), n_threads)
 
     def apply_rule(self, x, Py_ssize_t n, tuple rule, state, int n_threads=1):
         """An optimizer's step on every layer, fused into the weight-gradient kernels: each
@@ -494,18 +488,90 @@ cdef class Program:
         if self.first == FIRST_EXTERNAL:
             raise ValueError("Expected a Program that computes its first layer's products. "
                              "Received: first=FIRST_EXTERNAL")
-        if len(rule) != 7 or rule[0] not in (RULE_MOMENTUM, RULE_NESTEROV, RULE_ADAM):
-            raise ValueError(f"Expected rule = (kind, learning_rate, momentum, alpha, "
-                             f"1 - beta_1, 1 - beta_2, epsilon), kind in (1, 2, 3). "
-                             f"Received: rule={rule!r}")
-        self.bind_state(state, 2 if rule[0] == RULE_ADAM else 1)
-        (r.kind, r.learning_rate, r.momentum, r.alpha, r.one_minus_beta_1,
-         r.one_minus_beta_2, r.epsilon) = rule
-        l2 = [float(layer.l2) for layer in self.layers]
+        read_rule(rule, &r, False)
+        self.bind_state(state, 2 if r.kind == RULE_ADAM else 1)
+        self.step_rule(x, n, r, self.penalties(), n_threads)
+
+    def train_and_update(self, x, Py_ssize_t n, int loss_code, targets, sample_weight,
+                         double loss_scale, double penalty, Py_ssize_t first_row,
+                         long long iteration, scale, double weight_bound, double input_bound,
+                         int n_threads, tuple rule, state, double[::1] slots, double limit,
+                         long long[::1] counter not None, long long[::1] step_counter not None):
+        """A training step in one call, its update included where its bound allows: train's
+        passes (the same arguments), then, unless the loss is not finite, the step's bound:
+        with rule None (gemm_scale's step, scale not None) fused_bound's; else the largest of
+        weight_bound + the change and the state that change_bound (fastnaive._kernels) finds
+        for rule (Optimizer.element_rule's) on the gradient bound, slots (Update.slot_bounds)
+        advanced. Below `limit`, the step runs (apply(x, n, scale) or apply_rule(x, n, rule,
+        state)) and counter[0] and step_counter[0] count it. Return (loss + penalty, hits,
+        bound, applied): bound None after a loss that is not finite (no step); applied False
+        where the bound is `limit` or more (or NaN): the caller then runs the step, guarded,
+        without advancing the slots again. No Python code runs between the first write to the
+        weights and the last count, so a signal's handler finds the step whole or not begun."""
+        cdef Rule r
+        cdef double change, state_bound, bound
+        self.check(x, n, first_row, True)
+        if self.first == FIRST_EXTERNAL:
+            raise ValueError("Expected a Program that computes its first layer's products. "
+                             "Received: first=FIRST_EXTERNAL")
+        if (rule is None) == (scale is None):
+            raise ValueError(f"Expected a rule or a scale (the GEMMs' step), one of them. "
+                             f"Received: rule={rule!r}, scale={scale!r}")
+        if rule is not None:
+            read_rule(rule, &r, False)
+            self.bind_state(state, 2 if r.kind == RULE_ADAM else 1)
+            if slots is None or slots.shape[0] != 2:
+                raise ValueError(f"Expected slots of 2 elements. Received: "
+                                 f"{None if slots is None else slots.shape[0]}")
+        l2 = self.penalties()
+        if counter.shape[0] != 1 or step_counter.shape[0] != 1:
+            raise ValueError(f"Expected counters of one element. Received: shapes "
+                             f"({counter.shape[0]},), ({step_counter.shape[0]},)")
+        if self.is_double:
+            loss, hits, gradient_bound = train_sweep[double](
+                self, x, n, loss_code, targets, sample_weight, loss_scale, penalty, first_row,
+                iteration, scale, weight_bound, input_bound, max(n_threads, 1))
+        else:
+            loss, hits, gradient_bound = train_sweep[float](
+                self, x, n, loss_code, targets, sample_weight, loss_scale, penalty, first_row,
+                iteration, scale, weight_bound, input_bound, max(n_threads, 1))
+        if gradient_bound is None:
+            return loss, hits, None, False
+        bound = gradient_bound
+        if rule is not None:
+            change = change_bound(&r, &slots[0], bound, &state_bound)
+            bound = largest_bound(weight_bound + change, state_bound, bound)
+        if not bound < limit:
+            return loss, hits, bound, False
+        if rule is None:
+            self.step_scale(x, n, scale, l2, n_threads)
+        else:
+            self.step_rule(x, n, r, l2, n_threads)
+        counter[0] += 1
+        step_counter[0] += 1
+        return loss, hits, bound, True
+
+    cdef list penalties(self):
+        """Each layer's L2 factor, as a float."""
+        return [float(layer.l2) for layer in self.layers]
+
+    cdef int step_scale(self, x, Py_ssize_t n, double scale, list l2, int n_threads) except -1:
+        """apply's step, its arguments checked; l2: penalties()"""
+        if self.first == FIRST_EXTERNAL:
+            x = None
+        if self.is_double:
+            apply_sweep[double](self, x, n, scale, l2, max(n_threads, 1))
+        else:
+            apply_sweep[float](self, x, n, scale, l2, max(n_threads, 1))
+        return 0
+
+    cdef int step_rule(self, x, Py_ssize_t n, Rule r, list l2, int n_threads) except -1:
+        """apply_rule's step, its arguments checked and its state bound; l2: penalties()"""
         if self.is_double:
             rule_sweep[double](self, x, n, r, l2, max(n_threads, 1))
         else:
             rule_sweep[float](self, x, n, r, l2, max(n_threads, 1))
+        return 0
 
     cdef int bind_state(self, state, Py_ssize_t per_array) except -1:
         """Hold `state`'s arrays (apply_rule's), checked, and their addresses, unless they are

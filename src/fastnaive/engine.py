@@ -593,7 +593,9 @@ class Step:
             if scale is not None or rule is not None:
                 weight_bound = self.current_weight_bound()
                 if n and not self.csr_input and self.compiled_passes:
-                    loss, correct, bound = program.train(
+                    # The passes, the bound and, where it allows, the step: one call.
+                    element_rule, state = rule if rule is not None else (None, None)
+                    loss, correct, bound, applied = program.train_and_update(
                         x,
                         n,
                         self.loss.code,
@@ -607,9 +609,19 @@ class Step:
                         weight_bound,
                         self.input_bound,
                         self.n_threads,
+                        element_rule,
+                        state,
+                        update.slot_bounds,
+                        self.limit,
+                        update.counter,
+                        self.counter,
                     )
                     if bound is None:
                         return loss, correct
+                    if applied:
+                        self.weight_bound = bound
+                        return loss, correct
+                    # The bound (its change bound taken) is the limit's or more: guarded.
                     calls = [(program.apply, (x, n, scale, self.n_threads))]
                     if rule is not None:
                         calls = [(program.apply_rule, (x, n, *rule, self.n_threads))]
@@ -625,9 +637,8 @@ class Step:
                         bound = self.fused_bound(x, scale)
                     else:
                         bound = self.gradient_bound(x)
-                if rule is not None:
-                    change, state = update.change_bound(bound)
-                    bound = _largest(weight_bound + change, state, bound)
+                        change, state = update.change_bound(bound)
+                        bound = _kernels.largest_bound_checked(weight_bound + change, state, bound)
                 self.commit([*calls, *update.fused_calls(), count], bound, update)
                 return loss, correct
         if n:
@@ -655,7 +666,9 @@ class Step:
         self.add_penalty_gradients()
         gradient_bound = _kernels.max_abs_checked(self.flat[:-2])
         change, state = update.change_bound(gradient_bound)
-        bound = _largest(self.current_weight_bound() + change, state, gradient_bound)
+        bound = _kernels.largest_bound_checked(
+            self.current_weight_bound() + change, state, gradient_bound
+        )
         if update.atomic:
             self.commit([*update.calls(), count], bound, update)
         else:
@@ -872,13 +885,6 @@ def _balanced_cut(x, offsets):
         return None
     # The middle is the first choice: it wins ties.
     return min(choices, key=lambda cut: abs(2 * int(before[cut]) - int(before[-1])))
-
-
-def _largest(*bounds):
-    """The largest of `bounds` (none negative), inf if any is NaN (an overflow on the way:
-    0 * inf): their sum is NaN then, and only then."""
-    total = sum(bounds)
-    return math.inf if total != total else max(bounds)
 
 
 def _views(flat, arrays):

@@ -96,8 +96,10 @@ class Optimizer:
         self._slots = []
         self._unplaced = set()  # positions whose state arrays set_state gave
         self._placements = 0  # counts the changes to _slots' arrays (Update.rule's cache)
-        # Upper bounds of |state| per slot kind, advanced by change_bound.
-        self._slot_bounds = [0.0] * 2
+        # Upper bounds of |state| per slot kind, advanced by change_bound (in place: a step
+        # that runs in one compiled call advances them there).
+        self._slot_bounds = np.zeros(2)
+        self._dtype = np.float64  # the weights' dtype of the last step asked for
 
     @property
     def iterations(self):
@@ -195,7 +197,7 @@ class Optimizer:
         self._slots = checked
         self._unplaced = set(range(len(checked)))
         self._placements += 1
-        self._slot_bounds = [
+        self._slot_bounds[:] = [
             max((_max_abs(slot[k]) for slot in checked if slot), default=0.0)
             if k < self.n_slots
             else 0.0
@@ -222,8 +224,18 @@ class Optimizer:
 
     def change_bound(self, gradient_bound):
         """Return (b, s) for the next step on gradients of |g| <= gradient_bound: no weight
-        moves by more than b and no state value exceeds s. The state's bounds advance."""
-        raise NotImplementedError
+        moves by more than b and no state value exceeds s. The state's bounds advance.
+
+        Computed from the step's rule (_bound_rule) by fastnaive._kernels.change_bound_checked;
+        a subclass whose step has none defines its own."""
+        rule = self._bound_rule()
+        if rule is None:
+            raise NotImplementedError
+        return _kernels.change_bound_checked(rule, self._slot_bounds, gradient_bound)
+
+    def _bound_rule(self):
+        """The next step's rule for change_bound: its element_rule, or None."""
+        return self.element_rule(self._dtype)
 
     def _update_call(self, position, gradient, flat_weight, weight, step):
         """(kernel, arguments): the step of the weight at `position`; `step` is a dict the
@@ -253,6 +265,11 @@ class SGD(Optimizer):
         kind = _kernels.NESTEROV_RULE if self.nesterov else _kernels.MOMENTUM_RULE
         return kind, self.learning_rate, self.momentum, 0.0, 0.0, 0.0, 0.0
 
+    def _bound_rule(self):
+        if self.momentum == 0:  # w := w - learning_rate g, in the GEMMs or not
+            return _kernels.PLAIN_RULE, self.learning_rate, 0.0, 0.0, 0.0, 0.0, 0.0
+        return self.element_rule(self._dtype)
+
     def _update_call(self, position, gradient, flat_weight, weight, step):
         if self.momentum == 0:
             return _kernels.axpy_checked, (gradient, flat_weight, -self.learning_rate)
@@ -265,14 +282,6 @@ class SGD(Optimizer):
             self.momentum,
             self.nesterov,
         )
-
-    def change_bound(self, gradient_bound):
-        step = self.learning_rate * gradient_bound
-        if self.momentum == 0:
-            return step, 0.0
-        velocity = self.momentum * self._slot_bounds[0] + step
-        self._slot_bounds[0] = velocity
-        return (self.momentum * velocity + step if self.nesterov else velocity), velocity
 
     def __repr__(self):
         extra = f", momentum={self.momentum:g}, nesterov={self.nesterov}" if self.momentum else ""
@@ -289,7 +298,6 @@ class Adam(Optimizer):
         self.epsilon = checked_learning_rate(epsilon, "epsilon")
         self._alphas = {}  # per dtype: (what the step size depends on, the step size)
         self._betas = (None,)  # ((beta_1, beta_2), the two as float32 numbers)
-        self._dtype = np.float64  # the weights' dtype of the last step asked for
 
     n_slots = 2
 
@@ -327,18 +335,6 @@ class Adam(Optimizer):
         decay = (1 - self.beta_1, 1 - self.beta_2)  # in double, rounded once as Keras does
         arguments = (flat_weight, gradient, m, v, step[weight.dtype], *decay)
         return _kernels.adam_update_checked, (*arguments, self.epsilon)
-
-    def change_bound(self, gradient_bound):
-        g = gradient_bound
-        m_before, v_before = self._slot_bounds
-        m = self.beta_1 * m_before + (1 - self.beta_1) * g
-        v = self.beta_2 * v_before + (1 - self.beta_2) * g * g
-        self._slot_bounds = [m, v]
-        # |m| / (sqrt(v) + epsilon) <= |m| / epsilon, whatever state set_state gave; the
-        # kernel's intermediates are g - m, g * g - v and m * alpha. The step size is the
-        # one of the weights' dtype that the step asks for (the same, computed once).
-        alpha = self._alpha(self._dtype)
-        return alpha * m / self.epsilon, max(g + m_before, g * g + v_before, m * alpha)
 
     def __repr__(self):
         return (
@@ -413,6 +409,18 @@ class Update:
         if not self.atomic:
             return math.inf, math.inf
         return self.optimizer.change_bound(gradient_bound)
+
+    @property
+    def slot_bounds(self):
+        """The optimizer's bounds of |state| per kind of state array, which change_bound
+        advances: (2,) float64, for a step that advances them in compiled code (atomic
+        optimizers)."""
+        return self.optimizer._slot_bounds
+
+    @property
+    def counter(self):
+        """The optimizer's step count, (1,) int64, which fused_calls' call increments."""
+        return self.optimizer._count
 
     def __call__(self):
         """Apply one step from the gradient arrays."""
