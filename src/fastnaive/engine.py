@@ -30,9 +30,10 @@ decided there, and nowhere else:
   cache (Program.apply_rule); otherwise the L2 terms are added to the gradients once, after
   any reduction, and the optimizer's kernels run over them;
 - all or nothing: every write of a step to the weights, the optimizer's state and the step
-  counters is one sequence of kernel calls (`commit`, fastnaive._kernels.run_calls), with no
-  Python code between them, so an exception a signal handler raises (KeyboardInterrupt)
-  lands before or after it. Before it, a bound on the largest |w| the step can leave is
+  counters is one compiled call (Program.train_and_update, where the bound allows) or one
+  sequence of kernel calls (`commit`, fastnaive._kernels.run_calls), with no Python code
+  between them, so an exception a signal handler raises (KeyboardInterrupt) lands before or
+  after it. Before it, a bound on the largest |w| the step can leave is
   computed from the largest inputs, deltas or gradients (a few microseconds) and the
   weights' bound; where that bound could overflow the dtype, the weights and state are
   copied first, and a step that leaves a non-finite value is undone and raises
@@ -149,10 +150,10 @@ class Step:
     pre-activations GELU's derivative reads, dropout's outputs).
     """
 
-    #: Whether train runs the passes before a fused update (the training forward, the loss,
-    #: backward and the update's bound) in one compiled call, Program.train, where it can
-    #: (no reducer, no scipy.sparse batch), rather than one call each (Step's methods of
-    #: those names, which benchmarks/phases.py times).
+    #: Whether train runs a step with a fused update (the training forward, the loss,
+    #: backward, the update's bound and, where it allows, the update) in one compiled call,
+    #: Program.train_and_update, where it can (no reducer, no scipy.sparse batch), rather than
+    #: one call each (Step's methods of those names, which benchmarks/phases.py times).
     compiled_passes = True
 
     def __init__(self, model, capacity, x=None, *, optimizer=None, reducer=None, training=True):
