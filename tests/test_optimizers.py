@@ -28,7 +28,7 @@ from helpers import (
 from threadpoolctl import threadpool_limits
 
 import fastnaive
-from fastnaive import SGD, Adam, BatchGenerator, fit, one_training_step, optimizers
+from fastnaive import SGD, Adam, BatchGenerator, engine, fit, one_training_step, optimizers
 
 RTOL = {"float32": 1e-5, "float64": 1e-12}
 STEPS = 8
@@ -317,6 +317,34 @@ def test_rules_in_the_gradient_kernels_add_the_l2_gradient(dtype, make, mnist):
     assert np.max(np.abs(fused.weights[0] - plain.weights[0])) > 1e-2 * np.max(
         np.abs(plain.weights[0] - initial[0])
     )
+
+
+@pytest.mark.parametrize(
+    "make", [pair[0] for pair in OPTIMIZER_PAIRS.values()], ids=OPTIMIZER_PAIRS
+)
+def test_a_step_in_one_call_is_the_step_pass_by_pass(dtype, make, mnist, monkeypatch):
+    """fit's steps as one compiled call each (Program.train_and_update: the passes, the
+    change bound and the fused step) and pass by pass (Step.compiled_passes off, as
+    benchmarks/phases.py times them: the bound and change_bound back in Python, then the
+    step's calls) train the same bits, count the same steps and leave the same state and
+    state bounds, on two threads."""
+    (images, labels), _ = mnist
+    x = images[:512].astype(dtype)
+    results = []
+    for compiled in (True, False):
+        monkeypatch.setattr(engine.Step, "compiled_passes", compiled)
+        model, optimizer = mnist_model(dtype, 1e-3), make()
+        with threadpool_limits(limits=2):
+            fit(model, x, labels[:512], 2, 128, optimizer=optimizer, seed=0, verbose=0)
+        slots = [a for slot in optimizer.get_state()["slots"] for a in slot]
+        # The bounds of |state| the steps advanced, read by one more bound.
+        bound = optimizer.change_bound(1.0)
+        results.append((model.weights, slots, optimizer.iterations, bound))
+    (weights, slots, iterations, bound), expected = results
+    assert iterations == expected[2] == 8
+    assert bound == expected[3]
+    for actual, wanted in zip(weights + slots, expected[0] + expected[1], strict=True):
+        np.testing.assert_array_equal(actual, wanted)
 
 
 def test_an_element_rule_counts_its_steps_and_keeps_its_state(mnist):
