@@ -429,9 +429,22 @@ cdef class Program:
         head's input gradient are one pass over the batch's rows (head_pass: the same bits),
         so that input gradient is written whatever the loss."""
         self.check(x, n, first_row, True)
+        self.check_first_own()
+        return self.passes(x, n, loss_code, targets, sample_weight, loss_scale, penalty,
+                           first_row, iteration, scale, weight_bound, input_bound, n_threads)
+
+    cdef int check_first_own(self) except -1:
+        """Raise unless this Program computes its first layer's products (train's, apply_rule's)."""
         if self.first == FIRST_EXTERNAL:
             raise ValueError("Expected a Program that computes its first layer's products. "
                              "Received: first=FIRST_EXTERNAL")
+        return 0
+
+    cdef tuple passes(self, x, Py_ssize_t n, int loss_code, targets, sample_weight,
+                      double loss_scale, double penalty, Py_ssize_t first_row,
+                      long long iteration, scale, double weight_bound, double input_bound,
+                      int n_threads):
+        """train's passes and bound (train_sweep), its arguments checked"""
         if self.is_double:
             return train_sweep[double](self, x, n, loss_code, targets, sample_weight,
                                        loss_scale, penalty, first_row, iteration, scale,
@@ -485,9 +498,7 @@ cdef class Program:
         Not for FIRST_EXTERNAL (the caller's first layer)."""
         cdef Rule r
         self.check(x, n, 0, True)
-        if self.first == FIRST_EXTERNAL:
-            raise ValueError("Expected a Program that computes its first layer's products. "
-                             "Received: first=FIRST_EXTERNAL")
+        self.check_first_own()
         read_rule(rule, &r, False)
         self.bind_state(state, 2 if r.kind == RULE_ADAM else 1)
         self.step_rule(x, n, r, self.penalties(), n_threads)
@@ -511,9 +522,7 @@ cdef class Program:
         cdef Rule r
         cdef double change, state_bound, bound
         self.check(x, n, first_row, True)
-        if self.first == FIRST_EXTERNAL:
-            raise ValueError("Expected a Program that computes its first layer's products. "
-                             "Received: first=FIRST_EXTERNAL")
+        self.check_first_own()
         if (rule is None) == (scale is None):
             raise ValueError(f"Expected a rule or a scale (the GEMMs' step), one of them. "
                              f"Received: rule={rule!r}, scale={scale!r}")
@@ -527,14 +536,9 @@ cdef class Program:
         if counter.shape[0] != 1 or step_counter.shape[0] != 1:
             raise ValueError(f"Expected counters of one element. Received: shapes "
                              f"({counter.shape[0]},), ({step_counter.shape[0]},)")
-        if self.is_double:
-            loss, hits, gradient_bound = train_sweep[double](
-                self, x, n, loss_code, targets, sample_weight, loss_scale, penalty, first_row,
-                iteration, scale, weight_bound, input_bound, max(n_threads, 1))
-        else:
-            loss, hits, gradient_bound = train_sweep[float](
-                self, x, n, loss_code, targets, sample_weight, loss_scale, penalty, first_row,
-                iteration, scale, weight_bound, input_bound, max(n_threads, 1))
+        loss, hits, gradient_bound = self.passes(
+            x, n, loss_code, targets, sample_weight, loss_scale, penalty, first_row, iteration,
+            scale, weight_bound, input_bound, n_threads)
         if gradient_bound is None:
             return loss, hits, None, False
         bound = gradient_bound

@@ -268,7 +268,7 @@ class SGD(Optimizer):
     def _bound_rule(self):
         if self.momentum == 0:  # w := w - learning_rate g, in the GEMMs or not
             return _kernels.PLAIN_RULE, self.learning_rate, 0.0, 0.0, 0.0, 0.0, 0.0
-        return self.element_rule(self._dtype)
+        return super()._bound_rule()
 
     def _update_call(self, position, gradient, flat_weight, weight, step):
         if self.momentum == 0:
