@@ -166,14 +166,15 @@ def settle():
     time.sleep(SETTLE_SECONDS)
 
 
-def build_library(source, folder, libraries=()):
-    """The C file `source` compiled into a shared library in `folder` with the C compiler
-    Python was built with; its path, or None without a compiler or where it fails."""
+def build_library(source, folder, libraries=(), flags=()):
+    """The C file `source` compiled (with `flags` besides -O2) into a shared library in
+    `folder` with the C compiler Python was built with; its path, or None without a compiler
+    or where it fails."""
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         return None
     path = os.path.join(folder, Path(source).stem + ".so")
-    command = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", path, str(source)]
+    command = [compiler, "-O2", *flags, "-shared", "-fPIC", "-pthread", "-o", path, str(source)]
     if subprocess.run([*command, *libraries], capture_output=True).returncode != 0:
         return None
     return path
