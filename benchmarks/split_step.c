@@ -174,13 +174,14 @@ static double seconds(void)
 }
 
 /* `steps` SGD steps (learning rate 1e-3) on batches[s % n_batches] (N x K floats each, their
- * labels N ints each) on `threads` threads (1 or 2) in `layout`, from W1 and W2 drawn from
+ * labels N ints each) on `threads` threads (1 or 2) in `layout`, on the widest kernels the
+ * CPU runs up to `widest` (2: AVX-512, 1: AVX2, 0: the baseline), from W1 and W2 drawn from
  * U[0, 0.1) by a fixed generator, the biases zero. Returns the seconds the steps took (-1
  * if a buffer could not be allocated); *loss := the mean of the steps' losses, *bits := a
  * hash of W1's and W2's bits after. */
 double fastnaive_bench_split_epoch(const float *batches, const int *labels, int n_batches,
-                                   int steps, int threads, int layout, double *loss,
-                                   unsigned *bits)
+                                   int steps, int threads, int layout, int widest,
+                                   double *loss, unsigned *bits)
 {
     Model m;
     unsigned state = 12345, hash = 2166136261u;
@@ -188,7 +189,7 @@ double fastnaive_bench_split_epoch(const float *batches, const int *labels, int 
     double start, elapsed = -1;
     int ok = 1, t, r, j;
     memset(&m, 0, sizeof m);
-    fastnaive_sparse_select_isa(2);  /* the widest kernels this CPU runs, as fastnaive picks */
+    fastnaive_sparse_select_isa(widest);
     m.ldw = layout & 1 ? M : H;
     m.ldz = layout & 2 ? M : H;
     for (t = 0; t < 3; t++)

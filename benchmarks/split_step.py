@@ -19,9 +19,11 @@ same bits on one thread and on two, and in every layout (else the command exits 
 
 Run from the repository root, FASTNAIVE_DATA naming a folder holding mnist.npz:
 
-    python benchmarks/split_step.py [--rounds N] [--quick]
+    python benchmarks/split_step.py [--rounds N] [--isa avx2] [--quick]
 
---quick runs one round of 20 steps, to check the command. Nothing here fails on timing.
+--isa avx2 holds fastnaive's kernels, and the model's grouping and products, to AVX2 (the
+book's step calls no BLAS; the model's own loops over the head stay as compiled). --quick
+runs one round of 20 steps, to check the command. Nothing here fails on timing.
 """
 
 import argparse
@@ -38,6 +40,7 @@ import workloads
 from threadpoolctl import threadpool_limits
 
 import fastnaive
+from fastnaive import _sparse
 
 SOURCE = Path(__file__).with_name("split_step.c")
 INCLUDE = Path(__file__).resolve().parent.parent / "src" / "fastnaive"
@@ -55,6 +58,7 @@ FIT = "fastnaive.fit (split by features)"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=8, help="default 8")
+    parser.add_argument("--isa", choices=["native", "avx2"], default="native")
     parser.add_argument("--quick", action="store_true", help=f"one round of {QUICK_STEPS} steps")
     args = parser.parse_args(argv)
     if args.rounds < 1:
@@ -75,7 +79,8 @@ def split_library(folder):
     function = library.fastnaive_bench_split_epoch
     function.argtypes = [
         *(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int),
-        *(ctypes.c_int, ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_uint)),
+        *(ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_double)),
+        ctypes.POINTER(ctypes.c_uint),
     ]
     function.restype = ctypes.c_double
     return function
@@ -89,7 +94,7 @@ def batches():
     return np.ascontiguousarray(x[rows]), np.ascontiguousarray(y[rows], dtype=np.intc)
 
 
-def model_epoch(epoch, images, labels, steps, n_threads, layout):
+def model_epoch(epoch, images, labels, steps, n_threads, layout, widest):
     """(seconds, mean loss, bits of the weights after) of split_step.c's epoch."""
     loss, bits = ctypes.c_double(), ctypes.c_uint()
     seconds = epoch(
@@ -99,6 +104,7 @@ def model_epoch(epoch, images, labels, steps, n_threads, layout):
         steps,
         n_threads,
         layout,
+        widest,
         ctypes.byref(loss),
         ctypes.byref(bits),
     )
@@ -161,6 +167,8 @@ def row(name, ones, twos):
 def main(argv=None):
     args = parse_args(argv)
     steps = QUICK_STEPS if args.quick else STEPS
+    chosen = _sparse.select_instruction_set("avx2" if args.isa == "avx2" else "avx512")
+    widest = _sparse.INSTRUCTION_SETS.index(chosen)
     with tempfile.TemporaryDirectory(prefix="split_step") as folder:
         epoch = split_library(folder)
         if epoch is None:
@@ -180,12 +188,11 @@ def main(argv=None):
                     seconds = fit(2)
                 else:
                     layout = LAYOUTS[name]
-                    seconds, loss, one_bits = model_epoch(epoch, images, labels, steps, 1, layout)
+                    run = (epoch, images, labels, steps)
+                    seconds, loss, one_bits = model_epoch(*run, 1, layout, widest)
                     ones.append(seconds)
                     before = workloads.core_round_trip()
-                    seconds, two_loss, two_bits = model_epoch(
-                        epoch, images, labels, steps, 2, layout
-                    )
+                    seconds, two_loss, two_bits = model_epoch(*run, 2, layout, widest)
                     if not np.isfinite(loss) or loss != two_loss:
                         print(f"split_step.py: losses {loss!r} and {two_loss!r}", file=sys.stderr)
                         return 1
@@ -198,7 +205,7 @@ def main(argv=None):
         print(f"split_step.py: weights of {len(bits)} different bits", file=sys.stderr)
         return 1
     print(f"# Two threads by how they split the book's step ({steps} steps an epoch)\n")
-    print(f"CPU: {workloads.cpu_description()}")
+    print(f"CPU: {workloads.cpu_description()}; kernels: {_sparse.instruction_set()}")
     spread = f"{min(trips):.0f}-{max(trips):.0f} ns" if trips else "not measured"
     print(f"Rounds: {args.rounds}; core round trips {spread}; near below {workloads.NEAR_NS:g} ns")
     print("The model's weights: the same bits at 1 and 2 threads, in every layout\n")
