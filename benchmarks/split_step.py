@@ -69,8 +69,8 @@ def parse_args(argv=None):
 
 
 def split_library(folder):
-    """split_step.c compiled against fastnaive's kernels and loaded, or None without a C
-    compiler."""
+    """split_step.c compiled against fastnaive's kernels and loaded, or None where it cannot
+    be compiled."""
     flags = ["-O3", "-march=native", "-fopenmp", f"-I{INCLUDE}"]
     path = workloads.build_library(SOURCE, folder, ["-lm"], flags)
     if path is None:
@@ -172,7 +172,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="split_step") as folder:
         epoch = split_library(folder)
         if epoch is None:
-            print("split_step.py: no C compiler to build split_step.c", file=sys.stderr)
+            print("split_step.py: could not compile split_step.c (C, OpenMP)", file=sys.stderr)
             return 1
         images, labels = batches()
         fit = FitEpoch(steps)
