@@ -140,10 +140,7 @@ class FitEpoch:
 
 def row(name, ones, twos):
     """A table row: one thread's epochs, the two-thread epochs by placement, their ratios."""
-    by_kind = {
-        kind: [s for s, trips in twos if threads.placement(trips) == kind]
-        for kind in ("near", "far", "moved")
-    }
+    by_kind = threads.by_placement(twos)
 
     def ratio(kind):
         seconds = by_kind[kind]

@@ -104,10 +104,15 @@ def cell(seconds):
     return f"{statistics.median(seconds):.3f} / {min(seconds):.3f}" if seconds else "-"
 
 
+def by_placement(twos):
+    """{"near", "far", "moved": the seconds of the two-thread epochs placed so}, twos as
+    scaling returns them."""
+    kinds = ("near", "far", "moved")
+    return {kind: [s for s, trips in twos if placement(trips) == kind] for kind in kinds}
+
+
 def row(workload, ones, twos):
-    near, far, moved = (
-        [s for s, trips in twos if placement(trips) == kind] for kind in ("near", "far", "moved")
-    )
+    near, far, moved = by_placement(twos).values()
     ratios = "-"
     if near:
         ratios = (

@@ -51,5 +51,6 @@ cdef double scan_from(const floating[:, ::1] a, const floating[::1] offsets,
 cdef double max_abs_on(const floating* a, Py_ssize_t n, int n_threads) noexcept nogil
 
 cdef int read_rule(tuple rule, Rule* out, bint plain) except -1
+cdef int check_slots(const double[::1] slots) except -1
 cdef double change_bound(const Rule* rule, double* slots, double g, double* state) noexcept nogil
 cdef double largest_bound(double a, double b, double c) noexcept nogil

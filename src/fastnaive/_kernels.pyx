@@ -433,6 +433,14 @@ cdef int read_rule(tuple rule, Rule* out, bint plain) except -1:
     return 0
 
 
+cdef int check_slots(const double[::1] slots) except -1:
+    """Raise unless slots (change_bound's) holds 2 elements."""
+    if slots is None or slots.shape[0] != 2:
+        received = "None" if slots is None else f"slots of {slots.shape[0]} elements"
+        raise ValueError(f"Expected slots of 2 elements. Received: {received}")
+    return 0
+
+
 cdef double change_bound(const Rule* rule, double* slots, double g, double* state) noexcept nogil:
     """How far the next step of `rule` on gradients of |g| <= g can move a weight (the
     overflow guard's bound, Optimizer.change_bound); state[0] := a bound of |state| after it.
@@ -603,8 +611,7 @@ def change_bound_checked(tuple rule, double[::1] slots, double gradient_bound):
     cdef Rule r
     cdef double state
     read_rule(rule, &r, True)
-    if slots.shape[0] != 2:
-        raise ValueError(f"Expected slots of 2 elements. Received: {slots.shape[0]} elements")
+    check_slots(slots)
     change = change_bound(&r, &slots[0], gradient_bound, &state)
     return change, state
 

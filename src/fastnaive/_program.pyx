@@ -22,9 +22,9 @@ from fastnaive._memory import aligned_empty
 from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
                                      activation_backward, dropout)
 from fastnaive._blas cimport axpy, load_blas
-from fastnaive._kernels cimport (RULE_ADAM, Rule, change_bound, dense_forward, dense_input_grad,
-                                 dense_param_grad, largest_bound, max_abs, max_abs_on,
-                                 read_rule, scan)
+from fastnaive._kernels cimport (RULE_ADAM, Rule, change_bound, check_slots, dense_forward,
+                                 dense_input_grad, dense_param_grad, largest_bound, max_abs,
+                                 max_abs_on, read_rule, scan)
 from fastnaive._losses cimport (LOSS_BLOCKS, LossBlocks, blocks_total, check_loss,
                                 checked_loss_and_hits, loss_block, loss_blocks, loss_labels,
                                 loss_targets)
@@ -529,9 +529,7 @@ cdef class Program:
         if rule is not None:
             read_rule(rule, &r, False)
             self.bind_state(state, 2 if r.kind == RULE_ADAM else 1)
-            if slots is None or slots.shape[0] != 2:
-                raise ValueError(f"Expected slots of 2 elements. Received: "
-                                 f"{None if slots is None else slots.shape[0]}")
+            check_slots(slots)
         l2 = self.penalties()
         if counter.shape[0] != 1 or step_counter.shape[0] != 1:
             raise ValueError(f"Expected counters of one element. Received: shapes "
