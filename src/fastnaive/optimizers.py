@@ -296,7 +296,8 @@ class Adam(Optimizer):
         self.beta_1 = _fraction(beta_1, "beta_1")
         self.beta_2 = _fraction(beta_2, "beta_2")
         self.epsilon = checked_learning_rate(epsilon, "epsilon")
-        self._alphas = {}  # per dtype: (what the step size depends on, the step size)
+        # per dtype: (what the step size depends on, the step size, whether float64)
+        self._alphas = {}
         self._betas = (None,)  # ((beta_1, beta_2), the two as float32 numbers)
 
     n_slots = 2
@@ -310,7 +311,8 @@ class Adam(Optimizer):
         known = self._alphas.get(dtype)
         if known is not None and known[0] == key:
             return known[1]
-        if np.dtype(dtype) == np.float64:
+        double = known[2] if known is not None else np.dtype(dtype) == np.float64
+        if double:
             # Python's floats are doubles: the same operations (C's pow, a correctly rounded
             # square root), the same bits, without NumPy's scalar overhead.
             betas = self._betas
@@ -321,7 +323,7 @@ class Adam(Optimizer):
         else:
             # The same float32 operations as NumPy's float32 scalars, compiled.
             alpha = _kernels.adam_alpha_float32(key[1], key[2], key[3], key[0] + 1)
-        self._alphas[dtype] = (key, alpha)
+        self._alphas[dtype] = (key, alpha, double)
         return alpha
 
     def element_rule(self, dtype):
