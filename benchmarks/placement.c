@@ -1,6 +1,8 @@
 /* Where two CPUs sit, for the benchmarks (workloads.placement_library compiles and loads
- * this file): the time a cache line takes to go from one to the other and back, and two
- * threads' sweeps over one matrix split by rows or by columns (benchmarks/placement.py).
+ * this file): the time a cache line takes to go from one to the other and back, what two
+ * threads gain on memory of their own (whether the host runs the two on separate cores),
+ * and two threads' sweeps over one matrix split by rows or by columns
+ * (benchmarks/placement.py).
  *
  * On a virtual machine the host may place two virtual CPUs on cores of one chiplet (a round
  * trip of about 75 ns on Zen 5) or of two (300-660 ns), and move them while a benchmark runs: a
@@ -78,6 +80,126 @@ double fastnaive_bench_round_trip(int cpu_a, int cpu_b, long trips)
     if (!p.pinned)
         return -1;
     return ((end.tv_sec - start.tv_sec) * 1e9 + (end.tv_nsec - start.tv_nsec)) / trips;
+}
+
+/* ---- Two threads on memory of their own: sweeps summing a private buffer, on cpu_a alone,
+ * then on cpu_a and cpu_b at once. Two virtual CPUs on separate cores run the pair nearly
+ * twice as fast as one; on the two hardware threads of one core, or beside a neighbour that
+ * takes the core's caches, well under that, whatever their round trip. */
+
+static volatile float pair_sink;
+
+/* Seconds for `sweeps` sums of b (n floats, a multiple of 64). */
+static double timed_sums(const float *b, long n, long sweeps)
+{
+    struct timespec start, end;
+    float total = 0;
+    long s, i;
+    int l;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (s = 0; s < sweeps; s++) {
+        float lanes[64] = {0};
+        for (i = 0; i < n; i += 64)
+            for (l = 0; l < 64; l++)
+                lanes[l] += b[i + l];
+        for (l = 0; l < 64; l++)
+            total += lanes[l];
+    }
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    pair_sink = total;
+    return (end.tv_sec - start.tv_sec) + (end.tv_nsec - start.tv_nsec) / 1e9;
+}
+
+/* Rounds of the pair: alone, then together, PAIR_ROUNDS times, the fastest of each kept. */
+#define PAIR_ROUNDS 3
+
+struct pair {
+    long floats, sweeps;
+    atomic_int ready, go;  /* the partner's buffer made (1, or -1: none); the round it runs */
+    int cpu, pinned;
+    double seconds[PAIR_ROUNDS];
+};
+
+static float *own_buffer(long floats)
+{
+    float *b = aligned_alloc(64, (size_t)floats * sizeof(float));
+    long i;
+    if (b != NULL)
+        for (i = 0; i < floats; i++)
+            b[i] = (float)(i % 13) * 0.0625f;
+    return b;
+}
+
+static void *pair_partner(void *argument)
+{
+    struct pair *p = argument;
+    float *b;
+    int r;
+    p->pinned = pin(p->cpu);
+    b = own_buffer(p->floats);
+    if (b != NULL)
+        timed_sums(b, p->floats, 1);
+    atomic_store(&p->ready, b != NULL ? 1 : -1);
+    for (r = 0; b != NULL && r < PAIR_ROUNDS; r++) {
+        while (atomic_load(&p->go) != r + 1)
+            ;
+        p->seconds[r] = timed_sums(b, p->floats, p->sweeps);
+        atomic_store(&p->ready, r + 2);
+    }
+    free(b);
+    return NULL;
+}
+
+/* How many times one CPU's throughput two threads reach, each summing `bytes` of its own
+ * `sweeps` times, the calling thread on cpu_a, a partner on cpu_b: the fastest of
+ * PAIR_ROUNDS sweeps alone against the fastest of as many together (2: separate cores); -1
+ * if a CPU cannot be used or a buffer not allocated. */
+double fastnaive_bench_pair_scaling(int cpu_a, int cpu_b, long bytes, long sweeps)
+{
+    struct pair p;
+    const long floats = bytes / (64 * (long)sizeof(float)) * 64;
+    cpu_set_t saved;
+    pthread_t thread;
+    double alone = -1, together = -1;
+    float *b;
+    int r, ok;
+    if (floats < 64 || sweeps <= 0
+        || pthread_getaffinity_np(pthread_self(), sizeof saved, &saved) != 0)
+        return -1;
+    if (!pin(cpu_a) || (b = own_buffer(floats)) == NULL) {
+        pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
+        return -1;
+    }
+    timed_sums(b, floats, 1);
+    memset(&p, 0, sizeof p);
+    p.floats = floats, p.sweeps = sweeps, p.cpu = cpu_b;
+    atomic_store(&p.ready, 0);
+    atomic_store(&p.go, 0);
+    if (pthread_create(&thread, NULL, pair_partner, &p) != 0) {
+        pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
+        free(b);
+        return -1;
+    }
+    while (!atomic_load(&p.ready))
+        ;
+    ok = atomic_load(&p.ready) == 1;
+    for (r = 0; ok && r < PAIR_ROUNDS; r++) {
+        double mine, both;
+        const double one = timed_sums(b, floats, sweeps);
+        alone = alone < 0 || one < alone ? one : alone;
+        atomic_store(&p.go, r + 1);
+        mine = timed_sums(b, floats, sweeps);
+        while (atomic_load(&p.ready) != r + 2)
+            ;
+        both = mine > p.seconds[r] ? mine : p.seconds[r];
+        together = together < 0 || both < together ? both : together;
+    }
+    pthread_join(thread, NULL);
+    pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
+    free(b);
+    if (!ok || !p.pinned || alone <= 0 || together <= 0)
+        return -1;
+    return 2 * alone / together;
 }
 
 /* ---- Two threads over one rows x cols float matrix, row-major: per iteration a read pass

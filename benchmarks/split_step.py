@@ -11,8 +11,8 @@ as the model holds it, the threads' halves side by side in each of its rows ("W1
 array"); and W1, Z and delta1 each one such array.
 
 Each round times, for fit and each layout in turn, one epoch of 469 steps on one thread and
-one on two, a cache line's round trip between the two CPUs measured before and after the
-two-thread epoch (workloads.core_round_trip): the epoch counts as near, far or moved as
+one on two, the two CPUs' round trip and pair scaling measured before and after the
+two-thread epoch (threads.placed): the epoch counts as near, shared, far or moved as
 threads.py counts it. The model runs batches of MNIST drawn at random (64 of them, in turn),
 SGD 1e-3, from the same U[0, 0.1) weights each time; its weights after an epoch must be the
 same bits on one thread and on two, and in every layout (else the command exits with 1).
@@ -155,6 +155,8 @@ def row(name, ones, twos):
         f"{statistics.median(ones):.3f}",
         cell("near"),
         ratio("near"),
+        cell("shared"),
+        ratio("shared"),
         cell("far"),
         ratio("far"),
         cell("moved"),
@@ -175,42 +177,45 @@ def main(argv=None):
         fit = FitEpoch(steps)
         fit(2)  # warm-up: the pool started, the kernels' first-call choices made
         times = {name: ([], []) for name in (FIT, *LAYOUTS)}
-        bits, trips = set(), []
+        bits, trips, scalings = set(), [], []
         for _ in range(args.rounds):
             for name in times:
                 ones, twos = times[name]
                 if name == FIT:
                     ones.append(fit(1))
-                    before = workloads.core_round_trip()
-                    seconds = fit(2)
+                    seconds, where = threads.placed(fit, 2)
                 else:
                     layout = LAYOUTS[name]
                     run = (epoch, images, labels, steps)
                     seconds, loss, one_bits = model_epoch(*run, 1, layout, widest)
                     ones.append(seconds)
-                    before = workloads.core_round_trip()
-                    seconds, two_loss, two_bits = model_epoch(*run, 2, layout, widest)
+                    result, where = threads.placed(model_epoch, *run, 2, layout, widest)
+                    seconds, two_loss, two_bits = result
                     if not np.isfinite(loss) or loss != two_loss:
                         print(f"split_step.py: losses {loss!r} and {two_loss!r}", file=sys.stderr)
                         return 1
                     bits |= {one_bits, two_bits}
-                after = workloads.core_round_trip()
-                pair = None if before is None or after is None else (before, after)
-                twos.append((seconds, pair))
-                trips += [ns for ns in pair or ()]
+                twos.append((seconds, where))
+                trips += where.trips or []
+                scalings += where.scalings or []
     if len(bits) != 1:
         print(f"split_step.py: weights of {len(bits)} different bits", file=sys.stderr)
         return 1
     print(f"# Two threads by how they split the book's step ({steps} steps an epoch)\n")
     print(f"CPU: {workloads.cpu_description()}; kernels: {_sparse.instruction_set()}")
-    spread = f"{min(trips):.0f}-{max(trips):.0f} ns" if trips else "not measured"
-    print(f"Rounds: {args.rounds}; core round trips {spread}; near below {workloads.NEAR_NS:g} ns")
+    print(
+        f"Rounds: {args.rounds}; core round trips {threads.spread(trips, 0)} ns, near below "
+        f"{workloads.NEAR_NS:g} ns; pair scalings {threads.spread(scalings, 2)}, shared below "
+        f"{workloads.SHARED_SCALING:g}"
+    )
     print("The model's weights: the same bits at 1 and 2 threads, in every layout\n")
     headers = [
         "step",
         "1 thread s, median",
         "2 threads near s (epochs)",
         "1t / 2t near",
+        "2 threads shared s (epochs)",
+        "1t / 2t shared",
         "2 threads far s (epochs)",
         "1t / 2t far",
         "2 threads moved s (epochs)",

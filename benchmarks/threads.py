@@ -5,15 +5,19 @@ For each workload of matrix.py, one process trains fastnaive from the matrix's i
 weights (its FastnaivePeer, reset before every epoch), one epoch at a time, the epochs
 alternating between one thread (every thread pool limited to one, threadpoolctl) and the
 process's two CPUs, `--rounds` rounds. Before and after each two-thread epoch a cache line's
-round trip between the two CPUs is measured (workloads.core_round_trip): on a virtual machine
-the host places the two virtual CPUs near each other or far apart and moves them, and a
-two-thread step that hands data between its threads runs at the speed of that placement. An
-epoch is near where both round trips are below workloads.NEAR_NS, far where neither is, and
-moved otherwise (the host moved the CPUs while it ran). The table gives the one-thread
-epochs' median and best, the same of the near two-thread epochs, the ratios of the medians
-and of the bests, and the far and moved epochs' medians. Interleaved in one process, the
-ratio is steadier than between two runs apart (matrix.py's thread counts run one after the
-other, each in its own process).
+round trip between the two CPUs is measured (workloads.core_round_trip), and how much two
+threads gain on memory of their own (workloads.pair_scaling): on a virtual machine the host
+places the two virtual CPUs near each other or far apart, moves them, and at times runs both
+on one core; a two-thread step that hands data between its threads runs at the speed of
+that placement, and no step gains much on a shared core. An epoch is near where both round
+trips are below workloads.NEAR_NS and both scalings at least workloads.SHARED_SCALING,
+shared where the round trips are near but a scaling is not, far where neither round trip is
+near, and moved otherwise (the host moved the CPUs while it ran). The table gives the
+one-thread epochs' median and best, the same of the near two-thread epochs, the ratios of
+the medians and of the bests, and the shared, far and moved epochs' medians. A shared spell
+lasts 0.1-1 s, so the probes beside an epoch catch most of them, not all. Interleaved in one
+process, the ratio is steadier than between two runs apart (matrix.py's thread counts run
+one after the other, each in its own process).
 
 Run from the repository root, FASTNAIVE_DATA naming a folder holding mnist.npz:
 
@@ -34,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import matrix
 import peers
@@ -73,8 +78,27 @@ def timed(epoch):
     return time.perf_counter() - start
 
 
+class Placement(NamedTuple):
+    """Where the two CPUs were around a two-thread epoch: the round trips (ns) and the pair
+    scalings before and after it, each pair None where it could not be measured."""
+
+    trips: tuple | None
+    scalings: tuple | None
+
+
+def placed(run, *args):
+    """(what run(*args) returns, the Placement around the call)"""
+    scaling_before, trip_before = workloads.pair_scaling(), workloads.core_round_trip()
+    result = run(*args)
+    trip_after, scaling_after = workloads.core_round_trip(), workloads.pair_scaling()
+    trips, scalings = (trip_before, trip_after), (scaling_before, scaling_after)
+    return result, Placement(
+        None if None in trips else trips, None if None in scalings else scalings
+    )
+
+
 def scaling(workload, images, args):
-    """(one-thread seconds, [(two-thread seconds, (round trip ns before, after) or None), ...])"""
+    """(one-thread seconds, [(two-thread seconds, Placement), ...])"""
     x, y = matrix.workload_data(workload, images, args.quick)
     peer = peers.FastnaivePeer(workload, matrix.initial_weights(workload), x, y)
     peer.epoch(matrix.warm_up_batches(len(peer.bounds)))  # plans, pages the buffers in
@@ -84,20 +108,23 @@ def scaling(workload, images, args):
         with threadpool_limits(1):
             ones.append(timed(peer.epoch))
         peer.reset()
-        before = workloads.core_round_trip()
-        seconds = timed(peer.epoch)
-        after = workloads.core_round_trip()
-        twos.append((seconds, None if before is None or after is None else (before, after)))
+        twos.append(placed(timed, peer.epoch))
     return ones, twos
 
 
-def placement(trips):
-    """'near', 'far' or 'moved' of a two-thread epoch's round trips (before, after); 'far'
-    where they are unknown (no second CPU to time, or no C compiler)."""
-    if trips is None:
+KINDS = ("near", "shared", "far", "moved")
+
+
+def placement(where):
+    """'near', 'shared', 'far' or 'moved' of a two-thread epoch's Placement; 'far' where the
+    round trips are unknown (no second CPU to time, or no C compiler)."""
+    if where.trips is None:
         return "far"
-    near = [ns < workloads.NEAR_NS for ns in trips]
-    return "near" if all(near) else "far" if not any(near) else "moved"
+    near = [ns < workloads.NEAR_NS for ns in where.trips]
+    if not all(near):
+        return "far" if not any(near) else "moved"
+    scalings = where.scalings or ()
+    return "shared" if any(s < workloads.SHARED_SCALING for s in scalings) else "near"
 
 
 def cell(seconds):
@@ -105,28 +132,33 @@ def cell(seconds):
 
 
 def by_placement(twos):
-    """{"near", "far", "moved": the seconds of the two-thread epochs placed so}, twos as
+    """{kind: the seconds of the two-thread epochs placed so} for each of KINDS, twos as
     scaling returns them."""
-    kinds = ("near", "far", "moved")
-    return {kind: [s for s, trips in twos if placement(trips) == kind] for kind in kinds}
+    return {kind: [s for s, where in twos if placement(where) == kind] for kind in KINDS}
+
+
+def spread(values, digits):
+    """'low-high' of the values, '-' without any"""
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if values else "-"
 
 
 def row(workload, ones, twos):
-    near, far, moved = by_placement(twos).values()
+    near, shared, far, moved = by_placement(twos).values()
     ratios = "-"
     if near:
         ratios = (
             f"{statistics.median(ones) / statistics.median(near):.2f} / {min(ones) / min(near):.2f}"
         )
-    trips = [round(ns) for _, pair in twos if pair is not None for ns in pair]
-    spread = f"{min(trips)}-{max(trips)}" if trips else "-"
+    trips = [ns for _, where in twos for ns in where.trips or ()]
+    scalings = [x for _, where in twos for x in where.scalings or ()]
     return [
         workload.name,
         cell(ones),
         f"{cell(near)} ({len(near)})",
         ratios,
-        *(f"{statistics.median(s):.3f} ({len(s)})" if s else "-" for s in (far, moved)),
-        spread,
+        *(f"{statistics.median(s):.3f} ({len(s)})" if s else "-" for s in (shared, far, moved)),
+        spread(trips, 0),
+        spread(scalings, 2),
     ]
 
 
@@ -165,10 +197,18 @@ def main(argv=None):
         "1 thread s, median / best",
         "2 threads near s, median / best (epochs)",
         "1t / 2t near, medians / bests",
+        "2 threads shared s, median (epochs)",
         "2 threads far s, median (epochs)",
         "2 threads moved s, median (epochs)",
         "round trip ns",
+        "pair scaling",
     ]
+    print(
+        f"Near: round trips below {workloads.NEAR_NS:g} ns and pair scalings (two threads' "
+        f"throughput on memory of their own, in one thread's) of {workloads.SHARED_SCALING:g} "
+        f"or more, before and after the epoch; shared: the round trips near, a scaling not."
+    )
+    print()
     print(workloads.markdown_table(headers, rows))
     return 0
 

@@ -38,6 +38,15 @@ ROUND_TRIPS = 20000
 # A round trip below this many nanoseconds counts as two CPUs near each other: Zen 5 virtual
 # CPUs measured about 75 ns on one chiplet and 300-660 ns on two (BENCHMARKS.md).
 NEAR_NS = 150
+# Two threads summing 16 KB of their own each (L1-resident), PAIR_SWEEPS times, three
+# rounds alone and together (about 6 ms): on two cores they reach 1.8-2.1x one thread's
+# throughput; on the two hardware threads of one core 1.0-1.4x. A host may run both virtual
+# CPUs on one core for spells of 0.1-1 s (Zen 4, 2026-12-07: 750 probes in 3 s, the shared
+# spells 20-250 probes long), whatever their round trip: an epoch with a probe below
+# SHARED_SCALING before or after it counts as shared.
+PAIR_BYTES = 16 * 1024
+PAIR_SWEEPS = 300
+SHARED_SCALING = 1.6
 
 
 def mnist_train(n_samples=N_TRAIN):
@@ -192,6 +201,10 @@ def placement_library():
         library = ctypes.CDLL(path)
     library.fastnaive_bench_round_trip.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long]
     library.fastnaive_bench_round_trip.restype = ctypes.c_double
+    library.fastnaive_bench_pair_scaling.argtypes = [
+        *(ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
+    ]
+    library.fastnaive_bench_pair_scaling.restype = ctypes.c_double
     library.fastnaive_bench_sweeps.argtypes = [
         *(ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long),
         *(ctypes.c_char, ctypes.c_char, ctypes.c_long),
@@ -218,6 +231,18 @@ def core_round_trip(trips=ROUND_TRIPS):
         return None
     nanoseconds = library.fastnaive_bench_round_trip(cpus[0], cpus[1], trips)
     return nanoseconds if nanoseconds > 0 else None
+
+
+def pair_scaling(bytes_=PAIR_BYTES, sweeps=PAIR_SWEEPS):
+    """How many times one CPU's throughput this process's first two CPUs reach together, each
+    summing a buffer of its own (placement.c); None with fewer than two CPUs or without a C
+    compiler. About 2 on two cores; well under it where the host runs both on one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    library = placement_library()
+    if len(cpus) < 2 or library is None:
+        return None
+    scaling = library.fastnaive_bench_pair_scaling(cpus[0], cpus[1], bytes_, sweeps)
+    return scaling if scaling > 0 else None
 
 
 def blas_threads(n_threads):
