@@ -86,7 +86,7 @@ class FastnaivePeer(Peer):
             else fastnaive.SGD(w.learning_rate)
         )
 
-    def epoch(self, batches=None):
+    def epoch(self, batches=None, callbacks=None):
         fastnaive.fit(
             self.model,
             *self.subset(batches),
@@ -94,6 +94,7 @@ class FastnaivePeer(Peer):
             batch_size=self.workload.batch_size,
             optimizer=self.optimizer,
             verbose=0,
+            callbacks=callbacks,
         )
 
     def weights(self):

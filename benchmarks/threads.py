@@ -14,8 +14,11 @@ trips are below workloads.NEAR_NS and both scalings at least workloads.SHARED_SC
 shared where the round trips are near but a scaling is not, far where neither round trip is
 near, and moved otherwise (the host moved the CPUs while it ran). The table gives the
 one-thread epochs' median and best, the same of the near two-thread epochs, the ratios of
-the medians and of the bests, and the shared, far and moved epochs' medians. A shared spell
-lasts 0.1-1 s, so the probes beside an epoch catch most of them, not all. Interleaved in one
+the medians and of the bests, the same ratio of the fastest steps (each batch's fastest
+step over the rounds, summed: workloads.fastest_steps, timed by a StepClock callback in
+every epoch, about a microsecond a step), and the shared, far and moved epochs' medians. A
+shared spell lasts 0.1-1 s, so the probes beside an epoch catch most of them, not all; the
+fastest steps leave out whatever slowed a step in some rounds, not in all. Interleaved in one
 process, the ratio is steadier than between two runs apart (matrix.py's thread counts run
 one after the other, each in its own process).
 
@@ -72,9 +75,9 @@ def parse_args(argv=None):
     return args
 
 
-def timed(epoch):
+def timed(epoch, *args):
     start = time.perf_counter()
-    epoch()
+    epoch(*args)
     return time.perf_counter() - start
 
 
@@ -98,18 +101,25 @@ def placed(run, *args):
 
 
 def scaling(workload, images, args):
-    """(one-thread seconds, [(two-thread seconds, Placement), ...])"""
+    """(one-thread seconds, [(two-thread seconds, Placement), ...], one thread's fastest steps
+    over two threads' (workloads.fastest_steps) or None with fewer than two batches)"""
     x, y = matrix.workload_data(workload, images, args.quick)
     peer = peers.FastnaivePeer(workload, matrix.initial_weights(workload), x, y)
     peer.epoch(matrix.warm_up_batches(len(peer.bounds)))  # plans, pages the buffers in
-    ones, twos = [], []
+    ones, twos, steps = [], [], ([], [])
     for _ in range(args.rounds):
+        clocks = workloads.StepClock(), workloads.StepClock()
         peer.reset()
         with threadpool_limits(1):
-            ones.append(timed(peer.epoch))
+            ones.append(timed(peer.epoch, None, [clocks[0]]))
         peer.reset()
-        twos.append(placed(timed, peer.epoch))
-    return ones, twos
+        twos.append(placed(timed, peer.epoch, None, [clocks[1]]))
+        for clock, kept in zip(clocks, steps):
+            kept.append(clock.steps)
+    fastest = None
+    if steps[0][0]:
+        fastest = workloads.fastest_steps(steps[0]) / workloads.fastest_steps(steps[1])
+    return ones, twos, fastest
 
 
 KINDS = ("near", "shared", "far", "moved")
@@ -142,7 +152,7 @@ def spread(values, digits):
     return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if values else "-"
 
 
-def row(workload, ones, twos):
+def row(workload, ones, twos, fastest):
     near, shared, far, moved = by_placement(twos).values()
     ratios = "-"
     if near:
@@ -156,6 +166,7 @@ def row(workload, ones, twos):
         cell(ones),
         f"{cell(near)} ({len(near)})",
         ratios,
+        "-" if fastest is None else f"{fastest:.2f}",
         *(f"{statistics.median(s):.3f} ({len(s)})" if s else "-" for s in (shared, far, moved)),
         spread(trips, 0),
         spread(scalings, 2),
@@ -179,8 +190,7 @@ def main(argv=None):
     rows = []
     for name in args.workloads:
         workload = matrix.WORKLOADS[name]
-        ones, twos = scaling(workload, images, args)
-        rows.append(row(workload, ones, twos))
+        rows.append(row(workload, *scaling(workload, images, args)))
         print(f"{name}: done", file=sys.stderr, flush=True)
     print(f"# fastnaive.fit, 1 thread against 2, interleaved ({args.rounds} rounds)")
     print()
@@ -197,6 +207,7 @@ def main(argv=None):
         "1 thread s, median / best",
         "2 threads near s, median / best (epochs)",
         "1t / 2t near, medians / bests",
+        "1t / 2t, fastest steps",
         "2 threads shared s, median (epochs)",
         "2 threads far s, median (epochs)",
         "2 threads moved s, median (epochs)",
