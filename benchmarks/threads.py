@@ -17,7 +17,7 @@ one-thread epochs' median and best, the same of the near two-thread epochs, the 
 the medians and of the bests, the same ratio of the fastest steps (each batch's fastest
 step over the rounds, summed: workloads.fastest_steps, timed by a StepClock callback in
 every epoch, about a microsecond a step), and the shared, far and moved epochs' medians. A
-shared spell lasts 0.1-1 s, so the probes beside an epoch catch most of them, not all; the
+shared spell lasts 4-400 ms, so the probes beside an epoch miss some of those within it; the
 fastest steps leave out whatever slowed a step in some rounds, not in all. Interleaved in one
 process, the ratio is steadier than between two runs apart (matrix.py's thread counts run
 one after the other, each in its own process).

@@ -41,9 +41,9 @@ NEAR_NS = 150
 # Two threads summing 16 KB of their own each (L1-resident), PAIR_SWEEPS times, three
 # rounds alone and together (about 6 ms): on two cores they reach 1.8-2.1x one thread's
 # throughput; on the two hardware threads of one core 1.0-1.4x. A host may run both virtual
-# CPUs on one core for spells of 0.1-1 s (Zen 4, 2026-12-07: 750 probes in 3 s, the shared
-# spells 20-250 probes long), whatever their round trip: an epoch with a probe below
-# SHARED_SCALING before or after it counts as shared.
+# CPUs on one core for spells of 4-400 ms, whatever their round trip (Zen 4, 2026-12-07: of
+# 750 probes of 4 ms in 3 s, a third to a half below 1.6, in spells of 1-102 probes): an
+# epoch with a probe below SHARED_SCALING before or after it counts as shared.
 PAIR_BYTES = 16 * 1024
 PAIR_SWEEPS = 300
 SHARED_SCALING = 1.6
