@@ -40,7 +40,10 @@ time a cache line took to go from the worker's first CPU to its second and back,
 just before each timed round (workloads.core_round_trip): on a virtual machine the host
 may place the two virtual CPUs near each other (about 75 ns on Zen 5) or far apart (300-660
 ns) and move them between rounds, and a two-thread epoch that hands data between its
-threads at every step runs at the speed of that placement.
+threads at every step runs at the speed of that placement. "pair scaling", measured right
+after it (workloads.pair_scaling), is how many times one CPU's throughput two threads reach
+on memory of their own: about 2 on two cores, 1.0-1.4 where the host runs both CPUs on one
+(threads.py).
 
 --isa avx2 holds every library to AVX2 on a CPU with AVX-512, for a stand-in of an AVX2-only
 machine (the same vector widths, not the same cores): fastnaive's sparse kernels through
@@ -414,7 +417,12 @@ def run_workload(workload, peer_classes, images, args):
     }
     built = {}
     for cls in peer_classes:
-        entry = record["peers"][cls.name] = {"seconds": [], "cpu_seconds": [], "round_trips": []}
+        entry = record["peers"][cls.name] = {
+            "seconds": [],
+            "cpu_seconds": [],
+            "round_trips": [],
+            "pair_scalings": [],
+        }
         try:
             built[cls.name] = peer = cls(workload, initial, x, y)
             peer.epoch(warm_up_batches(len(bounds)))
@@ -440,6 +448,7 @@ def run_workload(workload, peer_classes, images, args):
             if not args.quick:
                 workloads.settle()
             round_trip = workloads.core_round_trip()
+            scaling = workloads.pair_scaling()
             try:
                 seconds, cpu = timed_epoch(peer)
             except Exception:
@@ -451,7 +460,11 @@ def run_workload(workload, peer_classes, images, args):
             trip = ""
             if round_trip is not None:
                 entry["round_trips"].append(round_trip)
-                trip = f" (core round trip {round_trip:.0f} ns)"
+                trip = f" (core round trip {round_trip:.0f} ns"
+                if scaling is not None:
+                    entry["pair_scalings"].append(scaling)
+                    trip += f", pair scaling {scaling:.2f}"
+                trip += ")"
             log(f"  {workload.name} round {round_ + 1}: {name} {seconds:.3f} s{trip}")
     for name, peer in built.items():
         entry = record["peers"][name]
@@ -659,7 +672,7 @@ def workload_table(workload, record, rates, quick):
     rows, failures, fastest = [], [], None
     for name, entry in entries.items():
         if "error" in entry:
-            rows.append((name, "failed: " + entry["error"], "", "", "", "", "", "", "", ""))
+            rows.append((name, "failed: " + entry["error"], *[""] * 9))
             failures.append(f"{workload.name}: {name} failed: {entry['error']}")
             continue
         cells = []
@@ -675,7 +688,7 @@ def workload_table(workload, record, rates, quick):
         cpu = statistics.median(c / s for c, s in zip(entry["cpu_seconds"], entry["seconds"]))
         if name != REFERENCE and (fastest is None or seconds < fastest[1]):
             fastest = (name, seconds)
-        trips = entry.get("round_trips")
+        trips, scalings = entry.get("round_trips"), entry.get("pair_scalings")
         rows.append(
             (
                 name,
@@ -686,6 +699,7 @@ def workload_table(workload, record, rates, quick):
                 f"{record['gemm_flop'] / seconds / rate:.2f}",
                 f"{cpu:.2f}",
                 f"{min(trips):.0f}-{max(trips):.0f}" if trips else "",
+                f"{min(scalings):.2f}-{max(scalings):.2f}" if scalings else "",
                 *cells,
             )
         )
@@ -711,6 +725,7 @@ def workload_table(workload, record, rates, quick):
                 "of GEMM rate",
                 "CPU / wall",
                 "core round trip, ns",
+                "pair scaling",
                 "loss after the warm-up (vs fastnaive)",
                 "loss after the epoch (vs fastnaive)",
             ],
