@@ -218,6 +218,17 @@ def placement_library():
     return library
 
 
+def _on_two_cpus(function, *args):
+    """placement.c's `function` (its name) on this process's first two CPUs with args; None
+    with fewer than two CPUs, without a C compiler, or where it failed (a negative result)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    library = placement_library()
+    if len(cpus) < 2 or library is None:
+        return None
+    result = getattr(library, function)(cpus[0], cpus[1], *args)
+    return result if result > 0 else None
+
+
 def core_round_trip(trips=ROUND_TRIPS):
     """Mean nanoseconds for a cache line to go from this process's first CPU to its second
     and back (placement.c); None with fewer than two CPUs or without a C compiler.
@@ -225,24 +236,14 @@ def core_round_trip(trips=ROUND_TRIPS):
     On a shared machine the figure changes as the host moves the virtual CPUs: steps that
     hand data between threads are as slow as it is high (BENCHMARKS.md).
     """
-    cpus = sorted(os.sched_getaffinity(0))
-    library = placement_library()
-    if len(cpus) < 2 or library is None:
-        return None
-    nanoseconds = library.fastnaive_bench_round_trip(cpus[0], cpus[1], trips)
-    return nanoseconds if nanoseconds > 0 else None
+    return _on_two_cpus("fastnaive_bench_round_trip", trips)
 
 
 def pair_scaling(bytes_=PAIR_BYTES, sweeps=PAIR_SWEEPS):
     """How many times one CPU's throughput this process's first two CPUs reach together, each
     summing a buffer of its own (placement.c); None with fewer than two CPUs or without a C
     compiler. About 2 on two cores; well under it where the host runs both on one."""
-    cpus = sorted(os.sched_getaffinity(0))
-    library = placement_library()
-    if len(cpus) < 2 or library is None:
-        return None
-    scaling = library.fastnaive_bench_pair_scaling(cpus[0], cpus[1], bytes_, sweeps)
-    return scaling if scaling > 0 else None
+    return _on_two_cpus("fastnaive_bench_pair_scaling", bytes_, sweeps)
 
 
 def blas_threads(n_threads):
