@@ -31,7 +31,8 @@ def inflation_limit(file_size):
 
 
 def write_npz(path, arrays):
-    """Write `arrays` to the .npz `path`, renaming a complete, synced temporary file over it.
+    """Write `arrays` to the .npz `path` (stored, as np.savez writes it), renaming a complete,
+    synced temporary file over it.
 
     The temporary file is created with mode 0o666 less the process's umask, as open() would
     create the target itself, without reading or changing the umask.
@@ -46,7 +47,7 @@ def write_npz(path, arrays):
             with contextlib.suppress(FileExistsError):
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            _write_archive(f, arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -54,12 +55,34 @@ def write_npz(path, arrays):
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        # zipfile, interrupted inside np.savez, complains on closing: report the interrupt.
+        # zipfile, interrupted as it begins or ends a member, fails to close the archive after
+        # it: report the interrupt.
         interrupt = _interrupt_behind(error)
         if interrupt is not None:
             raise interrupt from None
         raise
     _fsync_folder(folder)
+
+
+def _write_archive(f, arrays):
+    """The .npz of `arrays` (name -> array, each stored as name.npy) into the file f."""
+    import zipfile
+
+    archive = zipfile.ZipFile(f, "w", zipfile.ZIP_STORED)
+    try:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+        archive.close()
+    except BaseException:
+        # The file is being removed. An interrupt as a member begins or ends leaves zipfile
+        # writing that member, so that closing the archive fails, here and again when it is
+        # collected ("Exception ignored in ZipFile.__del__"): closed or not, drop the
+        # archive's hold on the file (close() does nothing once fp is None).
+        with contextlib.suppress(ValueError):
+            archive.close()
+        archive.fp = None
+        raise
 
 
 def _interrupt_behind(error):
