@@ -30,20 +30,22 @@ scikit-learn, which do the same operations, agree to 1e-7): there only the three
 are checked. The command exits with status 1 when a loss disagrees or a peer
 fails, never on timing.
 
-GFLOP counts the epoch's GEMMs: per dense layer the forward product and the weight
-gradient, and the input gradient for every layer but the first. The GEMM rate is the best of
-NumPy's matmul and SciPy's BLAS (the one fastnaive calls) on GEMM_SIZE^3 matrices, measured
-in the same process at the same thread count (sgemm; dgemm for float64); the floor is the
-epoch's GEMM FLOP at that rate. "CPU / wall" is the process's CPU time over the epoch's
-wall time: the cores a peer really kept busy. With two CPUs or more, "core round trip" is the
-time a cache line took to go from the worker's first CPU to its second and back, measured
-just before each timed round (workloads.core_round_trip): on a virtual machine the host
-may place the two virtual CPUs near each other (about 75 ns on Zen 5) or far apart (300-660
-ns) and move them between rounds, and a two-thread epoch that hands data between its
-threads at every step runs at the speed of that placement. "pair scaling", measured right
-after it (workloads.pair_scaling), is how many times one CPU's throughput two threads reach
-on memory of their own: about 2 on two cores, 1.0-1.4 where the host runs both CPUs on one
-(threads.py).
+GFLOP counts the epoch's GEMMs: per dense layer the forward product and the weight gradient,
+and the input gradient for every layer but the first. The GEMM rate is the best of NumPy's
+matmul and SciPy's BLAS (the one fastnaive calls) on GEMM_SIZE^3 matrices, measured in the
+same process at the same thread count (sgemm; dgemm for float64) before the first workload
+and again after each, the best of those measurements (the header gives the lowest too): a
+spell of the host's (both CPUs on one core) may fall on one of them and halve a two-thread
+rate. The floor is the epoch's GEMM FLOP at that rate. "CPU / wall" is the process's CPU
+time over the epoch's wall time: the cores a peer really kept busy. With two CPUs or more,
+"core round trip" is the time a cache line took to go from the worker's first CPU to its
+second and back, measured just before each timed round (workloads.core_round_trip): on a
+virtual machine the host may place the two virtual CPUs near each other (about 75 ns on Zen
+5) or far apart (300-660 ns) and move them between rounds, and a two-thread epoch that hands
+data between its threads at every step runs at the speed of that placement. "pair scaling",
+measured right after it (workloads.pair_scaling), is how many times one CPU's throughput two
+threads reach on memory of their own: about 2 on two cores, 1.0-1.4 where the host runs both
+CPUs on one (threads.py).
 
 --isa avx2 holds every library to AVX2 on a CPU with AVX-512, for a stand-in of an AVX2-only
 machine (the same vector widths, not the same cores): fastnaive's sparse kernels through
@@ -485,11 +487,11 @@ def worker(args):
     limits = peers.configure_threads(n_threads, peer_classes)  # noqa: F841  (kept in force)
     log(f"{n_threads} thread(s): libraries loaded")
     size, rate_repeats = (QUICK_GEMM_SIZE, 1) if args.quick else (GEMM_SIZE, 3)
+    measured_rates = [gemm_rates(size, rate_repeats)]
     result = {
         "threads": n_threads,
         "cpus": sorted(os.sched_getaffinity(0)),
         "gemm_size": size,
-        "gemm_rates": gemm_rates(size, rate_repeats),
         "workloads": {},
     }
     images = {}
@@ -504,6 +506,15 @@ def worker(args):
 
             keras.backend.clear_session()
         gc.collect()
+        measured_rates.append(gemm_rates(size, rate_repeats))
+    # Per dtype and source the best measurement; per dtype each measurement's best source.
+    result["gemm_rates"] = {
+        dtype: {source: max(r[dtype][source] for r in measured_rates) for source in rates}
+        for dtype, rates in measured_rates[0].items()
+    }
+    result["gemm_rate_series"] = {
+        dtype: [max(r[dtype].values()) for r in measured_rates] for dtype in measured_rates[0]
+    }
     from threadpoolctl import threadpool_info
 
     result["thread_pools"] = [
@@ -617,7 +628,8 @@ def header(args, skipped, load_start):
         "initial weights) and after the last timed epoch; each must agree with fastnaive's "
         "within the tolerance shown, relative to max(1, loss). GFLOP/s: the epoch's GEMM "
         "FLOP per second. 'of GEMM rate': that over the large-GEMM rate measured in the same "
-        "process (sgemm; dgemm for float64). Floor: the GEMM FLOP at that rate. CPU / wall: "
+        "process (sgemm; dgemm for float64), the best of its measurements before the first "
+        "workload and after each. Floor: the GEMM FLOP at that rate. CPU / wall: "
         "the cores the process kept busy during the epoch.",
     ]
     if args.quick:
@@ -654,8 +666,12 @@ def rate_line(result):
     for dtype, rates in result["gemm_rates"].items():
         best = max(rates.values())
         detail = ", ".join(f"{source} {rate / 1e9:.1f}" for source, rate in rates.items())
-        parts.append(f"{dtype} {best / 1e9:.1f} GFLOP/s ({detail})")
-    return f"GEMM {result['gemm_size']}^3: " + "; ".join(parts)
+        series = result["gemm_rate_series"][dtype]
+        parts.append(
+            f"{dtype} {best / 1e9:.1f} GFLOP/s ({detail}; {len(series)} measurements, "
+            f"lowest {min(series) / 1e9:.1f})"
+        )
+    return f"GEMM {result['gemm_size']}^3, the best of the run's: " + "; ".join(parts)
 
 
 def workload_table(workload, record, rates, quick):
