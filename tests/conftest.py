@@ -14,7 +14,7 @@ from helpers import DTYPES
 from hypothesis import settings
 
 import fastnaive
-from fastnaive import _sparse
+from fastnaive import _cpus, _sparse
 
 settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", print_blob=True)
@@ -29,6 +29,14 @@ def dtype(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def uncapped_threads(monkeypatch):
+    """fit and the other entry points on as many threads as OpenMP's limit asks, past the CPUs
+    the process can keep busy (engine.Step.threads caps them at fastnaive._cpus.usable_cpus),
+    so that the tests of the same bits at 1, 2 and 3 threads run 3 on a machine of 2."""
+    monkeypatch.setattr(_cpus, "usable_cpus", lambda: 1 << 16)
 
 
 @pytest.fixture(params=_sparse.INSTRUCTION_SETS)

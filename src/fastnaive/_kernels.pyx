@@ -56,11 +56,14 @@ cdef extern from *:
     #ifdef _OPENMP
     #include <omp.h>
     static int fastnaive_max_threads(void) { return omp_get_max_threads(); }
+    static void fastnaive_set_max_threads(int n) { omp_set_num_threads(n); }
     #else
     static int fastnaive_max_threads(void) { return 1; }
+    static void fastnaive_set_max_threads(int n) { (void)n; }
     #endif
     """
     int fastnaive_max_threads() nogil
+    void fastnaive_set_max_threads(int n) nogil
 
 cdef extern from *:
     """
@@ -634,6 +637,14 @@ def max_threads():
     """The threads a parallel loop of the kernels may use: OpenMP's limit, which
     OMP_NUM_THREADS and threadpoolctl's threadpool_limits set (1 without OpenMP)."""
     return fastnaive_max_threads()
+
+
+def set_max_threads(int n):
+    """Set OpenMP's limit for the calling thread's parallel loops to n (>= 1; nothing
+    without OpenMP)."""
+    if n < 1:
+        raise ValueError(f"Expected n >= 1. Received: n={n}")
+    fastnaive_set_max_threads(n)
 
 
 def _shape_error(str expected, **arrays):

@@ -166,7 +166,8 @@ def add_train_options(parser):
         type=int,
         default=None,
         metavar="N",
-        help="threads to train with, one pool (default: OMP_NUM_THREADS, else all cores)",
+        help="threads to train with, one pool (default: OMP_NUM_THREADS, else all cores; at "
+        "most the CPUs this process can keep busy)",
     )
     parser.add_argument("--shuffle", action="store_true", help="reshuffle the samples every epoch")
     parser.add_argument(
@@ -601,10 +602,15 @@ def info(args, group):
     read is reported as such."""
     from threadpoolctl import threadpool_info
 
-    from fastnaive import _kernels
+    from fastnaive import _cpus, _kernels
 
     print(f"fastnaive {fastnaive.__version__}, numpy {np.__version__}")
     print(f"OpenMP: {'compiled in' if _kernels.openmp_enabled() else 'not compiled in'}")
+    quota = _cpus.cgroup_cpu_limit()
+    print(
+        f"CPUs training can use: {_cpus.usable_cpus()} (may run on {_cpus.affinity_cpus()}; "
+        f"cgroup CPU quota: {'none' if quota is None else quota})"
+    )
     for pool in threadpool_info():
         version = f" {pool['version']}" if pool.get("version") else ""
         print(

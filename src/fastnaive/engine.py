@@ -57,7 +57,7 @@ import weakref
 
 import numpy as np
 
-from fastnaive import _activations, _blas, _kernels, _losses, _program, _sparse
+from fastnaive import _activations, _blas, _cpus, _kernels, _losses, _program, _sparse
 from fastnaive._memory import aligned_empty
 from fastnaive.optimizers import Update
 from fastnaive.sparse import CsrBatch
@@ -364,8 +364,16 @@ class Step:
         Two pools would fight: OpenMP and OpenBLAS threads each spin a while after their work
         and chase each other on a small machine (measured on 2 cores: an MNIST epoch took
         6-7 s with two threads in each pool, against 0.4 s with one pool).
+
+        Nor does a thread more than the CPUs the process can keep busy (its affinity and its
+        cgroup's CPU quota: fastnaive._cpus.usable_cpus) help: `n_threads` is at most those,
+        and OpenMP's limit is lowered to it for the call (then restored), so that every
+        parallel loop of the call runs on them.
         """
-        self.n_threads = _kernels.max_threads()
+        requested = _kernels.max_threads()
+        self.n_threads = min(requested, _cpus.usable_cpus())
+        if self.n_threads < requested:
+            return _CappedThreads(self.n_threads, requested, _blas_pools())
         return _blas_pools()
 
     def gather(self, x, y, rows, sample_weight=None):
@@ -907,6 +915,29 @@ def _blas_pools():
         _blas.load()
         _blas_controller = _OneBlasThread(ThreadpoolController().select(user_api="blas"))
     return _blas_controller
+
+
+class _CappedThreads:
+    """Step.threads' context where OpenMP's limit exceeds the usable CPUs: the limit set to
+    `n_threads` for the call and back to `requested` after, BLAS on one thread (`pools`)."""
+
+    def __init__(self, n_threads, requested, pools):
+        self.n_threads, self.requested, self.pools = n_threads, requested, pools
+
+    def __enter__(self):
+        _kernels.set_max_threads(self.n_threads)
+        try:
+            self.pools.__enter__()
+        except BaseException:
+            _kernels.set_max_threads(self.requested)
+            raise
+        return self
+
+    def __exit__(self, *error):
+        try:
+            self.pools.__exit__(*error)
+        finally:
+            _kernels.set_max_threads(self.requested)
 
 
 # OpenBLAS's thread-count functions, under the names its builds export (SciPy's and NumPy's
