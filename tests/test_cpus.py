@@ -82,6 +82,16 @@ def test_usable_cpus_are_the_affinity_within_the_quota():
     assert _cpus.usable_cpus() == expected >= 1
 
 
+def test_the_affinity_is_read_at_each_call():
+    cpus = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(cpus)})
+        assert _cpus.usable_cpus() == 1
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert _cpus.usable_cpus() == min(len(cpus), _cpus.cgroup_cpu_limit() or len(cpus))
+
+
 def test_a_process_bound_to_one_cpu_can_use_one():
     code = "from fastnaive import _cpus; print(_cpus.usable_cpus(), _cpus.affinity_cpus())"
     cpu = min(os.sched_getaffinity(0))
