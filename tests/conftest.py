@@ -31,11 +31,12 @@ def rng():
     return np.random.default_rng(0)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def uncapped_threads(monkeypatch):
-    """fit and the other entry points on as many threads as OpenMP's limit asks, past the CPUs
-    the process can keep busy (engine.Step.threads caps them at fastnaive._cpus.usable_cpus),
-    so that the tests of the same bits at 1, 2 and 3 threads run 3 on a machine of 2."""
+    """Every test's calls on as many threads as OpenMP's limit asks, past the CPUs the process
+    can keep busy (fastnaive._cpus.capped caps them at usable_cpus): the tests of 2 and 3
+    threads run them on any machine, one CPU or a quota of one included. tests/test_cpus.py,
+    which tests the cap, overrides this fixture."""
     monkeypatch.setattr(_cpus, "usable_cpus", lambda: 1 << 16)
 
 

@@ -29,23 +29,31 @@ def cgroup_tree(tmp_path, membership, files):
     return str(proc), str(root)
 
 
+@pytest.fixture
+def uncapped_threads():
+    """This module tests the cap: conftest's fixture of the same name, which lifts it for the
+    other tests, is overridden here by one that does nothing."""
+
+
 @pytest.mark.parametrize(
     ("membership", "files", "expected"),
     [
-        # v2: the quota rounded up to whole CPUs; "max" sets none.
-        ("0::/job\n", {"job/cpu.max": "150000 100000\n"}, 2),
+        # v2: the quota in CPUs; "max" sets none.
+        ("0::/job\n", {"job/cpu.max": "150000 100000\n"}, 1.5),
         ("0::/job\n", {"job/cpu.max": "max 100000\n"}, None),
-        ("0::/job\n", {"job/cpu.max": "50000 100000\n"}, 1),
+        ("0::/job\n", {"job/cpu.max": "50000 100000\n"}, 0.5),
         # The smallest over the levels above too.
         ("0::/a/b\n", {"a/b/cpu.max": "400000 100000", "a/cpu.max": "200000 100000"}, 2),
         ("0::/a/b\n", {"a/b/cpu.max": "max 100000", "cpu.max": "300000 100000"}, 3),
-        # A container sees its own cgroup at the mount's root, whatever /proc names.
+        # A container sees its own cgroup at the mount's root, whatever /proc names; a path
+        # above the namespace's root (..) reads no further up than the mount.
         ("0::/docker/abc\n", {"cpu.max": "200000 100000"}, 2),
+        ("0::/../../elsewhere\n", {"cpu.max": "100000 100000"}, 1),
         # v1: the cpu controller's quota and period, under either mount name.
         (
             "4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n",
             {"cpu,cpuacct/cpu.cfs_quota_us": "250000", "cpu,cpuacct/cpu.cfs_period_us": "100000"},
-            3,
+            2.5,
         ),
         (
             "1:cpu:/fn\n2:cpuacct:/\n",
@@ -64,9 +72,7 @@ def cgroup_tree(tmp_path, membership, files):
         ("not a cgroup line\n", {}, None),
     ],
 )
-def test_the_cgroup_cpu_limit_is_the_smallest_quota_in_whole_cpus(
-    tmp_path, membership, files, expected
-):
+def test_the_cgroup_cpu_limit_is_the_smallest_quota(tmp_path, membership, files, expected):
     proc, root = cgroup_tree(tmp_path, membership, files)
     assert _cpus.cgroup_cpu_limit(proc, root) == expected
 
@@ -75,34 +81,59 @@ def test_no_proc_file_means_no_limit(tmp_path):
     assert _cpus.cgroup_cpu_limit(str(tmp_path / "absent"), str(tmp_path)) is None
 
 
-def test_usable_cpus_are_the_affinity_within_the_quota():
-    assert _cpus.affinity_cpus() == len(os.sched_getaffinity(0))
-    limit = _cpus.cgroup_cpu_limit()
-    expected = _cpus.affinity_cpus() if limit is None else min(_cpus.affinity_cpus(), limit)
-    assert _cpus.usable_cpus() == expected >= 1
+@pytest.fixture
+def fresh_count():
+    """usable_cpus read anew in the test, and again after it."""
+    _cpus.usable_cpus.cache_clear()
+    yield
+    _cpus.usable_cpus.cache_clear()
 
 
-def test_the_affinity_is_read_at_each_call():
+@pytest.mark.parametrize(("limit", "expected"), [(None, 2), (0.5, 1), (1.5, 2), (1, 1), (7, 2)])
+def test_usable_cpus_are_the_affinity_within_the_quota_rounded_up(
+    monkeypatch, fresh_count, limit, expected
+):
+    monkeypatch.setattr(_cpus, "affinity_cpus", lambda: 2)
+    monkeypatch.setattr(_cpus, "cgroup_cpu_limit", lambda: limit)
+    assert _cpus.usable_cpus() == expected
+
+
+def test_the_affinity_is_the_calling_threads_and_read_once(fresh_count):
     cpus = os.sched_getaffinity(0)
+    before = _cpus.usable_cpus()
     try:
         os.sched_setaffinity(0, {min(cpus)})
+        assert _cpus.affinity_cpus() == 1
+        assert _cpus.usable_cpus() == before  # read once per process
+        _cpus.usable_cpus.cache_clear()
         assert _cpus.usable_cpus() == 1
     finally:
         os.sched_setaffinity(0, cpus)
-    assert _cpus.usable_cpus() == min(len(cpus), _cpus.cgroup_cpu_limit() or len(cpus))
+    assert _cpus.affinity_cpus() == len(cpus)
 
 
-def test_a_process_bound_to_one_cpu_can_use_one():
+def child_cpus(**environment):
+    """(usable_cpus(), affinity_cpus()) in a fresh interpreter run with `environment`."""
     code = "from fastnaive import _cpus; print(_cpus.usable_cpus(), _cpus.affinity_cpus())"
-    cpu = min(os.sched_getaffinity(0))
     result = subprocess.run(
         [sys.executable, "-c", code],
-        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+        env={**os.environ, **environment},
         capture_output=True,
         text=True,
         check=True,
     )
-    assert result.stdout.split() == ["1", "1"]
+    return tuple(map(int, result.stdout.split()))
+
+
+@pytest.mark.parametrize(
+    "binding",
+    [{"OMP_PROC_BIND": "close"}, {"OMP_PLACES": "cores", "OMP_PROC_BIND": "true"}],
+    ids=["OMP_PROC_BIND", "OMP_PLACES"],
+)
+def test_openmp_binding_its_threads_leaves_every_cpu_usable(binding):
+    # Bound, OpenMP pins the calling thread to one CPU as it loads; the process may still run
+    # on all of its CPUs.
+    assert child_cpus(**binding) == child_cpus()
 
 
 def threads_inside_fit(model, x, y, requested):
@@ -131,3 +162,48 @@ def test_training_runs_on_the_usable_cpus_at_most_and_restores_the_limit(monkeyp
     threads_inside_fit(alone, x, y, 1)
     for a, b in zip(capped.get_weights(), alone.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_capped_lowers_the_limit_only_above_the_cpus_and_restores_it(monkeypatch):
+    monkeypatch.setattr(_cpus, "usable_cpus", lambda: 2)
+    for requested, inside in [(5, 2), (2, 2), (1, 1)]:
+        with threadpool_limits(limits=requested):
+            with _cpus.capped() as cap:
+                assert (cap.n_threads, _kernels.max_threads()) == (inside, inside)
+                with _cpus.capped() as nested:
+                    assert nested.n_threads == inside
+                assert _kernels.max_threads() == inside
+            assert _kernels.max_threads() == requested
+    with threadpool_limits(limits=5), pytest.raises(KeyError):
+        with _cpus.capped():
+            raise KeyError("inside")
+    with threadpool_limits(limits=5):
+        assert _kernels.max_threads() == 5
+
+
+def test_the_choice_of_kernels_and_an_optimizers_own_step_run_capped(monkeypatch):
+    """Step.use_inputs (a Step's set-up, and each per-batch call's) scans x, and
+    apply_gradients (update_weights) runs its calls, on OpenMP's default count: capped (x
+    large enough for the scan to run in parallel: 400 x 784 elements)."""
+    seen = []
+
+    def recording(function):
+        def wrapper(*args, **kwargs):
+            seen.append(_kernels.max_threads())
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(_kernels, "scan_rows_checked", recording(_kernels.scan_rows_checked))
+    monkeypatch.setattr(_kernels, "run_calls", recording(_kernels.run_calls))
+    monkeypatch.setattr(_cpus, "usable_cpus", lambda: 1)
+    model = make_model()
+    x, y = make_data(400, "float32")
+    assert x.size >= _kernels.SCAN_PARALLEL_MIN
+    with threadpool_limits(limits=3):
+        fastnaive.one_training_step(model, x, y)
+        scans = len(seen)
+        fastnaive.update_weights(model.get_weights(), model.weights)
+        assert _kernels.max_threads() == 3
+    assert scans >= 1 and len(seen) > scans
+    assert set(seen) == {1}

@@ -69,7 +69,7 @@ def test_thread_counts_give_the_same_gradients_to_the_bit(dtype):
 
 @pytest.mark.parametrize("inputs", ["dense", "mostly zeros", "mostly offsets", "csr"])
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
-def test_weights_are_the_same_bits_at_1_2_and_3_threads(dtype, inputs, optimizer, uncapped_threads):
+def test_weights_are_the_same_bits_at_1_2_and_3_threads(dtype, inputs, optimizer):
     """Shapes big enough to cut every GEMM into blocks (in rows and columns) and to run the
     sparse kernels in parallel; SGD runs fused into the weight-gradient GEMM, momentum and
     Adam on each block of the gradients as the kernels produce it (after them for the

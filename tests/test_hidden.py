@@ -160,9 +160,7 @@ def test_the_choice_follows_the_batchs_share_of_nonzeros(dtype, products, limit)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_training_gives_the_same_bits_at_1_2_and_3_threads(
-    dtype, optimizer, limit, uncapped_threads
-):
+def test_training_gives_the_same_bits_at_1_2_and_3_threads(dtype, optimizer, limit):
     limit(1.0)
     x, y = data(dtype, 600)
     results = []

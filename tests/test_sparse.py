@@ -719,7 +719,7 @@ def test_a_cut_off_the_groups_or_leaving_a_part_too_narrow_is_refused(cut):
             call()
 
 
-def test_training_cuts_the_features_where_the_inputs_nonzeros_halve(rng, uncapped_threads):
+def test_training_cuts_the_features_where_the_inputs_nonzeros_halve(rng):
     """Inputs whose nonzeros crowd the last features: a training Step cuts the first
     layer's features where about half of them lie on each side (each thread's share of the
     sparse work), not at the middle; fit then ends with the same bits on 1, 2 and 3

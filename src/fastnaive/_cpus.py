@@ -1,46 +1,77 @@
-"""How many CPUs this process can keep busy: the fewest of the CPUs it may run on (its
-affinity: taskset, mpirun's binding, a cpuset) and its cgroup's CPU quota (a container's
-`--cpus`, a Kubernetes CPU limit, systemd's CPUQuota), at least 1.
+"""How many CPUs this process can keep busy, and the threads a call runs: the fewest of the
+CPUs it may run on (its affinity: taskset, mpirun's binding, a cpuset) and its cgroup's CPU
+quota (a container's `--cpus`, a Kubernetes CPU limit, systemd's CPUQuota), at least 1.
 
 A step's threads wait for each other at every parallel region, so a thread more than the
-CPUs never helps: on 2 CPUs a book epoch took 0.19 s on 2 threads, 0.37-0.49 s on 4; under
-a quota of one CPU, 0.35 s on one thread, 0.42-0.44 on 2. fastnaive.engine caps its threads
-here (Step.threads).
+CPUs never helps: on 2 CPUs a book epoch took 0.19 s on 2 threads, 0.37-0.54 s on 4; under
+a quota of one CPU, 0.35 s on one thread, 0.37-0.44 on 2. Every call that may run the
+kernels in parallel on OpenMP's default thread count does so inside `capped()`
+(fastnaive.engine's Step.threads and Step.use_inputs, the optimizers' apply_gradients).
 """
 
 import functools
 import math
 import os
 
-__all__ = ["usable_cpus", "affinity_cpus", "cgroup_cpu_limit"]
+from fastnaive import _kernels
 
+__all__ = ["usable_cpus", "affinity_cpus", "cgroup_cpu_limit", "capped"]
+
+_OPENMP = _kernels.openmp_enabled()
 PROC_CGROUP = "/proc/self/cgroup"
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
+@functools.cache
 def usable_cpus():
-    """min(affinity_cpus(), cgroup_cpu_limit()): the affinity read at each call (0.4 us), the
-    quota once per process."""
-    limit = _process_cgroup_limit()
+    """min(affinity_cpus(), cgroup_cpu_limit() rounded up), at least 1, read once per process
+    (at its first call: reading the affinity takes half a microsecond, a tenth of a step of
+    a small model; usable_cpus.cache_clear() reads it again)."""
     cpus = affinity_cpus()
-    return cpus if limit is None else max(1, min(cpus, limit))
+    limit = cgroup_cpu_limit()
+    return cpus if limit is None else max(1, min(cpus, math.ceil(limit)))
 
 
 def affinity_cpus():
-    """The CPUs this process may run on (os.cpu_count() where the system cannot say)."""
+    """The CPUs this process may run on: OpenMP's count of them (the calling thread's
+    affinity, or where OMP_PROC_BIND, OMP_PLACES or GOMP_CPU_AFFINITY bind the threads, which
+    pins the calling thread to one CPU, the process's as it started); without OpenMP, the
+    calling thread's affinity (os.cpu_count() where the system cannot say)."""
+    if _OPENMP:
+        return max(1, _kernels.processors())
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
 
 
+class capped:
+    """A context in which OpenMP's limit for the calling thread (the threads of the kernels'
+    parallel loops that take no count) is at most usable_cpus(), restored after; `n_threads`
+    is that count. It changes nothing where the limit is within the CPUs already."""
+
+    __slots__ = ("n_threads", "requested")
+
+    def __init__(self):
+        self.requested = _kernels.max_threads()
+        self.n_threads = min(self.requested, usable_cpus())
+
+    def __enter__(self):
+        if self.n_threads < self.requested:
+            _kernels.set_max_threads(self.n_threads)
+        return self
+
+    def __exit__(self, *error):
+        if self.n_threads < self.requested:
+            _kernels.set_max_threads(self.requested)
+
+
 def cgroup_cpu_limit(proc_cgroup=PROC_CGROUP, root=CGROUP_ROOT):
-    """The CPU quota of this process's cgroup and of those above it, rounded up to whole CPUs
-    (the smallest, where several levels set one), or None where none is set or none can be
-    read. cgroup v2: cpu.max ("max 100000", or "<quota> <period>" in microseconds); v1: the
-    cpu controller's cpu.cfs_quota_us (-1: none) and cpu.cfs_period_us. Paths that /proc
-    names but the mount does not hold (a container's view of its own cgroup) count from the
-    mount's root."""
+    """The CPU quota of this process's cgroup and of those above it, in CPUs (the smallest,
+    where several levels set one), or None where none is set or none can be read. cgroup v2:
+    cpu.max ("max 100000", or "<quota> <period>" in microseconds); v1: the cpu controller's
+    cpu.cfs_quota_us (-1: none) and cpu.cfs_period_us. Paths that /proc names but the mount
+    does not hold (a container's view of its own cgroup) count from the mount's root."""
     try:
         with open(proc_cgroup) as file:
             lines = file.read().splitlines()
@@ -60,19 +91,14 @@ def cgroup_cpu_limit(proc_cgroup=PROC_CGROUP, root=CGROUP_ROOT):
     return min(limits) if limits else None
 
 
-@functools.cache
-def _process_cgroup_limit():
-    return cgroup_cpu_limit()
-
-
 def _quotas(mount, path, read):
-    """The whole CPUs of each quota set from path's folder under mount up to mount itself."""
-    parts = [part for part in path.split("/") if part]
+    """The quota of each level that sets one, from path's folder under mount up to mount."""
+    parts = [part for part in path.split("/") if part and part != ".."]
     quotas = []
     for depth in range(len(parts), -1, -1):
         quota = read(os.path.join(mount, *parts[:depth]))
         if quota is not None:
-            quotas.append(max(1, math.ceil(quota)))
+            quotas.append(quota)
     return quotas
 
 

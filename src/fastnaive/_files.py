@@ -77,12 +77,35 @@ def _write_archive(f, arrays):
     except BaseException:
         # The file is being removed. An interrupt as a member begins or ends leaves zipfile
         # writing that member, so that closing the archive fails, here and again when it is
-        # collected ("Exception ignored in ZipFile.__del__"): closed or not, drop the
-        # archive's hold on the file (close() does nothing once fp is None).
+        # collected ("Exception ignored in ZipFile.__del__"), and the member's handle, once
+        # collected, writes on: both write to a _Discard from here on, and close quietly.
+        archive.fp = _Discard(archive.start_dir)
         with contextlib.suppress(ValueError):
             archive.close()
-        archive.fp = None
         raise
+
+
+class _Discard:
+    """A file that keeps nothing: where an abandoned archive's last writes go (its position
+    tracked, as zipfile seeks back over what it wrote)."""
+
+    def __init__(self, position):
+        self.position = position
+
+    def write(self, data):
+        size = memoryview(data).nbytes
+        self.position += size
+        return size
+
+    def tell(self):
+        return self.position
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        self.position = offset if whence == os.SEEK_SET else self.position + offset
+        return self.position
+
+    def flush(self):
+        pass
 
 
 def _interrupt_behind(error):

@@ -78,6 +78,8 @@ cdef extern from *:
 # Below this many elements a parallel region costs more than it saves: a copy, or an
 # optimizer's update (about ten operations an element).
 cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 18
+# The same, for callers that skip setting up threads that a scan would not use.
+SCAN_PARALLEL_MIN = PARALLEL_MIN_ELEMENTS
 # The gather: rows asked for GATHER_AHEAD rows before they are copied, and both threads
 # copying from GATHER_MIN_ELEMENTS on. A book batch (128 random MNIST rows) on Zen 5: 28 us
 # serial without the prefetch, 22.5 us with it, 13.7 us on two threads.

@@ -609,7 +609,7 @@ def info(args, group):
     quota = _cpus.cgroup_cpu_limit()
     print(
         f"CPUs training can use: {_cpus.usable_cpus()} (may run on {_cpus.affinity_cpus()}; "
-        f"cgroup CPU quota: {'none' if quota is None else quota})"
+        f"cgroup CPU quota: {'none' if quota is None else f'{quota:g} CPUs'})"
     )
     for pool in threadpool_info():
         version = f" {pool['version']}" if pool.get("version") else ""

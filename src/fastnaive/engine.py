@@ -260,7 +260,17 @@ class Step:
         distances from each feature's most common value where only those are zero enough,
         or GEMMs (with measure, near the density limit: the faster of the two, timed); and
         bound their magnitude for the steps on x (the overflow guard: fused_bound), or leave
-        that to each batch's grouping (inf) where the sparse kernels take a large x."""
+        that to each batch's grouping (inf) where the sparse kernels take a large x. Its
+        scans and timings run on OpenMP's default thread count, capped (_cpus.capped) where
+        they may run in parallel: measuring, or x of SCAN_PARALLEL_MIN elements or more (the
+        batch of a per-batch call, smaller, scans on one thread without it)."""
+        if measure or x.shape[0] * x.shape[1] >= _kernels.SCAN_PARALLEL_MIN:
+            with _cpus.capped():
+                self._use_inputs(x, measure)
+        else:
+            self._use_inputs(x, measure)
+
+    def _use_inputs(self, x, measure):
         self.csr_input = isinstance(x, CsrBatch)
         self.offsets = None
         if self.csr_input:
@@ -373,7 +383,7 @@ class Step:
         requested = _kernels.max_threads()
         self.n_threads = min(requested, _cpus.usable_cpus())
         if self.n_threads < requested:
-            return _CappedThreads(self.n_threads, requested, _blas_pools())
+            return _CappedThreads(_cpus.capped(), _blas_pools())
         return _blas_pools()
 
     def gather(self, x, y, rows, sample_weight=None):
@@ -918,18 +928,18 @@ def _blas_pools():
 
 
 class _CappedThreads:
-    """Step.threads' context where OpenMP's limit exceeds the usable CPUs: the limit set to
-    `n_threads` for the call and back to `requested` after, BLAS on one thread (`pools`)."""
+    """Step.threads' context where OpenMP's limit exceeds the usable CPUs: `cap` (a
+    _cpus.capped) and BLAS on one thread (`pools`), both undone after."""
 
-    def __init__(self, n_threads, requested, pools):
-        self.n_threads, self.requested, self.pools = n_threads, requested, pools
+    def __init__(self, cap, pools):
+        self.cap, self.pools = cap, pools
 
     def __enter__(self):
-        _kernels.set_max_threads(self.n_threads)
         try:
+            self.cap.__enter__()
             self.pools.__enter__()
         except BaseException:
-            _kernels.set_max_threads(self.requested)
+            self.cap.__exit__(None, None, None)
             raise
         return self
 
@@ -937,7 +947,7 @@ class _CappedThreads:
         try:
             self.pools.__exit__(*error)
         finally:
-            _kernels.set_max_threads(self.requested)
+            self.cap.__exit__(*error)
 
 
 # OpenBLAS's thread-count functions, under the names its builds export (SciPy's and NumPy's

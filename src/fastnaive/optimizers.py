@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from fastnaive import _kernels, _memory
+from fastnaive import _cpus, _kernels, _memory
 from fastnaive._validation import learning_rate as checked_learning_rate
 
 __all__ = ["Optimizer", "SGD", "Adam", "Update", "get", "checked_pairs"]
@@ -205,8 +205,11 @@ class Optimizer:
         ]
 
     def apply_gradients(self, grads_and_vars):
-        """Update each weight array in place from its gradient; one optimizer step."""
-        _kernels.run_calls(self.step_calls(checked_pairs(grads_and_vars)))
+        """Update each weight array in place from its gradient; one optimizer step (on
+        OpenMP's default thread count, at most the usable CPUs: _cpus.capped)."""
+        calls = self.step_calls(checked_pairs(grads_and_vars))
+        with _cpus.capped():
+            _kernels.run_calls(calls)
 
     def step_calls(self, pairs):
         """The kernel calls of one step on `pairs` (for _kernels.run_calls), counting it."""

@@ -855,8 +855,9 @@ _PARAMETERS = """
         float32, as scikit-learn keeps them.
     n_threads : int, default=None
         The threads fitting and predicting use (one pool, with the same results at any
-        count); None leaves OpenMP's limit as it is (all cores). With narrow layers and
-        small batches, 1 is often faster: the steps are too short to share.
+        count), at most the CPUs the process can keep busy (its affinity within its
+        cgroup's CPU quota); None leaves OpenMP's limit as it is (all cores). With narrow
+        layers and small batches, 1 is often faster: the steps are too short to share.
 
     Sample weights must be >= 0 (scikit-learn also takes negative ones). A batch whose
     weights sum to zero only decays the weights by the L2 term (scikit-learn divides by
