@@ -225,6 +225,16 @@ def test_history_as_csv_with_one_thread(tmp_path, data, env):
     assert all(np.isfinite(float(value)) for row in rows for value in row.split(",")[1:])
 
 
+def test_threads_past_the_usable_cpus_are_named(data, env):
+    result = fastnaive_run(env, "train", *QUICK, "--threads", "64", "--data", data)
+    assert result.returncode == 0, result.stderr
+    found = re.search(r"^threads: (\d+) \(--threads 64; this process can keep \1 CPUs busy\)$",
+                      result.stdout, re.MULTILINE)  # fmt: skip
+    assert found and 1 <= int(found.group(1)) < 64
+    result = fastnaive_run(env, "train", *QUICK, "--threads", "1", "--data", data)
+    assert result.returncode == 0 and "threads:" not in result.stdout
+
+
 # evaluate
 
 
@@ -488,6 +498,7 @@ def test_info_prints_version_blas_and_data_places(data, env):
     out = result.stdout
     assert out.startswith(f"fastnaive {fastnaive.__version__}, numpy {np.__version__}\n")
     assert re.search(r"^blas: \w+", out, re.MULTILINE)
+    assert re.search(r"^CPUs training can use: [1-9]\d* \(may run on [1-9]\d*; ", out, re.M)
     assert f"mnist:\n  FASTNAIVE_DATA={folder}: found\n" in out
     url = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
     assert f"  download {url} into {Path(env['KERAS_HOME']) / 'datasets'}:" in out

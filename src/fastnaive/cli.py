@@ -28,6 +28,7 @@ import numpy as np
 
 import fastnaive
 from fastnaive import (
+    _cpus,
     activations,
     checkpoints,
     datasets,
@@ -530,6 +531,9 @@ class Report:
     def start(self):
         model = f"model: {self.model_text}, {self.model.dtype}; {self.optimizer_text}"
         say(*describe_data(self.data), model)
+        asked, usable = self.args.threads, _cpus.usable_cpus()
+        if asked is not None and asked > usable:
+            say(f"threads: {usable} (--threads {asked}; this process can keep {usable} CPUs busy)")
 
     def finish(self, history, seconds, accuracy, ranks):
         epochs = len(history.epoch)
@@ -602,7 +606,7 @@ def info(args, group):
     read is reported as such."""
     from threadpoolctl import threadpool_info
 
-    from fastnaive import _cpus, _kernels
+    from fastnaive import _kernels
 
     print(f"fastnaive {fastnaive.__version__}, numpy {np.__version__}")
     print(f"OpenMP: {'compiled in' if _kernels.openmp_enabled() else 'not compiled in'}")
