@@ -734,6 +734,33 @@ print(sorted(os.listdir(sys.argv[1])))
 """
 
 
+def test_an_interrupt_inside_the_archives_construction_leaves_nothing_to_complain(
+    tmp_path, monkeypatch
+):
+    # zipfile.ZipFile.__init__ interrupted after it takes the file and before it sets the rest:
+    # the half-built archive, collected, must not try to close itself.
+    path = tmp_path / "model.npz"
+    first = make_model()
+    first.save(path)
+    original = zipfile.ZipFile.__init__
+
+    def interrupted(self, file, *args, **kwargs):
+        self.fp = file
+        raise KeyboardInterrupt
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", interrupted)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        square_model().save(path)
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", original)
+    del caught  # and with it the traceback that holds the half-built archive
+    gc.collect()
+    assert [u.exc_value for u in unraisable] == []
+    assert os.listdir(tmp_path) == ["model.npz"]
+    assert_same(load_model(path).weights, first.weights)
+
+
 def test_an_interrupted_save_is_quiet_in_python_development_mode(tmp_path):
     # Development mode also reports what a file object's close raises as it is collected:
     # the handle of the member that the interrupt left open writes on as it goes.

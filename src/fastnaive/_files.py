@@ -68,7 +68,7 @@ def _write_archive(f, arrays):
     """The .npz of `arrays` (name -> array, each stored as name.npy) into the file f."""
     import zipfile
 
-    archive = zipfile.ZipFile(f, "w", zipfile.ZIP_STORED)
+    archive = _archive_class(zipfile)(f, "w", zipfile.ZIP_STORED)
     try:
         for name, value in arrays.items():
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
@@ -76,13 +76,31 @@ def _write_archive(f, arrays):
         archive.close()
     except BaseException:
         # The file is being removed. An interrupt as a member begins or ends leaves zipfile
-        # writing that member, so that closing the archive fails, here and again when it is
-        # collected ("Exception ignored in ZipFile.__del__"), and the member's handle, once
-        # collected, writes on: both write to a _Discard from here on, and close quietly.
+        # writing that member, so that closing the archive fails, and the member's handle,
+        # once collected, writes on: both write to a _Discard from here on.
         archive.fp = _Discard(archive.start_dir)
         with contextlib.suppress(ValueError):
             archive.close()
         raise
+
+
+_ARCHIVE = []
+
+
+def _archive_class(zipfile):
+    """zipfile.ZipFile, but that nothing closes it as it is collected: _write_archive closes
+    it, or leaves it to a _Discard. An interrupt inside ZipFile's own __init__, or one that
+    leaves the archive in a reference cycle with its member's handle (collected in either
+    order), made ZipFile.__del__ print "Exception ignored" ("no attribute '_writing'", "an
+    open writing handle")."""
+    if not _ARCHIVE:
+
+        class Archive(zipfile.ZipFile):
+            def __del__(self):
+                pass
+
+        _ARCHIVE.append(Archive)
+    return _ARCHIVE[0]
 
 
 class _Discard:
