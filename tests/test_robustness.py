@@ -679,34 +679,45 @@ def test_an_interrupted_save_leaves_the_previous_file_and_no_temporary(tmp_path,
     assert_same(load_model(path).weights, first.weights)
 
 
-def test_an_interrupt_as_a_member_opens_leaves_no_archive_to_complain(tmp_path, monkeypatch):
-    # The interrupt lands after zipfile has begun a member and before its handle is returned,
-    # so that nothing closes the member: the archive then fails to close, and used to say so
-    # again on stderr when collected ("Exception ignored in ZipFile.__del__").
+def interrupted_save_is_quiet(tmp_path, monkeypatch, method, replacement):
+    """Save over a model file with zipfile.ZipFile.`method` replaced (to raise
+    KeyboardInterrupt part way): the interrupt comes through, nothing is reported as
+    unraisable once the archive is collected, and the previous file stays whole."""
     path = tmp_path / "model.npz"
     first = make_model()
     first.save(path)
-    original = zipfile.ZipFile.open
-    opened = []
-
-    def interrupted(self, *args, **kwargs):
-        opened.append(original(self, *args, **kwargs))
-        if len(opened) == 3:
-            raise KeyboardInterrupt
-        return opened[-1]
-
+    original = getattr(zipfile.ZipFile, method)
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    monkeypatch.setattr(zipfile.ZipFile, "open", interrupted)
+    monkeypatch.setattr(zipfile.ZipFile, method, replacement(original))
     with pytest.raises(KeyboardInterrupt) as caught:
         square_model().save(path)
-    monkeypatch.setattr(zipfile.ZipFile, "open", original)
-    del caught
-    opened.clear()  # the member handles, and through them the archive
+    monkeypatch.setattr(zipfile.ZipFile, method, original)
+    del caught  # and with it the traceback that holds the archive
     gc.collect()
     assert [u.exc_value for u in unraisable] == []
     assert os.listdir(tmp_path) == ["model.npz"]
     assert_same(load_model(path).weights, first.weights)
+
+
+def test_an_interrupt_as_a_member_opens_leaves_no_archive_to_complain(tmp_path, monkeypatch):
+    # The interrupt lands after zipfile has begun a member and before its handle is returned,
+    # so that nothing closes the member: the archive then fails to close, and used to say so
+    # again on stderr when collected ("Exception ignored in ZipFile.__del__").
+    def replacement(original):
+        opened = 0
+
+        def interrupted(self, *args, **kwargs):
+            nonlocal opened
+            handle = original(self, *args, **kwargs)
+            opened += 1
+            if opened == 3:
+                raise KeyboardInterrupt  # the handle, dropped, is collected with the frame
+            return handle
+
+        return interrupted
+
+    interrupted_save_is_quiet(tmp_path, monkeypatch, "open", replacement)
 
 
 INTERRUPTED_SAVE_CODE = r"""
@@ -739,26 +750,14 @@ def test_an_interrupt_inside_the_archives_construction_leaves_nothing_to_complai
 ):
     # zipfile.ZipFile.__init__ interrupted after it takes the file and before it sets the rest:
     # the half-built archive, collected, must not try to close itself.
-    path = tmp_path / "model.npz"
-    first = make_model()
-    first.save(path)
-    original = zipfile.ZipFile.__init__
+    def replacement(original):
+        def interrupted(self, file, *args, **kwargs):
+            self.fp = file
+            raise KeyboardInterrupt
 
-    def interrupted(self, file, *args, **kwargs):
-        self.fp = file
-        raise KeyboardInterrupt
+        return interrupted
 
-    unraisable = []
-    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    monkeypatch.setattr(zipfile.ZipFile, "__init__", interrupted)
-    with pytest.raises(KeyboardInterrupt) as caught:
-        square_model().save(path)
-    monkeypatch.setattr(zipfile.ZipFile, "__init__", original)
-    del caught  # and with it the traceback that holds the half-built archive
-    gc.collect()
-    assert [u.exc_value for u in unraisable] == []
-    assert os.listdir(tmp_path) == ["model.npz"]
-    assert_same(load_model(path).weights, first.weights)
+    interrupted_save_is_quiet(tmp_path, monkeypatch, "__init__", replacement)
 
 
 def test_an_interrupted_save_is_quiet_in_python_development_mode(tmp_path):
