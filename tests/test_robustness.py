@@ -760,6 +760,31 @@ def test_an_interrupt_inside_the_archives_construction_leaves_nothing_to_complai
     interrupted_save_is_quiet(tmp_path, monkeypatch, "__init__", replacement)
 
 
+def test_an_interrupt_inside_a_readers_archive_construction_leaves_nothing_to_complain(
+    tmp_path, monkeypatch
+):
+    # The same interrupt as a model file is read: the reader closes its file, and the
+    # half-built archive, collected, must not try to close itself.
+    path = tmp_path / "model.npz"
+    make_model().save(path)
+    original = zipfile.ZipFile.__init__
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+    def interrupted(self, file, *args, **kwargs):
+        self.fp = file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", interrupted)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        load_model(path)
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", original)
+    del caught
+    gc.collect()
+    assert [u.exc_value for u in unraisable] == []
+    assert load_model(path).weights
+
+
 def test_an_interrupted_save_is_quiet_in_python_development_mode(tmp_path):
     # Development mode also reports what a file object's close raises as it is collected:
     # the handle of the member that the interrupt left open writes on as it goes.

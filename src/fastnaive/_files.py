@@ -89,10 +89,10 @@ _ARCHIVE = []
 
 def _archive_class(zipfile):
     """zipfile.ZipFile, but that nothing closes it as it is collected: _write_archive closes
-    it, or leaves it to a _Discard. An interrupt inside ZipFile's own __init__, or one that
-    leaves the archive in a reference cycle with its member's handle (collected in either
-    order), made ZipFile.__del__ print "Exception ignored" ("no attribute '_writing'", "an
-    open writing handle")."""
+    it, or leaves it to a _Discard; NpzReader closes the file it reads. An interrupt inside
+    ZipFile's own __init__, or one that leaves the archive in a reference cycle with its
+    member's handle (collected in either order), made ZipFile.__del__ print "Exception
+    ignored" ("no attribute '_writing'", "an open writing handle")."""
     if not _ARCHIVE:
 
         class Archive(zipfile.ZipFile):
@@ -175,7 +175,7 @@ class NpzReader:
                 if self._file.read(6) == b"\x93NUMPY":
                     raise BadArchive("a single .npy array, not an .npz archive")
                 self._file.seek(0)
-                self._zip = zipfile.ZipFile(self._file)
+                self._zip = _archive_class(zipfile)(self._file)
                 self._members = {}
                 for info in self._zip.infolist():
                     if not info.filename.endswith(".npy"):
