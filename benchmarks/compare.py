@@ -120,7 +120,7 @@ def machine():
     return {
         "cpu": workloads.cpu_description(),
         "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
+        "usable_cores": workloads.usable_cpus(),
         "python": platform.python_version(),
         "versions": {
             name: package_version(*dists)

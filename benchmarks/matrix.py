@@ -228,8 +228,8 @@ DISTRIBUTIONS = [
 
 
 def default_threads():
-    """[1, 2], or [1] where the process may run on one CPU only."""
-    return [1, 2] if len(os.sched_getaffinity(0)) >= 2 else [1]
+    """[1, 2], or [1] where the process can keep one CPU busy only."""
+    return [1, 2] if workloads.usable_cpus() >= 2 else [1]
 
 
 def add_workloads_argument(parser, default):
@@ -282,7 +282,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = QUICK_REPEATS if args.quick else REPEATS
-    usable = len(os.sched_getaffinity(0))
+    usable = workloads.usable_cpus()
     if args.repeats < 1 or not all(1 <= n <= usable for n in args.threads):
         parser.error(f"expected --repeats >= 1 and every --threads in [1, {usable}]")
     args.peers = [REFERENCE] + [name for name in args.peers if name != REFERENCE]
@@ -602,7 +602,7 @@ def header(args, skipped, load_start):
         "# fastnaive against its peers, one epoch per workload",
         "",
         f"CPU: {workloads.cpu_description()}; vector flags: {' '.join(vector_extensions())}; "
-        f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable); "
+        f"{os.cpu_count()} cores ({workloads.usable_cpus()} usable); "
         f"Python {platform.python_version()}",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         "Load average at start (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*load_start),

@@ -19,7 +19,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import fastnaive
-from fastnaive import _sparse, reference
+from fastnaive import _cpus, _sparse, reference
 from fastnaive.callbacks import Callback
 from fastnaive.datasets import mnist
 
@@ -216,6 +216,13 @@ def placement_library():
     ]
     library.fastnaive_bench_gemm_blocks.restype = ctypes.c_double
     return library
+
+
+def usable_cpus():
+    """The CPUs this process can keep busy, as fastnaive counts them: its affinity, within its
+    cgroup's CPU quota. fastnaive trains on no more threads than that, so a run that gives
+    the peers more would not compare like with like."""
+    return _cpus.usable_cpus()
 
 
 def _on_two_cpus(function, *args):
