@@ -5,6 +5,7 @@ puts on its threads there (engine.Step.threads), OpenMP's limit restored after."
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,12 +74,72 @@ def uncapped_threads():
     ],
 )
 def test_the_cgroup_cpu_limit_is_the_smallest_quota(tmp_path, membership, files, expected):
+    # No mountinfo: the hierarchies are read where systemd mounts them, under root.
     proc, root = cgroup_tree(tmp_path, membership, files)
-    assert _cpus.cgroup_cpu_limit(proc, root) == expected
+    assert _cpus.cgroup_cpu_limit(proc, root, str(tmp_path / "absent")) == expected
 
 
 def test_no_proc_file_means_no_limit(tmp_path):
     assert _cpus.cgroup_cpu_limit(str(tmp_path / "absent"), str(tmp_path)) is None
+
+
+def mountinfo_line(mount_root, mount_point, kind, options):
+    """A /proc/self/mountinfo line of a cgroup file system, spaces escaped as the kernel does."""
+    point = str(mount_point).replace(" ", "\\040")
+    return f"41 31 0:38 {mount_root} {point} rw,relatime shared:9 - {kind} {kind} {options}\n"
+
+
+@pytest.mark.parametrize(
+    ("membership", "mounts", "files", "expected"),
+    [
+        # A v2 hierarchy beside v1 ones (systemd's hybrid layout): read where it is mounted.
+        (
+            "1:cpu:/\n0::/job\n",
+            [("/", "unified", "cgroup2", "rw")],
+            {"unified/job/cpu.max": "150000 100000"},
+            1.5,
+        ),
+        # A v1 cpu controller mounted elsewhere, its mount's root a container's cgroup: the
+        # path below that root, and the levels up to the mount.
+        (
+            "4:cpu,cpuacct:/docker/abc/sub\n",
+            [
+                ("/", "memory", "cgroup", "rw,memory"),
+                ("/docker/abc", "ctl/cpu here", "cgroup", "rw,cpu,cpuacct"),
+            ],
+            {
+                "ctl/cpu here/sub/cpu.cfs_quota_us": "50000",
+                "ctl/cpu here/sub/cpu.cfs_period_us": "100000",
+                "ctl/cpu here/cpu.cfs_quota_us": "300000",
+                "ctl/cpu here/cpu.cfs_period_us": "100000",
+            },
+            0.5,
+        ),
+        # The controller not mounted: none read.
+        ("1:cpu:/fn\n", [("/", "memory", "cgroup", "rw,memory")], {}, None),
+    ],
+)
+def test_the_cgroup_hierarchies_are_read_where_mountinfo_puts_them(
+    tmp_path, membership, mounts, files, expected
+):
+    proc, root = cgroup_tree(tmp_path, membership, files)
+    # The systemd layout under root holds a quota that must not be read.
+    (Path(root) / "job").mkdir(exist_ok=True)
+    (Path(root) / "job" / "cpu.max").write_text("10000 100000")
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+        + "".join(
+            mountinfo_line(mount_root, Path(root) / point, kind, options)
+            for mount_root, point, kind, options in mounts
+        )
+    )
+    assert _cpus.cgroup_cpu_limit(proc, root, str(mountinfo)) == expected
+
+
+def test_the_cgroup_mounts_of_this_process_can_be_read():
+    mounts = _cpus.cgroup_mounts()
+    assert all(os.path.isabs(point) and root.startswith("/") for point, root in mounts.values())
 
 
 @pytest.fixture

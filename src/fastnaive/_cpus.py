@@ -12,13 +12,15 @@ kernels in parallel on OpenMP's default thread count does so inside `capped()`
 import functools
 import math
 import os
+import re
 
 from fastnaive import _kernels
 
-__all__ = ["usable_cpus", "affinity_cpus", "cgroup_cpu_limit", "capped"]
+__all__ = ["usable_cpus", "affinity_cpus", "cgroup_cpu_limit", "cgroup_mounts", "capped"]
 
 _OPENMP = _kernels.openmp_enabled()
 PROC_CGROUP = "/proc/self/cgroup"
+PROC_MOUNTINFO = "/proc/self/mountinfo"
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
@@ -66,29 +68,72 @@ class capped:
             _kernels.set_max_threads(self.requested)
 
 
-def cgroup_cpu_limit(proc_cgroup=PROC_CGROUP, root=CGROUP_ROOT):
+def cgroup_cpu_limit(proc_cgroup=PROC_CGROUP, root=CGROUP_ROOT, mountinfo=PROC_MOUNTINFO):
     """The CPU quota of this process's cgroup and of those above it, in CPUs (the smallest,
     where several levels set one), or None where none is set or none can be read. cgroup v2:
     cpu.max ("max 100000", or "<quota> <period>" in microseconds); v1: the cpu controller's
-    cpu.cfs_quota_us (-1: none) and cpu.cfs_period_us. Paths that /proc names but the mount
-    does not hold (a container's view of its own cgroup) count from the mount's root."""
+    cpu.cfs_quota_us (-1: none) and cpu.cfs_period_us. Each hierarchy is read where
+    `mountinfo` says it is mounted (a v2 hierarchy beside v1 ones, at /sys/fs/cgroup/unified,
+    say, or a v1 cpu controller mounted anywhere), its path taken from the mount's own root;
+    where mountinfo names none, under `root` as systemd mounts them. Paths that /proc names
+    but the mount does not hold (a container's view of its own cgroup) count from the
+    mount's root."""
     try:
         with open(proc_cgroup) as file:
             lines = file.read().splitlines()
     except OSError:
         return None
+    mounts = cgroup_mounts(mountinfo)
     limits = []
     for line in lines:
         _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
         if controllers == "":
-            limits += _quotas(root, path, _v2_quota)
+            key, read, folders = "", _v2_quota, [root]
         elif "cpu" in controllers.split(","):
-            for mount in (controllers, "cpu", "cpu,cpuacct"):
-                folder = os.path.join(root, mount)
-                if os.path.isdir(folder):
-                    limits += _quotas(folder, path, _v1_quota)
-                    break
+            key, read = "cpu", _v1_quota
+            folders = [os.path.join(root, name) for name in (controllers, "cpu", "cpu,cpuacct")]
+        else:
+            continue
+        if key in mounts:
+            folder, mount_root = mounts[key]
+            if path == mount_root or path.startswith(mount_root.rstrip("/") + "/"):
+                path = path[len(mount_root) :]
+            limits += _quotas(folder, path, read)
+        else:
+            folder = next((f for f in folders if os.path.isdir(f)), None)
+            if folder is not None:
+                limits += _quotas(folder, path, read)
     return min(limits) if limits else None
+
+
+def cgroup_mounts(mountinfo=PROC_MOUNTINFO):
+    """Where the cgroup hierarchies are mounted, from a /proc/<pid>/mountinfo file: {"": v2's,
+    controller name: v1's}, each (mount point, the cgroup path at the mount's root); the
+    first mount of each, as the kernel lists them; empty where the file cannot be read."""
+    try:
+        with open(mountinfo) as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return {}
+    mounts = {}
+    for line in lines:
+        fields, _, tail = line.partition(" - ")
+        fields, tail = fields.split(), tail.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        mount = (_unescape(fields[4]), _unescape(fields[3]))
+        if tail[0] == "cgroup2":
+            mounts.setdefault("", mount)
+        elif tail[0] == "cgroup":  # its super options name its controllers
+            for option in tail[2].split(","):
+                if option not in ("rw", "ro"):
+                    mounts.setdefault(option, mount)
+    return mounts
+
+
+def _unescape(field):
+    """A mountinfo path with its octal escapes (a space as \\040) decoded."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
 def _quotas(mount, path, read):
