@@ -137,9 +137,14 @@ def test_the_cgroup_hierarchies_are_read_where_mountinfo_puts_them(
     assert _cpus.cgroup_cpu_limit(proc, root, str(mountinfo)) == expected
 
 
-def test_the_cgroup_mounts_of_this_process_can_be_read():
+def test_the_cgroup_mounts_of_this_process_are_folders_that_exist():
+    # Against the file itself: a cgroup file system listed means mounts found, and each
+    # mount point parsed (octal escapes decoded) names a folder that is there.
+    with open(_cpus.PROC_MOUNTINFO) as file:
+        listed = [line for line in file if " - cgroup" in line]
     mounts = _cpus.cgroup_mounts()
-    assert all(os.path.isabs(point) and root.startswith("/") for point, root in mounts.values())
+    assert bool(mounts) == bool(listed)
+    assert all(os.path.isdir(point) and root.startswith("/") for point, root in mounts.values())
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ member that inflates to gigabytes, a header that declares a huge shape) is refus
 """
 
 import contextlib
+import functools
 import math
 import os
 import secrets
@@ -68,7 +69,7 @@ def _write_archive(f, arrays):
     """The .npz of `arrays` (name -> array, each stored as name.npy) into the file f."""
     import zipfile
 
-    archive = _archive_class(zipfile)(f, "w", zipfile.ZIP_STORED)
+    archive = _archive_class()(f, "w", zipfile.ZIP_STORED)
     try:
         for name, value in arrays.items():
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
@@ -84,23 +85,21 @@ def _write_archive(f, arrays):
         raise
 
 
-_ARCHIVE = []
-
-
-def _archive_class(zipfile):
+@functools.cache
+def _archive_class():
     """zipfile.ZipFile, but that nothing closes it as it is collected: _write_archive closes
     it, or leaves it to a _Discard; NpzReader closes the file it reads. An interrupt inside
     ZipFile's own __init__, or one that leaves the archive in a reference cycle with its
     member's handle (collected in either order), made ZipFile.__del__ print "Exception
-    ignored" ("no attribute '_writing'", "an open writing handle")."""
-    if not _ARCHIVE:
+    ignored" ("no attribute '_writing'", "an open writing handle"). Defined at first use, as
+    zipfile is imported then."""
+    import zipfile
 
-        class Archive(zipfile.ZipFile):
-            def __del__(self):
-                pass
+    class Archive(zipfile.ZipFile):
+        def __del__(self):
+            pass
 
-        _ARCHIVE.append(Archive)
-    return _ARCHIVE[0]
+    return Archive
 
 
 class _Discard:
@@ -175,7 +174,7 @@ class NpzReader:
                 if self._file.read(6) == b"\x93NUMPY":
                     raise BadArchive("a single .npy array, not an .npz archive")
                 self._file.seek(0)
-                self._zip = _archive_class(zipfile)(self._file)
+                self._zip = _archive_class()(self._file)
                 self._members = {}
                 for info in self._zip.infolist():
                     if not info.filename.endswith(".npy"):
