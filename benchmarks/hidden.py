@@ -1,12 +1,16 @@
 """A hidden layer's training products on its inputs' nonzeros against the GEMMs, as Markdown
 tables: the forward relu(X @ W + b) and the fused SGD update W += alpha X.T @ delta of a
-layer whose inputs X are a ReLU's outputs, by the share of them nonzero, on hidden layers of
+layer whose inputs X are a ReLU's outputs, and the input gradient delta @ W.T of one whose
+outputs are (delta as sparse as X), by the share of them nonzero, on hidden layers of
 benchmarks/matrix.py's workloads and beside them, at 1 and 2 threads, for each instruction
 set the CPU runs (fastnaive._sparse.select_instruction_set). The sparse side is what a
 training step runs there: X grouped by rows (forward) or columns (gradient), then the sparse
-kernels (the gradient with delta's padded copy where _sparse.delta_stride gives one); the
-GEMM side, the engine's GEMMs with the BLAS on one thread per block
-(fastnaive._kernels.dense_forward_checked, dense_param_grad_checked).
+kernels (the gradient with delta's padded copy where _sparse.delta_stride gives one); for
+the input gradient, W.T copied (fastnaive._kernels.transpose_checked), delta grouped by rows
+and the forward's kernels on W.T. The GEMM side, the engine's GEMMs with the BLAS on one
+thread per block (fastnaive._kernels.dense_forward_checked, dense_param_grad_checked,
+dense_input_grad_checked; a step's input gradient then applies the ReLU's derivative, a
+pass over its output on either side).
 
 Run from the repository root:
 
@@ -56,6 +60,9 @@ def calls(n, k, m, dtype, share, n_threads):
     X[...] = np.where(z > np.quantile(z, 1 - share), z, 0)
     delta = aligned_empty((n, m), dtype)
     delta[...] = rng.standard_normal((n, m))
+    # The deltas of a layer whose outputs are a ReLU's: zero where those are.
+    sparse_delta = aligned_empty((n, m), dtype)
+    sparse_delta[...] = np.where(rng.random((n, m)) < share, delta, 0)
     W = aligned_empty((k, m), dtype)
     W[...] = rng.standard_normal((k, m))
     b = np.zeros(m, dtype)
@@ -66,6 +73,10 @@ def calls(n, k, m, dtype, share, n_threads):
     stride = _sparse.delta_stride(m, dtype)
     padded = aligned_empty((n, stride), dtype) if stride > m else None
     alpha, one = dtype(-1e-9), dtype(1)
+    transposed, dX = aligned_empty((m, k), dtype), aligned_empty((n, k), dtype)
+    delta_rows = _sparse.group_buffers(n, m, dtype, by_rows=True)
+    transposed_pack = _sparse.pack_buffer(m, k, dtype)
+    dX_partial, no_bias = aligned_empty((n, k), dtype), np.zeros(k, dtype)
 
     def sparse_forward():
         _sparse.group_rows_checked(X, *rows, n_threads)
@@ -83,9 +94,20 @@ def calls(n, k, m, dtype, share, n_threads):
     def gemm_gradient():
         _kernels.dense_param_grad_checked(X, delta, alpha, one, W, b, n_threads)
 
+    def sparse_input_gradient():
+        _kernels.transpose_checked(W, transposed, n_threads)
+        _sparse.group_rows_checked(sparse_delta, *delta_rows, n_threads)
+        _sparse.sparse_forward_checked(
+            *delta_rows, transposed, no_bias, False, dX, n_threads, dX_partial, pack=transposed_pack
+        )
+
+    def gemm_input_gradient():
+        _kernels.dense_input_grad_checked(sparse_delta, W, dX, n_threads)
+
     return {
         "relu(X @ W + b)": (sparse_forward, gemm_forward),
         "W += a X.T @ delta": (sparse_gradient, gemm_gradient),
+        "delta @ W.T": (sparse_input_gradient, gemm_input_gradient),
     }
 
 

@@ -1,9 +1,10 @@
 """A hidden layer's training products on its inputs' nonzeros: where a layer of at least
 engine.SPARSE_HIDDEN_MIN_WEIGHTS weights takes a ReLU's outputs, a training step groups them
 (by rows for the forward, by columns for the weight gradient) and runs the sparse kernels
-while at most SPARSE_HIDDEN_MAX_DENSITY's share of them are nonzero, the GEMMs above.
-Against float64 NumPy, against the GEMMs' path, across thread counts and with the
-optimizers' rules fused into the gradient."""
+while at most SPARSE_HIDDEN_MAX_DENSITY's share of them are nonzero, the GEMMs above; where
+the layer is a ReLU's too, its input gradient runs on its deltas' nonzeros (grouped by rows,
+on a copy of W.T) while few enough of those are. Against float64 NumPy, against the GEMMs'
+path, across thread counts and with the optimizers' rules fused into the gradient."""
 
 import numpy as np
 import pytest
@@ -25,11 +26,14 @@ OPTIMIZERS = {
 
 @pytest.fixture
 def limit(monkeypatch):
-    """limit(forward, gradient=forward): the hidden layers' sparse kernels up to these shares
-    of nonzeros, on this instruction set, for the Steps built after."""
+    """limit(forward, gradient=forward, input_gradient=forward): the hidden layers' sparse
+    kernels up to these shares of nonzeros, on this instruction set, for the Steps built
+    after."""
 
-    def set_limit(forward, gradient=None):
-        shares = (forward, forward if gradient is None else gradient)
+    def set_limit(forward, gradient=None, input_gradient=None):
+        shares = tuple(
+            forward if share is None else share for share in (forward, gradient, input_gradient)
+        )
         monkeypatch.setitem(engine.SPARSE_HIDDEN_MAX_DENSITY, _sparse.instruction_set(), shares)
 
     return set_limit
@@ -44,6 +48,14 @@ def hidden_share(model, x):
     """The share of nonzeros in the second layer's inputs, the first layer's ReLU outputs."""
     layer = model.dense_layers[0]
     return np.count_nonzero(np.maximum(x @ layer.W + layer.b, 0)) / (x.shape[0] * layer.W.shape[1])
+
+
+def delta_share(model, x):
+    """The share of nonzeros in the second layer's deltas: its ReLU outputs' (the loss's
+    gradient reaches every unit)."""
+    first, second = model.dense_layers[:2]
+    hidden = np.maximum(np.maximum(x @ first.W + first.b, 0) @ second.W + second.b, 0)
+    return np.count_nonzero(hidden) / hidden.size
 
 
 def gradients(model, x, y):
@@ -79,8 +91,14 @@ def reference_gradients(model, x, y):
     return reference.loss_and_gradients(exact, x.astype(np.float64), y)
 
 
-# Which of the hidden layer's products run on the nonzeros: (forward, gradient) limits.
-PRODUCTS = {"forward": (1.0, 0.0), "gradient": (0.0, 1.0), "both": (1.0, 1.0)}
+# Which of the hidden layer's products run on the nonzeros: (forward, gradient, input
+# gradient) limits.
+PRODUCTS = {
+    "forward": (1.0, 0.0, 0.0),
+    "gradient": (0.0, 1.0, 0.0),
+    "input": (0.0, 0.0, 1.0),
+    "all": (1.0, 1.0, 1.0),
+}
 
 
 @pytest.mark.parametrize("products", PRODUCTS)
@@ -89,6 +107,7 @@ def test_gradients_on_the_nonzeros_are_float64_numpys(dtype, products, limit):
     x, y = data(dtype)
     model = random_model(SIZES, "softmax", dtype, seed=1)
     assert 0.3 < hidden_share(model, x) < 0.7
+    assert 0.3 < delta_share(model, x) < 0.7
     loss, grads = gradients(model, x, y)
     expected_loss, expected = reference_gradients(model, x, y)
     assert loss == pytest.approx(expected_loss, rel=RTOL[dtype])
@@ -100,6 +119,8 @@ def test_gradients_on_the_nonzeros_are_float64_numpys(dtype, products, limit):
     same = [np.array_equal(a, b) for a, b in zip(grads, by_gemm, strict=True)]
     if products == "gradient":  # the rest reads the GEMM's outputs
         assert same == [True, True, False, True, True, True]
+    elif products == "input":  # the first layer's deltas alone
+        assert same == [False, False, True, True, True, True]
     else:  # the head's gradient reads the hidden layer's outputs
         assert not same[4]
 
@@ -145,16 +166,18 @@ def test_above_the_limit_the_gemm_runs(dtype, limit):
         np.testing.assert_array_equal(actual, wanted)
 
 
-@pytest.mark.parametrize("products", ["forward", "gradient"])
+@pytest.mark.parametrize("products", ["forward", "gradient", "input"])
 def test_the_choice_follows_the_batchs_share_of_nonzeros(dtype, products, limit):
-    """Just above the inputs' share the sparse kernels run, just under it the GEMMs."""
+    """Just above the inputs' (or deltas') share the sparse kernels run, just under it the
+    GEMMs."""
     x, y = data(dtype)
-    share = hidden_share(random_model(SIZES, "softmax", dtype, seed=1), x)
+    shares = {"input": delta_share}
+    share = shares.get(products, hidden_share)(random_model(SIZES, "softmax", dtype, seed=1), x)
     runs = {}
     for limit_share in (0.0, share - 0.002, share + 0.002):
-        limit(*(limit_share if PRODUCTS[products][j] else 0.0 for j in range(2)))
+        limit(*(limit_share if PRODUCTS[products][j] else 0.0 for j in range(3)))
         runs[limit_share] = gradients(random_model(SIZES, "softmax", dtype, seed=1), x, y)[1]
-    changed = 4 if products == "forward" else 2
+    changed = {"forward": 4, "gradient": 2, "input": 0}[products]
     np.testing.assert_array_equal(runs[share - 0.002][changed], runs[0.0][changed])
     assert not np.array_equal(runs[share + 0.002][changed], runs[0.0][changed])
 

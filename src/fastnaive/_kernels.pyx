@@ -43,6 +43,66 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    /* A tile of 8 x 8 floats or 4 x 4 doubles transposed in AVX registers: o[c * ldo + r] :=
+     * a[r * lda + c]; fastnaive_transpose_avx2() tells whether the CPU runs them. */
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    #include <immintrin.h>
+    #define FASTNAIVE_TRANSPOSE_AVX2 __attribute__((target("avx2")))
+    static int fastnaive_transpose_avx2(void)
+    {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2");
+    }
+    FASTNAIVE_TRANSPOSE_AVX2 static void fastnaive_transpose_tile_f(const float *a, Py_ssize_t lda,
+                                                                  float *o, Py_ssize_t ldo)
+    {
+        __m256 r0 = _mm256_loadu_ps(a), r1 = _mm256_loadu_ps(a + lda);
+        __m256 r2 = _mm256_loadu_ps(a + 2 * lda), r3 = _mm256_loadu_ps(a + 3 * lda);
+        __m256 r4 = _mm256_loadu_ps(a + 4 * lda), r5 = _mm256_loadu_ps(a + 5 * lda);
+        __m256 r6 = _mm256_loadu_ps(a + 6 * lda), r7 = _mm256_loadu_ps(a + 7 * lda);
+        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+        __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+        __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+        __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        _mm256_storeu_ps(o, _mm256_permute2f128_ps(s0, s4, 0x20));
+        _mm256_storeu_ps(o + ldo, _mm256_permute2f128_ps(s1, s5, 0x20));
+        _mm256_storeu_ps(o + 2 * ldo, _mm256_permute2f128_ps(s2, s6, 0x20));
+        _mm256_storeu_ps(o + 3 * ldo, _mm256_permute2f128_ps(s3, s7, 0x20));
+        _mm256_storeu_ps(o + 4 * ldo, _mm256_permute2f128_ps(s0, s4, 0x31));
+        _mm256_storeu_ps(o + 5 * ldo, _mm256_permute2f128_ps(s1, s5, 0x31));
+        _mm256_storeu_ps(o + 6 * ldo, _mm256_permute2f128_ps(s2, s6, 0x31));
+        _mm256_storeu_ps(o + 7 * ldo, _mm256_permute2f128_ps(s3, s7, 0x31));
+    }
+    FASTNAIVE_TRANSPOSE_AVX2 static void fastnaive_transpose_tile_d(const double *a, Py_ssize_t lda,
+                                                                  double *o, Py_ssize_t ldo)
+    {
+        __m256d r0 = _mm256_loadu_pd(a), r1 = _mm256_loadu_pd(a + lda);
+        __m256d r2 = _mm256_loadu_pd(a + 2 * lda), r3 = _mm256_loadu_pd(a + 3 * lda);
+        __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+        __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+        _mm256_storeu_pd(o, _mm256_permute2f128_pd(t0, t2, 0x20));
+        _mm256_storeu_pd(o + ldo, _mm256_permute2f128_pd(t1, t3, 0x20));
+        _mm256_storeu_pd(o + 2 * ldo, _mm256_permute2f128_pd(t0, t2, 0x31));
+        _mm256_storeu_pd(o + 3 * ldo, _mm256_permute2f128_pd(t1, t3, 0x31));
+    }
+    #else
+    static int fastnaive_transpose_avx2(void) { return 0; }
+    static void fastnaive_transpose_tile_f(const float *a, Py_ssize_t lda, float *o, Py_ssize_t ldo) {}
+    static void fastnaive_transpose_tile_d(const double *a, Py_ssize_t lda, double *o, Py_ssize_t ldo) {}
+    #endif
+    """
+    int transpose_avx2 "fastnaive_transpose_avx2"() noexcept nogil
+    void transpose_tile_f "fastnaive_transpose_tile_f"(const float* a, Py_ssize_t lda, float* o,
+                                                        Py_ssize_t ldo) noexcept nogil
+    void transpose_tile_d "fastnaive_transpose_tile_d"(const double* a, Py_ssize_t lda, double* o,
+                                                         Py_ssize_t ldo) noexcept nogil
+
+cdef extern from *:
+    """
     #ifdef _OPENMP
     #define FASTNAIVE_OPENMP 1
     #else
@@ -517,6 +577,71 @@ cdef double max_abs(const floating* a, Py_ssize_t n) noexcept nogil:
         return fastnaive_max_abs_d(a, n)
 
 
+# transpose's blocks: TRANSPOSE_TILE x TRANSPOSE_TILE elements, in AVX registers where the
+# CPU has AVX2 (transpose_tile_*), else through a tile on the stack, each thread taking bands
+# of TRANSPOSE_BAND rows of the output (columns of the input). W.T of a 2048 x 2048 float32
+# W on Zen 4, one thread: 2.4 ms in registers, 4.3 through the stack; NumPy's copy of the
+# transposed view 23 ms.
+cdef enum:
+    TRANSPOSE_TILE = 8
+cdef Py_ssize_t TRANSPOSE_BAND = 64
+cdef bint TRANSPOSE_AVX2 = transpose_avx2()
+
+
+cdef inline void transpose_band(const floating[:, ::1] A, floating[:, ::1] out,
+                                Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """out[j, :] := A[:, j] for j in [j0, j1)"""
+    cdef Py_ssize_t rows = A.shape[0], i, j, r, c
+    cdef Py_ssize_t lda = A.shape[1], ldo = out.shape[1]
+    cdef floating tile[TRANSPOSE_TILE][TRANSPOSE_TILE]
+    cdef const floating* a
+    cdef floating* o
+    i = 0
+    while i + TRANSPOSE_TILE <= rows:
+        j = j0
+        while j + TRANSPOSE_TILE <= j1:
+            a = &A[i, j]
+            o = &out[j, i]
+            if TRANSPOSE_AVX2:
+                if floating is float:
+                    transpose_tile_f(a, lda, o, ldo)
+                else:
+                    for r in range(0, TRANSPOSE_TILE, 4):
+                        for c in range(0, TRANSPOSE_TILE, 4):
+                            transpose_tile_d(a + r * lda + c, lda, o + c * ldo + r, ldo)
+            else:
+                for r in range(TRANSPOSE_TILE):
+                    for c in range(TRANSPOSE_TILE):
+                        tile[c][r] = a[r * lda + c]
+                for c in range(TRANSPOSE_TILE):
+                    for r in range(TRANSPOSE_TILE):
+                        o[c * ldo + r] = tile[c][r]
+            j += TRANSPOSE_TILE
+        for c in range(j, j1):
+            for r in range(TRANSPOSE_TILE):
+                out[c, i + r] = A[i + r, c]
+        i += TRANSPOSE_TILE
+    for r in range(i, rows):
+        for c in range(j0, j1):
+            out[c, r] = A[r, c]
+
+
+cdef void transpose(const floating[:, ::1] A, floating[:, ::1] out,
+                    int n_threads) noexcept nogil:
+    """out := A.T, out (A.shape[1], A.shape[0]); by bands of out's rows, each written by one
+    thread"""
+    cdef Py_ssize_t cols = A.shape[1], bands, band
+    if A.shape[0] == 0 or cols == 0:
+        return
+    bands = (cols + TRANSPOSE_BAND - 1) // TRANSPOSE_BAND
+    if n_threads > 1 and bands > 1 and A.shape[0] * cols >= PARALLEL_MIN_ELEMENTS:
+        for band in prange(bands, num_threads=n_threads, schedule="static"):
+            transpose_band(A, out, band * TRANSPOSE_BAND,
+                           min((band + 1) * TRANSPOSE_BAND, cols))
+    else:
+        transpose_band(A, out, 0, cols)
+
+
 cdef double max_abs_on(const floating* a, Py_ssize_t n, int n_threads) noexcept nogil:
     """max_abs, in SCAN_CHUNKS parts on the threads where a is large (a maximum: the same at
     any count), else on the calling thread (no parallel region)"""
@@ -873,6 +998,14 @@ def scan_rows_checked(const floating[:, ::1] a, n_threads=None,
         with nogil:
             result = scan(&a[0, 0], a.shape[0] * a.shape[1], &nonzeros, threads)
     return nonzeros, result
+
+
+def transpose_checked(const floating[:, ::1] A, floating[:, ::1] out, int n_threads=1):
+    """out := A.T"""
+    if not (out.shape[0] == A.shape[1] and out.shape[1] == A.shape[0]):
+        raise _shape_error("A (r, c) and out (c, r)", A=A, out=out)
+    with nogil:
+        transpose(A, out, max(n_threads, 1))
 
 
 def copy_checked(const floating[::1] src, floating[::1] dst):

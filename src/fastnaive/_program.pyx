@@ -24,7 +24,7 @@ from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
 from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport (RULE_ADAM, Rule, change_bound, check_slots, dense_forward,
                                  dense_input_grad, dense_param_grad, largest_bound, max_abs,
-                                 max_abs_on, read_rule, scan)
+                                 max_abs_on, read_rule, scan, transpose)
 from fastnaive._losses cimport (LOSS_BLOCKS, LossBlocks, blocks_total, check_loss,
                                 checked_loss_and_hits, loss_block, loss_blocks, loss_labels,
                                 loss_targets)
@@ -46,6 +46,14 @@ cdef enum:
     PARTS_ADDED = 0
     PARTS_PENDING = 1
     PARTS_PENDING_RELU = 2
+
+
+# Below this many elements, backward_rows runs on the calling thread (a parallel region costs
+# about 1 us; _kernels' element passes take the same limit); above, in at most
+# BACKWARD_BLOCKS blocks of rows.
+cdef Py_ssize_t PARALLEL_MIN_ELEMENTS = 1 << 18
+cdef enum:
+    BACKWARD_BLOCKS = 64
 
 
 cdef object held_view(object array, bint is_double):
@@ -100,10 +108,13 @@ cdef class Program:
     products may run on its inputs' nonzeros (the sparse kernels), (row groups from
     group_buffers(capacity, its inputs, dtype, by_rows=True), column groups from
     group_buffers(its inputs, capacity, dtype, by_rows=False), delta_copy as the first
-    layer's: None or (capacity, > its outputs)); in a training step, such a layer's forward
-    groups its inputs by rows and takes those kernels when at most hidden_densities[0] of them
-    are nonzero, its weight gradient by columns and at most hidden_densities[1], the GEMMs
-    otherwise.
+    layer's: None or (capacity, > its outputs), and None or the input gradient's buffers:
+    row groups from group_buffers(capacity, its outputs, dtype, by_rows=True) and W.T's copy,
+    (its outputs, its inputs)); in a training step, such a layer's forward groups its inputs
+    by rows and takes those kernels when at most hidden_densities[0] of them are nonzero, its
+    weight gradient by columns and at most hidden_densities[1], its input gradient (where it
+    has the buffers) delta's rows, W.T copied, where at most hidden_densities[2] of delta is,
+    the GEMMs otherwise.
     """
 
     cdef readonly Py_ssize_t capacity, n_layers, n_features
@@ -156,13 +167,20 @@ cdef class Program:
     cdef list hidden_rows, hidden_columns, hidden_partials, hidden_offset_sums, hidden_copies
     cdef list hidden_packs
     cdef Py_ssize_t[::1] hidden_cuts
-    cdef readonly double forward_density, gradient_density
+    cdef readonly double forward_density, gradient_density, input_density
+    # Per layer, None, or for a hidden layer whose input gradient may run on its deltas'
+    # nonzeros (a ReLU's zeros): the row groups of delta (starts, index, quads), W.T's copy,
+    # and sparse_forward's partial, offset_sums, pack and zero bias for delta @ W.T; with the
+    # cut of delta's columns into parts. Where at most input_density of delta is nonzero,
+    # the input gradient copies W.T and runs the sparse forward kernels on delta's rows.
+    cdef list hidden_inputs
+    cdef Py_ssize_t[::1] hidden_input_cuts
     cdef object no_offsets, no_delta_sums
 
     def __init__(self, layers, dropouts, codes, head_codes, outputs, deltas, dropped, pre,
                  gradients=None, first=FIRST_DENSE, row_groups=None, column_groups=None,
                  narrow=None, offsets=None, cut=None, delta_copy=None, hidden_groups=None,
-                 hidden_densities=(0.0, 0.0)):
+                 hidden_densities=(0.0, 0.0, 0.0)):
         cdef float[::1] spare_f
         cdef double[::1] spare_d
         self.n_layers = len(layers)
@@ -296,13 +314,15 @@ cdef class Program:
         self.hidden_partials, self.hidden_copies = list(empty), list(empty)
         self.hidden_offset_sums, self.hidden_packs = list(empty), list(empty)
         self.hidden_cuts = np.zeros(self.n_layers, np.intp)
+        self.hidden_inputs = list(empty)
+        self.hidden_input_cuts = np.zeros(self.n_layers, np.intp)
         self.no_offsets = held_view(np.empty(0, dtype), self.is_double)
         self.no_delta_sums = held_view(np.empty(0, dtype), self.is_double)
-        forward, gradient = (float(share) for share in hidden_densities)
-        if not (0 <= forward <= 1 and 0 <= gradient <= 1):
-            raise ValueError(f"Expected hidden_densities, two shares in [0, 1]. Received: "
+        shares = tuple(float(share) for share in hidden_densities)
+        if not (len(shares) == 3 and all(0 <= share <= 1 for share in shares)):
+            raise ValueError(f"Expected hidden_densities, three shares in [0, 1]. Received: "
                              f"hidden_densities={hidden_densities!r}")
-        self.forward_density, self.gradient_density = forward, gradient
+        self.forward_density, self.gradient_density, self.input_density = shares
         if hidden_groups is None:
             return 0
         if len(hidden_groups) != self.n_layers:
@@ -315,7 +335,7 @@ cdef class Program:
                 raise ValueError("Expected hidden_groups only for the hidden layers of a "
                                  "training Program that run GEMMs. Received: an entry for "
                                  f"layer {i}")
-            rows, columns, copy = entry
+            rows, columns, copy, inputs = entry
             k, m = self.layers[i].W.shape
             if not (len(rows[0]) == starts_length(self.capacity, k, True)
                     and min(len(rows[1]), len(rows[2])) >= n_groups(self.capacity) * k
@@ -340,6 +360,31 @@ cdef class Program:
                 copy if copy is not None else np.empty((0, 0), dtype), self.is_double)
             self.hidden_packs[i] = held_view(pack_buffer(k, m, dtype), self.is_double)
             self.hidden_cuts[i] = checked_cut(k, None)
+            if inputs is not None:
+                self.bind_hidden_inputs(i, inputs, dtype)
+        return 0
+
+    cdef int bind_hidden_inputs(self, Py_ssize_t i, inputs, dtype) except -1:
+        """Layer i's input gradient buffers (see hidden_groups), checked"""
+        cdef Py_ssize_t k = self.layers[i].W.shape[0], m = self.layers[i].W.shape[1]
+        rows, transposed = inputs
+        if not (len(rows[0]) == starts_length(self.capacity, m, True)
+                and min(len(rows[1]), len(rows[2])) >= n_groups(self.capacity) * m
+                and transposed.shape == (m, k) and transposed.dtype == dtype):
+            raise ValueError(f"Expected layer {i}'s input gradient buffers from group_buffers("
+                             f"{self.capacity}, {m}, dtype, by_rows=True) and W.T's "
+                             f"({m}, {k}) of dtype {dtype}. Received: other sizes")
+        self.hidden_inputs[i] = (
+            index_view(rows[0]), index_view(rows[1]), held_view(rows[2], self.is_double),
+            held_view(transposed, self.is_double),
+            held_view(aligned_empty((self.capacity if feature_parts(m) > 1 else 0, k), dtype),
+                      self.is_double),
+            held_view(np.empty((feature_parts(m), k), dtype), self.is_double),
+            # The forward's pack where it is as large: each product copies its slabs anew.
+            self.hidden_packs[i] if k == m else held_view(pack_buffer(m, k, dtype),
+                                                          self.is_double),
+            held_view(np.zeros(k, dtype), self.is_double))
+        self.hidden_input_cuts[i] = checked_cut(m, None)
         return 0
 
     def uses(self, list layers):
@@ -781,6 +826,73 @@ cdef bint hidden_forward(Program p, Py_ssize_t i, const floating[:, ::1] a,
     return True
 
 
+cdef void backward_rows(int code, const floating* a, const floating* z,
+                        floating[:, ::1] delta, int n_threads, double* peaks) noexcept nogil:
+    """delta := delta * act_code'(z) (a = act(z)), a and z laid out as delta, in blocks of
+    rows on up to n_threads threads: the same elements at any number of them. Unless peaks
+    is NULL, peaks[0] := max |a|, peaks[1] := max |delta| after (max_abs's)."""
+    cdef Py_ssize_t n = delta.shape[0], k = delta.shape[1], blocks = 1, block, i0, i1
+    cdef double block_peaks[2 * BACKWARD_BLOCKS]
+    if n == 0 or k == 0:
+        if peaks != NULL:
+            peaks[0] = peaks[1] = 0
+        return
+    if n * k >= PARALLEL_MIN_ELEMENTS:
+        blocks = min(<Py_ssize_t>n_threads, n, BACKWARD_BLOCKS)
+    if blocks == 1:
+        backward_block(code, a, z, &delta[0, 0], n * k, peaks)
+        return
+    for block in prange(blocks, num_threads=blocks, schedule="static"):
+        i0 = block * n // blocks
+        i1 = (block + 1) * n // blocks
+        backward_block(code, a + i0 * k, z + i0 * k, &delta[i0, 0], (i1 - i0) * k,
+                       &block_peaks[2 * block] if peaks != NULL else NULL)
+    if peaks != NULL:
+        peaks[0] = peaks[1] = 0
+        for block in range(blocks):
+            peaks[0] = max(peaks[0], block_peaks[2 * block])
+            peaks[1] = max(peaks[1], block_peaks[2 * block + 1])
+
+
+cdef inline void backward_block(int code, const floating* a, const floating* z,
+                                floating* delta, Py_ssize_t size, double* peaks) noexcept nogil:
+    activation_backward(code, a, z, delta, size)
+    if peaks != NULL:
+        peaks[0] = max_abs(a, size)
+        peaks[1] = max_abs(delta, size)
+
+
+cdef bint hidden_input_grad(Program p, Py_ssize_t i, const floating[:, ::1] delta,
+                           const floating[:, ::1] W, floating[:, ::1] previous,
+                           int n_threads) except -1:
+    """Hidden layer i's previous := delta @ W.T on delta's nonzeros (W.T copied, delta
+    grouped by rows, the sparse forward kernels with a zero bias), where it has the buffers
+    and at most the input gradient's share of delta is nonzero: return True; else False, for
+    the GEMM"""
+    cdef int[::1] starts, index
+    cdef floating[:, ::1] quads, transposed, partial, offset_sums
+    cdef floating[::1] pack, zeros
+    cdef const floating[::1] offsets = p.no_offsets
+    cdef tuple entry
+    cdef Py_ssize_t n = delta.shape[0], cut = p.hidden_input_cuts[i]
+    if (p.hidden_inputs[i] is None or n == 0
+            or not few_nonzeros(delta, p.input_density, n_threads)):
+        return False
+    entry = p.hidden_inputs[i]
+    starts, index, quads, transposed = entry[0], entry[1], entry[2], entry[3]
+    partial, offset_sums, pack, zeros = entry[4], entry[5], entry[6], entry[7]
+    if partial.shape[0]:
+        partial = partial[:n]
+    else:
+        partial = previous  # unused with one part
+    with nogil:
+        transpose(W, transposed, n_threads)
+        group_lines(delta, True, starts, index, quads, cut, n_threads, offsets)
+        sparse_forward(starts, index, quads, transposed, zeros, offsets, offset_sums, False,
+                       previous, partial, cut, n_threads, pack)
+    return True
+
+
 cdef inline const floating[:, ::1] layer_input(Program p, Py_ssize_t i, Py_ssize_t n,
                                                const floating[:, ::1] x):
     """The first n rows of layer i's input: x, or the previous output after dropout."""
@@ -918,6 +1030,15 @@ cdef int backward_sweep(Program p, const floating[:, ::1] x, Py_ssize_t n, bint 
                         pre = p.pre[i - 1]
                         z = &pre[0, 0]
                     applied = previous_code != LINEAR_CODE
+                if p.input_density and hidden_input_grad(p, i, delta, W, previous, n_threads):
+                    # The derivative after it, measuring the peaks as the GEMM's epilogue does.
+                    if applied:
+                        with nogil:
+                            backward_rows(previous_code, a, z, previous, n_threads,
+                                          peaks if not gradients else NULL)
+                        if not gradients:
+                            p.input_peaks[i], p.delta_peaks[i - 1] = peaks[0], peaks[1]
+                    continue
                 with nogil:
                     dense_input_grad(delta, W, previous, n_threads, <floating*>p.spare,
                                      previous_code, a, z,

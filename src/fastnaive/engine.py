@@ -19,8 +19,9 @@ decided there, and nowhere else:
   (fastnaive._csr, fastnaive.sparse); a layer of at most NARROW_MAX_WIDTH outputs (a
   classifier's head) runs its products on the narrow kernels of fastnaive._sparse rather
   than the BLAS, where they are faster (`narrow_layers`); a large hidden layer on a ReLU's
-  outputs runs its training forward and weight gradient on their nonzeros, in each step
-  where few enough of them are (SPARSE_HIDDEN_MAX_DENSITY);
+  outputs runs its training forward and weight gradient on their nonzeros, and, where it is
+  a ReLU's itself, its input gradient on its deltas' nonzeros, in each step where few enough
+  of them are (SPARSE_HIDDEN_MAX_DENSITY);
 - threads: `threads()` is the thread policy of a call;
 - the update: the optimizer's Update, bound once. When no reducer is plugged in, it runs
   inside the weight-gradient kernels, after every input gradient has used the old W: an
@@ -126,7 +127,23 @@ NARROW_MAX_WIDTH = _sparse.NARROW_WIDTH
 # to AVX2, 1 thread, 0.82 at 50% and 60% and 1.25 at 70% (the book-sized 0.90, 1.05; float64
 # 1.01 at 50%), so the limits stand (one run on a noisier Zen 4, whose gradient figures,
 # the code unchanged, moved by up to 0.2).
-SPARSE_HIDDEN_MAX_DENSITY = {"avx512": (0.7, 0.7), "avx2": (0.4, 0.4), "baseline": (0.0, 0.0)}
+# Where such a layer is a ReLU's too, its deltas are zero wherever its outputs are: its input
+# gradient delta @ W.T runs on delta's nonzeros in each step where at most [2] of them are,
+# as a forward product (delta grouped by rows) on a copy of W.T made for it (_kernels'
+# transpose). benchmarks/hidden.py on Zen 4 (the copy included), sparse / GEMM at 30%, 50%,
+# 60% and 70% nonzero, 1 thread (2 threads): AVX-512, the wide workload's 256 x 2048 -> 2048
+# 0.75, 0.79, 0.87, 0.91 (0.67, 0.84, 0.83, 0.95); book-sized 0.63, 0.77, 0.82, 0.88 (0.81,
+# 0.97, 0.97, 1.06); 1024 x 512 -> 512 0.68, 0.71, 0.83, 0.88 (0.60, 0.80, 0.88, 0.86);
+# float64 book-sized 0.82, 0.98, 0.98, 0.99 (0.83, 0.94, 1.02, 0.96). Held to AVX2 (the BLAS
+# too) at 30%, 40% and 50%: wide 0.86, 0.95, 1.06 (0.84, 0.88, 0.92); book-sized 0.95,
+# 0.84, 0.93 (0.68, 0.77, 0.97); 128 x 1024 -> 1024 0.92, 1.05, 1.13 (1.02, 1.03, 1.09);
+# 1024 x 512 -> 512 0.74, 0.90, 1.03 (0.83, 1.01, 1.02); float64 0.88, 0.96, 1.09 (0.83,
+# 0.98, 1.06).
+SPARSE_HIDDEN_MAX_DENSITY = {
+    "avx512": (0.7, 0.7, 0.6),
+    "avx2": (0.4, 0.4, 0.3),
+    "baseline": (0.0, 0.0, 0.0),
+}
 SPARSE_HIDDEN_MIN_WEIGHTS = 512 * 512
 _blas_controller = None
 # Per-batch entry points keep one Step per model, replaced when the model or batch outgrows it.
@@ -222,7 +239,7 @@ class Step:
         self.hidden_groups = [None] * len(self.layers)
         if training and max(self.hidden_densities) > 0:
             self.hidden_groups = _hidden_groups(
-                self.layers, self.codes, self.narrow, capacity, dtype
+                self.layers, self.codes, self.narrow, capacity, dtype, self.hidden_densities[2] > 0
             )
         # The step number that dropout masks are drawn for, in an array so that a step's
         # kernels count it (commit).
@@ -844,11 +861,12 @@ def narrow_layers(layers):
     return [fast and layer.output_size <= NARROW_MAX_WIDTH for layer in layers]
 
 
-def _hidden_groups(layers, codes, narrow, capacity, dtype):
+def _hidden_groups(layers, codes, narrow, capacity, dtype, input_gradient=True):
     """Per layer, the buffers of its training products on its inputs' nonzeros (the Program's
-    hidden_groups: row groups, column groups and delta's copy), or None where it runs GEMMs:
-    the first layer, narrow layers, and layers whose inputs are not a ReLU's outputs or that
-    hold fewer than SPARSE_HIDDEN_MIN_WEIGHTS weights."""
+    hidden_groups: row groups, column groups, delta's copy, and, where the layer is a ReLU's
+    and input_gradient, its input gradient's row groups of delta and W.T's copy), or None
+    where it runs GEMMs: the first layer, narrow layers, and layers whose inputs are not a
+    ReLU's outputs or that hold fewer than SPARSE_HIDDEN_MIN_WEIGHTS weights."""
     groups = [None] * len(layers)
     for i in range(1, len(layers)):
         k, m = layers[i].W.shape
@@ -858,10 +876,17 @@ def _hidden_groups(layers, codes, narrow, capacity, dtype):
             and k * m >= SPARSE_HIDDEN_MIN_WEIGHTS
             and (capacity + 3) * k < 2**31  # int32 indices
         ):
+            inputs = None
+            if input_gradient and codes[i] == _activations.RELU and (capacity + 3) * m < 2**31:
+                inputs = (
+                    _sparse.group_buffers(capacity, m, dtype, by_rows=True),
+                    aligned_empty((m, k), dtype),
+                )
             groups[i] = (
                 _sparse.group_buffers(capacity, k, dtype, by_rows=True),
                 _sparse.group_buffers(k, capacity, dtype, by_rows=False),
                 _delta_copy(capacity, m, dtype),
+                inputs,
             )
     return groups
 
