@@ -6,11 +6,11 @@ benchmarks/matrix.py's workloads and beside them, at 1 and 2 threads, for each i
 set the CPU runs (fastnaive._sparse.select_instruction_set). The sparse side is what a
 training step runs there: X grouped by rows (forward) or columns (gradient), then the sparse
 kernels (the gradient with delta's padded copy where _sparse.delta_stride gives one); for
-the input gradient, W.T copied (fastnaive._kernels.transpose_checked), delta grouped by rows
-and the forward's kernels on W.T. The GEMM side, the engine's GEMMs with the BLAS on one
-thread per block (fastnaive._kernels.dense_forward_checked, dense_param_grad_checked,
-dense_input_grad_checked; a step's input gradient then applies the ReLU's derivative, a
-pass over its output on either side).
+the input gradient, delta grouped by rows and the forward's kernels on W's slabs transposed
+as they are packed (sparse_forward_checked's transposed). The GEMM side, the engine's GEMMs
+with the BLAS on one thread per block (fastnaive._kernels.dense_forward_checked,
+dense_param_grad_checked, dense_input_grad_checked; a step's input gradient then applies
+the ReLU's derivative, a pass over its output on either side).
 
 Run from the repository root:
 
@@ -73,7 +73,7 @@ def calls(n, k, m, dtype, share, n_threads):
     stride = _sparse.delta_stride(m, dtype)
     padded = aligned_empty((n, stride), dtype) if stride > m else None
     alpha, one = dtype(-1e-9), dtype(1)
-    transposed, dX = aligned_empty((m, k), dtype), aligned_empty((n, k), dtype)
+    dX = aligned_empty((n, k), dtype)
     delta_rows = _sparse.group_buffers(n, m, dtype, by_rows=True)
     transposed_pack = _sparse.pack_buffer(m, k, dtype)
     dX_partial, no_bias = aligned_empty((n, k), dtype), np.zeros(k, dtype)
@@ -95,10 +95,17 @@ def calls(n, k, m, dtype, share, n_threads):
         _kernels.dense_param_grad_checked(X, delta, alpha, one, W, b, n_threads)
 
     def sparse_input_gradient():
-        _kernels.transpose_checked(W, transposed, n_threads)
         _sparse.group_rows_checked(sparse_delta, *delta_rows, n_threads)
         _sparse.sparse_forward_checked(
-            *delta_rows, transposed, no_bias, False, dX, n_threads, dX_partial, pack=transposed_pack
+            *delta_rows,
+            W,
+            no_bias,
+            False,
+            dX,
+            n_threads,
+            dX_partial,
+            pack=transposed_pack,
+            transposed=True,
         )
 
     def gemm_input_gradient():

@@ -274,6 +274,35 @@ def test_gather_rows_out_of_range_among_a_batch(dtype, rng):
     assert np.flatnonzero(np.isnan(out).all(axis=1)).tolist() == bad
 
 
+# Shapes for transpose: whole tiles, edges of every remainder, one row or column, bands of
+# columns for two threads, and a large one on the parallel path.
+TRANSPOSE_SHAPES = [
+    (8, 8),
+    (16, 64),
+    (13, 77),
+    (9, 8),
+    (8, 9),
+    (1, 5),
+    (5, 1),
+    (130, 200),
+    (512, 600),
+]
+
+
+@pytest.mark.parametrize("shape", TRANSPOSE_SHAPES, ids=str)
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_transpose_copies_every_element_to_its_place(dtype, rng, shape, n_threads):
+    A = normal(rng, shape, dtype)
+    out = nan_buffer(shape[::-1], dtype)
+    _kernels.transpose_checked(A, out, n_threads)
+    np.testing.assert_array_equal(out, A.T)
+
+
+def test_transpose_checks_the_shapes(dtype):
+    with pytest.raises(ValueError, match=r"^Expected A \(r, c\) and out \(c, r\)\. Received: "):
+        _kernels.transpose_checked(np.zeros((3, 4), dtype), np.zeros((3, 4), dtype))
+
+
 @pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
 @pytest.mark.parametrize("trans_b", [False, True], ids=["B", "B.T"])
 @pytest.mark.parametrize("alpha, beta", SCALES.values(), ids=SCALES.keys())

@@ -662,6 +662,30 @@ def test_the_forward_on_copied_slabs_of_w_is_each_group_alone(
     assert_close(Z[1], expected, dtype)
 
 
+@pytest.mark.parametrize("n, k, m", PACKED_SHAPES.values(), ids=PACKED_SHAPES.keys())
+def test_the_forward_on_w_transposed_as_it_is_packed_is_the_forwards_bits(
+    n, k, m, dtype, instruction_set, rng
+):
+    """X @ W + b given W.T (transposed=True: every slab packed from it, transposed) is the
+    product on W itself, bit for bit, on 1, 2 and 3 threads, whatever pack held before."""
+    X = sparse_matrix(rng, (n, k), dtype, 0.5)
+    W, b = normal(rng, (k, m), dtype, 0.05), normal(rng, m, dtype)
+    WT = np.ascontiguousarray(W.T)
+    pack = _sparse.pack_buffer(k, m, dtype)
+    expected = np.full((n, m), np.nan, dtype)
+    _sparse.sparse_forward_checked(*by_rows(X, 1), W, b, False, expected, 1)
+    for threads in (1, 2, 3):
+        pack.fill(np.nan)
+        Z = np.full((n, m), np.nan, dtype)
+        rows = by_rows(X, threads)
+        _sparse.sparse_forward_checked(*rows, WT, b, False, Z, threads, pack=pack, transposed=True)
+        np.testing.assert_array_equal(Z, expected)
+    with pytest.raises(ValueError, match=r"^Expected .*None if transposed"):
+        _sparse.sparse_forward_checked(
+            *by_rows(X, 1), WT, b, False, Z, 1, offsets=np.zeros(k, dtype), transposed=True
+        )
+
+
 def test_the_shapes_copy_w_and_read_it_in_place_on_every_instruction_set(instruction_set, rng):
     """Some of PACKED_SHAPES read W's slabs from their copy and some W itself (float32, no
     offsets), on every instruction set's PACK_MIN_QUADS: the test above runs both paths."""

@@ -588,20 +588,20 @@ cdef Py_ssize_t TRANSPOSE_BAND = 64
 cdef bint TRANSPOSE_AVX2 = transpose_avx2()
 
 
-cdef inline void transpose_band(const floating[:, ::1] A, floating[:, ::1] out,
-                                Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
-    """out[j, :] := A[:, j] for j in [j0, j1)"""
-    cdef Py_ssize_t rows = A.shape[0], i, j, r, c
-    cdef Py_ssize_t lda = A.shape[1], ldo = out.shape[1]
+cdef void transpose_block(const floating* A, Py_ssize_t lda, floating* out, Py_ssize_t ldo,
+                          Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """out[c * ldo + r] := A[r * lda + c] for r < rows, c < cols: the rows x cols block at A
+    (rows lda elements apart) transposed to out (rows ldo apart)"""
+    cdef Py_ssize_t i, j, r, c
     cdef floating tile[TRANSPOSE_TILE][TRANSPOSE_TILE]
     cdef const floating* a
     cdef floating* o
     i = 0
     while i + TRANSPOSE_TILE <= rows:
-        j = j0
-        while j + TRANSPOSE_TILE <= j1:
-            a = &A[i, j]
-            o = &out[j, i]
+        j = 0
+        while j + TRANSPOSE_TILE <= cols:
+            a = A + i * lda + j
+            o = out + j * ldo + i
             if TRANSPOSE_AVX2:
                 if floating is float:
                     transpose_tile_f(a, lda, o, ldo)
@@ -617,13 +617,13 @@ cdef inline void transpose_band(const floating[:, ::1] A, floating[:, ::1] out,
                     for r in range(TRANSPOSE_TILE):
                         o[c * ldo + r] = tile[c][r]
             j += TRANSPOSE_TILE
-        for c in range(j, j1):
+        for c in range(j, cols):
             for r in range(TRANSPOSE_TILE):
-                out[c, i + r] = A[i + r, c]
+                out[c * ldo + i + r] = A[(i + r) * lda + c]
         i += TRANSPOSE_TILE
     for r in range(i, rows):
-        for c in range(j0, j1):
-            out[c, r] = A[r, c]
+        for c in range(cols):
+            out[c * ldo + r] = A[r * lda + c]
 
 
 cdef void transpose(const floating[:, ::1] A, floating[:, ::1] out,
@@ -636,10 +636,11 @@ cdef void transpose(const floating[:, ::1] A, floating[:, ::1] out,
     bands = (cols + TRANSPOSE_BAND - 1) // TRANSPOSE_BAND
     if n_threads > 1 and bands > 1 and A.shape[0] * cols >= PARALLEL_MIN_ELEMENTS:
         for band in prange(bands, num_threads=n_threads, schedule="static"):
-            transpose_band(A, out, band * TRANSPOSE_BAND,
-                           min((band + 1) * TRANSPOSE_BAND, cols))
+            transpose_block(&A[0, band * TRANSPOSE_BAND], cols, &out[band * TRANSPOSE_BAND, 0],
+                            out.shape[1], A.shape[0],
+                            min((band + 1) * TRANSPOSE_BAND, cols) - band * TRANSPOSE_BAND)
     else:
-        transpose_band(A, out, 0, cols)
+        transpose_block(&A[0, 0], cols, &out[0, 0], out.shape[1], A.shape[0], cols)
 
 
 cdef double max_abs_on(const floating* a, Py_ssize_t n, int n_threads) noexcept nogil:

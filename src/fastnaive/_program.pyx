@@ -24,7 +24,7 @@ from fastnaive._activations cimport (ELU_CODE, LINEAR_CODE, RELU_CODE, activate,
 from fastnaive._blas cimport axpy, load_blas
 from fastnaive._kernels cimport (RULE_ADAM, Rule, change_bound, check_slots, dense_forward,
                                  dense_input_grad, dense_param_grad, largest_bound, max_abs,
-                                 max_abs_on, read_rule, scan, transpose)
+                                 max_abs_on, read_rule, scan)
 from fastnaive._losses cimport (LOSS_BLOCKS, LossBlocks, blocks_total, check_loss,
                                 checked_loss_and_hits, loss_block, loss_blocks, loss_labels,
                                 loss_targets)
@@ -108,13 +108,12 @@ cdef class Program:
     products may run on its inputs' nonzeros (the sparse kernels), (row groups from
     group_buffers(capacity, its inputs, dtype, by_rows=True), column groups from
     group_buffers(its inputs, capacity, dtype, by_rows=False), delta_copy as the first
-    layer's: None or (capacity, > its outputs), and None or the input gradient's buffers:
-    row groups from group_buffers(capacity, its outputs, dtype, by_rows=True) and W.T's copy,
-    (its outputs, its inputs)); in a training step, such a layer's forward groups its inputs
-    by rows and takes those kernels when at most hidden_densities[0] of them are nonzero, its
-    weight gradient by columns and at most hidden_densities[1], its input gradient (where it
-    has the buffers) delta's rows, W.T copied, where at most hidden_densities[2] of delta is,
-    the GEMMs otherwise.
+    layer's: None or (capacity, > its outputs), and None or the input gradient's row groups
+    from group_buffers(capacity, its outputs, dtype, by_rows=True)); in a training step, such
+    a layer's forward groups its inputs by rows and takes those kernels when at most
+    hidden_densities[0] of them are nonzero, its weight gradient by columns and at most
+    hidden_densities[1], its input gradient (where it has the groups) delta by rows where at
+    most hidden_densities[2] of delta is, the GEMMs otherwise.
     """
 
     cdef readonly Py_ssize_t capacity, n_layers, n_features
@@ -169,10 +168,11 @@ cdef class Program:
     cdef Py_ssize_t[::1] hidden_cuts
     cdef readonly double forward_density, gradient_density, input_density
     # Per layer, None, or for a hidden layer whose input gradient may run on its deltas'
-    # nonzeros (a ReLU's zeros): the row groups of delta (starts, index, quads), W.T's copy,
-    # and sparse_forward's partial, offset_sums, pack and zero bias for delta @ W.T; with the
+    # nonzeros (a ReLU's zeros): the row groups of delta (starts, index, quads) and
+    # sparse_forward's partial, offset_sums, pack and zero bias for delta @ W.T; with the
     # cut of delta's columns into parts. Where at most input_density of delta is nonzero,
-    # the input gradient copies W.T and runs the sparse forward kernels on delta's rows.
+    # the input gradient runs the sparse forward kernels on delta's rows, W's slabs
+    # transposed into the pack as they are copied.
     cdef list hidden_inputs
     cdef Py_ssize_t[::1] hidden_input_cuts
     cdef object no_offsets, no_delta_sums
@@ -364,19 +364,17 @@ cdef class Program:
                 self.bind_hidden_inputs(i, inputs, dtype)
         return 0
 
-    cdef int bind_hidden_inputs(self, Py_ssize_t i, inputs, dtype) except -1:
+    cdef int bind_hidden_inputs(self, Py_ssize_t i, rows, dtype) except -1:
         """Layer i's input gradient buffers (see hidden_groups), checked"""
         cdef Py_ssize_t k = self.layers[i].W.shape[0], m = self.layers[i].W.shape[1]
-        rows, transposed = inputs
         if not (len(rows[0]) == starts_length(self.capacity, m, True)
                 and min(len(rows[1]), len(rows[2])) >= n_groups(self.capacity) * m
-                and transposed.shape == (m, k) and transposed.dtype == dtype):
-            raise ValueError(f"Expected layer {i}'s input gradient buffers from group_buffers("
-                             f"{self.capacity}, {m}, dtype, by_rows=True) and W.T's "
-                             f"({m}, {k}) of dtype {dtype}. Received: other sizes")
+                and rows[2].dtype == dtype):
+            raise ValueError(f"Expected layer {i}'s input gradient groups from group_buffers("
+                             f"{self.capacity}, {m}, dtype, by_rows=True). Received: other "
+                             "sizes")
         self.hidden_inputs[i] = (
             index_view(rows[0]), index_view(rows[1]), held_view(rows[2], self.is_double),
-            held_view(transposed, self.is_double),
             held_view(aligned_empty((self.capacity if feature_parts(m) > 1 else 0, k), dtype),
                       self.is_double),
             held_view(np.empty((feature_parts(m), k), dtype), self.is_double),
@@ -865,12 +863,12 @@ cdef inline void backward_block(int code, const floating* a, const floating* z,
 cdef bint hidden_input_grad(Program p, Py_ssize_t i, const floating[:, ::1] delta,
                            const floating[:, ::1] W, floating[:, ::1] previous,
                            int n_threads) except -1:
-    """Hidden layer i's previous := delta @ W.T on delta's nonzeros (W.T copied, delta
-    grouped by rows, the sparse forward kernels with a zero bias), where it has the buffers
-    and at most the input gradient's share of delta is nonzero: return True; else False, for
-    the GEMM"""
+    """Hidden layer i's previous := delta @ W.T on delta's nonzeros (delta grouped by rows,
+    the sparse forward kernels with a zero bias on W's slabs transposed as they are packed),
+    where it has the buffers and at most the input gradient's share of delta is nonzero:
+    return True; else False, for the GEMM"""
     cdef int[::1] starts, index
-    cdef floating[:, ::1] quads, transposed, partial, offset_sums
+    cdef floating[:, ::1] quads, partial, offset_sums
     cdef floating[::1] pack, zeros
     cdef const floating[::1] offsets = p.no_offsets
     cdef tuple entry
@@ -879,17 +877,16 @@ cdef bint hidden_input_grad(Program p, Py_ssize_t i, const floating[:, ::1] delt
             or not few_nonzeros(delta, p.input_density, n_threads)):
         return False
     entry = p.hidden_inputs[i]
-    starts, index, quads, transposed = entry[0], entry[1], entry[2], entry[3]
-    partial, offset_sums, pack, zeros = entry[4], entry[5], entry[6], entry[7]
+    starts, index, quads = entry[0], entry[1], entry[2]
+    partial, offset_sums, pack, zeros = entry[3], entry[4], entry[5], entry[6]
     if partial.shape[0]:
         partial = partial[:n]
     else:
         partial = previous  # unused with one part
     with nogil:
-        transpose(W, transposed, n_threads)
         group_lines(delta, True, starts, index, quads, cut, n_threads, offsets)
-        sparse_forward(starts, index, quads, transposed, zeros, offsets, offset_sums, False,
-                       previous, partial, cut, n_threads, pack)
+        sparse_forward(starts, index, quads, W, zeros, offsets, offset_sums, False, previous,
+                       partial, cut, n_threads, pack, True)
     return True
 
 

@@ -31,7 +31,7 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
                          const floating[::1] b, const floating[::1] offsets,
                          floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
                          floating[:, ::1] partial, Py_ssize_t cut, int n_threads,
-                         floating[::1] pack) noexcept nogil
+                         floating[::1] pack, bint transposed=*) noexcept nogil
 cdef void add_parts_rows(floating[:, ::1] Z_out, const floating[:, ::1] partial, bint relu,
                          Py_ssize_t i0, Py_ssize_t i1) noexcept nogil
 cdef void sparse_param_grad(const int[::1] starts, const int[::1] index,

@@ -59,7 +59,7 @@ import numpy as np
 from fastnaive._memory import aligned_empty
 
 from fastnaive._activations cimport ELU_CODE, activate
-from fastnaive._kernels cimport Rule, bias_grad, max_abs, rule_step, scan_from
+from fastnaive._kernels cimport Rule, bias_grad, max_abs, rule_step, scan_from, transpose_block
 
 cdef extern from "sparse_kernels.h" nogil:
     void grouped_product_f "fastnaive_grouped_product_f"(
@@ -436,12 +436,28 @@ cdef inline floating* packed_block(const floating[:, ::1] W, Py_ssize_t f0, Py_s
     return slab
 
 
+cdef inline floating* packed_block_of_transpose(const floating[:, ::1] S, Py_ssize_t f0,
+                                                Py_ssize_t f1, Py_ssize_t j1, Py_ssize_t j2,
+                                                floating* pack,
+                                                Py_ssize_t* ld_out) noexcept nogil:
+    """packed_block of W = S.T (S (m, k)): S[j1:j2, f0:f1] transposed into the place of W's
+    block in pack, its rows as packed_block's"""
+    cdef Py_ssize_t m = S.shape[0], line = line_elements(sizeof(floating))
+    cdef Py_ssize_t unit = MIN_BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t ld = (j2 - j1 + line - 1) // line * line + line
+    cdef floating* slab = pack + f0 * packed_row_length(m, sizeof(floating)) + (f1 - f0) * (
+        j1 + line * (j1 // unit))
+    transpose_block(&S[j1, f0], S.shape[1], slab, ld, j2 - j1, f1 - f0)
+    ld_out[0] = ld
+    return slab
+
+
 cdef void forward_share(const int[::1] starts, const int[::1] index,
                         const floating[:, ::1] quads, const floating[:, ::1] W,
                         const floating[::1] b, const floating[::1] offsets,
                         floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
                         floating[:, ::1] partial, Share share, Py_ssize_t parts,
-                        Py_ssize_t cut, floating* pack) noexcept nogil:
+                        Py_ssize_t cut, floating* pack, bint transposed=False) noexcept nogil:
     """A share's products: of each of its parts, the rank's share of W's columns, in blocks
     of forward_width; part 0 into Z_out with the bias, part 1 into partial, or, where the
     share holds every part, added to Z_out by the product (z = sums + Z_out, the bits of
@@ -450,8 +466,11 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
     the share's columns of it computed first. pack (pack_length(k, m) elements, or NULL):
     where the part's rows of W span PACK_MIN_BYTES and its lists hold PACK_MIN_QUADS (this
     instruction set's) nonzero quads per feature, each block's slab of W is copied there
-    first (packed_block) and read from the copy; the same bits."""
-    cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1], k = W.shape[0]
+    first (packed_block) and read from the copy; the same bits. transposed: the array W
+    holds the product's weights transposed, (m, k); every block is then packed from it
+    (packed_block_of_transpose; pack not NULL, offsets empty)."""
+    cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1]
+    cdef Py_ssize_t k = W.shape[1] if transposed else W.shape[0]
     cdef Py_ssize_t unit = MIN_BLOCK_BYTES // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t units = (m + unit - 1) // unit
     cdef Py_ssize_t stride = starts.shape[0] // (PATTERNS * parts)
@@ -482,10 +501,11 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
                               &offset_sums[part, 0], j0, last)
             bias = &offset_sums[part, 0]
         # The part's last list ends after its nonzero quads (quads_of).
-        packed = (pack != NULL
-                  and (f1 - f0) * m * <Py_ssize_t>sizeof(floating) >= PACK_MIN_BYTES
-                  and starts[PATTERNS * (stride * part + n_groups(n)) - 1]
-                  >= _pack_min_quads * (f1 - f0))
+        packed = transposed or (
+            pack != NULL
+            and (f1 - f0) * m * <Py_ssize_t>sizeof(floating) >= PACK_MIN_BYTES
+            and starts[PATTERNS * (stride * part + n_groups(n)) - 1]
+            >= _pack_min_quads * (f1 - f0))
         j1 = j0
         while j1 < last:
             j2 = min(j1 + width, last)
@@ -495,7 +515,10 @@ cdef void forward_share(const int[::1] starts, const int[::1] index,
                         1 if part and whole else 0, relu and whole and part == parts - 1, out,
                         m, n, j1, j2)
             else:
-                slab = packed_block(W, f0, f1, j1, j2, pack, &ld_slab)
+                if transposed:
+                    slab = packed_block_of_transpose(W, f0, f1, j1, j2, pack, &ld_slab)
+                else:
+                    slab = packed_block(W, f0, f1, j1, j2, pack, &ld_slab)
                 product(n_groups(n), &starts[0] + PATTERNS * stride * part, &index[0] + base,
                         &quads[0, 0] + GROUP * base, slab, ld_slab,
                         bias + j1 if bias != NULL else NULL, NULL, 1,
@@ -509,7 +532,7 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
                          const floating[::1] b, const floating[::1] offsets,
                          floating[:, ::1] offset_sums, bint relu, floating[:, ::1] Z_out,
                          floating[:, ::1] partial, Py_ssize_t cut, int n_threads,
-                         floating[::1] pack) noexcept nogil:
+                         floating[::1] pack, bint transposed=False) noexcept nogil:
     """Z := act(X @ W + b), X given by group_lines(X, True, ...), act = relu if relu else
     identity. X @ W is summed over each part of the features (feature_parts; the second from
     feature `cut`, as the groups were made), part 0's sums
@@ -519,9 +542,10 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
     groups hold X's distances from them (group_lines with the same offsets) and Z := act(X @ W
     + b) = act((X - offsets) @ W + b + offsets @ W), each part's share of offsets @ W in
     offset_sums (parts, m). pack: pack_length(k, m) elements where the products read W's
-    slabs from a copy (forward_share), or none."""
+    slabs from a copy (forward_share), or none. transposed: the array W is the weights'
+    transpose, (m, k), packed from there (forward_share's; pack given, offsets empty)."""
     cdef Py_ssize_t n = Z_out.shape[0], m = Z_out.shape[1]
-    cdef Py_ssize_t parts = feature_parts(W.shape[0])
+    cdef Py_ssize_t parts = feature_parts(W.shape[1] if transposed else W.shape[0])
     cdef floating* packed = &pack[0] if pack.shape[0] else NULL
     cdef Py_ssize_t stride = starts.shape[0] // (PATTERNS * parts)
     cdef Py_ssize_t slots = 1, slot, part, i0, i1, products = 0
@@ -534,11 +558,11 @@ cdef void sparse_forward(const int[::1] starts, const int[::1] index,
         slots = n_threads
     if slots == 1:
         forward_share(starts, index, quads, W, b, offsets, offset_sums, relu, Z_out, partial,
-                      share_of(0, 1, parts), parts, cut, packed)
+                      share_of(0, 1, parts), parts, cut, packed, transposed)
     else:
         for slot in prange(slots, num_threads=slots, schedule="static"):
             forward_share(starts, index, quads, W, b, offsets, offset_sums, relu, Z_out,
-                          partial, share_of(slot, slots, parts), parts, cut, packed)
+                          partial, share_of(slot, slots, parts), parts, cut, packed, transposed)
     if parts > 1 and slots > 1:
         add_partial_sums(Z_out, partial, relu, slots)
 
@@ -1231,22 +1255,25 @@ def sparse_forward_checked(const int[::1] starts, const int[::1] index,
                            const floating[::1] b, bint relu, floating[:, ::1] Z_out,
                            n_threads=None, floating[:, ::1] partial_out=None,
                            const floating[::1] offsets=None, cut=None,
-                           floating[::1] pack=None):
+                           floating[::1] pack=None, bint transposed=False):
     """Z_out := act(X @ W + b), X given by group_rows_checked (with the same cut); n_threads
     None: OpenMP's default. partial_out: Z_out's shape, for the sums of the second part of the features
     (allocated if None; unused with one part). offsets (k,): the groups hold X's distances
     from them (group_rows_checked with the same offsets); Z_out := act(X @ W + b) all the
     same, the offsets' share added as offsets @ W. pack: pack_buffer(k, m, dtype), where the
-    products copy W's slabs (allocated if None)."""
-    cdef Py_ssize_t n = Z_out.shape[0], k = W.shape[0]
+    products copy W's slabs (allocated if None). transposed: W given as W.T, (m, k), its
+    slabs transposed into pack as they are copied (no offsets then)."""
+    cdef Py_ssize_t n = Z_out.shape[0]
+    cdef Py_ssize_t k = W.shape[1] if transposed else W.shape[0]
+    cdef Py_ssize_t m = W.shape[0] if transposed else W.shape[1]
     cdef Py_ssize_t parts = feature_parts(k), capacity = n_groups(n) * k
-    if not (k > 0 and b.shape[0] == W.shape[1] and Z_out.shape[1] == W.shape[1]
+    if not (k > 0 and b.shape[0] == m and Z_out.shape[1] == m
             and starts.shape[0] == starts_length(n, k, True)
             and quads.shape[1] == GROUP and min(index.shape[0], quads.shape[0]) >= capacity
             and (partial_out is None or (partial_out.shape[0] == n
                                          and partial_out.shape[1] == Z_out.shape[1]))
-            and (offsets is None or offsets.shape[0] == k)
-            and (pack is None or pack.shape[0] >= pack_length(k, W.shape[1], sizeof(floating)))):
+            and (offsets is None or (offsets.shape[0] == k and not transposed))
+            and (pack is None or pack.shape[0] >= pack_length(k, m, sizeof(floating)))):
         arrays = {"starts": starts, "index": index, "quads": quads, "W": W, "b": b,
                   "Z_out": Z_out}
         if partial_out is not None:
@@ -1256,10 +1283,10 @@ def sparse_forward_checked(const int[::1] starts, const int[::1] index,
         if pack is not None:
             arrays["pack"] = pack
         raise _shape_error(f"starts ({PATTERNS * parts} * ceil(n / {GROUP}),), index (c,) and "
-                           f"quads (c, {GROUP}) with c >= ceil(n / {GROUP}) * k, W (k, m), "
-                           "b (m,), Z_out (n, m), partial_out None or (n, m), offsets None "
-                           "or (k,) and pack None or of pack_buffer(k, m, dtype)'s length, with "
-                           "k >= 1", **arrays)
+                           f"quads (c, {GROUP}) with c >= ceil(n / {GROUP}) * k, W (k, m) "
+                           "((m, k) if transposed), b (m,), Z_out (n, m), partial_out None or "
+                           "(n, m), offsets None or (k,) (None if transposed) and pack None "
+                           "or of pack_buffer(k, m, dtype)'s length, with k >= 1", **arrays)
     cdef Py_ssize_t c = checked_cut(k, cut)
     _check_row_groups(starts, index, n, k, c)
     if partial_out is None and parts > 1:
@@ -1269,13 +1296,13 @@ def sparse_forward_checked(const int[::1] starts, const int[::1] index,
     dtype = np.float64 if floating is double else np.float32
     if offsets is None:
         offsets = np.empty(0, dtype)
-    cdef floating[:, ::1] offset_sums = np.empty((parts, W.shape[1]), dtype)
+    cdef floating[:, ::1] offset_sums = np.empty((parts, m), dtype)
     cdef int threads = _n_threads(n_threads)
-    if pack is None:
-        pack = pack_buffer(k, W.shape[1], dtype)
+    if pack is None or (transposed and pack.shape[0] == 0):
+        pack = pack_buffer(k, m, dtype)
     with nogil:
         sparse_forward(starts, index, quads, W, b, offsets, offset_sums, relu, Z_out,
-                       partial_out, c, threads, pack)
+                       partial_out, c, threads, pack, transposed)
 
 
 def sparse_param_grad_checked(const int[::1] starts, const int[::1] index,

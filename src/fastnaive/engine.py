@@ -129,8 +129,8 @@ NARROW_MAX_WIDTH = _sparse.NARROW_WIDTH
 # the code unchanged, moved by up to 0.2).
 # Where such a layer is a ReLU's too, its deltas are zero wherever its outputs are: its input
 # gradient delta @ W.T runs on delta's nonzeros in each step where at most [2] of them are,
-# as a forward product (delta grouped by rows) on a copy of W.T made for it (_kernels'
-# transpose). benchmarks/hidden.py on Zen 4 (the copy included), sparse / GEMM at 30%, 50%,
+# as a forward product (delta grouped by rows) on W's slabs transposed as the product packs
+# them (_kernels' transpose_block). benchmarks/hidden.py on Zen 4, sparse / GEMM at 30%, 50%,
 # 60% and 70% nonzero, 1 thread (2 threads): AVX-512, the wide workload's 256 x 2048 -> 2048
 # 0.75, 0.79, 0.87, 0.91 (0.67, 0.84, 0.83, 0.95); book-sized 0.63, 0.77, 0.82, 0.88 (0.81,
 # 0.97, 0.97, 1.06); 1024 x 512 -> 512 0.68, 0.71, 0.83, 0.88 (0.60, 0.80, 0.88, 0.86);
@@ -864,7 +864,7 @@ def narrow_layers(layers):
 def _hidden_groups(layers, codes, narrow, capacity, dtype, input_gradient=True):
     """Per layer, the buffers of its training products on its inputs' nonzeros (the Program's
     hidden_groups: row groups, column groups, delta's copy, and, where the layer is a ReLU's
-    and input_gradient, its input gradient's row groups of delta and W.T's copy), or None
+    and input_gradient, its input gradient's row groups of delta), or None
     where it runs GEMMs: the first layer, narrow layers, and layers whose inputs are not a
     ReLU's outputs or that hold fewer than SPARSE_HIDDEN_MIN_WEIGHTS weights."""
     groups = [None] * len(layers)
@@ -878,10 +878,7 @@ def _hidden_groups(layers, codes, narrow, capacity, dtype, input_gradient=True):
         ):
             inputs = None
             if input_gradient and codes[i] == _activations.RELU and (capacity + 3) * m < 2**31:
-                inputs = (
-                    _sparse.group_buffers(capacity, m, dtype, by_rows=True),
-                    aligned_empty((m, k), dtype),
-                )
+                inputs = _sparse.group_buffers(capacity, m, dtype, by_rows=True)
             groups[i] = (
                 _sparse.group_buffers(capacity, k, dtype, by_rows=True),
                 _sparse.group_buffers(k, capacity, dtype, by_rows=False),
