@@ -48,10 +48,8 @@ cdef double scan(const floating* a, Py_ssize_t n, Py_ssize_t* nonzeros,
                  int n_threads) noexcept nogil
 cdef double scan_from(const floating[:, ::1] a, const floating[::1] offsets,
                       Py_ssize_t* nonzeros, int n_threads) noexcept nogil
-cdef void transpose(const floating[:, ::1] A, floating[:, ::1] out,
-                    int n_threads) noexcept nogil
 cdef void transpose_block(const floating* A, Py_ssize_t lda, floating* out, Py_ssize_t ldo,
-                          Py_ssize_t rows, Py_ssize_t cols) noexcept nogil
+                          Py_ssize_t rows, Py_ssize_t cols, bint registers) noexcept nogil
 cdef double max_abs_on(const floating* a, Py_ssize_t n, int n_threads) noexcept nogil
 
 cdef int read_rule(tuple rule, Rule* out, bint plain) except -1

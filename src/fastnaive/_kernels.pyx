@@ -577,22 +577,22 @@ cdef double max_abs(const floating* a, Py_ssize_t n) noexcept nogil:
         return fastnaive_max_abs_d(a, n)
 
 
-# transpose's blocks: TRANSPOSE_TILE x TRANSPOSE_TILE elements, in AVX registers where the
-# CPU has AVX2 (transpose_tile_*), else through a tile on the stack, each thread taking bands
-# of TRANSPOSE_BAND rows of the output (columns of the input). W.T of a 2048 x 2048 float32
-# W on Zen 4, one thread: 2.4 ms in registers, 4.3 through the stack; NumPy's copy of the
-# transposed view 23 ms.
+# transpose_block's tiles: TRANSPOSE_TILE x TRANSPOSE_TILE elements, in AVX registers where
+# asked and the CPU has AVX2 (transpose_tile_*), else through a tile on the stack. W.T of a 2048 x 2048
+# float32 W on Zen 4, one thread: 2.4 ms in registers, 4.3 through the stack; NumPy's copy of
+# the transposed view 23 ms.
 cdef enum:
     TRANSPOSE_TILE = 8
-cdef Py_ssize_t TRANSPOSE_BAND = 64
 cdef bint TRANSPOSE_AVX2 = transpose_avx2()
 
 
 cdef void transpose_block(const floating* A, Py_ssize_t lda, floating* out, Py_ssize_t ldo,
-                          Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+                          Py_ssize_t rows, Py_ssize_t cols, bint registers) noexcept nogil:
     """out[c * ldo + r] := A[r * lda + c] for r < rows, c < cols: the rows x cols block at A
-    (rows lda elements apart) transposed to out (rows ldo apart)"""
+    (rows lda elements apart) transposed to out (rows ldo apart); its tiles in AVX registers
+    where `registers` and the CPU runs AVX2"""
     cdef Py_ssize_t i, j, r, c
+    cdef bint avx2 = registers and TRANSPOSE_AVX2
     cdef floating tile[TRANSPOSE_TILE][TRANSPOSE_TILE]
     cdef const floating* a
     cdef floating* o
@@ -602,7 +602,7 @@ cdef void transpose_block(const floating* A, Py_ssize_t lda, floating* out, Py_s
         while j + TRANSPOSE_TILE <= cols:
             a = A + i * lda + j
             o = out + j * ldo + i
-            if TRANSPOSE_AVX2:
+            if avx2:
                 if floating is float:
                     transpose_tile_f(a, lda, o, ldo)
                 else:
@@ -624,23 +624,6 @@ cdef void transpose_block(const floating* A, Py_ssize_t lda, floating* out, Py_s
     for r in range(i, rows):
         for c in range(cols):
             out[c * ldo + r] = A[r * lda + c]
-
-
-cdef void transpose(const floating[:, ::1] A, floating[:, ::1] out,
-                    int n_threads) noexcept nogil:
-    """out := A.T, out (A.shape[1], A.shape[0]); by bands of out's rows, each written by one
-    thread"""
-    cdef Py_ssize_t cols = A.shape[1], bands, band
-    if A.shape[0] == 0 or cols == 0:
-        return
-    bands = (cols + TRANSPOSE_BAND - 1) // TRANSPOSE_BAND
-    if n_threads > 1 and bands > 1 and A.shape[0] * cols >= PARALLEL_MIN_ELEMENTS:
-        for band in prange(bands, num_threads=n_threads, schedule="static"):
-            transpose_block(&A[0, band * TRANSPOSE_BAND], cols, &out[band * TRANSPOSE_BAND, 0],
-                            out.shape[1], A.shape[0],
-                            min((band + 1) * TRANSPOSE_BAND, cols) - band * TRANSPOSE_BAND)
-    else:
-        transpose_block(&A[0, 0], cols, &out[0, 0], out.shape[1], A.shape[0], cols)
 
 
 cdef double max_abs_on(const floating* a, Py_ssize_t n, int n_threads) noexcept nogil:
@@ -1001,12 +984,15 @@ def scan_rows_checked(const floating[:, ::1] a, n_threads=None,
     return nonzeros, result
 
 
-def transpose_checked(const floating[:, ::1] A, floating[:, ::1] out, int n_threads=1):
-    """out := A.T"""
+def transpose_checked(const floating[:, ::1] A, floating[:, ::1] out, bint registers=True):
+    """out := A.T (transpose_block, its tiles in AVX registers where `registers` and the CPU
+    runs AVX2)"""
     if not (out.shape[0] == A.shape[1] and out.shape[1] == A.shape[0]):
         raise _shape_error("A (r, c) and out (c, r)", A=A, out=out)
-    with nogil:
-        transpose(A, out, max(n_threads, 1))
+    if A.shape[0] and A.shape[1]:
+        with nogil:
+            transpose_block(&A[0, 0], A.shape[1], &out[0, 0], out.shape[1], A.shape[0],
+                            A.shape[1], registers)
 
 
 def copy_checked(const floating[::1] src, floating[::1] dst):

@@ -447,7 +447,8 @@ cdef inline floating* packed_block_of_transpose(const floating[:, ::1] S, Py_ssi
     cdef Py_ssize_t ld = (j2 - j1 + line - 1) // line * line + line
     cdef floating* slab = pack + f0 * packed_row_length(m, sizeof(floating)) + (f1 - f0) * (
         j1 + line * (j1 // unit))
-    transpose_block(&S[j1, f0], S.shape[1], slab, ld, j2 - j1, f1 - f0)
+    # The tiles in AVX registers on the AVX2 and AVX-512 builds of the products.
+    transpose_block(&S[j1, f0], S.shape[1], slab, ld, j2 - j1, f1 - f0, _isa > 0)
     ld_out[0] = ld
     return slab
 
