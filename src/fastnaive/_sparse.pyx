@@ -1299,7 +1299,7 @@ def sparse_forward_checked(const int[::1] starts, const int[::1] index,
         offsets = np.empty(0, dtype)
     cdef floating[:, ::1] offset_sums = np.empty((parts, m), dtype)
     cdef int threads = _n_threads(n_threads)
-    if pack is None or (transposed and pack.shape[0] == 0):
+    if pack is None:
         pack = pack_buffer(k, m, dtype)
     with nogil:
         sparse_forward(starts, index, quads, W, b, offsets, offset_sums, relu, Z_out,

@@ -864,9 +864,9 @@ def narrow_layers(layers):
 def _hidden_groups(layers, codes, narrow, capacity, dtype, input_gradient=True):
     """Per layer, the buffers of its training products on its inputs' nonzeros (the Program's
     hidden_groups: row groups, column groups, delta's copy, and, where the layer is a ReLU's
-    and input_gradient, its input gradient's row groups of delta), or None
-    where it runs GEMMs: the first layer, narrow layers, and layers whose inputs are not a
-    ReLU's outputs or that hold fewer than SPARSE_HIDDEN_MIN_WEIGHTS weights."""
+    and input_gradient, its input gradient's row groups of delta), or None where it runs
+    GEMMs: the first layer, narrow layers, and layers whose inputs are not a ReLU's outputs or
+    that hold fewer than SPARSE_HIDDEN_MIN_WEIGHTS weights."""
     groups = [None] * len(layers)
     for i in range(1, len(layers)):
         k, m = layers[i].W.shape
